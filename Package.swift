@@ -1,0 +1,94 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+// Targets follow one rule: pure protocol logic (no sockets, no clocks, no NIO) lives in
+// the core targets; processes and IO live in thin shell targets on top of them.
+let package = Package(
+    name: "PeerShare",
+    platforms: [.macOS(.v13)],
+    products: [
+        .executable(name: "peershare", targets: ["peershare"])
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-crypto.git", from: "3.12.3"),
+    ],
+    targets: [
+        // System libraries, found through pkg-config; apt names the package to install.
+        .systemLibrary(
+            name: "CSodium", path: "Sources/CSodium", pkgConfig: "libsodium",
+            providers: [.apt(["libsodium-dev"])]),
+        .systemLibrary(
+            name: "CZlib", path: "Sources/CZlib", pkgConfig: "zlib",
+            providers: [.apt(["zlib1g-dev"])]),
+
+        // The few Linux calls Swift's Glibc module does not expose (prctl, posix_spawn setup).
+        .target(name: "CSystemShims"),
+
+        // Pure core: content identity, manifests, links, configuration.
+        .target(
+            name: "PeerShareCore",
+            dependencies: [.product(name: "Crypto", package: "swift-crypto")]),
+        // Pure core: the supervisor <-> worker message set and its framing.
+        .target(name: "IPC", dependencies: ["PeerShareCore"]),
+        // Pure core: the peer-to-peer wire messages.
+        .target(name: "PeerWire", dependencies: ["PeerShareCore", "IPC"]),
+
+        // Shells.
+        .target(
+            name: "WorkerRuntime",
+            dependencies: [
+                "IPC", "PeerShareCore", "CSystemShims",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+            ]),
+        .target(
+            name: "HashWorker",
+            dependencies: [
+                "WorkerRuntime", "IPC", "PeerShareCore",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Logging", package: "swift-log"),
+            ]),
+        .target(
+            name: "TransferWorker",
+            dependencies: [
+                "WorkerRuntime", "IPC", "PeerWire", "PeerShareCore",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]),
+        .target(
+            name: "DiscoveryWorker",
+            dependencies: ["WorkerRuntime", "IPC", .product(name: "Logging", package: "swift-log")]),
+        .target(
+            name: "NATWorker",
+            dependencies: ["WorkerRuntime", "IPC", .product(name: "Logging", package: "swift-log")]),
+        .target(
+            name: "Supervisor",
+            dependencies: [
+                "WorkerRuntime", "IPC", "PeerShareCore",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]),
+        .target(
+            name: "PeerShareCLI",
+            dependencies: [
+                "Supervisor", "WorkerRuntime", "HashWorker", "TransferWorker", "DiscoveryWorker",
+                "NATWorker", "PeerShareCore", "IPC", "CSodium",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ]),
+        .executableTarget(name: "peershare", dependencies: ["PeerShareCLI"]),
+
+        .testTarget(name: "PeerShareCoreTests", dependencies: ["PeerShareCore"]),
+        .testTarget(name: "IPCTests", dependencies: ["IPC", "PeerWire", "PeerShareCore"]),
+        .testTarget(
+            name: "SupervisorTests", dependencies: ["Supervisor", "PeerShareCore"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["PeerShareCore"]),
+    ],
+    swiftLanguageModes: [.v6]
+)

@@ -1,0 +1,141 @@
+import Foundation
+import IPC
+import PeerShareCore
+
+/// A download in progress on disk. Chunks are written into a staging folder inside the
+/// target directory (`.peershare-<id>.partial/`), each one only after its hash matched the
+/// manifest; when every chunk is verified the share's top-level file or folder is renamed
+/// into place in one step, so the target never holds a half-written share.
+final class Download {
+    struct Failure: Error, CustomStringConvertible {
+        /// The exit code the CLI reports for this failure (sysexits.h values).
+        var code: UInt16
+        var description: String
+    }
+
+    let manifest: Manifest
+    let shareID: ShareID
+    let targetDirectory: String
+    let stagingDirectory: String
+    private(set) var verified: ChunkBitfield
+    private var descriptors: [Int: Int32] = [:]
+
+    var finalPath: String { targetDirectory + "/" + manifest.rootName }
+
+    static func stagingName(for shareID: ShareID) -> String { ".peershare-\(shareID.short).partial" }
+
+    init(manifestBytes: [UInt8], targetDirectory rawTarget: String) throws {
+        let manifest: Manifest
+        do {
+            manifest = try Manifest.decode(manifestBytes)
+        } catch {
+            throw Failure(code: 65, description: "invalid manifest: \(error)")
+        }
+        self.manifest = manifest
+        self.shareID = ShareID(manifestBytes: manifestBytes)
+        let target = URL(fileURLWithPath: rawTarget).standardizedFileURL.path
+        self.targetDirectory = target
+        self.stagingDirectory = target + "/" + Download.stagingName(for: shareID)
+        self.verified = ChunkBitfield(count: manifest.chunkCount)
+
+        var info = stat()
+        guard stat(target, &info) == 0, info.st_mode & S_IFMT == S_IFDIR else {
+            throw Failure(code: 73, description: "target directory '\(target)' does not exist")
+        }
+        guard access(target, W_OK) == 0 else {
+            throw Failure(code: 73, description: "target directory '\(target)' is not writable")
+        }
+        if lstat(finalPath, &info) == 0 {
+            throw Failure(code: 73, description: "'\(finalPath)' already exists; remove it or choose another directory with -o")
+        }
+        if mkdir(stagingDirectory, 0o700) != 0 && errno != EEXIST {
+            throw Failure(code: 73, description: "cannot create '\(stagingDirectory)': \(String(cString: strerror(errno)))")
+        }
+        try createTree()
+    }
+
+    deinit {
+        for fd in descriptors.values { close(fd) }
+    }
+
+    /// Creates every folder and file of the share in the staging folder. A file that is
+    /// already there (an interrupted download, or a restarted hash worker) is re-hashed
+    /// chunk by chunk, and what verifies is kept.
+    private func createTree() throws {
+        var buffer = [UInt8](repeating: 0, count: manifest.chunkSize)
+        var chunkBase = 0
+        for (index, entry) in manifest.entries.enumerated() {
+            let path = stagingDirectory + "/" + entry.path
+            if entry.kind == .directory {
+                if mkdir(path, 0o755) != 0 && errno != EEXIST {
+                    throw Failure(code: 73, description: "cannot create folder '\(path)': \(String(cString: strerror(errno)))")
+                }
+                continue
+            }
+            let existed = access(path, F_OK) == 0
+            let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0o644)
+            guard fd >= 0 else {
+                throw Failure(code: 73, description: "cannot create '\(path)': \(String(cString: strerror(errno)))")
+            }
+            descriptors[index] = fd
+            var info = stat()
+            fstat(fd, &info)
+            if UInt64(info.st_size) != entry.size && ftruncate(fd, off_t(entry.size)) != 0 {
+                throw Failure(code: 74, description: "cannot size '\(path)': \(String(cString: strerror(errno)))")
+            }
+            if existed {
+                for chunk in 0..<entry.chunkHashes.count {
+                    let location = manifest.chunkLocations[chunkBase + chunk]
+                    try FileIO.readExactly(fd, into: &buffer, count: location.length, at: location.offset, path: path)
+                    let hash = buffer.withUnsafeBytes { ChunkHash.of(UnsafeRawBufferPointer(rebasing: $0[0..<location.length])) }
+                    if hash == entry.chunkHashes[chunk] { verified[chunkBase + chunk] = true }
+                }
+            }
+            chunkBase += entry.chunkHashes.count
+        }
+    }
+
+    /// Verifies a chunk against the manifest and writes it only if it matches.
+    func write(index: Int, data: [UInt8]) throws -> Bool {
+        guard index >= 0, index < manifest.chunkCount else { return false }
+        let location = manifest.chunkLocations[index]
+        guard data.count == location.length, ChunkHash.of(data) == manifest.expectedHash(ofChunk: index) else {
+            return false
+        }
+        if verified[index] { return true }
+        guard let fd = descriptors[location.entryIndex] else { return false }
+        let path = stagingDirectory + "/" + manifest.entries[location.entryIndex].path
+        try data.withUnsafeBytes { try FileIO.writeAll(fd, $0, at: location.offset, path: path) }
+        verified[index] = true
+        return true
+    }
+
+    /// Flushes every file and renames the share into place; refuses if anything is missing.
+    func finalize() throws -> String {
+        guard verified.isComplete else {
+            throw Failure(code: 70, description: "cannot finish: \(manifest.chunkCount - verified.setCount) chunks missing")
+        }
+        for fd in descriptors.values {
+            if fsync(fd) != 0 {
+                throw Failure(code: 74, description: "cannot flush to disk: \(String(cString: strerror(errno)))")
+            }
+            close(fd)
+        }
+        descriptors.removeAll()
+        let staged = stagingDirectory + "/" + manifest.rootName
+        var info = stat()
+        if lstat(finalPath, &info) == 0 {
+            throw Failure(code: 73, description: "'\(finalPath)' appeared while downloading; the download is kept in '\(stagingDirectory)'")
+        }
+        guard rename(staged, finalPath) == 0 else {
+            throw Failure(code: 74, description: "cannot move the download into place: \(String(cString: strerror(errno)))")
+        }
+        rmdir(stagingDirectory)
+        let directory = open(targetDirectory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        if directory >= 0 {
+            fsync(directory)
+            close(directory)
+        }
+        return finalPath
+    }
+}

@@ -1,0 +1,141 @@
+import Foundation
+import IPC
+import Logging
+import PeerShareCore
+import WorkerRuntime
+
+/// The hash worker: the only process that opens shared or downloaded files, and the only one
+/// that decides whether a chunk is genuine. It never opens a socket. Requests run one at a
+/// time on a serial queue; the skeleton's reader thread keeps answering heartbeats meanwhile.
+public final class HashService: WorkerService, @unchecked Sendable {
+    // All mutable state below is touched only on `queue`.
+    private let queue = DispatchQueue(label: "peershare.hash")
+    private let logger: Logger
+    private var served: ServedShare?
+    private var download: Download?
+    private var rejectedChunks = 0
+
+    public init(logger: Logger) {
+        self.logger = logger
+    }
+
+    public func statusLine() -> String {
+        queue.sync {
+            var parts: [String] = []
+            if let served { parts.append("serving \(served.manifest.chunkCount) chunks") }
+            if let download {
+                parts.append("downloading \(download.verified.setCount)/\(download.manifest.chunkCount) chunks verified")
+            }
+            parts.append("\(rejectedChunks) chunks rejected")
+            return parts.joined(separator: ", ")
+        }
+    }
+
+    public func handle(_ message: IPCMessage, pipe: WorkerPipe) {
+        queue.async { [self] in
+            let reply = perform(message, pipe: pipe)
+            if let reply {
+                do {
+                    try pipe.send(reply)
+                } catch {
+                    logger.error("cannot reply to the supervisor: \(error)")
+                    exit(70)
+                }
+            }
+        }
+    }
+
+    private func failure(_ id: UInt32, _ error: Error) -> IPCMessage {
+        let code: UInt16
+        switch error {
+        case let failure as Download.Failure: code = failure.code
+        case let failure as ServedShare.Failure: code = failure.code
+        case is DecodeError: code = 65
+        default: code = 74
+        }
+        logger.error("\(error)")
+        return .failure(requestID: id, code: code, message: "\(error)")
+    }
+
+    private func perform(_ message: IPCMessage, pipe: WorkerPipe) -> IPCMessage? {
+        switch message {
+        case .buildManifest(let id, let path):
+            do {
+                let builder = ManifestBuilder(logger: logger)
+                let items = try builder.walk(path: path)
+                let manifest = try builder.build(items: items) { done, total in
+                    try? pipe.send(.hashProgress(requestID: id, bytesDone: done, bytesTotal: total))
+                }
+                let bytes = manifest.encoded()
+                served = try ServedShare(path: path, manifestBytes: bytes)
+                logger.info(
+                    "hashed '\(manifest.rootName)': \(manifest.entries.count) entries, \(manifest.chunkCount) chunks of \(manifest.chunkSize / 1024) KiB"
+                )
+                return .manifestBuilt(requestID: id, manifest: bytes)
+            } catch let error as ManifestBuilder.Failure {
+                logger.error("\(error)")
+                return .failure(requestID: id, code: 66, message: error.description)
+            } catch {
+                return failure(id, error)
+            }
+        case .openShare(let id, let path, let manifest):
+            do {
+                served = try ServedShare(path: path, manifestBytes: manifest)
+                return .shareOpened(requestID: id)
+            } catch {
+                return failure(id, error)
+            }
+        case .readChunk(let id, let index):
+            guard let served else {
+                return .failure(requestID: id, code: 70, message: "no share is open")
+            }
+            do {
+                return .chunkData(requestID: id, index: index, data: try served.read(index: Int(index)))
+            } catch {
+                return failure(id, error)
+            }
+        case .prepareDownload(let id, let manifest, let target):
+            do {
+                if let download, download.shareID == ShareID(manifestBytes: manifest) {
+                    return .downloadPrepared(requestID: id, verified: download.verified.bytes)
+                }
+                let prepared = try Download(manifestBytes: manifest, targetDirectory: target)
+                download = prepared
+                if prepared.verified.setCount > 0 {
+                    logger.info("resuming: \(prepared.verified.setCount) of \(prepared.manifest.chunkCount) chunks already verified on disk")
+                }
+                return .downloadPrepared(requestID: id, verified: prepared.verified.bytes)
+            } catch {
+                return failure(id, error)
+            }
+        case .writeChunk(let id, let index, let data):
+            guard let download else {
+                return .failure(requestID: id, code: 70, message: "no download is prepared")
+            }
+            do {
+                let accepted = try download.write(index: Int(index), data: data)
+                if !accepted {
+                    rejectedChunks += 1
+                    logger.warning("chunk \(index) failed verification; discarded, not written")
+                }
+                return .chunkWritten(requestID: id, index: index, verified: accepted)
+            } catch {
+                return failure(id, error)
+            }
+        case .finalizeDownload(let id):
+            guard let download else {
+                return .failure(requestID: id, code: 70, message: "no download is prepared")
+            }
+            do {
+                let path = try download.finalize()
+                self.download = nil
+                return .downloadFinalized(requestID: id, path: path)
+            } catch {
+                return failure(id, error)
+            }
+        default:
+            logger.warning("ignoring unexpected \(message.tag) message")
+            return nil
+        }
+    }
+}

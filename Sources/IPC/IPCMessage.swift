@@ -1,0 +1,293 @@
+import PeerShareCore
+
+/// Every message between the supervisor and its workers. One closed set, numeric tags
+/// fixed forever (docs/PROTOCOL.md §1); supervisor and workers share this one codec.
+public enum IPCMessage: Equatable, Sendable {
+    // Lifecycle, every worker.
+    case hello(version: UInt16, role: WorkerRole, pid: Int32)
+    case welcome(version: UInt16)
+    case ping(nonce: UInt64)
+    case pong(nonce: UInt64)
+    case statusRequest(requestID: UInt32)
+    case status(requestID: UInt32, text: String)
+    case shutdown
+    case failure(requestID: UInt32, code: UInt16, message: String)
+
+    // Hash worker: the only process that touches shared and downloaded files.
+    case buildManifest(requestID: UInt32, path: String)
+    case hashProgress(requestID: UInt32, bytesDone: UInt64, bytesTotal: UInt64)
+    case manifestBuilt(requestID: UInt32, manifest: [UInt8])
+    case openShare(requestID: UInt32, path: String, manifest: [UInt8])
+    case shareOpened(requestID: UInt32)
+    case readChunk(requestID: UInt32, index: UInt32)
+    case chunkData(requestID: UInt32, index: UInt32, data: [UInt8])
+    case prepareDownload(requestID: UInt32, manifest: [UInt8], targetDirectory: String)
+    case downloadPrepared(requestID: UInt32, verified: [UInt8])
+    case writeChunk(requestID: UInt32, index: UInt32, data: [UInt8])
+    case chunkWritten(requestID: UInt32, index: UInt32, verified: Bool)
+    case finalizeDownload(requestID: UInt32)
+    case downloadFinalized(requestID: UInt32, path: String)
+
+    // Transfer worker: the only process that talks to peers.
+    case serve(shareID: [UInt8], manifest: [UInt8], host: String, port: UInt16)
+    case serving(port: UInt16)
+    case fetch(shareID: [UInt8], peers: [String])
+    case manifestReceived(manifest: [UInt8])
+    case startChunks(verified: [UInt8])
+    case chunkReceived(index: UInt32, data: [UInt8], peer: String)
+    case chunkResult(index: UInt32, accepted: Bool)
+    case peerEvent(text: String)
+    case fetchFailed(code: UInt16, reason: String)
+
+    public enum Tag: UInt16, CaseIterable, Sendable {
+        case hello = 0x0001, welcome, ping, pong, statusRequest, status, shutdown, failure
+        case buildManifest = 0x0100, hashProgress, manifestBuilt, openShare, shareOpened, readChunk,
+            chunkData, prepareDownload, downloadPrepared, writeChunk, chunkWritten, finalizeDownload,
+            downloadFinalized
+        case serve = 0x0200, serving, fetch, manifestReceived, startChunks, chunkReceived, chunkResult,
+            peerEvent, fetchFailed
+    }
+
+    public static let protocolVersion: UInt16 = 1
+    /// The largest frame on a supervisor pipe: a full manifest plus headers.
+    public static let maxFrameLength = Manifest.maxEncodedSize + 64 * 1024
+    static let maxText = 64 * 1024
+    static let maxPeers = 256
+
+    public var tag: Tag {
+        switch self {
+        case .hello: return .hello
+        case .welcome: return .welcome
+        case .ping: return .ping
+        case .pong: return .pong
+        case .statusRequest: return .statusRequest
+        case .status: return .status
+        case .shutdown: return .shutdown
+        case .failure: return .failure
+        case .buildManifest: return .buildManifest
+        case .hashProgress: return .hashProgress
+        case .manifestBuilt: return .manifestBuilt
+        case .openShare: return .openShare
+        case .shareOpened: return .shareOpened
+        case .readChunk: return .readChunk
+        case .chunkData: return .chunkData
+        case .prepareDownload: return .prepareDownload
+        case .downloadPrepared: return .downloadPrepared
+        case .writeChunk: return .writeChunk
+        case .chunkWritten: return .chunkWritten
+        case .finalizeDownload: return .finalizeDownload
+        case .downloadFinalized: return .downloadFinalized
+        case .serve: return .serve
+        case .serving: return .serving
+        case .fetch: return .fetch
+        case .manifestReceived: return .manifestReceived
+        case .startChunks: return .startChunks
+        case .chunkReceived: return .chunkReceived
+        case .chunkResult: return .chunkResult
+        case .peerEvent: return .peerEvent
+        case .fetchFailed: return .fetchFailed
+        }
+    }
+
+    /// The request this message answers or carries, if any: the supervisor re-issues
+    /// unanswered requests to a restarted worker by this id.
+    public var requestID: UInt32? {
+        switch self {
+        case .statusRequest(let id), .status(let id, _), .failure(let id, _, _), .buildManifest(let id, _),
+            .hashProgress(let id, _, _), .manifestBuilt(let id, _), .openShare(let id, _, _), .shareOpened(let id),
+            .readChunk(let id, _), .chunkData(let id, _, _), .prepareDownload(let id, _, _),
+            .downloadPrepared(let id, _), .writeChunk(let id, _, _), .chunkWritten(let id, _, _),
+            .finalizeDownload(let id), .downloadFinalized(let id, _):
+            return id
+        default:
+            return nil
+        }
+    }
+
+    public func frame() -> Frame {
+        var w = ByteWriter()
+        switch self {
+        case .hello(let version, let role, let pid):
+            w.u16(version)
+            w.u8(role.code)
+            w.u32(UInt32(bitPattern: pid))
+        case .welcome(let version): w.u16(version)
+        case .ping(let nonce), .pong(let nonce): w.u64(nonce)
+        case .statusRequest(let id), .shareOpened(let id), .finalizeDownload(let id): w.u32(id)
+        case .failure(let id, let code, let text):
+            w.u32(id)
+            w.u16(code)
+            w.blob(Array(text.utf8))
+        case .status(let id, let text), .buildManifest(let id, let text),
+            .downloadFinalized(let id, let text):
+            w.u32(id)
+            w.blob(Array(text.utf8))
+        case .shutdown: break
+        case .hashProgress(let id, let done, let total):
+            w.u32(id)
+            w.u64(done)
+            w.u64(total)
+        case .manifestBuilt(let id, let manifest), .downloadPrepared(let id, let manifest):
+            w.u32(id)
+            w.blob(manifest)
+        case .openShare(let id, let path, let manifest):
+            w.u32(id)
+            w.blob(Array(path.utf8))
+            w.blob(manifest)
+        case .readChunk(let id, let index):
+            w.u32(id)
+            w.u32(index)
+        case .chunkData(let id, let index, let data), .writeChunk(let id, let index, let data):
+            w = ByteWriter(capacity: data.count + 16)
+            w.u32(id)
+            w.u32(index)
+            w.blob(data)
+        case .prepareDownload(let id, let manifest, let target):
+            w.u32(id)
+            w.blob(manifest)
+            w.blob(Array(target.utf8))
+        case .chunkWritten(let id, let index, let verified):
+            w.u32(id)
+            w.u32(index)
+            w.bool(verified)
+        case .serve(let shareID, let manifest, let host, let port):
+            w.raw(shareID)
+            w.blob(manifest)
+            w.string(host)
+            w.u16(port)
+        case .serving(let port): w.u16(port)
+        case .fetch(let shareID, let peers):
+            w.raw(shareID)
+            w.u16(UInt16(peers.count))
+            for peer in peers { w.string(peer) }
+        case .manifestReceived(let manifest), .startChunks(let manifest): w.blob(manifest)
+        case .chunkReceived(let index, let data, let peer):
+            w = ByteWriter(capacity: data.count + 64)
+            w.u32(index)
+            w.blob(data)
+            w.string(peer)
+        case .chunkResult(let index, let accepted):
+            w.u32(index)
+            w.bool(accepted)
+        case .peerEvent(let text): w.blob(Array(text.utf8))
+        case .fetchFailed(let code, let text):
+            w.u16(code)
+            w.blob(Array(text.utf8))
+        }
+        return Frame(type: tag.rawValue, payload: w.bytes)
+    }
+
+    public func encoded() -> [UInt8] { frame().encoded() }
+
+    /// Decodes one frame. Unknown tags, short or long payloads and bad fields all throw.
+    public init(frame: Frame) throws {
+        guard let tag = Tag(rawValue: frame.type) else {
+            throw DecodeError.invalid("unknown message type 0x\(String(frame.type, radix: 16))")
+        }
+        var r = ByteReader(frame.payload)
+        let maxData = Manifest.maxEncodedSize
+        func text() throws -> String {
+            let bytes = try r.blob(limit: IPCMessage.maxText, what: "text")
+            guard let string = String(validating: bytes, as: UTF8.self) else {
+                throw DecodeError.invalid("text is not UTF-8")
+            }
+            return string
+        }
+        func shareID() throws -> [UInt8] { try r.raw(ShareID.byteCount) }
+        switch tag {
+        case .hello:
+            let version = try r.u16()
+            guard let role = WorkerRole(code: try r.u8()) else { throw DecodeError.invalid("unknown worker role") }
+            self = .hello(version: version, role: role, pid: Int32(bitPattern: try r.u32()))
+        case .welcome: self = .welcome(version: try r.u16())
+        case .ping: self = .ping(nonce: try r.u64())
+        case .pong: self = .pong(nonce: try r.u64())
+        case .statusRequest: self = .statusRequest(requestID: try r.u32())
+        case .status: self = .status(requestID: try r.u32(), text: try text())
+        case .shutdown: self = .shutdown
+        case .failure: self = .failure(requestID: try r.u32(), code: try r.u16(), message: try text())
+        case .buildManifest: self = .buildManifest(requestID: try r.u32(), path: try text())
+        case .hashProgress:
+            self = .hashProgress(requestID: try r.u32(), bytesDone: try r.u64(), bytesTotal: try r.u64())
+        case .manifestBuilt:
+            self = .manifestBuilt(requestID: try r.u32(), manifest: try r.blob(limit: maxData, what: "manifest"))
+        case .openShare:
+            self = .openShare(
+                requestID: try r.u32(), path: try text(), manifest: try r.blob(limit: maxData, what: "manifest"))
+        case .shareOpened: self = .shareOpened(requestID: try r.u32())
+        case .readChunk: self = .readChunk(requestID: try r.u32(), index: try r.u32())
+        case .chunkData:
+            self = .chunkData(
+                requestID: try r.u32(), index: try r.u32(), data: try r.blob(limit: Manifest.maxChunkSize, what: "chunk"))
+        case .prepareDownload:
+            self = .prepareDownload(
+                requestID: try r.u32(), manifest: try r.blob(limit: maxData, what: "manifest"),
+                targetDirectory: try text())
+        case .downloadPrepared:
+            self = .downloadPrepared(requestID: try r.u32(), verified: try r.blob(limit: maxData, what: "bitfield"))
+        case .writeChunk:
+            self = .writeChunk(
+                requestID: try r.u32(), index: try r.u32(), data: try r.blob(limit: Manifest.maxChunkSize, what: "chunk"))
+        case .chunkWritten: self = .chunkWritten(requestID: try r.u32(), index: try r.u32(), verified: try r.bool())
+        case .finalizeDownload: self = .finalizeDownload(requestID: try r.u32())
+        case .downloadFinalized: self = .downloadFinalized(requestID: try r.u32(), path: try text())
+        case .serve:
+            self = .serve(
+                shareID: try shareID(), manifest: try r.blob(limit: maxData, what: "manifest"), host: try r.string(),
+                port: try r.u16())
+        case .serving: self = .serving(port: try r.u16())
+        case .fetch:
+            let id = try shareID()
+            let count = Int(try r.u16())
+            guard count <= IPCMessage.maxPeers else {
+                throw DecodeError.tooLarge(what: "peer list", length: count, limit: IPCMessage.maxPeers)
+            }
+            var peers: [String] = []
+            for _ in 0..<count { peers.append(try r.string()) }
+            self = .fetch(shareID: id, peers: peers)
+        case .manifestReceived: self = .manifestReceived(manifest: try r.blob(limit: maxData, what: "manifest"))
+        case .startChunks: self = .startChunks(verified: try r.blob(limit: maxData, what: "bitfield"))
+        case .chunkReceived:
+            self = .chunkReceived(
+                index: try r.u32(), data: try r.blob(limit: Manifest.maxChunkSize, what: "chunk"), peer: try r.string())
+        case .chunkResult: self = .chunkResult(index: try r.u32(), accepted: try r.bool())
+        case .peerEvent: self = .peerEvent(text: try text())
+        case .fetchFailed: self = .fetchFailed(code: try r.u16(), reason: try text())
+        }
+        try r.expectEnd()
+    }
+}
+
+/// A set of chunk indices as a bitfield: bit i is chunk i, most significant bit first.
+public struct ChunkBitfield: Equatable, Sendable {
+    public private(set) var bytes: [UInt8]
+    public let count: Int
+
+    public init(count: Int) {
+        self.count = count
+        self.bytes = [UInt8](repeating: 0, count: (count + 7) / 8)
+    }
+
+    public init?(bytes: [UInt8], count: Int) {
+        guard bytes.count == (count + 7) / 8 else { return nil }
+        self.count = count
+        self.bytes = bytes
+        // Spare bits past the end must be zero, so two equal sets have equal bytes.
+        for index in count..<(bytes.count * 8) where self[index] { return nil }
+    }
+
+    public subscript(index: Int) -> Bool {
+        get { bytes[index >> 3] & (0x80 >> UInt8(index & 7)) != 0 }
+        set {
+            if newValue {
+                bytes[index >> 3] |= 0x80 >> UInt8(index & 7)
+            } else {
+                bytes[index >> 3] &= ~(0x80 >> UInt8(index & 7))
+            }
+        }
+    }
+
+    public var setCount: Int { bytes.reduce(0) { $0 + $1.nonzeroBitCount } }
+    public var isComplete: Bool { setCount == count }
+    public var missing: [Int] { (0..<count).filter { !self[$0] } }
+}

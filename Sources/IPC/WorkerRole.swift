@@ -1,0 +1,40 @@
+/// The four worker processes of the user's design. The raw value is the name used on the
+/// command line (`peershare worker ROLE`) and in every log line.
+public enum WorkerRole: String, CaseIterable, Sendable, Codable {
+    case discovery
+    case nat
+    case transfer
+    case hash
+
+    public var code: UInt8 {
+        switch self {
+        case .discovery: return 1
+        case .nat: return 2
+        case .transfer: return 3
+        case .hash: return 4
+        }
+    }
+
+    public init?(code: UInt8) {
+        guard let role = WorkerRole.allCases.first(where: { $0.code == code }) else { return nil }
+        self = role
+    }
+
+    /// Which messages this worker may send to the supervisor. Anything else is a protocol
+    /// violation: the supervisor logs it, closes the pipe and restarts the worker (the
+    /// privsep monitor's permission table, by role instead of by phase).
+    public var mayEmit: Set<IPCMessage.Tag> {
+        let common: Set<IPCMessage.Tag> = [.hello, .pong, .status, .failure]
+        switch self {
+        case .discovery, .nat:
+            return common
+        case .hash:
+            return common.union([
+                .manifestBuilt, .hashProgress, .shareOpened, .chunkData, .downloadPrepared, .chunkWritten,
+                .downloadFinalized,
+            ])
+        case .transfer:
+            return common.union([.serving, .manifestReceived, .chunkReceived, .readChunk, .peerEvent, .fetchFailed])
+        }
+    }
+}

@@ -1,0 +1,54 @@
+import ArgumentParser
+import CSodium
+import Crypto
+import Foundation
+
+/// `peershare bench hash FILE`: how fast each candidate chunk hash runs here, streaming the
+/// file in 1 MiB reads the way the hash worker does. contrib/bench.sh runs it beside
+/// `openssl dgst -sha256` and `b2sum` on the same file.
+struct Bench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Measure hashing speed on a file (swift-crypto SHA-256, libsodium SHA-256 and BLAKE2b).")
+
+    @Argument(help: "The file to hash (read it once first so it is in the page cache).")
+    var file: String
+
+    func run() throws {
+        guard sodium_init() >= 0 else { throw ValidationError("libsodium failed to initialise") }
+        let fd = open(file, O_RDONLY)
+        guard fd >= 0 else { throw ValidationError("cannot open \(file)") }
+        defer { close(fd) }
+        var buffer = [UInt8](repeating: 0, count: 1 << 20)
+
+        func measure(_ name: String, update: (UnsafeRawBufferPointer) -> Void) {
+            var total = 0
+            let start = DispatchTime.now().uptimeNanoseconds
+            var offset: off_t = 0
+            while true {
+                let got = buffer.withUnsafeMutableBytes { pread(fd, $0.baseAddress!, $0.count, offset) }
+                if got <= 0 { break }
+                buffer.withUnsafeBytes { update(UnsafeRawBufferPointer(rebasing: $0[0..<got])) }
+                total += got
+                offset += off_t(got)
+            }
+            let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+            Terminal.line(String(format: "%-28@ %8.1f MB/s  (%.3f s for %d bytes)", name, Double(total) / seconds / 1e6, seconds, total))
+        }
+
+        var sha = SHA256()
+        measure("swift-crypto SHA-256") { sha.update(bufferPointer: $0) }
+        _ = sha.finalize()
+
+        var sodiumSHA = crypto_hash_sha256_state()
+        crypto_hash_sha256_init(&sodiumSHA)
+        measure("libsodium SHA-256") { crypto_hash_sha256_update(&sodiumSHA, $0.bindMemory(to: UInt8.self).baseAddress, UInt64($0.count)) }
+
+        // crypto_generichash_state is 64-byte aligned, which Swift cannot import: allocate it.
+        let blake = UnsafeMutableRawPointer.allocate(byteCount: crypto_generichash_statebytes(), alignment: 64)
+        defer { blake.deallocate() }
+        crypto_generichash_init(OpaquePointer(blake), nil, 0, 32)
+        measure("libsodium BLAKE2b-256") {
+            crypto_generichash_update(OpaquePointer(blake), $0.bindMemory(to: UInt8.self).baseAddress, UInt64($0.count))
+        }
+    }
+}

@@ -1,0 +1,62 @@
+import ArgumentParser
+import Foundation
+import PeerShareCore
+import Supervisor
+import WorkerRuntime
+
+struct Get: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Download a share from its link; exit 0 only when every chunk is verified and in place.",
+        discussion: """
+            Chunks are verified against the manifest (whose SHA-256 is the link's share id)
+            before they are written, into a hidden .peershare-<id>.partial folder in the
+            target directory; the finished file or folder is renamed into place at the end.
+            Running the same command again after an interruption keeps what was verified.
+            """)
+
+    @Argument(help: "A peershare:// link printed by `peershare share`.")
+    var link: String
+
+    @Option(name: .shortAndLong, help: "Directory to save the share in.")
+    var output: String = "."
+
+    @Option(name: .long, help: "A peer to download from, HOST:PORT (repeatable; adds to the link's hints).")
+    var peer: [String] = []
+
+    @OptionGroup var common: CommonOptions
+
+    func run() throws {
+        let parsed: ShareLink
+        do {
+            parsed = try ShareLink.parse(link)
+        } catch {
+            Terminal.error("malformed link: \(error)")
+            throw ExitCode(ExitCodes.usage)
+        }
+        var peers = parsed.peers
+        for text in peer {
+            do {
+                peers.append(try PeerAddress.parse(text))
+            } catch {
+                Terminal.error("--peer: \(error)")
+                throw ExitCode(ExitCodes.usage)
+            }
+        }
+        var info = stat()
+        guard stat(output, &info) == 0, info.st_mode & S_IFMT == S_IFDIR else {
+            Terminal.error("output directory '\(output)' does not exist")
+            throw ExitCode(ExitCodes.cannotCreate)
+        }
+        let config = common.loadConfig()
+        LineLogHandler.bootstrap(name: "supervisor", level: common.level)
+        let target = URL(fileURLWithPath: output).standardizedFileURL.path
+        let allPeers = peers
+        let code = SupervisorRunner.run(config: config, logLevel: common.logLevel) { supervisor, logger in
+            let session = GetSession(
+                supervisor: supervisor, link: parsed, peers: allPeers, targetDirectory: target,
+                output: Terminal.sessionOutput(), logger: logger)
+            return ({ session.begin() }, { session.stop(exitCode: $0) }, session.result)
+        }
+        throw ExitCode(code)
+    }
+}

@@ -1,0 +1,51 @@
+import ArgumentParser
+import Foundation
+import Logging
+import PeerShareCore
+import Supervisor
+
+public struct PeerShareCommand: ParsableCommand {
+    public static let configuration = CommandConfiguration(
+        commandName: "peershare",
+        abstract: "Share files and folders directly between computers, verified chunk by chunk.",
+        discussion: """
+            A supervisor process (this command) runs four isolated workers: discovery, nat,
+            transfer (the only one that talks to peers) and hash (the only one that touches
+            files). See docs/ARCHITECTURE.md.
+
+            Exit codes: 0 ok, 64 bad arguments or link, 65 bad data from a peer, 66 input
+            missing or unreadable, 69 no peer reachable, 70 internal error, 73 cannot create
+            the output, 74 I/O error, 78 bad configuration, 130 interrupted.
+            """,
+        subcommands: [Share.self, Get.self, Demo.self, Bench.self, WorkerCommand.self]
+    )
+
+    public init() {}
+}
+
+/// Options every user-facing command takes.
+struct CommonOptions: ParsableArguments {
+    @Option(name: .long, help: "A pipeline.json to use instead of the user's or the built-in one.")
+    var config: String?
+
+    @Option(name: .long, help: "Log level: trace, debug, info, notice, warning, error or critical.")
+    var logLevel: String = "warning"
+
+    func validate() throws {
+        guard Logger.Level(rawValue: logLevel) != nil else {
+            throw ValidationError("unknown log level '\(logLevel)'")
+        }
+    }
+
+    var level: Logger.Level { Logger.Level(rawValue: logLevel) ?? .warning }
+
+    /// Loads pipeline.json or exits 78 with a message naming the file and key.
+    func loadConfig() -> PipelineConfig {
+        do {
+            return try PipelineConfig.load(explicitPath: config, environment: ProcessInfo.processInfo.environment).0
+        } catch {
+            Terminal.error("\(error)")
+            Foundation.exit(ExitCodes.config)
+        }
+    }
+}

@@ -1,0 +1,101 @@
+import ArgumentParser
+import Foundation
+import Logging
+import NIOCore
+import NIOPosix
+import PeerShareCore
+import Supervisor
+import WorkerRuntime
+
+struct Share: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Share a file or folder: print its link, then serve it until Ctrl-C.",
+        discussion: """
+            The first line on stdout is the link; give it to `peershare get` on another machine.
+            The link carries the share id (a SHA-256 over the manifest of every file and chunk
+            hash) and the addresses this machine can be reached at.
+            """)
+
+    @Argument(help: "The file or folder to share.")
+    var path: String
+
+    @Option(name: .long, help: "Address to accept peers on, HOST:PORT (port 0 picks a free one).")
+    var listen: String = "0.0.0.0:0"
+
+    @OptionGroup var common: CommonOptions
+
+    func run() throws {
+        let listenAddress: PeerAddress
+        do {
+            listenAddress = try PeerAddress.parse(listen)
+        } catch {
+            throw ValidationError("--listen: \(error)")
+        }
+        var info = stat()
+        guard stat(path, &info) == 0 else {
+            Terminal.error("cannot share '\(path)': \(String(cString: strerror(errno)))")
+            throw ExitCode(ExitCodes.noInput)
+        }
+        guard access(path, R_OK) == 0 else {
+            Terminal.error("cannot share '\(path)': permission denied")
+            throw ExitCode(ExitCodes.noInput)
+        }
+        let config = common.loadConfig()
+        LineLogHandler.bootstrap(name: "supervisor", level: common.level)
+        let code = SupervisorRunner.run(config: config, logLevel: common.logLevel) { supervisor, logger in
+            let session = ShareSession(
+                supervisor: supervisor, path: path, listen: listenAddress, output: Terminal.sessionOutput(),
+                logger: logger)
+            return ({ session.begin() }, { session.stop(exitCode: $0) }, session.result)
+        }
+        throw ExitCode(code)
+    }
+}
+
+/// Starts a supervisor and its workers, runs a session on it, handles SIGINT/SIGTERM.
+enum SupervisorRunner {
+    typealias Session = (begin: @Sendable () -> Void, stop: @Sendable (Int32) -> Void, result: EventLoopFuture<Int32>)
+
+    static func run(
+        config: PipelineConfig, logLevel: String, makeSession: @escaping @Sendable (Supervisor, Logger) -> Session
+    ) -> Int32 {
+        let logger = Logger(label: "supervisor")
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let loop = group.next()
+        let table = WorkerTable.standard(config: config, logLevel: logLevel)
+        let supervisor = Supervisor(table: table, eventLoop: loop, logger: logger)
+        let session = try? loop.submit { makeSession(supervisor, logger) }.wait()
+        guard let session else { return ExitCodes.software }
+
+        // Ctrl-C and SIGTERM stop the session cleanly: workers are told to exit, then reaped.
+        signal(SIGINT, SIG_IGN)
+        signal(SIGTERM, SIG_IGN)
+        var sources: [DispatchSourceSignal] = []
+        for (number, code) in [(SIGINT, ExitCodes.interrupted), (SIGTERM, ExitCodes.ok)] {
+            let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
+            source.setEventHandler {
+                loop.execute {
+                    logger.info("signal \(number): shutting down")
+                    session.stop(code)
+                }
+            }
+            source.resume()
+            sources.append(source)
+        }
+
+        loop.execute {
+            supervisor.start().whenComplete { result in
+                switch result {
+                case .success: session.begin()
+                case .failure(let error):
+                    Terminal.error("cannot start workers: \(error)")
+                    session.stop(ExitCodes.software)
+                }
+            }
+        }
+        let code = (try? session.result.wait()) ?? ExitCodes.software
+        for source in sources { source.cancel() }
+        try? group.syncShutdownGracefully()
+        return code
+    }
+}

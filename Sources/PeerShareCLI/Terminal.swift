@@ -1,0 +1,78 @@
+import Foundation
+import Supervisor
+
+/// User-facing output. stdout carries results (the link, the saved path, progress); stderr
+/// carries errors and logs. On a terminal progress is one redrawn bar; otherwise it is a
+/// plain line every second, which is what scripts and CI logs want.
+enum Terminal {
+    static let isTTY = isatty(1) == 1
+
+    static func line(_ text: String) {
+        FileHandle.standardOutput.write(Data((text + "\n").utf8))
+    }
+
+    static func error(_ text: String) {
+        FileHandle.standardError.write(Data("peershare: error: \(text)\n".utf8))
+    }
+
+    static func sessionOutput(quiet: Bool = false) -> SessionOutput {
+        let meter = ProgressMeter()
+        return SessionOutput(
+            link: { line($0) },
+            status: { text in
+                if !quiet { FileHandle.standardError.write(Data("peershare: \(text)\n".utf8)) }
+            },
+            error: { error($0) },
+            progress: { done, total, label in meter.update(done: done, total: total, label: label) },
+            finishProgress: { meter.finish() })
+    }
+}
+
+/// Percent, rate and ETA, from a monotonic clock; thread-safe since output comes from the loop.
+final class ProgressMeter: @unchecked Sendable {
+    private let lock = NSLock()
+    private var startNs: UInt64 = 0
+    private var lastPrintNs: UInt64 = 0
+    private var startBytes: UInt64 = 0
+    private var drawn = false
+
+    func update(done: UInt64, total: UInt64, label: String) {
+        lock.lock()
+        defer { lock.unlock() }
+        let now = DispatchTime.now().uptimeNanoseconds
+        if startNs == 0 {
+            startNs = now
+            startBytes = done
+        }
+        let interval: UInt64 = Terminal.isTTY ? 100_000_000 : 1_000_000_000
+        guard now - lastPrintNs >= interval || done == total else { return }
+        lastPrintNs = now
+        let seconds = max(Double(now - startNs) / 1e9, 0.001)
+        let rate = Double(done - min(done, startBytes)) / seconds
+        let percent = total == 0 ? 100 : Double(done) * 100 / Double(total)
+        let eta = rate > 0 ? Double(total - done) / rate : 0
+        let rateText = String(format: "%.1f MB/s", rate / 1e6)
+        let etaText = String(format: "ETA %.0fs", eta)
+        if Terminal.isTTY {
+            let width = 30
+            let filled = Int(Double(width) * percent / 100)
+            let bar = String(repeating: "#", count: filled) + String(repeating: ".", count: width - filled)
+            let text = String(format: "\r%@ [%@] %5.1f%%  %@  %@  ", label, bar, percent, rateText, etaText)
+            FileHandle.standardOutput.write(Data(text.utf8))
+            drawn = true
+        } else {
+            Terminal.line(String(format: "%@ %.1f%% %@ %@ of %@ %@", label, percent, formatBytes(done), "", formatBytes(total), "\(rateText) \(etaText)"))
+        }
+    }
+
+    func finish() {
+        lock.lock()
+        defer { lock.unlock() }
+        if drawn {
+            FileHandle.standardOutput.write(Data("\n".utf8))
+            drawn = false
+        }
+        startNs = 0
+        lastPrintNs = 0
+    }
+}

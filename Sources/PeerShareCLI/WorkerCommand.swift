@@ -1,0 +1,48 @@
+import ArgumentParser
+import DiscoveryWorker
+import Foundation
+import HashWorker
+import IPC
+import Logging
+import NATWorker
+import TransferWorker
+import WorkerRuntime
+
+/// `peershare worker ROLE`: the entry point the supervisor re-executes this binary with.
+/// Hidden: it expects the supervisor's socketpair on descriptor 3.
+struct WorkerCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "worker", abstract: "Run one worker process (started by the supervisor).",
+        shouldDisplay: false)
+
+    @Argument(help: "discovery, nat, transfer or hash")
+    var role: String
+
+    @Option(name: .long) var logLevel: String = "warning"
+    @Option(name: .long) var requestsInFlight: Int = 16
+    @Option(name: .long) var maxPeers: Int = 64
+
+    func run() throws {
+        guard let role = WorkerRole(rawValue: role) else {
+            throw ValidationError("unknown worker role '\(role)'")
+        }
+        var info = stat()
+        guard fstat(WorkerMain.pipeDescriptor, &info) == 0, info.st_mode & S_IFMT == S_IFSOCK else {
+            Terminal.error("'peershare worker' is started by the supervisor, not by hand")
+            throw ExitCode(64)
+        }
+        LineLogHandler.bootstrap(name: role.rawValue, level: Logger.Level(rawValue: logLevel) ?? .warning)
+        let logger = Logger(label: role.rawValue)
+        WorkerMain.run(role: role, logger: logger) {
+            switch role {
+            case .hash: return HashService(logger: logger)
+            case .transfer:
+                return TransferService(
+                    logger: logger, pipe: WorkerPipe(descriptor: WorkerMain.pipeDescriptor),
+                    requestsInFlight: requestsInFlight, maxPeers: maxPeers)
+            case .discovery: return DiscoveryService(logger: logger)
+            case .nat: return NATService(logger: logger)
+            }
+        }
+    }
+}

@@ -1,0 +1,178 @@
+import Foundation
+
+/// pipeline.json: the versioned manifest that configures workers, limits and (from the
+/// pipeline issue on) the stages every chunk passes through on the wire.
+///
+/// Lookup order: `--config FILE`, then `$XDG_CONFIG_HOME/peershare/pipeline.json`
+/// (`~/.config/...` when XDG_CONFIG_HOME is unset), then `PipelineConfig.defaults`, which
+/// equals the repository's pipeline.json (a test keeps the two in step).
+public struct PipelineConfig: Equatable, Sendable {
+    public static let schemaVersion = 1
+
+    public struct Workers: Equatable, Sendable {
+        /// How often the supervisor pings each worker.
+        public var heartbeatIntervalMs = 1000
+        /// A worker that has not answered for this long is killed and restarted.
+        public var heartbeatTimeoutMs = 10_000
+        /// Restarts allowed within `restartWindowMs` before the supervisor gives up.
+        public var maxRestarts = 5
+        public var restartWindowMs = 60_000
+        /// First restart delay; doubles on every further crash up to the maximum.
+        public var restartBackoffMs = 100
+        public var restartBackoffMaxMs = 5000
+    }
+
+    public struct Limits: Equatable, Sendable {
+        /// Chunk requests a downloader keeps outstanding per peer.
+        public var requestsInFlight = 16
+        /// Peer connections a seeder accepts at once.
+        public var maxPeers = 64
+    }
+
+    public var version = schemaVersion
+    public var stages: [String] = []
+    public var workers = Workers()
+    public var limits = Limits()
+
+    public init() {}
+
+    public static let defaults = PipelineConfig()
+
+    public struct LoadError: Error, CustomStringConvertible {
+        public var file: String
+        public var key: String?
+        public var problem: String
+        public var description: String {
+            if let key { return "\(file): '\(key)': \(problem)" }
+            return "\(file): \(problem)"
+        }
+    }
+
+    /// Where the configuration comes from when `--config` is not given.
+    public static func userConfigPath(environment: [String: String]) -> String? {
+        if let xdg = environment["XDG_CONFIG_HOME"], !xdg.isEmpty {
+            return xdg + "/peershare/pipeline.json"
+        }
+        if let home = environment["HOME"], !home.isEmpty {
+            return home + "/.config/peershare/pipeline.json"
+        }
+        return nil
+    }
+
+    /// Resolves the configuration: an explicit file must exist; the user file is used if present.
+    public static func load(explicitPath: String?, environment: [String: String]) throws -> (PipelineConfig, String) {
+        if let explicitPath {
+            return (try load(file: explicitPath), explicitPath)
+        }
+        if let user = userConfigPath(environment: environment), FileManager.default.fileExists(atPath: user) {
+            return (try load(file: user), user)
+        }
+        return (defaults, "built-in defaults")
+    }
+
+    public static func load(file: String) throws -> PipelineConfig {
+        guard let data = FileManager.default.contents(atPath: file) else {
+            throw LoadError(file: file, key: nil, problem: "cannot read the file (missing or unreadable)")
+        }
+        guard data.count <= 1 << 20 else {
+            throw LoadError(file: file, key: nil, problem: "larger than 1 MiB; this is not a pipeline manifest")
+        }
+        return try parse(data, file: file)
+    }
+
+    public static func parse(_ data: Data, file: String) throws -> PipelineConfig {
+        let object: Any
+        do {
+            object = try JSONSerialization.jsonObject(with: data)
+        } catch {
+            throw LoadError(file: file, key: nil, problem: "not valid JSON (\(error.localizedDescription))")
+        }
+        let reader = JSONObjectReader(file: file)
+        let root = try reader.object(object, key: "(top level)")
+        try reader.allowOnly(["version", "stages", "workers", "limits"], in: root, prefix: "")
+
+        var config = PipelineConfig()
+        guard let versionValue = root["version"] else {
+            throw LoadError(file: file, key: "version", problem: "missing; expected \(schemaVersion)")
+        }
+        config.version = try reader.int(versionValue, key: "version", range: schemaVersion...schemaVersion)
+
+        if let stages = root["stages"] {
+            guard let list = stages as? [Any] else {
+                throw LoadError(file: file, key: "stages", problem: "expected an array of stages")
+            }
+            if let first = list.first {
+                let name = ((first as? [String: Any])?["name"] as? String) ?? "\(first)"
+                throw LoadError(
+                    file: file, key: "stages[0]",
+                    problem: "unknown stage '\(name)': this version has no stages yet, expected []")
+            }
+        }
+        if let workersValue = root["workers"] {
+            let workers = try reader.object(workersValue, key: "workers")
+            let keys = [
+                "heartbeatIntervalMs", "heartbeatTimeoutMs", "maxRestarts", "restartWindowMs",
+                "restartBackoffMs", "restartBackoffMaxMs",
+            ]
+            try reader.allowOnly(keys, in: workers, prefix: "workers.")
+            func read(_ key: String, _ range: ClosedRange<Int>, _ into: inout Int) throws {
+                if let value = workers[key] { into = try reader.int(value, key: "workers." + key, range: range) }
+            }
+            try read("heartbeatIntervalMs", 10...600_000, &config.workers.heartbeatIntervalMs)
+            try read("heartbeatTimeoutMs", 100...3_600_000, &config.workers.heartbeatTimeoutMs)
+            try read("maxRestarts", 0...1000, &config.workers.maxRestarts)
+            try read("restartWindowMs", 1000...86_400_000, &config.workers.restartWindowMs)
+            try read("restartBackoffMs", 0...600_000, &config.workers.restartBackoffMs)
+            try read("restartBackoffMaxMs", 0...3_600_000, &config.workers.restartBackoffMaxMs)
+        }
+        if let limitsValue = root["limits"] {
+            let limits = try reader.object(limitsValue, key: "limits")
+            try reader.allowOnly(["requestsInFlight", "maxPeers"], in: limits, prefix: "limits.")
+            if let value = limits["requestsInFlight"] {
+                config.limits.requestsInFlight = try reader.int(value, key: "limits.requestsInFlight", range: 1...256)
+            }
+            if let value = limits["maxPeers"] {
+                config.limits.maxPeers = try reader.int(value, key: "limits.maxPeers", range: 1...10_000)
+            }
+        }
+        return config
+    }
+}
+
+/// Typed access to JSONSerialization's output, with errors that name the file and key.
+private struct JSONObjectReader {
+    var file: String
+
+    func object(_ value: Any, key: String) throws -> [String: Any] {
+        guard let object = value as? [String: Any] else {
+            throw PipelineConfig.LoadError(file: file, key: key, problem: "expected an object")
+        }
+        return object
+    }
+
+    func allowOnly(_ keys: [String], in object: [String: Any], prefix: String) throws {
+        for key in object.keys.sorted() where !keys.contains(key) {
+            throw PipelineConfig.LoadError(
+                file: file, key: prefix + key,
+                problem: "unknown key; expected one of \(keys.joined(separator: ", "))")
+        }
+    }
+
+    func int(_ value: Any, key: String, range: ClosedRange<Int>) throws -> Int {
+        // JSONSerialization gives NSNumber for both numbers and booleans; refuse booleans
+        // and fractions so "true" or 1.5 is never taken as a count.
+        guard let number = value as? NSNumber, String(cString: number.objCType) != "c",
+            number.doubleValue == number.doubleValue.rounded(),
+            let integer = Int(exactly: number.doubleValue)
+        else {
+            throw PipelineConfig.LoadError(
+                file: file, key: key, problem: "expected an integer in \(range.lowerBound)...\(range.upperBound)")
+        }
+        guard range.contains(integer) else {
+            throw PipelineConfig.LoadError(
+                file: file, key: key,
+                problem: "\(integer) is out of range; expected \(range.lowerBound)...\(range.upperBound)")
+        }
+        return integer
+    }
+}

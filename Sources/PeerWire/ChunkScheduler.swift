@@ -1,0 +1,126 @@
+import IPC
+
+/// Decides which chunk to ask which peer for. Pure: no sockets, no clocks; the transfer
+/// worker reports events and sends the requests this returns.
+///
+/// A chunk is in one of four states: missing, requested from a peer, received and waiting
+/// for the hash worker's verdict, or verified. A rejected chunk or a lost peer puts chunks
+/// back to missing; a peer whose chunks keep failing verification is dropped.
+public struct ChunkScheduler: Sendable {
+    public typealias PeerID = Int
+
+    public enum ChunkState: Equatable, Sendable {
+        case missing
+        case requested(from: PeerID)
+        case verifying(from: PeerID)
+        case verified
+    }
+
+    /// A peer is banned after this many chunks from it fail verification.
+    public static let strikesBeforeBan = 3
+
+    public private(set) var states: [ChunkState]
+    public let maxInFlightPerPeer: Int
+    private var inFlight: [PeerID: Int] = [:]
+    private var strikes: [PeerID: Int] = [:]
+    public private(set) var banned: Set<PeerID> = []
+    /// Next index to consider: chunks are taken in order, which keeps disk writes sequential.
+    private var cursor = 0
+
+    public init(chunkCount: Int, verified: ChunkBitfield?, maxInFlightPerPeer: Int) {
+        states = (0..<chunkCount).map { verified?[$0] == true ? .verified : .missing }
+        self.maxInFlightPerPeer = max(1, maxInFlightPerPeer)
+    }
+
+    public var verifiedCount: Int { states.reduce(0) { $0 + ($1 == .verified ? 1 : 0) } }
+    public var isComplete: Bool { states.allSatisfy { $0 == .verified } }
+
+    public mutating func peerJoined(_ peer: PeerID) {
+        inFlight[peer] = inFlight[peer] ?? 0
+    }
+
+    /// The peer is gone: everything it was asked for becomes missing again.
+    public mutating func peerLeft(_ peer: PeerID) {
+        inFlight[peer] = nil
+        for index in states.indices where states[index] == .requested(from: peer) {
+            states[index] = .missing
+            cursor = min(cursor, index)
+        }
+    }
+
+    /// Chunks to request from `peer` now, respecting its in-flight limit.
+    public mutating func nextRequests(for peer: PeerID) -> [Int] {
+        guard !banned.contains(peer), var count = inFlight[peer] else { return [] }
+        var picked: [Int] = []
+        var wrapped = false
+        while count < maxInFlightPerPeer {
+            if cursor >= states.count {
+                // Past the end: look again from the first missing chunk (a rejected or lost one).
+                guard !wrapped, let first = states.firstIndex(of: .missing) else { break }
+                cursor = first
+                wrapped = true
+            }
+            if states[cursor] == .missing {
+                states[cursor] = .requested(from: peer)
+                picked.append(cursor)
+                count += 1
+            }
+            cursor += 1
+        }
+        inFlight[peer] = count
+        return picked
+    }
+
+    public enum PieceVerdict: Equatable, Sendable {
+        /// Pass the data to the hash worker for verification.
+        case verify
+        /// The chunk was not requested from this peer (or already verified): drop the data.
+        case unexpected
+    }
+
+    public mutating func pieceArrived(index: Int, from peer: PeerID) -> PieceVerdict {
+        guard states.indices.contains(index), states[index] == .requested(from: peer) else { return .unexpected }
+        states[index] = .verifying(from: peer)
+        inFlight[peer, default: 1] -= 1
+        return .verify
+    }
+
+    /// The peer said it will not send this chunk.
+    public mutating func pieceRefused(index: Int, by peer: PeerID) {
+        guard states.indices.contains(index), states[index] == .requested(from: peer) else { return }
+        states[index] = .missing
+        cursor = min(cursor, index)
+        inFlight[peer, default: 1] -= 1
+    }
+
+    public enum VerificationOutcome: Equatable, Sendable {
+        case accepted
+        case rejected
+        /// Rejected, and the sender has now failed too often: disconnect and ban it.
+        case rejectedAndBanned(PeerID)
+    }
+
+    public mutating func verificationResult(index: Int, accepted: Bool) -> VerificationOutcome {
+        guard states.indices.contains(index) else { return .rejected }
+        let sender: PeerID?
+        if case .verifying(let from) = states[index] { sender = from } else { sender = nil }
+        if accepted {
+            states[index] = .verified
+            return .accepted
+        }
+        if states[index] != .verified {
+            states[index] = .missing
+            cursor = min(cursor, index)
+        }
+        guard let sender else { return .rejected }
+        strikes[sender, default: 0] += 1
+        if strikes[sender, default: 0] >= ChunkScheduler.strikesBeforeBan {
+            banned.insert(sender)
+            peerLeft(sender)
+            return .rejectedAndBanned(sender)
+        }
+        return .rejected
+    }
+
+    public var missingIndices: [Int] { states.indices.filter { states[$0] != .verified } }
+}

@@ -1,0 +1,103 @@
+import IPC
+import PeerShareCore
+
+/// Messages between two peers over TCP, framed exactly like the IPC pipes (`Frame`), with
+/// their own tag space. docs/PROTOCOL.md §2 lists them byte by byte.
+public enum PeerMessage: Equatable, Sendable {
+    /// First message from the connecting side: which protocol, which version, which share.
+    case hello(version: UInt16, shareID: [UInt8])
+    /// The serving side accepts; it has the share with `chunkCount` chunks.
+    case helloAccepted(version: UInt16, chunkCount: UInt32)
+    case getManifest
+    case manifest(bytes: [UInt8])
+    case request(index: UInt32)
+    case piece(index: UInt32, data: [UInt8])
+    /// The serving side will not send this chunk (it does not have it, or the index is bad).
+    case reject(index: UInt32, reason: String)
+    /// A fatal error; the sender closes the connection after it.
+    case error(code: UInt16, message: String)
+
+    public enum Tag: UInt16, CaseIterable, Sendable {
+        case hello = 0x5001, helloAccepted, getManifest, manifest, request, piece, reject, error
+    }
+
+    public enum ErrorCode: UInt16, Sendable {
+        case unknownShare = 1
+        case versionMismatch = 2
+        case protocolViolation = 3
+        case busy = 4
+        case internalError = 5
+    }
+
+    public static let version: UInt16 = 1
+    /// "PeerShare" in ASCII; opens every hello so a stray client is refused at once.
+    public static let magic: [UInt8] = Array("PeerShare".utf8)
+    /// A piece frame holds at most one maximum-size chunk plus its header; a manifest frame
+    /// at most a maximum-size manifest.
+    public static let maxFrameLength = Manifest.maxEncodedSize + 64
+
+    public var tag: Tag {
+        switch self {
+        case .hello: return .hello
+        case .helloAccepted: return .helloAccepted
+        case .getManifest: return .getManifest
+        case .manifest: return .manifest
+        case .request: return .request
+        case .piece: return .piece
+        case .reject: return .reject
+        case .error: return .error
+        }
+    }
+
+    public func frame() -> Frame {
+        var w = ByteWriter()
+        switch self {
+        case .hello(let version, let shareID):
+            w.raw(PeerMessage.magic)
+            w.u16(version)
+            w.raw(shareID)
+        case .helloAccepted(let version, let count):
+            w.u16(version)
+            w.u32(count)
+        case .getManifest: break
+        case .manifest(let bytes):
+            w = ByteWriter(capacity: bytes.count + 8)
+            w.blob(bytes)
+        case .request(let index): w.u32(index)
+        case .piece(let index, let data):
+            w = ByteWriter(capacity: data.count + 8)
+            w.u32(index)
+            w.blob(data)
+        case .reject(let index, let reason):
+            w.u32(index)
+            w.string(reason)
+        case .error(let code, let message):
+            w.u16(code)
+            w.string(message)
+        }
+        return Frame(type: tag.rawValue, payload: w.bytes)
+    }
+
+    public init(frame: Frame) throws {
+        guard let tag = Tag(rawValue: frame.type) else {
+            throw DecodeError.invalid("unknown peer message type 0x\(String(frame.type, radix: 16))")
+        }
+        var r = ByteReader(frame.payload)
+        switch tag {
+        case .hello:
+            guard try r.raw(PeerMessage.magic.count) == PeerMessage.magic else {
+                throw DecodeError.invalid("not a PeerShare peer")
+            }
+            self = .hello(version: try r.u16(), shareID: try r.raw(ShareID.byteCount))
+        case .helloAccepted: self = .helloAccepted(version: try r.u16(), chunkCount: try r.u32())
+        case .getManifest: self = .getManifest
+        case .manifest: self = .manifest(bytes: try r.blob(limit: Manifest.maxEncodedSize, what: "manifest"))
+        case .request: self = .request(index: try r.u32())
+        case .piece:
+            self = .piece(index: try r.u32(), data: try r.blob(limit: Manifest.maxChunkSize, what: "piece"))
+        case .reject: self = .reject(index: try r.u32(), reason: try r.string())
+        case .error: self = .error(code: try r.u16(), message: try r.string())
+        }
+        try r.expectEnd()
+    }
+}

@@ -1,0 +1,161 @@
+import Foundation
+import IPC
+import Logging
+import NIOCore
+import PeerShareCore
+
+/// `peershare get LINK`: fetch the manifest through the transfer worker, have the hash worker
+/// prepare the download, then relay every received chunk to the hash worker for verification
+/// and pass its verdict back. Finishes when the hash worker has moved the share into place.
+public final class GetSession: SupervisorDelegate, @unchecked Sendable {
+    let supervisor: Supervisor
+    let link: ShareLink
+    let peers: [PeerAddress]
+    let targetDirectory: String
+    let output: SessionOutput
+    let logger: Logger
+    private let done: EventLoopPromise<Int32>
+    private var manifest: Manifest?
+    private var manifestBytes: [UInt8]?
+    private var verified: ChunkBitfield?
+    private var started = false
+    private var finalizing = false
+    private var finished = false
+    private var verifiedBytes: UInt64 = 0
+    private var rejected = 0
+    /// writeChunk request id -> chunk index.
+    private var writes: [UInt32: Int] = [:]
+
+    public init(
+        supervisor: Supervisor, link: ShareLink, peers: [PeerAddress], targetDirectory: String, output: SessionOutput,
+        logger: Logger
+    ) {
+        self.supervisor = supervisor
+        self.link = link
+        self.peers = peers
+        self.targetDirectory = targetDirectory
+        self.output = output
+        self.logger = logger
+        self.done = supervisor.eventLoop.makePromise(of: Int32.self)
+        supervisor.delegate = self
+    }
+
+    public var result: EventLoopFuture<Int32> { done.futureResult }
+
+    public func begin() {
+        output.status("looking for \(link.shareID.short) at \(peers.map(\.description).joined(separator: ", "))")
+        supervisor.send(
+            .fetch(shareID: link.shareID.bytes, peers: peers.map(\.description)), to: .transfer,
+            tracking: .setup(key: "fetch"))
+    }
+
+    public func stop(exitCode: Int32) {
+        guard !finished else { return }
+        finished = true
+        output.finishProgress()
+        supervisor.shutdown().whenComplete { [self] _ in done.succeed(exitCode) }
+    }
+
+    public func supervisor(_ supervisor: Supervisor, received message: IPCMessage, from role: WorkerRole) {
+        guard !finished else { return }
+        switch message {
+        case .manifestReceived(let bytes):
+            guard ShareID(manifestBytes: bytes) == link.shareID else {
+                output.error("the transfer worker passed on a manifest that does not match the link")
+                return stop(exitCode: ExitCodes.dataError)
+            }
+            if let verified, started {
+                // A restarted transfer worker: tell it what is already done.
+                supervisor.send(.startChunks(verified: verified.bytes), to: .transfer)
+                return
+            }
+            guard manifestBytes == nil else { return }
+            manifestBytes = bytes
+            do {
+                let decoded = try Manifest.decode(bytes)
+                manifest = decoded
+                output.status(
+                    "found '\(decoded.rootName)': \(formatBytes(decoded.totalBytes)) in \(decoded.chunkCount) chunks")
+            } catch {
+                output.error("the share's manifest is unsafe or malformed: \(error)")
+                return stop(exitCode: ExitCodes.dataError)
+            }
+            supervisor.send(
+                .prepareDownload(requestID: supervisor.makeRequestID(), manifest: bytes, targetDirectory: targetDirectory),
+                to: .hash, tracking: .setup(key: "download"))
+        case .downloadPrepared(_, let bits):
+            guard let manifest, let incoming = ChunkBitfield(bytes: bits, count: manifest.chunkCount) else { return }
+            var merged = verified ?? ChunkBitfield(count: manifest.chunkCount)
+            for index in 0..<manifest.chunkCount where incoming[index] && !merged[index] {
+                merged[index] = true
+                verifiedBytes += UInt64(manifest.chunkLocations[index].length)
+            }
+            verified = merged
+            if !started {
+                started = true
+                if merged.setCount > 0 {
+                    output.status("\(merged.setCount) of \(manifest.chunkCount) chunks already on disk; fetching the rest")
+                }
+                supervisor.send(.startChunks(verified: merged.bytes), to: .transfer)
+            }
+            finalizeIfComplete()
+        case .chunkReceived(let index, let data, _):
+            let id = supervisor.makeRequestID()
+            writes[id] = Int(index)
+            supervisor.send(.writeChunk(requestID: id, index: index, data: data), to: .hash, tracking: .request)
+        case .chunkWritten(let id, let index, let ok):
+            writes[id] = nil
+            guard let manifest, var bits = verified, Int(index) < manifest.chunkCount else { return }
+            if ok && !bits[Int(index)] {
+                bits[Int(index)] = true
+                verifiedBytes += UInt64(manifest.chunkLocations[Int(index)].length)
+                verified = bits
+            } else if !ok {
+                rejected += 1
+            }
+            supervisor.send(.chunkResult(index: index, accepted: ok), to: .transfer)
+            output.progress(verifiedBytes, manifest.totalBytes, "downloading")
+            finalizeIfComplete()
+        case .downloadFinalized(_, let path):
+            output.finishProgress()
+            var note = ""
+            if rejected > 0 { note = " (\(rejected) corrupt chunks were rejected and fetched again)" }
+            output.link("verified and saved: \(path)\(note)")
+            stop(exitCode: ExitCodes.ok)
+        case .failure(_, let code, let text):
+            output.error(text)
+            stop(exitCode: Int32(code))
+        case .fetchFailed(let code, let reason):
+            output.error(reason)
+            stop(exitCode: Int32(code))
+        case .peerEvent(let text):
+            logger.info("\(text)")
+        default:
+            logger.debug("ignoring \(message.tag) from \(role)")
+        }
+    }
+
+    private func finalizeIfComplete() {
+        guard let verified, verified.isComplete, !finalizing else { return }
+        finalizing = true
+        supervisor.send(.finalizeDownload(requestID: supervisor.makeRequestID()), to: .hash, tracking: .request)
+    }
+
+    public func supervisor(_ supervisor: Supervisor, restarted role: WorkerRole) {}
+
+    public func supervisor(_ supervisor: Supervisor, gaveUpOn role: WorkerRole, reason: String) {
+        output.error(reason)
+        stop(exitCode: ExitCodes.software)
+    }
+}
+
+public func formatBytes(_ bytes: UInt64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"]
+    var value = Double(bytes)
+    var unit = 0
+    while value >= 1024 && unit < units.count - 1 {
+        value /= 1024
+        unit += 1
+    }
+    return unit == 0 ? "\(bytes) B" : String(format: "%.1f %@", value, units[unit])
+}

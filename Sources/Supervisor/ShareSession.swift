@@ -1,0 +1,175 @@
+import Foundation
+import IPC
+import Logging
+import NIOCore
+import PeerShareCore
+
+/// `peershare share PATH`: hash the share, print its link, serve it until stopped.
+///
+/// The session is the supervisor's routing policy for one share: it relays the transfer
+/// worker's chunk reads to the hash worker and the data back. Loop-confined.
+public final class ShareSession: SupervisorDelegate, @unchecked Sendable {
+    let supervisor: Supervisor
+    let path: String
+    let listen: PeerAddress
+    let output: SessionOutput
+    let logger: Logger
+    private let done: EventLoopPromise<Int32>
+    private var manifest: [UInt8]?
+    private var shareID: ShareID?
+    private var linkPrinted = false
+    /// Supervisor request id -> the transfer worker's request id, for chunk reads.
+    private var reads: [UInt32: UInt32] = [:]
+    private var buildRequest: UInt32 = 0
+
+    public init(supervisor: Supervisor, path: String, listen: PeerAddress, output: SessionOutput, logger: Logger) {
+        self.supervisor = supervisor
+        self.path = path
+        self.listen = listen
+        self.output = output
+        self.logger = logger
+        self.done = supervisor.eventLoop.makePromise(of: Int32.self)
+        supervisor.delegate = self
+    }
+
+    /// Completes with the process exit code.
+    public var result: EventLoopFuture<Int32> { done.futureResult }
+
+    public func begin() {
+        buildRequest = supervisor.makeRequestID()
+        output.status("hashing \(path) ...")
+        supervisor.send(.buildManifest(requestID: buildRequest, path: path), to: .hash, tracking: .request)
+    }
+
+    public func stop(exitCode: Int32) {
+        supervisor.shutdown().whenComplete { [self] _ in done.succeed(exitCode) }
+    }
+
+    public func supervisor(_ supervisor: Supervisor, received message: IPCMessage, from role: WorkerRole) {
+        switch message {
+        case .hashProgress(_, let done, let total):
+            output.progress(done, total, "hashing")
+        case .manifestBuilt(_, let bytes):
+            manifest = bytes
+            let id = ShareID(manifestBytes: bytes)
+            shareID = id
+            output.finishProgress()
+            // If the hash worker restarts, it must reopen the share without hashing it again.
+            supervisor.rememberSetup(.openShare(requestID: 0, path: path, manifest: bytes), key: "share", for: .hash)
+            supervisor.send(
+                .serve(shareID: id.bytes, manifest: bytes, host: listen.host, port: UInt16(listen.port)),
+                to: .transfer, tracking: .setup(key: "serve"))
+        case .serving(let port):
+            guard let shareID, let manifest else { return }
+            // A restarted transfer worker must come back on the same port: the link names it.
+            supervisor.send(
+                .serve(shareID: shareID.bytes, manifest: manifest, host: listen.host, port: port),
+                to: .transfer, tracking: .setup(key: "serve"))
+            if !linkPrinted {
+                linkPrinted = true
+                let hints = LocalAddresses.hints(listenHost: listen.host, port: Int(port))
+                output.link(ShareLink(shareID: shareID, peers: hints).description)
+                output.status("serving on \(listen.host):\(port); press Ctrl-C to stop")
+            }
+        case .readChunk(let transferID, let index):
+            let id = supervisor.makeRequestID()
+            reads[id] = transferID
+            supervisor.send(.readChunk(requestID: id, index: index), to: .hash, tracking: .request)
+        case .chunkData(let id, let index, let data):
+            if let transferID = reads.removeValue(forKey: id) {
+                supervisor.send(.chunkData(requestID: transferID, index: index, data: data), to: .transfer)
+            }
+        case .failure(let id, let code, let text):
+            if let transferID = reads.removeValue(forKey: id) {
+                supervisor.send(.failure(requestID: transferID, code: code, message: text), to: .transfer)
+            } else if id == buildRequest || role == .transfer {
+                output.error(text)
+                stop(exitCode: Int32(code))
+            } else {
+                logger.error("\(role): \(text)")
+            }
+        case .peerEvent(let text):
+            logger.info("\(text)")
+        case .status(_, let text):
+            output.status("\(role): \(text)")
+        default:
+            logger.debug("ignoring \(message.tag) from \(role)")
+        }
+    }
+
+    public func supervisor(_ supervisor: Supervisor, restarted role: WorkerRole) {
+        if role == .transfer { reads.removeAll() }
+    }
+
+    public func supervisor(_ supervisor: Supervisor, gaveUpOn role: WorkerRole, reason: String) {
+        output.error(reason)
+        stop(exitCode: ExitCodes.software)
+    }
+}
+
+/// Where a session's user-facing output goes (the CLI prints it; tests could capture it).
+public struct SessionOutput: Sendable {
+    public var link: @Sendable (String) -> Void
+    public var status: @Sendable (String) -> Void
+    public var error: @Sendable (String) -> Void
+    public var progress: @Sendable (_ done: UInt64, _ total: UInt64, _ label: String) -> Void
+    public var finishProgress: @Sendable () -> Void
+
+    public init(
+        link: @escaping @Sendable (String) -> Void, status: @escaping @Sendable (String) -> Void,
+        error: @escaping @Sendable (String) -> Void,
+        progress: @escaping @Sendable (UInt64, UInt64, String) -> Void, finishProgress: @escaping @Sendable () -> Void
+    ) {
+        self.link = link
+        self.status = status
+        self.error = error
+        self.progress = progress
+        self.finishProgress = finishProgress
+    }
+}
+
+/// Exit codes, from sysexits.h so scripts can tell failures apart (README lists them).
+public enum ExitCodes {
+    public static let ok: Int32 = 0
+    public static let usage: Int32 = 64
+    public static let dataError: Int32 = 65
+    public static let noInput: Int32 = 66
+    public static let unavailable: Int32 = 69
+    public static let software: Int32 = 70
+    public static let cannotCreate: Int32 = 73
+    public static let ioError: Int32 = 74
+    public static let config: Int32 = 78
+    public static let interrupted: Int32 = 130
+}
+
+/// Peer hints for a link: the listening address itself, or every IPv4 address of this
+/// machine when listening on all of them (loopback last, for same-machine use).
+public enum LocalAddresses {
+    public static func hints(listenHost: String, port: Int) -> [PeerAddress] {
+        guard listenHost == "0.0.0.0" || listenHost == "::" else {
+            return [PeerAddress(host: listenHost, port: port)]
+        }
+        var found: [String] = []
+        var list: UnsafeMutablePointer<ifaddrs>?
+        if getifaddrs(&list) == 0 {
+            var cursor = list
+            while let entry = cursor {
+                if let address = entry.pointee.ifa_addr, address.pointee.sa_family == sa_family_t(AF_INET) {
+                    var host = [CChar](repeating: 0, count: Int(NI_MAXHOST))
+                    if getnameinfo(
+                        address, socklen_t(MemoryLayout<sockaddr_in>.size), &host, socklen_t(host.count), nil, 0,
+                        NI_NUMERICHOST) == 0
+                    {
+                        let text = String(cString: host)
+                        if text != "127.0.0.1" && !found.contains(text) { found.append(text) }
+                    }
+                }
+                cursor = entry.pointee.ifa_next
+            }
+            freeifaddrs(list)
+        }
+        found = Array(found.prefix(ShareLink.maxPeerHints - 1))
+        found.append("127.0.0.1")
+        return found.map { PeerAddress(host: $0, port: port) }
+    }
+}

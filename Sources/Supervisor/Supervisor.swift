@@ -1,0 +1,413 @@
+import CSystemShims
+import Foundation
+import IPC
+import Logging
+import NIOCore
+import NIOPosix
+import WorkerRuntime
+
+/// What the supervisor's owner (a `share` or `get` session) hears about.
+public protocol SupervisorDelegate: AnyObject {
+    /// A message from a worker that passed the permission check (never hello/pong).
+    func supervisor(_ supervisor: Supervisor, received message: IPCMessage, from role: WorkerRole)
+    /// A worker crashed, was restarted, and has been sent its setup and in-flight requests again.
+    func supervisor(_ supervisor: Supervisor, restarted role: WorkerRole)
+    /// A worker crashed too often; the supervisor is stopping everything.
+    func supervisor(_ supervisor: Supervisor, gaveUpOn role: WorkerRole, reason: String)
+}
+
+/// Starts the workers of the worker table, watches them, restarts them, and routes messages.
+///
+/// Every method must be called on `eventLoop`; all state lives there, which is why the class
+/// can be `@unchecked Sendable`. Workers are spawned from the event loop's thread, which lives
+/// as long as the supervisor: PR_SET_PDEATHSIG fires when the *thread* that forked a child exits.
+public final class Supervisor: @unchecked Sendable {
+    public enum Tracking {
+        /// Not remembered: lost if the worker is down (the session re-syncs on restart).
+        case none
+        /// Remembered until a reply with the same request id arrives; re-sent after a restart.
+        case request
+        /// Remembered under a key for the life of the session and sent first after every restart.
+        case setup(key: String)
+    }
+
+    /// Loop-confined like the supervisor itself.
+    final class Worker: @unchecked Sendable {
+        let spec: WorkerSpec
+        var pid: pid_t = 0
+        var channel: Channel?
+        var generation = 0
+        var ready = false
+        var stopped = false
+        var lastHeardNs: UInt64 = 0
+        var tracker: RestartTracker
+        var setup: [(key: String, message: IPCMessage)] = []
+        var inFlight: [UInt32: IPCMessage] = [:]
+        var restarts = 0
+
+        init(spec: WorkerSpec) {
+            self.spec = spec
+            self.tracker = RestartTracker(policy: spec.restart)
+        }
+    }
+
+    public let eventLoop: EventLoop
+    public weak var delegate: SupervisorDelegate?
+    let logger: Logger
+    private var workers: [WorkerRole: Worker] = [:]
+    private let executable: String
+    private var startPromise: EventLoopPromise<Void>?
+    private var stopPromise: EventLoopPromise<Void>?
+    private var shuttingDown = false
+    private var heartbeat: RepeatedTask?
+    private var nextRequestID: UInt32 = 1
+    private var nonce: UInt64 = 0
+
+    public init(table: [WorkerSpec], eventLoop: EventLoop, logger: Logger, executable: String = "/proc/self/exe") {
+        self.eventLoop = eventLoop
+        self.logger = logger
+        self.executable = executable
+        for spec in table { workers[spec.role] = Worker(spec: spec) }
+    }
+
+    /// A fresh request id; ids are unique across all workers for the supervisor's lifetime.
+    public func makeRequestID() -> UInt32 {
+        defer { nextRequestID &+= 1 }
+        return nextRequestID
+    }
+
+    /// Process ids of the running workers, for status and tests.
+    public var workerPIDs: [WorkerRole: pid_t] {
+        workers.compactMapValues { $0.pid > 0 ? $0.pid : nil }
+    }
+
+    // MARK: Starting and stopping
+
+    /// Spawns every worker; succeeds when all of them have completed the version handshake.
+    public func start() -> EventLoopFuture<Void> {
+        eventLoop.preconditionInEventLoop()
+        let promise = eventLoop.makePromise(of: Void.self)
+        startPromise = promise
+        for worker in workers.values { spawn(worker) }
+        let interval = workers.values.map(\.spec.heartbeatIntervalMs).min() ?? 1000
+        heartbeat = eventLoop.scheduleRepeatedTask(
+            initialDelay: .milliseconds(Int64(interval)), delay: .milliseconds(Int64(interval))
+        ) { [self] _ in checkHeartbeats() }
+        return promise.futureResult
+    }
+
+    /// Asks every worker to exit, kills those that do not within the grace period, reaps all.
+    public func shutdown(graceMs: Int64 = 2000) -> EventLoopFuture<Void> {
+        eventLoop.preconditionInEventLoop()
+        if let stopPromise { return stopPromise.futureResult }
+        let promise = eventLoop.makePromise(of: Void.self)
+        stopPromise = promise
+        shuttingDown = true
+        heartbeat?.cancel()
+        startPromise?.fail(SupervisorError.stopped)
+        startPromise = nil
+        for worker in workers.values {
+            if worker.pid > 0 {
+                write(.shutdown, to: worker)
+            } else {
+                worker.stopped = true
+            }
+        }
+        eventLoop.scheduleTask(in: .milliseconds(graceMs)) { [self] in
+            for worker in workers.values where worker.pid > 0 {
+                logger.warning("\(worker.spec.role) did not exit in time; killing it")
+                kill(worker.pid, SIGKILL)
+            }
+        }
+        completeShutdownIfDone()
+        return promise.futureResult
+    }
+
+    private func completeShutdownIfDone() {
+        if shuttingDown, workers.values.allSatisfy({ $0.pid == 0 }) {
+            stopPromise?.succeed(())
+        }
+    }
+
+    // MARK: Sending
+
+    public func send(_ message: IPCMessage, to role: WorkerRole, tracking: Tracking = .none) {
+        eventLoop.preconditionInEventLoop()
+        guard let worker = workers[role] else { return }
+        switch tracking {
+        case .none: break
+        case .request:
+            if let id = message.requestID { worker.inFlight[id] = message }
+        case .setup(let key):
+            if let index = worker.setup.firstIndex(where: { $0.key == key }) {
+                worker.setup[index].message = message
+            } else {
+                worker.setup.append((key, message))
+            }
+        }
+        if worker.ready { write(message, to: worker) }
+    }
+
+    /// Records a setup message for future restarts without sending it now (the worker
+    /// already has that state, e.g. the hash worker that built the manifest).
+    public func rememberSetup(_ message: IPCMessage, key: String, for role: WorkerRole) {
+        guard let worker = workers[role] else { return }
+        worker.setup.removeAll { $0.key == key }
+        worker.setup.append((key, message))
+    }
+
+    private func write(_ message: IPCMessage, to worker: Worker) {
+        guard let channel = worker.channel else { return }
+        channel.writeAndFlush(message.frame(), promise: nil)
+    }
+
+    // MARK: Spawning
+
+    private func spawn(_ worker: Worker) {
+        let role = worker.spec.role
+        var pair: [Int32] = [-1, -1]
+        guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &pair) == 0 else {
+            workerExited(worker, generation: worker.generation, status: "socketpair failed: \(String(cString: strerror(errno)))")
+            return
+        }
+        let arguments = ["peershare"] + worker.spec.arguments
+        var environment = ProcessInfo.processInfo.environment
+        environment[WorkerMain.supervisorPIDVariable] = String(getpid())
+        let envStrings = environment.map { "\($0.key)=\($0.value)" }
+        let pid = withCStrings(arguments) { argv in
+            withCStrings(envStrings) { envp in
+                peershare_spawn(executable, argv, envp, pair[1], WorkerMain.pipeDescriptor)
+            }
+        }
+        close(pair[1])
+        worker.generation += 1
+        let generation = worker.generation
+        guard pid > 0 else {
+            close(pair[0])
+            workerExited(worker, generation: generation, status: "cannot start: \(String(cString: strerror(errno)))")
+            return
+        }
+        worker.pid = pid
+        worker.ready = false
+        worker.lastHeardNs = DispatchTime.now().uptimeNanoseconds
+        logger.debug("started \(role) worker (pid \(pid))")
+        reap(pid: pid, worker: worker, generation: generation)
+
+        let maxFrame = worker.spec.maxFrameLength
+        ClientBootstrap(group: eventLoop)
+            .channelInitializer { [self] channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandlers([
+                        FrameChannelDecoder.handler(maxFrameLength: maxFrame),
+                        MessageToByteHandler(FrameChannelEncoder()),
+                        WorkerChannelHandler(supervisor: self, role: role, generation: generation),
+                    ])
+                }
+            }
+            .withConnectedSocket(pair[0])
+            .whenComplete { [self] result in
+                switch result {
+                case .success(let channel):
+                    if worker.generation == generation { worker.channel = channel } else { channel.close(promise: nil) }
+                case .failure(let error):
+                    logger.error("cannot attach to \(role) worker's pipe: \(error)")
+                    kill(pid, SIGKILL)
+                }
+            }
+    }
+
+    /// A thread per worker blocks in waitpid, so no child is ever left a zombie, and reports
+    /// the exit status back on the event loop.
+    private func reap(pid: pid_t, worker: Worker, generation: Int) {
+        let loop = eventLoop
+        Thread.detachNewThread { [self] in
+            var status: Int32 = 0
+            while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+            let description: String
+            if status & 0x7f == 0 {
+                description = "exited with status \((status >> 8) & 0xff)"
+            } else {
+                description = "killed by signal \(status & 0x7f)"
+            }
+            loop.execute { self.workerExited(worker, generation: generation, status: description) }
+        }
+    }
+
+    // MARK: Events from worker channels
+
+    func received(_ frame: Frame, from role: WorkerRole, generation: Int) {
+        guard let worker = workers[role], worker.generation == generation else { return }
+        let message: IPCMessage
+        do {
+            message = try IPCMessage(frame: frame)
+        } catch {
+            violation(by: worker, "undecodable message: \(error)")
+            return
+        }
+        guard worker.spec.mayEmit.contains(message.tag) else {
+            violation(by: worker, "\(role) may not send \(message.tag)")
+            return
+        }
+        worker.lastHeardNs = DispatchTime.now().uptimeNanoseconds
+        if !worker.ready {
+            guard case .hello(let version, let helloRole, _) = message, helloRole == role,
+                version == IPCMessage.protocolVersion
+            else {
+                violation(by: worker, "expected hello from \(role) speaking version \(IPCMessage.protocolVersion)")
+                return
+            }
+            write(.welcome(version: IPCMessage.protocolVersion), to: worker)
+            worker.ready = true
+            becameReady(worker)
+            return
+        }
+        switch message {
+        case .hello:
+            violation(by: worker, "hello sent twice")
+            return
+        case .pong:
+            return
+        case .hashProgress:
+            break
+        default:
+            if let id = message.requestID { worker.inFlight[id] = nil }
+        }
+        delegate?.supervisor(self, received: message, from: role)
+    }
+
+    private func becameReady(_ worker: Worker) {
+        let restarted = worker.restarts > 0
+        if restarted {
+            for (_, message) in worker.setup { write(message, to: worker) }
+            for id in worker.inFlight.keys.sorted() {
+                if let message = worker.inFlight[id] { write(message, to: worker) }
+            }
+            logger.info(
+                "\(worker.spec.role) worker restarted (pid \(worker.pid)); re-sent \(worker.setup.count) setup and \(worker.inFlight.count) in-flight requests"
+            )
+            delegate?.supervisor(self, restarted: worker.spec.role)
+        } else {
+            for (_, message) in worker.setup { write(message, to: worker) }
+            for id in worker.inFlight.keys.sorted() {
+                if let message = worker.inFlight[id] { write(message, to: worker) }
+            }
+        }
+        if let startPromise, workers.values.allSatisfy(\.ready) {
+            self.startPromise = nil
+            startPromise.succeed(())
+        }
+    }
+
+    func channelError(_ error: Error, role: WorkerRole, generation: Int) {
+        guard let worker = workers[role], worker.generation == generation else { return }
+        violation(by: worker, "bad frame: \(error)")
+    }
+
+    func channelClosed(role: WorkerRole, generation: Int) {
+        guard let worker = workers[role], worker.generation == generation, worker.pid > 0 else { return }
+        // The pipe is gone, so the worker is useless even if still alive: make sure it dies;
+        // the reaper thread then reports the exit.
+        if !shuttingDown { logger.debug("\(role) worker closed its pipe") }
+        kill(worker.pid, SIGKILL)
+    }
+
+    private func violation(by worker: Worker, _ what: String) {
+        logger.error("protocol violation by the \(worker.spec.role) worker: \(what); restarting it")
+        worker.channel?.close(promise: nil)
+        if worker.pid > 0 { kill(worker.pid, SIGKILL) }
+    }
+
+    private func workerExited(_ worker: Worker, generation: Int, status: String) {
+        guard worker.generation == generation else { return }
+        let role = worker.spec.role
+        worker.pid = 0
+        worker.ready = false
+        worker.channel?.close(promise: nil)
+        worker.channel = nil
+        if shuttingDown {
+            logger.debug("\(role) worker \(status)")
+            worker.stopped = true
+            completeShutdownIfDone()
+            return
+        }
+        let nowMs = Int(DispatchTime.now().uptimeNanoseconds / 1_000_000)
+        switch worker.tracker.crashed(atMs: nowMs) {
+        case .restart(let delay):
+            worker.restarts += 1
+            logger.warning("\(role) worker \(status); restarting in \(delay) ms")
+            eventLoop.scheduleTask(in: .milliseconds(Int64(delay))) { [self] in
+                if !shuttingDown { spawn(worker) }
+            }
+        case .giveUp(let crashes):
+            let reason =
+                "the \(role) worker failed \(crashes) times within \(worker.spec.restart.windowMs / 1000) s (last: \(status)); giving up"
+            logger.critical("\(reason)")
+            startPromise?.fail(SupervisorError.gaveUp(reason))
+            startPromise = nil
+            delegate?.supervisor(self, gaveUpOn: role, reason: reason)
+        }
+    }
+
+    // MARK: Heartbeats
+
+    private func checkHeartbeats() {
+        let now = DispatchTime.now().uptimeNanoseconds
+        for worker in workers.values where worker.pid > 0 {
+            let silentMs = Int((now &- worker.lastHeardNs) / 1_000_000)
+            if silentMs > worker.spec.heartbeatTimeoutMs {
+                logger.error("\(worker.spec.role) worker silent for \(silentMs) ms; killing it")
+                kill(worker.pid, SIGKILL)
+            } else if worker.ready {
+                nonce &+= 1
+                write(.ping(nonce: nonce), to: worker)
+            }
+        }
+    }
+}
+
+public enum SupervisorError: Error, CustomStringConvertible {
+    case stopped
+    case gaveUp(String)
+
+    public var description: String {
+        switch self {
+        case .stopped: return "the supervisor is stopping"
+        case .gaveUp(let reason): return reason
+        }
+    }
+}
+
+/// The supervisor's end of one worker's pipe: frames in, events out.
+final class WorkerChannelHandler: ChannelInboundHandler {
+    typealias InboundIn = Frame
+    let supervisor: Supervisor
+    let role: WorkerRole
+    let generation: Int
+
+    init(supervisor: Supervisor, role: WorkerRole, generation: Int) {
+        self.supervisor = supervisor
+        self.role = role
+        self.generation = generation
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        supervisor.received(unwrapInboundIn(data), from: role, generation: generation)
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        supervisor.channelError(error, role: role, generation: generation)
+        context.close(promise: nil)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        supervisor.channelClosed(role: role, generation: generation)
+    }
+}
+
+/// Runs `body` with a NULL-terminated C array of the strings.
+func withCStrings<R>(_ strings: [String], _ body: ([UnsafeMutablePointer<CChar>?]) -> R) -> R {
+    var pointers: [UnsafeMutablePointer<CChar>?] = strings.map { strdup($0) }
+    pointers.append(nil)
+    defer { for pointer in pointers { free(pointer) } }
+    return body(pointers)
+}

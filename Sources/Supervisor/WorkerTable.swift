@@ -1,0 +1,96 @@
+import IPC
+import PeerShareCore
+
+/// One row per worker process, in the spirit of Postfix's master.cf: what runs, how it is
+/// restarted, what it may send and (from the sandboxing issue on) how it is confined.
+/// Everything the supervisor knows about a worker comes from its row.
+public struct WorkerSpec: Sendable {
+    public var role: WorkerRole
+    /// Arguments after the executable; every worker is this same binary re-executed.
+    public var arguments: [String]
+    public var restart: RestartPolicy
+    /// Heartbeat: how often to ping, and how long silence may last before a kill.
+    public var heartbeatIntervalMs: Int
+    public var heartbeatTimeoutMs: Int
+    /// Largest frame accepted from this worker.
+    public var maxFrameLength: Int
+    /// Placeholder for the sandboxing issue: the profile name the worker will apply.
+    public var sandboxProfile: String
+    /// Messages this worker may send; anything else is a protocol violation.
+    public var mayEmit: Set<IPCMessage.Tag> { role.mayEmit }
+}
+
+public enum WorkerTable {
+    /// The four workers of the user's design, configured from pipeline.json.
+    ///
+    ///     role       command                restart             frame limit  sandbox
+    ///     discovery  peershare worker discovery  backoff, give up  16 MiB  network-only
+    ///     nat        peershare worker nat        backoff, give up  16 MiB  network-only
+    ///     transfer   peershare worker transfer   backoff, give up  16 MiB  network-only
+    ///     hash       peershare worker hash       backoff, give up  16 MiB  files-only
+    public static func standard(config: PipelineConfig, logLevel: String) -> [WorkerSpec] {
+        let policy = RestartPolicy(
+            maxRestarts: config.workers.maxRestarts, windowMs: config.workers.restartWindowMs,
+            initialBackoffMs: config.workers.restartBackoffMs, maxBackoffMs: config.workers.restartBackoffMaxMs)
+        func row(_ role: WorkerRole, sandbox: String) -> WorkerSpec {
+            WorkerSpec(
+                role: role, arguments: ["worker", role.rawValue, "--log-level", logLevel], restart: policy,
+                heartbeatIntervalMs: config.workers.heartbeatIntervalMs,
+                heartbeatTimeoutMs: config.workers.heartbeatTimeoutMs, maxFrameLength: IPCMessage.maxFrameLength,
+                sandboxProfile: sandbox)
+        }
+        var transfer = row(.transfer, sandbox: "network-only")
+        transfer.arguments += [
+            "--requests-in-flight", String(config.limits.requestsInFlight), "--max-peers", String(config.limits.maxPeers),
+        ]
+        return [
+            row(.discovery, sandbox: "network-only"),
+            row(.nat, sandbox: "network-only"),
+            transfer,
+            row(.hash, sandbox: "files-only"),
+        ]
+    }
+}
+
+/// Exponential backoff with a give-up rule. Pure: the caller passes the time in.
+public struct RestartPolicy: Sendable, Equatable {
+    public var maxRestarts: Int
+    public var windowMs: Int
+    public var initialBackoffMs: Int
+    public var maxBackoffMs: Int
+
+    public init(maxRestarts: Int, windowMs: Int, initialBackoffMs: Int, maxBackoffMs: Int) {
+        self.maxRestarts = maxRestarts
+        self.windowMs = windowMs
+        self.initialBackoffMs = initialBackoffMs
+        self.maxBackoffMs = maxBackoffMs
+    }
+}
+
+/// Remembers a worker's recent crashes and says what to do about the next one.
+public struct RestartTracker: Sendable {
+    public enum Decision: Equatable, Sendable {
+        case restart(afterMs: Int)
+        case giveUp(crashes: Int)
+    }
+
+    public let policy: RestartPolicy
+    private var crashTimesMs: [Int] = []
+
+    public init(policy: RestartPolicy) {
+        self.policy = policy
+    }
+
+    /// Records a crash at `nowMs`; crashes older than the window are forgotten.
+    public mutating func crashed(atMs nowMs: Int) -> Decision {
+        crashTimesMs = crashTimesMs.filter { nowMs - $0 < policy.windowMs }
+        crashTimesMs.append(nowMs)
+        let crashes = crashTimesMs.count
+        if crashes > policy.maxRestarts { return .giveUp(crashes: crashes) }
+        var delay = policy.initialBackoffMs
+        for _ in 1..<crashes {
+            delay = min(delay * 2, policy.maxBackoffMs)
+        }
+        return .restart(afterMs: min(delay, policy.maxBackoffMs))
+    }
+}

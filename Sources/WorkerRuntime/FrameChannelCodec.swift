@@ -1,0 +1,48 @@
+import IPC
+import NIOCore
+
+/// `Frame` framing for SwiftNIO channels, used by the supervisor's worker pipes and by the
+/// transfer worker's peer connections. The length is checked against the channel's limit
+/// as soon as the 4 length bytes are in, before waiting for (or buffering) the body.
+public struct FrameChannelDecoder: NIOSingleStepByteToMessageDecoder {
+    public typealias InboundOut = Frame
+    public let maxFrameLength: Int
+
+    public init(maxFrameLength: Int) {
+        self.maxFrameLength = maxFrameLength
+    }
+
+    public mutating func decode(buffer: inout ByteBuffer) throws -> Frame? {
+        guard let length = buffer.getInteger(at: buffer.readerIndex, as: UInt32.self) else { return nil }
+        try FrameError.check(length: length, limit: maxFrameLength)
+        guard buffer.readableBytes >= 4 + Int(length) else { return nil }
+        buffer.moveReaderIndex(forwardBy: 4)
+        guard let type = buffer.readInteger(as: UInt16.self),
+            let payload = buffer.readBytes(length: Int(length) - 2)
+        else { throw FrameError.tooShort(length: length) }
+        return Frame(type: type, payload: payload)
+    }
+
+    public mutating func decodeLast(buffer: inout ByteBuffer, seenEOF: Bool) throws -> Frame? {
+        try decode(buffer: &buffer)
+    }
+
+    /// The decoder as a channel handler; the buffer cap is a second guard on the same limit.
+    public static func handler(maxFrameLength: Int) -> ByteToMessageHandler<FrameChannelDecoder> {
+        ByteToMessageHandler(
+            FrameChannelDecoder(maxFrameLength: maxFrameLength), maximumBufferSize: maxFrameLength + Frame.headerSize)
+    }
+}
+
+public struct FrameChannelEncoder: MessageToByteEncoder {
+    public typealias OutboundIn = Frame
+
+    public init() {}
+
+    public func encode(data: Frame, out: inout ByteBuffer) throws {
+        out.reserveCapacity(minimumWritableBytes: Frame.headerSize + data.payload.count)
+        out.writeInteger(UInt32(data.payload.count + 2))
+        out.writeInteger(data.type)
+        out.writeBytes(data.payload)
+    }
+}

@@ -1,0 +1,59 @@
+import Foundation
+import Logging
+
+/// One log line per event on stderr, with the process's name on every line:
+///
+///     2026-11-25T08:30:00.123Z info  hash: built manifest for 'photos' (12 files)
+///
+/// Workers inherit the supervisor's stderr, so a terminal shows every process's lines
+/// interleaved, each one saying who wrote it. A line is written with one write(2) call so
+/// lines from different processes never mix mid-line.
+public struct LineLogHandler: LogHandler {
+    public var metadata: Logger.Metadata = [:]
+    public var logLevel: Logger.Level
+    private let name: String
+
+    public init(name: String, level: Logger.Level) {
+        self.name = name
+        self.logLevel = level
+    }
+
+    public subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+
+    public func log(event: LogEvent) {
+        var text = "\(LineLogHandler.timestamp()) \(event.level.rawValue.padding(toLength: 7, withPad: " ", startingAt: 0)) \(name): \(event.message)"
+        let merged = metadata.merging(event.metadata ?? [:]) { $1 }
+        if !merged.isEmpty {
+            text += " " + merged.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
+        }
+        text += "\n"
+        var bytes = Array(text.utf8)
+        bytes.withUnsafeMutableBytes { buffer in
+            var offset = 0
+            while offset < buffer.count {
+                let written = write(2, buffer.baseAddress! + offset, buffer.count - offset)
+                if written <= 0 { break }
+                offset += written
+            }
+        }
+    }
+
+    private static func timestamp() -> String {
+        var now = timespec()
+        clock_gettime(CLOCK_REALTIME, &now)
+        var seconds = now.tv_sec
+        var parts = tm()
+        gmtime_r(&seconds, &parts)
+        return String(
+            format: "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", Int(parts.tm_year) + 1900, Int(parts.tm_mon) + 1,
+            Int(parts.tm_mday), Int(parts.tm_hour), Int(parts.tm_min), Int(parts.tm_sec), now.tv_nsec / 1_000_000)
+    }
+
+    /// Installs this handler for the whole process; call once, first thing in main.
+    public static func bootstrap(name: String, level: Logger.Level) {
+        LoggingSystem.bootstrap { _ in LineLogHandler(name: name, level: level) }
+    }
+}

@@ -1,0 +1,78 @@
+import Foundation
+import IPC
+import PeerShareCore
+import Synchronization
+
+/// Blocking frame IO over a worker's end of its supervisor socketpair (fd 3). Reads happen
+/// on one thread (the worker's reader loop); writes may come from any thread and are
+/// serialised by a lock so frames never interleave.
+public final class WorkerPipe: Sendable {
+    public let descriptor: Int32
+    private let writeLock = Mutex<Void>(())
+
+    public init(descriptor: Int32) {
+        self.descriptor = descriptor
+    }
+
+    public func send(_ message: IPCMessage) throws {
+        let bytes = message.encoded()
+        try writeLock.withLock { _ in try WorkerPipe.writeAll(descriptor, bytes) }
+    }
+
+    static func writeAll(_ fd: Int32, _ bytes: [UInt8]) throws {
+        try bytes.withUnsafeBytes { buffer in
+            var offset = 0
+            while offset < buffer.count {
+                let written = write(fd, buffer.baseAddress! + offset, buffer.count - offset)
+                if written < 0 {
+                    if errno == EINTR { continue }
+                    throw WorkerError.pipe("write failed: \(String(cString: strerror(errno)))")
+                }
+                offset += written
+            }
+        }
+    }
+
+    /// Reads the next message; nil at EOF (the supervisor is gone). A malformed or oversized
+    /// frame throws: the caller exits, and the supervisor sees the pipe close.
+    public func receive() throws -> IPCMessage? {
+        var header = [UInt8](repeating: 0, count: 4)
+        guard try readExactly(&header, count: 4, eofAllowed: true) else { return nil }
+        var reader = ByteReader(header)
+        let length = try reader.u32()
+        try FrameError.check(length: length, limit: IPCMessage.maxFrameLength)
+        var body = [UInt8](repeating: 0, count: Int(length))
+        guard try readExactly(&body, count: Int(length), eofAllowed: false) else { return nil }
+        let type = UInt16(body[0]) << 8 | UInt16(body[1])
+        return try IPCMessage(frame: Frame(type: type, payload: Array(body[2...])))
+    }
+
+    private func readExactly(_ buffer: inout [UInt8], count: Int, eofAllowed: Bool) throws -> Bool {
+        var offset = 0
+        while offset < count {
+            let got = buffer.withUnsafeMutableBytes { raw in read(descriptor, raw.baseAddress! + offset, count - offset) }
+            if got < 0 {
+                if errno == EINTR { continue }
+                throw WorkerError.pipe("read failed: \(String(cString: strerror(errno)))")
+            }
+            if got == 0 {
+                if offset == 0 && eofAllowed { return false }
+                throw WorkerError.pipe("pipe closed in the middle of a frame")
+            }
+            offset += got
+        }
+        return true
+    }
+}
+
+public enum WorkerError: Error, CustomStringConvertible {
+    case pipe(String)
+    case handshake(String)
+
+    public var description: String {
+        switch self {
+        case .pipe(let text): return "supervisor pipe: \(text)"
+        case .handshake(let text): return "handshake: \(text)"
+        }
+    }
+}

@@ -1,0 +1,2 @@
+import PeerShareCLI
+PeerShareCommand.main()

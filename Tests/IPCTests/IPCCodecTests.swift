@@ -1,0 +1,172 @@
+import IPC
+import PeerShareCore
+import PeerWire
+import XCTest
+
+/// The pipe and peer codecs must survive anything: random bytes, truncations, lies about
+/// lengths. These are property-style tests with a seeded generator so failures reproduce.
+final class IPCCodecTests: XCTestCase {
+    struct SeededGenerator: RandomNumberGenerator {
+        var state: UInt64
+        mutating func next() -> UInt64 {
+            state &+= 0x9E37_79B9_7F4A_7C15
+            var z = state
+            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+            return z ^ (z >> 31)
+        }
+    }
+
+    static let shareID = [UInt8](repeating: 0xAB, count: 32)
+
+    static let everyMessage: [IPCMessage] = [
+        .hello(version: 1, role: .hash, pid: 4242),
+        .welcome(version: 1),
+        .ping(nonce: .max),
+        .pong(nonce: 7),
+        .statusRequest(requestID: 3),
+        .status(requestID: 3, text: "serving 2 peers ✓"),
+        .shutdown,
+        .failure(requestID: 9, code: 66, message: "cannot open"),
+        .buildManifest(requestID: 1, path: "/tmp/a b"),
+        .hashProgress(requestID: 1, bytesDone: 10, bytesTotal: 20),
+        .manifestBuilt(requestID: 1, manifest: [1, 2, 3]),
+        .openShare(requestID: 2, path: "/x", manifest: [4]),
+        .shareOpened(requestID: 2),
+        .readChunk(requestID: 5, index: 17),
+        .chunkData(requestID: 5, index: 17, data: [UInt8](repeating: 9, count: 1000)),
+        .prepareDownload(requestID: 6, manifest: [1], targetDirectory: "/out"),
+        .downloadPrepared(requestID: 6, verified: [0xff, 0x80]),
+        .writeChunk(requestID: 7, index: 0, data: []),
+        .chunkWritten(requestID: 7, index: 0, verified: true),
+        .finalizeDownload(requestID: 8),
+        .downloadFinalized(requestID: 8, path: "/out/x"),
+        .serve(shareID: shareID, manifest: [1, 2], host: "127.0.0.1", port: 4000),
+        .serving(port: 4000),
+        .fetch(shareID: shareID, peers: ["127.0.0.1:1", "[::1]:2"]),
+        .manifestReceived(manifest: [5, 6]),
+        .startChunks(verified: [0]),
+        .chunkReceived(index: 3, data: [1, 2, 3], peer: "1.2.3.4:5"),
+        .chunkResult(index: 3, accepted: false),
+        .peerEvent(text: "hi"),
+        .fetchFailed(code: 69, reason: "nobody home"),
+    ]
+
+    func testEveryMessageTypeIsCovered() {
+        XCTAssertEqual(Set(Self.everyMessage.map(\.tag)), Set(IPCMessage.Tag.allCases))
+    }
+
+    func testEveryMessageRoundTrips() throws {
+        for message in Self.everyMessage {
+            var decoder = FrameDecoder(maxFrameLength: IPCMessage.maxFrameLength)
+            decoder.append(message.encoded())
+            let frame = try XCTUnwrap(try decoder.next())
+            XCTAssertEqual(try IPCMessage(frame: frame), message)
+            XCTAssertEqual(decoder.bufferedCount, 0)
+        }
+    }
+
+    func testFramesSplitAtEveryByteBoundaryReassemble() throws {
+        let stream = Self.everyMessage.flatMap { $0.encoded() }
+        var decoder = FrameDecoder(maxFrameLength: IPCMessage.maxFrameLength)
+        var decoded: [IPCMessage] = []
+        for byte in stream {
+            decoder.append([byte])
+            while let frame = try decoder.next() { decoded.append(try IPCMessage(frame: frame)) }
+        }
+        XCTAssertEqual(decoded, Self.everyMessage)
+    }
+
+    func testHugeLengthPrefixIsRefusedBeforeAllocating() {
+        var decoder = FrameDecoder(maxFrameLength: 1024)
+        decoder.append([0xFF, 0xFF, 0xFF, 0xFF])
+        XCTAssertThrowsError(try decoder.next()) { error in
+            XCTAssertEqual(error as? FrameError, .tooLarge(length: 0xFFFF_FFFF, limit: 1024))
+        }
+        var tiny = FrameDecoder(maxFrameLength: 1024)
+        tiny.append([0, 0, 0, 1, 0])
+        XCTAssertThrowsError(try tiny.next())
+    }
+
+    func testInnerLengthsAreBoundedToo() {
+        // A valid frame whose chunk field claims 3 GiB.
+        var writer = ByteWriter()
+        writer.u32(1)
+        writer.u32(1)
+        writer.u32(0xC000_0000)
+        let frame = Frame(type: IPCMessage.Tag.chunkData.rawValue, payload: writer.bytes)
+        XCTAssertThrowsError(try IPCMessage(frame: frame))
+    }
+
+    func testTruncatedMessagesThrow() {
+        for message in Self.everyMessage {
+            let payload = message.frame().payload
+            for cut in 0..<payload.count {
+                let frame = Frame(type: message.tag.rawValue, payload: Array(payload[0..<cut]))
+                XCTAssertThrowsError(try IPCMessage(frame: frame), "\(message) cut at \(cut)")
+            }
+        }
+    }
+
+    func testRandomBytesNeverCrashTheDecoders() {
+        var random = SeededGenerator(state: 42)
+        for round in 0..<20_000 {
+            let count = Int.random(in: 0...64, using: &random)
+            var bytes = (0..<count).map { _ in UInt8.random(in: 0...255, using: &random) }
+            if round % 3 == 0 && bytes.count >= 6 {
+                // A plausible header so the payload decoders get exercised, not only the framer.
+                let tags = IPCMessage.Tag.allCases
+                let tag = tags[Int.random(in: 0..<tags.count, using: &random)].rawValue
+                let length = UInt32(bytes.count - 4)
+                bytes[0] = UInt8(length >> 24)
+                bytes[1] = UInt8(truncatingIfNeeded: length >> 16)
+                bytes[2] = UInt8(truncatingIfNeeded: length >> 8)
+                bytes[3] = UInt8(truncatingIfNeeded: length)
+                bytes[4] = UInt8(tag >> 8)
+                bytes[5] = UInt8(truncatingIfNeeded: tag)
+            }
+            var decoder = FrameDecoder(maxFrameLength: 4096)
+            decoder.append(bytes)
+            while let frame = try? decoder.next() {
+                _ = try? IPCMessage(frame: frame)
+                _ = try? PeerMessage(frame: frame)
+            }
+        }
+    }
+
+    func testPeerMessagesRoundTripAndRejectStrangers() throws {
+        let messages: [PeerMessage] = [
+            .hello(version: 1, shareID: Self.shareID), .helloAccepted(version: 1, chunkCount: 9), .getManifest,
+            .manifest(bytes: [1, 2, 3]), .request(index: 4), .piece(index: 4, data: [7, 7]),
+            .reject(index: 4, reason: "no"), .error(code: 3, message: "bye"),
+        ]
+        XCTAssertEqual(Set(messages.map(\.tag)), Set(PeerMessage.Tag.allCases))
+        for message in messages {
+            XCTAssertEqual(try PeerMessage(frame: message.frame()), message)
+        }
+        var bad = PeerMessage.hello(version: 1, shareID: Self.shareID).frame()
+        bad.payload[0] = UInt8(ascii: "X")
+        XCTAssertThrowsError(try PeerMessage(frame: bad))
+    }
+
+    func testRolesMayOnlyEmitTheirOwnMessages() {
+        XCTAssertTrue(WorkerRole.hash.mayEmit.contains(.chunkWritten))
+        XCTAssertFalse(WorkerRole.hash.mayEmit.contains(.chunkReceived))
+        XCTAssertFalse(WorkerRole.transfer.mayEmit.contains(.chunkWritten))
+        XCTAssertFalse(WorkerRole.discovery.mayEmit.contains(.readChunk))
+        for role in WorkerRole.allCases {
+            XCTAssertFalse(role.mayEmit.contains(.welcome), "\(role) must not send supervisor messages")
+            XCTAssertFalse(role.mayEmit.contains(.shutdown))
+        }
+    }
+
+    func testBitfield() {
+        var bits = ChunkBitfield(count: 10)
+        bits[0] = true
+        bits[9] = true
+        XCTAssertEqual(bits.bytes, [0x80, 0x40])
+        XCTAssertEqual(bits.missing, [1, 2, 3, 4, 5, 6, 7, 8])
+        XCTAssertNil(ChunkBitfield(bytes: [0xFF, 0xFF], count: 10), "spare bits must be zero")
+        XCTAssertNil(ChunkBitfield(bytes: [0xFF], count: 10), "wrong length")
+    }
+}
