@@ -15,8 +15,9 @@ enum Terminal {
         FileHandle.standardError.write(Data("peershare: error: \(text)\n".utf8))
     }
 
-    static func sessionOutput(quiet: Bool = false) -> SessionOutput {
-        let meter = ProgressMeter()
+    /// `progressToStderr` keeps stdout for the link alone (`share`).
+    static func sessionOutput(quiet: Bool = false, progressToStderr: Bool = false) -> SessionOutput {
+        let meter = ProgressMeter(handle: progressToStderr ? .standardError : .standardOutput)
         return SessionOutput(
             link: { line($0) },
             status: { text in
@@ -31,6 +32,14 @@ enum Terminal {
 /// Percent, rate and ETA, from a monotonic clock; thread-safe since output comes from the loop.
 final class ProgressMeter: @unchecked Sendable {
     private let lock = NSLock()
+    private let handle: FileHandle
+    private let isTTY: Bool
+
+    init(handle: FileHandle) {
+        self.handle = handle
+        self.isTTY = isatty(handle.fileDescriptor) == 1
+    }
+
     private var startNs: UInt64 = 0
     private var lastPrintNs: UInt64 = 0
     private var startBytes: UInt64 = 0
@@ -44,7 +53,7 @@ final class ProgressMeter: @unchecked Sendable {
             startNs = now
             startBytes = done
         }
-        let interval: UInt64 = Terminal.isTTY ? 100_000_000 : 1_000_000_000
+        let interval: UInt64 = isTTY ? 100_000_000 : 1_000_000_000
         guard now - lastPrintNs >= interval || done == total else { return }
         lastPrintNs = now
         let seconds = max(Double(now - startNs) / 1e9, 0.001)
@@ -53,15 +62,16 @@ final class ProgressMeter: @unchecked Sendable {
         let eta = rate > 0 ? Double(total - done) / rate : 0
         let rateText = String(format: "%.1f MB/s", rate / 1e6)
         let etaText = String(format: "ETA %.0fs", eta)
-        if Terminal.isTTY {
+        if isTTY {
             let width = 30
             let filled = Int(Double(width) * percent / 100)
             let bar = String(repeating: "#", count: filled) + String(repeating: ".", count: width - filled)
             let text = String(format: "\r%@ [%@] %5.1f%%  %@  %@  ", label, bar, percent, rateText, etaText)
-            FileHandle.standardOutput.write(Data(text.utf8))
+            handle.write(Data(text.utf8))
             drawn = true
         } else {
-            Terminal.line(String(format: "%@ %.1f%% %@ %@ of %@ %@", label, percent, formatBytes(done), "", formatBytes(total), "\(rateText) \(etaText)"))
+            let text = String(format: "%@ %.1f%% (%@ of %@) %@ %@\n", label, percent, formatBytes(done), formatBytes(total), rateText, etaText)
+            handle.write(Data(text.utf8))
         }
     }
 
@@ -69,7 +79,7 @@ final class ProgressMeter: @unchecked Sendable {
         lock.lock()
         defer { lock.unlock() }
         if drawn {
-            FileHandle.standardOutput.write(Data("\n".utf8))
+            handle.write(Data("\n".utf8))
             drawn = false
         }
         startNs = 0
