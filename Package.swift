@@ -85,10 +85,10 @@ let package = Package(
         .executableTarget(name: "peershare", dependencies: ["PeerShareCLI"]),
 
         .testTarget(name: "PeerShareCoreTests", dependencies: ["PeerShareCore"]),
+        // End-to-end tests drive real processes from Python: Tests/e2e (run by contrib/test.sh).
         .testTarget(name: "IPCTests", dependencies: ["IPC", "PeerWire", "PeerShareCore"]),
         .testTarget(
-            name: "SupervisorTests", dependencies: ["Supervisor", "PeerShareCore"]),
-        .testTarget(name: "IntegrationTests", dependencies: ["PeerShareCore"]),
+            name: "SupervisorTests", dependencies: ["Supervisor", "PeerShareCore", "IPC"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -29,6 +29,12 @@ public struct Manifest: Equatable, Sendable {
         public var entryIndex: Int
         public var offset: UInt64
         public var length: Int
+
+        public init(entryIndex: Int, offset: UInt64, length: Int) {
+            self.entryIndex = entryIndex
+            self.offset = offset
+            self.length = length
+        }
     }
 
     public static let magic: [UInt8] = Array("PSM1".utf8)

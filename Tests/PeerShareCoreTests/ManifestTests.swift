@@ -1,0 +1,161 @@
+import Foundation
+import PeerShareCore
+import XCTest
+
+final class ManifestTests: XCTestCase {
+    func sampleManifest() -> Manifest {
+        let chunk = 64 * 1024
+        let hashes = (0..<3).map { ChunkHash.of([UInt8](repeating: UInt8($0), count: 10)) }
+        return Manifest(
+            chunkSize: chunk,
+            entries: [
+                .directory("album"),
+                .directory("album/empty"),
+                .file("album/a.bin", size: UInt64(chunk * 2 + 5), chunkHashes: hashes),
+                .file("album/zero", size: 0, chunkHashes: []),
+            ])
+    }
+
+    func testRoundTripAndChunkLocations() throws {
+        let manifest = sampleManifest()
+        let decoded = try Manifest.decode(manifest.encoded())
+        XCTAssertEqual(decoded, manifest)
+        XCTAssertEqual(decoded.chunkCount, 3)
+        XCTAssertEqual(decoded.chunkLocations[2], .init(entryIndex: 2, offset: 2 * 65536, length: 5))
+        XCTAssertEqual(decoded.rootName, "album")
+        XCTAssertEqual(decoded.totalBytes, 2 * 65536 + 5)
+    }
+
+    func testShareIDIsTheHashOfTheExactBytes() {
+        let bytes = sampleManifest().encoded()
+        var changed = bytes
+        changed[changed.count - 1] ^= 1
+        XCTAssertNotEqual(ShareID(manifestBytes: bytes), ShareID(manifestBytes: changed))
+        XCTAssertEqual(ShareID(manifestBytes: bytes).hex.count, 64)
+    }
+
+    func testChunkSizeGrowsWithTheShare() {
+        XCTAssertEqual(Manifest.chunkSize(forTotalBytes: 0), 64 * 1024)
+        XCTAssertEqual(Manifest.chunkSize(forTotalBytes: 200 << 20), 128 * 1024)
+        XCTAssertEqual(Manifest.chunkSize(forTotalBytes: 1 << 30), 512 * 1024)
+        XCTAssertEqual(Manifest.chunkSize(forTotalBytes: 1 << 40), 4 << 20)
+    }
+
+    func testEveryTruncationIsAnErrorNotACrash() {
+        let bytes = sampleManifest().encoded()
+        for cut in 0..<bytes.count {
+            XCTAssertThrowsError(try Manifest.decode(Array(bytes[0..<cut])), "cut at \(cut)")
+        }
+    }
+
+    func testLyingCountsAreRefusedBeforeAllocating() {
+        var writer = ByteWriter()
+        writer.raw(Manifest.magic)
+        writer.u32(65536)
+        writer.u32(UInt32.max)  // a billion entries in 12 bytes
+        XCTAssertThrowsError(try Manifest.decode(writer.bytes))
+        var huge = ByteWriter()
+        huge.raw(Manifest.magic)
+        huge.u32(65536)
+        huge.u32(1)
+        huge.u8(0)
+        huge.string("f")
+        huge.u64(1 << 49)  // claims 8 million chunk hashes that are not there
+        huge.raw([UInt8](repeating: 0, count: 32))
+        XCTAssertThrowsError(try Manifest.decode(huge.bytes))
+    }
+
+    func testTamperedMerkleRootIsRefused() {
+        var bytes = sampleManifest().encoded()
+        // The file entry's Merkle root follows its size; flip a byte in it.
+        let marker = Array("album/a.bin".utf8)
+        let start = bytes.indices.first { Array(bytes[$0..<min($0 + marker.count, bytes.count)]) == marker }!
+        bytes[start + marker.count + 8] ^= 0xFF
+        XCTAssertThrowsError(try Manifest.decode(bytes))
+    }
+
+    func testUnsafePathsAreRefused() {
+        for bad in ["", "/etc/passwd", "../x", "a/../../x", "a//b", "a/./b", "a/b/", "a\\b", "a\u{0}b",
+            String(repeating: "n", count: 256)]
+        {
+            XCTAssertThrowsError(try SharePath.validate(bad), bad)
+        }
+        for good in ["a", "a/b c/d.txt", "..hidden", "ünïcødé/文件"] {
+            XCTAssertNoThrow(try SharePath.validate(good), good)
+        }
+    }
+
+    func testTreeRulesOneRootNoDuplicatesNoFileAsFolder() {
+        XCTAssertThrowsError(try SharePath.validateTree([("a", true), ("b", false)]))
+        XCTAssertThrowsError(try SharePath.validateTree([("a", true), ("a", true)]))
+        XCTAssertThrowsError(try SharePath.validateTree([("a", false), ("a/b", false)]))
+        XCTAssertThrowsError(try SharePath.validateTree([]))
+        XCTAssertNoThrow(try SharePath.validateTree([("a", true), ("a/b", false), ("a/c", true)]))
+    }
+
+    func testMerkleRoot() {
+        let a = ChunkHash.of([1])
+        let b = ChunkHash.of([2])
+        let c = ChunkHash.of([3])
+        XCTAssertEqual(MerkleTree.root(of: [a]), a)
+        let ab = ChunkHash.of([0x01] + a + b)
+        XCTAssertEqual(MerkleTree.root(of: [a, b]), ab)
+        XCTAssertEqual(MerkleTree.root(of: [a, b, c]), ChunkHash.of([0x01] + ab + c))
+    }
+}
+
+final class ShareLinkTests: XCTestCase {
+    let id = ShareID(bytes: [UInt8](repeating: 0x5A, count: 32))!
+
+    func testRoundTrip() throws {
+        let link = ShareLink(
+            shareID: id, peers: [PeerAddress(host: "127.0.0.1", port: 4000), PeerAddress(host: "::1", port: 5)])
+        XCTAssertEqual(link.description, "peershare://\(id.hex)?peer=127.0.0.1:4000&peer=[::1]:5")
+        XCTAssertEqual(try ShareLink.parse(link.description), link)
+        XCTAssertEqual(try ShareLink.parse("peershare://\(id.hex)").peers, [])
+    }
+
+    func testStrictParsing() {
+        for bad in [
+            "", "peershare:/\(id.hex)", "peershare://\(id.hex.uppercased())", "peershare://\(id.hex)00",
+            "peershare://\(id.hex)?peer=", "peershare://\(id.hex)?peer=h:99999", "peershare://\(id.hex)?peer=h:-1",
+            "peershare://\(id.hex)?x=1", "peershare://\(id.hex)?peer=a b:1", "peershare://\(id.hex)?peer=h:1&",
+        ] {
+            XCTAssertThrowsError(try ShareLink.parse(bad), bad)
+        }
+    }
+}
+
+final class PipelineConfigTests: XCTestCase {
+    func parse(_ json: String) throws -> PipelineConfig {
+        try PipelineConfig.parse(Data(json.utf8), file: "test.json")
+    }
+
+    func testRepositoryFileEqualsBuiltInDefaults() throws {
+        let repoFile = URL(fileURLWithPath: #filePath)
+            .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("pipeline.json")
+        XCTAssertEqual(try PipelineConfig.load(file: repoFile.path), PipelineConfig.defaults)
+    }
+
+    func testErrorsNameTheKey() {
+        XCTAssertThrowsError(try parse(#"{"version": 1, "limits": {"maxPeers": "many"}}"#)) { error in
+            XCTAssertEqual("\(error)", "test.json: 'limits.maxPeers': expected an integer in 1...10000")
+        }
+        XCTAssertThrowsError(try parse(#"{"stages": []}"#)) { error in
+            XCTAssertTrue("\(error)".contains("'version': missing"))
+        }
+        XCTAssertThrowsError(try parse(#"{"version": 1.5}"#))
+        XCTAssertThrowsError(try parse(#"[]"#))
+    }
+
+    func testLookupOrder() throws {
+        XCTAssertEqual(
+            PipelineConfig.userConfigPath(environment: ["XDG_CONFIG_HOME": "/x", "HOME": "/h"]),
+            "/x/peershare/pipeline.json")
+        XCTAssertEqual(PipelineConfig.userConfigPath(environment: ["HOME": "/h"]), "/h/.config/peershare/pipeline.json")
+        let (config, source) = try PipelineConfig.load(explicitPath: nil, environment: ["HOME": "/nonexistent"])
+        XCTAssertEqual(config, .defaults)
+        XCTAssertEqual(source, "built-in defaults")
+    }
+}

@@ -1,0 +1,67 @@
+"""A minimal Python speaker of PeerShare's peer protocol (docs/PROTOCOL.md section 2),
+used by the end-to-end tests as an independent implementation and as test doubles."""
+import hashlib
+import socket
+import struct
+
+HELLO, HELLO_ACCEPTED, GET_MANIFEST, MANIFEST, REQUEST, PIECE, REJECT, ERROR = range(0x5001, 0x5009)
+MAGIC = b"PeerShare"
+
+
+def frame(msg_type: int, payload: bytes) -> bytes:
+    return struct.pack(">IH", len(payload) + 2, msg_type) + payload
+
+
+def read_exact(sock: socket.socket, count: int) -> bytes:
+    data = b""
+    while len(data) < count:
+        more = sock.recv(count - len(data))
+        if not more:
+            raise EOFError("connection closed")
+        data += more
+    return data
+
+
+def read_frame(sock: socket.socket, limit: int = 32 << 20):
+    (length,) = struct.unpack(">I", read_exact(sock, 4))
+    if length < 2 or length > limit:
+        raise ValueError(f"bad frame length {length}")
+    body = read_exact(sock, length)
+    (msg_type,) = struct.unpack(">H", body[:2])
+    return msg_type, body[2:]
+
+
+def blob(data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + data
+
+
+def short_string(text: str) -> bytes:
+    raw = text.encode()
+    return struct.pack(">H", len(raw)) + raw
+
+
+def merkle_root(leaves):
+    if not leaves:
+        return hashlib.sha256(b"").digest()
+    level = list(leaves)
+    while len(level) > 1:
+        nxt = []
+        for i in range(0, len(level), 2):
+            if i + 1 < len(level):
+                nxt.append(hashlib.sha256(b"\x01" + level[i] + level[i + 1]).digest())
+            else:
+                nxt.append(level[i])
+        level = nxt
+    return level[0]
+
+
+def encode_manifest(chunk_size: int, entries) -> bytes:
+    """entries: list of (path, data-bytes or None for a directory)."""
+    out = b"PSM1" + struct.pack(">II", chunk_size, len(entries))
+    for path, data in entries:
+        if data is None:
+            out += b"\x01" + short_string(path)
+            continue
+        hashes = [hashlib.sha256(data[i:i + chunk_size]).digest() for i in range(0, len(data), chunk_size)]
+        out += b"\x00" + short_string(path) + struct.pack(">Q", len(data)) + merkle_root(hashes) + b"".join(hashes)
+    return out

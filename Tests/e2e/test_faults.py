@@ -1,0 +1,317 @@
+"""Failures a user will meet: corrupt peers, crashing workers, a killed supervisor, bad input."""
+import os
+import pathlib
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import threading
+import time
+
+import pytest
+
+import peerwire
+from conftest import BIN, alive, children_of, get, leftovers, worker_pid
+
+
+def big_source(tmp_path, mib=200):
+    source = tmp_path / "src" / "data.bin"
+    source.parent.mkdir(exist_ok=True)
+    with open(source, "wb") as f:
+        for _ in range(mib):
+            f.write(os.urandom(1 << 20))
+    return source
+
+
+class CorruptingProxy(threading.Thread):
+    """Sits between the downloader and a real seeder and flips one byte in the first
+    `corrupt` piece frames it forwards. The downloader must reject those chunks."""
+
+    def __init__(self, upstream_port: int, corrupt: int = 1):
+        super().__init__(daemon=True)
+        self.upstream_port = upstream_port
+        self.corrupt_left = corrupt
+        self.corrupted_indices = []
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(4)
+        self.port = self.listener.getsockname()[1]
+
+    def run(self):
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            threading.Thread(target=self.pump, args=(client, upstream, False), daemon=True).start()
+            threading.Thread(target=self.pump, args=(upstream, client, True), daemon=True).start()
+
+    def pump(self, src, dst, from_seeder):
+        try:
+            while True:
+                msg_type, payload = peerwire.read_frame(src)
+                if from_seeder and msg_type == peerwire.PIECE and self.corrupt_left > 0:
+                    self.corrupt_left -= 1
+                    (index,) = struct.unpack(">I", payload[:4])
+                    self.corrupted_indices.append(index)
+                    payload = bytearray(payload)
+                    payload[-1] ^= 0xFF
+                    payload = bytes(payload)
+                dst.sendall(peerwire.frame(msg_type, payload))
+        except (EOFError, OSError, ValueError):
+            for s in (src, dst):
+                try:
+                    s.close()
+                except OSError:
+                    pass
+
+
+def test_corrupted_chunk_is_rejected_refetched_and_never_written(seed, tmp_path):
+    source = tmp_path / "src.bin"
+    source.write_bytes(os.urandom(1_000_000))
+    seeder = seed(source)
+    proxy = CorruptingProxy(seeder.port, corrupt=1)
+    proxy.start()
+    out = tmp_path / "out"
+    out.mkdir()
+    link = seeder.link.split("?")[0]
+    result = get(link, out, "--peer", f"127.0.0.1:{proxy.port}", "--log-level", "info")
+    assert result.returncode == 0, result.stderr
+    assert proxy.corrupted_indices, "the proxy never saw a piece"
+    bad = proxy.corrupted_indices[0]
+    assert f"chunk {bad} failed verification" in result.stderr
+    assert "1 corrupt chunks were rejected" in result.stdout
+    assert (out / "src.bin").read_bytes() == source.read_bytes()
+
+
+def start_get_and_kill(seed, tmp_path, victim_role):
+    source = big_source(tmp_path)
+    seeder = seed(source)
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = subprocess.Popen([BIN, "get", seeder.link, "-o", str(out), "--log-level", "info"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    victim = worker_pid(proc.pid, victim_role)
+    # Kill once about a fifth of the file is on disk (the staging file is sparse, so
+    # allocated blocks show real progress).
+    deadline = time.time() + 60
+    killed = False
+    while time.time() < deadline and proc.poll() is None:
+        partial = list(out.glob(".peershare-*.partial/data.bin"))
+        if partial and partial[0].stat().st_blocks * 512 >= 40 << 20:
+            os.kill(victim, signal.SIGKILL)
+            killed = True
+            break
+        time.sleep(0.01)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert killed, f"download finished before the {victim_role} worker could be killed"
+    return proc.returncode, stdout, stderr, source, out
+
+
+@pytest.mark.parametrize("role", ["transfer", "hash"])
+def test_killed_worker_is_restarted_and_download_completes(seed, tmp_path, role):
+    code, stdout, stderr, source, out = start_get_and_kill(seed, tmp_path, role)
+    assert code == 0, stderr
+    assert f"{role} worker restarted" in stderr
+    assert (out / "data.bin").read_bytes() == source.read_bytes()
+    assert leftovers(out) == ["data.bin"]
+
+
+def test_sigkill_of_supervisor_leaves_no_worker_behind(tmp_path):
+    source = tmp_path / "f.bin"
+    source.write_bytes(os.urandom(10_000))
+    proc = subprocess.Popen([BIN, "share", str(source), "--listen", "127.0.0.1:0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    assert proc.stdout.readline().startswith("peershare://")
+    workers = children_of(proc.pid)
+    assert len(workers) == 4, workers
+    proc.kill()
+    proc.wait()
+    deadline = time.time() + 5
+    while time.time() < deadline and any(alive(w) for w in workers):
+        time.sleep(0.05)
+    assert not [w for w in workers if alive(w)], "workers outlived their supervisor"
+
+
+def test_sigint_shuts_down_cleanly(tmp_path):
+    source = tmp_path / "f.bin"
+    source.write_bytes(b"abc")
+    proc = subprocess.Popen([BIN, "share", str(source), "--listen", "127.0.0.1:0", "--log-level", "debug"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().startswith("peershare://")
+    workers = children_of(proc.pid)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=10)
+    assert proc.returncode == 130
+    for role in ("discovery", "nat", "transfer", "hash"):
+        assert f"{role} worker exited with status 0" in stderr
+    assert not [w for w in workers if alive(w)]
+
+
+def test_worker_that_keeps_crashing_makes_supervisor_give_up(tmp_path):
+    config = tmp_path / "pipeline.json"
+    config.write_text('{"version": 1, "workers": {"maxRestarts": 2, "restartBackoffMs": 10}}')
+    source = tmp_path / "f.bin"
+    source.write_bytes(b"abc")
+    proc = subprocess.Popen([BIN, "share", str(source), "--listen", "127.0.0.1:0", "--config", str(config)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().startswith("peershare://")
+    for _ in range(3):
+        os.kill(worker_pid(proc.pid, "nat"), signal.SIGKILL)
+        time.sleep(0.3)
+    _, stderr = proc.communicate(timeout=20)
+    assert proc.returncode == 70, stderr
+    assert "the nat worker failed 3 times" in stderr and "giving up" in stderr
+
+
+# Bad input: a clear message, a documented exit code, nothing left in the target.
+
+def test_nonexistent_path(tmp_path):
+    result = subprocess.run([BIN, "share", str(tmp_path / "nope")], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 66
+    assert "No such file or directory" in result.stderr
+
+
+def test_unreadable_path(tmp_path):
+    # A folder of its own under /tmp: pytest's tmp_path is not searchable by other users.
+    import tempfile
+    tmp_path = pathlib.Path(tempfile.mkdtemp(prefix="peershare-unreadable-"))
+    source = tmp_path / "secret.bin"
+    source.write_bytes(b"x")
+    source.chmod(0)
+    command = [BIN, "share", str(source)]
+    if os.geteuid() == 0:
+        if not shutil.which("setpriv"):
+            pytest.skip("running as root without setpriv: root can read any file")
+        # Root reads everything, so drop to nobody for this one run.
+        tmp_path.chmod(0o755)
+        command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *command]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=30)
+    shutil.rmtree(tmp_path)
+    assert result.returncode == 66, result.stderr
+    assert "permission denied" in result.stderr.lower()
+
+
+@pytest.mark.parametrize("link", [
+    "http://example.com/x",
+    "peershare://1234",
+    "peershare://" + "g" * 64,
+    "peershare://" + "A" * 64,
+    "peershare://" + "a" * 64 + "?peer=nohostport",
+    "peershare://" + "a" * 64 + "?tracker=x:1",
+])
+def test_malformed_link(tmp_path, link):
+    result = get(link, tmp_path, timeout=30)
+    assert result.returncode == 64, result.stderr
+    assert "malformed link" in result.stderr
+    assert leftovers(tmp_path) == []
+
+
+def test_unreachable_peer(tmp_path):
+    port_holder = socket.socket()
+    port_holder.bind(("127.0.0.1", 0))
+    port = port_holder.getsockname()[1]
+    port_holder.close()  # nothing listens here now
+    result = get("peershare://" + "ab" * 32 + f"?peer=127.0.0.1:{port}", tmp_path, timeout=60)
+    assert result.returncode == 69, result.stderr
+    assert "could not reach any peer" in result.stderr
+    assert f"127.0.0.1:{port}" in result.stderr
+    assert leftovers(tmp_path) == []
+
+
+class MaliciousSeeder(threading.Thread):
+    """Serves a manifest whose share id is right but whose path escapes the target."""
+
+    def __init__(self, path):
+        super().__init__(daemon=True)
+        self.manifest = peerwire.encode_manifest(65536, [(path, b"pwned\n")])
+        import hashlib
+        self.share_id = hashlib.sha256(self.manifest).digest()
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(4)
+        self.port = self.listener.getsockname()[1]
+
+    def run(self):
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            try:
+                while True:
+                    msg_type, payload = peerwire.read_frame(conn)
+                    if msg_type == peerwire.HELLO:
+                        conn.sendall(peerwire.frame(peerwire.HELLO_ACCEPTED, struct.pack(">HI", 1, 1)))
+                    elif msg_type == peerwire.GET_MANIFEST:
+                        conn.sendall(peerwire.frame(peerwire.MANIFEST, peerwire.blob(self.manifest)))
+                    elif msg_type == peerwire.REQUEST:
+                        conn.sendall(peerwire.frame(peerwire.PIECE, payload + peerwire.blob(b"pwned\n")))
+            except (EOFError, OSError, ValueError):
+                conn.close()
+
+
+@pytest.mark.parametrize("evil_path", ["../evil.txt", "/tmp/evil.txt", "ok/../../evil.txt"])
+def test_manifest_with_escaping_paths_is_refused(tmp_path, evil_path):
+    seeder = MaliciousSeeder(evil_path)
+    seeder.start()
+    target = tmp_path / "inner" / "target"
+    target.mkdir(parents=True)
+    link = f"peershare://{seeder.share_id.hex()}?peer=127.0.0.1:{seeder.port}"
+    result = get(link, target, timeout=60)
+    assert result.returncode == 65, result.stderr
+    assert "unsafe" in result.stderr
+    assert leftovers(target) == []
+    assert not (tmp_path / "inner" / "evil.txt").exists()
+    assert not pathlib.Path("/tmp/evil.txt").exists()
+
+
+def test_existing_target_is_not_overwritten(seed, tmp_path):
+    source = tmp_path / "same.txt"
+    source.write_text("new")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "same.txt").write_text("precious")
+    result = get(seed(source).link, out, timeout=60)
+    assert result.returncode == 73, result.stderr
+    assert "already exists" in result.stderr
+    assert (out / "same.txt").read_text() == "precious"
+
+
+@pytest.mark.parametrize("content,needle", [
+    ("{not json", "not valid JSON"),
+    ('{"version": 1, "colour": "blue"}', "'colour': unknown key"),
+    ('{"version": 2}', "'version'"),
+    ('{"version": 1, "limits": {"requestsInFlight": 0}}', "'limits.requestsInFlight'"),
+    ('{"version": 1, "workers": {"maxRestarts": true}}', "'workers.maxRestarts': expected an integer"),
+    ('{"version": 1, "stages": [{"name": "zstd"}]}', "unknown stage 'zstd'"),
+])
+def test_bad_config_is_reported_with_file_and_key(tmp_path, content, needle):
+    config = tmp_path / "pipeline.json"
+    config.write_text(content)
+    source = tmp_path / "f"
+    source.write_text("x")
+    result = subprocess.run([BIN, "share", str(source), "--config", str(config)],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 78
+    assert str(config) in result.stderr and needle in result.stderr, result.stderr
+
+
+def test_missing_config_file_is_an_error(tmp_path):
+    result = subprocess.run([BIN, "share", "/etc/hostname", "--config", str(tmp_path / "none.json")],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 78
+    assert "cannot read the file" in result.stderr
+
+
+def test_repository_pipeline_json_is_accepted(tmp_path):
+    repo_config = pathlib.Path(__file__).resolve().parents[2] / "pipeline.json"
+    source = tmp_path / "f"
+    source.write_text("x")
+    proc = subprocess.Popen([BIN, "share", str(source), "--listen", "127.0.0.1:0", "--config", str(repo_config)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().startswith("peershare://")
+    proc.terminate()
+    proc.wait(timeout=10)

@@ -1,0 +1,72 @@
+"""End-to-end share/get between real processes on loopback."""
+import hashlib
+import os
+import pathlib
+
+import pytest
+
+from conftest import get, tree_bytes
+
+
+def share_and_get(seed, source: pathlib.Path, tmp_path: pathlib.Path):
+    out = tmp_path / "out"
+    out.mkdir()
+    seeder = seed(source)
+    result = get(seeder.link, out)
+    assert result.returncode == 0, result.stderr
+    assert "verified and saved" in result.stdout
+    return out / source.name
+
+
+@pytest.mark.parametrize("size", [0, 1, 3 * 65536 + 12345], ids=["empty", "one-byte", "not-a-multiple-of-chunk"])
+def test_single_files_arrive_byte_identical(seed, tmp_path, size):
+    source = tmp_path / "src" / "file.bin"
+    source.parent.mkdir()
+    source.write_bytes(os.urandom(size))
+    received = share_and_get(seed, source, tmp_path)
+    assert received.read_bytes() == source.read_bytes()
+
+
+def test_200_mib_file(seed, tmp_path):
+    source = tmp_path / "src" / "big.bin"
+    source.parent.mkdir()
+    with open(source, "wb") as f:
+        for _ in range(200):
+            f.write(os.urandom(1 << 20))
+    received = share_and_get(seed, source, tmp_path)
+    assert received.stat().st_size == 200 << 20
+    assert hashlib.sha256(received.read_bytes()).digest() == hashlib.sha256(source.read_bytes()).digest()
+
+
+def test_directory_tree_with_nested_and_empty_folders(seed, tmp_path):
+    source = tmp_path / "src" / "album"
+    (source / "2024" / "summer").mkdir(parents=True)
+    (source / "empty").mkdir()
+    (source / "2024" / "empty-too").mkdir()
+    (source / "readme.txt").write_text("hello\n")
+    (source / "2024" / "summer" / "beach.raw").write_bytes(os.urandom(300_000))
+    (source / "2024" / "zero.bin").write_bytes(b"")
+    (source / "2024" / "notes.md").write_bytes(os.urandom(70_000))
+    received = share_and_get(seed, source, tmp_path)
+    assert tree_bytes(received) == tree_bytes(source)
+    assert (received / "empty").is_dir() and (received / "2024" / "empty-too").is_dir()
+
+
+def test_link_is_the_first_line_and_downloads_from_hint(seed, tmp_path):
+    source = tmp_path / "a.txt"
+    source.write_text("x" * 1000)
+    seeder = seed(source)
+    assert seeder.link.startswith("peershare://") and "?peer=127.0.0.1:" in seeder.link
+    out = tmp_path / "o"
+    out.mkdir()
+    result = get(seeder.link.split("?")[0], out, "--peer", f"127.0.0.1:{seeder.port}")
+    assert result.returncode == 0, result.stderr
+    assert (out / "a.txt").read_text() == "x" * 1000
+
+
+def test_demo_runs_a_verified_transfer():
+    from conftest import BIN
+    import subprocess
+    result = subprocess.run([BIN, "demo", "--size", "4"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "OK: 4 MiB transferred and verified" in result.stdout

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs the system packages PeerShare builds and tests with, if any are missing.
+# Debian/Ubuntu; needs root or sudo only when something is actually missing.
+set -euo pipefail
+
+packages=(libsodium-dev zlib1g-dev pkg-config)
+# The end-to-end tests are Python (standard library + pytest); setpriv comes with util-linux.
+[ "${PEERSHARE_SETUP_TESTS:-0}" = 1 ] && packages+=(python3 python3-pytest util-linux)
+
+missing=()
+for package in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+command -v swift >/dev/null || { echo "setup: the Swift toolchain (6.0 or later) must be on PATH" >&2; exit 1; }

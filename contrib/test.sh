@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Runs every test: the Swift unit tests, then the end-to-end tests that start real
+# `peershare` processes on loopback. Installs missing system packages first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PEERSHARE_SETUP_TESTS=1 bash contrib/setup.sh
+
+echo "== building (debug, with tests)"
+swift build --build-tests
+
+echo "== unit tests"
+swift test --skip-build
+
+echo "== end-to-end tests (real processes on loopback)"
+# Debian's pytest is installed for /usr/bin/python3; another python3 may come first on PATH.
+python=/usr/bin/python3
+"$python" -m pytest --version >/dev/null 2>&1 || python=python3
+PEERSHARE_BIN="$PWD/.build/debug/peershare" "$python" -m pytest -q -p no:cacheprovider Tests/e2e
