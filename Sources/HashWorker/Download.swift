@@ -46,10 +46,12 @@ final class Download {
             throw Failure(code: 73, description: "target directory '\(target)' is not writable")
         }
         if lstat(finalPath, &info) == 0 {
-            throw Failure(code: 73, description: "'\(finalPath)' already exists; remove it or choose another directory with -o")
+            throw Failure(
+                code: 73, description: "'\(finalPath)' already exists; remove it or choose another directory with -o")
         }
         if mkdir(stagingDirectory, 0o700) != 0 && errno != EEXIST {
-            throw Failure(code: 73, description: "cannot create '\(stagingDirectory)': \(String(cString: strerror(errno)))")
+            throw Failure(
+                code: 73, description: "cannot create '\(stagingDirectory)': \(String(cString: strerror(errno)))")
         }
         try createTree()
     }
@@ -68,7 +70,8 @@ final class Download {
             let path = stagingDirectory + "/" + entry.path
             if entry.kind == .directory {
                 if mkdir(path, 0o755) != 0 && errno != EEXIST {
-                    throw Failure(code: 73, description: "cannot create folder '\(path)': \(String(cString: strerror(errno)))")
+                    throw Failure(
+                        code: 73, description: "cannot create folder '\(path)': \(String(cString: strerror(errno)))")
                 }
                 continue
             }
@@ -87,7 +90,9 @@ final class Download {
                 for chunk in 0..<entry.chunkHashes.count {
                     let location = manifest.chunkLocations[chunkBase + chunk]
                     try FileIO.readExactly(fd, into: &buffer, count: location.length, at: location.offset, path: path)
-                    let hash = buffer.withUnsafeBytes { ChunkHash.of(UnsafeRawBufferPointer(rebasing: $0[0..<location.length])) }
+                    let hash = buffer.withUnsafeBytes {
+                        ChunkHash.of(UnsafeRawBufferPointer(rebasing: $0[0..<location.length]))
+                    }
                     if hash == entry.chunkHashes[chunk] { verified[chunkBase + chunk] = true }
                 }
             }
@@ -113,7 +118,8 @@ final class Download {
     /// Flushes every file and renames the share into place; refuses if anything is missing.
     func finalize() throws -> String {
         guard verified.isComplete else {
-            throw Failure(code: 70, description: "cannot finish: \(manifest.chunkCount - verified.setCount) chunks missing")
+            throw Failure(
+                code: 70, description: "cannot finish: \(manifest.chunkCount - verified.setCount) chunks missing")
         }
         for fd in descriptors.values {
             if fsync(fd) != 0 {
@@ -125,10 +131,13 @@ final class Download {
         let staged = stagingDirectory + "/" + manifest.rootName
         var info = stat()
         if lstat(finalPath, &info) == 0 {
-            throw Failure(code: 73, description: "'\(finalPath)' appeared while downloading; the download is kept in '\(stagingDirectory)'")
+            throw Failure(
+                code: 73,
+                description: "'\(finalPath)' appeared while downloading; the download is kept in '\(stagingDirectory)'")
         }
         guard rename(staged, finalPath) == 0 else {
-            throw Failure(code: 74, description: "cannot move the download into place: \(String(cString: strerror(errno)))")
+            throw Failure(
+                code: 74, description: "cannot move the download into place: \(String(cString: strerror(errno)))")
         }
         rmdir(stagingDirectory)
         let directory = open(targetDirectory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)

@@ -24,7 +24,8 @@ public final class HashService: WorkerService, @unchecked Sendable {
             var parts: [String] = []
             if let served { parts.append("serving \(served.manifest.chunkCount) chunks") }
             if let download {
-                parts.append("downloading \(download.verified.setCount)/\(download.manifest.chunkCount) chunks verified")
+                parts.append(
+                    "downloading \(download.verified.setCount)/\(download.manifest.chunkCount) chunks verified")
             }
             parts.append("\(rejectedChunks) chunks rejected")
             return parts.joined(separator: ", ")
@@ -102,7 +103,9 @@ public final class HashService: WorkerService, @unchecked Sendable {
                 let prepared = try Download(manifestBytes: manifest, targetDirectory: target)
                 download = prepared
                 if prepared.verified.setCount > 0 {
-                    logger.info("resuming: \(prepared.verified.setCount) of \(prepared.manifest.chunkCount) chunks already verified on disk")
+                    logger.info(
+                        "resuming: \(prepared.verified.setCount) of \(prepared.manifest.chunkCount) chunks already verified on disk"
+                    )
                 }
                 return .downloadPrepared(requestID: id, verified: prepared.verified.bytes)
             } catch {

@@ -71,7 +71,8 @@ struct ManifestBuilder {
             switch info.st_mode & S_IFMT {
             case S_IFDIR: try walkDirectory(diskPath: childDisk, sharePath: childShare, into: &items)
             case S_IFREG:
-                items.append(Item(sharePath: childShare, diskPath: childDisk, isDirectory: false, size: UInt64(info.st_size)))
+                items.append(
+                    Item(sharePath: childShare, diskPath: childDisk, isDirectory: false, size: UInt64(info.st_size)))
             default: logger.warning("skipping '\(childDisk)': not a regular file or folder")
             }
         }
@@ -121,7 +122,8 @@ struct ManifestBuilder {
 
 /// Positional file IO that reports errors with the file's name.
 enum FileIO {
-    static func readExactly(_ fd: Int32, into buffer: inout [UInt8], count: Int, at offset: UInt64, path: String) throws {
+    static func readExactly(_ fd: Int32, into buffer: inout [UInt8], count: Int, at offset: UInt64, path: String) throws
+    {
         var done = 0
         while done < count {
             let got = buffer.withUnsafeMutableBytes { raw in
@@ -144,7 +146,8 @@ enum FileIO {
             let put = pwrite(fd, bytes.baseAddress! + done, bytes.count - done, off_t(offset) + off_t(done))
             if put < 0 && errno == EINTR { continue }
             if put <= 0 {
-                throw ManifestBuilder.Failure(description: "cannot write '\(path)': \(String(cString: strerror(errno)))")
+                throw ManifestBuilder.Failure(
+                    description: "cannot write '\(path)': \(String(cString: strerror(errno)))")
             }
             done += put
         }

@@ -50,7 +50,8 @@ final class ServedShare {
         try FileIO.readExactly(fd, into: &buffer, count: location.length, at: location.offset, path: path)
         let data = Array(buffer[0..<location.length])
         guard ChunkHash.of(data) == manifest.expectedHash(ofChunk: index) else {
-            throw Failure(code: 65, description: "'\(path)' changed since it was shared (chunk \(index) no longer matches)")
+            throw Failure(
+                code: 65, description: "'\(path)' changed since it was shared (chunk \(index) no longer matches)")
         }
         return data
     }

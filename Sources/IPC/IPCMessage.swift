@@ -218,7 +218,8 @@ public enum IPCMessage: Equatable, Sendable {
         case .readChunk: self = .readChunk(requestID: try r.u32(), index: try r.u32())
         case .chunkData:
             self = .chunkData(
-                requestID: try r.u32(), index: try r.u32(), data: try r.blob(limit: Manifest.maxChunkSize, what: "chunk"))
+                requestID: try r.u32(), index: try r.u32(),
+                data: try r.blob(limit: Manifest.maxChunkSize, what: "chunk"))
         case .prepareDownload:
             self = .prepareDownload(
                 requestID: try r.u32(), manifest: try r.blob(limit: maxData, what: "manifest"),
@@ -227,7 +228,8 @@ public enum IPCMessage: Equatable, Sendable {
             self = .downloadPrepared(requestID: try r.u32(), verified: try r.blob(limit: maxData, what: "bitfield"))
         case .writeChunk:
             self = .writeChunk(
-                requestID: try r.u32(), index: try r.u32(), data: try r.blob(limit: Manifest.maxChunkSize, what: "chunk"))
+                requestID: try r.u32(), index: try r.u32(),
+                data: try r.blob(limit: Manifest.maxChunkSize, what: "chunk"))
         case .chunkWritten: self = .chunkWritten(requestID: try r.u32(), index: try r.u32(), verified: try r.bool())
         case .finalizeDownload: self = .finalizeDownload(requestID: try r.u32())
         case .downloadFinalized: self = .downloadFinalized(requestID: try r.u32(), path: try text())

@@ -32,7 +32,10 @@ struct Bench: ParsableCommand {
                 offset += off_t(got)
             }
             let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
-            Terminal.line(String(format: "%-28@ %8.1f MB/s  (%.3f s for %d bytes)", name, Double(total) / seconds / 1e6, seconds, total))
+            Terminal.line(
+                String(
+                    format: "%-28@ %8.1f MB/s  (%.3f s for %d bytes)", name, Double(total) / seconds / 1e6, seconds,
+                    total))
         }
 
         var sha = SHA256()
@@ -41,7 +44,9 @@ struct Bench: ParsableCommand {
 
         var sodiumSHA = crypto_hash_sha256_state()
         crypto_hash_sha256_init(&sodiumSHA)
-        measure("libsodium SHA-256") { crypto_hash_sha256_update(&sodiumSHA, $0.bindMemory(to: UInt8.self).baseAddress, UInt64($0.count)) }
+        measure("libsodium SHA-256") {
+            crypto_hash_sha256_update(&sodiumSHA, $0.bindMemory(to: UInt8.self).baseAddress, UInt64($0.count))
+        }
 
         // crypto_generichash_state is 64-byte aligned, which Swift cannot import: allocate it.
         let blake = UnsafeMutableRawPointer.allocate(byteCount: crypto_generichash_statebytes(), alignment: 64)

@@ -44,7 +44,8 @@ struct Share: ParsableCommand {
         LineLogHandler.bootstrap(name: "supervisor", level: common.level)
         let code = SupervisorRunner.run(config: config, logLevel: common.logLevel) { supervisor, logger in
             let session = ShareSession(
-                supervisor: supervisor, path: path, listen: listenAddress, output: Terminal.sessionOutput(progressToStderr: true),
+                supervisor: supervisor, path: path, listen: listenAddress,
+                output: Terminal.sessionOutput(progressToStderr: true),
                 logger: logger)
             return ({ session.begin() }, { session.stop(exitCode: $0) }, session.result)
         }

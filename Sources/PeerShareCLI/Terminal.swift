@@ -70,7 +70,9 @@ final class ProgressMeter: @unchecked Sendable {
             handle.write(Data(text.utf8))
             drawn = true
         } else {
-            let text = String(format: "%@ %.1f%% (%@ of %@) %@ %@\n", label, percent, formatBytes(done), formatBytes(total), rateText, etaText)
+            let text = String(
+                format: "%@ %.1f%% (%@ of %@) %@ %@\n", label, percent, formatBytes(done), formatBytes(total), rateText,
+                etaText)
             handle.write(Data(text.utf8))
         }
     }

@@ -3,7 +3,10 @@
 /// manifests with the same id are byte-for-byte the same. Format: docs/PROTOCOL.md §3.
 
 public struct Manifest: Equatable, Sendable {
-    public enum Kind: UInt8, Sendable { case file = 0, directory = 1 }
+    public enum Kind: UInt8, Sendable {
+        case file = 0
+        case directory = 1
+    }
 
     public struct Entry: Equatable, Sendable {
         public var path: String

@@ -80,8 +80,9 @@ public struct ChunkScheduler: Sendable {
 
     public mutating func pieceArrived(index: Int, from peer: PeerID) -> PieceVerdict {
         guard states.indices.contains(index), states[index] == .requested(from: peer) else { return .unexpected }
+        // Still counts against the peer's limit until the verdict: that bounds the chunks
+        // queued between here and the hash worker, so memory does not grow when disks are slow.
         states[index] = .verifying(from: peer)
-        inFlight[peer, default: 1] -= 1
         return .verify
     }
 
@@ -104,6 +105,7 @@ public struct ChunkScheduler: Sendable {
         guard states.indices.contains(index) else { return .rejected }
         let sender: PeerID?
         if case .verifying(let from) = states[index] { sender = from } else { sender = nil }
+        if let sender, let count = inFlight[sender] { inFlight[sender] = count - 1 }
         if accepted {
             states[index] = .verified
             return .accepted

@@ -81,7 +81,8 @@ public final class GetSession: SupervisorDelegate, @unchecked Sendable {
                 return stop(exitCode: ExitCodes.dataError)
             }
             supervisor.send(
-                .prepareDownload(requestID: supervisor.makeRequestID(), manifest: bytes, targetDirectory: targetDirectory),
+                .prepareDownload(
+                    requestID: supervisor.makeRequestID(), manifest: bytes, targetDirectory: targetDirectory),
                 to: .hash, tracking: .setup(key: "download"))
         case .downloadPrepared(_, let bits):
             guard let manifest, let incoming = ChunkBitfield(bytes: bits, count: manifest.chunkCount) else { return }
@@ -94,7 +95,8 @@ public final class GetSession: SupervisorDelegate, @unchecked Sendable {
             if !started {
                 started = true
                 if merged.setCount > 0 {
-                    output.status("\(merged.setCount) of \(manifest.chunkCount) chunks already on disk; fetching the rest")
+                    output.status(
+                        "\(merged.setCount) of \(manifest.chunkCount) chunks already on disk; fetching the rest")
                 }
                 supervisor.send(.startChunks(verified: merged.bytes), to: .transfer)
             }

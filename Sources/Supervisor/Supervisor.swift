@@ -167,7 +167,8 @@ public final class Supervisor: @unchecked Sendable {
         let role = worker.spec.role
         var pair: [Int32] = [-1, -1]
         guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &pair) == 0 else {
-            workerExited(worker, generation: worker.generation, status: "socketpair failed: \(String(cString: strerror(errno)))")
+            workerExited(
+                worker, generation: worker.generation, status: "socketpair failed: \(String(cString: strerror(errno)))")
             return
         }
         let arguments = ["peershare"] + worker.spec.arguments

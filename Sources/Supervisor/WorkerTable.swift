@@ -41,7 +41,8 @@ public enum WorkerTable {
         }
         var transfer = row(.transfer, sandbox: "network-only")
         transfer.arguments += [
-            "--requests-in-flight", String(config.limits.requestsInFlight), "--max-peers", String(config.limits.maxPeers),
+            "--requests-in-flight", String(config.limits.requestsInFlight), "--max-peers",
+            String(config.limits.maxPeers),
         ]
         return [
             row(.discovery, sandbox: "network-only"),

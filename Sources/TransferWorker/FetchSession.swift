@@ -151,7 +151,9 @@ final class FetchSession {
             guard var scheduler else { return drop(connection, reason: "sent a piece before any request") }
             let verdict = scheduler.pieceArrived(index: Int(index), from: peerID)
             self.scheduler = scheduler
-            guard verdict == .verify else { return drop(connection, reason: "sent chunk \(index) it was not asked for") }
+            guard verdict == .verify else {
+                return drop(connection, reason: "sent chunk \(index) it was not asked for")
+            }
             service.tell(.chunkReceived(index: index, data: data, peer: connection.address))
             requestMore(from: connection)
         case .reject(let index, let reason):

@@ -72,7 +72,9 @@ public final class TransferService: WorkerService, @unchecked Sendable {
         case .chunkData(let id, let index, let data):
             if let (handler, _) = pendingReads.removeValue(forKey: id) { handler.deliver(index: index, data: data) }
         case .failure(let id, _, let text):
-            if let (handler, index) = pendingReads.removeValue(forKey: id) { handler.refuse(index: index, reason: text) }
+            if let (handler, index) = pendingReads.removeValue(forKey: id) {
+                handler.refuse(index: index, reason: text)
+            }
         case .fetch(let shareID, let peers):
             if fetch == nil {
                 let session = FetchSession(service: self, shareID: shareID, peers: peers)

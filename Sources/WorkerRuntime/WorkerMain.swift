@@ -29,7 +29,8 @@ public enum WorkerMain {
                 throw WorkerError.handshake("expected welcome from the supervisor")
             }
             guard version == IPCMessage.protocolVersion else {
-                throw WorkerError.handshake("supervisor speaks version \(version), we speak \(IPCMessage.protocolVersion)")
+                throw WorkerError.handshake(
+                    "supervisor speaks version \(version), we speak \(IPCMessage.protocolVersion)")
             }
         } catch {
             logger.critical("cannot start: \(error)")

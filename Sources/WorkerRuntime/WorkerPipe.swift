@@ -50,7 +50,8 @@ public final class WorkerPipe: Sendable {
     private func readExactly(_ buffer: inout [UInt8], count: Int, eofAllowed: Bool) throws -> Bool {
         var offset = 0
         while offset < count {
-            let got = buffer.withUnsafeMutableBytes { raw in read(descriptor, raw.baseAddress! + offset, count - offset) }
+            let got = buffer.withUnsafeMutableBytes { raw in read(descriptor, raw.baseAddress! + offset, count - offset)
+            }
             if got < 0 {
                 if errno == EINTR { continue }
                 throw WorkerError.pipe("read failed: \(String(cString: strerror(errno)))")

@@ -1,2 +1,3 @@
 import PeerShareCLI
+
 PeerShareCommand.main()

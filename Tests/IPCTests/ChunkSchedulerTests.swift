@@ -11,6 +11,8 @@ final class ChunkSchedulerTests: XCTestCase {
         XCTAssertEqual(scheduler.nextRequests(for: 1), [0, 2])
         XCTAssertEqual(scheduler.nextRequests(for: 1), [])
         XCTAssertEqual(scheduler.pieceArrived(index: 0, from: 1), .verify)
+        XCTAssertEqual(scheduler.nextRequests(for: 1), [], "a chunk awaiting verification still counts")
+        XCTAssertEqual(scheduler.verificationResult(index: 0, accepted: true), .accepted)
         XCTAssertEqual(scheduler.nextRequests(for: 1), [3])
     }
 

@@ -75,9 +75,10 @@ final class ManifestTests: XCTestCase {
     }
 
     func testUnsafePathsAreRefused() {
-        for bad in ["", "/etc/passwd", "../x", "a/../../x", "a//b", "a/./b", "a/b/", "a\\b", "a\u{0}b",
-            String(repeating: "n", count: 256)]
-        {
+        for bad in [
+            "", "/etc/passwd", "../x", "a/../../x", "a//b", "a/./b", "a/b/", "a\\b", "a\u{0}b",
+            String(repeating: "n", count: 256),
+        ] {
             XCTAssertThrowsError(try SharePath.validate(bad), bad)
         }
         for good in ["a", "a/b c/d.txt", "..hidden", "ünïcødé/文件"] {

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Benchmarks for docs/BENCHMARKS.md: hashing beside openssl and b2sum on the same file,
+# loopback TCP (iperf3) and a 1 GiB loopback transfer with peak RSS of every process.
+# Usage: bash contrib/bench.sh [SIZE_MIB]   (default 1024)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+size_mib=${1:-1024}
+bash contrib/setup.sh
+command -v iperf3 >/dev/null || { sudo=""; [ "$(id -u)" -ne 0 ] && sudo=sudo; $sudo apt-get install -y -qq iperf3 >/dev/null; }
+swift build -c release --product peershare >/dev/null
+bin=.build/release/peershare
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+file="$work/bench.bin"
+head -c $((size_mib * 1048576)) /dev/urandom > "$file"
+cat "$file" > /dev/null   # into the page cache, so every tool reads from memory
+
+echo "== hashing ${size_mib} MiB (cached), same file, same run"
+t() { local s e; s=$(date +%s.%N); "$@" > /dev/null; e=$(date +%s.%N); echo "$s $e"; }
+for tool in "openssl dgst -sha256" "b2sum" "sha256sum"; do
+  read -r s e < <(t $tool "$file")
+  awk -v n="$tool" -v s="$s" -v e="$e" -v b=$((size_mib * 1048576)) 'BEGIN { printf "%-28s %8.1f MB/s  (%.3f s)\n", n, b / (e - s) / 1e6, e - s }'
+done
+"$bin" bench "$file"
+
+echo "== loopback TCP reference (iperf3, 5 s)"
+iperf3 -s -1 -B 127.0.0.1 -p 5299 > /dev/null 2>&1 &
+sleep 0.5
+iperf3 -c 127.0.0.1 -p 5299 -t 5 -f M | awk '/receiver/ { printf "iperf3 loopback TCP: %s %s\n", $7, $8 }'
+wait
+
+echo "== peershare transfer of ${size_mib} MiB on loopback"
+/usr/bin/python3 contrib/bench_transfer.py "$bin" "$file"
