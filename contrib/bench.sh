@@ -10,7 +10,8 @@ command -v iperf3 >/dev/null || { sudo=""; [ "$(id -u)" -ne 0 ] && sudo=sudo; $s
 swift build -c release --product peershare >/dev/null
 bin=.build/release/peershare
 
-work=$(mktemp -d)
+# tmpfs when there is one: this measures PeerShare, not the disk.
+work=$(mktemp -d -p /dev/shm 2>/dev/null || mktemp -d)
 trap 'rm -rf "$work"' EXIT
 file="$work/bench.bin"
 head -c $((size_mib * 1048576)) /dev/urandom > "$file"
@@ -31,4 +32,5 @@ iperf3 -c 127.0.0.1 -p 5299 -t 5 -f M | awk '/receiver/ { printf "iperf3 loopbac
 wait
 
 echo "== peershare transfer of ${size_mib} MiB on loopback"
-/usr/bin/python3 contrib/bench_transfer.py "$bin" "$file"
+mkdir "$work/out"
+BENCH_OUT_DIR="$work/out" /usr/bin/python3 contrib/bench_transfer.py "$bin" "$file"

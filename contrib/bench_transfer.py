@@ -49,6 +49,17 @@ def name(pid, side):
 
 
 peaks = {}
+cpu = {}
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / TICK
+    except (FileNotFoundError, IndexError):
+        return 0.0
 
 
 def sample(pids):
@@ -56,9 +67,11 @@ def sample(pids):
         for p in [pid] + descendants(pid):
             key = name(p, side)
             peaks[key] = max(peaks.get(key, 0), rss_kib(p))
+            cpu[key] = max(cpu.get(key, 0.0), cpu_seconds(p))
 
 
 with tempfile.TemporaryDirectory() as out:
+    out = os.environ.get("BENCH_OUT_DIR", out)
     seeder = subprocess.Popen([binary, "share", source, "--listen", "127.0.0.1:0"],
                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     link = seeder.stdout.readline().strip()
@@ -76,5 +89,8 @@ with tempfile.TemporaryDirectory() as out:
 
 print(f"peershare loopback transfer: {size / 1e6:.0f} MB in {elapsed:.2f} s = {size / elapsed / 1e6:.0f} MB/s "
       "(includes worker startup and the final fsync)")
+gib = size / (1 << 30)
+print(f"  {'process':<22} {'peak RSS':>10} {'CPU s/GiB':>10}")
 for key in sorted(peaks):
-    print(f"  peak RSS {key:<22} {peaks[key] / 1024:6.1f} MiB")
+    print(f"  {key:<22} {peaks[key] / 1024:6.1f} MiB {cpu[key] / gib:10.2f}")
+print(f"  {'total CPU':<22} {'':>10} {sum(cpu.values()) / gib:10.2f}")

@@ -122,13 +122,20 @@ struct ManifestBuilder {
 
 /// Positional file IO that reports errors with the file's name.
 enum FileIO {
-    static func readExactly(_ fd: Int32, into buffer: inout [UInt8], count: Int, at offset: UInt64, path: String) throws
+    static func readExactly(_ fd: Int32, into buffer: inout [UInt8], count: Int, at offset: UInt64, path: String)
+        throws
+    {
+        try buffer.withUnsafeMutableBytes { raw in
+            try readExactly(fd, into: UnsafeMutableRawBufferPointer(rebasing: raw[0..<count]), at: offset, path: path)
+        }
+    }
+
+    static func readExactly(_ fd: Int32, into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64, path: String)
+        throws
     {
         var done = 0
-        while done < count {
-            let got = buffer.withUnsafeMutableBytes { raw in
-                pread(fd, raw.baseAddress! + done, count - done, off_t(offset) + off_t(done))
-            }
+        while done < buffer.count {
+            let got = pread(fd, buffer.baseAddress! + done, buffer.count - done, off_t(offset) + off_t(done))
             if got < 0 && errno == EINTR { continue }
             if got < 0 {
                 throw ManifestBuilder.Failure(description: "cannot read '\(path)': \(String(cString: strerror(errno)))")

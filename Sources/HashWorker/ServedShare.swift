@@ -1,14 +1,17 @@
 import Foundation
 import PeerShareCore
 
-/// A share being served: the manifest plus where each entry is on disk. Every chunk read is
-/// hashed again before it leaves, so a file edited after sharing is caught here instead of
-/// being sent to peers who would reject it anyway.
+/// A share being served: the manifest plus where each entry is on disk. A file whose size or
+/// modification time changed since it was opened for sharing is refused with a clear error,
+/// instead of being sent to peers who would reject it anyway. (Chunks are not re-hashed on the
+/// way out: that would double the CPU cost of serving, and every downloader verifies each
+/// chunk against the manifest before writing it.)
 final class ServedShare {
     let manifest: Manifest
     private let diskRoot: String
     private var openFile: (entry: Int, fd: Int32)?
-    private var buffer: [UInt8]
+    /// (size, mtime) of each file entry when the share was opened.
+    private var fingerprints: [Int: (UInt64, timespec)] = [:]
 
     struct Failure: Error, CustomStringConvertible {
         var code: UInt16
@@ -20,9 +23,16 @@ final class ServedShare {
         manifest = try Manifest.decode(manifestBytes)
         let absolute = URL(fileURLWithPath: path).standardizedFileURL
         diskRoot = absolute.deletingLastPathComponent().path
-        buffer = [UInt8](repeating: 0, count: manifest.chunkSize)
         guard absolute.lastPathComponent == manifest.rootName else {
             throw Failure(code: 65, description: "'\(path)' does not match the manifest's name '\(manifest.rootName)'")
+        }
+        for (index, entry) in manifest.entries.enumerated() where entry.kind == .file {
+            var info = stat()
+            let path = diskRoot + "/" + entry.path
+            guard lstat(path, &info) == 0, UInt64(info.st_size) == entry.size else {
+                throw Failure(code: 66, description: "'\(path)' is missing or changed since it was hashed")
+            }
+            fingerprints[index] = (entry.size, info.st_mtim)
         }
     }
 
@@ -47,12 +57,15 @@ final class ServedShare {
             openFile = (location.entryIndex, fd)
         }
         guard let fd = openFile?.fd else { throw Failure(code: 70, description: "no open file") }
-        try FileIO.readExactly(fd, into: &buffer, count: location.length, at: location.offset, path: path)
-        let data = Array(buffer[0..<location.length])
-        guard ChunkHash.of(data) == manifest.expectedHash(ofChunk: index) else {
-            throw Failure(
-                code: 65, description: "'\(path)' changed since it was shared (chunk \(index) no longer matches)")
+        var info = stat()
+        guard fstat(fd, &info) == 0, let (size, mtime) = fingerprints[location.entryIndex],
+            UInt64(info.st_size) == size, info.st_mtim.tv_sec == mtime.tv_sec, info.st_mtim.tv_nsec == mtime.tv_nsec
+        else {
+            throw Failure(code: 65, description: "'\(path)' changed since it was shared")
         }
-        return data
+        return try [UInt8](unsafeUninitializedCapacity: location.length) { raw, initialized in
+            try FileIO.readExactly(fd, into: UnsafeMutableRawBufferPointer(raw), at: location.offset, path: path)
+            initialized = location.length
+        }
     }
 }

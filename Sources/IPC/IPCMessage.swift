@@ -105,7 +105,33 @@ public enum IPCMessage: Equatable, Sendable {
     }
 
     public func frame() -> Frame {
-        var w = ByteWriter()
+        var w = ByteWriter(capacity: payloadSizeHint)
+        writePayload(into: &w)
+        return Frame(type: tag.rawValue, payload: w.bytes)
+    }
+
+    /// The whole frame, header included, built with a single copy of any chunk data.
+    public func encoded() -> [UInt8] {
+        var w = ByteWriter(capacity: Frame.headerSize + payloadSizeHint)
+        w.u32(0)
+        w.u16(tag.rawValue)
+        writePayload(into: &w)
+        w.patchU32(at: 0, UInt32(w.bytes.count - 4))
+        return w.bytes
+    }
+
+    private var payloadSizeHint: Int {
+        switch self {
+        case .chunkData(_, _, let data), .writeChunk(_, _, let data), .chunkReceived(_, let data, _):
+            return data.count + 300
+        case .manifestBuilt(_, let m), .openShare(_, _, let m), .prepareDownload(_, let m, _), .serve(_, let m, _, _),
+            .manifestReceived(let m):
+            return m.count + 300
+        default: return 64
+        }
+    }
+
+    private func writePayload(into w: inout ByteWriter) {
         switch self {
         case .hello(let version, let role, let pid):
             w.u16(version)
@@ -138,7 +164,6 @@ public enum IPCMessage: Equatable, Sendable {
             w.u32(id)
             w.u32(index)
         case .chunkData(let id, let index, let data), .writeChunk(let id, let index, let data):
-            w = ByteWriter(capacity: data.count + 16)
             w.u32(id)
             w.u32(index)
             w.blob(data)
@@ -162,7 +187,6 @@ public enum IPCMessage: Equatable, Sendable {
             for peer in peers { w.string(peer) }
         case .manifestReceived(let manifest), .startChunks(let manifest): w.blob(manifest)
         case .chunkReceived(let index, let data, let peer):
-            w = ByteWriter(capacity: data.count + 64)
             w.u32(index)
             w.blob(data)
             w.string(peer)
@@ -174,17 +198,25 @@ public enum IPCMessage: Equatable, Sendable {
             w.u16(code)
             w.blob(Array(text.utf8))
         }
-        return Frame(type: tag.rawValue, payload: w.bytes)
     }
-
-    public func encoded() -> [UInt8] { frame().encoded() }
 
     /// Decodes one frame. Unknown tags, short or long payloads and bad fields all throw.
     public init(frame: Frame) throws {
-        guard let tag = Tag(rawValue: frame.type) else {
-            throw DecodeError.invalid("unknown message type 0x\(String(frame.type, radix: 16))")
+        try self.init(type: frame.type, reader: ByteReader(frame.payload))
+    }
+
+    /// Decodes a frame body (type and payload, the bytes after the length) without copying it.
+    public init(body: [UInt8]) throws {
+        var reader = ByteReader(body)
+        let type = try reader.u16()
+        try self.init(type: type, reader: reader)
+    }
+
+    init(type: UInt16, reader: ByteReader) throws {
+        guard let tag = Tag(rawValue: type) else {
+            throw DecodeError.invalid("unknown message type 0x\(String(type, radix: 16))")
         }
-        var r = ByteReader(frame.payload)
+        var r = reader
         let maxData = Manifest.maxEncodedSize
         func text() throws -> String {
             let bytes = try r.blob(limit: IPCMessage.maxText, what: "text")

@@ -34,7 +34,7 @@ struct Bench: ParsableCommand {
             let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
             Terminal.line(
                 String(
-                    format: "%-28@ %8.1f MB/s  (%.3f s for %d bytes)", name, Double(total) / seconds / 1e6, seconds,
+                    format: "%@ %8.1f MB/s  (%.3f s for %d bytes)", name, Double(total) / seconds / 1e6, seconds,
                     total))
         }
 

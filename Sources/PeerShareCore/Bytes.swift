@@ -59,6 +59,10 @@ public struct ByteWriter: Sendable {
         bytes.append(contentsOf: utf8)
     }
     public mutating func bool(_ value: Bool) { u8(value ? 1 : 0) }
+    /// Overwrites 4 bytes already written (a length prefix known only at the end).
+    public mutating func patchU32(at offset: Int, _ value: UInt32) {
+        for index in 0..<4 { bytes[offset + index] = UInt8(truncatingIfNeeded: value >> UInt32(24 - 8 * index)) }
+    }
 }
 
 public struct ByteReader {

@@ -196,6 +196,7 @@ public final class Supervisor: @unchecked Sendable {
 
         let maxFrame = worker.spec.maxFrameLength
         ClientBootstrap(group: eventLoop)
+            .channelOption(ChannelOptions.recvAllocator, value: ChunkTrafficReads.allocator)
             .channelInitializer { [self] channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandlers([

@@ -72,6 +72,7 @@ final class FetchSession {
             return checkAlive()
         }
         ClientBootstrap(group: service.group)
+            .channelOption(ChannelOptions.recvAllocator, value: ChunkTrafficReads.allocator)
             .connectTimeout(.seconds(5))
             .channelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
             .channelInitializer { [self] channel in

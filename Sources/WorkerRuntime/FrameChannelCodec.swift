@@ -46,3 +46,11 @@ public struct FrameChannelEncoder: MessageToByteEncoder {
         out.writeBytes(data.payload)
     }
 }
+
+/// Channel reads sized for chunk traffic: NIO's default adaptive allocator stops at 64 KiB,
+/// so a 512 KiB chunk took eight reads and decoder passes. This one grows to 1 MiB.
+public enum ChunkTrafficReads {
+    public static var allocator: AdaptiveRecvByteBufferAllocator {
+        AdaptiveRecvByteBufferAllocator(minimum: 1024, initial: 64 * 1024, maximum: 1024 * 1024)
+    }
+}

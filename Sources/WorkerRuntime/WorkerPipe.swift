@@ -41,10 +41,32 @@ public final class WorkerPipe: Sendable {
         var reader = ByteReader(header)
         let length = try reader.u32()
         try FrameError.check(length: length, limit: IPCMessage.maxFrameLength)
-        var body = [UInt8](repeating: 0, count: Int(length))
-        guard try readExactly(&body, count: Int(length), eofAllowed: false) else { return nil }
-        let type = UInt16(body[0]) << 8 | UInt16(body[1])
-        return try IPCMessage(frame: Frame(type: type, payload: Array(body[2...])))
+        // Read straight into an uninitialised buffer: no zero-fill, no second copy for decoding.
+        var failure: Error?
+        let body = [UInt8](unsafeUninitializedCapacity: Int(length)) { buffer, initialized in
+            do {
+                try readExactly(into: UnsafeMutableRawBufferPointer(buffer))
+                initialized = Int(length)
+            } catch {
+                failure = error
+                initialized = 0
+            }
+        }
+        if let failure { throw failure }
+        return try IPCMessage(body: body)
+    }
+
+    private func readExactly(into buffer: UnsafeMutableRawBufferPointer) throws {
+        var offset = 0
+        while offset < buffer.count {
+            let got = read(descriptor, buffer.baseAddress! + offset, buffer.count - offset)
+            if got < 0 {
+                if errno == EINTR { continue }
+                throw WorkerError.pipe("read failed: \(String(cString: strerror(errno)))")
+            }
+            if got == 0 { throw WorkerError.pipe("pipe closed in the middle of a frame") }
+            offset += got
+        }
     }
 
     private func readExactly(_ buffer: inout [UInt8], count: Int, eofAllowed: Bool) throws -> Bool {
