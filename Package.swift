@@ -33,6 +33,10 @@ let package = Package(
             dependencies: [.product(name: "Crypto", package: "swift-crypto")]),
         // Pure core: the supervisor <-> worker message set and its framing.
         .target(name: "IPC", dependencies: ["PeerShareCore"]),
+        // Pure core: the Kademlia DHT (BEP 5): bencode, KRPC, routing table, lookups, node.
+        .target(
+            name: "Kademlia",
+            dependencies: [.product(name: "Crypto", package: "swift-crypto")]),
         // Pure core: the peer-to-peer wire messages.
         .target(name: "PeerWire", dependencies: ["PeerShareCore", "IPC"]),
 
@@ -87,6 +91,9 @@ let package = Package(
         .testTarget(name: "PeerShareCoreTests", dependencies: ["PeerShareCore"]),
         // End-to-end tests drive real processes from Python: Tests/e2e (run by contrib/test.sh).
         .testTarget(name: "IPCTests", dependencies: ["IPC", "PeerWire", "PeerShareCore"]),
+        .testTarget(
+            name: "KademliaTests",
+            dependencies: ["Kademlia", .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio")]),
         .testTarget(
             name: "SupervisorTests", dependencies: ["Supervisor", "PeerShareCore", "IPC"]),
     ],

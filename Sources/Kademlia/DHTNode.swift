@@ -1,0 +1,463 @@
+import Crypto
+
+/// A Mainline DHT node (BEP 5) as a pure, deterministic instance: packets, ticks and user
+/// requests go in with the current time; what to send and what finished comes out as
+/// directives. The discovery worker and the simulator are thin shells around it.
+public struct DHTNode: Sendable {
+    public struct Config: Sendable {
+        public var queryTimeout: Double = 2.0
+        public var maxInfoHashes = 5000
+        public var maxPeersPerInfoHash = 200
+        public var peerLifetime: Double = 30 * 60
+        public var tokenRotation: Double = 5 * 60
+        public var announceRefresh: Double = 15 * 60
+        /// Queries accepted per source IP: a token bucket of this rate and twice the burst.
+        public var queriesPerSecondPerIP: Double = 50
+        public var maxTrackedIPs = 10_000
+        public var maxPeersInResponse = 50
+        public var maxOpenTransactions = 4096
+
+        public init() {}
+    }
+
+    public typealias LookupID = Int
+
+    public enum Directive: Sendable, Equatable {
+        case send([UInt8], to: NodeAddress)
+        case lookupFinished(LookupID, LookupResult)
+        /// One line per hop for `peershare dht lookup --trace`.
+        case trace(LookupID, String)
+    }
+
+    public struct LookupResult: Sendable, Equatable {
+        public var target: NodeID
+        public var closest: [NodeInfo]
+        public var peers: [NodeAddress]
+        public var hops: Int
+        public var queries: Int
+        public var responses: Int
+        /// For announces: how many of the closest nodes were sent `announce_peer`.
+        public var announcedTo: Int
+    }
+
+    public struct Stats: Sendable, Equatable {
+        public var packetsIn = 0
+        public var packetsOut = 0
+        public var malformed = 0
+        public var rateLimited = 0
+        public var unmatchedResponses = 0
+        public var badTokens = 0
+        public var unknownMethods = 0
+        public var queriesAnswered = 0
+        public var timeouts = 0
+    }
+
+    enum Purpose: Sendable {
+        case plain
+        case bootstrap
+        case refresh
+        case announce(port: UInt16)
+    }
+
+    struct Run: Sendable {
+        var lookup: Lookup
+        var purpose: Purpose
+        var trace: Bool
+        var startedAt: Double
+    }
+
+    struct Transaction: Sendable {
+        var address: NodeAddress
+        var nodeID: NodeID?
+        var lookup: LookupID?
+        var sentAt: Double
+    }
+
+    public let id: NodeID
+    public let config: Config
+    public private(set) var table: RoutingTable
+    public private(set) var stats = Stats()
+    var runs: [LookupID: Run] = [:]
+    var transactions: [UInt16: Transaction] = [:]
+    var nextTransaction: UInt16 = 0
+    var nextLookup: LookupID = 1
+    var random: SplitMix64
+    var secrets: (current: [UInt8], previous: [UInt8], rotatedAt: Double)
+    var storage: [NodeID: [NodeAddress: Double]] = [:]
+    var announcements: [NodeID: (port: UInt16, at: Double)] = [:]
+    var buckets: [UInt32: (tokens: Double, at: Double)] = [:]
+    var lastRefreshCheck: Double
+
+    public init(id: NodeID, now: Double, seed: UInt64, config: Config = Config()) {
+        self.id = id
+        self.config = config
+        self.table = RoutingTable(ownID: id, now: now)
+        self.random = SplitMix64(seed: seed)
+        let first = random.bytes(8)
+        self.secrets = (first, first, now)
+        self.lastRefreshCheck = now
+    }
+
+    // MARK: Requests from the owner
+
+    /// Joins the network: look up our own id through the routers and the nodes we know.
+    public mutating func bootstrap(routers: [NodeAddress], now: Double) -> [Directive] {
+        start(Lookup(target: id, kind: .findNode, seeds: table.closest(to: id), routers: routers), .bootstrap, trace: false, now)
+            .1
+    }
+
+    public mutating func lookup(
+        _ target: NodeID, kind: Lookup.Kind, trace: Bool = false, routers: [NodeAddress] = [], now: Double
+    ) -> (LookupID, [Directive]) {
+        start(Lookup(target: target, kind: kind, seeds: table.closest(to: target), routers: routers), .plain, trace: trace, now)
+    }
+
+    /// get_peers to find the closest nodes and their tokens, then announce_peer to them; and
+    /// again every 15 minutes, before the 30-minute expiry, until `stopAnnouncing`.
+    public mutating func announce(_ infoHash: NodeID, port: UInt16, trace: Bool = false, now: Double) -> (
+        LookupID, [Directive]
+    ) {
+        announcements[infoHash] = (port, now)
+        return start(
+            Lookup(target: infoHash, kind: .getPeers, seeds: table.closest(to: infoHash)), .announce(port: port),
+            trace: trace, now)
+    }
+
+    public mutating func stopAnnouncing(_ infoHash: NodeID) { announcements[infoHash] = nil }
+
+    /// Adds a node we were told about (a saved table, or `add_dht_node`-style hints); it is
+    /// pinged and enters the table only if it answers.
+    public mutating func ping(_ address: NodeAddress, now: Double) -> [Directive] {
+        query(.ping, to: address, nodeID: nil, lookup: nil, now: now)
+    }
+
+    private mutating func start(_ lookup: Lookup, _ purpose: Purpose, trace: Bool, _ now: Double) -> (
+        LookupID, [Directive]
+    ) {
+        let lookupID = nextLookup
+        nextLookup += 1
+        runs[lookupID] = Run(lookup: lookup, purpose: purpose, trace: trace, startedAt: now)
+        if trace {
+            let seeds = lookup.candidates.count
+            return (
+                lookupID,
+                [.trace(lookupID, "lookup \(lookup.target.hex) starting from \(seeds) known nodes")]
+                    + advance(lookupID, now: now)
+            )
+        }
+        return (lookupID, advance(lookupID, now: now))
+    }
+
+    // MARK: Packets
+
+    public mutating func receive(_ packet: [UInt8], from source: NodeAddress, now: Double) -> [Directive] {
+        stats.packetsIn += 1
+        let message: KRPC.Message
+        do {
+            message = try KRPC.decode(packet)
+        } catch let error as KRPC.ParseError {
+            stats.malformed += 1
+            // A query we could parse far enough to answer gets error 203, as BEP 5 asks.
+            if let transaction = error.transaction, allow(source, now: now) {
+                return [send(.init(transaction: transaction, body: .error(code: 203, message: error.reason)), to: source)]
+            }
+            return []
+        } catch {
+            stats.malformed += 1
+            return []
+        }
+        switch message.body {
+        case .query(let sender, let query):
+            guard allow(source, now: now) else {
+                stats.rateLimited += 1
+                return []
+            }
+            return answer(query, from: NodeInfo(id: sender, address: source), transaction: message.transaction, now: now)
+        case .unknownQuery(let method, _):
+            guard allow(source, now: now) else {
+                stats.rateLimited += 1
+                return []
+            }
+            stats.unknownMethods += 1
+            return [
+                send(
+                    .init(transaction: message.transaction, body: .error(code: 204, message: "Method Unknown: \(method)")),
+                    to: source)
+            ]
+        case .response(let response):
+            return handleResponse(response, transaction: message.transaction, from: source, now: now)
+        case .error:
+            guard let key = transactionKey(message.transaction), let transaction = transactions[key],
+                transaction.address == source
+            else {
+                stats.unmatchedResponses += 1
+                return []
+            }
+            transactions[key] = nil
+            if let lookupID = transaction.lookup {
+                runs[lookupID]?.lookup.failed(address: source)
+                return advance(lookupID, now: now)
+            }
+            return []
+        }
+    }
+
+    private mutating func answer(_ query: KRPC.Query, from sender: NodeInfo, transaction: [UInt8], now: Double)
+        -> [Directive]
+    {
+        var out: [Directive] = []
+        if case .pingNeeded(let oldest) = table.nodeQueriedUs(sender, now: now) {
+            out += self.query(.ping, to: oldest.address, nodeID: oldest.id, lookup: nil, now: now)
+        }
+        stats.queriesAnswered += 1
+        let body: KRPC.Body
+        switch query {
+        case .ping:
+            body = .response(.init(id: id))
+        case .findNode(let target):
+            body = .response(.init(id: id, nodes: table.closest(to: target)))
+        case .getPeers(let infoHash):
+            let stored = Array((storage[infoHash] ?? [:]).keys.prefix(config.maxPeersInResponse))
+            body = .response(
+                .init(
+                    id: id, nodes: table.closest(to: infoHash), values: stored.isEmpty ? nil : stored,
+                    token: token(for: sender.address, secret: secrets.current)))
+        case .announcePeer(let infoHash, let port, let implied, let token):
+            guard token == self.token(for: sender.address, secret: secrets.current)
+                || token == self.token(for: sender.address, secret: secrets.previous)
+            else {
+                stats.badTokens += 1
+                body = .error(code: 203, message: "Bad token")
+                break
+            }
+            store(infoHash, peer: NodeAddress(ip: sender.address.ip, port: implied ? sender.address.port : port), now: now)
+            body = .response(.init(id: id))
+        }
+        out.append(send(.init(transaction: transaction, body: body), to: sender.address))
+        return out
+    }
+
+    private mutating func handleResponse(
+        _ response: KRPC.Response, transaction raw: [UInt8], from source: NodeAddress, now: Double
+    ) -> [Directive] {
+        // Only an answer from the address we asked, to a transaction we opened, counts.
+        guard let key = transactionKey(raw), let transaction = transactions[key], transaction.address == source
+        else {
+            stats.unmatchedResponses += 1
+            return []
+        }
+        transactions[key] = nil
+        if let expected = transaction.nodeID, expected != response.id {
+            stats.unmatchedResponses += 1
+            return []
+        }
+        var out: [Directive] = []
+        if case .pingNeeded(let oldest) = table.nodeResponded(NodeInfo(id: response.id, address: source), now: now) {
+            out += query(.ping, to: oldest.address, nodeID: oldest.id, lookup: nil, now: now)
+        }
+        guard let lookupID = transaction.lookup, var run = runs[lookupID] else { return out }
+        run.lookup.responded(
+            from: source, id: response.id, nodes: response.nodes ?? [], values: response.values ?? [],
+            token: response.token)
+        runs[lookupID] = run
+        if run.trace {
+            let candidate = run.lookup.candidates.first { $0.address == source }
+            out.append(
+                .trace(
+                    lookupID,
+                    "hop \(candidate?.depth ?? 0): \(source) id \(response.id) distance 2^\(response.id.log2Distance(to: run.lookup.target)) -> \(response.nodes?.count ?? 0) nodes, \(response.values?.count ?? 0) peers\(response.token != nil ? ", token" : "")"
+                ))
+        }
+        return out + advance(lookupID, now: now)
+    }
+
+    /// Sends the lookup's next queries, or finishes it.
+    private mutating func advance(_ lookupID: LookupID, now: Double) -> [Directive] {
+        guard var run = runs[lookupID] else { return [] }
+        let next = run.lookup.nextQueries()
+        runs[lookupID] = run
+        var out: [Directive] = []
+        for candidate in next {
+            let query: KRPC.Query =
+                run.lookup.kind == .getPeers ? .getPeers(infoHash: run.lookup.target) : .findNode(target: run.lookup.target)
+            out += self.query(query, to: candidate.address, nodeID: candidate.id, lookup: lookupID, now: now)
+        }
+        run = runs[lookupID] ?? run
+        if run.lookup.isFinished {
+            runs[lookupID] = nil
+            var announced = 0
+            if case .announce(let port) = run.purpose {
+                for node in run.lookup.closestResponded {
+                    guard let token = node.token else { continue }
+                    out += query(
+                        .announcePeer(infoHash: run.lookup.target, port: port, impliedPort: false, token: token),
+                        to: node.address, nodeID: node.id, lookup: nil, now: now)
+                    announced += 1
+                }
+            }
+            let closest = run.lookup.closestResponded.compactMap { candidate in
+                candidate.id.map { NodeInfo(id: $0, address: candidate.address) }
+            }
+            let result = LookupResult(
+                target: run.lookup.target, closest: closest, peers: run.lookup.peers, hops: run.lookup.hops,
+                queries: run.lookup.queriesSent, responses: run.lookup.responses, announcedTo: announced)
+            if run.trace {
+                out.append(
+                    .trace(
+                        lookupID,
+                        "done: \(result.responses)/\(result.queries) answered, \(result.hops) hops to the closest node, \(result.peers.count) peers"
+                            + (announced > 0 ? ", announced to \(announced) nodes" : "")))
+            }
+            out.append(.lookupFinished(lookupID, result))
+        }
+        return out
+    }
+
+    private mutating func query(
+        _ query: KRPC.Query, to address: NodeAddress, nodeID: NodeID?, lookup: LookupID?, now: Double
+    ) -> [Directive] {
+        guard transactions.count < config.maxOpenTransactions else {
+            if let lookup { runs[lookup]?.lookup.failed(address: address) }
+            return []
+        }
+        var key = nextTransaction
+        while transactions[key] != nil { key &+= 1 }
+        nextTransaction = key &+ 1
+        transactions[key] = Transaction(address: address, nodeID: nodeID, lookup: lookup, sentAt: now)
+        let message = KRPC.Message(
+            transaction: [UInt8(key >> 8), UInt8(key & 0xff)], body: .query(sender: id, query),
+            version: KRPC.clientVersion)
+        return [send(message, to: address)]
+    }
+
+    private mutating func send(_ message: KRPC.Message, to address: NodeAddress) -> Directive {
+        stats.packetsOut += 1
+        var message = message
+        if message.version == nil { message.version = KRPC.clientVersion }
+        return .send(KRPC.encode(message), to: address)
+    }
+
+    private func transactionKey(_ raw: [UInt8]) -> UInt16? {
+        raw.count == 2 ? UInt16(raw[0]) << 8 | UInt16(raw[1]) : nil
+    }
+
+    // MARK: Time
+
+    /// Call about once a second: expires queries, rotates token secrets, expires stored
+    /// peers, re-announces, refreshes quiet buckets.
+    public mutating func tick(now: Double) -> [Directive] {
+        var out: [Directive] = []
+        let expired = transactions.filter { now - $0.value.sentAt >= config.queryTimeout }
+        var touched = Set<LookupID>()
+        for (key, transaction) in expired.sorted(by: { $0.key < $1.key }) {
+            transactions[key] = nil
+            stats.timeouts += 1
+            if let nodeID = transaction.nodeID { table.nodeFailed(nodeID, now: now) }
+            if let lookupID = transaction.lookup {
+                runs[lookupID]?.lookup.failed(address: transaction.address)
+                if runs[lookupID]?.trace == true {
+                    out.append(.trace(lookupID, "timeout: \(transaction.address) did not answer"))
+                }
+                touched.insert(lookupID)
+            }
+        }
+        for lookupID in touched.sorted() { out += advance(lookupID, now: now) }
+
+        if now - secrets.rotatedAt >= config.tokenRotation {
+            secrets = (random.bytes(8), secrets.current, now)
+        }
+        for (infoHash, peers) in storage {
+            let alive = peers.filter { now - $0.value < config.peerLifetime }
+            storage[infoHash] = alive.isEmpty ? nil : alive
+        }
+        for (infoHash, entry) in announcements.sorted(by: { $0.key < $1.key })
+        where now - entry.at >= config.announceRefresh {
+            out += announce(infoHash, port: entry.port, now: now).1
+        }
+        if now - lastRefreshCheck >= 60 {
+            lastRefreshCheck = now
+            for bucket in table.bucketsNeedingRefresh(now: now) {
+                table.markRefreshed(bucket: bucket, now: now)
+                let target = id.randomID(sharingPrefix: bucket, using: &random)
+                out += start(Lookup(target: target, kind: .findNode, seeds: table.closest(to: target)), .refresh, trace: false, now).1
+            }
+        }
+        buckets = buckets.filter { now - $0.value.at < 60 }
+        return out
+    }
+
+    // MARK: Tokens, storage, rate limits
+
+    func token(for address: NodeAddress, secret: [UInt8]) -> [UInt8] {
+        var hasher = SHA256()
+        hasher.update(data: secret)
+        hasher.update(data: address.ipBytes)
+        return Array(hasher.finalize().prefix(8))
+    }
+
+    private mutating func store(_ infoHash: NodeID, peer: NodeAddress, now: Double) {
+        if storage[infoHash] == nil {
+            guard storage.count < config.maxInfoHashes else { return }
+            storage[infoHash] = [:]
+        }
+        if storage[infoHash]?[peer] == nil, (storage[infoHash]?.count ?? 0) >= config.maxPeersPerInfoHash {
+            // Full: the peer heard from longest ago makes room.
+            if let oldest = storage[infoHash]?.min(by: { $0.value < $1.value })?.key { storage[infoHash]?[oldest] = nil }
+        }
+        storage[infoHash]?[peer] = now
+    }
+
+    public var storedInfoHashes: Int { storage.count }
+    public func storedPeers(for infoHash: NodeID) -> [NodeAddress] { Array((storage[infoHash] ?? [:]).keys) }
+    public var activeLookups: Int { runs.count }
+
+    private mutating func allow(_ source: NodeAddress, now: Double) -> Bool {
+        let rate = config.queriesPerSecondPerIP
+        var bucket = buckets[source.ip] ?? (tokens: rate * 2, at: now)
+        bucket.tokens = min(rate * 2, bucket.tokens + (now - bucket.at) * rate)
+        bucket.at = now
+        guard bucket.tokens >= 1 else {
+            buckets[source.ip] = bucket
+            return false
+        }
+        bucket.tokens -= 1
+        if buckets[source.ip] == nil && buckets.count >= config.maxTrackedIPs { return false }
+        buckets[source.ip] = bucket
+        return true
+    }
+
+    // MARK: Persistence
+
+    /// Our id and the good nodes of the table, so a restarted node needs no bootstrap:
+    /// "PSDT" ‖ id (20) ‖ compact node infos (26 each).
+    public func exportState(now: Double) -> [UInt8] {
+        Array("PSDT".utf8) + id.bytes + table.allNodes.filter { !$0.isBad }.flatMap(\.info.compact)
+    }
+
+    public static func parseState(_ bytes: [UInt8]) -> (id: NodeID, nodes: [NodeInfo])? {
+        guard bytes.count >= 24, Array(bytes.prefix(4)) == Array("PSDT".utf8),
+            let id = NodeID(bytes: Array(bytes[4..<24])), let nodes = NodeInfo.parseCompact(Array(bytes[24...]))
+        else { return nil }
+        return (id, nodes)
+    }
+}
+
+/// A small deterministic generator (SplitMix64), seeded by the owner: tests and the
+/// simulator pass fixed seeds; the discovery worker seeds it from the system's randomness.
+public struct SplitMix64: RandomNumberGenerator, Sendable {
+    var state: UInt64
+
+    public init(seed: UInt64) {
+        state = seed
+    }
+
+    public mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+
+    mutating func bytes(_ count: Int) -> [UInt8] { (0..<count).map { _ in UInt8.random(in: 0...255, using: &self) } }
+}
