@@ -128,7 +128,9 @@ public indirect enum Bencode: Equatable, Sendable {
                 return .dictionary(entries)
             case UInt8(ascii: "0")...UInt8(ascii: "9"):
                 let length = try integer(until: UInt8(ascii: ":"))
-                guard length >= 0, length <= Int64(bytes.count - offset) else { throw fail("string length beyond input") }
+                guard length >= 0, length <= Int64(bytes.count - offset) else {
+                    throw fail("string length beyond input")
+                }
                 let start = offset
                 offset += Int(length)
                 return .bytes(Array(bytes[start..<offset]))

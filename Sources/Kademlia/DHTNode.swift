@@ -102,14 +102,19 @@ public struct DHTNode: Sendable {
 
     /// Joins the network: look up our own id through the routers and the nodes we know.
     public mutating func bootstrap(routers: [NodeAddress], now: Double) -> [Directive] {
-        start(Lookup(target: id, kind: .findNode, seeds: table.closest(to: id), routers: routers), .bootstrap, trace: false, now)
-            .1
+        start(
+            Lookup(target: id, kind: .findNode, seeds: table.closest(to: id), routers: routers, excluding: id),
+            .bootstrap, trace: false, now
+        )
+        .1
     }
 
     public mutating func lookup(
         _ target: NodeID, kind: Lookup.Kind, trace: Bool = false, routers: [NodeAddress] = [], now: Double
     ) -> (LookupID, [Directive]) {
-        start(Lookup(target: target, kind: kind, seeds: table.closest(to: target), routers: routers), .plain, trace: trace, now)
+        start(
+            Lookup(target: target, kind: kind, seeds: table.closest(to: target), routers: routers, excluding: id),
+            .plain, trace: trace, now)
     }
 
     /// get_peers to find the closest nodes and their tokens, then announce_peer to them; and
@@ -119,7 +124,8 @@ public struct DHTNode: Sendable {
     ) {
         announcements[infoHash] = (port, now)
         return start(
-            Lookup(target: infoHash, kind: .getPeers, seeds: table.closest(to: infoHash)), .announce(port: port),
+            Lookup(target: infoHash, kind: .getPeers, seeds: table.closest(to: infoHash), excluding: id),
+            .announce(port: port),
             trace: trace, now)
     }
 
@@ -159,7 +165,9 @@ public struct DHTNode: Sendable {
             stats.malformed += 1
             // A query we could parse far enough to answer gets error 203, as BEP 5 asks.
             if let transaction = error.transaction, allow(source, now: now) {
-                return [send(.init(transaction: transaction, body: .error(code: 203, message: error.reason)), to: source)]
+                return [
+                    send(.init(transaction: transaction, body: .error(code: 203, message: error.reason)), to: source)
+                ]
             }
             return []
         } catch {
@@ -172,7 +180,8 @@ public struct DHTNode: Sendable {
                 stats.rateLimited += 1
                 return []
             }
-            return answer(query, from: NodeInfo(id: sender, address: source), transaction: message.transaction, now: now)
+            return answer(
+                query, from: NodeInfo(id: sender, address: source), transaction: message.transaction, now: now)
         case .unknownQuery(let method, _):
             guard allow(source, now: now) else {
                 stats.rateLimited += 1
@@ -181,7 +190,8 @@ public struct DHTNode: Sendable {
             stats.unknownMethods += 1
             return [
                 send(
-                    .init(transaction: message.transaction, body: .error(code: 204, message: "Method Unknown: \(method)")),
+                    .init(
+                        transaction: message.transaction, body: .error(code: 204, message: "Method Unknown: \(method)")),
                     to: source)
             ]
         case .response(let response):
@@ -223,14 +233,17 @@ public struct DHTNode: Sendable {
                     id: id, nodes: table.closest(to: infoHash), values: stored.isEmpty ? nil : stored,
                     token: token(for: sender.address, secret: secrets.current)))
         case .announcePeer(let infoHash, let port, let implied, let token):
-            guard token == self.token(for: sender.address, secret: secrets.current)
-                || token == self.token(for: sender.address, secret: secrets.previous)
+            guard
+                token == self.token(for: sender.address, secret: secrets.current)
+                    || token == self.token(for: sender.address, secret: secrets.previous)
             else {
                 stats.badTokens += 1
                 body = .error(code: 203, message: "Bad token")
                 break
             }
-            store(infoHash, peer: NodeAddress(ip: sender.address.ip, port: implied ? sender.address.port : port), now: now)
+            store(
+                infoHash, peer: NodeAddress(ip: sender.address.ip, port: implied ? sender.address.port : port), now: now
+            )
             body = .response(.init(id: id))
         }
         out.append(send(.init(transaction: transaction, body: body), to: sender.address))
@@ -279,7 +292,8 @@ public struct DHTNode: Sendable {
         var out: [Directive] = []
         for candidate in next {
             let query: KRPC.Query =
-                run.lookup.kind == .getPeers ? .getPeers(infoHash: run.lookup.target) : .findNode(target: run.lookup.target)
+                run.lookup.kind == .getPeers
+                ? .getPeers(infoHash: run.lookup.target) : .findNode(target: run.lookup.target)
             out += self.query(query, to: candidate.address, nodeID: candidate.id, lookup: lookupID, now: now)
         }
         run = runs[lookupID] ?? run
@@ -309,6 +323,20 @@ public struct DHTNode: Sendable {
                             + (announced > 0 ? ", announced to \(announced) nodes" : "")))
             }
             out.append(.lookupFinished(lookupID, result))
+            if case .bootstrap = run.purpose {
+                // Kademlia's join: after finding our neighbours, refresh every bucket farther
+                // away than them, or a node would know nothing of the far half of the network
+                // until someone there happened to query it.
+                for bucket in 0..<max(0, table.buckets.count - 1) {
+                    table.markRefreshed(bucket: bucket, now: now)
+                    let target = id.randomID(sharingPrefix: bucket, using: &random)
+                    out +=
+                        start(
+                            Lookup(target: target, kind: .findNode, seeds: table.closest(to: target), excluding: id),
+                            .refresh, trace: false, now
+                        ).1
+                }
+            }
         }
         return out
     }
@@ -379,7 +407,11 @@ public struct DHTNode: Sendable {
             for bucket in table.bucketsNeedingRefresh(now: now) {
                 table.markRefreshed(bucket: bucket, now: now)
                 let target = id.randomID(sharingPrefix: bucket, using: &random)
-                out += start(Lookup(target: target, kind: .findNode, seeds: table.closest(to: target)), .refresh, trace: false, now).1
+                out +=
+                    start(
+                        Lookup(target: target, kind: .findNode, seeds: table.closest(to: target), excluding: id),
+                        .refresh, trace: false, now
+                    ).1
             }
         }
         buckets = buckets.filter { now - $0.value.at < 60 }
@@ -402,7 +434,9 @@ public struct DHTNode: Sendable {
         }
         if storage[infoHash]?[peer] == nil, (storage[infoHash]?.count ?? 0) >= config.maxPeersPerInfoHash {
             // Full: the peer heard from longest ago makes room.
-            if let oldest = storage[infoHash]?.min(by: { $0.value < $1.value })?.key { storage[infoHash]?[oldest] = nil }
+            if let oldest = storage[infoHash]?.min(by: { $0.value < $1.value })?.key {
+                storage[infoHash]?[oldest] = nil
+            }
         }
         storage[infoHash]?[peer] = now
     }

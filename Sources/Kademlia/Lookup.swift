@@ -26,6 +26,8 @@ public struct Lookup: Sendable {
         public var depth: Int
         /// The `get_peers` token this node gave us, needed to announce to it.
         public var token: [UInt8]?
+        /// XOR distance to the target, computed once (nil while the id is unknown).
+        var distance: NodeID?
     }
 
     public static let alpha = 3
@@ -39,28 +41,37 @@ public struct Lookup: Sendable {
     public private(set) var queriesSent = 0
     public private(set) var responses = 0
 
-    public init(target: NodeID, kind: Kind, seeds: [NodeInfo], routers: [NodeAddress] = [], k: Int = RoutingTable.k) {
+    /// Our own id: other nodes name us in their answers, and we never query ourselves.
+    public let excluded: NodeID?
+
+    public init(
+        target: NodeID, kind: Kind, seeds: [NodeInfo], routers: [NodeAddress] = [], k: Int = RoutingTable.k,
+        excluding: NodeID? = nil
+    ) {
         self.target = target
         self.kind = kind
         self.k = k
+        self.excluded = excluding
         for seed in seeds { add(id: seed.id, address: seed.address, depth: 1) }
         for router in routers { add(id: nil, address: router, depth: 1) }
     }
 
     private func sortsBefore(_ a: Candidate, _ b: Candidate) -> Bool {
-        switch (a.id, b.id) {
-        case (let x?, let y?): return x.distance(to: target) < y.distance(to: target)
+        switch (a.distance, b.distance) {
+        case (let x?, let y?): return x < y
         case (.some, nil): return true
         default: return false
         }
     }
 
     private mutating func add(id: NodeID?, address: NodeAddress, depth: Int) {
+        if let id, id == excluded { return }
         if let index = candidates.firstIndex(where: { $0.address == address || ($0.id != nil && $0.id == id) }) {
             candidates[index].depth = min(candidates[index].depth, depth)
             return
         }
-        let candidate = Candidate(id: id, address: address, state: .fresh, depth: depth)
+        let candidate = Candidate(
+            id: id, address: address, state: .fresh, depth: depth, distance: id?.distance(to: target))
         let position = candidates.firstIndex { sortsBefore(candidate, $0) } ?? candidates.endIndex
         candidates.insert(candidate, at: position)
         if candidates.count > Lookup.maxCandidates, let far = candidates.lastIndex(where: { $0.state == .fresh }) {
@@ -68,17 +79,19 @@ public struct Lookup: Sendable {
         }
     }
 
-    /// The k closest candidates that have not failed, in order.
-    private var frontier: ArraySlice<Candidate> {
-        candidates.filter { $0.state != .failed }.prefix(k)
-    }
+    public private(set) var inFlightCount = 0
 
-    public var inFlightCount: Int { candidates.reduce(0) { $0 + ($1.state == .inFlight ? 1 : 0) } }
-
+    /// Finished when the k closest candidates that did not fail have all answered and no
+    /// query is still out.
     public var isFinished: Bool {
-        frontier.allSatisfy { $0.state == .responded } && inFlightCount == 0
-            || frontier.allSatisfy { $0.state == .responded || $0.state == .failed }
-                && !candidates.contains { $0.state == .fresh || $0.state == .inFlight }
+        guard inFlightCount == 0 else { return false }
+        var seen = 0
+        for candidate in candidates where candidate.state != .failed {
+            if candidate.state != .responded { return false }
+            seen += 1
+            if seen == k { break }
+        }
+        return true
     }
 
     /// Marks and returns the candidates to query now.
@@ -93,6 +106,7 @@ public struct Lookup: Sendable {
             if seenNonFailed > k { break }
             if candidates[index].state == .fresh {
                 candidates[index].state = .inFlight
+                inFlightCount += 1
                 picked.append(candidates[index])
                 queriesSent += 1
                 budget -= 1
@@ -110,9 +124,11 @@ public struct Lookup: Sendable {
             candidates[index].state == .inFlight
         else { return }
         responses += 1
+        inFlightCount -= 1
         var candidate = candidates.remove(at: index)
         candidate.state = .responded
         candidate.id = id
+        candidate.distance = id.distance(to: target)
         candidate.token = token
         let position = candidates.firstIndex { sortsBefore(candidate, $0) } ?? candidates.endIndex
         candidates.insert(candidate, at: position)
@@ -123,6 +139,7 @@ public struct Lookup: Sendable {
     public mutating func failed(address: NodeAddress) {
         if let index = candidates.firstIndex(where: { $0.address == address && $0.state == .inFlight }) {
             candidates[index].state = .failed
+            inFlightCount -= 1
         }
     }
 

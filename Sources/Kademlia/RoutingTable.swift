@@ -157,12 +157,13 @@ public struct RoutingTable: Sendable {
     /// The `count` known nodes closest to `target` by XOR distance, bad nodes last.
     public func closest(to target: NodeID, count: Int = RoutingTable.k) -> [NodeInfo] {
         allNodes
+            .map { (entry: $0, distance: $0.info.id.distance(to: target)) }
             .sorted { a, b in
-                if a.isBad != b.isBad { return !a.isBad }
-                return a.info.id.distance(to: target) < b.info.id.distance(to: target)
+                if a.entry.isBad != b.entry.isBad { return !a.entry.isBad }
+                return a.distance < b.distance
             }
             .prefix(count)
-            .map(\.info)
+            .map(\.entry.info)
     }
 
     /// Buckets nobody touched for 15 minutes: look up a random id in each to refresh it.
