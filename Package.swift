@@ -65,7 +65,12 @@ let package = Package(
             ]),
         .target(
             name: "DiscoveryWorker",
-            dependencies: ["WorkerRuntime", "IPC", .product(name: "Logging", package: "swift-log")]),
+            dependencies: [
+                "WorkerRuntime", "IPC", "Kademlia",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]),
         .target(
             name: "NATWorker",
             dependencies: ["WorkerRuntime", "IPC", .product(name: "Logging", package: "swift-log")]),

@@ -1,19 +1,152 @@
+import Foundation
 import IPC
+import Kademlia
 import Logging
+import NIOCore
+import NIOPosix
 import WorkerRuntime
 
-/// The discovery worker. In this release it is a real, supervised process that answers
-/// heartbeats and status requests; the Kademlia DHT (BEP 5) moves in with the discovery issue.
-public final class DiscoveryService: WorkerService {
+/// The discovery worker: one Mainline DHT node (BEP 5). It never opens a file: its saved
+/// routing table arrives in `dhtStart` and leaves in `dhtState`, and the supervisor stores
+/// it. Router host names are resolved by the supervisor too, so this process needs no DNS.
+public final class DiscoveryService: WorkerService, @unchecked Sendable {
     let logger: Logger
+    let pipe: WorkerPipe
+    let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+    var loop: EventLoop { group.next() }
+    // Loop-confined.
+    private var shell: DHTShell?
+    private var ready: EventLoopFuture<Void>?
 
-    public init(logger: Logger) {
+    public init(logger: Logger, pipe: WorkerPipe) {
         self.logger = logger
+        self.pipe = pipe
+    }
+
+    public func statusLine() -> String {
+        (try? loop.submit { [self] in
+            guard let shell else { return "DHT not started" }
+            return "DHT node \(shell.node.id.hex) on UDP \(shell.port): \(shell.node.table.nodeCount) nodes"
+        }.wait()) ?? "busy"
+    }
+
+    func tell(_ message: IPCMessage) {
+        do {
+            try pipe.send(message)
+        } catch {
+            logger.error("lost the supervisor: \(error)")
+            exit(70)
+        }
     }
 
     public func handle(_ message: IPCMessage, pipe: WorkerPipe) {
-        logger.warning("ignoring \(message.tag): the DHT is not part of this release yet")
+        loop.execute { [self] in onSupervisor(message) }
     }
 
-    public func statusLine() -> String { "idle (no DHT yet; peers come from links and --peer)" }
+    private func onSupervisor(_ message: IPCMessage) {
+        switch message {
+        case .dhtStart(let host, let port, let routers, let state):
+            start(host: host, port: Int(port), routers: routers.compactMap(NodeAddress.init), state: state)
+        case .dhtRequest(let id, let operation, let key, let port, let trace):
+            guard let ready else {
+                return tell(.failure(requestID: id, code: 70, message: "the DHT node is not started"))
+            }
+            ready.whenComplete { [self] _ in perform(id, operation, key, port, trace) }
+        case .dhtStateRequest(let id):
+            guard let shell else { return tell(.dhtState(requestID: id, state: [], summary: "DHT not started")) }
+            tell(.dhtState(requestID: id, state: shell.exportState(), summary: summary(shell)))
+        default:
+            logger.warning("ignoring unexpected \(message.tag)")
+        }
+    }
+
+    private func start(host: String, port: Int, routers: [NodeAddress], state: [UInt8]) {
+        guard shell == nil else { return }
+        let saved = DHTNode.parseState(state)
+        let promise = loop.makePromise(of: Void.self)
+        ready = promise.futureResult
+        DHTShell.start(host: host, port: port, id: saved?.id, on: loop).whenComplete { [self] result in
+            switch result {
+            case .failure(let error):
+                logger.error("cannot bind the DHT to \(host):\(port): \(error)")
+                tell(.failure(requestID: 0, code: 69, message: "cannot bind the DHT to UDP \(host):\(port): \(error)"))
+                promise.succeed(())
+            case .success(let shell):
+                self.shell = shell
+                logger.info("DHT node \(shell.node.id.hex) listening on UDP \(host):\(shell.port)")
+                tell(.dhtReady(port: UInt16(shell.port), nodeID: shell.node.id.bytes))
+                if let saved { shell.restore(saved.nodes) }
+                if routers.isEmpty && (saved?.nodes.isEmpty ?? true) {
+                    logger.info("no bootstrap nodes: waiting to be contacted")
+                    promise.succeed(())
+                    return
+                }
+                // A restored table answers pings within a few hundred ms; give it that long.
+                let delay: TimeAmount = saved == nil ? .zero : .milliseconds(500)
+                loop.scheduleTask(in: delay) {
+                    shell.bootstrap(routers: routers).whenComplete { result in
+                        if case .success(let found) = result {
+                            self.logger.info(
+                                "bootstrapped: \(shell.node.table.nodeCount) nodes in the table after \(found.queries) queries")
+                        }
+                        promise.succeed(())
+                    }
+                }
+            }
+        }
+    }
+
+    private func perform(_ id: UInt32, _ operation: DHTOperation, _ key: [UInt8], _ port: UInt16, _ trace: Bool) {
+        guard let shell else {
+            return tell(.failure(requestID: id, code: 69, message: "the DHT node could not start"))
+        }
+        guard let target = NodeID(bytes: key) else {
+            return tell(.failure(requestID: id, code: 64, message: "a DHT key is 20 bytes"))
+        }
+        let tracer: ((String) -> Void)? = trace ? { [self] line in tell(.dhtTrace(requestID: id, line: line)) } : nil
+        let future: EventLoopFuture<DHTNode.LookupResult>
+        switch operation {
+        case .lookup: future = shell.lookup(target, kind: .findNode, trace: tracer)
+        case .getPeers: future = shell.lookup(target, kind: .getPeers, trace: tracer)
+        case .announce: future = shell.announce(target, port: port, trace: tracer)
+        case .addNode:
+            if let address = NodeAddress(compact: key[0..<6]) { shell.ping(address) }
+            return tell(.dhtResult(requestID: id, report: DHTReport(peers: [], closest: [], hops: 0, queries: 1, responses: 0, announcedTo: 0)))
+        }
+        future.whenComplete { [self] result in
+            switch result {
+            case .success(let found):
+                let report = DHTReport(
+                    peers: found.peers.map(\.description),
+                    closest: found.closest.map { "\($0.id.hex)@\($0.address)" },
+                    hops: UInt16(clamping: found.hops), queries: UInt16(clamping: found.queries),
+                    responses: UInt16(clamping: found.responses), announcedTo: UInt16(clamping: found.announcedTo))
+                tell(.dhtResult(requestID: id, report: report))
+            case .failure(let error):
+                tell(.failure(requestID: id, code: 70, message: "DHT lookup failed: \(error)"))
+            }
+        }
+    }
+
+    private func summary(_ shell: DHTShell) -> String {
+        let node = shell.node
+        var lines = ["node \(node.id.hex) on UDP port \(shell.port)"]
+        lines.append("routing table: \(node.table.nodeCount) nodes in \(node.table.buckets.count) buckets")
+        let now = shell.now
+        for (index, bucket) in node.table.buckets.enumerated() where !bucket.entries.isEmpty {
+            let range = index == node.table.buckets.count - 1 ? "\(index)+" : "\(index)"
+            lines.append("  bucket \(range) (shares \(range) leading bits with us): \(bucket.entries.count) nodes")
+            for entry in bucket.entries {
+                let state = entry.isBad ? "bad" : entry.isGood(now: now) ? "good" : "questionable"
+                lines.append(
+                    "    \(entry.info.id.hex) \(entry.info.address) \(state), seen \(Int(now - entry.lastSeen)) s ago")
+            }
+        }
+        let s = node.stats
+        lines.append(
+            "stats: \(s.packetsIn) packets in, \(s.packetsOut) out, \(s.queriesAnswered) queries answered, \(s.malformed + shell.oversized) malformed, \(s.rateLimited) rate-limited, \(s.badTokens) bad tokens, \(s.unknownMethods) unknown methods, \(s.timeouts) timeouts, \(s.unmatchedResponses) unmatched responses"
+        )
+        lines.append("storing peers for \(node.storedInfoHashes) keys")
+        return lines.joined(separator: "\n")
+    }
 }

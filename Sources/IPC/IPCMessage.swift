@@ -39,6 +39,15 @@ public enum IPCMessage: Equatable, Sendable {
     case peerEvent(text: String)
     case fetchFailed(code: UInt16, reason: String)
 
+    // Discovery worker: the DHT node.
+    case dhtStart(host: String, port: UInt16, routers: [String], state: [UInt8])
+    case dhtReady(port: UInt16, nodeID: [UInt8])
+    case dhtRequest(requestID: UInt32, operation: DHTOperation, key: [UInt8], port: UInt16, trace: Bool)
+    case dhtTrace(requestID: UInt32, line: String)
+    case dhtResult(requestID: UInt32, report: DHTReport)
+    case dhtStateRequest(requestID: UInt32)
+    case dhtState(requestID: UInt32, state: [UInt8], summary: String)
+
     public enum Tag: UInt16, CaseIterable, Sendable {
         case hello = 0x0001, welcome, ping, pong, statusRequest, status, shutdown, failure
         case buildManifest = 0x0100, hashProgress, manifestBuilt, openShare, shareOpened, readChunk,
@@ -46,6 +55,7 @@ public enum IPCMessage: Equatable, Sendable {
             downloadFinalized
         case serve = 0x0200, serving, fetch, manifestReceived, startChunks, chunkReceived, chunkResult,
             peerEvent, fetchFailed
+        case dhtStart = 0x0300, dhtReady, dhtRequest, dhtTrace, dhtResult, dhtStateRequest, dhtState
     }
 
     public static let protocolVersion: UInt16 = 1
@@ -86,6 +96,13 @@ public enum IPCMessage: Equatable, Sendable {
         case .chunkResult: return .chunkResult
         case .peerEvent: return .peerEvent
         case .fetchFailed: return .fetchFailed
+        case .dhtStart: return .dhtStart
+        case .dhtReady: return .dhtReady
+        case .dhtRequest: return .dhtRequest
+        case .dhtTrace: return .dhtTrace
+        case .dhtResult: return .dhtResult
+        case .dhtStateRequest: return .dhtStateRequest
+        case .dhtState: return .dhtState
         }
     }
 
@@ -97,7 +114,8 @@ public enum IPCMessage: Equatable, Sendable {
             .hashProgress(let id, _, _), .manifestBuilt(let id, _), .openShare(let id, _, _), .shareOpened(let id),
             .readChunk(let id, _), .chunkData(let id, _, _), .prepareDownload(let id, _, _),
             .downloadPrepared(let id, _), .writeChunk(let id, _, _), .chunkWritten(let id, _, _),
-            .finalizeDownload(let id), .downloadFinalized(let id, _):
+            .finalizeDownload(let id), .downloadFinalized(let id, _), .dhtRequest(let id, _, _, _, _),
+            .dhtTrace(let id, _), .dhtResult(let id, _), .dhtStateRequest(let id), .dhtState(let id, _, _):
             return id
         default:
             return nil
@@ -197,6 +215,32 @@ public enum IPCMessage: Equatable, Sendable {
         case .fetchFailed(let code, let text):
             w.u16(code)
             w.blob(Array(text.utf8))
+        case .dhtStart(let host, let port, let routers, let state):
+            w.string(host)
+            w.u16(port)
+            w.u16(UInt16(routers.count))
+            for router in routers { w.string(router) }
+            w.blob(state)
+        case .dhtReady(let port, let nodeID):
+            w.u16(port)
+            w.raw(nodeID)
+        case .dhtRequest(let id, let operation, let key, let port, let trace):
+            w.u32(id)
+            w.u8(operation.rawValue)
+            w.raw(key)
+            w.u16(port)
+            w.bool(trace)
+        case .dhtTrace(let id, let line):
+            w.u32(id)
+            w.blob(Array(line.utf8))
+        case .dhtResult(let id, let report):
+            w.u32(id)
+            report.write(into: &w)
+        case .dhtStateRequest(let id): w.u32(id)
+        case .dhtState(let id, let state, let summary):
+            w.u32(id)
+            w.blob(state)
+            w.blob(Array(summary.utf8))
         }
     }
 
@@ -287,6 +331,28 @@ public enum IPCMessage: Equatable, Sendable {
         case .chunkResult: self = .chunkResult(index: try r.u32(), accepted: try r.bool())
         case .peerEvent: self = .peerEvent(text: try text())
         case .fetchFailed: self = .fetchFailed(code: try r.u16(), reason: try text())
+        case .dhtStart:
+            let host = try r.string()
+            let port = try r.u16()
+            let count = Int(try r.u16())
+            guard count <= IPCMessage.maxPeers else {
+                throw DecodeError.tooLarge(what: "router list", length: count, limit: IPCMessage.maxPeers)
+            }
+            var routers: [String] = []
+            for _ in 0..<count { routers.append(try r.string()) }
+            self = .dhtStart(host: host, port: port, routers: routers, state: try r.blob(limit: maxData, what: "state"))
+        case .dhtReady: self = .dhtReady(port: try r.u16(), nodeID: try r.raw(20))
+        case .dhtRequest:
+            let id = try r.u32()
+            guard let operation = DHTOperation(rawValue: try r.u8()) else {
+                throw DecodeError.invalid("unknown DHT operation")
+            }
+            self = .dhtRequest(requestID: id, operation: operation, key: try r.raw(20), port: try r.u16(), trace: try r.bool())
+        case .dhtTrace: self = .dhtTrace(requestID: try r.u32(), line: try text())
+        case .dhtResult: self = .dhtResult(requestID: try r.u32(), report: try DHTReport(reader: &r))
+        case .dhtStateRequest: self = .dhtStateRequest(requestID: try r.u32())
+        case .dhtState:
+            self = .dhtState(requestID: try r.u32(), state: try r.blob(limit: maxData, what: "state"), summary: try text())
         }
         try r.expectEnd()
     }
@@ -324,4 +390,63 @@ public struct ChunkBitfield: Equatable, Sendable {
     public var setCount: Int { bytes.reduce(0) { $0 + $1.nonzeroBitCount } }
     public var isComplete: Bool { setCount == count }
     public var missing: [Int] { (0..<count).filter { !self[$0] } }
+}
+
+public enum DHTOperation: UInt8, Sendable {
+    /// find_node lookup of a 20-byte target.
+    case lookup = 1
+    /// get_peers lookup: who announced this key?
+    case getPeers = 2
+    /// get_peers, then announce_peer with `port` to the closest nodes (and keep re-announcing).
+    case announce = 3
+    /// Ping the node at the address in `key`'s first 6 bytes (compact IPv4 + port).
+    case addNode = 4
+}
+
+/// The outcome of a DHT request, as the supervisor and `peershare dht` show it.
+public struct DHTReport: Equatable, Sendable {
+    /// Peers found, "HOST:PORT".
+    public var peers: [String]
+    /// Closest nodes that answered, "ID-HEX@HOST:PORT".
+    public var closest: [String]
+    public var hops: UInt16
+    public var queries: UInt16
+    public var responses: UInt16
+    public var announcedTo: UInt16
+
+    public init(peers: [String], closest: [String], hops: UInt16, queries: UInt16, responses: UInt16, announcedTo: UInt16) {
+        self.peers = peers
+        self.closest = closest
+        self.hops = hops
+        self.queries = queries
+        self.responses = responses
+        self.announcedTo = announcedTo
+    }
+
+    func write(into w: inout ByteWriter) {
+        w.u16(UInt16(min(peers.count, 1000)))
+        for peer in peers.prefix(1000) { w.string(peer) }
+        w.u16(UInt16(min(closest.count, 1000)))
+        for node in closest.prefix(1000) { w.string(node) }
+        w.u16(hops)
+        w.u16(queries)
+        w.u16(responses)
+        w.u16(announcedTo)
+    }
+
+    init(reader r: inout ByteReader) throws {
+        func list() throws -> [String] {
+            let count = Int(try r.u16())
+            guard count <= 1000 else { throw DecodeError.tooLarge(what: "list", length: count, limit: 1000) }
+            var out: [String] = []
+            for _ in 0..<count { out.append(try r.string()) }
+            return out
+        }
+        peers = try list()
+        closest = try list()
+        hops = try r.u16()
+        queries = try r.u16()
+        responses = try r.u16()
+        announcedTo = try r.u16()
+    }
 }

@@ -26,7 +26,9 @@ public enum WorkerRole: String, CaseIterable, Sendable, Codable {
     public var mayEmit: Set<IPCMessage.Tag> {
         let common: Set<IPCMessage.Tag> = [.hello, .pong, .status, .failure]
         switch self {
-        case .discovery, .nat:
+        case .discovery:
+            return common.union([.dhtReady, .dhtTrace, .dhtResult, .dhtState])
+        case .nat:
             return common
         case .hash:
             return common.union([

@@ -101,12 +101,21 @@ public struct DHTNode: Sendable {
     // MARK: Requests from the owner
 
     /// Joins the network: look up our own id through the routers and the nodes we know.
-    public mutating func bootstrap(routers: [NodeAddress], now: Double) -> [Directive] {
+    public mutating func bootstrap(routers: [NodeAddress], now: Double) -> (LookupID, [Directive]) {
         start(
             Lookup(target: id, kind: .findNode, seeds: table.closest(to: id), routers: routers, excluding: id),
-            .bootstrap, trace: false, now
-        )
-        .1
+            .bootstrap, trace: false, now)
+    }
+
+    /// A node from a saved table: it enters the routing table as questionable and becomes
+    /// good when it answers (a ping goes out at once).
+    public mutating func restore(_ nodes: [NodeInfo], now: Double) -> [Directive] {
+        var out: [Directive] = []
+        for node in nodes {
+            table.nodeQueriedUs(node, now: now)
+            out += query(.ping, to: node.address, nodeID: node.id, lookup: nil, now: now)
+        }
+        return out
     }
 
     public mutating func lookup(

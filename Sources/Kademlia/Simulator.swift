@@ -45,7 +45,7 @@ public struct DHTSimulator {
         nodes.append(Node(dht: node))
         index[address] = number
         if let bootstrap {
-            let directives = nodes[number].dht.bootstrap(routers: [DHTSimulator.address(of: bootstrap)], now: now)
+            let directives = nodes[number].dht.bootstrap(routers: [DHTSimulator.address(of: bootstrap)], now: now).1
             perform(directives, at: number)
             runUntilIdle()
         }

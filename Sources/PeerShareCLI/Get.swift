@@ -24,6 +24,7 @@ struct Get: ParsableCommand {
     var peer: [String] = []
 
     @OptionGroup var common: CommonOptions
+    @OptionGroup var dht: DHTOptions
 
     func run() throws {
         let parsed: ShareLink
@@ -51,9 +52,13 @@ struct Get: ParsableCommand {
         LineLogHandler.bootstrap(name: "supervisor", level: common.level)
         let target = URL(fileURLWithPath: output).standardizedFileURL.path
         let allPeers = peers
+        // The DHT is asked only when neither the link nor --peer names a peer.
+        let dhtSettings = peers.isEmpty ? dht.settings(config: config) : nil
         let code = SupervisorRunner.run(config: config, logLevel: common.logLevel) { supervisor, logger in
             let session = GetSession(
-                supervisor: supervisor, link: parsed, peers: allPeers, targetDirectory: target,
+                supervisor: supervisor, link: parsed, peers: allPeers,
+                dht: dhtSettings.map { DHTClient(supervisor: supervisor, settings: $0, logger: logger) },
+                targetDirectory: target,
                 output: Terminal.sessionOutput(), logger: logger)
             return ({ session.begin() }, { session.stop(exitCode: $0) }, session.result)
         }

@@ -23,6 +23,7 @@ struct Share: ParsableCommand {
     var listen: String = "0.0.0.0:0"
 
     @OptionGroup var common: CommonOptions
+    @OptionGroup var dht: DHTOptions
 
     func run() throws {
         let listenAddress: PeerAddress
@@ -42,11 +43,12 @@ struct Share: ParsableCommand {
         }
         let config = common.loadConfig()
         LineLogHandler.bootstrap(name: "supervisor", level: common.level)
+        let dhtSettings = dht.settings(config: config)
         let code = SupervisorRunner.run(config: config, logLevel: common.logLevel) { supervisor, logger in
             let session = ShareSession(
                 supervisor: supervisor, path: path, listen: listenAddress,
-                output: Terminal.sessionOutput(progressToStderr: true),
-                logger: logger)
+                dht: dhtSettings.map { DHTClient(supervisor: supervisor, settings: $0, logger: logger) },
+                output: Terminal.sessionOutput(progressToStderr: true), logger: logger)
             return ({ session.begin() }, { session.stop(exitCode: $0) }, session.result)
         }
         throw ExitCode(code)

@@ -11,6 +11,10 @@ enum Terminal {
         FileHandle.standardOutput.write(Data((text + "\n").utf8))
     }
 
+    static func warning(_ text: String) {
+        FileHandle.standardError.write(Data("peershare: warning: \(text)\n".utf8))
+    }
+
     static func error(_ text: String) {
         FileHandle.standardError.write(Data("peershare: error: \(text)\n".utf8))
     }

@@ -40,7 +40,8 @@ struct WorkerCommand: ParsableCommand {
                 return TransferService(
                     logger: logger, pipe: WorkerPipe(descriptor: WorkerMain.pipeDescriptor),
                     requestsInFlight: requestsInFlight, maxPeers: maxPeers)
-            case .discovery: return DiscoveryService(logger: logger)
+            case .discovery:
+                return DiscoveryService(logger: logger, pipe: WorkerPipe(descriptor: WorkerMain.pipeDescriptor))
             case .nat: return NATService(logger: logger)
             }
         }

@@ -29,8 +29,18 @@ public struct PipelineConfig: Equatable, Sendable {
         public var maxPeers = 64
     }
 
+    public struct DHT: Equatable, Sendable {
+        /// Find and announce shares through the Mainline DHT (BEP 5).
+        public var enabled = true
+        /// UDP address of the DHT node; port 0 picks a free one (and keeps no saved table).
+        public var listen = "0.0.0.0:0"
+        /// Routers a node with an empty table joins through: the public Mainline routers.
+        public var bootstrap = ["router.bittorrent.com:6881", "dht.transmissionbt.com:6881", "router.utorrent.com:6881"]
+    }
+
     public var version = schemaVersion
     public var stages: [String] = []
+    public var dht = DHT()
     public var workers = Workers()
     public var limits = Limits()
 
@@ -89,7 +99,7 @@ public struct PipelineConfig: Equatable, Sendable {
         }
         let reader = JSONObjectReader(file: file)
         let root = try reader.object(object, key: "(top level)")
-        try reader.allowOnly(["version", "stages", "workers", "limits"], in: root, prefix: "")
+        try reader.allowOnly(["version", "stages", "workers", "limits", "dht"], in: root, prefix: "")
 
         var config = PipelineConfig()
         guard let versionValue = root["version"] else {
@@ -135,6 +145,20 @@ public struct PipelineConfig: Equatable, Sendable {
                 config.limits.maxPeers = try reader.int(value, key: "limits.maxPeers", range: 1...10_000)
             }
         }
+        if let dhtValue = root["dht"] {
+            let dht = try reader.object(dhtValue, key: "dht")
+            try reader.allowOnly(["enabled", "listen", "bootstrap"], in: dht, prefix: "dht.")
+            if let value = dht["enabled"] { config.dht.enabled = try reader.bool(value, key: "dht.enabled") }
+            if let value = dht["listen"] {
+                config.dht.listen = try reader.address(value, key: "dht.listen")
+            }
+            if let value = dht["bootstrap"] {
+                guard let list = value as? [Any] else {
+                    throw LoadError(file: file, key: "dht.bootstrap", problem: "expected an array of \"HOST:PORT\" strings")
+                }
+                config.dht.bootstrap = try list.enumerated().map { try reader.address($1, key: "dht.bootstrap[\($0)]") }
+            }
+        }
         return config
     }
 }
@@ -156,6 +180,20 @@ private struct JSONObjectReader {
                 file: file, key: prefix + key,
                 problem: "unknown key; expected one of \(keys.joined(separator: ", "))")
         }
+    }
+
+    func bool(_ value: Any, key: String) throws -> Bool {
+        guard let number = value as? NSNumber, String(cString: number.objCType) == "c" else {
+            throw PipelineConfig.LoadError(file: file, key: key, problem: "expected true or false")
+        }
+        return number.boolValue
+    }
+
+    func address(_ value: Any, key: String) throws -> String {
+        guard let text = value as? String, (try? PeerAddress.parse(text)) != nil else {
+            throw PipelineConfig.LoadError(file: file, key: key, problem: "expected a \"HOST:PORT\" string")
+        }
+        return text
     }
 
     func int(_ value: Any, key: String, range: ClosedRange<Int>) throws -> Int {

@@ -11,6 +11,7 @@ public final class GetSession: SupervisorDelegate, @unchecked Sendable {
     let supervisor: Supervisor
     let link: ShareLink
     let peers: [PeerAddress]
+    let dht: DHTClient?
     let targetDirectory: String
     let output: SessionOutput
     let logger: Logger
@@ -27,12 +28,13 @@ public final class GetSession: SupervisorDelegate, @unchecked Sendable {
     private var writes: [UInt32: Int] = [:]
 
     public init(
-        supervisor: Supervisor, link: ShareLink, peers: [PeerAddress], targetDirectory: String, output: SessionOutput,
-        logger: Logger
+        supervisor: Supervisor, link: ShareLink, peers: [PeerAddress], dht: DHTClient?, targetDirectory: String,
+        output: SessionOutput, logger: Logger
     ) {
         self.supervisor = supervisor
         self.link = link
         self.peers = peers
+        self.dht = dht
         self.targetDirectory = targetDirectory
         self.output = output
         self.logger = logger
@@ -43,10 +45,45 @@ public final class GetSession: SupervisorDelegate, @unchecked Sendable {
     public var result: EventLoopFuture<Int32> { done.futureResult }
 
     public func begin() {
-        output.status("looking for \(link.shareID.short) at \(peers.map(\.description).joined(separator: ", "))")
-        supervisor.send(
-            .fetch(shareID: link.shareID.bytes, peers: peers.map(\.description)), to: .transfer,
-            tracking: .setup(key: "fetch"))
+        if peers.isEmpty, let dht {
+            output.status("looking for \(link.shareID.short) in the DHT")
+            dht.start()
+            findPeers(in: dht, attempt: 1)
+            return
+        }
+        fetch(from: peers.map(\.description))
+    }
+
+    private func fetch(from peers: [String]) {
+        output.status("looking for \(link.shareID.short) at \(peers.joined(separator: ", "))")
+        supervisor.send(.fetch(shareID: link.shareID.bytes, peers: peers), to: .transfer, tracking: .setup(key: "fetch"))
+    }
+
+    /// get_peers on the share's key; a freshly started node may need a few tries while its
+    /// routing table fills.
+    static let dhtAttempts = 5
+
+    private func findPeers(in dht: DHTClient, attempt: Int) {
+        dht.request(.getPeers, key: DHTKey.forShare(link.shareID)) { [self] result in
+            guard !finished else { return }
+            switch result {
+            case .success(let report) where !report.peers.isEmpty:
+                output.status(
+                    "the DHT knows \(report.peers.count) peers for this share (\(report.hops) hops, \(report.queries) queries)")
+                fetch(from: Array(report.peers.prefix(FetchLimits.maxFetchPeers)))
+            case .success, .failure:
+                if case .failure(let failure) = result { logger.warning("DHT lookup failed: \(failure)") }
+                guard attempt < GetSession.dhtAttempts else {
+                    output.error(
+                        "no peers for this share in the DHT after \(attempt) lookups; ask for a link with peer hints or use --peer"
+                    )
+                    return stop(exitCode: ExitCodes.unavailable)
+                }
+                supervisor.eventLoop.scheduleTask(in: .seconds(Int64(attempt))) { [self] in
+                    findPeers(in: dht, attempt: attempt + 1)
+                }
+            }
+        }
     }
 
     public func stop(exitCode: Int32) {
@@ -58,6 +95,7 @@ public final class GetSession: SupervisorDelegate, @unchecked Sendable {
 
     public func supervisor(_ supervisor: Supervisor, received message: IPCMessage, from role: WorkerRole) {
         guard !finished else { return }
+        if role == .discovery, let dht, dht.handle(message) { return }
         switch message {
         case .manifestReceived(let bytes):
             guard ShareID(manifestBytes: bytes) == link.shareID else {

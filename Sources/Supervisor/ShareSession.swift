@@ -12,6 +12,7 @@ public final class ShareSession: SupervisorDelegate, @unchecked Sendable {
     let supervisor: Supervisor
     let path: String
     let listen: PeerAddress
+    let dht: DHTClient?
     let output: SessionOutput
     let logger: Logger
     private let done: EventLoopPromise<Int32>
@@ -22,10 +23,14 @@ public final class ShareSession: SupervisorDelegate, @unchecked Sendable {
     private var reads: [UInt32: UInt32] = [:]
     private var buildRequest: UInt32 = 0
 
-    public init(supervisor: Supervisor, path: String, listen: PeerAddress, output: SessionOutput, logger: Logger) {
+    public init(
+        supervisor: Supervisor, path: String, listen: PeerAddress, dht: DHTClient?, output: SessionOutput,
+        logger: Logger
+    ) {
         self.supervisor = supervisor
         self.path = path
         self.listen = listen
+        self.dht = dht
         self.output = output
         self.logger = logger
         self.done = supervisor.eventLoop.makePromise(of: Int32.self)
@@ -36,16 +41,45 @@ public final class ShareSession: SupervisorDelegate, @unchecked Sendable {
     public var result: EventLoopFuture<Int32> { done.futureResult }
 
     public func begin() {
+        if let dht {
+            dht.onReady = { [output] port in output.status("DHT node listening on UDP \(dht.settings.host):\(port)") }
+            dht.start()
+        }
         buildRequest = supervisor.makeRequestID()
         output.status("hashing \(path) ...")
         supervisor.send(.buildManifest(requestID: buildRequest, path: path), to: .hash, tracking: .request)
     }
 
     public func stop(exitCode: Int32) {
-        supervisor.shutdown().whenComplete { [self] _ in done.succeed(exitCode) }
+        guard !stopping else { return }
+        stopping = true
+        let shutdown = { [self] in supervisor.shutdown().whenComplete { [self] _ in done.succeed(exitCode) } }
+        if let dht { dht.saveState(then: shutdown) } else { shutdown() }
+    }
+
+    private var stopping = false
+
+    /// Announces the share's DHT key with our TCP port; the discovery worker re-announces
+    /// every 15 minutes, and the supervisor re-sends this if that worker restarts.
+    private func announce(port: UInt16) {
+        guard let dht, let shareID else { return }
+        let key = DHTKey.forShare(shareID)
+        dht.request(.announce, key: key, port: port, setupKey: "announce") { [output, logger] result in
+            switch result {
+            case .success(let report):
+                if report.announcedTo > 0 {
+                    output.status("announced in the DHT to \(report.announcedTo) nodes")
+                } else {
+                    logger.warning("DHT announce reached no node (no bootstrap node answered); peers need the link's hints")
+                }
+            case .failure(let failure):
+                logger.warning("DHT announce failed: \(failure)")
+            }
+        }
     }
 
     public func supervisor(_ supervisor: Supervisor, received message: IPCMessage, from role: WorkerRole) {
+        if role == .discovery, let dht, dht.handle(message) { return }
         switch message {
         case .hashProgress(_, let done, let total):
             output.progress(done, total, "hashing")
@@ -70,6 +104,7 @@ public final class ShareSession: SupervisorDelegate, @unchecked Sendable {
                 let hints = LocalAddresses.hints(listenHost: listen.host, port: Int(port))
                 output.link(ShareLink(shareID: shareID, peers: hints).description)
                 output.status("serving on \(listen.host):\(port); press Ctrl-C to stop")
+                announce(port: port)
             }
         case .readChunk(let transferID, let index):
             let id = supervisor.makeRequestID()

@@ -50,6 +50,15 @@ final class IPCCodecTests: XCTestCase {
         .chunkResult(index: 3, accepted: false),
         .peerEvent(text: "hi"),
         .fetchFailed(code: 69, reason: "nobody home"),
+        .dhtStart(host: "0.0.0.0", port: 6881, routers: ["1.2.3.4:6881"], state: [1, 2]),
+        .dhtReady(port: 6881, nodeID: [UInt8](repeating: 1, count: 20)),
+        .dhtRequest(requestID: 4, operation: .announce, key: [UInt8](repeating: 2, count: 20), port: 80, trace: true),
+        .dhtTrace(requestID: 4, line: "hop 1"),
+        .dhtResult(
+            requestID: 4,
+            report: DHTReport(peers: ["1.1.1.1:1"], closest: ["ab@2.2.2.2:2"], hops: 3, queries: 9, responses: 8, announcedTo: 7)),
+        .dhtStateRequest(requestID: 5),
+        .dhtState(requestID: 5, state: [0], summary: "8 nodes"),
     ]
 
     func testEveryMessageTypeIsCovered() {

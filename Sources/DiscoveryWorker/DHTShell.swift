@@ -1,0 +1,140 @@
+import Foundation
+import Kademlia
+import NIOCore
+import NIOPosix
+
+/// The IO around one `DHTNode`: a UDP socket, a monotonic clock and a 250 ms tick. It moves
+/// packets and turns the node's directives into sends and completed futures; all Kademlia
+/// decisions are the node's. Loop-confined.
+public final class DHTShell: @unchecked Sendable {
+    public let loop: EventLoop
+    public private(set) var node: DHTNode
+    private var channel: Channel?
+    private let startedAt = DispatchTime.now().uptimeNanoseconds
+    private var waiting: [DHTNode.LookupID: EventLoopPromise<DHTNode.LookupResult>] = [:]
+    private var tracers: [DHTNode.LookupID: (String) -> Void] = [:]
+    private var ticker: RepeatedTask?
+    public private(set) var port: Int = 0
+    public private(set) var oversized = 0
+
+    init(loop: EventLoop, node: DHTNode) {
+        self.loop = loop
+        self.node = node
+    }
+
+    /// Seconds since the shell started, from the monotonic clock: the node's only notion of time.
+    public var now: Double { Double(DispatchTime.now().uptimeNanoseconds - startedAt) / 1e9 }
+
+    /// Binds a UDP socket and starts a node on it.
+    public static func start(
+        host: String, port: Int, id: NodeID? = nil, config: DHTNode.Config = .init(), on loop: EventLoop
+    ) -> EventLoopFuture<DHTShell> {
+        var system = SystemRandomNumberGenerator()
+        let node = DHTNode(
+            id: id ?? NodeID.random(using: &system), now: 0, seed: system.next(), config: config)
+        let shell = DHTShell(loop: loop, node: node)
+        return DatagramBootstrap(group: loop)
+            .channelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(DHTPacketHandler(shell: shell))
+                }
+            }
+            .bind(host: host, port: port)
+            .map { channel in
+                shell.channel = channel
+                shell.port = channel.localAddress?.port ?? port
+                shell.ticker = loop.scheduleRepeatedTask(initialDelay: .milliseconds(250), delay: .milliseconds(250)) {
+                    _ in shell.perform(shell.node.tick(now: shell.now))
+                }
+                return shell
+            }
+    }
+
+    public func close() -> EventLoopFuture<Void> {
+        ticker?.cancel()
+        for promise in waiting.values { promise.fail(ChannelError.ioOnClosedChannel) }
+        waiting.removeAll()
+        return channel?.close() ?? loop.makeSucceededVoidFuture()
+    }
+
+    func received(_ bytes: [UInt8], from address: NodeAddress) {
+        perform(node.receive(bytes, from: address, now: now))
+    }
+
+    func countOversized() { oversized += 1 }
+
+    private func perform(_ directives: [DHTNode.Directive]) {
+        for directive in directives {
+            switch directive {
+            case .send(let bytes, let address):
+                guard let channel, let remote = try? SocketAddress(ipAddress: address.host, port: Int(address.port))
+                else { continue }
+                let envelope = AddressedEnvelope(remoteAddress: remote, data: channel.allocator.buffer(bytes: bytes))
+                channel.writeAndFlush(envelope, promise: nil)
+            case .lookupFinished(let id, let result):
+                tracers[id] = nil
+                waiting.removeValue(forKey: id)?.succeed(result)
+            case .trace(let id, let line):
+                tracers[id]?(line)
+            }
+        }
+    }
+
+    private func track(_ started: (DHTNode.LookupID, [DHTNode.Directive]), trace: ((String) -> Void)?)
+        -> EventLoopFuture<DHTNode.LookupResult>
+    {
+        let promise = loop.makePromise(of: DHTNode.LookupResult.self)
+        waiting[started.0] = promise
+        if let trace { tracers[started.0] = trace }
+        perform(started.1)
+        return promise.futureResult
+    }
+
+    public func bootstrap(routers: [NodeAddress]) -> EventLoopFuture<DHTNode.LookupResult> {
+        track(node.bootstrap(routers: routers, now: now), trace: nil)
+    }
+
+    public func restore(_ nodes: [NodeInfo]) { perform(node.restore(nodes, now: now)) }
+
+    public func ping(_ address: NodeAddress) { perform(node.ping(address, now: now)) }
+
+    public func lookup(_ target: NodeID, kind: Lookup.Kind, trace: ((String) -> Void)? = nil)
+        -> EventLoopFuture<DHTNode.LookupResult>
+    {
+        track(node.lookup(target, kind: kind, trace: trace != nil, now: now), trace: trace)
+    }
+
+    public func announce(_ key: NodeID, port: UInt16, trace: ((String) -> Void)? = nil)
+        -> EventLoopFuture<DHTNode.LookupResult>
+    {
+        track(node.announce(key, port: port, trace: trace != nil, now: now), trace: trace)
+    }
+
+    public func exportState() -> [UInt8] { node.exportState(now: now) }
+}
+
+/// Datagrams in: IPv4 only (BEP 5's compact formats carry IPv4), at most one KRPC packet.
+final class DHTPacketHandler: ChannelInboundHandler {
+    typealias InboundIn = AddressedEnvelope<ByteBuffer>
+    let shell: DHTShell
+
+    init(shell: DHTShell) {
+        self.shell = shell
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let envelope = unwrapInboundIn(data)
+        guard case .v4(let v4) = envelope.remoteAddress, let port = envelope.remoteAddress.port else { return }
+        guard envelope.data.readableBytes <= KRPC.maxPacketSize else {
+            shell.countOversized()
+            return
+        }
+        let ip = UInt32(bigEndian: v4.address.sin_addr.s_addr)
+        shell.received(Array(envelope.data.readableBytesView), from: NodeAddress(ip: ip, port: UInt16(port)))
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        // ICMP port unreachable and the like surface here; the node sees them as timeouts.
+    }
+}

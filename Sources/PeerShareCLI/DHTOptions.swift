@@ -1,0 +1,39 @@
+import ArgumentParser
+import Foundation
+import PeerShareCore
+import Supervisor
+
+/// DHT flags shared by `share`, `get` and `dht`.
+struct DHTOptions: ParsableArguments {
+    @Option(
+        name: .long,
+        help: "A DHT node to join through, HOST:PORT (repeatable; replaces the routers in pipeline.json).")
+    var bootstrap: [String] = []
+
+    @Option(name: .long, help: "UDP address of this DHT node, HOST:PORT (a fixed port keeps the routing table).")
+    var dhtListen: String?
+
+    @Flag(name: .long, help: "Do not use the DHT (peers only from the link and --peer).")
+    var noDHT = false
+
+    func validate() throws {
+        for text in bootstrap + (dhtListen.map { [$0] } ?? []) {
+            do {
+                _ = try PeerAddress.parse(text)
+            } catch {
+                throw ValidationError("\(error)")
+            }
+        }
+    }
+
+    /// nil when the DHT is off by flag or by pipeline.json.
+    func settings(config: PipelineConfig) -> DHTSettings? {
+        guard !noDHT, config.dht.enabled || !bootstrap.isEmpty || dhtListen != nil else { return nil }
+        let listen = (try? PeerAddress.parse(dhtListen ?? config.dht.listen)) ?? PeerAddress(host: "0.0.0.0", port: 0)
+        let names = (bootstrap.isEmpty ? config.dht.bootstrap : bootstrap).compactMap { try? PeerAddress.parse($0) }
+        let routers = DHTSettings.resolve(names) { Terminal.warning($0) }
+        return DHTSettings(
+            host: listen.host, port: listen.port, routers: routers,
+            statePath: DHTSettings.defaultStatePath(port: listen.port, environment: ProcessInfo.processInfo.environment))
+    }
+}
