@@ -86,7 +86,9 @@ let package = Package(
             name: "PeerShareCLI",
             dependencies: [
                 "Supervisor", "WorkerRuntime", "HashWorker", "TransferWorker", "DiscoveryWorker",
-                "NATWorker", "PeerShareCore", "IPC", "CSodium",
+                "NATWorker", "PeerShareCore", "IPC", "CSodium", "Kademlia",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Crypto", package: "swift-crypto"),

@@ -24,13 +24,21 @@ public struct DHTSettings: Sendable {
     /// through `warn` and skipped (a machine offline can still use local peers).
     public static func resolve(_ names: [PeerAddress], warn: (String) -> Void) -> [String] {
         var out: [String] = []
+        var failed: [String] = []
+        defer {
+            if !failed.isEmpty {
+                warn(
+                    "cannot resolve DHT bootstrap node\(failed.count > 1 ? "s" : "") \(failed.joined(separator: ", "))"
+                        + (out.isEmpty ? "; the DHT starts with no one to ask" : ""))
+            }
+        }
         for name in names {
             var hints = addrinfo()
             hints.ai_family = AF_INET
             hints.ai_socktype = Int32(SOCK_DGRAM.rawValue)
             var list: UnsafeMutablePointer<addrinfo>?
             guard getaddrinfo(name.host, String(name.port), &hints, &list) == 0, let first = list else {
-                warn("cannot resolve DHT bootstrap node \(name); skipping it")
+                failed.append(name.description)
                 continue
             }
             var cursor: UnsafeMutablePointer<addrinfo>? = first

@@ -1,0 +1,110 @@
+import Foundation
+import IPC
+import Logging
+import NIOCore
+import PeerShareCore
+
+/// `peershare dht ...`: one DHT action through the discovery worker, with its result printed
+/// for people (and `--trace` printing every hop of a lookup as it happens).
+public final class DHTSession: SupervisorDelegate, @unchecked Sendable {
+    public enum Action: Sendable {
+        /// Join, print the routing table, exit.
+        case routes
+        case lookup(key: [UInt8], trace: Bool)
+        case getPeers(key: [UInt8], trace: Bool)
+        case announce(key: [UInt8], port: UInt16, trace: Bool)
+        /// Run a node until Ctrl-C (a bootstrap node for others).
+        case node
+    }
+
+    let supervisor: Supervisor
+    let dht: DHTClient
+    let action: Action
+    let output: SessionOutput
+    private let done: EventLoopPromise<Int32>
+    private var stopping = false
+
+    public init(supervisor: Supervisor, dht: DHTClient, action: Action, output: SessionOutput) {
+        self.supervisor = supervisor
+        self.dht = dht
+        self.action = action
+        self.output = output
+        self.done = supervisor.eventLoop.makePromise(of: Int32.self)
+        supervisor.delegate = self
+    }
+
+    public var result: EventLoopFuture<Int32> { done.futureResult }
+
+    public func begin() {
+        dht.onReady = { [self] port in
+            output.status("DHT node listening on UDP \(dht.settings.host):\(port)")
+            if case .node = action { output.link("\(dht.settings.host):\(port)") }
+        }
+        dht.start()
+        let trace: (String) -> Void = { [output] line in output.link(line) }
+        switch action {
+        case .node:
+            break
+        case .routes:
+            // Lookups wait for the bootstrap; a lookup of a random key completes one first.
+            var random = SystemRandomNumberGenerator()
+            let key = (0..<20).map { _ in UInt8.random(in: 0...255, using: &random) }
+            dht.request(.lookup, key: key) { [self] _ in
+                dht.summary { [self] text in
+                    output.link(text)
+                    stop(exitCode: ExitCodes.ok)
+                }
+            }
+        case .lookup(let key, let tracing):
+            dht.request(.lookup, key: key, trace: tracing ? trace : nil) { [self] result in finish(result, showPeers: false) }
+        case .getPeers(let key, let tracing):
+            dht.request(.getPeers, key: key, trace: tracing ? trace : nil) { [self] result in finish(result, showPeers: true) }
+        case .announce(let key, let port, let tracing):
+            dht.request(.announce, key: key, port: port, trace: tracing ? trace : nil) { [self] result in
+                if case .success(let report) = result {
+                    output.link("announced port \(port) to \(report.announcedTo) nodes")
+                    stop(exitCode: report.announcedTo > 0 ? ExitCodes.ok : ExitCodes.unavailable)
+                } else {
+                    finish(result, showPeers: false)
+                }
+            }
+        }
+    }
+
+    private func finish(_ result: Result<DHTReport, DHTClient.DHTFailure>, showPeers: Bool) {
+        switch result {
+        case .success(let report):
+            output.link("closest nodes (\(report.hops) hops, \(report.responses)/\(report.queries) queries answered):")
+            for node in report.closest { output.link("  \(node)") }
+            if showPeers {
+                output.link("peers (\(report.peers.count)):")
+                for peer in report.peers { output.link("  \(peer)") }
+            }
+            stop(exitCode: report.closest.isEmpty ? ExitCodes.unavailable : ExitCodes.ok)
+        case .failure(let failure):
+            output.error("\(failure)")
+            stop(exitCode: Int32(failure.code))
+        }
+    }
+
+    public func stop(exitCode: Int32) {
+        guard !stopping else { return }
+        stopping = true
+        dht.saveState { [self] in supervisor.shutdown().whenComplete { [self] _ in done.succeed(exitCode) } }
+    }
+
+    public func supervisor(_ supervisor: Supervisor, received message: IPCMessage, from role: WorkerRole) {
+        if role == .discovery, dht.handle(message) { return }
+        if case .failure(_, let code, let text) = message, role == .discovery {
+            output.error(text)
+            stop(exitCode: Int32(code))
+        }
+    }
+
+    public func supervisor(_ supervisor: Supervisor, restarted role: WorkerRole) {}
+
+    public func supervisor(_ supervisor: Supervisor, gaveUpOn role: WorkerRole, reason: String) {
+        output.error(reason)
+        stop(exitCode: ExitCodes.software)
+    }
+}
