@@ -3,7 +3,7 @@ import Kademlia
 import NIOCore
 import NIOPosix
 
-/// The IO around one `DHTNode`: a UDP socket, a monotonic clock and a 250 ms tick. It moves
+/// The IO around one `DHTNode`: a UDP socket, a monotonic clock and a 100 ms tick. It moves
 /// packets and turns the node's directives into sends and completed futures; all Kademlia
 /// decisions are the node's. Loop-confined.
 public final class DHTShell: @unchecked Sendable {
@@ -33,8 +33,9 @@ public final class DHTShell: @unchecked Sendable {
         let node = DHTNode(
             id: id ?? NodeID.random(using: &system), now: 0, seed: system.next(), config: config)
         let shell = DHTShell(loop: loop, node: node)
+        // No SO_REUSEADDR: on UDP it lets the kernel hand the same ephemeral port to two
+        // sockets, and one of them then never receives anything.
         return DatagramBootstrap(group: loop)
-            .channelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(DHTPacketHandler(shell: shell))
@@ -44,7 +45,7 @@ public final class DHTShell: @unchecked Sendable {
             .map { channel in
                 shell.channel = channel
                 shell.port = channel.localAddress?.port ?? port
-                shell.ticker = loop.scheduleRepeatedTask(initialDelay: .milliseconds(250), delay: .milliseconds(250)) {
+                shell.ticker = loop.scheduleRepeatedTask(initialDelay: .milliseconds(100), delay: .milliseconds(100)) {
                     _ in shell.perform(shell.node.tick(now: shell.now))
                 }
                 return shell

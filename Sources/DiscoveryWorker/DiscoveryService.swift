@@ -87,7 +87,8 @@ public final class DiscoveryService: WorkerService, @unchecked Sendable {
                     shell.bootstrap(routers: routers).whenComplete { result in
                         if case .success(let found) = result {
                             self.logger.info(
-                                "bootstrapped: \(shell.node.table.nodeCount) nodes in the table after \(found.queries) queries")
+                                "bootstrapped: \(shell.node.table.nodeCount) nodes in the table after \(found.queries) queries"
+                            )
                         }
                         promise.succeed(())
                     }
@@ -111,7 +112,10 @@ public final class DiscoveryService: WorkerService, @unchecked Sendable {
         case .announce: future = shell.announce(target, port: port, trace: tracer)
         case .addNode:
             if let address = NodeAddress(compact: key[0..<6]) { shell.ping(address) }
-            return tell(.dhtResult(requestID: id, report: DHTReport(peers: [], closest: [], hops: 0, queries: 1, responses: 0, announcedTo: 0)))
+            return tell(
+                .dhtResult(
+                    requestID: id,
+                    report: DHTReport(peers: [], closest: [], hops: 0, queries: 1, responses: 0, announcedTo: 0)))
         }
         future.whenComplete { [self] result in
             switch result {

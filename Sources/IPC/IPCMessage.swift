@@ -347,12 +347,14 @@ public enum IPCMessage: Equatable, Sendable {
             guard let operation = DHTOperation(rawValue: try r.u8()) else {
                 throw DecodeError.invalid("unknown DHT operation")
             }
-            self = .dhtRequest(requestID: id, operation: operation, key: try r.raw(20), port: try r.u16(), trace: try r.bool())
+            self = .dhtRequest(
+                requestID: id, operation: operation, key: try r.raw(20), port: try r.u16(), trace: try r.bool())
         case .dhtTrace: self = .dhtTrace(requestID: try r.u32(), line: try text())
         case .dhtResult: self = .dhtResult(requestID: try r.u32(), report: try DHTReport(reader: &r))
         case .dhtStateRequest: self = .dhtStateRequest(requestID: try r.u32())
         case .dhtState:
-            self = .dhtState(requestID: try r.u32(), state: try r.blob(limit: maxData, what: "state"), summary: try text())
+            self = .dhtState(
+                requestID: try r.u32(), state: try r.blob(limit: maxData, what: "state"), summary: try text())
         }
         try r.expectEnd()
     }
@@ -414,7 +416,9 @@ public struct DHTReport: Equatable, Sendable {
     public var responses: UInt16
     public var announcedTo: UInt16
 
-    public init(peers: [String], closest: [String], hops: UInt16, queries: UInt16, responses: UInt16, announcedTo: UInt16) {
+    public init(
+        peers: [String], closest: [String], hops: UInt16, queries: UInt16, responses: UInt16, announcedTo: UInt16
+    ) {
         self.peers = peers
         self.closest = closest
         self.hops = hops

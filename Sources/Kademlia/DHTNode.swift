@@ -6,6 +6,8 @@ import Crypto
 public struct DHTNode: Sendable {
     public struct Config: Sendable {
         public var queryTimeout: Double = 2.0
+        /// After this long a query stops holding one of its lookup's α slots.
+        public var softTimeout: Double = 0.5
         public var maxInfoHashes = 5000
         public var maxPeersPerInfoHash = 200
         public var peerLifetime: Double = 30 * 60
@@ -71,6 +73,7 @@ public struct DHTNode: Sendable {
         var nodeID: NodeID?
         var lookup: LookupID?
         var sentAt: Double
+        var slow = false
     }
 
     public let id: NodeID
@@ -87,6 +90,9 @@ public struct DHTNode: Sendable {
     var announcements: [NodeID: (port: UInt16, at: Double)] = [:]
     var buckets: [UInt32: (tokens: Double, at: Double)] = [:]
     var lastRefreshCheck: Double
+    /// Routers from the last bootstrap, tried again while the routing table is empty.
+    var routers: [NodeAddress] = []
+    var lastBootstrap: Double = -1e9
 
     public init(id: NodeID, now: Double, seed: UInt64, config: Config = Config()) {
         self.id = id
@@ -102,7 +108,9 @@ public struct DHTNode: Sendable {
 
     /// Joins the network: look up our own id through the routers and the nodes we know.
     public mutating func bootstrap(routers: [NodeAddress], now: Double) -> (LookupID, [Directive]) {
-        start(
+        self.routers = routers
+        lastBootstrap = now
+        return start(
             Lookup(target: id, kind: .findNode, seeds: table.closest(to: id), routers: routers, excluding: id),
             .bootstrap, trace: false, now)
     }
@@ -270,7 +278,12 @@ public struct DHTNode: Sendable {
         }
         transactions[key] = nil
         if let expected = transaction.nodeID, expected != response.id {
+            // Another node now answers at that address: not the one the lookup wanted.
             stats.unmatchedResponses += 1
+            if let lookupID = transaction.lookup {
+                runs[lookupID]?.lookup.failed(address: source)
+                return advance(lookupID, now: now)
+            }
             return []
         }
         var out: [Directive] = []
@@ -321,8 +334,13 @@ public struct DHTNode: Sendable {
             let closest = run.lookup.closestResponded.compactMap { candidate in
                 candidate.id.map { NodeInfo(id: $0, address: candidate.address) }
             }
+            // Peers announced to us count too: we never query ourselves.
+            var peers = run.lookup.peers
+            if run.lookup.kind == .getPeers {
+                for peer in storedPeers(for: run.lookup.target) where !peers.contains(peer) { peers.append(peer) }
+            }
             let result = LookupResult(
-                target: run.lookup.target, closest: closest, peers: run.lookup.peers, hops: run.lookup.hops,
+                target: run.lookup.target, closest: closest, peers: peers, hops: run.lookup.hops,
                 queries: run.lookup.queriesSent, responses: run.lookup.responses, announcedTo: announced)
             if run.trace {
                 out.append(
@@ -398,6 +416,14 @@ public struct DHTNode: Sendable {
                 touched.insert(lookupID)
             }
         }
+        for (key, transaction) in transactions where !transaction.slow && now - transaction.sentAt >= config.softTimeout
+        {
+            transactions[key]?.slow = true
+            if let lookupID = transaction.lookup {
+                runs[lookupID]?.lookup.slow(address: transaction.address)
+                touched.insert(lookupID)
+            }
+        }
         for lookupID in touched.sorted() { out += advance(lookupID, now: now) }
 
         if now - secrets.rotatedAt >= config.tokenRotation {
@@ -410,6 +436,10 @@ public struct DHTNode: Sendable {
         for (infoHash, entry) in announcements.sorted(by: { $0.key < $1.key })
         where now - entry.at >= config.announceRefresh {
             out += announce(infoHash, port: entry.port, now: now).1
+        }
+        // A node whose joining failed (routers busy or down) keeps trying every 10 s.
+        if table.nodeCount == 0, !routers.isEmpty, now - lastBootstrap >= 10 {
+            out += bootstrap(routers: routers, now: now).1
         }
         if now - lastRefreshCheck >= 60 {
             lastRefreshCheck = now

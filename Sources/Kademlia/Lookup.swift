@@ -28,6 +28,8 @@ public struct Lookup: Sendable {
         public var token: [UInt8]?
         /// XOR distance to the target, computed once (nil while the id is unknown).
         var distance: NodeID?
+        /// In flight for longer than the soft timeout: it no longer holds an α slot.
+        var slow = false
     }
 
     public static let alpha = 3
@@ -80,33 +82,46 @@ public struct Lookup: Sendable {
     }
 
     public private(set) var inFlightCount = 0
+    /// In-flight queries that still hold one of the α slots (not slow).
+    private var blockingCount = 0
 
-    /// Finished when the k closest candidates that did not fail have all answered and no
-    /// query is still out.
+    /// Finished when the k closest candidates that did not fail have all answered. Queries
+    /// still out to nodes farther away than those cannot change the answer.
+    /// A slow query (past the soft timeout) does not hold the lookup back once k closer or
+    /// farther nodes have answered: waiting the full timeout for a node that is probably gone
+    /// costs more than the small chance it was the closest. With fewer than k answers, the
+    /// lookup waits for every query to resolve.
     public var isFinished: Bool {
-        guard inFlightCount == 0 else { return false }
         var seen = 0
         for candidate in candidates where candidate.state != .failed {
-            if candidate.state != .responded { return false }
-            seen += 1
-            if seen == k { break }
+            switch candidate.state {
+            case .responded:
+                seen += 1
+                if seen == k { return true }
+            case .inFlight where candidate.slow:
+                continue
+            default:
+                return false
+            }
         }
-        return true
+        return inFlightCount == 0
     }
 
     /// Marks and returns the candidates to query now.
     public mutating func nextQueries() -> [Candidate] {
         var picked: [Candidate] = []
-        var budget = Lookup.alpha - inFlightCount
+        var budget = Lookup.alpha - blockingCount
         guard budget > 0 else { return [] }
         var seenNonFailed = 0
         for index in candidates.indices {
-            if candidates[index].state == .failed { continue }
+            // Slow queries are out of the window, like failed ones (see isFinished).
+            if candidates[index].state == .failed || candidates[index].slow { continue }
             seenNonFailed += 1
             if seenNonFailed > k { break }
             if candidates[index].state == .fresh {
                 candidates[index].state = .inFlight
                 inFlightCount += 1
+                blockingCount += 1
                 picked.append(candidates[index])
                 queriesSent += 1
                 budget -= 1
@@ -125,6 +140,7 @@ public struct Lookup: Sendable {
         else { return }
         responses += 1
         inFlightCount -= 1
+        if !candidates[index].slow { blockingCount -= 1 }
         var candidate = candidates.remove(at: index)
         candidate.state = .responded
         candidate.id = id
@@ -140,6 +156,17 @@ public struct Lookup: Sendable {
         if let index = candidates.firstIndex(where: { $0.address == address && $0.state == .inFlight }) {
             candidates[index].state = .failed
             inFlightCount -= 1
+            if !candidates[index].slow { blockingCount -= 1 }
+        }
+    }
+
+    /// A query has been out longer than a healthy round trip: stop letting it hold an α slot,
+    /// so one dead node does not stall the lookup (libtorrent's "short timeout"). It may still
+    /// answer, and counts as failed only at the full timeout.
+    public mutating func slow(address: NodeAddress) {
+        if let index = candidates.firstIndex(where: { $0.address == address && $0.state == .inFlight && !$0.slow }) {
+            candidates[index].slow = true
+            blockingCount -= 1
         }
     }
 

@@ -23,6 +23,8 @@ public struct DHTSimulator {
     var random: SplitMix64
     var sequence = 0
     var finished: [Int: [DHTNode.LookupID: DHTNode.LookupResult]] = [:]
+    /// Virtual time each lookup finished at (queries to dead nodes may still be timing out).
+    public private(set) var finishedAt: [Int: [DHTNode.LookupID: Double]] = [:]
     public private(set) var packetsDelivered = 0
     /// Nodes that may have open queries: only these are ticked.
     var busy = Set<Int>()
@@ -57,10 +59,21 @@ public struct DHTSimulator {
     public mutating func lookup(from origin: Int, target: NodeID, kind: Lookup.Kind = .findNode)
         -> DHTNode.LookupResult?
     {
+        timedLookup(from: origin, target: target, kind: kind)?.result
+    }
+
+    /// A lookup and how long it took in virtual seconds, to the moment it finished.
+    public mutating func timedLookup(from origin: Int, target: NodeID, kind: Lookup.Kind = .findNode)
+        -> (result: DHTNode.LookupResult, seconds: Double)?
+    {
+        let start = now
         let (id, directives) = nodes[origin].dht.lookup(target, kind: kind, now: now)
         perform(directives, at: origin)
         runUntilIdle()
-        return finished[origin]?.removeValue(forKey: id)
+        guard let result = finished[origin]?.removeValue(forKey: id),
+            let end = finishedAt[origin]?.removeValue(forKey: id)
+        else { return nil }
+        return (result, end - start)
     }
 
     public mutating func announce(from origin: Int, infoHash: NodeID, port: UInt16) -> DHTNode.LookupResult? {
@@ -89,6 +102,7 @@ public struct DHTSimulator {
                         from: from, to: to))
             case .lookupFinished(let id, let result):
                 finished[number, default: [:]][id] = result
+                finishedAt[number, default: [:]][id] = now
             case .trace:
                 break
             }

@@ -55,6 +55,7 @@ struct DHTSwarm: ParsableCommand {
         let loop = group.next()
         var config = DHTNode.Config()
         config.queryTimeout = timeout
+        config.softTimeout = timeout / 2
         // Every node here shares 127.0.0.1, so the per-IP flood limit would throttle the
         // whole swarm; it is tested on its own in the unit tests.
         config.queriesPerSecondPerIP = 1e9
@@ -68,13 +69,25 @@ struct DHTSwarm: ParsableCommand {
         // Join in batches: a node's join lookups run concurrently with its batch's.
         var index = 1
         while index < nodes {
-            let batch = shells[index..<min(index + 25, nodes)]
+            let batch = shells[index..<min(index + 10, nodes)]
             let futures = try loop.submit { batch.map { $0.bootstrap(routers: [router]) } }.wait()
             for future in futures { _ = try? future.wait() }
-            index += 25
+            index += 10
         }
-        // Let the join refreshes settle.
+        // Let the join refreshes settle; a node whose join was lost in the rush joins again.
         Thread.sleep(forTimeInterval: 2 * timeout + 0.5)
+        var rejoined = 0
+        let allShells = shells
+        for round in 0..<3 {
+            let lonely = try loop.submit {
+                allShells.indices.dropFirst().filter { allShells[$0].node.table.nodeCount < 2 }
+            }
+            .wait()
+            if lonely.isEmpty { break }
+            if round == 0 { rejoined = lonely.count }
+            let futures = try loop.submit { lonely.map { allShells[$0].bootstrap(routers: [router]) } }.wait()
+            for future in futures { _ = try? future.wait() }
+        }
         let joinSeconds = Date().timeIntervalSince(started)
         let rssPerNode = Double(residentKiB() - rssBefore) / Double(nodes)
 
@@ -93,16 +106,26 @@ struct DHTSwarm: ParsableCommand {
             var queries = Distribution()
         }
 
-        func lookupPhase(_ name: String, kind: Lookup.Kind, key fixedKey: NodeID?, expectPeer: NodeAddress?) throws -> Phase {
+        func lookupPhase(_ name: String, kind: Lookup.Kind, key fixedKey: NodeID?, expectPeer: NodeAddress?) throws
+            -> Phase
+        {
             var phase = Phase(name: name)
-            var pending: [(EventLoopFuture<DHTNode.LookupResult>, NodeID, Int, Date)] = []
+            var pending: [(EventLoopFuture<(DHTNode.LookupResult, Double)>, NodeID, Int)] = []
             func drain() throws {
-                for (future, key, origin, start) in pending {
-                    let result = try future.wait()
+                for (future, key, origin) in pending {
+                    let (result, seconds) = try future.wait()
+                    if result.hops == 0, ProcessInfo.processInfo.environment["PEERSHARE_DEBUG_SWARM"] != nil {
+                        let info = try loop.submit { () -> String in
+                            let n = shells[origin].node
+                            return
+                                "origin \(origin) table \(n.table.nodeCount) stats \(n.stats) queries \(result.queries) responses \(result.responses) ms \(seconds * 1000)"
+                        }.wait()
+                        FileHandle.standardError.write(Data("ZERO-HOP \(info)\n".utf8))
+                    }
                     phase.attempts += 1
                     phase.hops.add(Double(result.hops))
                     phase.queries.add(Double(result.queries))
-                    phase.milliseconds.add(Date().timeIntervalSince(start) * 1000)
+                    phase.milliseconds.add(seconds * 1000)
                     let ok: Bool
                     if let expectPeer {
                         ok = result.peers.contains(expectPeer)
@@ -117,8 +140,12 @@ struct DHTSwarm: ParsableCommand {
                 let key = fixedKey ?? NodeID.random(using: &random)
                 let origin = alive[Int.random(in: 0..<alive.count, using: &random)]
                 let shell = shells[origin]
-                let future = try loop.submit { shell.lookup(key, kind: kind) }.wait()
-                pending.append((future, key, origin, Date()))
+                // Timed on the loop, from start to completion, whatever order they are collected in.
+                let future = try loop.submit {
+                    let start = shell.now
+                    return shell.lookup(key, kind: kind).map { ($0, shell.now - start) }
+                }.wait()
+                pending.append((future, key, origin))
                 if pending.count == 10 { try drain() }
             }
             try drain()
@@ -140,12 +167,13 @@ struct DHTSwarm: ParsableCommand {
         for number in killed { _ = try? loop.submit { shells[number].close() }.wait().wait() }
         alive = alive.filter { !killed.contains($0) }
         phases.append(
-            try lookupPhase("find_node, \(Int(churn * 100)) % of nodes killed", kind: .findNode, key: nil, expectPeer: nil))
+            try lookupPhase(
+                "find_node, \(Int(churn * 100)) % of nodes killed", kind: .findNode, key: nil, expectPeer: nil))
 
         if json {
             var object: [String: Any] = [
                 "nodes": nodes, "join_seconds": joinSeconds, "rss_kib_per_node": rssPerNode,
-                "announced_to": announced.announcedTo,
+                "announced_to": announced.announcedTo, "rejoined": rejoined,
             ]
             for (number, phase) in phases.enumerated() {
                 object["phase\(number)"] = [
@@ -158,13 +186,18 @@ struct DHTSwarm: ParsableCommand {
             let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
             Terminal.line(String(decoding: data, as: UTF8.self))
         } else {
-            Terminal.line(String(format: "%d real DHT nodes on 127.0.0.1 joined in %.1f s; %.1f KiB RSS per node", nodes, joinSeconds, rssPerNode))
+            Terminal.line(
+                String(
+                    format: "%d real DHT nodes on 127.0.0.1 joined in %.1f s (%d joined twice); %.1f KiB RSS per node",
+                    nodes, joinSeconds, rejoined, rssPerNode))
             Terminal.line("announce of one key reached \(announced.announcedTo) nodes")
             for phase in phases {
                 Terminal.line(
                     String(
-                        format: "%@: %d/%d succeeded (%.1f %%); hops median %.0f, p95 %.0f; %.1f ms median, %.1f ms p95; %.1f queries per lookup",
-                        phase.name, phase.successes, phase.attempts, Double(phase.successes) * 100 / Double(max(1, phase.attempts)),
+                        format:
+                            "%@: %d/%d succeeded (%.1f %%); hops median %.0f, p95 %.0f; %.1f ms median, %.1f ms p95; %.1f queries per lookup",
+                        phase.name, phase.successes, phase.attempts,
+                        Double(phase.successes) * 100 / Double(max(1, phase.attempts)),
                         phase.hops.percentile(0.5), phase.hops.percentile(0.95), phase.milliseconds.percentile(0.5),
                         phase.milliseconds.percentile(0.95), phase.queries.mean))
                 Terminal.line("  hop count distribution (hops:lookups): \(phase.hops.histogram)")
@@ -180,7 +213,8 @@ struct DHTSwarm: ParsableCommand {
 /// (5–50 ms one-way latency), for sizes real sockets cannot reach.
 struct DHTSimulate: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "simulate", abstract: "Simulate N DHT nodes with a virtual clock and measure lookups (with churn).")
+        commandName: "simulate", abstract: "Simulate N DHT nodes with a virtual clock and measure lookups (with churn)."
+    )
 
     @Option(help: "Number of nodes.") var nodes: Int = 10_000
     @Option(help: "Lookups per phase.") var lookups: Int = 500
@@ -206,7 +240,9 @@ struct DHTSimulate: ParsableCommand {
         let rssPerNode = Double(residentKiB() - rssBefore) / Double(nodes)
         Terminal.line(
             String(
-                format: "%d simulated nodes joined (%.0f s of wall time, %.1f KiB RSS per node, %.0f virtual packets per join)", nodes,
+                format:
+                    "%d simulated nodes joined (%.0f s of wall time, %.1f KiB RSS per node, %.0f virtual packets per join)",
+                nodes,
                 Date().timeIntervalSince(wallStart), rssPerNode, Double(sim.packetsDelivered) / Double(nodes)))
         var random = SplitMix64(seed: seed &+ 1)
         func phase(_ name: String, alive: [Int]) {
@@ -217,16 +253,16 @@ struct DHTSimulate: ParsableCommand {
             for _ in 0..<lookups {
                 let key = NodeID.random(using: &random)
                 let origin = alive[Int.random(in: 0..<alive.count, using: &random)]
-                let start = sim.now
-                guard let result = sim.lookup(from: origin, target: key) else { continue }
+                guard let (result, seconds) = sim.timedLookup(from: origin, target: key) else { continue }
                 hops.add(Double(result.hops))
                 queries.add(Double(result.queries))
-                milliseconds.add((sim.now - start) * 1000)
+                milliseconds.add(seconds * 1000)
                 if result.closest.first?.id == sim.trueClosest(to: key, excluding: origin) { successes += 1 }
             }
             Terminal.line(
                 String(
-                    format: "%@: %d/%d succeeded (%.1f %%); hops median %.0f, p95 %.0f; %.0f ms median, %.0f ms p95 (virtual); %.1f queries per lookup",
+                    format:
+                        "%@: %d/%d succeeded (%.1f %%); hops median %.0f, p95 %.0f; %.0f ms median, %.0f ms p95 (virtual); %.1f queries per lookup",
                     name, successes, lookups, Double(successes) * 100 / Double(lookups), hops.percentile(0.5),
                     hops.percentile(0.95), milliseconds.percentile(0.5), milliseconds.percentile(0.95), queries.mean))
             Terminal.line("  hop count distribution (hops:lookups): \(hops.histogram)")

@@ -51,7 +51,8 @@ func runDHTAction(_ action: DHTSession.Action, common: CommonOptions, dht: DHTOp
 
 struct DHTNodeCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "node", abstract: "Run a DHT node until Ctrl-C; prints its UDP address (others can bootstrap from it).")
+        commandName: "node",
+        abstract: "Run a DHT node until Ctrl-C; prints its UDP address (others can bootstrap from it).")
     @OptionGroup var dht: DHTOptions
     @OptionGroup var common: CommonOptions
     func run() throws { try runDHTAction(.node, common: common, dht: dht) }
@@ -59,7 +60,8 @@ struct DHTNodeCommand: ParsableCommand {
 
 struct DHTRoutes: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "routes", abstract: "Join the DHT, then print the routing table bucket by bucket and the counters.")
+        commandName: "routes", abstract: "Join the DHT, then print the routing table bucket by bucket and the counters."
+    )
     @OptionGroup var dht: DHTOptions
     @OptionGroup var common: CommonOptions
     func run() throws { try runDHTAction(.routes, common: common, dht: dht) }

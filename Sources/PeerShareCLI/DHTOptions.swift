@@ -34,6 +34,7 @@ struct DHTOptions: ParsableArguments {
         let routers = DHTSettings.resolve(names) { Terminal.warning($0) }
         return DHTSettings(
             host: listen.host, port: listen.port, routers: routers,
-            statePath: DHTSettings.defaultStatePath(port: listen.port, environment: ProcessInfo.processInfo.environment))
+            statePath: DHTSettings.defaultStatePath(port: listen.port, environment: ProcessInfo.processInfo.environment)
+        )
     }
 }

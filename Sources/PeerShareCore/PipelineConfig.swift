@@ -35,7 +35,9 @@ public struct PipelineConfig: Equatable, Sendable {
         /// UDP address of the DHT node; port 0 picks a free one (and keeps no saved table).
         public var listen = "0.0.0.0:0"
         /// Routers a node with an empty table joins through: the public Mainline routers.
-        public var bootstrap = ["router.bittorrent.com:6881", "dht.transmissionbt.com:6881", "router.utorrent.com:6881"]
+        public var bootstrap = [
+            "router.bittorrent.com:6881", "dht.transmissionbt.com:6881", "router.utorrent.com:6881",
+        ]
     }
 
     public var version = schemaVersion
@@ -154,7 +156,8 @@ public struct PipelineConfig: Equatable, Sendable {
             }
             if let value = dht["bootstrap"] {
                 guard let list = value as? [Any] else {
-                    throw LoadError(file: file, key: "dht.bootstrap", problem: "expected an array of \"HOST:PORT\" strings")
+                    throw LoadError(
+                        file: file, key: "dht.bootstrap", problem: "expected an array of \"HOST:PORT\" strings")
                 }
                 config.dht.bootstrap = try list.enumerated().map { try reader.address($1, key: "dht.bootstrap[\($0)]") }
             }

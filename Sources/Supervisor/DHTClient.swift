@@ -119,7 +119,8 @@ public final class DHTClient {
     ) {
         let id = supervisor.makeRequestID()
         pending[id] = (completion, trace)
-        let message = IPCMessage.dhtRequest(requestID: id, operation: operation, key: key, port: port, trace: trace != nil)
+        let message = IPCMessage.dhtRequest(
+            requestID: id, operation: operation, key: key, port: port, trace: trace != nil)
         if let setupKey {
             supervisor.send(message, to: .discovery, tracking: .setup(key: setupKey))
         } else {

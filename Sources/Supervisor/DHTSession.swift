@@ -56,9 +56,13 @@ public final class DHTSession: SupervisorDelegate, @unchecked Sendable {
                 }
             }
         case .lookup(let key, let tracing):
-            dht.request(.lookup, key: key, trace: tracing ? trace : nil) { [self] result in finish(result, showPeers: false) }
+            dht.request(.lookup, key: key, trace: tracing ? trace : nil) { [self] result in
+                finish(result, showPeers: false)
+            }
         case .getPeers(let key, let tracing):
-            dht.request(.getPeers, key: key, trace: tracing ? trace : nil) { [self] result in finish(result, showPeers: true) }
+            dht.request(.getPeers, key: key, trace: tracing ? trace : nil) { [self] result in
+                finish(result, showPeers: true)
+            }
         case .announce(let key, let port, let tracing):
             dht.request(.announce, key: key, port: port, trace: tracing ? trace : nil) { [self] result in
                 if case .success(let report) = result {

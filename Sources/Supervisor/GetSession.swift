@@ -56,7 +56,8 @@ public final class GetSession: SupervisorDelegate, @unchecked Sendable {
 
     private func fetch(from peers: [String]) {
         output.status("looking for \(link.shareID.short) at \(peers.joined(separator: ", "))")
-        supervisor.send(.fetch(shareID: link.shareID.bytes, peers: peers), to: .transfer, tracking: .setup(key: "fetch"))
+        supervisor.send(
+            .fetch(shareID: link.shareID.bytes, peers: peers), to: .transfer, tracking: .setup(key: "fetch"))
     }
 
     /// get_peers on the share's key; a freshly started node may need a few tries while its
@@ -69,7 +70,8 @@ public final class GetSession: SupervisorDelegate, @unchecked Sendable {
             switch result {
             case .success(let report) where !report.peers.isEmpty:
                 output.status(
-                    "the DHT knows \(report.peers.count) peers for this share (\(report.hops) hops, \(report.queries) queries)")
+                    "the DHT knows \(report.peers.count) peers for this share (\(report.hops) hops, \(report.queries) queries)"
+                )
                 fetch(from: Array(report.peers.prefix(FetchLimits.maxFetchPeers)))
             case .success, .failure:
                 if case .failure(let failure) = result { logger.warning("DHT lookup failed: \(failure)") }

@@ -70,7 +70,8 @@ public final class ShareSession: SupervisorDelegate, @unchecked Sendable {
                 if report.announcedTo > 0 {
                     output.status("announced in the DHT to \(report.announcedTo) nodes")
                 } else {
-                    logger.warning("DHT announce reached no node (no bootstrap node answered); peers need the link's hints")
+                    logger.warning(
+                        "DHT announce reached no node (no bootstrap node answered); peers need the link's hints")
                 }
             case .failure(let failure):
                 logger.warning("DHT announce failed: \(failure)")

@@ -56,7 +56,8 @@ final class IPCCodecTests: XCTestCase {
         .dhtTrace(requestID: 4, line: "hop 1"),
         .dhtResult(
             requestID: 4,
-            report: DHTReport(peers: ["1.1.1.1:1"], closest: ["ab@2.2.2.2:2"], hops: 3, queries: 9, responses: 8, announcedTo: 7)),
+            report: DHTReport(
+                peers: ["1.1.1.1:1"], closest: ["ab@2.2.2.2:2"], hops: 3, queries: 9, responses: 8, announcedTo: 7)),
         .dhtStateRequest(requestID: 5),
         .dhtState(requestID: 5, state: [0], summary: "8 nodes"),
     ]
