@@ -77,11 +77,23 @@ final class LookupTests: XCTestCase {
         XCTAssertEqual(lookup.nextQueries().count, 0, "alpha in flight")
         lookup.failed(address: info(1).address)
         lookup.responded(from: info(2).address, id: info(2).id, nodes: [], values: [], token: [7])
-        XCTAssertFalse(lookup.isFinished, "the second seed has not answered")
-        lookup.responded(from: first[1].address, id: first[1].id!, nodes: [], values: [], token: nil)
-        XCTAssertTrue(lookup.isFinished, "the k = 2 closest that did not fail have answered")
+        XCTAssertTrue(
+            lookup.isFinished, "the k = 2 closest that did not fail have answered; the farther query cannot matter")
         XCTAssertEqual(lookup.closestResponded.first?.id, info(2).id)
         XCTAssertEqual(lookup.closestResponded.first?.token, [7])
         XCTAssertEqual(lookup.hops, 2)
+    }
+
+    func testSlowQueryGivesUpItsSlotAndStopsBlockingOnceKHaveAnswered() {
+        let target = NodeID(bytes: [UInt8](repeating: 0, count: 20))!
+        var lookup = Lookup(target: target, kind: .findNode, seeds: [10, 20, 30, 40].map { info($0) }, k: 2)
+        XCTAssertEqual(lookup.nextQueries().map(\.id), [info(10).id, info(20).id])
+        lookup.slow(address: info(10).address)
+        XCTAssertEqual(lookup.nextQueries().map(\.id), [info(30).id], "the slow node's slot goes to the next one")
+        lookup.responded(from: info(20).address, id: info(20).id, nodes: [], values: [], token: nil)
+        XCTAssertFalse(lookup.isFinished)
+        lookup.responded(from: info(30).address, id: info(30).id, nodes: [], values: [], token: nil)
+        XCTAssertTrue(lookup.isFinished, "k answers past the slow node")
+        XCTAssertEqual(lookup.inFlightCount, 1, "the slow query is still out and may yet answer")
     }
 }
