@@ -94,7 +94,24 @@ public final class DHTSession: SupervisorDelegate, @unchecked Sendable {
     public func stop(exitCode: Int32) {
         guard !stopping else { return }
         stopping = true
-        dht.saveState { [self] in supervisor.shutdown().whenComplete { [self] _ in done.succeed(exitCode) } }
+        let finish = { [self] in
+            dht.saveState { [self] in supervisor.shutdown().whenComplete { [self] _ in done.succeed(exitCode) } }
+        }
+        guard case .node = action else { return finish() }
+        // A node run by hand ends with its table and counters: what it saw while it ran.
+        var printed = false
+        dht.summary { [output] text in
+            guard !printed else { return }
+            printed = true
+            output.link(text)
+            finish()
+        }
+        supervisor.eventLoop.scheduleTask(in: .seconds(1)) {
+            if !printed {
+                printed = true
+                finish()
+            }
+        }
     }
 
     public func supervisor(_ supervisor: Supervisor, received message: IPCMessage, from role: WorkerRole) {
