@@ -5,7 +5,8 @@ set -euo pipefail
 
 packages=(libsodium-dev zlib1g-dev pkg-config)
 # The end-to-end tests are Python (standard library + pytest); setpriv comes with util-linux.
-[ "${PEERSHARE_SETUP_TESTS:-0}" = 1 ] && packages+=(python3 python3-pytest util-linux)
+# python3-libtorrent is the independent BEP 5 implementation the DHT interop test runs against.
+[ "${PEERSHARE_SETUP_TESTS:-0}" = 1 ] && packages+=(python3 python3-pytest python3-libtorrent util-linux)
 
 missing=()
 for package in "${packages[@]}"; do

@@ -210,8 +210,9 @@ def libtorrent_available() -> bool:
 class Libtorrent:
     def __init__(self):
         self.port = free_udp_port()
+        self.log = open(os.path.join(os.environ.get("TMPDIR", "/tmp"), f"libtorrent-{self.port}.log"), "w+")
         self.proc = subprocess.Popen(["/usr/bin/python3", LT_PEER, str(self.port)], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True)
+                                     stdout=subprocess.PIPE, stderr=self.log, text=True)
         event = json.loads(self.proc.stdout.readline())
         assert event["event"] == "listening"
         self.port = event["port"]
@@ -220,17 +221,26 @@ class Libtorrent:
         self.proc.stdin.write(line + "\n")
         self.proc.stdin.flush()
 
+    def event(self, timeout):
+        import select
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        if not ready:
+            return None
+        line = self.proc.stdout.readline()
+        if not line:
+            self.log.seek(0)
+            raise AssertionError(f"libtorrent exited: {self.log.read()}")
+        return json.loads(line)
+
     def get_peers(self, key_hex, timeout=40):
         deadline = time.time() + timeout
         while time.time() < deadline:
             self.send(f"get_peers {key_hex}")
             end = time.time() + 3
             while time.time() < end:
-                event = json.loads(self.proc.stdout.readline())
-                if event.get("event") == "peers" and event["hash"] == key_hex and event["peers"]:
+                event = self.event(max(0.1, end - time.time()))
+                if event and event.get("event") == "peers" and event["hash"] == key_hex and event["peers"]:
                     return event["peers"]
-                if event.get("event") == "peers":
-                    break
         return []
 
     def stop(self):
