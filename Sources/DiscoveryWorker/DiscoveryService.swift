@@ -30,14 +30,7 @@ public final class DiscoveryService: WorkerService, @unchecked Sendable {
         }.wait()) ?? "busy"
     }
 
-    func tell(_ message: IPCMessage) {
-        do {
-            try pipe.send(message)
-        } catch {
-            logger.error("lost the supervisor: \(error)")
-            exit(70)
-        }
-    }
+    func tell(_ message: IPCMessage) { pipe.sendOrExit(message, logger: logger) }
 
     public func handle(_ message: IPCMessage, pipe: WorkerPipe) {
         loop.execute { [self] in onSupervisor(message) }

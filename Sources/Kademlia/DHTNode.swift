@@ -354,15 +354,7 @@ public struct DHTNode: Sendable {
                 // Kademlia's join: after finding our neighbours, refresh every bucket farther
                 // away than them, or a node would know nothing of the far half of the network
                 // until someone there happened to query it.
-                for bucket in 0..<max(0, table.buckets.count - 1) {
-                    table.markRefreshed(bucket: bucket, now: now)
-                    let target = id.randomID(sharingPrefix: bucket, using: &random)
-                    out +=
-                        start(
-                            Lookup(target: target, kind: .findNode, seeds: table.closest(to: target), excluding: id),
-                            .refresh, trace: false, now
-                        ).1
-                }
+                for bucket in 0..<max(0, table.buckets.count - 1) { out += refresh(bucket: bucket, now: now) }
             }
         }
         return out
@@ -443,18 +435,18 @@ public struct DHTNode: Sendable {
         }
         if now - lastRefreshCheck >= 60 {
             lastRefreshCheck = now
-            for bucket in table.bucketsNeedingRefresh(now: now) {
-                table.markRefreshed(bucket: bucket, now: now)
-                let target = id.randomID(sharingPrefix: bucket, using: &random)
-                out +=
-                    start(
-                        Lookup(target: target, kind: .findNode, seeds: table.closest(to: target), excluding: id),
-                        .refresh, trace: false, now
-                    ).1
-            }
+            for bucket in table.bucketsNeedingRefresh(now: now) { out += refresh(bucket: bucket, now: now) }
         }
         buckets = buckets.filter { now - $0.value.at < 60 }
         return out
+    }
+
+    /// Looks up a random id in the bucket's range, so the bucket learns live nodes.
+    private mutating func refresh(bucket: Int, now: Double) -> [Directive] {
+        table.markRefreshed(bucket: bucket, now: now)
+        let target = id.randomID(sharingPrefix: bucket, using: &random)
+        let lookup = Lookup(target: target, kind: .findNode, seeds: table.closest(to: target), excluding: id)
+        return start(lookup, .refresh, trace: false, now).1
     }
 
     // MARK: Tokens, storage, rate limits

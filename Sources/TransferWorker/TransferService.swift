@@ -56,14 +56,7 @@ public final class TransferService: WorkerService, @unchecked Sendable {
     }
 
     /// Sends to the supervisor; a broken pipe means the supervisor is gone, so we go too.
-    func tell(_ message: IPCMessage) {
-        do {
-            try pipe.send(message)
-        } catch {
-            logger.error("lost the supervisor: \(error)")
-            exit(70)
-        }
-    }
+    func tell(_ message: IPCMessage) { pipe.sendOrExit(message, logger: logger) }
 
     private func onSupervisor(_ message: IPCMessage) {
         switch message {

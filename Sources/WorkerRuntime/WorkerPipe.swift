@@ -1,5 +1,6 @@
 import Foundation
 import IPC
+import Logging
 import PeerShareCore
 import Synchronization
 
@@ -12,6 +13,17 @@ public final class WorkerPipe: Sendable {
 
     public init(descriptor: Int32) {
         self.descriptor = descriptor
+    }
+
+    /// Sends, or exits the worker if the supervisor is gone: a worker has no one else to
+    /// answer to, and PR_SET_PDEATHSIG may not have fired yet.
+    public func sendOrExit(_ message: IPCMessage, logger: Logger) {
+        do {
+            try send(message)
+        } catch {
+            logger.error("lost the supervisor: \(error)")
+            exit(70)
+        }
     }
 
     public func send(_ message: IPCMessage) throws {
