@@ -23,6 +23,8 @@ public final class GetSession: SupervisorDelegate, @unchecked Sendable {
     private var finalizing = false
     private var finished = false
     private var verifiedBytes: UInt64 = 0
+    /// Bytes received from peers in this run, good or bad: what resuming saves is visible here.
+    private var fetchedBytes: UInt64 = 0
     private var rejected = 0
     /// writeChunk request id -> chunk index.
     private var writes: [UInt32: Int] = [:]
@@ -142,6 +144,7 @@ public final class GetSession: SupervisorDelegate, @unchecked Sendable {
             }
             finalizeIfComplete()
         case .chunkReceived(let index, let data, _):
+            fetchedBytes += UInt64(data.count)
             let id = supervisor.makeRequestID()
             writes[id] = Int(index)
             supervisor.send(.writeChunk(requestID: id, index: index, data: data), to: .hash, tracking: .request)
@@ -162,7 +165,7 @@ public final class GetSession: SupervisorDelegate, @unchecked Sendable {
             output.finishProgress()
             var note = ""
             if rejected > 0 { note = " (\(rejected) corrupt chunks were rejected and fetched again)" }
-            output.link("verified and saved: \(path)\(note)")
+            output.link("verified and saved: \(path)\(note); fetched \(fetchedBytes) bytes from peers in this run")
             stop(exitCode: ExitCodes.ok)
         case .failure(_, let code, let text):
             output.error(text)

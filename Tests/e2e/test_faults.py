@@ -315,3 +315,37 @@ def test_repository_pipeline_json_is_accepted(tmp_path):
     assert proc.stdout.readline().startswith("peershare://")
     proc.terminate()
     proc.wait(timeout=10)
+
+
+def test_resume_after_sigkill_of_the_supervisor_fetches_only_what_is_missing(seed, tmp_path):
+    source = big_source(tmp_path)
+    seeder = seed(source)
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = subprocess.Popen([BIN, "get", seeder.link, "-o", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    workers = []
+    deadline = time.time() + 60
+    while time.time() < deadline and proc.poll() is None:
+        workers = workers or children_of(proc.pid)
+        partial = list(out.glob(".peershare-*.partial/data.bin"))
+        if partial and partial[0].stat().st_blocks * 512 >= 100 << 20:
+            proc.kill()  # SIGKILL: no chance to clean up; the workers die with it
+            break
+        time.sleep(0.01)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the download finished before it could be killed"
+    time.sleep(0.5)
+    assert not [w for w in workers if alive(w)]
+    assert not (out / "data.bin").exists(), "nothing is in place until everything is verified"
+    result = get(seeder.link, out, timeout=300)
+    assert result.returncode == 0, result.stderr
+    on_disk = int(result.stderr.split(" of ")[0].split()[-1])
+    chunks = int(result.stderr.split(" of ")[1].split()[0])
+    chunk_size = (200 << 20) // chunks
+    fetched = int(result.stdout.split("fetched ")[1].split()[0])
+    assert on_disk >= chunks // 3, result.stderr
+    # Only the missing part, plus at most one chunk per peer torn by the kill.
+    assert fetched <= (chunks - on_disk + 1) * chunk_size, (fetched, on_disk, chunks)
+    assert (out / "data.bin").read_bytes() == source.read_bytes()
+    assert leftovers(out) == ["data.bin"]
