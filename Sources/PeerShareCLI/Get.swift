@@ -25,6 +25,7 @@ struct Get: ParsableCommand {
 
     @OptionGroup var common: CommonOptions
     @OptionGroup var dht: DHTOptions
+    @OptionGroup var rates: RateOptions
 
     func run() throws {
         let parsed: ShareLink
@@ -48,7 +49,8 @@ struct Get: ParsableCommand {
             Terminal.error("output directory '\(output)' does not exist")
             throw ExitCode(ExitCodes.cannotCreate)
         }
-        let config = common.loadConfig()
+        var config = common.loadConfig()
+        rates.apply(to: &config)
         LineLogHandler.bootstrap(name: "supervisor", level: common.level)
         let target = URL(fileURLWithPath: output).standardizedFileURL.path
         let allPeers = peers

@@ -19,6 +19,30 @@ public struct PeerShareCommand: ParsableCommand {
     public init() {}
 }
 
+/// Bandwidth flags; they override pipeline.json's limits for this run.
+struct RateOptions: ParsableArguments {
+    @Option(name: .long, help: "Upload limit for all peers together, e.g. 5MB/s or 512KiB/s (0: unlimited).")
+    var maxUpload: String?
+
+    @Option(name: .long, help: "Download limit for all peers together, e.g. 5MB/s or 512KiB/s (0: unlimited).")
+    var maxDownload: String?
+
+    func validate() throws {
+        for text in [maxUpload, maxDownload].compactMap({ $0 }) {
+            do {
+                _ = try ByteRate.parse(text)
+            } catch {
+                throw ValidationError("\(error)")
+            }
+        }
+    }
+
+    func apply(to config: inout PipelineConfig) {
+        if let text = maxUpload, let rate = try? ByteRate.parse(text) { config.limits.maxUploadRate = rate }
+        if let text = maxDownload, let rate = try? ByteRate.parse(text) { config.limits.maxDownloadRate = rate }
+    }
+}
+
 /// Options every user-facing command takes.
 struct CommonOptions: ParsableArguments {
     @Option(name: .long, help: "A pipeline.json to use instead of the user's or the built-in one.")

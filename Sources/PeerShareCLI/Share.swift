@@ -24,6 +24,7 @@ struct Share: ParsableCommand {
 
     @OptionGroup var common: CommonOptions
     @OptionGroup var dht: DHTOptions
+    @OptionGroup var rates: RateOptions
 
     func run() throws {
         let listenAddress: PeerAddress
@@ -41,7 +42,8 @@ struct Share: ParsableCommand {
             Terminal.error("cannot share '\(path)': permission denied")
             throw ExitCode(ExitCodes.noInput)
         }
-        let config = common.loadConfig()
+        var config = common.loadConfig()
+        rates.apply(to: &config)
         LineLogHandler.bootstrap(name: "supervisor", level: common.level)
         let dhtSettings = dht.settings(config: config)
         let code = SupervisorRunner.run(config: config, logLevel: common.logLevel) { supervisor, logger in

@@ -21,6 +21,8 @@ struct WorkerCommand: ParsableCommand {
     @Option(name: .long) var logLevel: String = "warning"
     @Option(name: .long) var requestsInFlight: Int = 16
     @Option(name: .long) var maxPeers: Int = 64
+    @Option(name: .long) var maxUploadRate: Int = 0
+    @Option(name: .long) var maxDownloadRate: Int = 0
 
     func run() throws {
         guard let role = WorkerRole(rawValue: role) else {
@@ -39,7 +41,8 @@ struct WorkerCommand: ParsableCommand {
             case .transfer:
                 return TransferService(
                     logger: logger, pipe: WorkerPipe(descriptor: WorkerMain.pipeDescriptor),
-                    requestsInFlight: requestsInFlight, maxPeers: maxPeers)
+                    requestsInFlight: requestsInFlight, maxPeers: maxPeers,
+                    maxUploadRate: Double(maxUploadRate), maxDownloadRate: Double(maxDownloadRate))
             case .discovery:
                 return DiscoveryService(logger: logger, pipe: WorkerPipe(descriptor: WorkerMain.pipeDescriptor))
             case .nat: return NATService(logger: logger)

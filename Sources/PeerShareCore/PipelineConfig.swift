@@ -27,6 +27,10 @@ public struct PipelineConfig: Equatable, Sendable {
         public var requestsInFlight = 16
         /// Peer connections a seeder accepts at once.
         public var maxPeers = 64
+        /// Bytes per second sent to all peers together; 0 is unlimited.
+        public var maxUploadRate: Double = 0
+        /// Bytes per second received from all peers together; 0 is unlimited.
+        public var maxDownloadRate: Double = 0
     }
 
     public struct DHT: Equatable, Sendable {
@@ -139,7 +143,21 @@ public struct PipelineConfig: Equatable, Sendable {
         }
         if let limitsValue = root["limits"] {
             let limits = try reader.object(limitsValue, key: "limits")
-            try reader.allowOnly(["requestsInFlight", "maxPeers"], in: limits, prefix: "limits.")
+            try reader.allowOnly(
+                ["requestsInFlight", "maxPeers", "maxUploadRate", "maxDownloadRate"], in: limits, prefix: "limits.")
+            for key in ["maxUploadRate", "maxDownloadRate"] {
+                guard let value = limits[key] else { continue }
+                guard let text = value as? String, let rate = try? ByteRate.parse(text) else {
+                    throw LoadError(
+                        file: file, key: "limits." + key,
+                        problem: "expected a rate such as \"5MB/s\", \"512KiB/s\" or \"0\"")
+                }
+                if key == "maxUploadRate" {
+                    config.limits.maxUploadRate = rate
+                } else {
+                    config.limits.maxDownloadRate = rate
+                }
+            }
             if let value = limits["requestsInFlight"] {
                 config.limits.requestsInFlight = try reader.int(value, key: "limits.requestsInFlight", range: 1...256)
             }

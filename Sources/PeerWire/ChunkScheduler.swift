@@ -49,11 +49,11 @@ public struct ChunkScheduler: Sendable {
     }
 
     /// Chunks to request from `peer` now, respecting its in-flight limit.
-    public mutating func nextRequests(for peer: PeerID) -> [Int] {
+    public mutating func nextRequests(for peer: PeerID, max: Int = .max) -> [Int] {
         guard !banned.contains(peer), var count = inFlight[peer] else { return [] }
         var picked: [Int] = []
         var wrapped = false
-        while count < maxInFlightPerPeer {
+        while count < maxInFlightPerPeer && picked.count < max {
             if cursor >= states.count {
                 // Past the end: look again from the first missing chunk (a rejected or lost one).
                 guard !wrapped, let first = states.firstIndex(of: .missing) else { break }

@@ -43,6 +43,8 @@ public enum WorkerTable {
         transfer.arguments += [
             "--requests-in-flight", String(config.limits.requestsInFlight), "--max-peers",
             String(config.limits.maxPeers),
+            "--max-upload-rate", String(Int(config.limits.maxUploadRate)),
+            "--max-download-rate", String(Int(config.limits.maxDownloadRate)),
         ]
         return [
             row(.discovery, sandbox: "network-only"),

@@ -255,13 +255,39 @@ final class FetchSession {
     }
 
     private func requestMore(from connection: PeerConnection) {
-        guard connection.accepted, scheduler != nil, !finished else { return }
+        guard connection.accepted, scheduler != nil, !finished, let manifest else { return }
         scheduler?.peerJoined(connection.id)
-        guard let picks = scheduler?.nextRequests(for: connection.id), !picks.isEmpty else { return }
-        for index in picks {
+        var sent = false
+        // One request at a time, each paid for in download tokens when it is made: the
+        // limit then holds whatever the peers' speeds, and nothing waits in our buffers.
+        while true {
+            if !service.downloadBucket.isUnlimited {
+                let wait = service.downloadBucket.take(manifest.chunkSize, now: service.now)
+                if wait > 0 {
+                    scheduleThrottledRequests(after: wait)
+                    break
+                }
+            }
+            guard let index = scheduler?.nextRequests(for: connection.id, max: 1).first else {
+                // Tokens taken for nothing go back by being owed no more: refund the chunk.
+                if !service.downloadBucket.isUnlimited { service.downloadBucket.refund(manifest.chunkSize) }
+                break
+            }
             connection.channel?.write(PeerMessage.request(index: UInt32(index)).frame(), promise: nil)
+            sent = true
         }
-        connection.channel?.flush()
+        if sent { connection.channel?.flush() }
+    }
+
+    private var throttleScheduled = false
+
+    private func scheduleThrottledRequests(after seconds: Double) {
+        guard !throttleScheduled else { return }
+        throttleScheduled = true
+        service.loop.scheduleTask(in: .microseconds(Int64(seconds * 1e6))) { [self] in
+            throttleScheduled = false
+            requestMoreFromAll()
+        }
     }
 }
 

@@ -19,6 +19,14 @@ public final class TransferService: WorkerService, @unchecked Sendable {
     let pipe: WorkerPipe
     let requestsInFlight: Int
     let maxPeers: Int
+    /// Global limits (token buckets), shared by every connection. Loop-confined.
+    var uploadBucket: TokenBucket
+    var downloadBucket: TokenBucket
+    /// Pieces waiting for upload tokens, oldest first: with equal request depths every peer
+    /// gets an equal share of a limited upload.
+    private var uploadQueue: [(ServeHandler, PeerMessage)] = []
+    private var uploadPumpScheduled = false
+    private let startedAt = DispatchTime.now().uptimeNanoseconds
 
     // Serving.
     var servedShareID: [UInt8]?
@@ -33,7 +41,15 @@ public final class TransferService: WorkerService, @unchecked Sendable {
     // Fetching.
     var fetch: FetchSession?
 
-    public init(logger: Logger, pipe: WorkerPipe, requestsInFlight: Int, maxPeers: Int) {
+    /// Seconds since start on the monotonic clock: the time the buckets are given.
+    var now: Double { Double(DispatchTime.now().uptimeNanoseconds - startedAt) / 1e9 }
+
+    public init(
+        logger: Logger, pipe: WorkerPipe, requestsInFlight: Int, maxPeers: Int, maxUploadRate: Double = 0,
+        maxDownloadRate: Double = 0
+    ) {
+        self.uploadBucket = TokenBucket(rate: maxUploadRate, now: 0)
+        self.downloadBucket = TokenBucket(rate: maxDownloadRate, now: 0)
         self.group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         self.loop = group.next()
         self.logger = logger
@@ -134,6 +150,31 @@ public final class TransferService: WorkerService, @unchecked Sendable {
 
     func forget(_ handler: ServeHandler) {
         pendingReads = pendingReads.filter { $0.value.0 !== handler }
+        uploadQueue.removeAll { $0.0 === handler }
+    }
+
+    /// Sends a piece now, or queues it until the upload limit allows.
+    func upload(_ message: PeerMessage, via handler: ServeHandler) {
+        uploadQueue.append((handler, message))
+        pumpUploads()
+    }
+
+    private func pumpUploads() {
+        while let (handler, message) = uploadQueue.first {
+            let bytes = if case .piece(_, let data) = message { data.count } else { 0 }
+            let wait = uploadBucket.take(bytes, now: now)
+            if wait > 0 {
+                guard !uploadPumpScheduled else { return }
+                uploadPumpScheduled = true
+                loop.scheduleTask(in: .microseconds(Int64(wait * 1e6))) { [self] in
+                    uploadPumpScheduled = false
+                    pumpUploads()
+                }
+                return
+            }
+            uploadQueue.removeFirst()
+            handler.send(message)
+        }
     }
 }
 
@@ -186,7 +227,7 @@ final class ServeHandler: ChannelInboundHandler {
         }
     }
 
-    private func send(_ message: PeerMessage) {
+    func send(_ message: PeerMessage) {
         context?.writeAndFlush(wrapOutboundOut(message.frame()), promise: nil)
     }
 
@@ -232,7 +273,7 @@ final class ServeHandler: ChannelInboundHandler {
 
     func deliver(index: UInt32, data: [UInt8]) {
         outstanding -= 1
-        send(.piece(index: index, data: data))
+        service.upload(.piece(index: index, data: data), via: self)
     }
 
     func refuse(index: UInt32, reason: String) {

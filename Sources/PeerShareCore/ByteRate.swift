@@ -1,0 +1,41 @@
+/// Rates as people write them: `5MB/s`, `512KiB/s`, `1.5 MiB`, `800000`, `0` (unlimited).
+/// Decimal units are powers of 1000, binary ones (KiB, MiB, GiB) powers of 1024.
+public enum ByteRate {
+    public struct ParseError: Error, CustomStringConvertible {
+        public var description: String
+    }
+
+    public static func parse(_ text: String) throws -> Double {
+        var body = text.trimmingCharacters(in: " ")
+        if body == "0" || body.lowercased() == "unlimited" { return 0 }
+        if body.hasSuffix("/s") { body.removeLast(2) }
+        let units: [(String, Double)] = [
+            ("GiB", 1_073_741_824), ("MiB", 1_048_576), ("KiB", 1024), ("GB", 1e9), ("MB", 1e6), ("KB", 1e3),
+            ("kB", 1e3),
+            ("B", 1),
+        ]
+        var multiplier: Double = 1
+        for (suffix, value) in units where body.hasSuffix(suffix) {
+            multiplier = value
+            body.removeLast(suffix.count)
+            break
+        }
+        guard let number = Double(body.trimmingCharacters(in: " ")), number.isFinite, number >= 0 else {
+            throw ParseError(description: "'\(text)' is not a rate; write e.g. 5MB/s, 512KiB/s or 0 for unlimited")
+        }
+        return number * multiplier
+    }
+
+    public static func describe(_ rate: Double) -> String {
+        rate == 0 ? "unlimited" : rate >= 1_048_576 ? "\(Int(rate) >> 20) MiB/s" : "\(Int(rate) >> 10) KiB/s"
+    }
+}
+
+extension String {
+    fileprivate func trimmingCharacters(in set: Character) -> String {
+        var result = Substring(self)
+        while result.first == set { result.removeFirst() }
+        while result.last == set { result.removeLast() }
+        return String(result)
+    }
+}

@@ -1,0 +1,63 @@
+"""Bandwidth limits, measured as ratios between runs (never as wall-clock assertions)."""
+import os
+import subprocess
+import time
+
+from conftest import BIN, Seeder
+
+
+def timed_download(link, out, *extra):
+    """Seconds from the manifest's arrival to a verified file in place."""
+    proc = subprocess.Popen([BIN, "get", link, "-o", str(out), *extra],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    started = None
+    for line in proc.stderr:
+        if started is None and "found '" in line:
+            started = time.monotonic()
+    proc.wait(timeout=120)
+    assert proc.returncode == 0
+    return time.monotonic() - started
+
+
+def test_download_limit_scales_transfer_time(tmp_path):
+    source = tmp_path / "limit.bin"
+    source.write_bytes(os.urandom(12 << 20))
+    seeder = Seeder(source)
+    try:
+        times = {}
+        for rate in (3, 6):
+            out = tmp_path / f"out{rate}"
+            out.mkdir()
+            times[rate] = timed_download(seeder.link, out, "--max-download", f"{rate}MiB/s")
+            assert (out / "limit.bin").read_bytes() == source.read_bytes()
+        ratio = times[3] / times[6]
+        print(f"--max-download 3 MiB/s: {times[3]:.2f} s, 6 MiB/s: {times[6]:.2f} s, ratio {ratio:.2f} (ideal 2)")
+        assert 1.8 <= ratio <= 2.2, times
+        # 12 MiB at 3 MiB/s is 4 s; the limit must not let more through than it says.
+        assert times[3] >= 4 * 0.9
+    finally:
+        seeder.stop()
+
+
+def test_upload_limit_scales_transfer_time(tmp_path):
+    source = tmp_path / "up.bin"
+    source.write_bytes(os.urandom(12 << 20))
+    times = {}
+    for rate in (3, 6):
+        seeder = Seeder(source, "--max-upload", f"{rate}MiB/s")
+        try:
+            out = tmp_path / f"out{rate}"
+            out.mkdir()
+            times[rate] = timed_download(seeder.link, out)
+        finally:
+            seeder.stop()
+    ratio = times[3] / times[6]
+    print(f"--max-upload 3 MiB/s: {times[3]:.2f} s, 6 MiB/s: {times[6]:.2f} s, ratio {ratio:.2f} (ideal 2)")
+    assert 1.8 <= ratio <= 2.2, times
+
+
+def test_bad_rate_is_a_usage_error(tmp_path):
+    result = subprocess.run([BIN, "get", "peershare://" + "ab" * 32, "--max-download", "fast"],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 64
+    assert "not a rate" in result.stderr
