@@ -32,6 +32,8 @@ final class FetchSession {
 
     private var attempts: [String: Int] = [:]
     private var lastError: [String: String] = [:]
+    /// Addresses whose chunks failed verification too often: never contacted again.
+    private var bannedAddresses = Set<String>()
     private var connections: [Int: PeerConnection] = [:]
     private var nextPeerID = 1
     private var manifest: Manifest?
@@ -58,7 +60,7 @@ final class FetchSession {
     }
 
     private func connect(_ address: String) {
-        guard !finished else { return }
+        guard !finished, !bannedAddresses.contains(address) else { return }
         attempts[address, default: 0] += 1
         let connection = PeerConnection(id: nextPeerID, address: address)
         nextPeerID += 1
@@ -188,8 +190,7 @@ final class FetchSession {
         // Try the address again after a pause, unless it has failed too often or was banned.
         let address = connection.address
         let tries = attempts[address, default: 0]
-        let banned = scheduler?.banned.contains(peerID) ?? false
-        if tries < FetchSession.maxAttempts && !banned {
+        if tries < FetchSession.maxAttempts && !bannedAddresses.contains(address) {
             let delay = Int64(250 << min(tries, 4))
             service.loop.scheduleTask(in: .milliseconds(delay)) { [self] in connect(address) }
         } else {
@@ -200,10 +201,16 @@ final class FetchSession {
     /// Fails the download when no peer is connected and none is left to try.
     private func checkAlive() {
         guard !finished, connections.isEmpty else { return }
-        let pending = addresses.filter { attempts[$0, default: 0] < FetchSession.maxAttempts }
+        let pending = addresses.filter {
+            attempts[$0, default: 0] < FetchSession.maxAttempts && !bannedAddresses.contains($0)
+        }
         if pending.isEmpty {
             let reasons = addresses.map { "\($0) (\(lastError[$0] ?? "unknown error"))" }.joined(separator: ", ")
-            let missing = scheduler.map { " \($0.missingIndices.count) chunks missing." } ?? ""
+            var missing = ""
+            if let indices = scheduler?.missingIndices, !indices.isEmpty {
+                let shown = indices.prefix(10).map(String.init).joined(separator: ", ")
+                missing = " \(indices.count) chunks missing: \(shown)\(indices.count > 10 ? ", ..." : "")."
+            }
             failAll(code: 69, "could not reach any peer that has the share: \(reasons).\(missing)")
         }
     }
@@ -238,7 +245,12 @@ final class FetchSession {
             service.tell(.peerEvent(text: "chunk \(index) failed verification; requesting it again"))
         case .rejectedAndBanned(let peer):
             if let connection = connections[peer] {
-                drop(connection, reason: "banned after \(ChunkScheduler.strikesBeforeBan) chunks failed verification")
+                bannedAddresses.insert(connection.address)
+                drop(
+                    connection,
+                    reason:
+                        "banned for the rest of the download: \(ChunkScheduler.strikesBeforeBan) chunks failed verification"
+                )
             }
         }
         requestMoreFromAll()

@@ -349,3 +349,37 @@ def test_resume_after_sigkill_of_the_supervisor_fetches_only_what_is_missing(see
     assert fetched <= (chunks - on_disk + 1) * chunk_size, (fetched, on_disk, chunks)
     assert (out / "data.bin").read_bytes() == source.read_bytes()
     assert leftovers(out) == ["data.bin"]
+
+
+def test_liars_are_banned_and_the_download_completes_from_honest_peers(seed, tmp_path):
+    source = tmp_path / "truth.bin"
+    source.write_bytes(os.urandom(4_000_000))
+    honest = [seed(source), seed(source)]
+    liars = [CorruptingProxy(honest[0].port, corrupt=10**9), CorruptingProxy(honest[1].port, corrupt=10**9)]
+    for liar in liars:
+        liar.start()
+    out = tmp_path / "out"
+    out.mkdir()
+    link = honest[0].link.split("?")[0]
+    peers = [f"127.0.0.1:{p.port}" for p in liars] + [f"127.0.0.1:{h.port}" for h in honest]
+    args = [a for peer in peers for a in ("--peer", peer)]
+    result = get(link, out, *args, "--log-level", "info", timeout=120)
+    assert result.returncode == 0, result.stderr
+    for liar in liars:
+        assert f"peer 127.0.0.1:{liar.port}: banned for the rest of the download" in result.stderr
+    assert (out / "truth.bin").read_bytes() == source.read_bytes(), "no corrupted byte reaches the file"
+
+
+def test_when_every_peer_is_gone_the_error_names_the_missing_chunks(seed, tmp_path):
+    source = big_source(tmp_path, mib=64)
+    seeder = seed(source, "--max-upload", "8MiB/s")
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = subprocess.Popen([BIN, "get", seeder.link, "-o", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    time.sleep(2)
+    seeder.proc.kill()  # the only seeder vanishes mid-download
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 69, stderr
+    assert "could not reach any peer" in stderr and "chunks missing: " in stderr, stderr
+    assert not (out / "data.bin").exists()
