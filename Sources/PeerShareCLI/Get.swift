@@ -23,6 +23,9 @@ struct Get: ParsableCommand {
     @Option(name: .long, help: "A peer to download from, HOST:PORT (repeatable; adds to the link's hints).")
     var peer: [String] = []
 
+    @Flag(name: .long, help: "Print progress and results as JSON lines on stdout, for scripts.")
+    var json = false
+
     @OptionGroup var common: CommonOptions
     @OptionGroup var dht: DHTOptions
     @OptionGroup var rates: RateOptions
@@ -54,6 +57,7 @@ struct Get: ParsableCommand {
         LineLogHandler.bootstrap(name: "supervisor", level: common.level)
         let target = URL(fileURLWithPath: output).standardizedFileURL.path
         let allPeers = peers
+        let useJSON = json
         // The DHT is asked only when neither the link nor --peer names a peer.
         let dhtSettings = peers.isEmpty ? dht.settings(config: config) : nil
         let code = SupervisorRunner.run(config: config, logLevel: common.logLevel) { supervisor, logger in
@@ -61,7 +65,7 @@ struct Get: ParsableCommand {
                 supervisor: supervisor, link: parsed, peers: allPeers,
                 dht: dhtSettings.map { DHTClient(supervisor: supervisor, settings: $0, logger: logger) },
                 targetDirectory: target,
-                output: Terminal.sessionOutput(), logger: logger)
+                output: useJSON ? Terminal.jsonOutput() : Terminal.sessionOutput(), logger: logger)
             return ({ session.begin() }, { session.stop(exitCode: $0) }, session.result)
         }
         throw ExitCode(code)

@@ -19,6 +19,17 @@ enum Terminal {
         FileHandle.standardError.write(Data("peershare: error: \(text)\n".utf8))
     }
 
+    /// Machine-readable output for scripts: one JSON object per line on stdout.
+    static func jsonOutput() -> SessionOutput {
+        let events = JSONEvents()
+        return SessionOutput(
+            link: { events.emit(["event": "result", "message": $0]) },
+            status: { events.emit(["event": "status", "message": $0]) },
+            error: { events.emit(["event": "error", "message": $0]) },
+            progress: { done, total, label in events.progress(done: done, total: total, phase: label) },
+            finishProgress: {})
+    }
+
     /// `progressToStderr` keeps stdout for the link alone (`share`).
     static func sessionOutput(quiet: Bool = false, progressToStderr: Bool = false) -> SessionOutput {
         let meter = ProgressMeter(handle: progressToStderr ? .standardError : .standardOutput)
@@ -90,5 +101,33 @@ final class ProgressMeter: @unchecked Sendable {
         }
         startNs = 0
         lastPrintNs = 0
+    }
+}
+
+/// JSON lines on stdout, progress at most four times a second. Thread-safe.
+final class JSONEvents: @unchecked Sendable {
+    private let lock = NSLock()
+    private let started = DispatchTime.now().uptimeNanoseconds
+    private var lastProgress: UInt64 = 0
+
+    func emit(_ object: [String: Any]) {
+        guard let data = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]) else { return }
+        lock.lock()
+        defer { lock.unlock() }
+        FileHandle.standardOutput.write(data + Data("\n".utf8))
+    }
+
+    func progress(done: UInt64, total: UInt64, phase: String) {
+        let now = DispatchTime.now().uptimeNanoseconds
+        lock.lock()
+        let due = now - lastProgress >= 250_000_000 || done == total
+        if due { lastProgress = now }
+        lock.unlock()
+        guard due else { return }
+        let rate = Double(done) / max(Double(now - started) / 1e9, 0.001)
+        emit([
+            "event": "progress", "phase": phase, "bytes": done, "total": total, "rate": Int(rate),
+            "eta": rate > 0 ? Double(total - done) / rate : 0,
+        ])
     }
 }

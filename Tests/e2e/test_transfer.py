@@ -70,3 +70,19 @@ def test_demo_runs_a_verified_transfer():
     result = subprocess.run([BIN, "demo", "--size", "4"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "OK: 4 MiB transferred and verified" in result.stdout
+
+
+def test_json_progress_for_scripts(seed, tmp_path):
+    import json
+    source = tmp_path / "j.bin"
+    source.write_bytes(os.urandom(2_000_000))
+    out = tmp_path / "out"
+    out.mkdir()
+    result = get(seed(source).link, out, "--json")
+    assert result.returncode == 0, result.stderr
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    kinds = [e["event"] for e in events]
+    assert "status" in kinds and "progress" in kinds and kinds[-1] == "result"
+    last = [e for e in events if e["event"] == "progress"][-1]
+    assert last["bytes"] == last["total"] == 2_000_000
+    assert "verified and saved" in events[-1]["message"]
