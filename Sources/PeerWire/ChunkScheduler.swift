@@ -26,6 +26,11 @@ public struct ChunkScheduler: Sendable {
     public private(set) var banned: Set<PeerID> = []
     /// Next index to consider: chunks are taken in order, which keeps disk writes sequential.
     private var cursor = 0
+    /// Endgame: peers asked for a chunk that another peer (the state's owner) was asked for
+    /// first. Whoever delivers first wins; the other copy is dropped as a duplicate.
+    private var duplicates: [Int: Set<PeerID>] = [:]
+    /// A chunk is asked of at most this many peers besides its first.
+    public static let endgameCopies = 1
 
     public init(chunkCount: Int, verified: ChunkBitfield?, maxInFlightPerPeer: Int) {
         states = (0..<chunkCount).map { verified?[$0] == true ? .verified : .missing }
@@ -42,11 +47,25 @@ public struct ChunkScheduler: Sendable {
     /// The peer is gone: everything it was asked for becomes missing again.
     public mutating func peerLeft(_ peer: PeerID) {
         inFlight[peer] = nil
+        for index in Array(duplicates.keys) {
+            duplicates[index]?.remove(peer)
+            if duplicates[index]?.isEmpty == true { duplicates[index] = nil }
+        }
         for index in states.indices where states[index] == .requested(from: peer) {
-            states[index] = .missing
-            cursor = min(cursor, index)
+            // An endgame copy still on its way takes over; otherwise the chunk is missing again.
+            if let other = duplicates[index]?.first {
+                duplicates[index]?.remove(other)
+                if duplicates[index]?.isEmpty == true { duplicates[index] = nil }
+                states[index] = .requested(from: other)
+            } else {
+                states[index] = .missing
+                cursor = min(cursor, index)
+            }
         }
     }
+
+    /// True once every chunk has been asked for at least once: the endgame.
+    public var inEndgame: Bool { !states.contains(.missing) }
 
     /// Chunks to request from `peer` now, respecting its in-flight limit.
     public mutating func nextRequests(for peer: PeerID, max: Int = .max) -> [Int] {
@@ -67,6 +86,19 @@ public struct ChunkScheduler: Sendable {
             }
             cursor += 1
         }
+        // Endgame: nothing is missing, but chunks are still out with other peers (perhaps slow
+        // or silent ones). Ask this peer too; the first copy to arrive is used.
+        if count < maxInFlightPerPeer && picked.count < max && inEndgame {
+            for index in states.indices where count < maxInFlightPerPeer && picked.count < max {
+                guard case .requested(let owner) = states[index], owner != peer,
+                    !(duplicates[index]?.contains(peer) ?? false),
+                    (duplicates[index]?.count ?? 0) < ChunkScheduler.endgameCopies
+                else { continue }
+                duplicates[index, default: []].insert(peer)
+                picked.append(index)
+                count += 1
+            }
+        }
         inFlight[peer] = count
         return picked
     }
@@ -74,12 +106,32 @@ public struct ChunkScheduler: Sendable {
     public enum PieceVerdict: Equatable, Sendable {
         /// Pass the data to the hash worker for verification.
         case verify
-        /// The chunk was not requested from this peer (or already verified): drop the data.
+        /// An endgame copy of a chunk another peer delivered first: drop it, no blame.
+        case duplicate
+        /// The chunk was never requested from this peer: a protocol violation.
         case unexpected
     }
 
     public mutating func pieceArrived(index: Int, from peer: PeerID) -> PieceVerdict {
-        guard states.indices.contains(index), states[index] == .requested(from: peer) else { return .unexpected }
+        guard states.indices.contains(index) else { return .unexpected }
+        if duplicates[index]?.contains(peer) == true {
+            duplicates[index]?.remove(peer)
+            if duplicates[index]?.isEmpty == true { duplicates[index] = nil }
+            switch states[index] {
+            case .requested(let owner):
+                // This copy won: the first peer's request is now the duplicate.
+                duplicates[index, default: []].insert(owner)
+                states[index] = .verifying(from: peer)
+                return .verify
+            case .missing:
+                states[index] = .verifying(from: peer)
+                return .verify
+            case .verifying, .verified:
+                if let count = inFlight[peer] { inFlight[peer] = count - 1 }
+                return .duplicate
+            }
+        }
+        guard states[index] == .requested(from: peer) else { return .unexpected }
         // Still counts against the peer's limit until the verdict: that bounds the chunks
         // queued between here and the hash worker, so memory does not grow when disks are slow.
         states[index] = .verifying(from: peer)

@@ -154,10 +154,11 @@ final class FetchSession {
             guard var scheduler else { return drop(connection, reason: "sent a piece before any request") }
             let verdict = scheduler.pieceArrived(index: Int(index), from: peerID)
             self.scheduler = scheduler
-            guard verdict == .verify else {
-                return drop(connection, reason: "sent chunk \(index) it was not asked for")
+            switch verdict {
+            case .unexpected: return drop(connection, reason: "sent chunk \(index) it was not asked for")
+            case .duplicate: break  // an endgame copy that lost the race
+            case .verify: service.tell(.chunkReceived(index: index, data: data, peer: connection.address))
             }
-            service.tell(.chunkReceived(index: index, data: data, peer: connection.address))
             requestMore(from: connection)
         case .reject(let index, let reason):
             scheduler?.pieceRefused(index: Int(index), by: peerID)

@@ -48,3 +48,32 @@ final class ChunkSchedulerTests: XCTestCase {
         XCTAssertTrue(scheduler.isComplete)
     }
 }
+
+final class EndgameTests: XCTestCase {
+    func testLastChunksAreAlsoAskedOfAnotherPeerAndTheFirstCopyWins() {
+        var scheduler = ChunkScheduler(chunkCount: 3, verified: nil, maxInFlightPerPeer: 4)
+        scheduler.peerJoined(1)
+        scheduler.peerJoined(2)
+        XCTAssertEqual(scheduler.nextRequests(for: 1), [0, 1, 2], "peer 1 (silent, as it turns out) takes all")
+        XCTAssertTrue(scheduler.inEndgame)
+        XCTAssertEqual(scheduler.nextRequests(for: 2), [0, 1, 2], "endgame: the same chunks from peer 2")
+        XCTAssertEqual(scheduler.nextRequests(for: 2), [], "one extra copy per chunk")
+        for index in 0..<3 {
+            XCTAssertEqual(scheduler.pieceArrived(index: index, from: 2), .verify)
+            XCTAssertEqual(scheduler.verificationResult(index: index, accepted: true), .accepted)
+        }
+        XCTAssertTrue(scheduler.isComplete)
+        XCTAssertEqual(scheduler.pieceArrived(index: 0, from: 1), .duplicate, "the late copy is dropped, no blame")
+    }
+
+    func testLeavingOwnerHandsTheChunkToTheEndgameCopy() {
+        var scheduler = ChunkScheduler(chunkCount: 1, verified: nil, maxInFlightPerPeer: 4)
+        scheduler.peerJoined(1)
+        scheduler.peerJoined(2)
+        XCTAssertEqual(scheduler.nextRequests(for: 1), [0])
+        XCTAssertEqual(scheduler.nextRequests(for: 2), [0])
+        scheduler.peerLeft(1)
+        XCTAssertEqual(scheduler.states[0], .requested(from: 2))
+        XCTAssertEqual(scheduler.pieceArrived(index: 0, from: 2), .verify)
+    }
+}

@@ -353,7 +353,9 @@ def test_resume_after_sigkill_of_the_supervisor_fetches_only_what_is_missing(see
 
 def test_liars_are_banned_and_the_download_completes_from_honest_peers(seed, tmp_path):
     source = tmp_path / "truth.bin"
-    source.write_bytes(os.urandom(4_000_000))
+    # Long enough that each liar's first corrupt chunks are judged before the honest peers
+    # have delivered everything.
+    source.write_bytes(os.urandom(24_000_000))
     honest = [seed(source), seed(source)]
     liars = [CorruptingProxy(honest[0].port, corrupt=10**9), CorruptingProxy(honest[1].port, corrupt=10**9)]
     for liar in liars:
@@ -383,3 +385,39 @@ def test_when_every_peer_is_gone_the_error_names_the_missing_chunks(seed, tmp_pa
     assert proc.returncode == 69, stderr
     assert "could not reach any peer" in stderr and "chunks missing: " in stderr, stderr
     assert not (out / "data.bin").exists()
+
+
+class SilentProxy(CorruptingProxy):
+    """Forwards everything but pieces: a peer that says hello, then stops answering."""
+
+    def pump(self, src, dst, from_seeder):
+        try:
+            while True:
+                msg_type, payload = peerwire.read_frame(src)
+                if from_seeder and msg_type == peerwire.PIECE:
+                    continue
+                dst.sendall(peerwire.frame(msg_type, payload))
+        except (EOFError, OSError, ValueError):
+            for s in (src, dst):
+                try:
+                    s.close()
+                except OSError:
+                    pass
+
+
+def test_chunks_held_by_a_silent_peer_are_fetched_from_others_in_the_endgame(seed, tmp_path):
+    source = tmp_path / "e.bin"
+    source.write_bytes(os.urandom(3_000_000))
+    honest = seed(source, "--max-upload", "4MiB/s")
+    silent = SilentProxy(honest.port)
+    silent.start()
+    out = tmp_path / "out"
+    out.mkdir()
+    started = time.monotonic()
+    result = get(honest.link.split("?")[0], out, "--peer", f"127.0.0.1:{silent.port}",
+                 "--peer", f"127.0.0.1:{honest.port}", timeout=120)
+    elapsed = time.monotonic() - started
+    assert result.returncode == 0, result.stderr
+    assert (out / "e.bin").read_bytes() == source.read_bytes()
+    # Without the endgame the silent peer's chunks would wait for its 30 s read timeout.
+    assert elapsed < 25, elapsed
