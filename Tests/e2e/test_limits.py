@@ -61,3 +61,30 @@ def test_bad_rate_is_a_usage_error(tmp_path):
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 64
     assert "not a rate" in result.stderr
+
+
+def test_two_downloaders_share_a_limited_seeder_fairly(tmp_path):
+    source = tmp_path / "fair.bin"
+    source.write_bytes(os.urandom(8 << 20))
+    seeder = Seeder(source, "--max-upload", "4MiB/s")
+    try:
+        import threading
+        times = {}
+
+        def run(name):
+            out = tmp_path / name
+            out.mkdir()
+            times[name] = timed_download(seeder.link, out)
+
+        threads = [threading.Thread(target=run, args=(n,)) for n in ("a", "b")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        ratio = max(times.values()) / min(times.values())
+        print(f"two downloaders from one 4 MiB/s seeder: {times['a']:.2f} s and {times['b']:.2f} s")
+        # 16 MiB through 4 MiB/s takes 4 s; each should need nearly all of it, not one 2 s and one 4 s.
+        assert ratio <= 1.25, times
+        assert min(times.values()) >= 3.0, times
+    finally:
+        seeder.stop()
