@@ -49,7 +49,8 @@ public final class WorkerPipe: Sendable {
     /// frame throws: the caller exits, and the supervisor sees the pipe close.
     public func receive() throws -> IPCMessage? {
         var header = [UInt8](repeating: 0, count: 4)
-        guard try readExactly(&header, count: 4, eofAllowed: true) else { return nil }
+        let complete = try header.withUnsafeMutableBytes { try readExactly(into: $0, eofAllowed: true) }
+        guard complete else { return nil }
         var reader = ByteReader(header)
         let length = try reader.u32()
         try FrameError.check(length: length, limit: IPCMessage.maxFrameLength)
@@ -57,7 +58,7 @@ public final class WorkerPipe: Sendable {
         var failure: Error?
         let body = [UInt8](unsafeUninitializedCapacity: Int(length)) { buffer, initialized in
             do {
-                try readExactly(into: UnsafeMutableRawBufferPointer(buffer))
+                _ = try readExactly(into: UnsafeMutableRawBufferPointer(buffer), eofAllowed: false)
                 initialized = Int(length)
             } catch {
                 failure = error
@@ -68,24 +69,11 @@ public final class WorkerPipe: Sendable {
         return try IPCMessage(body: body)
     }
 
-    private func readExactly(into buffer: UnsafeMutableRawBufferPointer) throws {
+    /// Fills `buffer`; false only for EOF before the first byte when `eofAllowed`.
+    private func readExactly(into buffer: UnsafeMutableRawBufferPointer, eofAllowed: Bool) throws -> Bool {
         var offset = 0
         while offset < buffer.count {
             let got = read(descriptor, buffer.baseAddress! + offset, buffer.count - offset)
-            if got < 0 {
-                if errno == EINTR { continue }
-                throw WorkerError.pipe("read failed: \(String(cString: strerror(errno)))")
-            }
-            if got == 0 { throw WorkerError.pipe("pipe closed in the middle of a frame") }
-            offset += got
-        }
-    }
-
-    private func readExactly(_ buffer: inout [UInt8], count: Int, eofAllowed: Bool) throws -> Bool {
-        var offset = 0
-        while offset < count {
-            let got = buffer.withUnsafeMutableBytes { raw in read(descriptor, raw.baseAddress! + offset, count - offset)
-            }
             if got < 0 {
                 if errno == EINTR { continue }
                 throw WorkerError.pipe("read failed: \(String(cString: strerror(errno)))")

@@ -48,17 +48,25 @@ class CorruptingProxy(threading.Thread):
             threading.Thread(target=self.pump, args=(client, upstream, False), daemon=True).start()
             threading.Thread(target=self.pump, args=(upstream, client, True), daemon=True).start()
 
+    def transform(self, msg_type, payload):
+        """What to forward for a frame from the seeder: the payload, or None to drop it."""
+        if msg_type == peerwire.PIECE and self.corrupt_left > 0:
+            self.corrupt_left -= 1
+            (index,) = struct.unpack(">I", payload[:4])
+            self.corrupted_indices.append(index)
+            payload = bytearray(payload)
+            payload[-1] ^= 0xFF
+            return bytes(payload)
+        return payload
+
     def pump(self, src, dst, from_seeder):
         try:
             while True:
                 msg_type, payload = peerwire.read_frame(src)
-                if from_seeder and msg_type == peerwire.PIECE and self.corrupt_left > 0:
-                    self.corrupt_left -= 1
-                    (index,) = struct.unpack(">I", payload[:4])
-                    self.corrupted_indices.append(index)
-                    payload = bytearray(payload)
-                    payload[-1] ^= 0xFF
-                    payload = bytes(payload)
+                if from_seeder:
+                    payload = self.transform(msg_type, payload)
+                    if payload is None:
+                        continue
                 dst.sendall(peerwire.frame(msg_type, payload))
         except (EOFError, OSError, ValueError):
             for s in (src, dst):
@@ -390,19 +398,8 @@ def test_when_every_peer_is_gone_the_error_names_the_missing_chunks(seed, tmp_pa
 class SilentProxy(CorruptingProxy):
     """Forwards everything but pieces: a peer that says hello, then stops answering."""
 
-    def pump(self, src, dst, from_seeder):
-        try:
-            while True:
-                msg_type, payload = peerwire.read_frame(src)
-                if from_seeder and msg_type == peerwire.PIECE:
-                    continue
-                dst.sendall(peerwire.frame(msg_type, payload))
-        except (EOFError, OSError, ValueError):
-            for s in (src, dst):
-                try:
-                    s.close()
-                except OSError:
-                    pass
+    def transform(self, msg_type, payload):
+        return None if msg_type == peerwire.PIECE else payload
 
 
 def test_chunks_held_by_a_silent_peer_are_fetched_from_others_in_the_endgame(seed, tmp_path):
