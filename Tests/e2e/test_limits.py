@@ -25,16 +25,17 @@ def test_download_limit_scales_transfer_time(tmp_path):
     seeder = Seeder(source)
     try:
         times = {}
-        for rate in (3, 6):
+        # Low rates, so the fixed cost of a download (connect, verify, rename) hardly counts.
+        for rate in (2, 4):
             out = tmp_path / f"out{rate}"
             out.mkdir()
             times[rate] = timed_download(seeder.link, out, "--max-download", f"{rate}MiB/s")
             assert (out / "limit.bin").read_bytes() == source.read_bytes()
-        ratio = times[3] / times[6]
-        print(f"--max-download 3 MiB/s: {times[3]:.2f} s, 6 MiB/s: {times[6]:.2f} s, ratio {ratio:.2f} (ideal 2)")
+        ratio = times[2] / times[4]
+        print(f"--max-download 2 MiB/s: {times[2]:.2f} s, 4 MiB/s: {times[4]:.2f} s, ratio {ratio:.2f} (ideal 2)")
         assert 1.8 <= ratio <= 2.2, times
-        # 12 MiB at 3 MiB/s is 4 s; the limit must not let more through than it says.
-        assert times[3] >= 4 * 0.9
+        # 12 MiB at 2 MiB/s is 6 s; the limit must not let more through than it says.
+        assert times[2] >= 6 * 0.9
     finally:
         seeder.stop()
 
@@ -43,7 +44,7 @@ def test_upload_limit_scales_transfer_time(tmp_path):
     source = tmp_path / "up.bin"
     source.write_bytes(os.urandom(12 << 20))
     times = {}
-    for rate in (3, 6):
+    for rate in (2, 4):
         seeder = Seeder(source, "--max-upload", f"{rate}MiB/s")
         try:
             out = tmp_path / f"out{rate}"
@@ -51,8 +52,8 @@ def test_upload_limit_scales_transfer_time(tmp_path):
             times[rate] = timed_download(seeder.link, out)
         finally:
             seeder.stop()
-    ratio = times[3] / times[6]
-    print(f"--max-upload 3 MiB/s: {times[3]:.2f} s, 6 MiB/s: {times[6]:.2f} s, ratio {ratio:.2f} (ideal 2)")
+    ratio = times[2] / times[4]
+    print(f"--max-upload 2 MiB/s: {times[2]:.2f} s, 4 MiB/s: {times[4]:.2f} s, ratio {ratio:.2f} (ideal 2)")
     assert 1.8 <= ratio <= 2.2, times
 
 

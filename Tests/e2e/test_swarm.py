@@ -7,7 +7,7 @@ from test_limits import timed_download
 
 def test_four_limited_seeders_are_faster_than_one(tmp_path):
     source = tmp_path / "swarm.bin"
-    source.write_bytes(os.urandom(16 << 20))
+    source.write_bytes(os.urandom(32 << 20))
     seeders = [Seeder(source, "--max-upload", "2MiB/s") for _ in range(4)]
     try:
         link = seeders[0].link.split("?")[0]
