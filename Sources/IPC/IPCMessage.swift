@@ -38,6 +38,8 @@ public enum IPCMessage: Equatable, Sendable {
     case chunkResult(index: UInt32, accepted: Bool)
     case peerEvent(text: String)
     case fetchFailed(code: UInt16, reason: String)
+    /// The number of peers the downloader is connected to, sent when it changes.
+    case peerCount(count: UInt16)
 
     // Discovery worker: the DHT node.
     case dhtStart(host: String, port: UInt16, routers: [String], state: [UInt8])
@@ -54,7 +56,7 @@ public enum IPCMessage: Equatable, Sendable {
             chunkData, prepareDownload, downloadPrepared, writeChunk, chunkWritten, finalizeDownload,
             downloadFinalized
         case serve = 0x0200, serving, fetch, manifestReceived, startChunks, chunkReceived, chunkResult,
-            peerEvent, fetchFailed
+            peerEvent, fetchFailed, peerCount
         case dhtStart = 0x0300, dhtReady, dhtRequest, dhtTrace, dhtResult, dhtStateRequest, dhtState
     }
 
@@ -96,6 +98,7 @@ public enum IPCMessage: Equatable, Sendable {
         case .chunkResult: return .chunkResult
         case .peerEvent: return .peerEvent
         case .fetchFailed: return .fetchFailed
+        case .peerCount: return .peerCount
         case .dhtStart: return .dhtStart
         case .dhtReady: return .dhtReady
         case .dhtRequest: return .dhtRequest
@@ -215,6 +218,7 @@ public enum IPCMessage: Equatable, Sendable {
         case .fetchFailed(let code, let text):
             w.u16(code)
             w.blob(Array(text.utf8))
+        case .peerCount(let count): w.u16(count)
         case .dhtStart(let host, let port, let routers, let state):
             w.string(host)
             w.u16(port)
@@ -331,6 +335,7 @@ public enum IPCMessage: Equatable, Sendable {
         case .chunkResult: self = .chunkResult(index: try r.u32(), accepted: try r.bool())
         case .peerEvent: self = .peerEvent(text: try text())
         case .fetchFailed: self = .fetchFailed(code: try r.u16(), reason: try text())
+        case .peerCount: self = .peerCount(count: try r.u16())
         case .dhtStart:
             let host = try r.string()
             let port = try r.u16()

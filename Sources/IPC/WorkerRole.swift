@@ -36,7 +36,9 @@ public enum WorkerRole: String, CaseIterable, Sendable, Codable {
                 .downloadFinalized,
             ])
         case .transfer:
-            return common.union([.serving, .manifestReceived, .chunkReceived, .readChunk, .peerEvent, .fetchFailed])
+            return common.union([
+                .serving, .manifestReceived, .chunkReceived, .readChunk, .peerEvent, .fetchFailed, .peerCount,
+            ])
         }
     }
 }

@@ -26,7 +26,9 @@ enum Terminal {
             link: { events.emit(["event": "result", "message": $0]) },
             status: { events.emit(["event": "status", "message": $0]) },
             error: { events.emit(["event": "error", "message": $0]) },
-            progress: { done, total, label in events.progress(done: done, total: total, phase: label) },
+            progress: { done, total, label, peers in
+                events.progress(done: done, total: total, phase: label, peers: peers)
+            },
             finishProgress: {})
     }
 
@@ -39,7 +41,8 @@ enum Terminal {
                 if !quiet { FileHandle.standardError.write(Data("peershare: \(text)\n".utf8)) }
             },
             error: { error($0) },
-            progress: { done, total, label in meter.update(done: done, total: total, label: label) },
+            progress: { done, total, label, peers in meter.update(done: done, total: total, label: label, peers: peers)
+            },
             finishProgress: { meter.finish() })
     }
 }
@@ -60,7 +63,7 @@ final class ProgressMeter: @unchecked Sendable {
     private var startBytes: UInt64 = 0
     private var drawn = false
 
-    func update(done: UInt64, total: UInt64, label: String) {
+    func update(done: UInt64, total: UInt64, label: String, peers: Int?) {
         lock.lock()
         defer { lock.unlock() }
         let now = DispatchTime.now().uptimeNanoseconds
@@ -76,7 +79,8 @@ final class ProgressMeter: @unchecked Sendable {
         let percent = total == 0 ? 100 : Double(done) * 100 / Double(total)
         let eta = rate > 0 ? Double(total - done) / rate : 0
         let rateText = String(format: "%.1f MB/s", rate / 1e6)
-        let etaText = String(format: "ETA %.0fs", eta)
+        var etaText = String(format: "ETA %.0fs", eta)
+        if let peers { etaText += "  \(peers) peer\(peers == 1 ? "" : "s")" }
         if isTTY {
             let width = 30
             let filled = Int(Double(width) * percent / 100)
@@ -117,7 +121,7 @@ final class JSONEvents: @unchecked Sendable {
         FileHandle.standardOutput.write(data + Data("\n".utf8))
     }
 
-    func progress(done: UInt64, total: UInt64, phase: String) {
+    func progress(done: UInt64, total: UInt64, phase: String, peers: Int?) {
         let now = DispatchTime.now().uptimeNanoseconds
         lock.lock()
         let due = now - lastProgress >= 250_000_000 || done == total
@@ -125,9 +129,11 @@ final class JSONEvents: @unchecked Sendable {
         lock.unlock()
         guard due else { return }
         let rate = Double(done) / max(Double(now - started) / 1e9, 0.001)
-        emit([
+        var event: [String: Any] = [
             "event": "progress", "phase": phase, "bytes": done, "total": total, "rate": Int(rate),
             "eta": rate > 0 ? Double(total - done) / rate : 0,
-        ])
+        ]
+        if let peers { event["peers"] = peers }
+        emit(event)
     }
 }

@@ -25,6 +25,7 @@ public final class GetSession: SupervisorDelegate, @unchecked Sendable {
     private var verifiedBytes: UInt64 = 0
     /// Bytes received from peers in this run, good or bad: what resuming saves is visible here.
     private var fetchedBytes: UInt64 = 0
+    private var connectedPeers = 0
     private var rejected = 0
     /// writeChunk request id -> chunk index.
     private var writes: [UInt32: Int] = [:]
@@ -159,7 +160,7 @@ public final class GetSession: SupervisorDelegate, @unchecked Sendable {
                 rejected += 1
             }
             supervisor.send(.chunkResult(index: index, accepted: ok), to: .transfer)
-            output.progress(verifiedBytes, manifest.totalBytes, "downloading")
+            output.progress(verifiedBytes, manifest.totalBytes, "downloading", connectedPeers)
             finalizeIfComplete()
         case .downloadFinalized(_, let path):
             output.finishProgress()
@@ -175,6 +176,8 @@ public final class GetSession: SupervisorDelegate, @unchecked Sendable {
             stop(exitCode: Int32(code))
         case .peerEvent(let text):
             logger.info("\(text)")
+        case .peerCount(let count):
+            connectedPeers = Int(count)
         default:
             logger.debug("ignoring \(message.tag) from \(role)")
         }

@@ -83,7 +83,7 @@ public final class ShareSession: SupervisorDelegate, @unchecked Sendable {
         if role == .discovery, let dht, dht.handle(message) { return }
         switch message {
         case .hashProgress(_, let done, let total):
-            output.progress(done, total, "hashing")
+            output.progress(done, total, "hashing", nil)
         case .manifestBuilt(_, let bytes):
             manifest = bytes
             let id = ShareID(manifestBytes: bytes)
@@ -148,13 +148,15 @@ public struct SessionOutput: Sendable {
     public var link: @Sendable (String) -> Void
     public var status: @Sendable (String) -> Void
     public var error: @Sendable (String) -> Void
-    public var progress: @Sendable (_ done: UInt64, _ total: UInt64, _ label: String) -> Void
+    /// `peers` is the number of connected peers while downloading, nil elsewhere.
+    public var progress: @Sendable (_ done: UInt64, _ total: UInt64, _ label: String, _ peers: Int?) -> Void
     public var finishProgress: @Sendable () -> Void
 
     public init(
         link: @escaping @Sendable (String) -> Void, status: @escaping @Sendable (String) -> Void,
         error: @escaping @Sendable (String) -> Void,
-        progress: @escaping @Sendable (UInt64, UInt64, String) -> Void, finishProgress: @escaping @Sendable () -> Void
+        progress: @escaping @Sendable (UInt64, UInt64, String, Int?) -> Void,
+        finishProgress: @escaping @Sendable () -> Void
     ) {
         self.link = link
         self.status = status

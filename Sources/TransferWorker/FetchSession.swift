@@ -40,6 +40,15 @@ final class FetchSession {
     private var manifestRequestedFrom: Int?
     private var scheduler: ChunkScheduler?
     private var finished = false
+    private var reportedPeers = -1
+
+    /// Tells the supervisor how many peers are connected, when that changes.
+    private func reportPeerCount() {
+        let count = connections.values.filter(\.accepted).count
+        guard count != reportedPeers else { return }
+        reportedPeers = count
+        service.tell(.peerCount(count: UInt16(clamping: count)))
+    }
 
     init(service: TransferService, shareID: [UInt8], peers: [String]) {
         self.service = service
@@ -129,6 +138,7 @@ final class FetchSession {
             }
             connection.accepted = true
             attempts[connection.address] = 0
+            reportPeerCount()
             logger.info("connected to \(connection.address)")
             if manifest == nil && manifestRequestedFrom == nil {
                 manifestRequestedFrom = peerID
@@ -179,6 +189,7 @@ final class FetchSession {
     func connectionClosed(peerID: Int) {
         guard let connection = connections.removeValue(forKey: peerID) else { return }
         scheduler?.peerLeft(peerID)
+        if !finished { reportPeerCount() }
         if manifestRequestedFrom == peerID && manifest == nil { manifestRequestedFrom = nil }
         guard !finished else { return }
         requestMoreFromAll()

@@ -50,6 +50,7 @@ final class IPCCodecTests: XCTestCase {
         .chunkResult(index: 3, accepted: false),
         .peerEvent(text: "hi"),
         .fetchFailed(code: 69, reason: "nobody home"),
+        .peerCount(count: 3),
         .dhtStart(host: "0.0.0.0", port: 6881, routers: ["1.2.3.4:6881"], state: [1, 2]),
         .dhtReady(port: 6881, nodeID: [UInt8](repeating: 1, count: 20)),
         .dhtRequest(requestID: 4, operation: .announce, key: [UInt8](repeating: 2, count: 20), port: 80, trace: true),

@@ -85,4 +85,5 @@ def test_json_progress_for_scripts(seed, tmp_path):
     assert "status" in kinds and "progress" in kinds and kinds[-1] == "result"
     last = [e for e in events if e["event"] == "progress"][-1]
     assert last["bytes"] == last["total"] == 2_000_000
+    assert last["peers"] == 1
     assert "verified and saved" in events[-1]["message"]
