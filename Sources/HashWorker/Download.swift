@@ -14,6 +14,7 @@ final class Download {
     }
 
     let manifest: Manifest
+    let manifestBytes: [UInt8]
     let shareID: ShareID
     let targetDirectory: String
     let stagingDirectory: String
@@ -32,6 +33,7 @@ final class Download {
             throw Failure(code: 65, description: "invalid manifest: \(error)")
         }
         self.manifest = manifest
+        self.manifestBytes = manifestBytes
         self.shareID = ShareID(manifestBytes: manifestBytes)
         let target = URL(fileURLWithPath: rawTarget).standardizedFileURL.path
         self.targetDirectory = target
@@ -113,6 +115,23 @@ final class Download {
         try data.withUnsafeBytes { try FileIO.writeAll(fd, $0, at: location.offset, path: path) }
         verified[index] = true
         return true
+    }
+
+    /// Reads a verified chunk back, to serve it to other downloaders. Unverified chunks are
+    /// refused: only what matched the manifest ever leaves this machine.
+    func read(index: Int) throws -> [UInt8] {
+        guard index >= 0, index < manifest.chunkCount, verified[index] else {
+            throw Failure(code: 65, description: "chunk \(index) is not verified here")
+        }
+        let location = manifest.chunkLocations[index]
+        guard let fd = descriptors[location.entryIndex] else {
+            throw Failure(code: 70, description: "chunk \(index): file not open")
+        }
+        let path = stagingDirectory + "/" + manifest.entries[location.entryIndex].path
+        return try [UInt8](unsafeUninitializedCapacity: location.length) { raw, initialized in
+            try FileIO.readExactly(fd, into: UnsafeMutableRawBufferPointer(raw), at: location.offset, path: path)
+            initialized = location.length
+        }
     }
 
     /// Flushes every file and renames the share into place; refuses if anything is missing.

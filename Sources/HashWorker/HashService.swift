@@ -87,11 +87,14 @@ public final class HashService: WorkerService, @unchecked Sendable {
                 return failure(id, error)
             }
         case .readChunk(let id, let index):
-            guard let served else {
-                return .failure(requestID: id, code: 70, message: "no share is open")
-            }
             do {
-                return .chunkData(requestID: id, index: index, data: try served.read(index: Int(index)))
+                // A download in progress serves what it has verified so far.
+                if let served {
+                    return .chunkData(requestID: id, index: index, data: try served.read(index: Int(index)))
+                } else if let download {
+                    return .chunkData(requestID: id, index: index, data: try download.read(index: Int(index)))
+                }
+                return .failure(requestID: id, code: 70, message: "no share is open")
             } catch {
                 return failure(id, error)
             }
@@ -132,6 +135,8 @@ public final class HashService: WorkerService, @unchecked Sendable {
             do {
                 let path = try download.finalize()
                 self.download = nil
+                // The finished share can now be served from where it landed (`get --seed`).
+                served = try? ServedShare(path: path, manifestBytes: download.manifestBytes)
                 return .downloadFinalized(requestID: id, path: path)
             } catch {
                 return failure(id, error)

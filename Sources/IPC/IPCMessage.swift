@@ -29,7 +29,9 @@ public enum IPCMessage: Equatable, Sendable {
     case downloadFinalized(requestID: UInt32, path: String)
 
     // Transfer worker: the only process that talks to peers.
-    case serve(shareID: [UInt8], manifest: [UInt8], host: String, port: UInt16)
+    /// Listen for peers and serve this share. `partial`: a download in progress, so only the
+    /// chunks verified so far are offered (the transfer worker knows them from its fetch).
+    case serve(shareID: [UInt8], manifest: [UInt8], host: String, port: UInt16, partial: Bool)
     case serving(port: UInt16)
     case fetch(shareID: [UInt8], peers: [String])
     case manifestReceived(manifest: [UInt8])
@@ -40,6 +42,10 @@ public enum IPCMessage: Equatable, Sendable {
     case fetchFailed(code: UInt16, reason: String)
     /// The number of peers the downloader is connected to, sent when it changes.
     case peerCount(count: UInt16)
+    /// More peers for the running download (a later DHT lookup found them).
+    case addPeers(peers: [String])
+    /// New bandwidth limits in bytes per second (0: unlimited; `LimitChange.unchanged`: keep).
+    case setLimits(upload: UInt64, download: UInt64, perPeerUpload: UInt64)
 
     // Discovery worker: the DHT node.
     case dhtStart(host: String, port: UInt16, routers: [String], state: [UInt8])
@@ -56,7 +62,7 @@ public enum IPCMessage: Equatable, Sendable {
             chunkData, prepareDownload, downloadPrepared, writeChunk, chunkWritten, finalizeDownload,
             downloadFinalized
         case serve = 0x0200, serving, fetch, manifestReceived, startChunks, chunkReceived, chunkResult,
-            peerEvent, fetchFailed, peerCount
+            peerEvent, fetchFailed, peerCount, addPeers, setLimits
         case dhtStart = 0x0300, dhtReady, dhtRequest, dhtTrace, dhtResult, dhtStateRequest, dhtState
     }
 
@@ -99,6 +105,8 @@ public enum IPCMessage: Equatable, Sendable {
         case .peerEvent: return .peerEvent
         case .fetchFailed: return .fetchFailed
         case .peerCount: return .peerCount
+        case .addPeers: return .addPeers
+        case .setLimits: return .setLimits
         case .dhtStart: return .dhtStart
         case .dhtReady: return .dhtReady
         case .dhtRequest: return .dhtRequest
@@ -145,7 +153,8 @@ public enum IPCMessage: Equatable, Sendable {
         switch self {
         case .chunkData(_, _, let data), .writeChunk(_, _, let data), .chunkReceived(_, let data, _):
             return data.count + 300
-        case .manifestBuilt(_, let m), .openShare(_, _, let m), .prepareDownload(_, let m, _), .serve(_, let m, _, _),
+        case .manifestBuilt(_, let m), .openShare(_, _, let m), .prepareDownload(_, let m, _),
+            .serve(_, let m, _, _, _),
             .manifestReceived(let m):
             return m.count + 300
         default: return 64
@@ -196,16 +205,24 @@ public enum IPCMessage: Equatable, Sendable {
             w.u32(id)
             w.u32(index)
             w.bool(verified)
-        case .serve(let shareID, let manifest, let host, let port):
+        case .serve(let shareID, let manifest, let host, let port, let partial):
             w.raw(shareID)
             w.blob(manifest)
             w.string(host)
             w.u16(port)
+            w.bool(partial)
         case .serving(let port): w.u16(port)
         case .fetch(let shareID, let peers):
             w.raw(shareID)
             w.u16(UInt16(peers.count))
             for peer in peers { w.string(peer) }
+        case .addPeers(let peers):
+            w.u16(UInt16(peers.count))
+            for peer in peers { w.string(peer) }
+        case .setLimits(let upload, let download, let perPeer):
+            w.u64(upload)
+            w.u64(download)
+            w.u64(perPeer)
         case .manifestReceived(let manifest), .startChunks(let manifest): w.blob(manifest)
         case .chunkReceived(let index, let data, let peer):
             w.u32(index)
@@ -316,7 +333,7 @@ public enum IPCMessage: Equatable, Sendable {
         case .serve:
             self = .serve(
                 shareID: try shareID(), manifest: try r.blob(limit: maxData, what: "manifest"), host: try r.string(),
-                port: try r.u16())
+                port: try r.u16(), partial: try r.bool())
         case .serving: self = .serving(port: try r.u16())
         case .fetch:
             let id = try shareID()
@@ -336,6 +353,15 @@ public enum IPCMessage: Equatable, Sendable {
         case .peerEvent: self = .peerEvent(text: try text())
         case .fetchFailed: self = .fetchFailed(code: try r.u16(), reason: try text())
         case .peerCount: self = .peerCount(count: try r.u16())
+        case .addPeers:
+            let count = Int(try r.u16())
+            guard count <= IPCMessage.maxPeers else {
+                throw DecodeError.tooLarge(what: "peer list", length: count, limit: IPCMessage.maxPeers)
+            }
+            var peers: [String] = []
+            for _ in 0..<count { peers.append(try r.string()) }
+            self = .addPeers(peers: peers)
+        case .setLimits: self = .setLimits(upload: try r.u64(), download: try r.u64(), perPeerUpload: try r.u64())
         case .dhtStart:
             let host = try r.string()
             let port = try r.u16()
@@ -363,6 +389,12 @@ public enum IPCMessage: Equatable, Sendable {
         }
         try r.expectEnd()
     }
+}
+
+/// `setLimits` values.
+public enum LimitChange {
+    /// Keep the current limit.
+    public static let unchanged = UInt64.max
 }
 
 /// A set of chunk indices as a bitfield: bit i is chunk i, most significant bit first.

@@ -26,6 +26,20 @@ struct Get: ParsableCommand {
     @Flag(name: .long, help: "Print progress and results as JSON lines on stdout, for scripts.")
     var json = false
 
+    @Flag(name: .long, help: "Show peer events: bans, rejected chunks, and why peers were disconnected.")
+    var verbose = false
+
+    @Option(
+        name: .long,
+        help: "Address to serve verified chunks to other downloaders on, HOST:PORT (port 0 picks a free one).")
+    var listen: String = "0.0.0.0:0"
+
+    @Flag(name: .long, help: "Do not serve chunks to other peers while downloading.")
+    var noUpload = false
+
+    @Flag(name: .long, help: "Keep serving the share after the download completes, until Ctrl-C.")
+    var seed = false
+
     @OptionGroup var common: CommonOptions
     @OptionGroup var dht: DHTOptions
     @OptionGroup var rates: RateOptions
@@ -52,20 +66,37 @@ struct Get: ParsableCommand {
             Terminal.error("output directory '\(output)' does not exist")
             throw ExitCode(ExitCodes.cannotCreate)
         }
+        var listenAddress: PeerAddress?
+        if !noUpload {
+            do {
+                listenAddress = try PeerAddress.parse(listen)
+            } catch {
+                Terminal.error("--listen: \(error)")
+                throw ExitCode(ExitCodes.usage)
+            }
+        }
+        if seed && noUpload {
+            Terminal.error("--seed and --no-upload contradict each other")
+            throw ExitCode(ExitCodes.usage)
+        }
         var config = common.loadConfig()
         rates.apply(to: &config)
         LineLogHandler.bootstrap(name: "supervisor", level: common.level)
         let target = URL(fileURLWithPath: output).standardizedFileURL.path
         let allPeers = peers
         let useJSON = json
-        // The DHT is asked only when neither the link nor --peer names a peer.
-        let dhtSettings = peers.isEmpty ? dht.settings(config: config) : nil
-        let code = SupervisorRunner.run(config: config, logLevel: common.logLevel) { supervisor, logger in
+        // The DHT finds peers when neither the link nor --peer names one, finds more while
+        // downloading, and carries our announcement once we hold verified chunks.
+        let dhtSettings = dht.settings(config: config)
+        let (seedAfter, showEvents, serveAt) = (seed, verbose, listenAddress)
+        let code = SupervisorRunner.run(config: config, logLevel: common.logLevel, control: true) {
+            supervisor, logger in
             let session = GetSession(
                 supervisor: supervisor, link: parsed, peers: allPeers,
                 dht: dhtSettings.map { DHTClient(supervisor: supervisor, settings: $0, logger: logger) },
                 targetDirectory: target,
-                output: useJSON ? Terminal.jsonOutput() : Terminal.sessionOutput(), logger: logger)
+                output: useJSON ? Terminal.jsonOutput() : Terminal.sessionOutput(), logger: logger, listen: serveAt,
+                seedAfter: seedAfter, verbose: showEvents)
             return ({ session.begin() }, { session.stop(exitCode: $0) }, session.result)
         }
         throw ExitCode(code)

@@ -13,7 +13,9 @@ public struct PeerShareCommand: ParsableCommand {
 
             Exit codes: 0 ok, 64 bad arguments or link, 65 bad data from a peer, 66 input missing or unreadable, 69 no peer reachable, 70 internal error, 73 cannot create the output, 74 I/O error, 78 bad configuration, 130 interrupted.
             """,
-        subcommands: [Share.self, Get.self, DHTCommand.self, Demo.self, Bench.self, WorkerCommand.self]
+        subcommands: [
+            Share.self, Get.self, Limit.self, DHTCommand.self, Demo.self, Bench.self, WorkerCommand.self,
+        ]
     )
 
     public init() {}
@@ -27,8 +29,11 @@ struct RateOptions: ParsableArguments {
     @Option(name: .long, help: "Download limit for all peers together, e.g. 5MB/s or 512KiB/s (0: unlimited).")
     var maxDownload: String?
 
+    @Option(name: .long, help: "Upload limit for each peer on its own, e.g. 1MB/s (0: unlimited).")
+    var maxPeerUpload: String?
+
     func validate() throws {
-        for text in [maxUpload, maxDownload].compactMap({ $0 }) {
+        for text in [maxUpload, maxDownload, maxPeerUpload].compactMap({ $0 }) {
             do {
                 _ = try ByteRate.parse(text)
             } catch {
@@ -40,6 +45,7 @@ struct RateOptions: ParsableArguments {
     func apply(to config: inout PipelineConfig) {
         if let text = maxUpload, let rate = try? ByteRate.parse(text) { config.limits.maxUploadRate = rate }
         if let text = maxDownload, let rate = try? ByteRate.parse(text) { config.limits.maxDownloadRate = rate }
+        if let text = maxPeerUpload, let rate = try? ByteRate.parse(text) { config.limits.maxPeerUploadRate = rate }
     }
 }
 

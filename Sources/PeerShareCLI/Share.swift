@@ -46,7 +46,8 @@ struct Share: ParsableCommand {
         rates.apply(to: &config)
         LineLogHandler.bootstrap(name: "supervisor", level: common.level)
         let dhtSettings = dht.settings(config: config)
-        let code = SupervisorRunner.run(config: config, logLevel: common.logLevel) { supervisor, logger in
+        let code = SupervisorRunner.run(config: config, logLevel: common.logLevel, control: true) {
+            supervisor, logger in
             let session = ShareSession(
                 supervisor: supervisor, path: path, listen: listenAddress,
                 dht: dhtSettings.map { DHTClient(supervisor: supervisor, settings: $0, logger: logger) },
@@ -61,8 +62,10 @@ struct Share: ParsableCommand {
 enum SupervisorRunner {
     typealias Session = (begin: @Sendable () -> Void, stop: @Sendable (Int32) -> Void, result: EventLoopFuture<Int32>)
 
+    /// `control`: open a control socket so `peershare limit` can change this run's limits.
     static func run(
-        config: PipelineConfig, logLevel: String, makeSession: @escaping @Sendable (Supervisor, Logger) -> Session
+        config: PipelineConfig, logLevel: String, control: Bool = false,
+        makeSession: @escaping @Sendable (Supervisor, Logger) -> Session
     ) -> Int32 {
         let logger = Logger(label: "supervisor")
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
@@ -71,6 +74,7 @@ enum SupervisorRunner {
         let supervisor = Supervisor(table: table, eventLoop: loop, logger: logger)
         let session = try? loop.submit { makeSession(supervisor, logger) }.wait()
         guard let session else { return ExitCodes.software }
+        let controlServer = control ? ControlServer(supervisor: supervisor, limits: config.limits, logger: logger) : nil
 
         // Ctrl-C and SIGTERM stop the session cleanly: workers are told to exit, then reaped.
         signal(SIGINT, SIG_IGN)
@@ -91,7 +95,9 @@ enum SupervisorRunner {
         loop.execute {
             supervisor.start().whenComplete { result in
                 switch result {
-                case .success: session.begin()
+                case .success:
+                    controlServer?.start(environment: ProcessInfo.processInfo.environment)
+                    session.begin()
                 case .failure(let error):
                     Terminal.error("cannot start workers: \(error)")
                     session.stop(ExitCodes.software)
@@ -99,6 +105,7 @@ enum SupervisorRunner {
             }
         }
         let code = (try? session.result.wait()) ?? ExitCodes.software
+        try? loop.submit { controlServer?.stop() }.wait()
         for source in sources { source.cancel() }
         try? group.syncShutdownGracefully()
         return code

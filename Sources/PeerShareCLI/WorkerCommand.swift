@@ -23,6 +23,7 @@ struct WorkerCommand: ParsableCommand {
     @Option(name: .long) var maxPeers: Int = 64
     @Option(name: .long) var maxUploadRate: Int = 0
     @Option(name: .long) var maxDownloadRate: Int = 0
+    @Option(name: .long) var maxPeerUploadRate: Int = 0
 
     func run() throws {
         guard let role = WorkerRole(rawValue: role) else {
@@ -42,7 +43,8 @@ struct WorkerCommand: ParsableCommand {
                 return TransferService(
                     logger: logger, pipe: WorkerPipe(descriptor: WorkerMain.pipeDescriptor),
                     requestsInFlight: requestsInFlight, maxPeers: maxPeers,
-                    maxUploadRate: Double(maxUploadRate), maxDownloadRate: Double(maxDownloadRate))
+                    maxUploadRate: Double(maxUploadRate), maxDownloadRate: Double(maxDownloadRate),
+                    maxPeerUploadRate: Double(maxPeerUploadRate))
             case .discovery:
                 return DiscoveryService(logger: logger, pipe: WorkerPipe(descriptor: WorkerMain.pipeDescriptor))
             case .nat: return NATService(logger: logger)

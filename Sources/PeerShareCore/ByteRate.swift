@@ -1,3 +1,5 @@
+import Foundation
+
 /// Rates as people write them: `5MB/s`, `512KiB/s`, `1.5 MiB`, `800000`, `0` (unlimited).
 /// Decimal units are powers of 1000, binary ones (KiB, MiB, GiB) powers of 1024.
 public enum ByteRate {
@@ -27,7 +29,9 @@ public enum ByteRate {
     }
 
     public static func describe(_ rate: Double) -> String {
-        rate == 0 ? "unlimited" : rate >= 1_048_576 ? "\(Int(rate) >> 20) MiB/s" : "\(Int(rate) >> 10) KiB/s"
+        if rate == 0 { return "unlimited" }
+        if rate >= 1_048_576 { return String(format: "%.1f MiB/s", rate / 1_048_576) }
+        return String(format: "%.1f KiB/s", rate / 1024)
     }
 }
 

@@ -31,6 +31,8 @@ public struct PipelineConfig: Equatable, Sendable {
         public var maxUploadRate: Double = 0
         /// Bytes per second received from all peers together; 0 is unlimited.
         public var maxDownloadRate: Double = 0
+        /// Bytes per second sent to any one peer; 0 is unlimited.
+        public var maxPeerUploadRate: Double = 0
     }
 
     public struct DHT: Equatable, Sendable {
@@ -144,18 +146,19 @@ public struct PipelineConfig: Equatable, Sendable {
         if let limitsValue = root["limits"] {
             let limits = try reader.object(limitsValue, key: "limits")
             try reader.allowOnly(
-                ["requestsInFlight", "maxPeers", "maxUploadRate", "maxDownloadRate"], in: limits, prefix: "limits.")
-            for key in ["maxUploadRate", "maxDownloadRate"] {
+                ["requestsInFlight", "maxPeers", "maxUploadRate", "maxDownloadRate", "maxPeerUploadRate"], in: limits,
+                prefix: "limits.")
+            for key in ["maxUploadRate", "maxDownloadRate", "maxPeerUploadRate"] {
                 guard let value = limits[key] else { continue }
                 guard let text = value as? String, let rate = try? ByteRate.parse(text) else {
                     throw LoadError(
                         file: file, key: "limits." + key,
                         problem: "expected a rate such as \"5MB/s\", \"512KiB/s\" or \"0\"")
                 }
-                if key == "maxUploadRate" {
-                    config.limits.maxUploadRate = rate
-                } else {
-                    config.limits.maxDownloadRate = rate
+                switch key {
+                case "maxUploadRate": config.limits.maxUploadRate = rate
+                case "maxDownloadRate": config.limits.maxDownloadRate = rate
+                default: config.limits.maxPeerUploadRate = rate
                 }
             }
             if let value = limits["requestsInFlight"] {

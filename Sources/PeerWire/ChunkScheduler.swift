@@ -1,11 +1,20 @@
 import IPC
 
-/// Decides which chunk to ask which peer for. Pure: no sockets, no clocks; the transfer
-/// worker reports events and sends the requests this returns.
+/// Decides which chunk to ask which peer for. Pure: no sockets, no clocks (time is passed
+/// in); the transfer worker reports events and sends the requests this returns.
 ///
 /// A chunk is in one of four states: missing, requested from a peer, received and waiting
 /// for the hash worker's verdict, or verified. A rejected chunk or a lost peer puts chunks
-/// back to missing; a peer whose chunks keep failing verification is dropped.
+/// back to missing; a peer whose chunks keep failing verification is banned.
+///
+/// Selection, as in BitTorrent: the first few chunks are picked at random (so that a new
+/// downloader soon holds something others lack and can serve it), then rarest first among
+/// the chunks this peer has (so rare chunks spread before their holders leave); equally rare
+/// chunks go lowest index first, which keeps disk writes mostly sequential. When no missing
+/// chunk is left for a peer, it is also asked for chunks already out with others (endgame).
+///
+/// Each pick scans the chunk list once: ~2,048 chunks for shares up to 8 GiB (chunks grow
+/// to 4 MiB beyond that), a few microseconds per request.
 public struct ChunkScheduler: Sendable {
     public typealias PeerID = Int
 
@@ -18,83 +27,128 @@ public struct ChunkScheduler: Sendable {
 
     /// A peer is banned after this many chunks from it fail verification.
     public static let strikesBeforeBan = 3
-
-    public private(set) var states: [ChunkState]
-    public let maxInFlightPerPeer: Int
-    private var inFlight: [PeerID: Int] = [:]
-    private var strikes: [PeerID: Int] = [:]
-    public private(set) var banned: Set<PeerID> = []
-    /// Next index to consider: chunks are taken in order, which keeps disk writes sequential.
-    private var cursor = 0
-    /// Endgame: peers asked for a chunk that another peer (the state's owner) was asked for
-    /// first. Whoever delivers first wins; the other copy is dropped as a duplicate.
-    private var duplicates: [Int: Set<PeerID>] = [:]
     /// A chunk is asked of at most this many peers besides its first.
     public static let endgameCopies = 1
 
-    public init(chunkCount: Int, verified: ChunkBitfield?, maxInFlightPerPeer: Int) {
+    public private(set) var states: [ChunkState]
+    /// How many connected peers have each chunk.
+    public private(set) var availability: [UInt16]
+    /// Requests kept outstanding per peer unless `setDepth` says otherwise.
+    public let defaultDepth: Int
+    /// Chunks picked at random before rarest-first takes over.
+    public let randomFirst: Int
+    private var depth: [PeerID: Int] = [:]
+    /// Requested or verifying chunks per peer: what counts against its depth.
+    private var inFlight: [PeerID: Int] = [:]
+    private var has: [PeerID: ChunkBitfield] = [:]
+    private var strikes: [PeerID: Int] = [:]
+    public private(set) var banned: Set<PeerID> = []
+    /// When each peer last delivered a piece (or was first asked for one while idle).
+    private var lastProgress: [PeerID: Double] = [:]
+    /// Endgame: peers asked for a chunk that another peer (the state's owner) was asked for
+    /// first. Whoever delivers first wins; the others are sent a cancel.
+    private var duplicates: [Int: Set<PeerID>] = [:]
+    /// (chunk, peer) requests cancelled: a piece that still arrives is dropped without blame.
+    private var cancelled: Set<Int64> = []
+    /// No chunk below this index is missing (a hint that shortens scans).
+    private var firstMissingHint = 0
+    private var rng: SplitMix64
+    private var randomPhaseOver = false
+
+    public init(
+        chunkCount: Int, verified: ChunkBitfield?, maxInFlightPerPeer: Int, randomFirst: Int = 4, seed: UInt64 = 1
+    ) {
         states = (0..<chunkCount).map { verified?[$0] == true ? .verified : .missing }
-        self.maxInFlightPerPeer = max(1, maxInFlightPerPeer)
+        availability = [UInt16](repeating: 0, count: chunkCount)
+        defaultDepth = max(1, maxInFlightPerPeer)
+        self.randomFirst = randomFirst
+        rng = SplitMix64(seed: seed)
     }
 
+    public var chunkCount: Int { states.count }
     public var verifiedCount: Int { states.reduce(0) { $0 + ($1 == .verified ? 1 : 0) } }
     public var isComplete: Bool { states.allSatisfy { $0 == .verified } }
+    public var missingIndices: [Int] { states.indices.filter { states[$0] != .verified } }
+    /// Unverified chunks that no connected peer has: the download cannot finish without new peers.
+    public var unavailableIndices: [Int] {
+        states.indices.filter { states[$0] != .verified && availability[$0] == 0 }
+    }
+    public func outstanding(for peer: PeerID) -> Int { inFlight[peer] ?? 0 }
+    /// Every chunk has been asked for at least once.
+    public var inEndgame: Bool { !states.contains(.missing) }
 
-    public mutating func peerJoined(_ peer: PeerID) {
-        inFlight[peer] = inFlight[peer] ?? 0
+    // MARK: Peers
+
+    /// A peer connected and told us which chunks it has (nil: all of them, a seeder).
+    public mutating func peerJoined(_ peer: PeerID, has bits: ChunkBitfield? = nil, now: Double = 0) {
+        guard inFlight[peer] == nil else { return }
+        inFlight[peer] = 0
+        lastProgress[peer] = now
+        var bitfield = bits ?? ChunkBitfield(count: states.count)
+        if bits == nil { for index in states.indices { bitfield[index] = true } }
+        has[peer] = bitfield
+        for index in states.indices where bitfield[index] { availability[index] &+= 1 }
     }
 
-    /// The peer is gone: everything it was asked for becomes missing again.
+    /// The peer announced one more chunk (`have`).
+    public mutating func peerHas(_ peer: PeerID, index: Int) {
+        guard states.indices.contains(index), var bits = has[peer], !bits[index] else { return }
+        bits[index] = true
+        has[peer] = bits
+        availability[index] &+= 1
+    }
+
+    public mutating func setDepth(_ peer: PeerID, _ newDepth: Int) {
+        depth[peer] = max(1, newDepth)
+    }
+
+    /// The peer is gone: everything it was asked for becomes missing again (or passes to an
+    /// endgame copy still on its way).
     public mutating func peerLeft(_ peer: PeerID) {
-        inFlight[peer] = nil
+        guard inFlight.removeValue(forKey: peer) != nil else { return }
+        if let bits = has.removeValue(forKey: peer) {
+            for index in states.indices where bits[index] { availability[index] &-= 1 }
+        }
+        depth[peer] = nil
+        lastProgress[peer] = nil
         for index in Array(duplicates.keys) {
             duplicates[index]?.remove(peer)
             if duplicates[index]?.isEmpty == true { duplicates[index] = nil }
         }
         for index in states.indices where states[index] == .requested(from: peer) {
-            // An endgame copy still on its way takes over; otherwise the chunk is missing again.
             if let other = duplicates[index]?.first {
                 duplicates[index]?.remove(other)
                 if duplicates[index]?.isEmpty == true { duplicates[index] = nil }
                 states[index] = .requested(from: other)
             } else {
-                states[index] = .missing
-                cursor = min(cursor, index)
+                markMissing(index)
             }
         }
     }
 
-    /// True once every chunk has been asked for at least once: the endgame.
-    public var inEndgame: Bool { !states.contains(.missing) }
+    // MARK: Requests
 
-    /// Chunks to request from `peer` now, respecting its in-flight limit.
-    public mutating func nextRequests(for peer: PeerID, max: Int = .max) -> [Int] {
-        guard !banned.contains(peer), var count = inFlight[peer] else { return [] }
+    /// Chunks to request from `peer` now, respecting its depth.
+    public mutating func nextRequests(for peer: PeerID, max: Int = .max, now: Double = 0) -> [Int] {
+        guard !banned.contains(peer), var count = inFlight[peer], let bits = has[peer] else { return [] }
+        let limit = depth[peer] ?? defaultDepth
+        if count == 0 { lastProgress[peer] = now }
         var picked: [Int] = []
-        var wrapped = false
-        while count < maxInFlightPerPeer && picked.count < max {
-            if cursor >= states.count {
-                // Past the end: look again from the first missing chunk (a rejected or lost one).
-                guard !wrapped, let first = states.firstIndex(of: .missing) else { break }
-                cursor = first
-                wrapped = true
-            }
-            if states[cursor] == .missing {
-                states[cursor] = .requested(from: peer)
-                picked.append(cursor)
-                count += 1
-            }
-            cursor += 1
+        while count < limit && picked.count < max, let index = pick(for: bits) {
+            states[index] = .requested(from: peer)
+            picked.append(index)
+            count += 1
         }
-        // Endgame: nothing is missing, but chunks are still out with other peers (perhaps slow
-        // or silent ones). Ask this peer too; the first copy to arrive is used.
-        if count < maxInFlightPerPeer && picked.count < max && inEndgame {
-            for index in states.indices where count < maxInFlightPerPeer && picked.count < max {
+        // Endgame for this peer: nothing it has is missing, but chunks are still out with
+        // others (perhaps slow or silent). Ask this peer too; the first copy to arrive wins.
+        if count < limit && picked.count < max {
+            for index in states.indices where count < limit && picked.count < max && bits[index] {
                 guard case .requested(let owner) = states[index], owner != peer,
                     !(duplicates[index]?.contains(peer) ?? false),
                     (duplicates[index]?.count ?? 0) < ChunkScheduler.endgameCopies
                 else { continue }
                 duplicates[index, default: []].insert(peer)
+                cancelled.remove(Self.key(index, peer))
                 picked.append(index)
                 count += 1
             }
@@ -102,6 +156,45 @@ public struct ChunkScheduler: Sendable {
         inFlight[peer] = count
         return picked
     }
+
+    /// The best missing chunk this peer has, or nil.
+    private mutating func pick(for bits: ChunkBitfield) -> Int? {
+        while firstMissingHint < states.count && states[firstMissingHint] != .missing { firstMissingHint += 1 }
+        if !randomPhaseOver && states.count - missingCount() >= randomFirst { randomPhaseOver = true }
+        if !randomPhaseOver {
+            // Reservoir sampling: one pass, each candidate equally likely.
+            var chosen: Int?
+            var seen: UInt64 = 0
+            for index in firstMissingHint..<states.count where states[index] == .missing && bits[index] {
+                seen += 1
+                if rng.next() % seen == 0 { chosen = index }
+            }
+            return chosen
+        }
+        var best: Int?
+        var bestAvailability = UInt16.max
+        for index in firstMissingHint..<states.count where states[index] == .missing && bits[index] {
+            if availability[index] < bestAvailability {
+                best = index
+                bestAvailability = availability[index]
+                if bestAvailability <= 1 { break }  // nothing is rarer than its only holder
+            }
+        }
+        return best
+    }
+
+    private func missingCount() -> Int {
+        var count = 0
+        for index in firstMissingHint..<states.count where states[index] == .missing { count += 1 }
+        return count
+    }
+
+    private mutating func markMissing(_ index: Int) {
+        states[index] = .missing
+        firstMissingHint = min(firstMissingHint, index)
+    }
+
+    private static func key(_ index: Int, _ peer: PeerID) -> Int64 { Int64(index) << 32 | Int64(peer & 0xFFFF_FFFF) }
 
     public enum PieceVerdict: Equatable, Sendable {
         /// Pass the data to the hash worker for verification.
@@ -112,14 +205,19 @@ public struct ChunkScheduler: Sendable {
         case unexpected
     }
 
-    public mutating func pieceArrived(index: Int, from peer: PeerID) -> PieceVerdict {
+    public mutating func pieceArrived(index: Int, from peer: PeerID, now: Double = 0) -> PieceVerdict {
         guard states.indices.contains(index) else { return .unexpected }
+        if cancelled.remove(Self.key(index, peer)) != nil {
+            lastProgress[peer] = now
+            return .duplicate
+        }
         if duplicates[index]?.contains(peer) == true {
+            lastProgress[peer] = now
             duplicates[index]?.remove(peer)
             if duplicates[index]?.isEmpty == true { duplicates[index] = nil }
             switch states[index] {
             case .requested(let owner):
-                // This copy won: the first peer's request is now the duplicate.
+                // This copy won: the first peer's request is now the one to cancel.
                 duplicates[index, default: []].insert(owner)
                 states[index] = .verifying(from: peer)
                 return .verify
@@ -132,18 +230,52 @@ public struct ChunkScheduler: Sendable {
             }
         }
         guard states[index] == .requested(from: peer) else { return .unexpected }
-        // Still counts against the peer's limit until the verdict: that bounds the chunks
+        lastProgress[peer] = now
+        // Still counts against the peer's depth until the verdict: that bounds the chunks
         // queued between here and the hash worker, so memory does not grow when disks are slow.
         states[index] = .verifying(from: peer)
         return .verify
     }
 
+    /// After a piece arrived for verification: the other peers still asked for that chunk,
+    /// to be sent a cancel. Their slots are freed now.
+    public mutating func cancelDuplicates(of index: Int) -> [PeerID] {
+        guard let peers = duplicates.removeValue(forKey: index) else { return [] }
+        for peer in peers {
+            if let count = inFlight[peer] { inFlight[peer] = count - 1 }
+            cancelled.insert(Self.key(index, peer))
+        }
+        return peers.sorted()
+    }
+
     /// The peer said it will not send this chunk.
     public mutating func pieceRefused(index: Int, by peer: PeerID) {
-        guard states.indices.contains(index), states[index] == .requested(from: peer) else { return }
-        states[index] = .missing
-        cursor = min(cursor, index)
+        guard states.indices.contains(index) else { return }
+        if duplicates[index]?.remove(peer) != nil {
+            if duplicates[index]?.isEmpty == true { duplicates[index] = nil }
+            inFlight[peer, default: 1] -= 1
+            return
+        }
+        guard states[index] == .requested(from: peer) else { return }
+        if let other = duplicates[index]?.first {
+            duplicates[index]?.remove(other)
+            if duplicates[index]?.isEmpty == true { duplicates[index] = nil }
+            states[index] = .requested(from: other)
+        } else {
+            markMissing(index)
+        }
         inFlight[peer, default: 1] -= 1
+    }
+
+    /// Peers that have requests outstanding but delivered nothing for `timeout` seconds: the
+    /// shell disconnects them, and `peerLeft` moves their chunks to others.
+    public func stalledPeers(now: Double, timeout: Double) -> [PeerID] {
+        inFlight.compactMap { peer, count in
+            guard count > 0, let since = lastProgress[peer], now - since > timeout else { return nil }
+            // Only chunks still on the wire count: a slow hash worker is not the peer's fault.
+            let waiting = states.contains(.requested(from: peer)) || duplicates.values.contains { $0.contains(peer) }
+            return waiting ? peer : nil
+        }.sorted()
     }
 
     public enum VerificationOutcome: Equatable, Sendable {
@@ -162,10 +294,7 @@ public struct ChunkScheduler: Sendable {
             states[index] = .verified
             return .accepted
         }
-        if states[index] != .verified {
-            states[index] = .missing
-            cursor = min(cursor, index)
-        }
+        if states[index] != .verified { markMissing(index) }
         guard let sender else { return .rejected }
         strikes[sender, default: 0] += 1
         if strikes[sender, default: 0] >= ChunkScheduler.strikesBeforeBan {
@@ -175,6 +304,54 @@ public struct ChunkScheduler: Sendable {
         }
         return .rejected
     }
+}
 
-    public var missingIndices: [Int] { states.indices.filter { states[$0] != .verified } }
+/// A small, fast, seedable generator, so that random-first picks replay in tests.
+struct SplitMix64: Sendable {
+    private var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
+
+/// Measures one peer's delivery rate and sizes its request pipeline to match: enough
+/// requests outstanding to cover `window` seconds of its rate, so the link never idles
+/// while a request crosses it, and no more, so a slow peer does not hoard chunks others
+/// could deliver sooner. Pure; time is passed in.
+public struct RequestDepth: Sendable, Equatable {
+    /// Bytes per second, smoothed over roughly the last two seconds.
+    public private(set) var rate: Double = 0
+    private var windowStart: Double
+    private var windowBytes = 0
+    /// Seconds of transfer to keep requested ahead.
+    public static let window = 0.5
+    public static let minimum = 2
+    public static let maximum = 64
+    /// Most bytes outstanding to one peer: bounds memory whatever the chunk size.
+    public static let maxBytes = 32 << 20
+
+    public init(now: Double) { windowStart = now }
+
+    public mutating func record(bytes: Int, now: Double) {
+        windowBytes += bytes
+        let elapsed = now - windowStart
+        guard elapsed >= 0.25 else { return }
+        let sample = Double(windowBytes) / elapsed
+        rate = rate == 0 ? sample : rate * 0.75 + sample * 0.25
+        windowStart = now
+        windowBytes = 0
+    }
+
+    /// Requests to keep outstanding for chunks of `chunkSize` bytes; `initial` until measured.
+    public func depth(chunkSize: Int, initial: Int) -> Int {
+        let cap = max(RequestDepth.minimum, min(RequestDepth.maximum, RequestDepth.maxBytes / max(1, chunkSize)))
+        guard rate > 0 else { return min(initial, cap) }
+        let wanted = Int((rate * RequestDepth.window / Double(max(1, chunkSize))).rounded(.up)) + 2
+        return max(RequestDepth.minimum, min(cap, wanted))
+    }
 }

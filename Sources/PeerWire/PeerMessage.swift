@@ -16,9 +16,16 @@ public enum PeerMessage: Equatable, Sendable {
     case reject(index: UInt32, reason: String)
     /// A fatal error; the sender closes the connection after it.
     case error(code: UInt16, message: String)
+    /// The serving side's verified chunks, sent once right after `helloAccepted`: one bit per
+    /// chunk, most significant bit first (`ChunkBitfield`). A seeder sends all ones.
+    case bitfield(bits: [UInt8])
+    /// The serving side has verified one more chunk since its bitfield.
+    case have(index: UInt32)
+    /// The downloader no longer wants a chunk it asked for (an endgame copy arrived elsewhere).
+    case cancel(index: UInt32)
 
     public enum Tag: UInt16, CaseIterable, Sendable {
-        case hello = 0x5001, helloAccepted, getManifest, manifest, request, piece, reject, error
+        case hello = 0x5001, helloAccepted, getManifest, manifest, request, piece, reject, error, bitfield, have, cancel
     }
 
     public enum ErrorCode: UInt16, Sendable {
@@ -29,12 +36,15 @@ public enum PeerMessage: Equatable, Sendable {
         case internalError = 5
     }
 
-    public static let version: UInt16 = 1
+    public static let version: UInt16 = 2
     /// "PeerShare" in ASCII; opens every hello so a stray client is refused at once.
     public static let magic: [UInt8] = Array("PeerShare".utf8)
     /// A piece frame holds at most one maximum-size chunk plus its header; a manifest frame
     /// at most a maximum-size manifest.
     public static let maxFrameLength = Manifest.maxEncodedSize + 64
+    /// A bitfield has one bit per chunk, and a manifest holds a 32-byte hash per chunk: no
+    /// valid bitfield is longer than this.
+    public static let maxBitfieldBytes = (Manifest.maxEncodedSize / 32 + 7) / 8
 
     public var tag: Tag {
         switch self {
@@ -46,6 +56,9 @@ public enum PeerMessage: Equatable, Sendable {
         case .piece: return .piece
         case .reject: return .reject
         case .error: return .error
+        case .bitfield: return .bitfield
+        case .have: return .have
+        case .cancel: return .cancel
         }
     }
 
@@ -63,7 +76,8 @@ public enum PeerMessage: Equatable, Sendable {
         case .manifest(let bytes):
             w = ByteWriter(capacity: bytes.count + 8)
             w.blob(bytes)
-        case .request(let index): w.u32(index)
+        case .request(let index), .have(let index), .cancel(let index): w.u32(index)
+        case .bitfield(let bits): w.blob(bits)
         case .piece(let index, let data):
             w = ByteWriter(capacity: data.count + 8)
             w.u32(index)
@@ -97,6 +111,9 @@ public enum PeerMessage: Equatable, Sendable {
             self = .piece(index: try r.u32(), data: try r.blob(limit: Manifest.maxChunkSize, what: "piece"))
         case .reject: self = .reject(index: try r.u32(), reason: try r.string())
         case .error: self = .error(code: try r.u16(), message: try r.string())
+        case .bitfield: self = .bitfield(bits: try r.blob(limit: PeerMessage.maxBitfieldBytes, what: "bitfield"))
+        case .have: self = .have(index: try r.u32())
+        case .cancel: self = .cancel(index: try r.u32())
         }
         try r.expectEnd()
     }

@@ -39,6 +39,13 @@ public struct TokenBucket: Sendable, Equatable {
         balance = min(burst, balance + Double(bytes))
     }
 
+    /// Seconds until a send would be allowed (0: now); spends nothing.
+    public mutating func waitTime(now: Double) -> Double {
+        guard rate > 0 else { return 0 }
+        refill(now: now)
+        return balance > 0 ? 0 : -balance / rate + 0.001
+    }
+
     /// Spends `bytes` and returns 0 if sending now is allowed; otherwise spends nothing and
     /// returns how many seconds to wait before asking again.
     public mutating func take(_ bytes: Int, now: Double) -> Double {

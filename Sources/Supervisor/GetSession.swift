@@ -6,7 +6,11 @@ import PeerShareCore
 
 /// `peershare get LINK`: fetch the manifest through the transfer worker, have the hash worker
 /// prepare the download, then relay every received chunk to the hash worker for verification
-/// and pass its verdict back. Finishes when the hash worker has moved the share into place.
+/// and pass its verdict back. Finishes when the hash worker has moved the share into place
+/// (or, with `seedAfter`, keeps serving it until stopped).
+///
+/// While downloading it also serves the chunks verified so far (`listen`), announces itself
+/// in the DHT once it holds any, and looks up the DHT again now and then for new peers.
 public final class GetSession: SupervisorDelegate, @unchecked Sendable {
     let supervisor: Supervisor
     let link: ShareLink
@@ -15,6 +19,20 @@ public final class GetSession: SupervisorDelegate, @unchecked Sendable {
     let targetDirectory: String
     let output: SessionOutput
     let logger: Logger
+    /// Where to serve verified chunks to other downloaders; nil: do not serve.
+    let listen: PeerAddress?
+    /// Keep serving the finished share until Ctrl-C.
+    let seedAfter: Bool
+    /// Show peer events (bans, rejected chunks, disconnect reasons) as status lines.
+    let verbose: Bool
+    private var reads = ChunkReadRelay()
+    private var servingPort: UInt16?
+    private var announced = false
+    private var knownPeers: Set<String> = []
+    /// Chunks and bytes verified per peer address, for the closing summary.
+    private var perPeer: [String: (chunks: Int, bytes: UInt64)] = [:]
+    /// Seconds between DHT lookups for more peers while downloading.
+    static let peerRefreshSeconds: Int64 = 15
     private let done: EventLoopPromise<Int32>
     private var manifest: Manifest?
     private var manifestBytes: [UInt8]?
@@ -27,13 +45,17 @@ public final class GetSession: SupervisorDelegate, @unchecked Sendable {
     private var fetchedBytes: UInt64 = 0
     private var connectedPeers = 0
     private var rejected = 0
-    /// writeChunk request id -> chunk index.
-    private var writes: [UInt32: Int] = [:]
+    /// writeChunk request id -> (chunk index, the peer it came from).
+    private var writes: [UInt32: (index: Int, peer: String)] = [:]
 
     public init(
         supervisor: Supervisor, link: ShareLink, peers: [PeerAddress], dht: DHTClient?, targetDirectory: String,
-        output: SessionOutput, logger: Logger
+        output: SessionOutput, logger: Logger, listen: PeerAddress? = nil, seedAfter: Bool = false,
+        verbose: Bool = false
     ) {
+        self.listen = listen
+        self.seedAfter = seedAfter
+        self.verbose = verbose
         self.supervisor = supervisor
         self.link = link
         self.peers = peers
@@ -48,19 +70,65 @@ public final class GetSession: SupervisorDelegate, @unchecked Sendable {
     public var result: EventLoopFuture<Int32> { done.futureResult }
 
     public func begin() {
-        if peers.isEmpty, let dht {
-            output.status("looking for \(link.shareID.short) in the DHT")
+        if let dht {
             dht.start()
-            findPeers(in: dht, attempt: 1)
-            return
+            if peers.isEmpty {
+                output.status("looking for \(link.shareID.short) in the DHT")
+                findPeers(in: dht, attempt: 1)
+                return
+            }
+            // Peers are known already; the DHT may know more, found in the background.
+            scheduleRefresh(dht)
         }
         fetch(from: peers.map(\.description))
     }
 
     private func fetch(from peers: [String]) {
+        knownPeers.formUnion(peers)
         output.status("looking for \(link.shareID.short) at \(peers.joined(separator: ", "))")
         supervisor.send(
             .fetch(shareID: link.shareID.bytes, peers: peers), to: .transfer, tracking: .setup(key: "fetch"))
+    }
+
+    /// Our own listening address as the DHT would list it: not a peer to connect to.
+    private func isSelf(_ address: String) -> Bool {
+        guard let servingPort, let parsed = try? PeerAddress.parse(address), parsed.port == Int(servingPort) else {
+            return false
+        }
+        let local = LocalAddresses.hints(listenHost: "0.0.0.0", port: Int(servingPort)).map(\.host)
+        return local.contains(parsed.host) || parsed.host == listen?.host
+    }
+
+    /// While downloading, asks the DHT again now and then: peers that joined after we started
+    /// (other downloaders that announced what they hold) are added to the swarm.
+    private func scheduleRefresh(_ dht: DHTClient) {
+        supervisor.eventLoop.scheduleTask(in: .seconds(GetSession.peerRefreshSeconds)) { [self] in
+            guard !finished, !finalizing else { return }
+            dht.request(.getPeers, key: DHTKey.forShare(link.shareID)) { [self] result in
+                guard !finished else { return }
+                if case .success(let report) = result {
+                    let fresh = report.peers.filter { !knownPeers.contains($0) && !isSelf($0) }
+                    if !fresh.isEmpty {
+                        knownPeers.formUnion(fresh)
+                        logger.info("the DHT knows \(fresh.count) new peers")
+                        supervisor.send(.addPeers(peers: Array(fresh.prefix(FetchLimits.maxFetchPeers))), to: .transfer)
+                    }
+                }
+                scheduleRefresh(dht)
+            }
+        }
+    }
+
+    /// Announces our serving port under the share's key once we hold a verified chunk.
+    private func announceIfReady() {
+        guard !announced, let dht, let servingPort, (verified?.setCount ?? 0) > 0 else { return }
+        announced = true
+        dht.request(.announce, key: DHTKey.forShare(link.shareID), port: servingPort, setupKey: "announce") {
+            [logger] result in
+            if case .success(let report) = result {
+                logger.info("announced to \(report.announcedTo) DHT nodes")
+            }
+        }
     }
 
     /// get_peers on the share's key; a freshly started node may need a few tries while its
@@ -76,6 +144,7 @@ public final class GetSession: SupervisorDelegate, @unchecked Sendable {
                     "the DHT knows \(report.peers.count) peers for this share (\(report.hops) hops, \(report.queries) queries)"
                 )
                 fetch(from: Array(report.peers.prefix(FetchLimits.maxFetchPeers)))
+                scheduleRefresh(dht)
             case .success, .failure:
                 if case .failure(let failure) = result { logger.warning("DHT lookup failed: \(failure)") }
                 guard attempt < GetSession.dhtAttempts else {
@@ -101,6 +170,7 @@ public final class GetSession: SupervisorDelegate, @unchecked Sendable {
     public func supervisor(_ supervisor: Supervisor, received message: IPCMessage, from role: WorkerRole) {
         guard !finished else { return }
         if role == .discovery, let dht, dht.handle(message) { return }
+        if reads.handle(message, from: role, supervisor: supervisor) { return }
         switch message {
         case .manifestReceived(let bytes):
             guard ShareID(manifestBytes: bytes) == link.shareID else {
@@ -142,20 +212,27 @@ public final class GetSession: SupervisorDelegate, @unchecked Sendable {
                         "\(merged.setCount) of \(manifest.chunkCount) chunks already on disk; fetching the rest")
                 }
                 supervisor.send(.startChunks(verified: merged.bytes), to: .transfer)
+                startServing()
             }
             finalizeIfComplete()
-        case .chunkReceived(let index, let data, _):
+        case .chunkReceived(let index, let data, let peer):
             fetchedBytes += UInt64(data.count)
             let id = supervisor.makeRequestID()
-            writes[id] = Int(index)
+            writes[id] = (Int(index), peer)
             supervisor.send(.writeChunk(requestID: id, index: index, data: data), to: .hash, tracking: .request)
         case .chunkWritten(let id, let index, let ok):
-            writes[id] = nil
+            let source = writes.removeValue(forKey: id)?.peer
             guard let manifest, var bits = verified, Int(index) < manifest.chunkCount else { return }
             if ok && !bits[Int(index)] {
                 bits[Int(index)] = true
-                verifiedBytes += UInt64(manifest.chunkLocations[Int(index)].length)
+                let length = UInt64(manifest.chunkLocations[Int(index)].length)
+                verifiedBytes += length
                 verified = bits
+                if let source {
+                    let counts = perPeer[source] ?? (0, 0)
+                    perPeer[source] = (counts.chunks + 1, counts.bytes + length)
+                }
+                announceIfReady()
             } else if !ok {
                 rejected += 1
             }
@@ -166,7 +243,14 @@ public final class GetSession: SupervisorDelegate, @unchecked Sendable {
             output.finishProgress()
             var note = ""
             if rejected > 0 { note = " (\(rejected) corrupt chunks were rejected and fetched again)" }
+            for (peer, counts) in perPeer.sorted(by: { $0.value.bytes > $1.value.bytes }) {
+                output.status("from \(peer): \(counts.chunks) chunks, \(formatBytes(counts.bytes))")
+            }
             output.link("verified and saved: \(path)\(note); fetched \(fetchedBytes) bytes from peers in this run")
+            if seedAfter, let servingPort {
+                output.status("seeding on port \(servingPort); press Ctrl-C to stop")
+                return
+            }
             stop(exitCode: ExitCodes.ok)
         case .failure(_, let code, let text):
             output.error(text)
@@ -176,11 +260,36 @@ public final class GetSession: SupervisorDelegate, @unchecked Sendable {
             stop(exitCode: Int32(code))
         case .peerEvent(let text):
             logger.info("\(text)")
+            if verbose { output.status(text) }
+        case .serving(let port):
+            guard let manifestBytes, let listen else { return }
+            // A restarted transfer worker comes back on the same port (the DHT lists it).
+            supervisor.send(
+                .serve(
+                    shareID: link.shareID.bytes, manifest: manifestBytes, host: listen.host, port: port, partial: true),
+                to: .transfer, tracking: .setup(key: "serve"))
+            if servingPort == nil {
+                servingPort = port
+                output.status("serving verified chunks to other peers on \(listen.host):\(port)")
+                announceIfReady()
+            }
+        case .status(_, let text):
+            output.status("\(role): \(text)")
         case .peerCount(let count):
             connectedPeers = Int(count)
         default:
             logger.debug("ignoring \(message.tag) from \(role)")
         }
+    }
+
+    /// Offers the chunks verified so far to other downloaders.
+    private func startServing() {
+        guard let listen, let manifestBytes else { return }
+        supervisor.send(
+            .serve(
+                shareID: link.shareID.bytes, manifest: manifestBytes, host: listen.host, port: UInt16(listen.port),
+                partial: true),
+            to: .transfer, tracking: .setup(key: "serve"))
     }
 
     private func finalizeIfComplete() {
@@ -189,7 +298,9 @@ public final class GetSession: SupervisorDelegate, @unchecked Sendable {
         supervisor.send(.finalizeDownload(requestID: supervisor.makeRequestID()), to: .hash, tracking: .request)
     }
 
-    public func supervisor(_ supervisor: Supervisor, restarted role: WorkerRole) {}
+    public func supervisor(_ supervisor: Supervisor, restarted role: WorkerRole) {
+        if role == .transfer { reads.transferRestarted() }
+    }
 
     public func supervisor(_ supervisor: Supervisor, gaveUpOn role: WorkerRole, reason: String) {
         output.error(reason)

@@ -19,8 +19,7 @@ public final class ShareSession: SupervisorDelegate, @unchecked Sendable {
     private var manifest: [UInt8]?
     private var shareID: ShareID?
     private var linkPrinted = false
-    /// Supervisor request id -> the transfer worker's request id, for chunk reads.
-    private var reads: [UInt32: UInt32] = [:]
+    private var reads = ChunkReadRelay()
     private var buildRequest: UInt32 = 0
 
     public init(
@@ -81,6 +80,7 @@ public final class ShareSession: SupervisorDelegate, @unchecked Sendable {
 
     public func supervisor(_ supervisor: Supervisor, received message: IPCMessage, from role: WorkerRole) {
         if role == .discovery, let dht, dht.handle(message) { return }
+        if reads.handle(message, from: role, supervisor: supervisor) { return }
         switch message {
         case .hashProgress(_, let done, let total):
             output.progress(done, total, "hashing", nil)
@@ -92,13 +92,14 @@ public final class ShareSession: SupervisorDelegate, @unchecked Sendable {
             // If the hash worker restarts, it must reopen the share without hashing it again.
             supervisor.rememberSetup(.openShare(requestID: 0, path: path, manifest: bytes), key: "share", for: .hash)
             supervisor.send(
-                .serve(shareID: id.bytes, manifest: bytes, host: listen.host, port: UInt16(listen.port)),
+                .serve(
+                    shareID: id.bytes, manifest: bytes, host: listen.host, port: UInt16(listen.port), partial: false),
                 to: .transfer, tracking: .setup(key: "serve"))
         case .serving(let port):
             guard let shareID, let manifest else { return }
             // A restarted transfer worker must come back on the same port: the link names it.
             supervisor.send(
-                .serve(shareID: shareID.bytes, manifest: manifest, host: listen.host, port: port),
+                .serve(shareID: shareID.bytes, manifest: manifest, host: listen.host, port: port, partial: false),
                 to: .transfer, tracking: .setup(key: "serve"))
             if !linkPrinted {
                 linkPrinted = true
@@ -107,18 +108,8 @@ public final class ShareSession: SupervisorDelegate, @unchecked Sendable {
                 output.status("serving on \(listen.host):\(port); press Ctrl-C to stop")
                 announce(port: port)
             }
-        case .readChunk(let transferID, let index):
-            let id = supervisor.makeRequestID()
-            reads[id] = transferID
-            supervisor.send(.readChunk(requestID: id, index: index), to: .hash, tracking: .request)
-        case .chunkData(let id, let index, let data):
-            if let transferID = reads.removeValue(forKey: id) {
-                supervisor.send(.chunkData(requestID: transferID, index: index, data: data), to: .transfer)
-            }
         case .failure(let id, let code, let text):
-            if let transferID = reads.removeValue(forKey: id) {
-                supervisor.send(.failure(requestID: transferID, code: code, message: text), to: .transfer)
-            } else if id == buildRequest || role == .transfer {
+            if id == buildRequest || role == .transfer {
                 output.error(text)
                 stop(exitCode: Int32(code))
             } else {
@@ -134,7 +125,7 @@ public final class ShareSession: SupervisorDelegate, @unchecked Sendable {
     }
 
     public func supervisor(_ supervisor: Supervisor, restarted role: WorkerRole) {
-        if role == .transfer { reads.removeAll() }
+        if role == .transfer { reads.transferRestarted() }
     }
 
     public func supervisor(_ supervisor: Supervisor, gaveUpOn role: WorkerRole, reason: String) {

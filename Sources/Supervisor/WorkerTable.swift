@@ -45,6 +45,7 @@ public enum WorkerTable {
             String(config.limits.maxPeers),
             "--max-upload-rate", String(Int(config.limits.maxUploadRate)),
             "--max-download-rate", String(Int(config.limits.maxDownloadRate)),
+            "--max-peer-upload-rate", String(Int(config.limits.maxPeerUploadRate)),
         ]
         return [
             row(.discovery, sandbox: "network-only"),

@@ -10,8 +10,14 @@ import WorkerRuntime
 /// from the first that answers, then spreads chunk requests over every connected peer using
 /// `ChunkScheduler`. Loop-confined, like everything in the transfer worker.
 final class FetchSession {
-    /// Connection attempts per peer address before it is given up on.
-    static let maxAttempts = 4
+    /// Connection attempts per peer address before it is given up on (about 20 s of retries,
+    /// long enough for a restarted peer to come back).
+    static let maxAttempts = 8
+    /// A peer with requests outstanding that delivers nothing for this long is dropped and its
+    /// chunks go to others.
+    static let stallTimeout = 20.0
+    /// How long the download may sit with chunks that no connected peer has before it fails.
+    static let unavailableTimeout = 30.0
 
     final class PeerConnection {
         let id: Int
@@ -19,15 +25,23 @@ final class FetchSession {
         var channel: Channel?
         var accepted = false
         var refusals = 0
-        init(id: Int, address: String) {
+        /// From `helloAccepted`: the bitfield and `have` indices are checked against it.
+        var chunkCount = 0
+        /// What the peer has, from its bitfield and `have` messages; nil until the bitfield.
+        var has: ChunkBitfield?
+        /// Registered with the scheduler (which needs the manifest and the bitfield).
+        var joined = false
+        var depth: RequestDepth
+        init(id: Int, address: String, now: Double) {
             self.id = id
             self.address = address
+            self.depth = RequestDepth(now: now)
         }
     }
 
     let service: TransferService
     let shareID: [UInt8]
-    let addresses: [String]
+    private(set) var addresses: [String]
     var logger: Logger { service.logger }
 
     private var attempts: [String: Int] = [:]
@@ -35,12 +49,33 @@ final class FetchSession {
     /// Addresses whose chunks failed verification too often: never contacted again.
     private var bannedAddresses = Set<String>()
     private var connections: [Int: PeerConnection] = [:]
+    /// Addresses waiting for a free connection slot (`limits.maxPeers`).
+    private var waiting: [String] = []
     private var nextPeerID = 1
     private var manifest: Manifest?
     private var manifestRequestedFrom: Int?
     private var scheduler: ChunkScheduler?
     private var finished = false
     private var reportedPeers = -1
+    private var stuckSince: Double?
+    private var ticking = false
+
+    init(service: TransferService, shareID: [UInt8], peers: [String]) {
+        self.service = service
+        self.shareID = shareID
+        self.addresses = []
+        for peer in peers where !addresses.contains(peer) { addresses.append(peer) }
+    }
+
+    var statusLine: String {
+        let verified = scheduler?.verifiedCount ?? 0
+        return "fetching: \(connections.count) peers, \(verified)/\(manifest?.chunkCount ?? 0) chunks verified"
+    }
+
+    func isVerified(_ index: Int) -> Bool {
+        guard let scheduler, index >= 0, index < scheduler.chunkCount else { return false }
+        return scheduler.states[index] == .verified
+    }
 
     /// Tells the supervisor how many peers are connected, when that changes.
     private func reportPeerCount() {
@@ -50,28 +85,34 @@ final class FetchSession {
         service.tell(.peerCount(count: UInt16(clamping: count)))
     }
 
-    init(service: TransferService, shareID: [UInt8], peers: [String]) {
-        self.service = service
-        self.shareID = shareID
-        self.addresses = peers
-    }
-
-    var statusLine: String {
-        let verified = scheduler?.verifiedCount ?? 0
-        return "fetching: \(connections.count) peers, \(verified)/\(manifest?.chunkCount ?? 0) chunks verified"
-    }
-
     func start() {
         guard !addresses.isEmpty else {
             return failAll(code: 69, "no peers to download from (give --peer HOST:PORT or a link with peer hints)")
         }
         for address in addresses { connect(address) }
+        startTicking()
     }
+
+    /// Peers found later (the supervisor's periodic DHT lookups): connect to the new ones.
+    func add(peers: [String]) {
+        guard !finished else { return }
+        for address in peers where !addresses.contains(address) && !bannedAddresses.contains(address) {
+            addresses.append(address)
+            logger.info("new peer \(address)")
+            connect(address)
+        }
+    }
+
+    func limitsChanged() { requestMoreFromAll() }
 
     private func connect(_ address: String) {
         guard !finished, !bannedAddresses.contains(address) else { return }
+        guard connections.count < service.maxPeers else {
+            if !waiting.contains(address) { waiting.append(address) }
+            return
+        }
         attempts[address, default: 0] += 1
-        let connection = PeerConnection(id: nextPeerID, address: address)
+        let connection = PeerConnection(id: nextPeerID, address: address, now: service.now)
         nextPeerID += 1
         connections[connection.id] = connection
         let parsed: PeerAddress
@@ -79,6 +120,7 @@ final class FetchSession {
             parsed = try PeerAddress.parse(address)
         } catch {
             lastError[address] = "\(error)"
+            attempts[address] = FetchSession.maxAttempts
             connections[connection.id] = nil
             return checkAlive()
         }
@@ -132,18 +174,42 @@ final class FetchSession {
             return drop(connection, reason: "bad message: \(error)")
         }
         switch message {
-        case .helloAccepted(let version, _):
+        case .helloAccepted(let version, let chunkCount):
             guard version == PeerMessage.version, !connection.accepted else {
                 return drop(connection, reason: "unexpected handshake reply")
             }
+            if let manifest, manifest.chunkCount != Int(chunkCount) {
+                return drop(connection, reason: "claims \(chunkCount) chunks; the share has \(manifest.chunkCount)")
+            }
             connection.accepted = true
+            connection.chunkCount = Int(chunkCount)
             attempts[connection.address] = 0
             reportPeerCount()
             logger.info("connected to \(connection.address)")
             if manifest == nil && manifestRequestedFrom == nil {
                 manifestRequestedFrom = peerID
                 send(.getManifest, to: connection)
-            } else {
+            }
+        case .bitfield(let bits):
+            guard connection.accepted, connection.has == nil else {
+                return drop(connection, reason: "sent a bitfield out of turn")
+            }
+            guard let has = ChunkBitfield(bytes: bits, count: connection.chunkCount) else {
+                return drop(
+                    connection,
+                    reason: "sent a bitfield of \(bits.count) bytes for \(connection.chunkCount) chunks")
+            }
+            connection.has = has
+            join(connection)
+        case .have(let index):
+            guard connection.accepted, var has = connection.has, Int(index) < connection.chunkCount else {
+                return drop(connection, reason: "sent have for chunk \(index) of \(connection.chunkCount)")
+            }
+            has[Int(index)] = true
+            connection.has = has
+            if connection.joined {
+                scheduler?.peerHas(connection.id, index: Int(index))
+                stuckSince = nil
                 requestMore(from: connection)
             }
         case .manifest(let bytes):
@@ -159,23 +225,38 @@ final class FetchSession {
             } catch {
                 return failAll(code: 65, "the share's manifest is unsafe or malformed: \(error)")
             }
+            for other in connections.values where other.accepted && other.chunkCount != manifest?.chunkCount {
+                drop(other, reason: "claims \(other.chunkCount) chunks; the share has \(manifest?.chunkCount ?? 0)")
+            }
             service.tell(.manifestReceived(manifest: bytes))
         case .piece(let index, let data):
             guard var scheduler else { return drop(connection, reason: "sent a piece before any request") }
-            let verdict = scheduler.pieceArrived(index: Int(index), from: peerID)
+            let now = service.now
+            let verdict = scheduler.pieceArrived(index: Int(index), from: peerID, now: now)
+            var cancelled: [Int] = []
+            if verdict == .verify { cancelled = scheduler.cancelDuplicates(of: Int(index)) }
             self.scheduler = scheduler
+            connection.depth.record(bytes: data.count, now: now)
             switch verdict {
             case .unexpected: return drop(connection, reason: "sent chunk \(index) it was not asked for")
             case .duplicate: break  // an endgame copy that lost the race
             case .verify: service.tell(.chunkReceived(index: index, data: data, peer: connection.address))
             }
+            for id in cancelled {
+                guard let other = connections[id] else { continue }
+                send(.cancel(index: index), to: other)
+                requestMore(from: other)
+            }
             requestMore(from: connection)
         case .reject(let index, let reason):
+            guard Int(index) < connection.chunkCount else {
+                return drop(connection, reason: "rejected chunk \(index) of \(connection.chunkCount)")
+            }
             scheduler?.pieceRefused(index: Int(index), by: peerID)
             connection.refusals += 1
             logger.warning("peer \(connection.address) refused chunk \(index): \(reason)")
             if connection.refusals >= 3 {
-                drop(connection, reason: "refused \(connection.refusals) chunks")
+                drop(connection, reason: "refused \(connection.refusals) chunks it claimed to have")
             } else {
                 requestMoreFromAll()
             }
@@ -186,12 +267,23 @@ final class FetchSession {
         }
     }
 
+    /// Registers a peer with the scheduler once both the scheduler (after the manifest) and
+    /// the peer's bitfield exist, then asks it for chunks.
+    private func join(_ connection: PeerConnection) {
+        guard !connection.joined, let has = connection.has, scheduler != nil else { return }
+        connection.joined = true
+        scheduler?.peerJoined(connection.id, has: has, now: service.now)
+        stuckSince = nil
+        requestMore(from: connection)
+    }
+
     func connectionClosed(peerID: Int) {
         guard let connection = connections.removeValue(forKey: peerID) else { return }
         scheduler?.peerLeft(peerID)
         if !finished { reportPeerCount() }
         if manifestRequestedFrom == peerID && manifest == nil { manifestRequestedFrom = nil }
         guard !finished else { return }
+        if !waiting.isEmpty { connect(waiting.removeFirst()) }
         requestMoreFromAll()
         if manifest == nil, manifestRequestedFrom == nil,
             let other = connections.values.first(where: { $0.accepted })
@@ -218,13 +310,14 @@ final class FetchSession {
         }
         if pending.isEmpty {
             let reasons = addresses.map { "\($0) (\(lastError[$0] ?? "unknown error"))" }.joined(separator: ", ")
-            var missing = ""
-            if let indices = scheduler?.missingIndices, !indices.isEmpty {
-                let shown = indices.prefix(10).map(String.init).joined(separator: ", ")
-                missing = " \(indices.count) chunks missing: \(shown)\(indices.count > 10 ? ", ..." : "")."
-            }
-            failAll(code: 69, "could not reach any peer that has the share: \(reasons).\(missing)")
+            failAll(code: 69, "could not reach any peer that has the share: \(reasons).\(missingText())")
         }
+    }
+
+    private func missingText() -> String {
+        guard let indices = scheduler?.missingIndices, !indices.isEmpty else { return "" }
+        let shown = indices.prefix(10).map(String.init).joined(separator: ", ")
+        return " \(indices.count) chunks missing: \(shown)\(indices.count > 10 ? ", ..." : "")."
     }
 
     private func failAll(code: UInt16, _ reason: String) {
@@ -234,15 +327,61 @@ final class FetchSession {
         for connection in connections.values { connection.channel?.close(promise: nil) }
     }
 
+    /// Once a second: drop peers that stopped answering, and give up if the chunks still
+    /// missing are held by no connected peer for too long.
+    private func startTicking() {
+        guard !ticking else { return }
+        ticking = true
+        service.loop.scheduleRepeatedTask(initialDelay: .seconds(1), delay: .seconds(1)) { [weak self] task in
+            guard let self, !self.finished else { return task.cancel() }
+            self.tick()
+        }
+    }
+
+    private func tick() {
+        guard let scheduler, !scheduler.isComplete else { return }
+        let now = service.now
+        for id in scheduler.stalledPeers(now: now, timeout: FetchSession.stallTimeout) {
+            if let connection = connections[id] {
+                drop(
+                    connection,
+                    reason:
+                        "delivered nothing for \(Int(FetchSession.stallTimeout)) s with \(scheduler.outstanding(for: id)) requests outstanding; asking others"
+                )
+            }
+        }
+        let unavailable = scheduler.unavailableIndices
+        let busy = scheduler.states.contains { state in
+            if case .requested = state { return true }
+            if case .verifying = state { return true }
+            return false
+        }
+        let everyoneAnswered = connections.values.allSatisfy { $0.joined }
+        guard !unavailable.isEmpty, !busy, everyoneAnswered, !connections.isEmpty else {
+            stuckSince = nil
+            return
+        }
+        let since = stuckSince ?? now
+        stuckSince = since
+        if now - since >= FetchSession.unavailableTimeout {
+            let shown = unavailable.prefix(10).map(String.init).joined(separator: ", ")
+            failAll(
+                code: 69,
+                "none of the \(connections.count) connected peers has \(unavailable.count) chunks of the share (\(shown)\(unavailable.count > 10 ? ", ..." : "")) and no other peer is known"
+            )
+        }
+    }
+
     // MARK: Events from the supervisor
 
     func start(verified: [UInt8]) {
         guard let manifest, scheduler == nil else { return }
         let bitfield = ChunkBitfield(bytes: verified, count: manifest.chunkCount)
         scheduler = ChunkScheduler(
-            chunkCount: manifest.chunkCount, verified: bitfield, maxInFlightPerPeer: service.requestsInFlight)
+            chunkCount: manifest.chunkCount, verified: bitfield, maxInFlightPerPeer: service.requestsInFlight,
+            seed: UInt64(truncatingIfNeeded: shareID.prefix(8).reduce(0) { $0 << 8 | Int($1) }) ^ UInt64(getpid()))
         if scheduler?.isComplete == true { return finish() }
-        requestMoreFromAll()
+        for connection in connections.values.sorted(by: { $0.id < $1.id }) { join(connection) }
     }
 
     func verdict(index: Int, accepted: Bool) {
@@ -251,6 +390,7 @@ final class FetchSession {
         self.scheduler = scheduler
         switch outcome {
         case .accepted:
+            service.announceHave(index)
             if scheduler.isComplete { return finish() }
         case .rejected:
             logger.warning("chunk \(index) failed verification; requesting it again")
@@ -270,7 +410,7 @@ final class FetchSession {
 
     private func finish() {
         finished = true
-        logger.info("all chunks verified; closing peer connections")
+        logger.info("all chunks verified; closing connections to peers")
         for connection in connections.values { connection.channel?.close(promise: nil) }
     }
 
@@ -279,8 +419,9 @@ final class FetchSession {
     }
 
     private func requestMore(from connection: PeerConnection) {
-        guard connection.accepted, scheduler != nil, !finished, let manifest else { return }
-        scheduler?.peerJoined(connection.id)
+        guard connection.joined, scheduler != nil, !finished, let manifest else { return }
+        scheduler?.setDepth(
+            connection.id, connection.depth.depth(chunkSize: manifest.chunkSize, initial: service.requestsInFlight))
         var sent = false
         // One request at a time, each paid for in download tokens when it is made: the
         // limit then holds whatever the peers' speeds, and nothing waits in our buffers.
@@ -292,7 +433,7 @@ final class FetchSession {
                     break
                 }
             }
-            guard let index = scheduler?.nextRequests(for: connection.id, max: 1).first else {
+            guard let index = scheduler?.nextRequests(for: connection.id, max: 1, now: service.now).first else {
                 // Tokens taken for nothing go back by being owed no more: refund the chunk.
                 if !service.downloadBucket.isUnlimited { service.downloadBucket.refund(manifest.chunkSize) }
                 break

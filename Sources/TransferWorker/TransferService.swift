@@ -22,9 +22,14 @@ public final class TransferService: WorkerService, @unchecked Sendable {
     /// Global limits (token buckets), shared by every connection. Loop-confined.
     var uploadBucket: TokenBucket
     var downloadBucket: TokenBucket
-    /// Pieces waiting for upload tokens, oldest first: with equal request depths every peer
-    /// gets an equal share of a limited upload.
-    private var uploadQueue: [(ServeHandler, PeerMessage)] = []
+    /// Upload limit for each connection on its own (0: none), so one greedy peer cannot
+    /// take a whole limited upload.
+    var perPeerUploadRate: Double
+    /// Connections with pieces waiting for upload tokens (each keeps its own queue, oldest
+    /// first). They take turns, one piece each, so every peer gets an equal share of a
+    /// limited upload however many requests it keeps outstanding.
+    private var uploadRing: [ServeHandler] = []
+    private var ringCursor = 0
     private var uploadPumpScheduled = false
     private let startedAt = DispatchTime.now().uptimeNanoseconds
 
@@ -32,8 +37,12 @@ public final class TransferService: WorkerService, @unchecked Sendable {
     var servedShareID: [UInt8]?
     var servedManifest: [UInt8]?
     var servedChunkCount = 0
+    /// Serving a download in progress: only verified chunks are offered.
+    var servingPartial = false
     var listener: Channel?
     var servingConnections = 0
+    /// Greeted inbound connections, told of every newly verified chunk (`have`).
+    var serveHandlers: [ObjectIdentifier: ServeHandler] = [:]
     private var nextLocalRequest: UInt32 = 1
     /// readChunk requests sent to the supervisor, by our request id.
     var pendingReads: [UInt32: (ServeHandler, UInt32)] = [:]
@@ -46,8 +55,9 @@ public final class TransferService: WorkerService, @unchecked Sendable {
 
     public init(
         logger: Logger, pipe: WorkerPipe, requestsInFlight: Int, maxPeers: Int, maxUploadRate: Double = 0,
-        maxDownloadRate: Double = 0
+        maxDownloadRate: Double = 0, maxPeerUploadRate: Double = 0
     ) {
+        self.perPeerUploadRate = maxPeerUploadRate
         self.uploadBucket = TokenBucket(rate: maxUploadRate, now: 0)
         self.downloadBucket = TokenBucket(rate: maxDownloadRate, now: 0)
         self.group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
@@ -76,7 +86,8 @@ public final class TransferService: WorkerService, @unchecked Sendable {
 
     private func onSupervisor(_ message: IPCMessage) {
         switch message {
-        case .serve(let shareID, let manifest, let host, let port):
+        case .serve(let shareID, let manifest, let host, let port, let partial):
+            servingPartial = partial
             startServing(shareID: shareID, manifest: manifest, host: host, port: Int(port))
         case .chunkData(let id, let index, let data):
             if let (handler, _) = pendingReads.removeValue(forKey: id) { handler.deliver(index: index, data: data) }
@@ -94,12 +105,59 @@ public final class TransferService: WorkerService, @unchecked Sendable {
             fetch?.start(verified: verified)
         case .chunkResult(let index, let accepted):
             fetch?.verdict(index: Int(index), accepted: accepted)
+        case .addPeers(let peers):
+            fetch?.add(peers: peers)
+        case .setLimits(let upload, let download, let perPeer):
+            setLimits(upload: upload, download: download, perPeer: perPeer)
         default:
             logger.warning("ignoring unexpected \(message.tag) from the supervisor")
         }
     }
 
+    private func setLimits(upload: UInt64, download: UInt64, perPeer: UInt64) {
+        if upload != LimitChange.unchanged { uploadBucket.setRate(Double(upload), now: now) }
+        if download != LimitChange.unchanged { downloadBucket.setRate(Double(download), now: now) }
+        if perPeer != LimitChange.unchanged {
+            perPeerUploadRate = Double(perPeer)
+            for handler in serveHandlers.values { handler.bucket.setRate(perPeerUploadRate, now: now) }
+        }
+        logger.info(
+            "limits now: upload \(describe(uploadBucket.rate)), download \(describe(downloadBucket.rate)), per peer \(describe(perPeerUploadRate))"
+        )
+        tell(
+            .status(
+                requestID: 0,
+                text:
+                    "limits: upload \(describe(uploadBucket.rate)), download \(describe(downloadBucket.rate)), per-peer upload \(describe(perPeerUploadRate))"
+            ))
+        fetch?.limitsChanged()
+        pumpUploads()
+    }
+
+    private func describe(_ rate: Double) -> String { ByteRate.describe(rate) }
+
     // MARK: Serving
+
+    /// Whether a chunk may be offered to peers: always when seeding; when serving a download
+    /// in progress, only once the hash worker has verified it.
+    func mayServe(_ index: Int) -> Bool {
+        guard index >= 0, index < servedChunkCount else { return false }
+        guard servingPartial else { return true }
+        guard let fetch, fetch.shareID == servedShareID else { return false }
+        return fetch.isVerified(index)
+    }
+
+    func servableBitfield() -> ChunkBitfield {
+        var bits = ChunkBitfield(count: servedChunkCount)
+        for index in 0..<servedChunkCount where mayServe(index) { bits[index] = true }
+        return bits
+    }
+
+    /// A chunk was verified: every greeted inbound peer hears of it.
+    func announceHave(_ index: Int) {
+        guard servingPartial, index < servedChunkCount else { return }
+        for handler in serveHandlers.values { handler.send(.have(index: UInt32(index))) }
+    }
 
     private func startServing(shareID: [UInt8], manifest: [UInt8], host: String, port: Int) {
         guard listener == nil else { return }
@@ -150,30 +208,74 @@ public final class TransferService: WorkerService, @unchecked Sendable {
 
     func forget(_ handler: ServeHandler) {
         pendingReads = pendingReads.filter { $0.value.0 !== handler }
-        uploadQueue.removeAll { $0.0 === handler }
+        uploadRing.removeAll { $0 === handler }
+        handler.queued.removeAll()
+        serveHandlers[ObjectIdentifier(handler)] = nil
+    }
+
+    /// The peer no longer wants a chunk: drop it from the read or upload queue (a cancel for
+    /// a chunk already sent is ignored). Returns true if the read was still pending, so the
+    /// request still counted as outstanding.
+    func cancel(_ index: UInt32, for handler: ServeHandler) -> Bool {
+        if let id = pendingReads.first(where: { $0.value.0 === handler && $0.value.1 == index })?.key {
+            pendingReads[id] = nil
+            return true
+        }
+        handler.queued.removeAll {
+            guard case .piece(let queued, _) = $0 else { return false }
+            return queued == index
+        }
+        return false
     }
 
     /// Sends a piece now, or queues it until the upload limit allows.
     func upload(_ message: PeerMessage, via handler: ServeHandler) {
-        uploadQueue.append((handler, message))
+        handler.queued.append(message)
+        if !uploadRing.contains(where: { $0 === handler }) { uploadRing.append(handler) }
         pumpUploads()
     }
 
+    /// Sends queued pieces, one per connection in turn, as far as the global bucket and each
+    /// peer's own bucket allow. A peer over its own limit is skipped, not waited for, so it
+    /// does not hold up the others.
     private func pumpUploads() {
-        while let (handler, message) = uploadQueue.first {
+        var soonest = Double.infinity
+        var skipped = 0
+        while !uploadRing.isEmpty && skipped < uploadRing.count {
+            if ringCursor >= uploadRing.count { ringCursor = 0 }
+            let handler = uploadRing[ringCursor]
+            guard let message = handler.queued.first else {
+                uploadRing.remove(at: ringCursor)
+                continue
+            }
+            let peerWait = handler.bucket.waitTime(now: now)
+            if peerWait > 0 {
+                soonest = min(soonest, peerWait)
+                skipped += 1
+                ringCursor += 1
+                continue
+            }
             let bytes = if case .piece(_, let data) = message { data.count } else { 0 }
             let wait = uploadBucket.take(bytes, now: now)
             if wait > 0 {
-                guard !uploadPumpScheduled else { return }
-                uploadPumpScheduled = true
-                loop.scheduleTask(in: .microseconds(Int64(wait * 1e6))) { [self] in
-                    uploadPumpScheduled = false
-                    pumpUploads()
-                }
-                return
+                soonest = min(soonest, wait)
+                break
             }
-            uploadQueue.removeFirst()
+            _ = handler.bucket.take(bytes, now: now)
+            handler.queued.removeFirst()
             handler.send(message)
+            skipped = 0
+            if handler.queued.isEmpty {
+                uploadRing.remove(at: ringCursor)
+            } else {
+                ringCursor += 1
+            }
+        }
+        guard soonest < .infinity, !uploadPumpScheduled else { return }
+        uploadPumpScheduled = true
+        loop.scheduleTask(in: .microseconds(Int64(soonest * 1e6))) { [self] in
+            uploadPumpScheduled = false
+            pumpUploads()
         }
     }
 }
@@ -191,9 +293,14 @@ final class ServeHandler: ChannelInboundHandler {
     var greeted = false
     var outstanding = 0
     var peer = "?"
+    /// This connection's own upload limit (`limits.maxPeerUploadRate`).
+    var bucket: TokenBucket
+    /// Pieces read and waiting for upload tokens, oldest first.
+    var queued: [PeerMessage] = []
 
     init(service: TransferService) {
         self.service = service
+        self.bucket = TokenBucket(rate: service.perPeerUploadRate, now: service.now)
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
@@ -254,7 +361,9 @@ final class ServeHandler: ChannelInboundHandler {
             guard shareID == service.servedShareID else { return fail(.unknownShare, "we do not have that share") }
             greeted = true
             service.logger.info("peer \(peer) connected")
+            service.serveHandlers[ObjectIdentifier(self)] = self
             send(.helloAccepted(version: PeerMessage.version, chunkCount: UInt32(service.servedChunkCount)))
+            send(.bitfield(bits: service.servableBitfield().bytes))
         case .getManifest where greeted:
             send(.manifest(bytes: service.servedManifest ?? []))
         case .request(let index) where greeted:
@@ -265,7 +374,10 @@ final class ServeHandler: ChannelInboundHandler {
             guard outstanding <= ServeHandler.maxOutstanding else {
                 return fail(.protocolViolation, "more than \(ServeHandler.maxOutstanding) requests outstanding")
             }
+            guard service.mayServe(Int(index)) else { return refuse(index: index, reason: "not verified here yet") }
             service.requestChunk(index, for: self)
+        case .cancel(let index) where greeted:
+            if service.cancel(index, for: self) { outstanding -= 1 }
         default:
             fail(.protocolViolation, "unexpected \(message.tag) message")
         }

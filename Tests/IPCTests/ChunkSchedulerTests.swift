@@ -6,7 +6,7 @@ final class ChunkSchedulerTests: XCTestCase {
     func testRequestsRespectTheInFlightLimitAndSkipVerifiedChunks() {
         var verified = ChunkBitfield(count: 6)
         verified[1] = true
-        var scheduler = ChunkScheduler(chunkCount: 6, verified: verified, maxInFlightPerPeer: 2)
+        var scheduler = ChunkScheduler(chunkCount: 6, verified: verified, maxInFlightPerPeer: 2, randomFirst: 0)
         scheduler.peerJoined(1)
         XCTAssertEqual(scheduler.nextRequests(for: 1), [0, 2])
         XCTAssertEqual(scheduler.nextRequests(for: 1), [])
@@ -17,7 +17,7 @@ final class ChunkSchedulerTests: XCTestCase {
     }
 
     func testRejectedChunkIsRequestedAgainAndLiarIsBanned() {
-        var scheduler = ChunkScheduler(chunkCount: 4, verified: nil, maxInFlightPerPeer: 4)
+        var scheduler = ChunkScheduler(chunkCount: 4, verified: nil, maxInFlightPerPeer: 4, randomFirst: 0)
         scheduler.peerJoined(1)
         scheduler.peerJoined(2)
         XCTAssertEqual(scheduler.nextRequests(for: 1), [0, 1, 2, 3])
@@ -32,7 +32,7 @@ final class ChunkSchedulerTests: XCTestCase {
     }
 
     func testPeerLeavingReturnsItsChunks() {
-        var scheduler = ChunkScheduler(chunkCount: 3, verified: nil, maxInFlightPerPeer: 8)
+        var scheduler = ChunkScheduler(chunkCount: 3, verified: nil, maxInFlightPerPeer: 8, randomFirst: 0)
         scheduler.peerJoined(1)
         XCTAssertEqual(scheduler.nextRequests(for: 1), [0, 1, 2])
         XCTAssertEqual(scheduler.pieceArrived(index: 1, from: 1), .verify)
@@ -51,7 +51,7 @@ final class ChunkSchedulerTests: XCTestCase {
 
 final class EndgameTests: XCTestCase {
     func testLastChunksAreAlsoAskedOfAnotherPeerAndTheFirstCopyWins() {
-        var scheduler = ChunkScheduler(chunkCount: 3, verified: nil, maxInFlightPerPeer: 4)
+        var scheduler = ChunkScheduler(chunkCount: 3, verified: nil, maxInFlightPerPeer: 4, randomFirst: 0)
         scheduler.peerJoined(1)
         scheduler.peerJoined(2)
         XCTAssertEqual(scheduler.nextRequests(for: 1), [0, 1, 2], "peer 1 (silent, as it turns out) takes all")
@@ -67,7 +67,7 @@ final class EndgameTests: XCTestCase {
     }
 
     func testLeavingOwnerHandsTheChunkToTheEndgameCopy() {
-        var scheduler = ChunkScheduler(chunkCount: 1, verified: nil, maxInFlightPerPeer: 4)
+        var scheduler = ChunkScheduler(chunkCount: 1, verified: nil, maxInFlightPerPeer: 4, randomFirst: 0)
         scheduler.peerJoined(1)
         scheduler.peerJoined(2)
         XCTAssertEqual(scheduler.nextRequests(for: 1), [0])
@@ -75,5 +75,91 @@ final class EndgameTests: XCTestCase {
         scheduler.peerLeft(1)
         XCTAssertEqual(scheduler.states[0], .requested(from: 2))
         XCTAssertEqual(scheduler.pieceArrived(index: 0, from: 2), .verify)
+    }
+}
+
+final class ChunkSelectionTests: XCTestCase {
+    private func bits(_ count: Int, _ set: [Int]) -> ChunkBitfield {
+        var field = ChunkBitfield(count: count)
+        for index in set { field[index] = true }
+        return field
+    }
+
+    func testPeersAreAskedOnlyForChunksTheyHave() {
+        var scheduler = ChunkScheduler(chunkCount: 6, verified: nil, maxInFlightPerPeer: 8, randomFirst: 0)
+        scheduler.peerJoined(1, has: bits(6, [1, 4]))
+        XCTAssertEqual(scheduler.nextRequests(for: 1), [1, 4])
+        scheduler.peerHas(1, index: 5)
+        XCTAssertEqual(scheduler.nextRequests(for: 1), [5], "a have makes the chunk requestable")
+    }
+
+    func testRarestChunkIsPickedFirst() {
+        var scheduler = ChunkScheduler(chunkCount: 4, verified: nil, maxInFlightPerPeer: 1, randomFirst: 0)
+        scheduler.peerJoined(1)  // a seeder: has all four
+        scheduler.peerJoined(2, has: bits(4, [0, 1, 2]))
+        scheduler.peerJoined(3, has: bits(4, [0, 1]))
+        XCTAssertEqual(scheduler.availability, [3, 3, 2, 1])
+        XCTAssertEqual(scheduler.nextRequests(for: 1), [3], "chunk 3 is held by one peer only")
+        XCTAssertEqual(scheduler.nextRequests(for: 2), [2], "then chunk 2, held by two")
+        XCTAssertEqual(scheduler.nextRequests(for: 3), [0], "equally rare: lowest index")
+        scheduler.peerLeft(1)
+        XCTAssertEqual(scheduler.availability, [2, 2, 1, 0])
+        XCTAssertEqual(scheduler.unavailableIndices, [3], "nobody left holds chunk 3")
+    }
+
+    func testFirstChunksArePickedAtRandomThenRarestFirst() {
+        var firsts = Set<Int>()
+        for seed in 1...20 {
+            var scheduler = ChunkScheduler(
+                chunkCount: 100, verified: nil, maxInFlightPerPeer: 100, randomFirst: 4, seed: UInt64(seed))
+            scheduler.peerJoined(1)
+            let picked = scheduler.nextRequests(for: 1, max: 6)
+            XCTAssertEqual(Set(picked).count, 6)
+            firsts.insert(picked[0])
+            XCTAssertEqual(picked[4], scheduler.states.firstIndex(of: .requested(from: 1)).map { _ in picked[4] })
+            XCTAssertEqual(
+                picked[4], (0..<100).first { !picked[0..<4].contains($0) },
+                "after the random phase, equal availability goes lowest index first")
+        }
+        XCTAssertGreaterThan(firsts.count, 10, "different seeds start at different chunks")
+    }
+
+    func testEndgameCopyIsCancelledWhenTheFirstArrives() {
+        var scheduler = ChunkScheduler(chunkCount: 1, verified: nil, maxInFlightPerPeer: 4, randomFirst: 0)
+        scheduler.peerJoined(1)
+        scheduler.peerJoined(2)
+        XCTAssertEqual(scheduler.nextRequests(for: 1), [0])
+        XCTAssertEqual(scheduler.nextRequests(for: 2), [0], "endgame copy")
+        XCTAssertEqual(scheduler.pieceArrived(index: 0, from: 1), .verify)
+        XCTAssertEqual(scheduler.cancelDuplicates(of: 0), [2])
+        XCTAssertEqual(scheduler.outstanding(for: 2), 0, "the cancelled request frees its slot")
+        XCTAssertEqual(scheduler.pieceArrived(index: 0, from: 2), .duplicate, "sent before the cancel: no blame")
+    }
+
+    func testPeerThatStopsDeliveringIsReportedStalled() {
+        var scheduler = ChunkScheduler(chunkCount: 4, verified: nil, maxInFlightPerPeer: 2, randomFirst: 0)
+        scheduler.peerJoined(1, now: 0)
+        scheduler.peerJoined(2, now: 0)
+        _ = scheduler.nextRequests(for: 1, now: 0)
+        _ = scheduler.nextRequests(for: 2, now: 0)
+        XCTAssertEqual(scheduler.pieceArrived(index: 2, from: 2, now: 10), .verify)
+        XCTAssertEqual(scheduler.stalledPeers(now: 15, timeout: 20), [])
+        XCTAssertEqual(scheduler.stalledPeers(now: 25, timeout: 20), [1], "peer 2 delivered at 10 s")
+        scheduler.peerLeft(1)
+        XCTAssertEqual(scheduler.states[0], .missing, "its chunks go back to others")
+    }
+}
+
+final class RequestDepthTests: XCTestCase {
+    func testDepthFollowsTheMeasuredRate() {
+        var depth = RequestDepth(now: 0)
+        XCTAssertEqual(depth.depth(chunkSize: 1 << 20, initial: 16), 16, "unmeasured: the configured start")
+        // 4 MiB/s with 1 MiB chunks: half a second is 2 chunks, plus 2 in reserve.
+        for tick in 1...20 { depth.record(bytes: 1 << 20, now: Double(tick) * 0.25) }
+        XCTAssertEqual(depth.depth(chunkSize: 1 << 20, initial: 16), 4)
+        // 400 MiB/s: wants 202, capped by 32 MiB outstanding.
+        for tick in 21...60 { depth.record(bytes: 100 << 20, now: Double(tick) * 0.25) }
+        XCTAssertEqual(depth.depth(chunkSize: 1 << 20, initial: 16), 32)
+        XCTAssertEqual(depth.depth(chunkSize: 64 << 10, initial: 16), RequestDepth.maximum)
     }
 }

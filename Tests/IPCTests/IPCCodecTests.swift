@@ -41,7 +41,9 @@ final class IPCCodecTests: XCTestCase {
         .chunkWritten(requestID: 7, index: 0, verified: true),
         .finalizeDownload(requestID: 8),
         .downloadFinalized(requestID: 8, path: "/out/x"),
-        .serve(shareID: shareID, manifest: [1, 2], host: "127.0.0.1", port: 4000),
+        .serve(shareID: shareID, manifest: [1, 2], host: "127.0.0.1", port: 4000, partial: true),
+        .addPeers(peers: ["127.0.0.1:1", "10.0.0.2:6881"]),
+        .setLimits(upload: 1000, download: LimitChange.unchanged, perPeerUpload: 0),
         .serving(port: 4000),
         .fetch(shareID: shareID, peers: ["127.0.0.1:1", "[::1]:2"]),
         .manifestReceived(manifest: [5, 6]),
@@ -149,12 +151,17 @@ final class IPCCodecTests: XCTestCase {
         let messages: [PeerMessage] = [
             .hello(version: 1, shareID: Self.shareID), .helloAccepted(version: 1, chunkCount: 9), .getManifest,
             .manifest(bytes: [1, 2, 3]), .request(index: 4), .piece(index: 4, data: [7, 7]),
-            .reject(index: 4, reason: "no"), .error(code: 3, message: "bye"),
+            .reject(index: 4, reason: "no"), .error(code: 3, message: "bye"), .bitfield(bits: [0xF0]),
+            .have(index: 5), .cancel(index: 6),
         ]
         XCTAssertEqual(Set(messages.map(\.tag)), Set(PeerMessage.Tag.allCases))
         for message in messages {
             XCTAssertEqual(try PeerMessage(frame: message.frame()), message)
         }
+        let oversized = Frame(
+            type: PeerMessage.Tag.bitfield.rawValue,
+            payload: [0, 1, 0, 1] + [UInt8](repeating: 0xFF, count: 65537))
+        XCTAssertThrowsError(try PeerMessage(frame: oversized), "a bitfield longer than any manifest allows")
         var bad = PeerMessage.hello(version: 1, shareID: Self.shareID).frame()
         bad.payload[0] = UInt8(ascii: "X")
         XCTAssertThrowsError(try PeerMessage(frame: bad))

@@ -4,8 +4,22 @@ import hashlib
 import socket
 import struct
 
-HELLO, HELLO_ACCEPTED, GET_MANIFEST, MANIFEST, REQUEST, PIECE, REJECT, ERROR = range(0x5001, 0x5009)
+(HELLO, HELLO_ACCEPTED, GET_MANIFEST, MANIFEST, REQUEST, PIECE, REJECT, ERROR, BITFIELD, HAVE,
+ CANCEL) = range(0x5001, 0x500C)
 MAGIC = b"PeerShare"
+VERSION = 2
+
+
+def hello(share_id: bytes) -> bytes:
+    return frame(HELLO, MAGIC + struct.pack(">H", VERSION) + share_id)
+
+
+def full_bitfield(count: int) -> bytes:
+    """Every chunk present; spare bits past the last chunk are zero."""
+    data = bytearray(b"\xff" * ((count + 7) // 8))
+    if count % 8:
+        data[-1] = (0xFF << (8 - count % 8)) & 0xFF
+    return bytes(data)
 
 
 def frame(msg_type: int, payload: bytes) -> bytes:
