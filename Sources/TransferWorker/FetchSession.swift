@@ -277,6 +277,12 @@ final class FetchSession {
         requestMore(from: connection)
     }
 
+    /// A framing or socket error on a connection: say which peer and why, then drop it.
+    func connectionError(peerID: Int, _ error: Error) {
+        guard let connection = connections[peerID] else { return }
+        drop(connection, reason: "\(error)")
+    }
+
     func connectionClosed(peerID: Int) {
         guard let connection = connections.removeValue(forKey: peerID) else { return }
         scheduler?.peerLeft(peerID)
@@ -476,7 +482,7 @@ final class FetchHandler: ChannelInboundHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
-        session.logger.warning("peer connection error: \(error)")
+        session.connectionError(peerID: peerID, error)
         context.close(promise: nil)
     }
 

@@ -323,8 +323,8 @@ final class ServeHandler: ChannelInboundHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
-        service.logger.warning("peer \(peer): \(error); disconnecting")
-        context.close(promise: nil)
+        // Usually a frame over the length limit: tell the peer why before hanging up.
+        fail(.protocolViolation, "\(error)")
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {

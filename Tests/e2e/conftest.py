@@ -69,9 +69,9 @@ def alive(pid: int) -> bool:
 class Seeder:
     """`peershare share PATH` in the background; .link is the first stdout line."""
 
-    def __init__(self, path, *extra, env=None):
+    def __init__(self, path, *extra, env=None, listen="127.0.0.1:0"):
         self.proc = subprocess.Popen(
-            [BIN, "share", str(path), "--listen", "127.0.0.1:0", *extra],
+            [BIN, "share", str(path), "--listen", listen, *extra],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         self.link = self.proc.stdout.readline().strip()
         if not self.link.startswith("peershare://"):
@@ -110,6 +110,13 @@ def get(link, out_dir, *extra, timeout=300, env=None):
     return subprocess.run(
         [BIN, "get", link, "-o", str(out_dir), *extra],
         capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def free_tcp_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def tree_bytes(root: pathlib.Path):

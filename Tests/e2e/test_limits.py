@@ -89,3 +89,84 @@ def test_two_downloaders_share_a_limited_seeder_fairly(tmp_path):
         assert min(times.values()) >= 3.0, times
     finally:
         seeder.stop()
+
+
+def test_limit_changed_while_running_with_peershare_limit(tmp_path):
+    """`peershare limit` reaches a running download through its control socket; the rate
+    after the change is measured against the rate before it."""
+    import json
+    source = tmp_path / "live.bin"
+    source.write_bytes(os.urandom(20 << 20))
+    seeder = Seeder(source)
+    try:
+        out = tmp_path / "out"
+        out.mkdir()
+        proc = subprocess.Popen([BIN, "get", seeder.link, "-o", str(out), "--json", "--max-download", "1MiB/s"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        samples = []  # (time, bytes verified)
+        changed_at = None
+        shown = None
+        for line in proc.stdout:
+            event = json.loads(line)
+            if event.get("event") != "progress":
+                continue
+            samples.append((time.monotonic(), event["bytes"]))
+            if changed_at is None and samples[-1][0] - samples[0][0] >= 3:
+                changed = subprocess.run([BIN, "limit", "--pid", str(proc.pid), "--max-download", "8MiB/s"],
+                                         capture_output=True, text=True, timeout=30)
+                assert changed.returncode == 0, changed.stderr
+                shown = changed.stdout
+                changed_at = len(samples)
+        proc.wait(timeout=60)
+        assert proc.returncode == 0, proc.stderr.read()
+        assert "download 8.0 MiB/s" in shown, shown
+        before = (samples[changed_at - 1][1] - samples[0][1]) / (samples[changed_at - 1][0] - samples[0][0])
+        after_start = samples[changed_at + 1]  # skip the second the change landed in
+        after = (samples[-1][1] - after_start[1]) / (samples[-1][0] - after_start[0])
+        print(f"rate before `peershare limit`: {before / 2**20:.2f} MiB/s, after: {after / 2**20:.2f} MiB/s")
+        assert after / before >= 4, (before, after)
+        assert (out / "live.bin").read_bytes() == source.read_bytes()
+        # With no limit option it shows the limits; with no such process it says so.
+        missing = subprocess.run([BIN, "limit", "--pid", "999999"], capture_output=True, text=True, timeout=30)
+        assert missing.returncode == 69 and "no running peershare with pid 999999" in missing.stderr
+    finally:
+        seeder.stop()
+
+
+def test_per_peer_upload_limit_holds_for_each_peer_separately(tmp_path):
+    """With only a per-peer limit, two downloaders together get twice what one gets: each is
+    limited on its own, not by a shared budget."""
+    import threading
+    source = tmp_path / "pp.bin"
+    source.write_bytes(os.urandom(8 << 20))
+    seeder = Seeder(source, "--max-peer-upload", "2MiB/s")
+    try:
+        out = tmp_path / "alone"
+        out.mkdir()
+        alone = timed_download(seeder.link, out)
+        times = {}
+
+        def run(name):
+            target = tmp_path / name
+            target.mkdir()
+            times[name] = timed_download(seeder.link, target)
+
+        threads = [threading.Thread(target=run, args=(n,)) for n in ("a", "b")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        together = max(times.values())
+        print(f"per-peer 2 MiB/s: one downloader {alone:.2f} s; two at once {times['a']:.2f} s and {times['b']:.2f} s")
+        # A shared budget would double the time; separate budgets keep it.
+        assert together / alone <= 1.25, (alone, times)
+        # And the limit holds: the same download with a 4 MiB/s per-peer limit takes half as long.
+        seeder.stop()
+        seeder = Seeder(source, "--max-peer-upload", "4MiB/s")
+        out4 = tmp_path / "four"
+        out4.mkdir()
+        faster = timed_download(seeder.link, out4)
+        print(f"per-peer 4 MiB/s: {faster:.2f} s; ratio {alone / faster:.2f} (ideal 2)")
+        assert 1.7 <= alone / faster <= 2.3, (alone, faster)
+    finally:
+        seeder.stop()

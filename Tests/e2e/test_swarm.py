@@ -1,7 +1,13 @@
-"""Downloading from several peers at once."""
+"""Downloading from several peers at once: speed-up, downloaders serving each other through
+the DHT, and seeders that die and come back mid-download."""
 import os
+import re
+import signal
+import subprocess
+import time
 
-from conftest import Seeder
+from conftest import BIN, Seeder, free_tcp_port
+from test_dht import DHTNode
 from test_limits import timed_download
 
 
@@ -21,6 +27,80 @@ def test_four_limited_seeders_are_faster_than_one(tmp_path):
         print(f"1 seeder at 2 MiB/s: {one:.2f} s; 4 seeders: {four:.2f} s; speed-up {speedup:.2f}x")
         assert speedup >= 3.5
         assert (four_out / "swarm.bin").read_bytes() == source.read_bytes()
+    finally:
+        for s in seeders:
+            s.stop()
+
+
+def per_peer_counts(stderr: str):
+    """The closing summary of `get`: 'from HOST:PORT: N chunks, SIZE' per peer."""
+    return {peer: int(n) for peer, n in re.findall(r"from (\S+): (\d+) chunks", stderr)}
+
+
+def test_late_downloader_gets_chunks_from_the_first_downloader_and_the_seeder(tmp_path):
+    """The seeder's upload is slow; the first downloader announces itself in the DHT once it
+    holds chunks, and the second, starting late, fetches from both."""
+    boot = DHTNode()
+    dht = ["--bootstrap", f"127.0.0.1:{boot.port}", "--dht-listen", "127.0.0.1:0"]
+    source = tmp_path / "swarmed.bin"
+    source.write_bytes(os.urandom(16 << 20))
+    seeder = Seeder(source, "--max-upload", "2MiB/s", *dht)
+    first = None
+    try:
+        link = seeder.link.split("?")[0]  # no hints: peers come from the DHT only
+        out1, out2 = tmp_path / "first", tmp_path / "second"
+        out1.mkdir()
+        out2.mkdir()
+        first = subprocess.Popen([BIN, "get", link, "-o", str(out1), "--listen", "127.0.0.1:0", *dht],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(3)  # about 6 MiB in
+        second = subprocess.run([BIN, "get", link, "-o", str(out2), "--listen", "127.0.0.1:0", *dht],
+                                capture_output=True, text=True, timeout=120)
+        assert second.returncode == 0, second.stderr
+        _, first_err = first.communicate(timeout=120)
+        assert first.returncode == 0, first_err
+        served = re.search(r"serving verified chunks to other peers on 127\.0\.0\.1:(\d+)", first_err)
+        assert served, first_err
+        counts = per_peer_counts(second.stderr)
+        print(f"second downloader's sources: {counts} (seeder port {seeder.port}, first downloader {served[1]})")
+        assert counts.get(f"127.0.0.1:{served[1]}", 0) > 0, f"nothing from the first downloader: {second.stderr}"
+        assert counts.get(f"127.0.0.1:{seeder.port}", 0) > 0, f"nothing from the seeder: {second.stderr}"
+        for out in (out1, out2):
+            assert (out / "swarmed.bin").read_bytes() == source.read_bytes()
+    finally:
+        if first and first.poll() is None:
+            first.kill()
+        seeder.stop()
+        boot.stop()
+
+
+def test_seeders_killed_and_restarted_mid_download_still_complete(tmp_path):
+    source = tmp_path / "churn.bin"
+    source.write_bytes(os.urandom(48 << 20))
+    ports = [free_tcp_port(), free_tcp_port()]
+    limit = ("--max-upload", "4MiB/s")
+    seeders = [Seeder(source, *limit, listen=f"127.0.0.1:{p}") for p in ports]
+    try:
+        link = seeders[0].link.split("?")[0]
+        out = tmp_path / "out"
+        out.mkdir()
+        proc = subprocess.Popen(
+            [BIN, "get", link, "-o", str(out), "--verbose", "--no-dht",
+             *[a for p in ports for a in ("--peer", f"127.0.0.1:{p}")]],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        time.sleep(1.5)
+        seeders[0].proc.kill()  # the first seeder dies...
+        seeders[0].proc.wait()
+        time.sleep(2)
+        seeders[0] = Seeder(source, *limit, listen=f"127.0.0.1:{ports[0]}")  # ...and comes back
+        time.sleep(2.5)
+        seeders[1].proc.kill()  # then the second dies for good
+        _, stderr = proc.communicate(timeout=120)
+        assert proc.returncode == 0, stderr
+        assert (out / "churn.bin").read_bytes() == source.read_bytes()
+        counts = per_peer_counts(stderr)
+        print(f"chunks per seeder: {counts}")
+        assert all(counts.get(f"127.0.0.1:{p}", 0) > 0 for p in ports), stderr
     finally:
         for s in seeders:
             s.stop()

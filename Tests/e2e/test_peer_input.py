@@ -1,0 +1,121 @@
+"""Hostile or broken peers, on both ends of a connection: a clear log line and a disconnect,
+never a crash, a hang of the whole download, or unbounded memory."""
+import os
+import socket
+import struct
+
+import peerwire
+from conftest import get
+from test_faults import CorruptingProxy
+
+
+class BadBitfieldProxy(CorruptingProxy):
+    """Forwards a real seeder but replaces its bitfield with one byte too few."""
+
+    def transform(self, msg_type, payload):
+        if msg_type == peerwire.BITFIELD:
+            (length,) = struct.unpack(">I", payload[:4])
+            return peerwire.blob(payload[4:4 + max(0, length - 1)])
+        return payload
+
+
+class EndlessFrameProxy(CorruptingProxy):
+    """After the handshake, announces a 2 GiB frame and then streams zeros for ever."""
+
+    def pump(self, src, dst, from_seeder):
+        if not from_seeder:
+            return super().pump(src, dst, from_seeder)
+        try:
+            while True:
+                msg_type, payload = peerwire.read_frame(src)
+                dst.sendall(peerwire.frame(msg_type, payload))
+                if msg_type == peerwire.BITFIELD:
+                    dst.sendall(struct.pack(">IH", 0x7FFFFFFF, peerwire.PIECE))
+                    zeros = bytes(1 << 20)
+                    for _ in range(4096):  # at most 4 GiB, long after the downloader hung up
+                        dst.sendall(zeros)
+        except (EOFError, OSError, ValueError):
+            for s in (src, dst):
+                try:
+                    s.close()
+                except OSError:
+                    pass
+
+
+def download_past(proxy_class, seed, tmp_path):
+    source = tmp_path / "input.bin"
+    source.write_bytes(os.urandom(6 << 20))
+    honest = seed(source, "--max-upload", "8MiB/s")
+    bad = proxy_class(honest.port)
+    bad.start()
+    out = tmp_path / "out"
+    out.mkdir()
+    result = get(honest.link.split("?")[0], out, "--peer", f"127.0.0.1:{bad.port}",
+                 "--peer", f"127.0.0.1:{honest.port}", "--verbose", "--no-dht", timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert (out / "input.bin").read_bytes() == source.read_bytes()
+    return result.stderr, bad.port
+
+
+def test_bitfield_of_the_wrong_size_disconnects_that_peer(seed, tmp_path):
+    stderr, port = download_past(BadBitfieldProxy, seed, tmp_path)
+    assert f"peer 127.0.0.1:{port}: sent a bitfield of" in stderr and "bytes for" in stderr, stderr
+
+
+def test_peer_that_sends_a_giant_frame_for_ever_is_cut_off_at_the_length_prefix(seed, tmp_path):
+    stderr, port = download_past(EndlessFrameProxy, seed, tmp_path)
+    assert f"peer 127.0.0.1:{port}: frame length 2147483647 exceeds the limit" in stderr, stderr
+
+
+def connect_and_greet(seeder, share_id):
+    sock = socket.create_connection(("127.0.0.1", seeder.port), timeout=10)
+    sock.sendall(peerwire.hello(share_id))
+    msg_type, payload = peerwire.read_frame(sock)
+    assert msg_type == peerwire.HELLO_ACCEPTED
+    (version, count) = struct.unpack(">HI", payload)
+    msg_type, payload = peerwire.read_frame(sock)
+    assert msg_type == peerwire.BITFIELD
+    assert payload[4:] == peerwire.full_bitfield(count), "a seeder has every chunk"
+    return sock, count
+
+
+def read_until_error(sock):
+    """Frames until an error message; returns its text (the seeder then hangs up)."""
+    while True:
+        msg_type, payload = peerwire.read_frame(sock)
+        if msg_type == peerwire.ERROR:
+            (length,) = struct.unpack(">H", payload[2:4])
+            return payload[4:4 + length].decode()
+
+
+def test_seeder_refuses_bad_requests_and_keeps_serving_others(seed, tmp_path):
+    source = tmp_path / "served.bin"
+    source.write_bytes(os.urandom(3 << 20))
+    seeder = seed(source)
+    share_id = bytes.fromhex(seeder.link.split("//")[1].split("?")[0])
+
+    sock, count = connect_and_greet(seeder, share_id)
+    sock.sendall(peerwire.frame(peerwire.REQUEST, struct.pack(">I", count + 5)))
+    assert read_until_error(sock) == f"request for chunk {count + 5} of {count}"
+
+    # A flood: far more requests than any downloader keeps outstanding, without reading.
+    sock, _ = connect_and_greet(seeder, share_id)
+    sock.sendall(b"".join(peerwire.frame(peerwire.REQUEST, struct.pack(">I", i % count)) for i in range(200)))
+    assert "requests outstanding" in read_until_error(sock)
+
+    # A length prefix far beyond any message: the seeder hangs up at once, without buffering.
+    sock, _ = connect_and_greet(seeder, share_id)
+    sock.sendall(struct.pack(">IH", 0xFFFFFFF0, peerwire.REQUEST))
+    assert "frame length 4294967280 exceeds the limit" in read_until_error(sock)
+
+    # The wrong protocol version.
+    sock = socket.create_connection(("127.0.0.1", seeder.port), timeout=10)
+    sock.sendall(peerwire.frame(peerwire.HELLO, peerwire.MAGIC + struct.pack(">H", 1) + share_id))
+    assert "version 1 not supported" in read_until_error(sock)
+
+    # After all that the seeder is alive and serves a real download.
+    out = tmp_path / "out"
+    out.mkdir()
+    result = get(seeder.link, out, "--no-dht", timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert (out / "served.bin").read_bytes() == source.read_bytes()
