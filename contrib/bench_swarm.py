@@ -1,0 +1,191 @@
+#!/usr/bin/python3
+"""Swarm benchmarks on loopback, PeerShare beside libtorrent in the same run:
+
+    1 seeder -> 1 downloader, 4 seeders -> 1 downloader, 1 seeder -> 8 downloaders at once
+
+For each row: MB/s (share size x downloaders / wall time from launch to the last download
+finished, worker startup and the final fsync included), total CPU seconds per GiB moved
+(every process of every peer, from /proc), and the peak RSS per kind of process (sampled
+every 20 ms). libtorrent runs as separate python3-libtorrent processes (contrib/lt_transfer.py),
+TCP only, joined with connect_peer, a torrent made by mktorrent with the same piece size as
+PeerShare's chunks. PeerShare downloaders in the 1 -> 8 row are told of each other (--peer),
+as libtorrent's peer exchange tells its downloaders.
+
+Usage: bench_swarm.py PEERSHARE_BINARY FILE WORKDIR [ROWS]   (ROWS: e.g. "1-1,4-1,1-8")
+"""
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+binary, source, work = sys.argv[1], os.path.abspath(sys.argv[2]), sys.argv[3]
+rows = (sys.argv[4] if len(sys.argv) > 4 else "1-1,4-1,1-8").split(",")
+size = os.path.getsize(source)
+HERE = os.path.dirname(os.path.abspath(__file__))
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def children(pid):
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        found.append(int(entry))
+            except (FileNotFoundError, ProcessLookupError, IndexError):
+                pass
+    return found
+
+
+def stat(pid):
+    """(cpu seconds, rss KiB) or None."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        with open(f"/proc/{pid}/status") as f:
+            rss = next((int(l.split()[1]) for l in f if l.startswith("VmRSS:")), 0)
+        return (int(fields[11]) + int(fields[12])) / TICK, rss
+    except (FileNotFoundError, ProcessLookupError, IndexError, StopIteration):
+        return None
+
+
+def kind(pid, side):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            args = f.read().split(b"\0")
+    except FileNotFoundError:
+        return side
+    if b"worker" in args:
+        return f"{side} {args[args.index(b'worker') + 1].decode()}"
+    return f"{side} {'supervisor' if any(a.endswith(b'peershare') for a in args) else 'process'}"
+
+
+class Meter:
+    """Samples every process under the given roots: last CPU seen per pid, peak RSS per kind."""
+
+    def __init__(self):
+        self.cpu = {}
+        self.peak = {}
+        self.roots = []
+
+    def add(self, pid, side):
+        self.roots.append((pid, side))
+
+    def sample(self):
+        for root, side in self.roots:
+            for pid in [root] + children(root):
+                s = stat(pid)
+                if s is None:
+                    continue
+                self.cpu[pid] = s[0]
+                name = kind(pid, side)
+                self.peak[name] = max(self.peak.get(name, 0), s[1])
+
+
+def run_peershare(seeders, downloaders):
+    meter = Meter()
+    procs = []
+    seed_ports = [free_port() for _ in range(seeders)]
+    for port in seed_ports:
+        p = subprocess.Popen([binary, "share", source, "--listen", f"127.0.0.1:{port}", "--no-dht"],
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        link = p.stdout.readline().strip().split("?")[0]
+        procs.append(p)
+        meter.add(p.pid, "seeder")
+    get_ports = [free_port() for _ in range(downloaders)]
+    seeds = [f"127.0.0.1:{p}" for p in seed_ports]
+    gets = []
+    start = time.time()
+    for i, port in enumerate(get_ports):
+        out = os.path.join(work, f"ps-out{i}")
+        os.makedirs(out)
+        others = [f"127.0.0.1:{q}" for q in get_ports if q != port]
+        args = [binary, "get", link, "-o", out, "--no-dht", "--listen", f"127.0.0.1:{port}"]
+        for peer in seeds + others:
+            args += ["--peer", peer]
+        g = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        gets.append(g)
+        meter.add(g.pid, "downloader")
+    while any(g.poll() is None for g in gets):
+        meter.sample()
+        time.sleep(0.02)
+    elapsed = time.time() - start
+    for p in procs:
+        p.terminate()
+        p.wait()
+    for g in gets:
+        if g.returncode != 0:
+            sys.exit(f"peershare download failed: {g.stderr.read().decode()}")
+    for i in range(downloaders):
+        shutil.rmtree(os.path.join(work, f"ps-out{i}"))
+    return elapsed, meter
+
+
+def run_libtorrent(seeders, downloaders, torrent):
+    meter = Meter()
+    procs = []
+    ports = []
+    for _ in range(seeders):
+        p = subprocess.Popen(["/usr/bin/python3", os.path.join(HERE, "lt_transfer.py"), "seed", torrent,
+                              os.path.dirname(source)], stdout=subprocess.PIPE, text=True)
+        ports.append(int(p.stdout.readline().split()[1]))
+        procs.append(p)
+        meter.add(p.pid, "seeder")
+    gets = []
+    start = time.time()
+    for i in range(downloaders):
+        out = os.path.join(work, f"lt-out{i}")
+        os.makedirs(out)
+        g = subprocess.Popen(["/usr/bin/python3", os.path.join(HERE, "lt_transfer.py"), "get", torrent, out,
+                              *[f"127.0.0.1:{p}" for p in ports]], stdout=subprocess.PIPE, text=True)
+        gets.append(g)
+        meter.add(g.pid, "downloader")
+    while any(g.poll() is None for g in gets):
+        meter.sample()
+        time.sleep(0.02)
+    elapsed = time.time() - start
+    for p in procs:
+        p.kill()
+        p.wait()
+    for i, g in enumerate(gets):
+        out = os.path.join(work, f"lt-out{i}", os.path.basename(source))
+        if g.returncode != 0 or os.path.getsize(out) != size:
+            sys.exit("libtorrent download failed")
+        shutil.rmtree(os.path.join(work, f"lt-out{i}"))
+    return elapsed, meter
+
+
+# PeerShare's chunk size for this file (~2,048 chunks, 64 KiB..4 MiB, a power of two), so
+# both tools move pieces of the same size.
+chunk = 64 << 10
+while chunk < (4 << 20) and size / chunk > 2048:
+    chunk *= 2
+torrent = os.path.join(work, "bench.torrent")
+subprocess.run(["mktorrent", "-l", str(chunk.bit_length() - 1), "-o", torrent, source],
+               check=True, stdout=subprocess.DEVNULL)
+
+gib = size / (1 << 30)
+print(f"{size / 2**20:.0f} MiB share, {chunk >> 10} KiB chunks/pieces")
+print(f"{'row':<24} {'tool':<11} {'MB/s':>8} {'CPU s/GiB':>10} {'vs libtorrent':>14}   peak RSS (MiB)")
+for row in rows:
+    seeders, downloaders = (int(x) for x in row.split("-"))
+    results = {}
+    for tool, run in (("peershare", run_peershare), ("libtorrent", run_libtorrent)):
+        elapsed, meter = run(seeders, downloaders) if tool == "peershare" else run(seeders, downloaders, torrent)
+        moved = size * downloaders
+        results[tool] = (moved / elapsed / 1e6, sum(meter.cpu.values()) / (moved / (1 << 30)), meter.peak)
+    label = f"{seeders} seeder{'s' if seeders > 1 else ''} -> {downloaders} downloader{'s' if downloaders > 1 else ''}"
+    for tool in ("peershare", "libtorrent"):
+        rate, cpu, peak = results[tool]
+        ratio = f"{rate / results['libtorrent'][0]:.2f}x" if tool == "peershare" else ""
+        peaks = ", ".join(f"{k} {v / 1024:.0f}" for k, v in sorted(peak.items()))
+        print(f"{label:<24} {tool:<11} {rate:8.0f} {cpu:10.2f} {ratio:>14}   {peaks}", flush=True)
