@@ -36,17 +36,17 @@ struct WorkerCommand: ParsableCommand {
         }
         LineLogHandler.bootstrap(name: role.rawValue, level: Logger.Level(rawValue: logLevel) ?? .warning)
         let logger = Logger(label: role.rawValue)
-        WorkerMain.run(role: role, logger: logger) {
+        WorkerMain.run(role: role, logger: logger) { pipe in
             switch role {
             case .hash: return HashService(logger: logger)
             case .transfer:
                 return TransferService(
-                    logger: logger, pipe: WorkerPipe(descriptor: WorkerMain.pipeDescriptor),
+                    logger: logger, pipe: pipe,
                     requestsInFlight: requestsInFlight, maxPeers: maxPeers,
                     maxUploadRate: Double(maxUploadRate), maxDownloadRate: Double(maxDownloadRate),
                     maxPeerUploadRate: Double(maxPeerUploadRate))
             case .discovery:
-                return DiscoveryService(logger: logger, pipe: WorkerPipe(descriptor: WorkerMain.pipeDescriptor))
+                return DiscoveryService(logger: logger, pipe: pipe)
             case .nat: return NATService(logger: logger)
             }
         }

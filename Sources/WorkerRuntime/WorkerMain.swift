@@ -20,7 +20,9 @@ public enum WorkerMain {
     public static let pipeDescriptor: Int32 = 3
     public static let supervisorPIDVariable = "PEERSHARE_SUPERVISOR_PID"
 
-    public static func run(role: WorkerRole, logger: Logger, makeService: () -> WorkerService) -> Never {
+    /// `makeService` is handed the one `WorkerPipe` of the process: every writer must share
+    /// its lock, or a heartbeat reply could land in the middle of a large frame.
+    public static func run(role: WorkerRole, logger: Logger, makeService: (WorkerPipe) -> WorkerService) -> Never {
         dieWithSupervisor(logger: logger)
         let pipe = WorkerPipe(descriptor: pipeDescriptor)
         do {
@@ -36,7 +38,7 @@ public enum WorkerMain {
             logger.critical("cannot start: \(error)")
             exit(70)
         }
-        let service = makeService()
+        let service = makeService(pipe)
         logger.debug("ready (pid \(getpid()))")
         while true {
             let message: IPCMessage?
