@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Benchmarks for docs/BENCHMARKS.md: hashing beside openssl and b2sum on the same file,
-# loopback TCP (iperf3) and a 1 GiB loopback transfer with peak RSS of every process.
+# loopback TCP (iperf3), and 1 GiB swarm rows (1->1, 4->1, 1->8) beside libtorrent with
+# CPU per GiB and peak RSS of every process.
 # Usage: bash contrib/bench.sh [SIZE_MIB]   (default 1024)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,6 +32,6 @@ sleep 0.5
 iperf3 -c 127.0.0.1 -p 5299 -t 5 -f M | awk '/receiver/ { printf "iperf3 loopback TCP: %s %s\n", $7, $8 }'
 wait
 
-echo "== peershare transfer of ${size_mib} MiB on loopback"
-mkdir "$work/out"
-BENCH_OUT_DIR="$work/out" /usr/bin/python3 contrib/bench_transfer.py "$bin" "$file"
+echo "== swarm rows, peershare beside libtorrent (python3-libtorrent, mktorrent)"
+command -v mktorrent >/dev/null || { sudo=""; [ "$(id -u)" -ne 0 ] && sudo=sudo; $sudo apt-get install -y -qq mktorrent python3-libtorrent >/dev/null; }
+BENCH_CPU_DETAIL=1 /usr/bin/python3 contrib/bench_swarm.py "$bin" "$file" "$work" "1-1,4-1,1-8"

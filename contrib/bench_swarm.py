@@ -74,6 +74,7 @@ class Meter:
 
     def __init__(self):
         self.cpu = {}
+        self.kinds = {}
         self.peak = {}
         self.roots = []
 
@@ -87,7 +88,8 @@ class Meter:
                 if s is None:
                     continue
                 self.cpu[pid] = s[0]
-                name = kind(pid, side)
+                # The name is read once: a process on its way out has no command line left.
+                name = self.kinds.setdefault(pid, kind(pid, side))
                 self.peak[name] = max(self.peak.get(name, 0), s[1])
 
 
@@ -170,6 +172,8 @@ chunk = 64 << 10
 while chunk < (4 << 20) and size / chunk > 2048:
     chunk *= 2
 torrent = os.path.join(work, "bench.torrent")
+if os.path.exists(torrent):
+    os.remove(torrent)
 subprocess.run(["mktorrent", "-l", str(chunk.bit_length() - 1), "-o", torrent, source],
                check=True, stdout=subprocess.DEVNULL)
 
@@ -183,6 +187,12 @@ for row in rows:
         elapsed, meter = run(seeders, downloaders) if tool == "peershare" else run(seeders, downloaders, torrent)
         moved = size * downloaders
         results[tool] = (moved / elapsed / 1e6, sum(meter.cpu.values()) / (moved / (1 << 30)), meter.peak)
+        if os.environ.get("BENCH_CPU_DETAIL"):
+            per_kind = {}
+            for pid, seconds in meter.cpu.items():
+                per_kind[meter.kinds[pid]] = per_kind.get(meter.kinds[pid], 0) + seconds
+            print(f"  {tool} CPU s/GiB by process: " + ", ".join(
+                f"{k} {v / (moved / (1 << 30)):.2f}" for k, v in sorted(per_kind.items())))
     label = f"{seeders} seeder{'s' if seeders > 1 else ''} -> {downloaders} downloader{'s' if downloaders > 1 else ''}"
     for tool in ("peershare", "libtorrent"):
         rate, cpu, peak = results[tool]

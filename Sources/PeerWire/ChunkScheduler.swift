@@ -333,7 +333,7 @@ public struct RequestDepth: Sendable, Equatable {
     public static let minimum = 2
     public static let maximum = 64
     /// Most bytes outstanding to one peer: bounds memory whatever the chunk size.
-    public static let maxBytes = 32 << 20
+    public static let maxBytes = 8 << 20
 
     public init(now: Double) { windowStart = now }
 
