@@ -153,13 +153,13 @@ final class ChunkSelectionTests: XCTestCase {
 final class RequestDepthTests: XCTestCase {
     func testDepthFollowsTheMeasuredRate() {
         var depth = RequestDepth(now: 0)
-        XCTAssertEqual(depth.depth(chunkSize: 1 << 20, initial: 16), 16, "unmeasured: the configured start")
+        XCTAssertEqual(depth.depth(chunkSize: 1 << 20, initial: 4), 4, "unmeasured: the configured start")
         // 4 MiB/s with 1 MiB chunks: half a second is 2 chunks, plus 2 in reserve.
         for tick in 1...20 { depth.record(bytes: 1 << 20, now: Double(tick) * 0.25) }
         XCTAssertEqual(depth.depth(chunkSize: 1 << 20, initial: 16), 4)
         // 400 MiB/s: wants 202, capped at 8 MiB outstanding.
         for tick in 21...60 { depth.record(bytes: 100 << 20, now: Double(tick) * 0.25) }
-        XCTAssertEqual(depth.depth(chunkSize: 1 << 20, initial: 16), 8)
+        XCTAssertEqual(depth.depth(chunkSize: 1 << 20, initial: 16), 8, "capped at 8 MiB outstanding")
         XCTAssertEqual(depth.depth(chunkSize: 64 << 10, initial: 16), RequestDepth.maximum)
     }
 }
