@@ -40,6 +40,10 @@ let package = Package(
         // Pure core: the peer-to-peer wire messages.
         .target(name: "PeerWire", dependencies: ["PeerShareCore", "IPC"]),
 
+        // The pipeline's built-in stages and their handshake: wrappers over libsodium and zlib
+        // (no sockets, no clocks).
+        .target(name: "Stages", dependencies: ["PeerShareCore", "CSodium", "CZlib"]),
+
         // Shells.
         .target(
             name: "WorkerRuntime",
@@ -58,7 +62,7 @@ let package = Package(
         .target(
             name: "TransferWorker",
             dependencies: [
-                "WorkerRuntime", "IPC", "PeerWire", "PeerShareCore",
+                "WorkerRuntime", "IPC", "PeerWire", "PeerShareCore", "Stages",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -77,7 +81,7 @@ let package = Package(
         .target(
             name: "Supervisor",
             dependencies: [
-                "WorkerRuntime", "IPC", "PeerShareCore",
+                "WorkerRuntime", "IPC", "PeerShareCore", "Stages",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -86,7 +90,7 @@ let package = Package(
             name: "PeerShareCLI",
             dependencies: [
                 "Supervisor", "WorkerRuntime", "HashWorker", "TransferWorker", "DiscoveryWorker",
-                "NATWorker", "PeerShareCore", "IPC", "CSodium", "Kademlia",
+                "NATWorker", "PeerShareCore", "IPC", "CSodium", "CZlib", "Kademlia", "Stages",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -96,6 +100,7 @@ let package = Package(
         .executableTarget(name: "peershare", dependencies: ["PeerShareCLI"]),
 
         .testTarget(name: "PeerShareCoreTests", dependencies: ["PeerShareCore"]),
+        .testTarget(name: "StagesTests", dependencies: ["Stages", "PeerShareCore"]),
         // End-to-end tests drive real processes from Python: Tests/e2e (run by contrib/test.sh).
         .testTarget(name: "IPCTests", dependencies: ["IPC", "PeerWire", "PeerShareCore"]),
         .testTarget(

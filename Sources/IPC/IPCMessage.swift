@@ -46,6 +46,10 @@ public enum IPCMessage: Equatable, Sendable {
     case addPeers(peers: [String])
     /// New bandwidth limits in bytes per second (0: unlimited; `LimitChange.unchanged`: keep).
     case setLimits(upload: UInt64, download: UInt64, perPeerUpload: UInt64)
+    /// The pipeline for every connection (`PipelinePlan` bytes), the link secret of an
+    /// encrypted share (empty: none) and this peer's Ed25519 secret key. Secrets travel only
+    /// here, never on a command line.
+    case configurePipeline(plan: [UInt8], secret: [UInt8], identity: [UInt8])
 
     // Discovery worker: the DHT node.
     case dhtStart(host: String, port: UInt16, routers: [String], state: [UInt8])
@@ -62,7 +66,8 @@ public enum IPCMessage: Equatable, Sendable {
             chunkData, prepareDownload, downloadPrepared, writeChunk, chunkWritten, finalizeDownload,
             downloadFinalized
         case serve = 0x0200, serving, fetch, manifestReceived, startChunks, chunkReceived, chunkResult,
-            peerEvent, fetchFailed, peerCount, addPeers, setLimits
+            peerEvent, fetchFailed, peerCount, addPeers, setLimits,
+            configurePipeline
         case dhtStart = 0x0300, dhtReady, dhtRequest, dhtTrace, dhtResult, dhtStateRequest, dhtState
     }
 
@@ -107,6 +112,7 @@ public enum IPCMessage: Equatable, Sendable {
         case .peerCount: return .peerCount
         case .addPeers: return .addPeers
         case .setLimits: return .setLimits
+        case .configurePipeline: return .configurePipeline
         case .dhtStart: return .dhtStart
         case .dhtReady: return .dhtReady
         case .dhtRequest: return .dhtRequest
@@ -223,6 +229,10 @@ public enum IPCMessage: Equatable, Sendable {
             w.u64(upload)
             w.u64(download)
             w.u64(perPeer)
+        case .configurePipeline(let plan, let secret, let identity):
+            w.blob(plan)
+            w.blob(secret)
+            w.blob(identity)
         case .manifestReceived(let manifest), .startChunks(let manifest): w.blob(manifest)
         case .chunkReceived(let index, let data, let peer):
             w.u32(index)
@@ -362,6 +372,10 @@ public enum IPCMessage: Equatable, Sendable {
             for _ in 0..<count { peers.append(try r.string()) }
             self = .addPeers(peers: peers)
         case .setLimits: self = .setLimits(upload: try r.u64(), download: try r.u64(), perPeerUpload: try r.u64())
+        case .configurePipeline:
+            self = .configurePipeline(
+                plan: try r.blob(limit: 4096, what: "pipeline"), secret: try r.blob(limit: 64, what: "secret"),
+                identity: try r.blob(limit: 128, what: "identity"))
         case .dhtStart:
             let host = try r.string()
             let port = try r.u16()

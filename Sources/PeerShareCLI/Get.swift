@@ -89,6 +89,8 @@ struct Get: ParsableCommand {
         // downloading, and carries our announcement once we hold verified chunks.
         let dhtSettings = dht.settings(config: config)
         let (seedAfter, showEvents, serveAt) = (seed, verbose, listenAddress)
+        let pipeline = try PipelineOptions.forGet(config: config, link: parsed)
+        let identity = IdentityStore.load(environment: ProcessInfo.processInfo.environment)
         let code = SupervisorRunner.run(config: config, logLevel: common.logLevel, control: true) {
             supervisor, logger in
             let session = GetSession(
@@ -96,7 +98,7 @@ struct Get: ParsableCommand {
                 dht: dhtSettings.map { DHTClient(supervisor: supervisor, settings: $0, logger: logger) },
                 targetDirectory: target,
                 output: useJSON ? Terminal.jsonOutput() : Terminal.sessionOutput(), logger: logger, listen: serveAt,
-                seedAfter: seedAfter, verbose: showEvents)
+                seedAfter: seedAfter, verbose: showEvents, pipeline: pipeline, identity: identity)
             return ({ session.begin() }, { session.stop(exitCode: $0) }, session.result)
         }
         throw ExitCode(code)

@@ -22,6 +22,13 @@ struct Share: ParsableCommand {
     @Option(name: .long, help: "Address to accept peers on, HOST:PORT (port 0 picks a free one).")
     var listen: String = "0.0.0.0:0"
 
+    @Flag(
+        name: .long,
+        help:
+            "Encrypt end to end: the link carries a secret key, and only its holders can fetch (same as a 'sodium' stage in pipeline.json)."
+    )
+    var encrypt = false
+
     @OptionGroup var common: CommonOptions
     @OptionGroup var dht: DHTOptions
     @OptionGroup var rates: RateOptions
@@ -46,12 +53,15 @@ struct Share: ParsableCommand {
         rates.apply(to: &config)
         LineLogHandler.bootstrap(name: "supervisor", level: common.level)
         let dhtSettings = dht.settings(config: config)
+        let pipeline = PipelineOptions.forShare(config: config, encrypt: encrypt)
+        let identity = IdentityStore.load(environment: ProcessInfo.processInfo.environment)
         let code = SupervisorRunner.run(config: config, logLevel: common.logLevel, control: true) {
             supervisor, logger in
             let session = ShareSession(
                 supervisor: supervisor, path: path, listen: listenAddress,
                 dht: dhtSettings.map { DHTClient(supervisor: supervisor, settings: $0, logger: logger) },
-                output: Terminal.sessionOutput(progressToStderr: true), logger: logger)
+                output: Terminal.sessionOutput(progressToStderr: true), logger: logger, pipeline: pipeline,
+                identity: identity)
             return ({ session.begin() }, { session.stop(exitCode: $0) }, session.result)
         }
         throw ExitCode(code)

@@ -47,7 +47,7 @@ public struct PipelineConfig: Equatable, Sendable {
     }
 
     public var version = schemaVersion
-    public var stages: [String] = []
+    public var stages: [StageSpec] = []
     public var dht = DHT()
     public var workers = Workers()
     public var limits = Limits()
@@ -119,12 +119,11 @@ public struct PipelineConfig: Equatable, Sendable {
             guard let list = stages as? [Any] else {
                 throw LoadError(file: file, key: "stages", problem: "expected an array of stages")
             }
-            if let first = list.first {
-                let name = ((first as? [String: Any])?["name"] as? String) ?? "\(first)"
-                throw LoadError(
-                    file: file, key: "stages[0]",
-                    problem: "unknown stage '\(name)': this version has no stages yet, expected []")
+            let folder = (file as NSString).deletingLastPathComponent
+            config.stages = try list.enumerated().map { index, value in
+                try reader.stage(value, key: "stages[\(index)]", folder: folder)
             }
+            try StageSpec.validateOrder(config.stages, file: file)
         }
         if let workersValue = root["workers"] {
             let workers = try reader.object(workersValue, key: "workers")
@@ -187,8 +186,120 @@ public struct PipelineConfig: Equatable, Sendable {
     }
 }
 
+/// One stage of the transfer pipeline as pipeline.json names it.
+///
+///     {"name": "zlib", "level": 6}                       built-in deflate, level 1...9
+///     {"name": "sodium"}                                 built-in end-to-end encryption
+///     {"name": "pad", "plugin": "plugins/pad", "options": {"block": "4096"}}
+///                                                        a custom stage: an executable
+///
+/// Every stage may say `"required": true|false` (default true): a required stage that the
+/// peer does not run fails the connection; an optional one is skipped with that peer.
+public struct StageSpec: Equatable, Sendable {
+    public enum Kind: Equatable, Sendable {
+        case zlib(level: Int)
+        case sodium
+        /// An executable speaking docs/PLUGINS.md's protocol; `options` are passed to it.
+        case plugin(path: String, options: [String: String])
+    }
+
+    public var name: String
+    public var kind: Kind
+    public var required: Bool
+
+    public init(name: String, kind: Kind, required: Bool = true) {
+        self.name = name
+        self.kind = kind
+        self.required = required
+    }
+
+    public static let builtInNames = ["zlib", "sodium"]
+
+    /// Compression after encryption cannot shrink anything (ciphertext looks random), and a
+    /// stage twice is a mistake: both are refused when the manifest loads.
+    static func validateOrder(_ stages: [StageSpec], file: String) throws {
+        var seen: Set<String> = []
+        var encryptedAt: Int?
+        for (index, stage) in stages.enumerated() {
+            guard seen.insert(stage.name).inserted else {
+                throw PipelineConfig.LoadError(
+                    file: file, key: "stages[\(index)]", problem: "stage '\(stage.name)' appears twice")
+            }
+            if case .sodium = stage.kind { encryptedAt = index }
+            if case .zlib = stage.kind, let encryptedAt {
+                throw PipelineConfig.LoadError(
+                    file: file, key: "stages[\(index)]",
+                    problem:
+                        "'zlib' after 'sodium' (stages[\(encryptedAt)]): compression after encryption cannot shrink anything, because ciphertext looks random; put zlib before sodium"
+                )
+            }
+        }
+    }
+
+    public var isEncryption: Bool { if case .sodium = kind { true } else { false } }
+}
+
 /// Typed access to JSONSerialization's output, with errors that name the file and key.
 private struct JSONObjectReader {
+    func stage(_ value: Any, key: String, folder: String) throws -> StageSpec {
+        let object = try object(value, key: key)
+        guard let nameValue = object["name"] else {
+            throw PipelineConfig.LoadError(file: file, key: key + ".name", problem: "missing; every stage has a name")
+        }
+        guard let name = nameValue as? String, !name.isEmpty, name.utf8.count <= 64,
+            name.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" })
+        else {
+            throw PipelineConfig.LoadError(
+                file: file, key: key + ".name", problem: "expected a short name of letters, digits, - and _")
+        }
+        var required = true
+        if let value = object["required"] { required = try bool(value, key: key + ".required") }
+        if let pluginValue = object["plugin"] {
+            try allowOnly(["name", "plugin", "options", "required"], in: object, prefix: key + ".")
+            guard !StageSpec.builtInNames.contains(name) else {
+                throw PipelineConfig.LoadError(
+                    file: file, key: key + ".name",
+                    problem: "'\(name)' is a built-in stage; give the plugin another name")
+            }
+            guard let relative = pluginValue as? String, !relative.isEmpty else {
+                throw PipelineConfig.LoadError(
+                    file: file, key: key + ".plugin", problem: "expected the path of the plugin executable")
+            }
+            let path = relative.hasPrefix("/") ? relative : folder + "/" + relative
+            guard access(path, X_OK) == 0 else {
+                throw PipelineConfig.LoadError(
+                    file: file, key: key + ".plugin", problem: "'\(path)' is missing or not executable")
+            }
+            var options: [String: String] = [:]
+            if let optionsValue = object["options"] {
+                for (option, raw) in try self.object(optionsValue, key: key + ".options") {
+                    guard let text = raw as? String else {
+                        throw PipelineConfig.LoadError(
+                            file: file, key: key + ".options." + option, problem: "expected a string")
+                    }
+                    options[option] = text
+                }
+            }
+            return StageSpec(name: name, kind: .plugin(path: path, options: options), required: required)
+        }
+        switch name {
+        case "zlib":
+            try allowOnly(["name", "level", "required"], in: object, prefix: key + ".")
+            var level = 6
+            if let value = object["level"] { level = try int(value, key: key + ".level", range: 1...9) }
+            return StageSpec(name: name, kind: .zlib(level: level), required: required)
+        case "sodium":
+            try allowOnly(["name", "required"], in: object, prefix: key + ".")
+            return StageSpec(name: name, kind: .sodium, required: required)
+        default:
+            throw PipelineConfig.LoadError(
+                file: file, key: key + ".name",
+                problem:
+                    "unknown stage '\(name)'; the built-in stages are zlib and sodium, and a custom stage needs \"plugin\": PATH"
+            )
+        }
+    }
+
     var file: String
 
     func object(_ value: Any, key: String) throws -> [String: Any] {

@@ -1,23 +1,30 @@
-/// `peershare://<64 hex digits of the share id>[?peer=HOST:PORT[&peer=HOST:PORT]...]`
+/// `peershare://<64 hex digits of the share id>[?key=<64 hex digits>][&peer=HOST:PORT]...`
 /// Parsed strictly: anything unexpected is an error that says what was wrong.
+///
+/// `key` is the link secret of an encrypted share: whoever holds the link can complete the
+/// encryption handshake, nobody else can. It is never logged, put in the DHT, or passed to a
+/// worker on its command line.
 public struct ShareLink: Equatable, Sendable, CustomStringConvertible {
     public static let scheme = "peershare://"
     public static let maxPeerHints = 16
 
     public var shareID: ShareID
     public var peers: [PeerAddress]
+    /// The 32-byte link secret of an encrypted share; nil for a public one.
+    public var secret: [UInt8]?
+    public static let secretBytes = 32
 
-    public init(shareID: ShareID, peers: [PeerAddress] = []) {
+    public init(shareID: ShareID, peers: [PeerAddress] = [], secret: [UInt8]? = nil) {
         self.shareID = shareID
         self.peers = peers
+        self.secret = secret
     }
 
     public var description: String {
-        var text = ShareLink.scheme + shareID.hex
-        if !peers.isEmpty {
-            text += "?" + peers.map { "peer=\($0)" }.joined(separator: "&")
-        }
-        return text
+        var parameters: [String] = []
+        if let secret { parameters.append("key=" + secret.hexString) }
+        parameters += peers.map { "peer=\($0)" }
+        return ShareLink.scheme + shareID.hex + (parameters.isEmpty ? "" : "?" + parameters.joined(separator: "&"))
     }
 
     public struct ParseError: Error, CustomStringConvertible {
@@ -35,11 +42,20 @@ public struct ShareLink: Equatable, Sendable, CustomStringConvertible {
             throw ParseError(description: "the share id must be 64 lowercase hex digits")
         }
         var peers: [PeerAddress] = []
+        var secret: [UInt8]?
         if parts.count == 2 {
             for parameter in parts[1].split(separator: "&", omittingEmptySubsequences: false) {
                 let pair = parameter.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
-                guard pair.count == 2, pair[0] == "peer" else {
-                    throw ParseError(description: "unknown link parameter '\(parameter)' (only peer=HOST:PORT)")
+                guard pair.count == 2, pair[0] == "peer" || pair[0] == "key" else {
+                    throw ParseError(
+                        description: "unknown link parameter '\(parameter)' (only key=SECRET and peer=HOST:PORT)")
+                }
+                if pair[0] == "key" {
+                    // Not echoed in the error: it is (meant to be) a secret.
+                    guard secret == nil, let bytes = [UInt8](hex: String(pair[1])), bytes.count == secretBytes
+                    else { throw ParseError(description: "the link's key must be given once, as 64 hex digits") }
+                    secret = bytes
+                    continue
                 }
                 peers.append(try PeerAddress.parse(String(pair[1])))
             }
@@ -47,7 +63,7 @@ public struct ShareLink: Equatable, Sendable, CustomStringConvertible {
                 throw ParseError(description: "more than \(maxPeerHints) peer hints")
             }
         }
-        return ShareLink(shareID: id, peers: peers)
+        return ShareLink(shareID: id, peers: peers, secret: secret)
     }
 }
 

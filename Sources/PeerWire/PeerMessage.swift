@@ -4,10 +4,11 @@ import PeerShareCore
 /// Messages between two peers over TCP, framed exactly like the IPC pipes (`Frame`), with
 /// their own tag space. docs/PROTOCOL.md §2 lists them byte by byte.
 public enum PeerMessage: Equatable, Sendable {
-    /// First message from the connecting side: which protocol, which version, which share.
-    case hello(version: UInt16, shareID: [UInt8])
-    /// The serving side accepts; it has the share with `chunkCount` chunks.
-    case helloAccepted(version: UInt16, chunkCount: UInt32)
+    /// First message from the connecting side: which protocol, which version, which share
+    /// (for an encrypted share, a tag only link holders can compute), and its pipeline.
+    case hello(version: UInt16, shareID: [UInt8], stages: [StageDescriptor])
+    /// The serving side accepts; it has the share with `chunkCount` chunks; its pipeline.
+    case helloAccepted(version: UInt16, chunkCount: UInt32, stages: [StageDescriptor])
     case getManifest
     case manifest(bytes: [UInt8])
     case request(index: UInt32)
@@ -23,9 +24,13 @@ public enum PeerMessage: Equatable, Sendable {
     case have(index: UInt32)
     /// The downloader no longer wants a chunk it asked for (an endgame copy arrived elsewhere).
     case cancel(index: UInt32)
+    /// A message of a pipeline stage's handshake (the encryption stage's key exchange).
+    case stageHandshake(stage: UInt8, data: [UInt8])
 
     public enum Tag: UInt16, CaseIterable, Sendable {
-        case hello = 0x5001, helloAccepted, getManifest, manifest, request, piece, reject, error, bitfield, have, cancel
+        case hello = 0x5001, helloAccepted, getManifest, manifest, request, piece, reject, error, bitfield, have,
+            cancel,
+            stageHandshake
     }
 
     public enum ErrorCode: UInt16, Sendable {
@@ -34,9 +39,14 @@ public enum PeerMessage: Equatable, Sendable {
         case protocolViolation = 3
         case busy = 4
         case internalError = 5
+        case pipelineMismatch = 6
+        case handshakeFailed = 7
     }
 
     public static let version: UInt16 = 2
+    /// After the handshake, with any stages agreed, every frame travels inside one of these:
+    /// the inner frame's `u16 type ‖ payload`, passed through every stage's encode in order.
+    public static let sealedFrameType: UInt16 = 0x5100
     /// "PeerShare" in ASCII; opens every hello so a stray client is refused at once.
     public static let magic: [UInt8] = Array("PeerShare".utf8)
     /// A piece frame holds at most one maximum-size chunk plus its header; a manifest frame
@@ -59,19 +69,25 @@ public enum PeerMessage: Equatable, Sendable {
         case .bitfield: return .bitfield
         case .have: return .have
         case .cancel: return .cancel
+        case .stageHandshake: return .stageHandshake
         }
     }
 
     public func frame() -> Frame {
         var w = ByteWriter()
         switch self {
-        case .hello(let version, let shareID):
+        case .hello(let version, let shareID, let stages):
             w.raw(PeerMessage.magic)
             w.u16(version)
             w.raw(shareID)
-        case .helloAccepted(let version, let count):
+            StageDescriptor.encode(stages, into: &w)
+        case .helloAccepted(let version, let count, let stages):
             w.u16(version)
             w.u32(count)
+            StageDescriptor.encode(stages, into: &w)
+        case .stageHandshake(let stage, let data):
+            w.u8(stage)
+            w.blob(data)
         case .getManifest: break
         case .manifest(let bytes):
             w = ByteWriter(capacity: bytes.count + 8)
@@ -102,8 +118,12 @@ public enum PeerMessage: Equatable, Sendable {
             guard try r.raw(PeerMessage.magic.count) == PeerMessage.magic else {
                 throw DecodeError.invalid("not a PeerShare peer")
             }
-            self = .hello(version: try r.u16(), shareID: try r.raw(ShareID.byteCount))
-        case .helloAccepted: self = .helloAccepted(version: try r.u16(), chunkCount: try r.u32())
+            self = .hello(
+                version: try r.u16(), shareID: try r.raw(ShareID.byteCount),
+                stages: try StageDescriptor.decode(from: &r))
+        case .helloAccepted:
+            self = .helloAccepted(
+                version: try r.u16(), chunkCount: try r.u32(), stages: try StageDescriptor.decode(from: &r))
         case .getManifest: self = .getManifest
         case .manifest: self = .manifest(bytes: try r.blob(limit: Manifest.maxEncodedSize, what: "manifest"))
         case .request: self = .request(index: try r.u32())
@@ -114,6 +134,8 @@ public enum PeerMessage: Equatable, Sendable {
         case .bitfield: self = .bitfield(bits: try r.blob(limit: PeerMessage.maxBitfieldBytes, what: "bitfield"))
         case .have: self = .have(index: try r.u32())
         case .cancel: self = .cancel(index: try r.u32())
+        case .stageHandshake:
+            self = .stageHandshake(stage: try r.u8(), data: try r.blob(limit: 4096, what: "handshake"))
         }
         try r.expectEnd()
     }

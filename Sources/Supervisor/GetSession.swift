@@ -26,6 +26,8 @@ public final class GetSession: SupervisorDelegate, @unchecked Sendable {
     /// Show peer events (bans, rejected chunks, disconnect reasons) as status lines.
     let verbose: Bool
     private var reads = ChunkReadRelay()
+    let pipeline: PeerPipeline
+    let identity: [UInt8]
     private var servingPort: UInt16?
     private var announced = false
     private var knownPeers: Set<String> = []
@@ -51,8 +53,10 @@ public final class GetSession: SupervisorDelegate, @unchecked Sendable {
     public init(
         supervisor: Supervisor, link: ShareLink, peers: [PeerAddress], dht: DHTClient?, targetDirectory: String,
         output: SessionOutput, logger: Logger, listen: PeerAddress? = nil, seedAfter: Bool = false,
-        verbose: Bool = false
+        verbose: Bool = false, pipeline: PeerPipeline = PeerPipeline(stages: [], secret: nil), identity: [UInt8] = []
     ) {
+        self.pipeline = pipeline
+        self.identity = identity
         self.listen = listen
         self.seedAfter = seedAfter
         self.verbose = verbose
@@ -70,6 +74,7 @@ public final class GetSession: SupervisorDelegate, @unchecked Sendable {
     public var result: EventLoopFuture<Int32> { done.futureResult }
 
     public func begin() {
+        supervisor.send(pipeline.configureMessage(identity: identity), to: .transfer, tracking: .setup(key: "pipeline"))
         if let dht {
             dht.start()
             if peers.isEmpty {
@@ -104,7 +109,7 @@ public final class GetSession: SupervisorDelegate, @unchecked Sendable {
     private func scheduleRefresh(_ dht: DHTClient) {
         supervisor.eventLoop.scheduleTask(in: .seconds(GetSession.peerRefreshSeconds)) { [self] in
             guard !finished, !finalizing else { return }
-            dht.request(.getPeers, key: DHTKey.forShare(link.shareID)) { [self] result in
+            dht.request(.getPeers, key: pipeline.dhtKey(for: link.shareID)) { [self] result in
                 guard !finished else { return }
                 if case .success(let report) = result {
                     let fresh = report.peers.filter { !knownPeers.contains($0) && !isSelf($0) }
@@ -123,7 +128,7 @@ public final class GetSession: SupervisorDelegate, @unchecked Sendable {
     private func announceIfReady() {
         guard !announced, let dht, let servingPort, (verified?.setCount ?? 0) > 0 else { return }
         announced = true
-        dht.request(.announce, key: DHTKey.forShare(link.shareID), port: servingPort, setupKey: "announce") {
+        dht.request(.announce, key: pipeline.dhtKey(for: link.shareID), port: servingPort, setupKey: "announce") {
             [logger] result in
             if case .success(let report) = result {
                 logger.info("announced to \(report.announcedTo) DHT nodes")
@@ -136,7 +141,7 @@ public final class GetSession: SupervisorDelegate, @unchecked Sendable {
     static let dhtAttempts = 5
 
     private func findPeers(in dht: DHTClient, attempt: Int) {
-        dht.request(.getPeers, key: DHTKey.forShare(link.shareID)) { [self] result in
+        dht.request(.getPeers, key: pipeline.dhtKey(for: link.shareID)) { [self] result in
             guard !finished else { return }
             switch result {
             case .success(let report) where !report.peers.isEmpty:

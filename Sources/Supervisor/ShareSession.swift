@@ -15,6 +15,8 @@ public final class ShareSession: SupervisorDelegate, @unchecked Sendable {
     let dht: DHTClient?
     let output: SessionOutput
     let logger: Logger
+    let pipeline: PeerPipeline
+    let identity: [UInt8]
     private let done: EventLoopPromise<Int32>
     private var manifest: [UInt8]?
     private var shareID: ShareID?
@@ -24,8 +26,10 @@ public final class ShareSession: SupervisorDelegate, @unchecked Sendable {
 
     public init(
         supervisor: Supervisor, path: String, listen: PeerAddress, dht: DHTClient?, output: SessionOutput,
-        logger: Logger
+        logger: Logger, pipeline: PeerPipeline = PeerPipeline(stages: [], secret: nil), identity: [UInt8] = []
     ) {
+        self.pipeline = pipeline
+        self.identity = identity
         self.supervisor = supervisor
         self.path = path
         self.listen = listen
@@ -44,6 +48,7 @@ public final class ShareSession: SupervisorDelegate, @unchecked Sendable {
             dht.onReady = { [output] port in output.status("DHT node listening on UDP \(dht.settings.host):\(port)") }
             dht.start()
         }
+        supervisor.send(pipeline.configureMessage(identity: identity), to: .transfer, tracking: .setup(key: "pipeline"))
         buildRequest = supervisor.makeRequestID()
         output.status("hashing \(path) ...")
         supervisor.send(.buildManifest(requestID: buildRequest, path: path), to: .hash, tracking: .request)
@@ -62,7 +67,7 @@ public final class ShareSession: SupervisorDelegate, @unchecked Sendable {
     /// every 15 minutes, and the supervisor re-sends this if that worker restarts.
     private func announce(port: UInt16) {
         guard let dht, let shareID else { return }
-        let key = DHTKey.forShare(shareID)
+        let key = pipeline.dhtKey(for: shareID)
         dht.request(.announce, key: key, port: port, setupKey: "announce") { [output, logger] result in
             switch result {
             case .success(let report):
@@ -104,7 +109,10 @@ public final class ShareSession: SupervisorDelegate, @unchecked Sendable {
             if !linkPrinted {
                 linkPrinted = true
                 let hints = LocalAddresses.hints(listenHost: listen.host, port: Int(port))
-                output.link(ShareLink(shareID: shareID, peers: hints).description)
+                output.link(ShareLink(shareID: shareID, peers: hints, secret: pipeline.secret).description)
+                if pipeline.encrypts {
+                    output.status("encrypted share: only holders of this link (it carries the key) can fetch it")
+                }
                 output.status("serving on \(listen.host):\(port); press Ctrl-C to stop")
                 announce(port: port)
             }

@@ -32,10 +32,12 @@ final class FetchSession {
         /// Registered with the scheduler (which needs the manifest and the bitfield).
         var joined = false
         var depth: RequestDepth
-        init(id: Int, address: String, now: Double) {
+        let codec: WireCodec
+        init(id: Int, address: String, now: Double, pipeline: PipelineSetup) {
             self.id = id
             self.address = address
             self.depth = RequestDepth(now: now)
+            self.codec = WireCodec(setup: pipeline, role: .client)
         }
     }
 
@@ -112,7 +114,8 @@ final class FetchSession {
             return
         }
         attempts[address, default: 0] += 1
-        let connection = PeerConnection(id: nextPeerID, address: address, now: service.now)
+        let connection = PeerConnection(id: nextPeerID, address: address, now: service.now, pipeline: service.pipeline)
+        if let manifest { connection.codec.decodeLimit = manifest.chunkSize + 64 }
         nextPeerID += 1
         connections[connection.id] = connection
         let parsed: PeerAddress
@@ -143,7 +146,10 @@ final class FetchSession {
                 switch result {
                 case .success(let channel):
                     connection.channel = channel
-                    send(.hello(version: PeerMessage.version, shareID: shareID), to: connection)
+                    send(
+                        .hello(
+                            version: PeerMessage.version, shareID: service.pipeline.helloID(for: shareID),
+                            stages: service.pipeline.descriptors), to: connection)
                 case .failure(let error):
                     lastError[address] = "\(error)"
                     logger.info("cannot reach \(address): \(error)")
@@ -153,7 +159,7 @@ final class FetchSession {
     }
 
     private func send(_ message: PeerMessage, to connection: PeerConnection) {
-        connection.channel?.writeAndFlush(message.frame(), promise: nil)
+        connection.channel?.writeAndFlush(connection.codec.frame(message), promise: nil)
     }
 
     private func drop(_ connection: PeerConnection, reason: String) {
@@ -169,26 +175,50 @@ final class FetchSession {
         guard let connection = connections[peerID], !finished else { return }
         let message: PeerMessage
         do {
-            message = try PeerMessage(frame: frame)
+            message = try connection.codec.message(from: frame)
         } catch {
-            return drop(connection, reason: "bad message: \(error)")
+            return drop(connection, reason: "\(error)")
+        }
+        if connection.codec.awaitingHandshake, message.tag != .stageHandshake, message.tag != .error {
+            return drop(connection, reason: "sent \(message.tag) before the encryption handshake finished")
         }
         switch message {
-        case .helloAccepted(let version, let chunkCount):
+        case .helloAccepted(let version, let chunkCount, let stages):
             guard version == PeerMessage.version, !connection.accepted else {
                 return drop(connection, reason: "unexpected handshake reply")
             }
             if let manifest, manifest.chunkCount != Int(chunkCount) {
                 return drop(connection, reason: "claims \(chunkCount) chunks; the share has \(manifest.chunkCount)")
             }
+            let ours = service.pipeline.descriptors
+            let context =
+                service.pipeline.helloID(for: shareID) + StageDescriptor.encoded(ours) + StageDescriptor.encoded(stages)
+            do {
+                if let first = try connection.codec.agree(remote: stages, context: context) {
+                    send(.stageHandshake(stage: 0, data: first), to: connection)
+                }
+            } catch {
+                return drop(connection, reason: "\(error)")
+            }
             connection.accepted = true
             connection.chunkCount = Int(chunkCount)
             attempts[connection.address] = 0
-            reportPeerCount()
-            logger.info("connected to \(connection.address)")
-            if manifest == nil && manifestRequestedFrom == nil {
-                manifestRequestedFrom = peerID
-                send(.getManifest, to: connection)
+            if !connection.codec.awaitingHandshake { established(connection) }
+        case .stageHandshake(_, let data):
+            guard connection.accepted, connection.codec.awaitingHandshake else {
+                return drop(connection, reason: "sent a handshake message out of turn")
+            }
+            do {
+                if let reply = try connection.codec.handshake(data) {
+                    send(.stageHandshake(stage: 0, data: reply), to: connection)
+                }
+            } catch {
+                return drop(connection, reason: "\(error)")
+            }
+            if !connection.codec.awaitingHandshake {
+                logger.info(
+                    "peer \(connection.address): encrypted; its peer id is \(connection.codec.remotePeerID ?? "?")")
+                established(connection)
             }
         case .bitfield(let bits):
             guard connection.accepted, connection.has == nil else {
@@ -225,6 +255,7 @@ final class FetchSession {
             } catch {
                 return failAll(code: 65, "the share's manifest is unsafe or malformed: \(error)")
             }
+            for other in connections.values { other.codec.decodeLimit = (manifest?.chunkSize ?? 0) + 64 }
             for other in connections.values where other.accepted && other.chunkCount != manifest?.chunkCount {
                 drop(other, reason: "claims \(other.chunkCount) chunks; the share has \(manifest?.chunkCount ?? 0)")
             }
@@ -267,6 +298,16 @@ final class FetchSession {
         }
     }
 
+    /// Past the hello and any stage handshake: count the peer, and ask the first for the manifest.
+    private func established(_ connection: PeerConnection) {
+        reportPeerCount()
+        logger.info("connected to \(connection.address)")
+        if manifest == nil && manifestRequestedFrom == nil {
+            manifestRequestedFrom = connection.id
+            send(.getManifest, to: connection)
+        }
+    }
+
     /// Registers a peer with the scheduler once both the scheduler (after the manifest) and
     /// the peer's bitfield exist, then asks it for chunks.
     private func join(_ connection: PeerConnection) {
@@ -292,7 +333,7 @@ final class FetchSession {
         if !waiting.isEmpty { connect(waiting.removeFirst()) }
         requestMoreFromAll()
         if manifest == nil, manifestRequestedFrom == nil,
-            let other = connections.values.first(where: { $0.accepted })
+            let other = connections.values.first(where: { $0.accepted && !$0.codec.awaitingHandshake })
         {
             manifestRequestedFrom = other.id
             send(.getManifest, to: other)
@@ -444,7 +485,7 @@ final class FetchSession {
                 if !service.downloadBucket.isUnlimited { service.downloadBucket.refund(manifest.chunkSize) }
                 break
             }
-            connection.channel?.write(PeerMessage.request(index: UInt32(index)).frame(), promise: nil)
+            connection.channel?.write(connection.codec.frame(.request(index: UInt32(index))), promise: nil)
             sent = true
         }
         if sent { connection.channel?.flush() }

@@ -5,6 +5,7 @@ import NIOCore
 import NIOPosix
 import PeerShareCore
 import PeerWire
+import Stages
 import WorkerRuntime
 
 /// The transfer worker: every peer connection lives here, and nothing else. It never opens a
@@ -49,6 +50,8 @@ public final class TransferService: WorkerService, @unchecked Sendable {
 
     // Fetching.
     var fetch: FetchSession?
+    /// The pipeline every connection runs (`configurePipeline`).
+    var pipeline = PipelineSetup()
 
     /// Seconds since start on the monotonic clock: the time the buckets are given.
     var now: Double { Double(DispatchTime.now().uptimeNanoseconds - startedAt) / 1e9 }
@@ -107,6 +110,17 @@ public final class TransferService: WorkerService, @unchecked Sendable {
             fetch?.verdict(index: Int(index), accepted: accepted)
         case .addPeers(let peers):
             fetch?.add(peers: peers)
+        case .configurePipeline(let planBytes, let secret, let identity):
+            do {
+                try Sodium.start()
+                pipeline.plan = try PipelinePlan(bytes: planBytes)
+                pipeline.secret = secret.isEmpty ? nil : secret
+                if let restored = PeerIdentity(secretKey: identity) { pipeline.identity = restored }
+                let names = pipeline.plan.stages.map(\.name).joined(separator: ", ")
+                logger.info("pipeline: \(names.isEmpty ? "no stages" : names); peer id \(pipeline.identity.peerID)")
+            } catch {
+                tell(.failure(requestID: 0, code: 78, message: "bad pipeline from the supervisor: \(error)"))
+            }
         case .setLimits(let upload, let download, let perPeer):
             setLimits(upload: upload, download: download, perPeer: perPeer)
         default:
@@ -297,10 +311,15 @@ final class ServeHandler: ChannelInboundHandler {
     var bucket: TokenBucket
     /// Pieces read and waiting for upload tokens, oldest first.
     var queued: [PeerMessage] = []
+    /// The pipeline on this connection (negotiated in the hello).
+    var codec: WireCodec
 
     init(service: TransferService) {
         self.service = service
         self.bucket = TokenBucket(rate: service.perPeerUploadRate, now: service.now)
+        self.codec = WireCodec(setup: service.pipeline, role: .server)
+        // A downloader only ever sends small messages; nothing it sends may inflate further.
+        codec.decodeLimit = 64 * 1024
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
@@ -335,7 +354,7 @@ final class ServeHandler: ChannelInboundHandler {
     }
 
     func send(_ message: PeerMessage) {
-        context?.writeAndFlush(wrapOutboundOut(message.frame()), promise: nil)
+        context?.writeAndFlush(wrapOutboundOut(codec.frame(message)), promise: nil)
     }
 
     private func fail(_ code: PeerMessage.ErrorCode, _ text: String) {
@@ -347,23 +366,49 @@ final class ServeHandler: ChannelInboundHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let message: PeerMessage
         do {
-            message = try PeerMessage(frame: unwrapInboundIn(data))
+            message = try codec.message(from: unwrapInboundIn(data))
         } catch {
             fail(.protocolViolation, "bad message: \(error)")
             return
         }
+        if codec.awaitingHandshake, message.tag != .stageHandshake {
+            return fail(.protocolViolation, "\(message.tag) before the encryption handshake finished")
+        }
         switch message {
-        case .hello(let version, let shareID):
+        case .hello(let version, let helloID, let stages):
             guard !greeted else { return fail(.protocolViolation, "hello sent twice") }
             guard version == PeerMessage.version else {
                 return fail(.versionMismatch, "version \(version) not supported (we speak \(PeerMessage.version))")
             }
-            guard shareID == service.servedShareID else { return fail(.unknownShare, "we do not have that share") }
+            guard let shareID = service.servedShareID, helloID == service.pipeline.helloID(for: shareID) else {
+                return fail(
+                    .unknownShare,
+                    service.pipeline.plan.encrypts
+                        ? "we do not serve that share with that key" : "we do not have that share")
+            }
+            let ours = service.pipeline.descriptors
+            let context = helloID + StageDescriptor.encoded(stages) + StageDescriptor.encoded(ours)
+            do {
+                _ = try codec.agree(remote: stages, context: context)
+            } catch {
+                return fail(.pipelineMismatch, "\(error)")
+            }
             greeted = true
             service.logger.info("peer \(peer) connected")
-            service.serveHandlers[ObjectIdentifier(self)] = self
-            send(.helloAccepted(version: PeerMessage.version, chunkCount: UInt32(service.servedChunkCount)))
-            send(.bitfield(bits: service.servableBitfield().bytes))
+            send(
+                .helloAccepted(version: PeerMessage.version, chunkCount: UInt32(service.servedChunkCount), stages: ours)
+            )
+            if !codec.awaitingHandshake { welcome() }
+        case .stageHandshake(_, let data) where greeted && codec.awaitingHandshake:
+            do {
+                if let reply = try codec.handshake(data) { send(.stageHandshake(stage: 0, data: reply)) }
+            } catch {
+                return fail(.handshakeFailed, "\(error)")
+            }
+            if !codec.awaitingHandshake {
+                service.logger.info("peer \(peer): encrypted; its peer id is \(codec.remotePeerID ?? "?")")
+                welcome()
+            }
         case .getManifest where greeted:
             send(.manifest(bytes: service.servedManifest ?? []))
         case .request(let index) where greeted:
@@ -381,6 +426,12 @@ final class ServeHandler: ChannelInboundHandler {
         default:
             fail(.protocolViolation, "unexpected \(message.tag) message")
         }
+    }
+
+    /// Past the hello (and the encryption handshake, if any): offer what we have.
+    private func welcome() {
+        service.serveHandlers[ObjectIdentifier(self)] = self
+        send(.bitfield(bits: service.servableBitfield().bytes))
     }
 
     func deliver(index: UInt32, data: [UInt8]) {

@@ -44,6 +44,7 @@ final class IPCCodecTests: XCTestCase {
         .serve(shareID: shareID, manifest: [1, 2], host: "127.0.0.1", port: 4000, partial: true),
         .addPeers(peers: ["127.0.0.1:1", "10.0.0.2:6881"]),
         .setLimits(upload: 1000, download: LimitChange.unchanged, perPeerUpload: 0),
+        .configurePipeline(plan: [0], secret: [1, 2, 3], identity: [4, 5]),
         .serving(port: 4000),
         .fetch(shareID: shareID, peers: ["127.0.0.1:1", "[::1]:2"]),
         .manifestReceived(manifest: [5, 6]),
@@ -149,7 +150,9 @@ final class IPCCodecTests: XCTestCase {
 
     func testPeerMessagesRoundTripAndRejectStrangers() throws {
         let messages: [PeerMessage] = [
-            .hello(version: 1, shareID: Self.shareID), .helloAccepted(version: 1, chunkCount: 9), .getManifest,
+            .hello(
+                version: 1, shareID: Self.shareID, stages: [StageDescriptor(name: "zlib", version: 1, required: true)]),
+            .helloAccepted(version: 1, chunkCount: 9, stages: []), .getManifest, .stageHandshake(stage: 1, data: [9]),
             .manifest(bytes: [1, 2, 3]), .request(index: 4), .piece(index: 4, data: [7, 7]),
             .reject(index: 4, reason: "no"), .error(code: 3, message: "bye"), .bitfield(bits: [0xF0]),
             .have(index: 5), .cancel(index: 6),
@@ -162,7 +165,7 @@ final class IPCCodecTests: XCTestCase {
             type: PeerMessage.Tag.bitfield.rawValue,
             payload: [0, 1, 0, 1] + [UInt8](repeating: 0xFF, count: 65537))
         XCTAssertThrowsError(try PeerMessage(frame: oversized), "a bitfield longer than any manifest allows")
-        var bad = PeerMessage.hello(version: 1, shareID: Self.shareID).frame()
+        var bad = PeerMessage.hello(version: 1, shareID: Self.shareID, stages: []).frame()
         bad.payload[0] = UInt8(ascii: "X")
         XCTAssertThrowsError(try PeerMessage(frame: bad))
     }

@@ -11,7 +11,8 @@ VERSION = 2
 
 
 def hello(share_id: bytes) -> bytes:
-    return frame(HELLO, MAGIC + struct.pack(">H", VERSION) + share_id)
+    """A hello with an empty pipeline (no stages)."""
+    return frame(HELLO, MAGIC + struct.pack(">H", VERSION) + share_id + b"\x00")
 
 
 def full_bitfield(count: int) -> bytes:

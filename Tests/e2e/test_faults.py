@@ -252,7 +252,7 @@ class MaliciousSeeder(threading.Thread):
                 while True:
                     msg_type, payload = peerwire.read_frame(conn)
                     if msg_type == peerwire.HELLO:
-                        conn.sendall(peerwire.frame(peerwire.HELLO_ACCEPTED, struct.pack(">HI", peerwire.VERSION, 1)))
+                        conn.sendall(peerwire.frame(peerwire.HELLO_ACCEPTED, struct.pack(">HI", peerwire.VERSION, 1) + b"\x00"))
                         conn.sendall(peerwire.frame(peerwire.BITFIELD, peerwire.blob(peerwire.full_bitfield(1))))
                     elif msg_type == peerwire.GET_MANIFEST:
                         conn.sendall(peerwire.frame(peerwire.MANIFEST, peerwire.blob(self.manifest)))

@@ -72,7 +72,8 @@ def connect_and_greet(seeder, share_id):
     sock.sendall(peerwire.hello(share_id))
     msg_type, payload = peerwire.read_frame(sock)
     assert msg_type == peerwire.HELLO_ACCEPTED
-    (version, count) = struct.unpack(">HI", payload)
+    (version, count) = struct.unpack(">HI", payload[:6])
+    assert payload[6:] == b"\x00", "no stages"
     msg_type, payload = peerwire.read_frame(sock)
     assert msg_type == peerwire.BITFIELD
     assert payload[4:] == peerwire.full_bitfield(count), "a seeder has every chunk"
@@ -110,7 +111,7 @@ def test_seeder_refuses_bad_requests_and_keeps_serving_others(seed, tmp_path):
 
     # The wrong protocol version.
     sock = socket.create_connection(("127.0.0.1", seeder.port), timeout=10)
-    sock.sendall(peerwire.frame(peerwire.HELLO, peerwire.MAGIC + struct.pack(">H", 1) + share_id))
+    sock.sendall(peerwire.frame(peerwire.HELLO, peerwire.MAGIC + struct.pack(">H", 1) + share_id + b"\x00"))
     assert "version 1 not supported" in read_until_error(sock)
 
     # After all that the seeder is alive and serves a real download.

@@ -1,0 +1,76 @@
+import Foundation
+import IPC
+import PeerShareCore
+import Stages
+
+/// The supervisor's view of the transfer pipeline for one session: the stages from
+/// pipeline.json, the link secret of an encrypted share, and this machine's peer identity.
+/// It becomes the transfer worker's `configurePipeline` message — the only way the secret
+/// reaches a worker.
+public struct PeerPipeline: Sendable {
+    public var stages: [StageSpec]
+    public var secret: [UInt8]?
+
+    public init(stages: [StageSpec], secret: [UInt8]?) {
+        self.stages = stages
+        self.secret = secret
+    }
+
+    public var encrypts: Bool { stages.contains { $0.isEncryption } }
+
+    public var plan: PipelinePlan {
+        PipelinePlan(
+            stages: stages.map { spec in
+                switch spec.kind {
+                case .zlib(let level):
+                    return .init(
+                        name: spec.name, version: ZlibStage.version, required: spec.required, kind: .zlib,
+                        level: UInt8(level))
+                case .sodium:
+                    return .init(
+                        name: spec.name, version: SodiumHandshake.version, required: spec.required, kind: .sodium)
+                case .plugin:
+                    return .init(name: spec.name, version: 1, required: spec.required, kind: .plugin)
+                }
+            })
+    }
+
+    public func configureMessage(identity: [UInt8]) -> IPCMessage {
+        .configurePipeline(plan: plan.encoded(), secret: secret ?? [], identity: identity)
+    }
+
+    /// The DHT key a share is announced and found under: for an encrypted share it depends
+    /// on the secret too, so the DHT learns nothing about which share it is.
+    public func dhtKey(for shareID: ShareID) -> [UInt8] {
+        guard let secret, encrypts else { return DHTKey.forShare(shareID) }
+        return SodiumHandshake.dhtKey(shareID: shareID.bytes, linkSecret: secret)
+    }
+}
+
+/// This machine's long-term Ed25519 identity, kept in `$XDG_STATE_HOME/peershare/identity.key`
+/// (mode 0600); a fresh one per run when it cannot be stored.
+public enum IdentityStore {
+    public static func load(environment: [String: String]) -> [UInt8] {
+        guard (try? Sodium.start()) != nil else { return [] }
+        let base: String
+        if let state = environment["XDG_STATE_HOME"], !state.isEmpty {
+            base = state + "/peershare"
+        } else if let home = environment["HOME"], !home.isEmpty {
+            base = home + "/.local/state/peershare"
+        } else {
+            return PeerIdentity.generate().secretKeyBytes
+        }
+        let path = base + "/identity.key"
+        if let data = FileManager.default.contents(atPath: path), PeerIdentity(secretKey: [UInt8](data)) != nil {
+            return [UInt8](data)
+        }
+        let fresh = PeerIdentity.generate().secretKeyBytes
+        try? FileManager.default.createDirectory(atPath: base, withIntermediateDirectories: true)
+        let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0o600)
+        if fd >= 0 {
+            _ = fresh.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+            close(fd)
+        }
+        return fresh
+    }
+}
