@@ -292,6 +292,11 @@ final class FetchSession {
                 requestMoreFromAll()
             }
         case .error(let code, let text):
+            // The peer will say the same next time: do not retry it.
+            let permanent: [PeerMessage.ErrorCode] = [.unknownShare, .versionMismatch, .pipelineMismatch]
+            if let known = PeerMessage.ErrorCode(rawValue: code), permanent.contains(known) {
+                attempts[connection.address] = FetchSession.maxAttempts
+            }
             drop(connection, reason: "error \(code): \(text)")
         default:
             drop(connection, reason: "unexpected \(message.tag) message")

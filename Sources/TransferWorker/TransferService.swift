@@ -391,7 +391,16 @@ final class ServeHandler: ChannelInboundHandler {
             do {
                 _ = try codec.agree(remote: stages, context: context)
             } catch {
-                return fail(.pipelineMismatch, "\(error)")
+                // Logged as we see it, sent as the peer sees it, so each end reads "we"
+                // and "the peer" the right way round.
+                service.logger.warning("peer \(peer): \(error); disconnecting")
+                var theirs = "\(error)"
+                if case .failure(let mismatch) = PipelineNegotiation.agree(local: stages, remote: ours) {
+                    theirs = "pipeline mismatch: \(mismatch.description)"
+                }
+                send(.error(code: PeerMessage.ErrorCode.pipelineMismatch.rawValue, message: theirs))
+                self.context?.close(promise: nil)
+                return
             }
             greeted = true
             service.logger.info("peer \(peer) connected")

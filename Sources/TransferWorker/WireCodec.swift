@@ -120,9 +120,10 @@ final class WireCodec {
     /// The frame to put on the wire for a message.
     func frame(_ message: PeerMessage) -> Frame {
         let plain = message.frame()
-        // Handshake messages are the stages' own business (the last one leaves the client
-        // after its side is already sealed).
-        guard sealed, message.tag != .stageHandshake else { return plain }
+        // The hellos and the stages' handshake messages are what sets the pipeline up, so
+        // they travel as they are (the server's side is sealed as soon as it has agreed,
+        // before its helloAccepted leaves; the client's before its last handshake message).
+        guard sealed, ![.hello, .helloAccepted, .stageHandshake].contains(message.tag) else { return plain }
         var inner = ByteWriter(capacity: plain.payload.count + 2)
         inner.u16(plain.type)
         inner.raw(plain.payload)
