@@ -7,7 +7,8 @@ let package = Package(
     name: "PeerShare",
     platforms: [.macOS(.v13)],
     products: [
-        .executable(name: "peershare", targets: ["peershare"])
+        .executable(name: "peershare", targets: ["peershare"]),
+        .executable(name: "peershare-pad", targets: ["peershare-pad"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
@@ -98,6 +99,11 @@ let package = Package(
                 .product(name: "Crypto", package: "swift-crypto"),
             ]),
         .executableTarget(name: "peershare", dependencies: ["PeerShareCLI"]),
+
+        // Pipeline stage plugins (docs/PLUGINS.md). Explicit paths: SwiftPM's own convention
+        // reserves Plugins/ for package plugins. PluginKit is the template's protocol loop.
+        .target(name: "PluginKit", path: "Plugins/PluginKit"),
+        .executableTarget(name: "peershare-pad", dependencies: ["PluginKit"], path: "Plugins/pad"),
 
         .testTarget(name: "PeerShareCoreTests", dependencies: ["PeerShareCore"]),
         .testTarget(name: "StagesTests", dependencies: ["Stages", "PeerShareCore"]),

@@ -20,9 +20,6 @@ import subprocess
 import sys
 import time
 
-binary, source, work = sys.argv[1], os.path.abspath(sys.argv[2]), sys.argv[3]
-rows = (sys.argv[4] if len(sys.argv) > 4 else "1-1,4-1,1-8").split(",")
-size = os.path.getsize(source)
 HERE = os.path.dirname(os.path.abspath(__file__))
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -166,36 +163,45 @@ def run_libtorrent(seeders, downloaders, torrent):
     return elapsed, meter
 
 
-# PeerShare's chunk size for this file (~2,048 chunks, 64 KiB..4 MiB, a power of two), so
-# both tools move pieces of the same size.
-chunk = 64 << 10
-while chunk < (4 << 20) and size / chunk > 2048:
-    chunk *= 2
-torrent = os.path.join(work, "bench.torrent")
-if os.path.exists(torrent):
-    os.remove(torrent)
-subprocess.run(["mktorrent", "-l", str(chunk.bit_length() - 1), "-o", torrent, source],
-               check=True, stdout=subprocess.DEVNULL)
+def main():
+    global binary, source, work, size
+    binary, source, work = sys.argv[1], os.path.abspath(sys.argv[2]), sys.argv[3]
+    rows = (sys.argv[4] if len(sys.argv) > 4 else "1-1,4-1,1-8").split(",")
+    size = os.path.getsize(source)
+    # PeerShare's chunk size for this file (~2,048 chunks, 64 KiB..4 MiB, a power of two), so
+    # both tools move pieces of the same size.
+    chunk = 64 << 10
+    while chunk < (4 << 20) and size / chunk > 2048:
+        chunk *= 2
+    torrent = os.path.join(work, "bench.torrent")
+    if os.path.exists(torrent):
+        os.remove(torrent)
+    subprocess.run(["mktorrent", "-l", str(chunk.bit_length() - 1), "-o", torrent, source],
+                   check=True, stdout=subprocess.DEVNULL)
 
-gib = size / (1 << 30)
-print(f"{size / 2**20:.0f} MiB share, {chunk >> 10} KiB chunks/pieces")
-print(f"{'row':<24} {'tool':<11} {'MB/s':>8} {'CPU s/GiB':>10} {'vs libtorrent':>14}   peak RSS (MiB)")
-for row in rows:
-    seeders, downloaders = (int(x) for x in row.split("-"))
-    results = {}
-    for tool, run in (("peershare", run_peershare), ("libtorrent", run_libtorrent)):
-        elapsed, meter = run(seeders, downloaders) if tool == "peershare" else run(seeders, downloaders, torrent)
-        moved = size * downloaders
-        results[tool] = (moved / elapsed / 1e6, sum(meter.cpu.values()) / (moved / (1 << 30)), meter.peak)
-        if os.environ.get("BENCH_CPU_DETAIL"):
-            per_kind = {}
-            for pid, seconds in meter.cpu.items():
-                per_kind[meter.kinds[pid]] = per_kind.get(meter.kinds[pid], 0) + seconds
-            print(f"  {tool} CPU s/GiB by process: " + ", ".join(
-                f"{k} {v / (moved / (1 << 30)):.2f}" for k, v in sorted(per_kind.items())))
-    label = f"{seeders} seeder{'s' if seeders > 1 else ''} -> {downloaders} downloader{'s' if downloaders > 1 else ''}"
-    for tool in ("peershare", "libtorrent"):
-        rate, cpu, peak = results[tool]
-        ratio = f"{rate / results['libtorrent'][0]:.2f}x" if tool == "peershare" else ""
-        peaks = ", ".join(f"{k} {v / 1024:.0f}" for k, v in sorted(peak.items()))
-        print(f"{label:<24} {tool:<11} {rate:8.0f} {cpu:10.2f} {ratio:>14}   {peaks}", flush=True)
+    gib = size / (1 << 30)
+    print(f"{size / 2**20:.0f} MiB share, {chunk >> 10} KiB chunks/pieces")
+    print(f"{'row':<24} {'tool':<11} {'MB/s':>8} {'CPU s/GiB':>10} {'vs libtorrent':>14}   peak RSS (MiB)")
+    for row in rows:
+        seeders, downloaders = (int(x) for x in row.split("-"))
+        results = {}
+        for tool, run in (("peershare", run_peershare), ("libtorrent", run_libtorrent)):
+            elapsed, meter = run(seeders, downloaders) if tool == "peershare" else run(seeders, downloaders, torrent)
+            moved = size * downloaders
+            results[tool] = (moved / elapsed / 1e6, sum(meter.cpu.values()) / (moved / (1 << 30)), meter.peak)
+            if os.environ.get("BENCH_CPU_DETAIL"):
+                per_kind = {}
+                for pid, seconds in meter.cpu.items():
+                    per_kind[meter.kinds[pid]] = per_kind.get(meter.kinds[pid], 0) + seconds
+                print(f"  {tool} CPU s/GiB by process: " + ", ".join(
+                    f"{k} {v / (moved / (1 << 30)):.2f}" for k, v in sorted(per_kind.items())))
+        label = f"{seeders} seeder{'s' if seeders > 1 else ''} -> {downloaders} downloader{'s' if downloaders > 1 else ''}"
+        for tool in ("peershare", "libtorrent"):
+            rate, cpu, peak = results[tool]
+            ratio = f"{rate / results['libtorrent'][0]:.2f}x" if tool == "peershare" else ""
+            peaks = ", ".join(f"{k} {v / 1024:.0f}" for k, v in sorted(peak.items()))
+            print(f"{label:<24} {tool:<11} {rate:8.0f} {cpu:10.2f} {ratio:>14}   {peaks}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

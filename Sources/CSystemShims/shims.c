@@ -8,6 +8,11 @@
 int peershare_set_parent_death_signal(int sig) { return prctl(PR_SET_PDEATHSIG, (unsigned long)sig, 0, 0, 0); }
 
 pid_t peershare_spawn(const char *path, char *const argv[], char *const envp[], int child_fd, int target_fd) {
+    return peershare_spawn_fds(path, argv, envp, &child_fd, &target_fd, 1);
+}
+
+pid_t peershare_spawn_fds(
+    const char *path, char *const argv[], char *const envp[], const int *child_fds, const int *target_fds, int count) {
     posix_spawn_file_actions_t actions;
     posix_spawnattr_t attributes;
     pid_t pid = -1;
@@ -19,7 +24,8 @@ pid_t peershare_spawn(const char *path, char *const argv[], char *const envp[], 
         return -1;
     }
     /* dup2 clears close-on-exec on the target; every other descriptor of ours has it set. */
-    rc = posix_spawn_file_actions_adddup2(&actions, child_fd, target_fd);
+    rc = 0;
+    for (int i = 0; i < count && rc == 0; i++) rc = posix_spawn_file_actions_adddup2(&actions, child_fds[i], target_fds[i]);
     sigset_t defaults, empty;
     sigemptyset(&defaults);
     sigaddset(&defaults, SIGINT);

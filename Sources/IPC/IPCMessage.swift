@@ -50,6 +50,8 @@ public enum IPCMessage: Equatable, Sendable {
     /// encrypted share (empty: none) and this peer's Ed25519 secret key. Secrets travel only
     /// here, never on a command line.
     case configurePipeline(plan: [UInt8], secret: [UInt8], identity: [UInt8])
+    /// A plugin stage hung or answered garbage: the supervisor restarts it.
+    case pluginFailed(name: String, reason: String)
 
     // Discovery worker: the DHT node.
     case dhtStart(host: String, port: UInt16, routers: [String], state: [UInt8])
@@ -67,7 +69,7 @@ public enum IPCMessage: Equatable, Sendable {
             downloadFinalized
         case serve = 0x0200, serving, fetch, manifestReceived, startChunks, chunkReceived, chunkResult,
             peerEvent, fetchFailed, peerCount, addPeers, setLimits,
-            configurePipeline
+            configurePipeline, pluginFailed
         case dhtStart = 0x0300, dhtReady, dhtRequest, dhtTrace, dhtResult, dhtStateRequest, dhtState
     }
 
@@ -113,6 +115,7 @@ public enum IPCMessage: Equatable, Sendable {
         case .addPeers: return .addPeers
         case .setLimits: return .setLimits
         case .configurePipeline: return .configurePipeline
+        case .pluginFailed: return .pluginFailed
         case .dhtStart: return .dhtStart
         case .dhtReady: return .dhtReady
         case .dhtRequest: return .dhtRequest
@@ -233,6 +236,9 @@ public enum IPCMessage: Equatable, Sendable {
             w.blob(plan)
             w.blob(secret)
             w.blob(identity)
+        case .pluginFailed(let name, let reason):
+            w.string(name)
+            w.blob(Array(reason.utf8))
         case .manifestReceived(let manifest), .startChunks(let manifest): w.blob(manifest)
         case .chunkReceived(let index, let data, let peer):
             w.u32(index)
@@ -376,6 +382,7 @@ public enum IPCMessage: Equatable, Sendable {
             self = .configurePipeline(
                 plan: try r.blob(limit: 4096, what: "pipeline"), secret: try r.blob(limit: 64, what: "secret"),
                 identity: try r.blob(limit: 128, what: "identity"))
+        case .pluginFailed: self = .pluginFailed(name: try r.string(), reason: try text())
         case .dhtStart:
             let host = try r.string()
             let port = try r.u16()

@@ -38,6 +38,7 @@ public enum WorkerRole: String, CaseIterable, Sendable, Codable {
         case .transfer:
             return common.union([
                 .serving, .manifestReceived, .chunkReceived, .readChunk, .peerEvent, .fetchFailed, .peerCount,
+                .pluginFailed,
             ])
         }
     }

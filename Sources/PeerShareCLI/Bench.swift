@@ -2,6 +2,7 @@ import ArgumentParser
 import CSodium
 import Crypto
 import Foundation
+import Stages
 
 /// `peershare bench hash FILE`: how fast each candidate chunk hash runs here, streaming the
 /// file in 1 MiB reads the way the hash worker does. contrib/bench.sh runs it beside
@@ -12,6 +13,9 @@ struct Bench: ParsableCommand {
 
     @Argument(help: "The file to hash (read it once first so it is in the page cache).")
     var file: String
+
+    @Flag(help: "Also time the pipeline's primitives on the file: zlib level 1 and libsodium's secretstream.")
+    var stages = false
 
     func run() throws {
         guard sodium_init() >= 0 else { throw ValidationError("libsodium failed to initialise") }
@@ -55,5 +59,13 @@ struct Bench: ParsableCommand {
         measure("libsodium BLAKE2b-256") {
             crypto_generichash_update(OpaquePointer(blake), $0.bindMemory(to: UInt8.self).baseAddress, UInt64($0.count))
         }
+        guard stages else { return }
+        // The stages' own cost per 512 KiB chunk-sized frame, in this process, one core.
+        var sealedBytes = 0
+        let sender = SecretStreamSender(key: Sodium.random(32))
+        measure("secretstream XChaCha20-Poly1305 seal") { sealedBytes += sender.seal([UInt8]($0)).count }
+        var packed = 0
+        measure("zlib level 1 (ZlibStage.encode)  ") { packed += ZlibStage.encode([UInt8]($0), level: 1).count }
+        Terminal.line(String(format: "zlib stage output: %.3f of input", Double(packed) / Double(max(1, sealedBytes))))
     }
 }

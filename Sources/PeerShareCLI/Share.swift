@@ -81,7 +81,8 @@ enum SupervisorRunner {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let loop = group.next()
         let table = WorkerTable.standard(config: config, logLevel: logLevel)
-        let supervisor = Supervisor(table: table, eventLoop: loop, logger: logger)
+        let plugins = PeerPipeline(stages: config.stages, secret: nil).plugins
+        let supervisor = Supervisor(table: table, eventLoop: loop, logger: logger, plugins: plugins)
         let session = try? loop.submit { makeSession(supervisor, logger) }.wait()
         guard let session else { return ExitCodes.software }
         let controlServer = control ? ControlServer(supervisor: supervisor, limits: config.limits, logger: logger) : nil

@@ -16,13 +16,18 @@ public struct PipelinePlan: Equatable, Sendable {
         public var kind: Kind
         /// zlib's level; 0 for the others.
         public var level: UInt8
+        /// A plugin's options from pipeline.json, handed to it in its hello.
+        public var options: [String: String]
 
-        public init(name: String, version: UInt16, required: Bool, kind: Kind, level: UInt8 = 0) {
+        public init(
+            name: String, version: UInt16, required: Bool, kind: Kind, level: UInt8 = 0, options: [String: String] = [:]
+        ) {
             self.name = name
             self.version = version
             self.required = required
             self.kind = kind
             self.level = level
+            self.options = options
         }
     }
 
@@ -43,6 +48,11 @@ public struct PipelinePlan: Equatable, Sendable {
             w.bool(stage.required)
             w.u8(stage.kind.rawValue)
             w.u8(stage.level)
+            w.u16(UInt16(min(stage.options.count, 64)))
+            for (key, value) in stage.options.sorted(by: { $0.key < $1.key }).prefix(64) {
+                w.string(key)
+                w.string(value)
+            }
         }
         return w.bytes
     }
@@ -59,7 +69,13 @@ public struct PipelinePlan: Equatable, Sendable {
             let version = try r.u16()
             let required = try r.bool()
             guard let kind = Kind(rawValue: try r.u8()) else { throw DecodeError.invalid("unknown stage kind") }
-            stages.append(Stage(name: name, version: version, required: required, kind: kind, level: try r.u8()))
+            let level = try r.u8()
+            let optionCount = Int(try r.u16())
+            guard optionCount <= 64 else { throw DecodeError.invalid("too many plugin options") }
+            var options: [String: String] = [:]
+            for _ in 0..<optionCount { options[try r.string()] = try r.string() }
+            stages.append(
+                Stage(name: name, version: version, required: required, kind: kind, level: level, options: options))
         }
         try r.expectEnd()
         self.stages = stages

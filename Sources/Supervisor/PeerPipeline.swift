@@ -18,6 +18,14 @@ public struct PeerPipeline: Sendable {
 
     public var encrypts: Bool { stages.contains { $0.isEncryption } }
 
+    /// The plugin stages, in pipeline order: the supervisor runs these.
+    public var plugins: [PluginSpec] {
+        stages.compactMap { spec in
+            if case .plugin(let path, _) = spec.kind { return PluginSpec(name: spec.name, path: path) }
+            return nil
+        }
+    }
+
     public var plan: PipelinePlan {
         PipelinePlan(
             stages: stages.map { spec in
@@ -29,8 +37,9 @@ public struct PeerPipeline: Sendable {
                 case .sodium:
                     return .init(
                         name: spec.name, version: SodiumHandshake.version, required: spec.required, kind: .sodium)
-                case .plugin:
-                    return .init(name: spec.name, version: 1, required: spec.required, kind: .plugin)
+                case .plugin(_, let options):
+                    // The version is the plugin's own; the transfer worker learns it from its hello.
+                    return .init(name: spec.name, version: 0, required: spec.required, kind: .plugin, options: options)
                 }
             })
     }

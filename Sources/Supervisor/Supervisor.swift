@@ -63,11 +63,22 @@ public final class Supervisor: @unchecked Sendable {
     private var nextRequestID: UInt32 = 1
     private var nonce: UInt64 = 0
 
-    public init(table: [WorkerSpec], eventLoop: EventLoop, logger: Logger, executable: String = "/proc/self/exe") {
+    private let plugins: PluginHost
+
+    public init(
+        table: [WorkerSpec], eventLoop: EventLoop, logger: Logger, executable: String = "/proc/self/exe",
+        plugins: [PluginSpec] = []
+    ) {
         self.eventLoop = eventLoop
         self.logger = logger
         self.executable = executable
+        self.plugins = PluginHost(specs: plugins, loop: eventLoop, logger: logger)
         for spec in table { workers[spec.role] = Worker(spec: spec) }
+    }
+
+    /// A plugin hung or answered garbage (the transfer worker says so): restart it.
+    public func pluginFailed(name: String, reason: String) {
+        plugins.failed(name: name, reason: reason)
     }
 
     /// A fresh request id; ids are unique across all workers for the supervisor's lifetime.
@@ -88,6 +99,20 @@ public final class Supervisor: @unchecked Sendable {
         eventLoop.preconditionInEventLoop()
         let promise = eventLoop.makePromise(of: Void.self)
         startPromise = promise
+        // Plugins first: the transfer worker inherits their pipes when it is spawned.
+        plugins.onRestart = { [self] _ in
+            if let transfer = workers[.transfer], transfer.pid > 0 { kill(transfer.pid, SIGKILL) }
+        }
+        plugins.onGiveUp = { [self] reason in
+            logger.critical("\(reason)")
+            delegate?.supervisor(self, gaveUpOn: .transfer, reason: reason)
+        }
+        do {
+            try plugins.startAll()
+        } catch {
+            promise.fail(error)
+            return promise.futureResult
+        }
         for worker in workers.values { spawn(worker) }
         let interval = workers.values.map(\.spec.heartbeatIntervalMs).min() ?? 1000
         heartbeat = eventLoop.scheduleRepeatedTask(
@@ -103,6 +128,7 @@ public final class Supervisor: @unchecked Sendable {
         let promise = eventLoop.makePromise(of: Void.self)
         stopPromise = promise
         shuttingDown = true
+        plugins.stopAll()
         heartbeat?.cancel()
         startPromise?.fail(SupervisorError.stopped)
         startPromise = nil
@@ -175,9 +201,14 @@ public final class Supervisor: @unchecked Sendable {
         var environment = ProcessInfo.processInfo.environment
         environment[WorkerMain.supervisorPIDVariable] = String(getpid())
         let envStrings = environment.map { "\($0.key)=\($0.value)" }
+        // The transfer worker also inherits the plugins' pipes (descriptors 4, 5, ...).
+        var mappings: [(Int32, Int32)] = [(pair[1], WorkerMain.pipeDescriptor)]
+        if role == .transfer { mappings += plugins.transferDescriptors }
+        var from = mappings.map(\.0)
+        var to = mappings.map(\.1)
         let pid = withCStrings(arguments) { argv in
             withCStrings(envStrings) { envp in
-                peershare_spawn(executable, argv, envp, pair[1], WorkerMain.pipeDescriptor)
+                peershare_spawn_fds(executable, argv, envp, &from, &to, Int32(mappings.count))
             }
         }
         close(pair[1])
@@ -268,6 +299,9 @@ public final class Supervisor: @unchecked Sendable {
             violation(by: worker, "hello sent twice")
             return
         case .pong:
+            return
+        case .pluginFailed(let name, let reason):
+            plugins.failed(name: name, reason: reason)
             return
         case .hashProgress:
             break

@@ -159,7 +159,12 @@ final class FetchSession {
     }
 
     private func send(_ message: PeerMessage, to connection: PeerConnection) {
-        connection.channel?.writeAndFlush(connection.codec.frame(message), promise: nil)
+        do {
+            connection.channel?.writeAndFlush(try connection.codec.frame(message), promise: nil)
+        } catch {
+            service.reportPluginFailure(connection.codec)
+            drop(connection, reason: "\(error)")
+        }
     }
 
     private func drop(_ connection: PeerConnection, reason: String) {
@@ -177,6 +182,7 @@ final class FetchSession {
         do {
             message = try connection.codec.message(from: frame)
         } catch {
+            service.reportPluginFailure(connection.codec)
             return drop(connection, reason: "\(error)")
         }
         if connection.codec.awaitingHandshake, message.tag != .stageHandshake, message.tag != .error {
@@ -331,6 +337,7 @@ final class FetchSession {
 
     func connectionClosed(peerID: Int) {
         guard let connection = connections.removeValue(forKey: peerID) else { return }
+        connection.codec.close()
         scheduler?.peerLeft(peerID)
         if !finished { reportPeerCount() }
         if manifestRequestedFrom == peerID && manifest == nil { manifestRequestedFrom = nil }
@@ -490,7 +497,13 @@ final class FetchSession {
                 if !service.downloadBucket.isUnlimited { service.downloadBucket.refund(manifest.chunkSize) }
                 break
             }
-            connection.channel?.write(connection.codec.frame(.request(index: UInt32(index))), promise: nil)
+            do {
+                connection.channel?.write(try connection.codec.frame(.request(index: UInt32(index))), promise: nil)
+            } catch {
+                service.reportPluginFailure(connection.codec)
+                drop(connection, reason: "\(error)")
+                break
+            }
             sent = true
         }
         if sent { connection.channel?.flush() }

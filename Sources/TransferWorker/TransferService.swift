@@ -116,6 +116,7 @@ public final class TransferService: WorkerService, @unchecked Sendable {
                 pipeline.plan = try PipelinePlan(bytes: planBytes)
                 pipeline.secret = secret.isEmpty ? nil : secret
                 if let restored = PeerIdentity(secretKey: identity) { pipeline.identity = restored }
+                try startPlugins()
                 let names = pipeline.plan.stages.map(\.name).joined(separator: ", ")
                 logger.info("pipeline: \(names.isEmpty ? "no stages" : names); peer id \(pipeline.identity.peerID)")
             } catch {
@@ -149,6 +150,31 @@ public final class TransferService: WorkerService, @unchecked Sendable {
     }
 
     private func describe(_ rate: Double) -> String { ByteRate.describe(rate) }
+
+    private var reportedPlugins: Set<String> = []
+
+    /// A plugin stage hung, crashed or answered garbage on this connection: the supervisor
+    /// restarts it (once per plugin: it restarts this worker too).
+    func reportPluginFailure(_ codec: WireCodec) {
+        guard let (name, reason) = codec.failedPlugin, reportedPlugins.insert(name).inserted else { return }
+        logger.error("\(reason)")
+        tell(.pluginFailed(name: name, reason: reason))
+    }
+
+    /// Connects to the plugin stages' pipes (inherited on descriptors 4, 5, ...) and says hello.
+    private func startPlugins() throws {
+        var next: Int32 = 4
+        pipeline.plugins = [:]
+        for index in pipeline.plan.stages.indices where pipeline.plan.stages[index].kind == .plugin {
+            let stage = pipeline.plan.stages[index]
+            let channel = PluginChannel(name: stage.name, descriptor: next)
+            next += 1
+            try channel.start(options: stage.options)
+            pipeline.plan.stages[index].version = channel.version
+            pipeline.plugins[stage.name] = channel
+            logger.info("plugin '\(stage.name)' ready, stage version \(channel.version)")
+        }
+    }
 
     // MARK: Serving
 
@@ -335,6 +361,7 @@ final class ServeHandler: ChannelInboundHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
+        codec.close()
         service.servingConnections -= 1
         service.forget(self)
         self.context = nil
@@ -354,7 +381,13 @@ final class ServeHandler: ChannelInboundHandler {
     }
 
     func send(_ message: PeerMessage) {
-        context?.writeAndFlush(wrapOutboundOut(codec.frame(message)), promise: nil)
+        do {
+            context?.writeAndFlush(wrapOutboundOut(try codec.frame(message)), promise: nil)
+        } catch {
+            service.logger.warning("peer \(peer): \(error); disconnecting")
+            service.reportPluginFailure(codec)
+            context?.close(promise: nil)
+        }
     }
 
     private func fail(_ code: PeerMessage.ErrorCode, _ text: String) {
@@ -368,6 +401,7 @@ final class ServeHandler: ChannelInboundHandler {
         do {
             message = try codec.message(from: unwrapInboundIn(data))
         } catch {
+            service.reportPluginFailure(codec)
             fail(.protocolViolation, "bad message: \(error)")
             return
         }

@@ -10,6 +10,8 @@ struct PipelineSetup {
     /// The link secret of an encrypted share.
     var secret: [UInt8]?
     var identity = PeerIdentity.generate()
+    /// Plugin stages by name: their pipes, inherited from the supervisor.
+    var plugins: [String: PluginChannel] = [:]
 
     var descriptors: [StageDescriptor] {
         plan.stages.map { StageDescriptor(name: $0.name, version: $0.version, required: $0.required) }
@@ -62,12 +64,39 @@ final class WireCodec {
         self.role = role
     }
 
+    /// What the plugins know this connection by.
+    var connectionID: UInt32 { UInt32(truncatingIfNeeded: ObjectIdentifier(self).hashValue) }
+    private var opened: [PluginChannel] = []
+
+    /// The connection closed: plugins may drop their state for it.
+    func close() {
+        for plugin in opened where plugin.broken == nil { plugin.close(connection: connectionID) }
+        opened.removeAll()
+    }
+
+    /// A plugin that failed, for the supervisor to restart.
+    var failedPlugin: (name: String, reason: String)? {
+        for plugin in opened { if let reason = plugin.broken { return (plugin.name, reason) } }
+        return nil
+    }
+
     /// Agrees on the stages with the peer's descriptors. Returns the first handshake message
     /// to send (the client's, when encryption was agreed), or nil.
     func agree(remote: [StageDescriptor], context: [UInt8]) throws -> [UInt8]? {
         switch PipelineNegotiation.agree(local: setup.descriptors, remote: remote) {
         case .failure(let mismatch): throw Failure.mismatch(mismatch.description)
         case .success(let names): agreed = setup.plan.stages.filter { names.contains($0.name) }
+        }
+        for stage in agreed where stage.kind == .plugin {
+            guard let plugin = setup.plugins[stage.name] else {
+                throw Failure.stage(stage.name, "plugin is not running")
+            }
+            do {
+                try plugin.open(connection: connectionID, server: role == .server)
+            } catch {
+                throw Failure.stage(stage.name, "\(error)")
+            }
+            opened.append(plugin)
         }
         guard agreed.contains(where: { $0.kind == .sodium }) else {
             sealed = !agreed.isEmpty
@@ -117,8 +146,8 @@ final class WireCodec {
         sealed = true
     }
 
-    /// The frame to put on the wire for a message.
-    func frame(_ message: PeerMessage) -> Frame {
+    /// The frame to put on the wire for a message. Throws only when a plugin stage fails.
+    func frame(_ message: PeerMessage) throws -> Frame {
         let plain = message.frame()
         // The hellos and the stages' handshake messages are what sets the pipeline up, so
         // they travel as they are (the server's side is sealed as soon as it has agreed,
@@ -133,7 +162,13 @@ final class WireCodec {
             switch stage.kind {
             case .zlib: bytes = ZlibStage.encode(bytes, level: Int32(stage.level))
             case .sodium: bytes = sender?.seal(bytes) ?? bytes
-            case .plugin: break  // run by the supervisor's plugin host (docs/PLUGINS.md)
+            case .plugin:
+                guard let plugin = setup.plugins[stage.name] else { throw Failure.stage(stage.name, "not running") }
+                do {
+                    bytes = try plugin.encode(connection: connectionID, bytes)
+                } catch {
+                    throw Failure.stage(stage.name, "\(error)")
+                }
             }
         }
         wireBytesOut += bytes.count
@@ -156,7 +191,9 @@ final class WireCodec {
                 case .sodium:
                     guard let receiver else { throw SodiumError("no session") }
                     bytes = try receiver.open(bytes)
-                case .plugin: break
+                case .plugin:
+                    guard let plugin = setup.plugins[stage.name] else { throw SodiumError("not running") }
+                    bytes = try plugin.decode(connection: connectionID, bytes, limit: decodeLimit + 64 * 1024)
                 }
             } catch {
                 throw Failure.stage(stage.name, "\(error)")

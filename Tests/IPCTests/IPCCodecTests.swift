@@ -45,6 +45,7 @@ final class IPCCodecTests: XCTestCase {
         .addPeers(peers: ["127.0.0.1:1", "10.0.0.2:6881"]),
         .setLimits(upload: 1000, download: LimitChange.unchanged, perPeerUpload: 0),
         .configurePipeline(plan: [0], secret: [1, 2, 3], identity: [4, 5]),
+        .pluginFailed(name: "pad", reason: "did not answer within 2 s"),
         .serving(port: 4000),
         .fetch(shareID: shareID, peers: ["127.0.0.1:1", "[::1]:2"]),
         .manifestReceived(manifest: [5, 6]),

@@ -10,4 +10,8 @@ int peershare_set_parent_death_signal(int sig);
 /// defaults and an empty signal mask. Returns the pid, or -1 with errno set.
 pid_t peershare_spawn(const char *path, char *const argv[], char *const envp[], int child_fd, int target_fd);
 
+/// The same with several descriptors: child_fds[i] is placed on target_fds[i].
+pid_t peershare_spawn_fds(
+    const char *path, char *const argv[], char *const envp[], const int *child_fds, const int *target_fds, int count);
+
 #endif

@@ -1,0 +1,139 @@
+import CSystemShims
+import Foundation
+import Logging
+import NIOCore
+
+/// A custom pipeline stage as the supervisor runs it: an executable from pipeline.json.
+public struct PluginSpec: Sendable, Equatable {
+    public var name: String
+    public var path: String
+
+    public init(name: String, path: String) {
+        self.name = name
+        self.path = path
+    }
+}
+
+/// Runs the plugin stages: each is one more isolated process, started by the supervisor,
+/// with its stdin and stdout on a socketpair whose other end the transfer worker inherits
+/// (plugin k on descriptor 4 + k), so chunk data goes straight from the transfer worker to
+/// the plugin and back. A plugin that exits is restarted, and so is the transfer worker,
+/// which then inherits the new pipe (descriptors cannot be swapped under a running worker
+/// without descriptor passing). Loop-confined.
+final class PluginHost: @unchecked Sendable {
+    struct Running {
+        var pid: pid_t
+        /// Our end of the socketpair, inherited by the transfer worker.
+        var hostDescriptor: Int32
+        var generation: Int
+    }
+
+    static let firstDescriptor: Int32 = 4
+    static let maxRestarts = 5
+
+    let specs: [PluginSpec]
+    let logger: Logger
+    let loop: EventLoop
+    private(set) var running: [Running?]
+    private var generation = 0
+    private var restarts = 0
+    var stopping = false
+    /// Called when a plugin was restarted: the transfer worker must be restarted too.
+    var onRestart: ((String) -> Void)?
+    /// Called when a plugin keeps failing.
+    var onGiveUp: ((String) -> Void)?
+
+    init(specs: [PluginSpec], loop: EventLoop, logger: Logger) {
+        self.specs = specs
+        self.loop = loop
+        self.logger = logger
+        self.running = Array(repeating: nil, count: specs.count)
+    }
+
+    /// Descriptor mappings for the transfer worker's spawn: (our end, 4 + k).
+    var transferDescriptors: [(Int32, Int32)] {
+        running.enumerated().compactMap { index, plugin in
+            plugin.map { ($0.hostDescriptor, PluginHost.firstDescriptor + Int32(index)) }
+        }
+    }
+
+    func startAll() throws {
+        for index in specs.indices { try start(index) }
+    }
+
+    private func start(_ index: Int) throws {
+        let spec = specs[index]
+        var pair: [Int32] = [-1, -1]
+        guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &pair) == 0 else {
+            throw PluginHostError("plugin '\(spec.name)': socketpair failed: \(String(cString: strerror(errno)))")
+        }
+        let environment = ProcessInfo.processInfo.environment.map { "\($0.key)=\($0.value)" }
+        let pid = withCStrings([spec.path]) { argv in
+            withCStrings(environment) { envp in
+                var from: [Int32] = [pair[1], pair[1]]
+                var to: [Int32] = [0, 1]
+                return peershare_spawn_fds(spec.path, argv, envp, &from, &to, 2)
+            }
+        }
+        close(pair[1])
+        guard pid > 0 else {
+            close(pair[0])
+            throw PluginHostError(
+                "plugin '\(spec.name)': cannot start \(spec.path): \(String(cString: strerror(errno)))")
+        }
+        if let old = running[index] { close(old.hostDescriptor) }
+        generation += 1
+        running[index] = Running(pid: pid, hostDescriptor: pair[0], generation: generation)
+        logger.info("started plugin '\(spec.name)' (pid \(pid))")
+        reap(index: index, pid: pid, generation: generation)
+    }
+
+    private func reap(index: Int, pid: pid_t, generation: Int) {
+        Thread.detachNewThread { [self] in
+            var status: Int32 = 0
+            while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+            let text =
+                status & 0x7f == 0
+                ? "exited with status \((status >> 8) & 0xff)" : "was killed by signal \(status & 0x7f)"
+            loop.execute { [self] in exited(index: index, generation: generation, status: text) }
+        }
+    }
+
+    private func exited(index: Int, generation: Int, status: String) {
+        guard running[index]?.generation == generation, !stopping else { return }
+        let name = specs[index].name
+        restarts += 1
+        guard restarts <= PluginHost.maxRestarts else {
+            onGiveUp?("plugin '\(name)' failed \(restarts) times (last: \(status)); giving up")
+            return
+        }
+        logger.warning("plugin '\(name)' \(status); restarting it, and the transfer worker with it")
+        do {
+            try start(index)
+            onRestart?(name)
+        } catch {
+            onGiveUp?("\(error)")
+        }
+    }
+
+    /// The transfer worker reported the plugin hung or answered garbage: kill it; the
+    /// reaper restarts it.
+    func failed(name: String, reason: String) {
+        guard let index = specs.firstIndex(where: { $0.name == name }), let pid = running[index]?.pid else { return }
+        logger.warning("plugin '\(name)': \(reason); killing it")
+        kill(pid, SIGKILL)
+    }
+
+    func stopAll() {
+        stopping = true
+        for plugin in running.compactMap({ $0 }) {
+            kill(plugin.pid, SIGTERM)
+            close(plugin.hostDescriptor)
+        }
+    }
+}
+
+struct PluginHostError: Error, CustomStringConvertible {
+    var description: String
+    init(_ description: String) { self.description = description }
+}

@@ -1,0 +1,122 @@
+#!/usr/bin/python3
+"""Pipeline stage benchmarks on loopback: one seeder, one downloader, the same share through
+each pipeline, beside the raw primitives measured in the same run (openssl's
+ChaCha20-Poly1305, gzip -1 on the same data, libsodium in-process via `peershare bench`).
+
+For each row: MB/s end to end, CPU seconds per GiB (all processes of both peers), bytes on
+the wire per byte of data (from lo's counters: 1.00 = no change, < 1 = compressed).
+
+Usage: bench_stages.py PEERSHARE_BINARY WORKDIR [SIZE_MIB]
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import bench_swarm as swarm
+
+binary, work = sys.argv[1], sys.argv[2]
+size_mib = int(sys.argv[3]) if len(sys.argv) > 3 else 1024
+size = size_mib << 20
+
+
+def make_random(path):
+    with open(path, "wb") as f:
+        for _ in range(size_mib):
+            f.write(os.urandom(1 << 20))
+
+
+def make_text(path):
+    """Log-like text: timestamps, levels, words and numbers; gzip -1 takes it to ~25 %."""
+    import random
+    rng = random.Random(7)
+    words = "connected peer chunk verified request piece bitfield have cancel share manifest error".split()
+    block = "".join(
+        f"2026-11-25T10:{rng.randrange(60):02d}:{rng.randrange(60):02d}.{rng.randrange(1000):03d}Z "
+        f"{rng.choice(['info', 'debug', 'warning'])} transfer: {' '.join(rng.choices(words, k=6))} "
+        f"{rng.randrange(1 << 20)}\n" for _ in range(200_000)).encode()
+    with open(path, "wb") as f:
+        written = 0
+        while written < size:
+            piece = block[:size - written]
+            f.write(piece)
+            written += len(piece)
+
+
+def lo_bytes():
+    with open("/proc/net/dev") as f:
+        for line in f:
+            if line.strip().startswith("lo:"):
+                return int(line.split(":")[1].split()[0])
+    return 0
+
+
+def transfer(source, stages):
+    config = os.path.join(work, "pipeline.json")
+    with open(config, "w") as f:
+        json.dump({"version": 1, "stages": stages}, f)
+    meter = swarm.Meter()
+    seeder = subprocess.Popen([binary, "share", source, "--listen", "127.0.0.1:0", "--no-dht", "--config", config],
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    link = seeder.stdout.readline().strip()
+    meter.add(seeder.pid, "seeder")
+    out = os.path.join(work, "out")
+    os.makedirs(out)
+    before = lo_bytes()
+    start = time.time()
+    getter = subprocess.Popen([binary, "get", link, "-o", out, "--no-dht", "--no-upload", "--config", config],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    meter.add(getter.pid, "downloader")
+    while getter.poll() is None:
+        meter.sample()
+        time.sleep(0.02)
+    elapsed = time.time() - start
+    wire = lo_bytes() - before
+    seeder.terminate()
+    seeder.wait()
+    if getter.returncode != 0:
+        sys.exit(f"download failed: {getter.stderr.read().decode()}")
+    shutil.rmtree(out)
+    gib = size / (1 << 30)
+    return size / elapsed / 1e6, sum(meter.cpu.values()) / gib, wire / size
+
+
+def timed(command, stdin_path):
+    start = time.time()
+    with open(stdin_path, "rb") as f:
+        done = subprocess.run(command, stdin=f, stdout=subprocess.PIPE, check=True)
+    return time.time() - start, len(done.stdout)
+
+
+random_file = os.path.join(work, "random.bin")
+text_file = os.path.join(work, "text.log")
+make_random(random_file)
+make_text(text_file)
+
+print(f"== references on the same {size_mib} MiB (one core)")
+for name, path in (("random", random_file), ("text", text_file)):
+    seconds, packed = timed(["gzip", "-1", "-c"], path)
+    print(f"gzip -1 on {name:<6}: {size / seconds / 1e6:7.0f} MB/s, output {packed / size:.3f} of input")
+speed = subprocess.run(["openssl", "speed", "-evp", "chacha20-poly1305", "-bytes", "1048576", "-seconds", "2"],
+                       capture_output=True, text=True)
+line = [l for l in speed.stdout.splitlines() if l.lower().startswith("chacha20-poly1305")]
+if line:
+    print(f"openssl speed -evp chacha20-poly1305, 1 MiB blocks: {float(line[-1].split()[-1].rstrip('k')) / 1000:.0f} MB/s")
+subprocess.run([binary, "bench", random_file, "--stages"], check=False)
+
+print(f"== {size_mib} MiB through each pipeline, 1 seeder -> 1 downloader on loopback")
+print(f"{'pipeline':<26} {'data':<7} {'MB/s':>7} {'CPU s/GiB':>10} {'wire/data':>10} {'vs plain':>9}")
+rows = [
+    ("none", [], random_file, "random"),
+    ("zlib", [{"name": "zlib", "level": 1}], random_file, "random"),
+    ("zlib", [{"name": "zlib", "level": 1}], text_file, "text"),
+    ("sodium", [{"name": "sodium"}], random_file, "random"),
+    ("zlib+sodium", [{"name": "zlib", "level": 1}, {"name": "sodium"}], text_file, "text"),
+]
+plain_rate = None
+for name, stages, path, kind in rows:
+    rate, cpu, ratio = transfer(path, stages)
+    plain_rate = plain_rate or rate
+    print(f"{name:<26} {kind:<7} {rate:7.0f} {cpu:10.2f} {ratio:10.3f} {rate / plain_rate:8.2f}x", flush=True)
