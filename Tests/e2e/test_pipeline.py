@@ -17,6 +17,11 @@ from conftest import BIN, Seeder, children_of, cmdline, get, tree_bytes
 from test_faults import CorruptingProxy
 
 MARKER = b"PEERSHARE-PLAINTEXT-MARKER-7f3a9c"
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+# The Swift plugin is built next to the peershare binary (same SwiftPM build).
+PAD = str(pathlib.Path(BIN).parent / "peershare-pad")
+CRC = str(ROOT / "contrib" / "plugins" / "crc32_stage.py")
+MISBEHAVING = str(ROOT / "Tests" / "e2e" / "plugins" / "misbehaving.py")
 
 
 def write_config(path, stages):
@@ -38,6 +43,9 @@ COMBINATIONS = {
     "zlib": [{"name": "zlib", "level": 6}],
     "encrypt": [{"name": "sodium"}],
     "zlib+encrypt": [{"name": "zlib", "level": 1}, {"name": "sodium"}],
+    "zlib+encrypt+custom": [{"name": "zlib", "level": 1}, {"name": "pad", "plugin": PAD, "options": {"block": "8192"}},
+                            {"name": "sodium"}],
+    "python plugin": [{"name": "crc32", "plugin": CRC}],
 }
 
 
@@ -48,7 +56,7 @@ def test_round_trip_through_every_combination_of_stages(tmp_path, combo):
     config = write_config(tmp_path / "pipeline.json", COMBINATIONS[combo])
     seeder = Seeder(root, "--config", config, "--no-dht")
     try:
-        encrypted = "sodium" in combo or "encrypt" in combo
+        encrypted = "encrypt" in combo
         assert ("key=" in seeder.link) == encrypted, seeder.link
         out = tmp_path / "out"
         out.mkdir()
@@ -265,3 +273,29 @@ def test_the_link_secret_stays_out_of_worker_arguments_and_logs(tmp_path):
     finally:
         seeder.stop()
     assert key not in seeder.proc.stderr.read(), "the seeder logged the key"
+
+
+@pytest.mark.parametrize("mode, needle", [
+    ("crash", "crashed or closed its pipe"),
+    ("hang", "did not answer within 2000 ms"),
+    ("garbage", "answered garbage"),
+])
+def test_misbehaving_plugin_fails_the_connection_by_name_and_is_restarted(tmp_path, mode, needle):
+    source = tmp_path / "p.bin"
+    source.write_bytes(os.urandom(4 << 20))
+    good = write_config(tmp_path / "good.json", [{"name": "flaky", "plugin": MISBEHAVING, "options": {"mode": "none"}}])
+    bad = write_config(tmp_path / "bad.json", [
+        {"name": "flaky", "plugin": MISBEHAVING,
+         "options": {"mode": mode, "after": "10", "marker": str(tmp_path / "misbehaved")}}])
+    seeder = Seeder(source, "--config", good, "--no-dht")
+    try:
+        out = tmp_path / "out"
+        out.mkdir()
+        result = get(seeder.link, out, "--config", bad, "--no-dht", "--verbose", timeout=120)
+        assert result.returncode == 0, result.stderr
+        assert (out / "p.bin").read_bytes() == source.read_bytes()
+        assert f"plugin 'flaky' {needle}" in result.stderr, result.stderr
+        assert "plugin 'flaky'" in result.stderr and "restarting it" in result.stderr, result.stderr
+        assert (tmp_path / "misbehaved").exists()
+    finally:
+        seeder.stop()
