@@ -35,3 +35,8 @@ wait
 echo "== swarm rows, peershare beside libtorrent (python3-libtorrent, mktorrent)"
 command -v mktorrent >/dev/null || { sudo=""; [ "$(id -u)" -ne 0 ] && sudo=sudo; $sudo apt-get install -y -qq mktorrent python3-libtorrent >/dev/null; }
 BENCH_CPU_DETAIL=1 /usr/bin/python3 contrib/bench_swarm.py "$bin" "$file" "$work" "1-1,4-1,1-8"
+
+echo "== pipeline stages (zlib, sodium, plugins) beside gzip, openssl and libsodium"
+swift build -c release --product peershare-pad >/dev/null
+mkdir -p "$work/stages"
+(cd contrib && /usr/bin/python3 bench_stages.py "../$bin" "$work/stages" "$size_mib")

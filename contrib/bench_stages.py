@@ -108,15 +108,28 @@ subprocess.run([binary, "bench", random_file, "--stages"], check=False)
 
 print(f"== {size_mib} MiB through each pipeline, 1 seeder -> 1 downloader on loopback")
 print(f"{'pipeline':<26} {'data':<7} {'MB/s':>7} {'CPU s/GiB':>10} {'wire/data':>10} {'vs plain':>9}")
+here = os.path.dirname(os.path.abspath(__file__))
+pad = os.path.join(os.path.dirname(os.path.abspath(binary)), "peershare-pad")
+crc = os.path.join(here, "plugins", "crc32_stage.py")
 rows = [
     ("none", [], random_file, "random"),
     ("zlib", [{"name": "zlib", "level": 1}], random_file, "random"),
     ("zlib", [{"name": "zlib", "level": 1}], text_file, "text"),
     ("sodium", [{"name": "sodium"}], random_file, "random"),
     ("zlib+sodium", [{"name": "zlib", "level": 1}, {"name": "sodium"}], text_file, "text"),
+    ("pad plugin (Swift)", [{"name": "pad", "plugin": pad, "options": {"block": "4096"}}], random_file, "random"),
+    ("crc32 plugin (Python)", [{"name": "crc32", "plugin": crc}], random_file, "random"),
 ]
-plain_rate = None
+plain_rate = plain_cpu = None
+chunk = 64 << 10
+while chunk < (4 << 20) and size / chunk > 2048:
+    chunk *= 2
+calls = 4 * (size // chunk)  # a piece and a request per chunk, each encoded once and decoded once
 for name, stages, path, kind in rows:
     rate, cpu, ratio = transfer(path, stages)
     plain_rate = plain_rate or rate
+    plain_cpu = plain_cpu or cpu
     print(f"{name:<26} {kind:<7} {rate:7.0f} {cpu:10.2f} {ratio:10.3f} {rate / plain_rate:8.2f}x", flush=True)
+    if "plugin" in name:
+        extra = (cpu - plain_cpu) * (size / (1 << 30)) / calls * 1e6
+        print(f"  {name}: {extra:.0f} us of CPU per call ({calls} calls of ~{chunk >> 10} KiB and small frames)")
