@@ -38,5 +38,8 @@ BENCH_CPU_DETAIL=1 /usr/bin/python3 contrib/bench_swarm.py "$bin" "$file" "$work
 
 echo "== pipeline stages (zlib, sodium, plugins) beside gzip, openssl and libsodium"
 swift build -c release --product peershare-pad >/dev/null
+if command -v cc >/dev/null; then
+  cc -O2 contrib/sodium_probe.c -o "$work/sodium_probe" -lsodium && "$work/sodium_probe"
+fi
 mkdir -p "$work/stages"
 (cd contrib && /usr/bin/python3 bench_stages.py "../$bin" "$work/stages" "$size_mib")
