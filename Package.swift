@@ -98,7 +98,7 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Crypto", package: "swift-crypto"),
             ]),
-        .executableTarget(name: "peershare", dependencies: ["PeerShareCLI"]),
+        .executableTarget(name: "peershare", dependencies: ["PeerShareCLI", "CSystemShims"]),
 
         // Pipeline stage plugins (docs/PLUGINS.md). Explicit paths: SwiftPM's own convention
         // reserves Plugins/ for package plugins. PluginKit is the template's protocol loop.

@@ -4,6 +4,17 @@
 #include <signal.h>
 #include <spawn.h>
 #include <sys/prctl.h>
+#include <malloc.h>
+
+void peershare_tune_allocator(void) {
+    /* Chunk-sized buffers (64 KiB to 4 MiB) are allocated and freed all the time. By default
+       glibc serves large ones with mmap or trims the heap after freeing them, so every
+       buffer costs fresh page faults and kernel zeroing. Keep them in the heap instead:
+       the amount live at once is bounded by the request depth and the queues, not by the
+       share's size. */
+    mallopt(M_MMAP_THRESHOLD, 32 * 1024 * 1024);
+    mallopt(M_TRIM_THRESHOLD, 128 * 1024 * 1024);
+}
 
 int peershare_set_parent_death_signal(int sig) { return prctl(PR_SET_PDEATHSIG, (unsigned long)sig, 0, 0, 0); }
 

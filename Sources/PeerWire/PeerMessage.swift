@@ -74,7 +74,29 @@ public enum PeerMessage: Equatable, Sendable {
     }
 
     public func frame() -> Frame {
-        var w = ByteWriter()
+        var w = ByteWriter(capacity: payloadSizeHint)
+        writePayload(into: &w)
+        return Frame(type: tag.rawValue, payload: w.bytes)
+    }
+
+    /// `u16 type ‖ payload` in one buffer: what the pipeline's stages encode.
+    public func innerBytes(reserving extra: Int = 0) -> [UInt8] {
+        var w = ByteWriter(capacity: payloadSizeHint + 2 + extra)
+        w.u16(tag.rawValue)
+        writePayload(into: &w)
+        return w.bytes
+    }
+
+    private var payloadSizeHint: Int {
+        switch self {
+        case .manifest(let bytes): return bytes.count + 8
+        case .piece(_, let data): return data.count + 8
+        case .bitfield(let bits): return bits.count + 8
+        default: return 64
+        }
+    }
+
+    private func writePayload(into w: inout ByteWriter) {
         switch self {
         case .hello(let version, let shareID, let stages):
             w.raw(PeerMessage.magic)
@@ -90,12 +112,10 @@ public enum PeerMessage: Equatable, Sendable {
             w.blob(data)
         case .getManifest: break
         case .manifest(let bytes):
-            w = ByteWriter(capacity: bytes.count + 8)
             w.blob(bytes)
         case .request(let index), .have(let index), .cancel(let index): w.u32(index)
         case .bitfield(let bits): w.blob(bits)
         case .piece(let index, let data):
-            w = ByteWriter(capacity: data.count + 8)
             w.u32(index)
             w.blob(data)
         case .reject(let index, let reason):
@@ -105,14 +125,24 @@ public enum PeerMessage: Equatable, Sendable {
             w.u16(code)
             w.string(message)
         }
-        return Frame(type: tag.rawValue, payload: w.bytes)
     }
 
     public init(frame: Frame) throws {
-        guard let tag = Tag(rawValue: frame.type) else {
-            throw DecodeError.invalid("unknown peer message type 0x\(String(frame.type, radix: 16))")
-        }
         var r = ByteReader(frame.payload)
+        try self.init(type: frame.type, reader: &r)
+    }
+
+    /// Parses `u16 type ‖ payload` (a sealed frame's content) without copying the payload out first.
+    public init(innerBytes: [UInt8]) throws {
+        var r = ByteReader(innerBytes)
+        let type = try r.u16()
+        try self.init(type: type, reader: &r)
+    }
+
+    init(type: UInt16, reader r: inout ByteReader) throws {
+        guard let tag = Tag(rawValue: type) else {
+            throw DecodeError.invalid("unknown peer message type 0x\(String(type, radix: 16))")
+        }
         switch tag {
         case .hello:
             guard try r.raw(PeerMessage.magic.count) == PeerMessage.magic else {

@@ -20,27 +20,41 @@ public enum ZlibStage {
     }
 
     public static func encode(_ input: [UInt8], level: Int32) -> [UInt8] {
-        guard input.count >= minimumSize else { return [raw] + input }
+        guard input.count >= minimumSize else { return rawFrame(input) }
         if input.count > sampleSize * 2 {
-            let sample = deflate(input[0..<sampleSize], level: 1)
-            guard let sample, Double(sample.count) < Double(sampleSize) * sampleRatio else { return [raw] + input }
+            let sample = deflate(input[0..<sampleSize], level: 1, flagged: false)
+            guard let sample, Double(sample.count) < Double(sampleSize) * sampleRatio else { return rawFrame(input) }
         }
-        guard let packed = deflate(input[...], level: level), packed.count + 1 < input.count else {
-            return [raw] + input
+        guard let packed = deflate(input[...], level: level, flagged: true), packed.count < input.count else {
+            return rawFrame(input)
         }
-        return [deflated] + packed
+        return packed
     }
 
-    private static func deflate(_ input: ArraySlice<UInt8>, level: Int32) -> [UInt8]? {
-        let bound = Int(compressBound(uLong(input.count)))
-        var length = uLongf(bound)
+    /// The flag byte and the data, in one allocation.
+    private static func rawFrame(_ input: [UInt8]) -> [UInt8] {
+        [UInt8](unsafeUninitializedCapacity: input.count + 1) { buffer, initialized in
+            buffer[0] = raw
+            input.withUnsafeBufferPointer { source in
+                if let base = source.baseAddress { (buffer.baseAddress! + 1).update(from: base, count: input.count) }
+            }
+            initialized = input.count + 1
+        }
+    }
+
+    /// Deflates into one buffer; `flagged` puts the "deflated" flag byte in front.
+    private static func deflate(_ input: ArraySlice<UInt8>, level: Int32, flagged: Bool) -> [UInt8]? {
+        let offset = flagged ? 1 : 0
+        let bound = Int(compressBound(uLong(input.count))) + offset
+        var length = uLongf(bound - offset)
         var failed = false
         let output = [UInt8](unsafeUninitializedCapacity: bound) { buffer, initialized in
+            if flagged { buffer[0] = deflated }
             let status = input.withUnsafeBufferPointer { source in
-                compress2(buffer.baseAddress, &length, source.baseAddress, uLong(input.count), level)
+                compress2(buffer.baseAddress! + offset, &length, source.baseAddress, uLong(input.count), level)
             }
             failed = status != Z_OK
-            initialized = failed ? 0 : Int(length)
+            initialized = failed ? 0 : Int(length) + offset
         }
         return failed ? nil : output
     }

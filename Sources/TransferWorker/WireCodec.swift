@@ -148,15 +148,11 @@ final class WireCodec {
 
     /// The frame to put on the wire for a message. Throws only when a plugin stage fails.
     func frame(_ message: PeerMessage) throws -> Frame {
-        let plain = message.frame()
         // The hellos and the stages' handshake messages are what sets the pipeline up, so
         // they travel as they are (the server's side is sealed as soon as it has agreed,
         // before its helloAccepted leaves; the client's before its last handshake message).
-        guard sealed, ![.hello, .helloAccepted, .stageHandshake].contains(message.tag) else { return plain }
-        var inner = ByteWriter(capacity: plain.payload.count + 2)
-        inner.u16(plain.type)
-        inner.raw(plain.payload)
-        var bytes = inner.bytes
+        guard sealed, ![.hello, .helloAccepted, .stageHandshake].contains(message.tag) else { return message.frame() }
+        var bytes = message.innerBytes()
         plainBytesOut += bytes.count
         for stage in agreed {
             switch stage.kind {
@@ -199,8 +195,6 @@ final class WireCodec {
                 throw Failure.stage(stage.name, "\(error)")
             }
         }
-        var reader = ByteReader(bytes)
-        let type = try reader.u16()
-        return try PeerMessage(frame: Frame(type: type, payload: Array(bytes.dropFirst(2))))
+        return try PeerMessage(innerBytes: bytes)
     }
 }

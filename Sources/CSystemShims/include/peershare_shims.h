@@ -14,4 +14,7 @@ pid_t peershare_spawn(const char *path, char *const argv[], char *const envp[], 
 pid_t peershare_spawn_fds(
     const char *path, char *const argv[], char *const envp[], const int *child_fds, const int *target_fds, int count);
 
+/// Keeps chunk-sized allocations in the heap (no mmap/munmap, no trimming per buffer).
+void peershare_tune_allocator(void);
+
 #endif
