@@ -257,6 +257,10 @@ public final class GetSession: SupervisorDelegate, @unchecked Sendable {
                 return
             }
             stop(exitCode: ExitCodes.ok)
+        case .failure(_, _, let text) where role == .transfer && servingPort == nil && text.hasPrefix("cannot listen"):
+            // Serving others is a courtesy: the download goes on without it.
+            output.status("not serving chunks to other peers: \(text)")
+            supervisor.forgetSetup(key: "serve", for: .transfer)
         case .failure(_, let code, let text):
             output.error(text)
             stop(exitCode: Int32(code))

@@ -174,6 +174,11 @@ public final class Supervisor: @unchecked Sendable {
         if worker.ready { write(message, to: worker) }
     }
 
+    /// Drops a setup message: a restarted worker will not get it again.
+    public func forgetSetup(key: String, for role: WorkerRole) {
+        workers[role]?.setup.removeAll { $0.key == key }
+    }
+
     /// Records a setup message for future restarts without sending it now (the worker
     /// already has that state, e.g. the hash worker that built the manifest).
     public func rememberSetup(_ message: IPCMessage, key: String, for role: WorkerRole) {

@@ -104,3 +104,26 @@ def test_seeders_killed_and_restarted_mid_download_still_complete(tmp_path):
     finally:
         for s in seeders:
             s.stop()
+
+
+def test_download_goes_on_when_its_listening_port_is_taken(tmp_path):
+    """Serving others is a courtesy: a taken --listen port is reported, not fatal."""
+    import socket
+    source = tmp_path / "busy.bin"
+    source.write_bytes(os.urandom(1 << 20))
+    seeder = Seeder(source, "--no-dht")
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen(1)
+    try:
+        out = tmp_path / "out"
+        out.mkdir()
+        result = subprocess.run(
+            [BIN, "get", seeder.link, "-o", str(out), "--no-dht", "--listen", f"127.0.0.1:{blocker.getsockname()[1]}"],
+            capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        assert "not serving chunks to other peers: cannot listen" in result.stderr, result.stderr
+        assert (out / "busy.bin").read_bytes() == source.read_bytes()
+    finally:
+        blocker.close()
+        seeder.stop()
