@@ -16,11 +16,21 @@ public protocol PipelineStage {
     mutating func encode(connection: UInt32, _ data: [UInt8]) throws -> [UInt8]
     /// Every frame received, in order; the result must not exceed `limit` bytes.
     mutating func decode(connection: UInt32, _ data: [UInt8], limit: Int) throws -> [UInt8]
+    /// True if the stage exchanges messages with the peer's instance when a connection
+    /// opens (to agree on parameters); then `handshake` is called until it says done.
+    static var takesPartInHandshake: Bool { get }
+    /// One handshake step: `received` is what the peer's instance sent (empty: we start, on
+    /// the connecting side). Return whether this side is done, and what to send (may be empty).
+    mutating func handshake(connection: UInt32, received: [UInt8]) throws -> (done: Bool, send: [UInt8])
 }
 
 extension PipelineStage {
     public mutating func open(connection: UInt32, server: Bool) throws {}
     public mutating func close(connection: UInt32) {}
+    public static var takesPartInHandshake: Bool { false }
+    public mutating func handshake(connection: UInt32, received: [UInt8]) throws -> (done: Bool, send: [UInt8]) {
+        (true, [])
+    }
 }
 
 public struct StageError: Error, CustomStringConvertible {
@@ -30,7 +40,7 @@ public struct StageError: Error, CustomStringConvertible {
 
 public enum PluginMain {
     enum MessageType: UInt16 {
-        case hello = 0x7001, ready, open, close, encode, decode, result, error
+        case hello = 0x7001, ready, open, close, encode, decode, result, error, handshake, handshakeReply
     }
 
     static let protocolVersion: UInt16 = 1
@@ -53,6 +63,7 @@ public enum PluginMain {
                     var out = Writer()
                     out.u16(protocolVersion)
                     out.u16(Stage.version)
+                    out.u8(Stage.takesPartInHandshake ? 1 : 0)
                     writeFrame(.ready, out.bytes)
                 case .open:
                     var current = try stage.unwrap()
@@ -80,6 +91,16 @@ public enum PluginMain {
                     stage = current
                     guard out.count <= limit else { throw StageError("decoded frame over the limit") }
                     writeFrame(.result, Writer.blob(out))
+                case .handshake:
+                    let connection = try reader.u32()
+                    let received = try reader.blob()
+                    var current = try stage.unwrap()
+                    let (done, send) = try current.handshake(connection: connection, received: received)
+                    stage = current
+                    var out = Writer()
+                    out.u8(done ? 1 : 0)
+                    out.bytes += Writer.blob(send)
+                    writeFrame(.handshakeReply, out.bytes)
                 default:
                     throw StageError("unknown message type 0x\(String(kind, radix: 16))")
                 }

@@ -10,9 +10,15 @@ import PluginKit
 ///                {"name": "sodium"}]
 ///
 /// Frame: u32 real length ‖ the data ‖ random padding.
+///
+/// The two peers agree on the block in the connection handshake: each sends its own (u32),
+/// and both pad to the larger, so the side that asks for more privacy gets it.
 struct LengthPadding: PipelineStage {
-    static let version: UInt16 = 1
+    static let version: UInt16 = 2
+    static let takesPartInHandshake = true
     let block: Int
+    /// The block agreed with each connection's peer.
+    var agreed: [UInt32: Int] = [:]
 
     init(options: [String: String]) throws {
         let text = options["block"] ?? "4096"
@@ -22,7 +28,32 @@ struct LengthPadding: PipelineStage {
         self.block = block
     }
 
+    mutating func handshake(connection: UInt32, received: [UInt8]) throws -> (done: Bool, send: [UInt8]) {
+        var mine = Writer()
+        mine.u32(UInt32(block))
+        if received.isEmpty { return (false, mine.bytes) }  // we connected: offer ours first
+        var reader = Reader(received)
+        let theirs = Int(try reader.u32())
+        guard theirs >= 16, theirs <= 1 << 20 else { throw StageError("peer offered block \(theirs)") }
+        let firstToSpeak = agreed[connection] == nil && !sentOffer.contains(connection)
+        agreed[connection] = max(block, theirs)
+        // The accepting side answers with its own block; the connecting side is then done.
+        return (true, firstToSpeak ? mine.bytes : [])
+    }
+
+    private var sentOffer: Set<UInt32> = []
+
+    mutating func open(connection: UInt32, server: Bool) throws {
+        if !server { sentOffer.insert(connection) }
+    }
+
+    mutating func close(connection: UInt32) {
+        agreed[connection] = nil
+        sentOffer.remove(connection)
+    }
+
     mutating func encode(connection: UInt32, _ data: [UInt8]) throws -> [UInt8] {
+        let block = agreed[connection] ?? self.block
         let total = ((data.count + 4 + block - 1) / block) * block
         var out = Writer()
         out.u32(UInt32(data.count))
@@ -34,6 +65,7 @@ struct LengthPadding: PipelineStage {
     }
 
     mutating func decode(connection: UInt32, _ data: [UInt8], limit: Int) throws -> [UInt8] {
+        let block = agreed[connection] ?? self.block
         var reader = Reader(data)
         let length = Int(try reader.u32())
         guard length <= limit, length <= data.count - 4 else {

@@ -200,8 +200,8 @@ final class FetchSession {
             let context =
                 service.pipeline.helloID(for: shareID) + StageDescriptor.encoded(ours) + StageDescriptor.encoded(stages)
             do {
-                if let first = try connection.codec.agree(remote: stages, context: context) {
-                    send(.stageHandshake(stage: 0, data: first), to: connection)
+                for message in try connection.codec.agree(remote: stages, context: context) {
+                    send(.stageHandshake(stage: message.stage, data: message.data), to: connection)
                 }
             } catch {
                 return drop(connection, reason: "\(error)")
@@ -210,15 +210,16 @@ final class FetchSession {
             connection.chunkCount = Int(chunkCount)
             attempts[connection.address] = 0
             if !connection.codec.awaitingHandshake { established(connection) }
-        case .stageHandshake(_, let data):
+        case .stageHandshake(let stage, let data):
             guard connection.accepted, connection.codec.awaitingHandshake else {
                 return drop(connection, reason: "sent a handshake message out of turn")
             }
             do {
-                if let reply = try connection.codec.handshake(data) {
-                    send(.stageHandshake(stage: 0, data: reply), to: connection)
+                for reply in try connection.codec.handshake(stage: stage, data) {
+                    send(.stageHandshake(stage: reply.stage, data: reply.data), to: connection)
                 }
             } catch {
+                service.reportPluginFailure(connection.codec)
                 return drop(connection, reason: "\(error)")
             }
             if !connection.codec.awaitingHandshake {

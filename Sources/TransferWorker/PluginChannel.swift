@@ -10,7 +10,7 @@ import PeerShareCore
 final class PluginChannel {
     enum MessageType: UInt16 {
         case hello = 0x7001
-        case ready, open, close, encode, decode, result, error
+        case ready, open, close, encode, decode, result, error, handshake, handshakeReply
     }
 
     struct Failure: Error, CustomStringConvertible {
@@ -25,6 +25,8 @@ final class PluginChannel {
     let name: String
     let descriptor: Int32
     private(set) var version: UInt16 = 0
+    /// The plugin said (in `ready`) that it exchanges handshake messages with its peer.
+    private(set) var takesPartInHandshake = false
     /// Set after a failure: every later call fails at once, until the worker restarts.
     private(set) var broken: String?
     private var decoder = FrameDecoder(maxFrameLength: PluginChannel.maxFrame)
@@ -51,6 +53,26 @@ final class PluginChannel {
             throw fail("speaks plugin protocol \(theirs), we speak \(PluginChannel.protocolVersion)")
         }
         version = try r.u16()
+        // Flags are optional: a version-1 plugin that sends none takes no part in handshakes.
+        if r.remaining > 0 { takesPartInHandshake = try r.u8() & 1 != 0 }
+    }
+
+    /// One step of the plugin's handshake: what the peer's instance sent (empty: start), and
+    /// whether this side is done plus what to send back.
+    func handshake(connection: UInt32, received: [UInt8]) throws -> (done: Bool, data: [UInt8]) {
+        var w = ByteWriter(capacity: received.count + 16)
+        w.u32(connection)
+        w.blob(received)
+        let reply = try call(.handshake, w.bytes, expecting: .handshakeReply)
+        var r = ByteReader(reply)
+        do {
+            let done = try r.bool()
+            let data = try r.blob(limit: 4096, what: "handshake data")
+            try r.expectEnd()
+            return (done, data)
+        } catch {
+            throw fail("answered garbage: \(error)")
+        }
     }
 
     func open(connection: UInt32, server: Bool) throws {

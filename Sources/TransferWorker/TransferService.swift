@@ -423,7 +423,7 @@ final class ServeHandler: ChannelInboundHandler {
             let ours = service.pipeline.descriptors
             let context = helloID + StageDescriptor.encoded(stages) + StageDescriptor.encoded(ours)
             do {
-                _ = try codec.agree(remote: stages, context: context)
+                _ = try codec.agree(remote: stages, context: context)  // the server never opens a handshake
             } catch {
                 // Logged as we see it, sent as the peer sees it, so each end reads "we"
                 // and "the peer" the right way round.
@@ -442,10 +442,13 @@ final class ServeHandler: ChannelInboundHandler {
                 .helloAccepted(version: PeerMessage.version, chunkCount: UInt32(service.servedChunkCount), stages: ours)
             )
             if !codec.awaitingHandshake { welcome() }
-        case .stageHandshake(_, let data) where greeted && codec.awaitingHandshake:
+        case .stageHandshake(let stage, let data) where greeted && codec.awaitingHandshake:
             do {
-                if let reply = try codec.handshake(data) { send(.stageHandshake(stage: 0, data: reply)) }
+                for reply in try codec.handshake(stage: stage, data) {
+                    send(.stageHandshake(stage: reply.stage, data: reply.data))
+                }
             } catch {
+                service.reportPluginFailure(codec)
                 return fail(.handshakeFailed, "\(error)")
             }
             if !codec.awaitingHandshake {

@@ -80,60 +80,118 @@ final class WireCodec {
         return nil
     }
 
-    /// Agrees on the stages with the peer's descriptors. Returns the first handshake message
-    /// to send (the client's, when encryption was agreed), or nil.
-    func agree(remote: [StageDescriptor], context: [UInt8]) throws -> [UInt8]? {
+    /// A handshake message to send: the agreed stage's position, and its bytes.
+    typealias HandshakeMessage = (stage: UInt8, data: [UInt8])
+
+    /// Positions (in `agreed`) of the stages that take part in the handshake, in order; the
+    /// handshake runs them one after the other, and sealing starts when the last is done.
+    private var handshakeStages: [Int] = []
+    private var handshakePosition = 0
+
+    /// Agrees on the stages with the peer's descriptors. Returns the handshake messages to
+    /// send now (only the client starts a handshake).
+    func agree(remote: [StageDescriptor], context: [UInt8]) throws -> [HandshakeMessage] {
         switch PipelineNegotiation.agree(local: setup.descriptors, remote: remote) {
         case .failure(let mismatch): throw Failure.mismatch(mismatch.description)
         case .success(let names): agreed = setup.plan.stages.filter { names.contains($0.name) }
         }
-        for stage in agreed where stage.kind == .plugin {
-            guard let plugin = setup.plugins[stage.name] else {
-                throw Failure.stage(stage.name, "plugin is not running")
+        for (position, stage) in agreed.enumerated() {
+            switch stage.kind {
+            case .zlib: break
+            case .sodium:
+                guard let secret = setup.secret else {
+                    throw Failure.mismatch("encryption was agreed, but this side has no link secret")
+                }
+                sodium = SodiumHandshake(role: role, linkSecret: secret, identity: setup.identity, context: context)
+                handshakeStages.append(position)
+            case .plugin:
+                guard let plugin = setup.plugins[stage.name] else {
+                    throw Failure.stage(stage.name, "plugin is not running")
+                }
+                do {
+                    try plugin.open(connection: connectionID, server: role == .server)
+                } catch {
+                    throw Failure.stage(stage.name, "\(error)")
+                }
+                opened.append(plugin)
+                if plugin.takesPartInHandshake { handshakeStages.append(position) }
             }
-            do {
-                try plugin.open(connection: connectionID, server: role == .server)
-            } catch {
-                throw Failure.stage(stage.name, "\(error)")
-            }
-            opened.append(plugin)
         }
-        guard agreed.contains(where: { $0.kind == .sodium }) else {
+        guard !handshakeStages.isEmpty else {
             sealed = !agreed.isEmpty
-            return nil
+            return []
         }
-        guard let secret = setup.secret else {
-            throw Failure.mismatch("encryption was agreed, but this side has no link secret")
-        }
-        let handshake = SodiumHandshake(role: role, linkSecret: secret, identity: setup.identity, context: context)
-        sodium = handshake
-        return role == .client ? handshake.clientStart() : nil
+        return role == .client ? try startCurrentStage() : []
     }
 
-    var awaitingHandshake: Bool { sodium != nil && !sealed }
+    var awaitingHandshake: Bool { !handshakeStages.isEmpty && !sealed }
 
-    /// Feeds one handshake message; returns the reply to send, if any. `sealed` turns true
-    /// once the handshake is complete on this side.
-    func handshake(_ data: [UInt8]) throws -> [UInt8]? {
-        guard let sodium, !sealed else { throw Failure.stage("sodium", "unexpected handshake message") }
+    /// The client opens each stage's handshake.
+    private func startCurrentStage() throws -> [HandshakeMessage] {
+        let position = handshakeStages[handshakePosition]
+        let stage = agreed[position]
+        switch stage.kind {
+        case .sodium:
+            guard let sodium else { throw Failure.stage(stage.name, "no handshake state") }
+            return [(UInt8(position), sodium.clientStart())]
+        default:
+            return try pluginStep(position, received: [])
+        }
+    }
+
+    /// Feeds one handshake message for the stage at `stage`; returns what to send. `sealed`
+    /// turns true once every stage's handshake is complete on this side.
+    func handshake(stage: UInt8, _ data: [UInt8]) throws -> [HandshakeMessage] {
+        guard !sealed, handshakePosition < handshakeStages.count else {
+            throw Failure.stage("pipeline", "unexpected handshake message")
+        }
+        let position = handshakeStages[handshakePosition]
+        guard Int(stage) == position else {
+            throw Failure.stage(
+                "pipeline", "handshake message for stage \(stage) while stage \(position) is in progress")
+        }
+        guard agreed[position].kind == .sodium else { return try pluginStep(position, received: data) }
+        guard let sodium else { throw Failure.stage("sodium", "no handshake state") }
         do {
             switch role {
             case .server:
                 if !repliedToClient {
                     repliedToClient = true
-                    return try sodium.serverReply(data)
+                    return [(stage, try sodium.serverReply(data))]
                 }
                 try sodium.serverFinish(data)
-                activate()
-                return nil
+                return try stageDone()
             case .client:
                 let reply = try sodium.clientFinish(data)
-                activate()
-                return reply
+                return [(stage, reply)] + (try stageDone())
             }
         } catch let error as SodiumError {
             throw Failure.stage("sodium", error.description)
         }
+    }
+
+    private func pluginStep(_ position: Int, received: [UInt8]) throws -> [HandshakeMessage] {
+        let stage = agreed[position]
+        guard let plugin = setup.plugins[stage.name] else { throw Failure.stage(stage.name, "not running") }
+        let reply: (done: Bool, data: [UInt8])
+        do {
+            reply = try plugin.handshake(connection: connectionID, received: received)
+        } catch {
+            throw Failure.stage(stage.name, "\(error)")
+        }
+        var out: [HandshakeMessage] = reply.data.isEmpty ? [] : [(UInt8(position), reply.data)]
+        if reply.done { out += try stageDone() }
+        return out
+    }
+
+    /// The current stage's handshake is complete here: on to the next, or seal.
+    private func stageDone() throws -> [HandshakeMessage] {
+        handshakePosition += 1
+        guard handshakePosition < handshakeStages.count else {
+            activate()
+            return []
+        }
+        return role == .client ? try startCurrentStage() : []
     }
 
     private var repliedToClient = false

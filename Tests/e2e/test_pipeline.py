@@ -299,3 +299,25 @@ def test_misbehaving_plugin_fails_the_connection_by_name_and_is_restarted(tmp_pa
         assert (tmp_path / "misbehaved").exists()
     finally:
         seeder.stop()
+
+
+def test_plugin_handshake_agrees_on_parameters(tmp_path):
+    """The pad plugin takes part in the handshake: each side offers its block and both pad
+    to the larger. Without that agreement the side expecting 64 KiB blocks would refuse the
+    other's 4 KiB-padded frames, and this download would fail."""
+    source = tmp_path / "h.bin"
+    source.write_bytes(os.urandom(2 << 20))
+    small = write_config(tmp_path / "small.json",
+                         [{"name": "pad", "plugin": PAD, "options": {"block": "4096"}}, {"name": "sodium"}])
+    large = write_config(tmp_path / "large.json",
+                         [{"name": "pad", "plugin": PAD, "options": {"block": "65536"}}, {"name": "sodium"}])
+    seeder = Seeder(source, "--config", small, "--no-dht")
+    try:
+        out = tmp_path / "out"
+        out.mkdir()
+        result = get(seeder.link, out, "--config", large, "--no-dht", "--log-level", "info", timeout=120)
+        assert result.returncode == 0, result.stderr
+        assert (out / "h.bin").read_bytes() == source.read_bytes()
+        assert "plugin 'pad' ready, stage version 2" in result.stderr
+    finally:
+        seeder.stop()
