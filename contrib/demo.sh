@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds PeerShare (release) and runs the demo: a seeder and a downloader, each its own
-# supervisor with four worker processes, moving a generated file over loopback.
+# Builds PeerShare (release) and runs the demo: a small swarm on loopback — an encrypted,
+# upload-limited seeder and two downloaders that also trade chunks with each other, each its
+# own supervisor with four worker processes — and checks both copies.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash contrib/setup.sh

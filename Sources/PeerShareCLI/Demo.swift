@@ -3,16 +3,20 @@ import Crypto
 import Foundation
 import Supervisor
 
-/// A real swarm on loopback: a seeder and a downloader, each its own `peershare` process
-/// with its own supervisor and four workers, move a generated file and check it arrived.
+/// A real swarm on loopback: one encrypted seeder with a limited upload and two downloaders
+/// that also serve each other — three `peershare` processes, each its own supervisor with
+/// four workers — move a generated file; both copies are checked against the original.
 struct Demo: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Run a seeder and a downloader on loopback and show a verified transfer.")
+        abstract: "Run a small swarm on loopback (1 seeder, 2 downloaders, encrypted) and verify the result.")
 
     @Option(name: .long, help: "Size of the generated file in MiB.")
     var size: Int = 64
 
-    @Option(name: .long, help: "Log level for both peers.")
+    @Option(name: .long, help: "The seeder's upload limit, so that the downloaders visibly help each other.")
+    var seederUpload: String = "32MiB/s"
+
+    @Option(name: .long, help: "Log level for every peer.")
     var logLevel: String = "warning"
 
     func validate() throws {
@@ -22,9 +26,7 @@ struct Demo: ParsableCommand {
     func run() throws {
         let work = FileManager.default.temporaryDirectory.appendingPathComponent("peershare-demo-\(getpid())")
         let seedDir = work.appendingPathComponent("seeder")
-        let getDir = work.appendingPathComponent("downloader")
         try FileManager.default.createDirectory(at: seedDir, withIntermediateDirectories: true)
-        try FileManager.default.createDirectory(at: getDir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: work) }
 
         let file = seedDir.appendingPathComponent("demo.bin")
@@ -32,10 +34,13 @@ struct Demo: ParsableCommand {
         let sourceHash = try writeRandomFile(file, mebibytes: size)
 
         let me = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path
-        Terminal.line("2. starting the seeder: peershare share \(file.path) --listen 127.0.0.1:0")
+        let common = ["--no-dht", "--log-level", logLevel]
+        Terminal.line(
+            "2. seeder: peershare share \(file.path) --encrypt --max-upload \(seederUpload) --listen 127.0.0.1:0")
         let seeder = Process()
         seeder.executableURL = URL(fileURLWithPath: me)
-        seeder.arguments = ["share", file.path, "--listen", "127.0.0.1:0", "--log-level", logLevel]
+        seeder.arguments =
+            ["share", file.path, "--encrypt", "--max-upload", seederUpload, "--listen", "127.0.0.1:0"] + common
         let seederOut = Pipe()
         seeder.standardOutput = seederOut
         try seeder.run()
@@ -49,32 +54,95 @@ struct Demo: ParsableCommand {
             Terminal.error("the seeder did not print a link")
             throw ExitCode(ExitCodes.software)
         }
-        Terminal.line("   link: \(link)")
+        Terminal.line("   link (it carries the encryption key): \(link)")
 
-        Terminal.line("3. starting the downloader: peershare get LINK -o \(getDir.path)")
+        // Each downloader listens on a known port and is told of the other, as the DHT would.
+        let ports = [Demo.freePort(), Demo.freePort()]
+        let names = ["A", "B"]
+        var getters: [(Process, Pipe, URL)] = []
         let started = Date()
-        let getter = Process()
-        getter.executableURL = URL(fileURLWithPath: me)
-        getter.arguments = ["get", link, "-o", getDir.path, "--log-level", logLevel]
-        try getter.run()
-        getter.waitUntilExit()
-        let seconds = Date().timeIntervalSince(started)
-        guard getter.terminationStatus == 0 else {
-            Terminal.error("the download failed with exit code \(getter.terminationStatus)")
-            throw ExitCode(getter.terminationStatus)
+        for (index, name) in names.enumerated() {
+            let dir = work.appendingPathComponent("downloader-\(name)")
+            try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+            let other = "127.0.0.1:\(ports[1 - index])"
+            Terminal.line(
+                "\(index + 3). downloader \(name): peershare get LINK -o \(dir.path) --listen 127.0.0.1:\(ports[index]) --peer \(other)"
+            )
+            let getter = Process()
+            getter.executableURL = URL(fileURLWithPath: me)
+            getter.arguments =
+                ["get", link, "-o", dir.path, "--listen", "127.0.0.1:\(ports[index])", "--peer", other] + common
+            let errors = Pipe()
+            getter.standardOutput = FileHandle.nullDevice
+            getter.standardError = errors
+            try getter.run()
+            getters.append((getter, errors, dir))
         }
-        let received = getDir.appendingPathComponent("demo.bin")
-        let receivedHash = try hashFile(received)
-        Terminal.line("4. SHA-256 sent:     \(sourceHash)")
-        Terminal.line("   SHA-256 received: \(receivedHash)")
-        guard sourceHash == receivedHash else {
-            Terminal.error("the files differ")
-            throw ExitCode(ExitCodes.dataError)
+        var failed = false
+        var fromSeeder = 0.0
+        var fromEachOther = 0.0
+        for ((getter, errors, dir), name) in zip(getters, names) {
+            let log = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            getter.waitUntilExit()
+            let seconds = Date().timeIntervalSince(started)
+            guard getter.terminationStatus == 0 else {
+                Terminal.error("downloader \(name) failed with exit code \(getter.terminationStatus):\n\(log)")
+                failed = true
+                continue
+            }
+            let receivedHash = try hashFile(dir.appendingPathComponent("demo.bin"))
+            let sources = log.split(separator: "\n").filter { $0.contains(": from 127.0.0.1:") }
+                .map { $0.replacingOccurrences(of: "peershare: ", with: "") }
+            let verdict = receivedHash == sourceHash ? "identical" : "DIFFERENT"
+            Terminal.line(
+                String(format: "   %@: done after %.2f s, SHA-256 %@ (%@)", name, seconds, receivedHash, verdict))
+            for line in sources {
+                let port = line.split(separator: ":").dropFirst().first.map(String.init) ?? ""
+                let fromPeer = ports.contains(Int(port) ?? -1)
+                Terminal.line("      \(line)  <- \(fromPeer ? "the other downloader" : "the seeder")")
+                let mib = Demo.mebibytes(in: line)
+                if fromPeer { fromEachOther += mib } else { fromSeeder += mib }
+            }
+            failed = failed || receivedHash != sourceHash
         }
+        guard !failed else { throw ExitCode(ExitCodes.dataError) }
         Terminal.line(
             String(
-                format: "OK: %d MiB transferred and verified in %.2f s (%.1f MB/s, including startup)", size, seconds,
-                Double(size) * 1_048_576 / seconds / 1e6))
+                format:
+                    "OK: two verified copies of %d MiB; %.1f MiB came from the seeder, %.1f MiB the downloaders passed to each other.",
+                size, fromSeeder, fromEachOther))
+    }
+
+    /// The size in a summary line ("..., 8.1 MiB"), in MiB.
+    static func mebibytes(in line: String) -> Double {
+        let parts = line.split(separator: " ")
+        guard parts.count >= 2, let value = Double(parts[parts.count - 2]) else { return 0 }
+        switch parts[parts.count - 1] {
+        case "GiB": return value * 1024
+        case "KiB": return value / 1024
+        case "B": return value / 1_048_576
+        default: return value
+        }
+    }
+
+    /// A free port below the kernel's ephemeral range, so no outgoing connection takes it first.
+    static func freePort() -> Int {
+        for _ in 0..<1000 {
+            let port = Int.random(in: 20000..<32000)
+            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            var address = sockaddr_in()
+            address.sin_family = sa_family_t(AF_INET)
+            address.sin_port = in_port_t(UInt16(port).bigEndian)
+            address.sin_addr.s_addr = inet_addr("127.0.0.1")
+            let bound = withUnsafePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                    bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+                }
+            }
+            close(fd)
+            if bound == 0 { return port }
+        }
+        return 0
     }
 
     private func readLine(from handle: FileHandle) -> String? {

@@ -41,11 +41,8 @@ struct PipelineCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "pipeline",
         abstract: "Print the transfer pipeline in force, or check a pipeline.json.",
-        discussion: """
-            Every frame sent to a peer passes through each stage's encode in order; frames
-            received pass through decode in reverse. Built-in stages: zlib (compression) and
-            sodium (end-to-end encryption); custom stages are plugins (docs/PLUGINS.md).
-            """,
+        discussion:
+            "Every frame sent to a peer passes through each stage's encode in order; frames received pass through decode in reverse. Built-in stages: zlib (compression) and sodium (end-to-end encryption); custom stages are plugins (docs/PLUGINS.md).",
         subcommands: [Show.self, Check.self],
         defaultSubcommand: Show.self)
 

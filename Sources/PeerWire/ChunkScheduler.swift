@@ -54,6 +54,8 @@ public struct ChunkScheduler: Sendable {
     private var firstMissingHint = 0
     private var rng: SplitMix64
     private var randomPhaseOver = false
+    /// Where this downloader's sweep over equally rare chunks starts (0 without random picks).
+    private let sweepStart: Int
 
     public init(
         chunkCount: Int, verified: ChunkBitfield?, maxInFlightPerPeer: Int, randomFirst: Int = 4, seed: UInt64 = 1
@@ -62,7 +64,9 @@ public struct ChunkScheduler: Sendable {
         availability = [UInt16](repeating: 0, count: chunkCount)
         defaultDepth = max(1, maxInFlightPerPeer)
         self.randomFirst = randomFirst
-        rng = SplitMix64(seed: seed)
+        var generator = SplitMix64(seed: seed)
+        sweepStart = randomFirst > 0 && chunkCount > 0 ? Int(generator.next() % UInt64(chunkCount)) : 0
+        rng = generator
     }
 
     public var chunkCount: Int { states.count }
@@ -173,12 +177,14 @@ public struct ChunkScheduler: Sendable {
         }
         var best: Int?
         var bestAvailability = UInt16.max
-        for index in firstMissingHint..<states.count where states[index] == .missing && bits[index] {
-            if availability[index] < bestAvailability {
-                best = index
-                bestAvailability = availability[index]
-                if bestAvailability <= 1 { break }  // nothing is rarer than its only holder
-            }
+        let count = states.count
+        for step in 0..<count {
+            var index = sweepStart + step
+            if index >= count { index -= count }
+            guard states[index] == .missing, bits[index], availability[index] < bestAvailability else { continue }
+            best = index
+            bestAvailability = availability[index]
+            if bestAvailability <= 1 { break }  // nothing is rarer than its only holder
         }
         return best
     }

@@ -369,6 +369,12 @@ final class ServeHandler: ChannelInboundHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
+        // A peer that hung up (it finished, or went away) is routine, not a warning.
+        if let io = error as? IOError, io.errnoCode == ECONNRESET || io.errnoCode == EPIPE {
+            service.logger.info("peer \(peer) hung up")
+            context.close(promise: nil)
+            return
+        }
         // Usually a frame over the length limit: tell the peer why before hanging up.
         fail(.protocolViolation, "\(error)")
     }

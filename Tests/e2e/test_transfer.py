@@ -64,12 +64,15 @@ def test_link_is_the_first_line_and_downloads_from_hint(seed, tmp_path):
     assert (out / "a.txt").read_text() == "x" * 1000
 
 
-def test_demo_runs_a_verified_transfer():
+def test_demo_runs_a_verified_swarm():
     from conftest import BIN
     import subprocess
-    result = subprocess.run([BIN, "demo", "--size", "4"], capture_output=True, text=True, timeout=120)
+    result = subprocess.run([BIN, "demo", "--size", "8", "--seeder-upload", "4MiB/s"], capture_output=True,
+                            text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "OK: 4 MiB transferred and verified" in result.stdout
+    assert "OK: two verified copies of 8 MiB" in result.stdout
+    assert result.stdout.count("(identical)") == 2
+    assert "<- the other downloader" in result.stdout, "the downloaders trade chunks"
 
 
 def test_json_progress_for_scripts(seed, tmp_path):
