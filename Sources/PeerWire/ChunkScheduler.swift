@@ -10,8 +10,10 @@ import IPC
 /// Selection, as in BitTorrent: the first few chunks are picked at random (so that a new
 /// downloader soon holds something others lack and can serve it), then rarest first among
 /// the chunks this peer has (so rare chunks spread before their holders leave); equally rare
-/// chunks go lowest index first, which keeps disk writes mostly sequential. When no missing
-/// chunk is left for a peer, it is also asked for chunks already out with others (endgame).
+/// chunks go in index order from a starting point each downloader picks at random, which keeps
+/// disk writes mostly sequential while two downloaders of one seeder fetch different chunks
+/// (and can then trade them). When no missing chunk is left for a peer, it is also asked for
+/// chunks already out with others (endgame).
 ///
 /// Each pick scans the chunk list once: ~2,048 chunks for shares up to 8 GiB (chunks grow
 /// to 4 MiB beyond that), a few microseconds per request.
