@@ -29,6 +29,8 @@ public final class GetSession: SupervisorDelegate, @unchecked Sendable {
     let pipeline: PeerPipeline
     let identity: [UInt8]
     private var servingPort: UInt16?
+    /// The download is done and `--seed` keeps serving it: every chunk, from its final place.
+    private var seeding = false
     private var announced = false
     private var knownPeers: Set<String> = []
     /// Chunks and bytes verified per peer address, for the closing summary.
@@ -252,7 +254,18 @@ public final class GetSession: SupervisorDelegate, @unchecked Sendable {
                 output.status("from \(peer): \(counts.chunks) chunks, \(formatBytes(counts.bytes))")
             }
             output.link("verified and saved: \(path)\(note); fetched \(fetchedBytes) bytes from peers in this run")
-            if seedAfter, let servingPort {
+            if seedAfter, let servingPort, let manifestBytes, let listen {
+                seeding = true
+                // From now on this is a seeder: a restarted transfer worker must serve every
+                // chunk, and must not start the finished download again.
+                supervisor.forgetSetup(key: "fetch", for: .transfer)
+                supervisor.rememberSetup(
+                    .serve(
+                        shareID: link.shareID.bytes, manifest: manifestBytes, host: listen.host, port: servingPort,
+                        partial: false), key: "serve", for: .transfer)
+                supervisor.forgetSetup(key: "download", for: .hash)
+                supervisor.rememberSetup(
+                    .openShare(requestID: 0, path: path, manifest: manifestBytes), key: "share", for: .hash)
                 output.status("seeding on port \(servingPort); press Ctrl-C to stop")
                 return
             }
@@ -275,7 +288,8 @@ public final class GetSession: SupervisorDelegate, @unchecked Sendable {
             // A restarted transfer worker comes back on the same port (the DHT lists it).
             supervisor.send(
                 .serve(
-                    shareID: link.shareID.bytes, manifest: manifestBytes, host: listen.host, port: port, partial: true),
+                    shareID: link.shareID.bytes, manifest: manifestBytes, host: listen.host, port: port,
+                    partial: !seeding),
                 to: .transfer, tracking: .setup(key: "serve"))
             if servingPort == nil {
                 servingPort = port

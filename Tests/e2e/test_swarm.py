@@ -6,7 +6,7 @@ import signal
 import subprocess
 import time
 
-from conftest import BIN, Seeder, free_tcp_port
+from conftest import BIN, Seeder, free_tcp_port, worker_pid
 from test_dht import DHTNode
 from test_limits import timed_download
 
@@ -126,4 +126,46 @@ def test_download_goes_on_when_its_listening_port_is_taken(tmp_path):
         assert (out / "busy.bin").read_bytes() == source.read_bytes()
     finally:
         blocker.close()
+        seeder.stop()
+
+
+def test_get_seed_keeps_serving_the_finished_share(tmp_path):
+    """`get --seed` downloads, then serves the finished copy: a second downloader completes
+    from it after the original seeder is gone."""
+    source = tmp_path / "seeded.bin"
+    source.write_bytes(os.urandom(3 << 20))
+    seeder = Seeder(source, "--no-dht")
+    port = free_tcp_port()
+    first_out, second_out = tmp_path / "first", tmp_path / "second"
+    first_out.mkdir()
+    second_out.mkdir()
+    first = subprocess.Popen([BIN, "get", seeder.link, "-o", str(first_out), "--no-dht", "--seed",
+                              "--listen", f"127.0.0.1:{port}"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in first.stderr:
+            if "seeding on port" in line:
+                break
+        else:
+            raise AssertionError("the first downloader never started seeding")
+        assert (first_out / "seeded.bin").read_bytes() == source.read_bytes()
+        seeder.stop()  # only the first downloader has the share now
+        # A transfer worker that crashes while seeding comes back serving the finished share.
+        crashed = worker_pid(first.pid, "transfer")
+        os.kill(crashed, signal.SIGKILL)
+        deadline = time.time() + 20
+        while worker_pid(first.pid, "transfer") == crashed and time.time() < deadline:
+            time.sleep(0.1)
+        time.sleep(1)  # its setup messages: listen again, on the same port
+        link = seeder.link.split("?")[0]
+        result = subprocess.run([BIN, "get", link, "-o", str(second_out), "--no-dht", "--peer", f"127.0.0.1:{port}"],
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        assert (second_out / "seeded.bin").read_bytes() == source.read_bytes()
+        # And `peershare limit` without options shows the running process's limits.
+        shown = subprocess.run([BIN, "limit", "--pid", str(first.pid)], capture_output=True, text=True, timeout=30)
+        assert shown.returncode == 0 and "limits: upload unlimited" in shown.stdout, shown.stdout + shown.stderr
+    finally:
+        first.send_signal(signal.SIGINT)
+        first.wait(timeout=20)
         seeder.stop()
