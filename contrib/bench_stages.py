@@ -69,10 +69,7 @@ def transfer(source, stages):
     getter = subprocess.Popen([binary, "get", link, "-o", out, "--no-dht", "--no-upload", "--config", config],
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     meter.add(getter.pid, "downloader")
-    while getter.poll() is None:
-        meter.sample()
-        time.sleep(0.02)
-    elapsed = time.time() - start
+    elapsed = meter.run_until_done([getter], start)
     wire = lo_bytes() - before
     seeder.terminate()
     seeder.wait()

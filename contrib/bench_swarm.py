@@ -86,6 +86,13 @@ class Meter:
     def add(self, pid, side):
         self.roots.append((pid, side))
 
+    def run_until_done(self, processes, start):
+        """Samples until every process has exited; returns seconds since start."""
+        while any(p.poll() is None for p in processes):
+            self.sample()
+            time.sleep(0.02)
+        return time.time() - start
+
     def sample(self):
         for root, side in self.roots:
             for pid in [root] + children(root):
@@ -122,10 +129,7 @@ def run_peershare(seeders, downloaders):
         g = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         gets.append(g)
         meter.add(g.pid, "downloader")
-    while any(g.poll() is None for g in gets):
-        meter.sample()
-        time.sleep(0.02)
-    elapsed = time.time() - start
+    elapsed = meter.run_until_done(gets, start)
     for p in procs:
         p.terminate()
         p.wait()
@@ -156,10 +160,7 @@ def run_libtorrent(seeders, downloaders, torrent):
                               *[f"127.0.0.1:{p}" for p in ports]], stdout=subprocess.PIPE, text=True)
         gets.append(g)
         meter.add(g.pid, "downloader")
-    while any(g.poll() is None for g in gets):
-        meter.sample()
-        time.sleep(0.02)
-    elapsed = time.time() - start
+    elapsed = meter.run_until_done(gets, start)
     for p in procs:
         p.kill()
         p.wait()

@@ -16,27 +16,10 @@ struct Limit: ParsableCommand {
             process ends; it does not edit pipeline.json.
             """)
 
-    @Option(name: .long, help: "New upload limit for all peers together, e.g. 5MB/s (0: unlimited).")
-    var maxUpload: String?
-
-    @Option(name: .long, help: "New download limit for all peers together, e.g. 5MB/s (0: unlimited).")
-    var maxDownload: String?
-
-    @Option(name: .long, help: "New upload limit for each peer on its own (0: unlimited).")
-    var maxPeerUpload: String?
+    @OptionGroup var rates: RateOptions
 
     @Option(name: .long, help: "The process to change (the pid of its `peershare share` or `get`).")
     var pid: Int32?
-
-    func validate() throws {
-        for text in [maxUpload, maxDownload, maxPeerUpload].compactMap({ $0 }) {
-            do {
-                _ = try ByteRate.parse(text)
-            } catch {
-                throw ValidationError("\(error)")
-            }
-        }
-    }
 
     func run() throws {
         let directory = ControlServer.directory(environment: ProcessInfo.processInfo.environment)
@@ -46,9 +29,11 @@ struct Limit: ParsableCommand {
             return UInt64(rate)
         }
         let request: IPCMessage =
-            maxUpload == nil && maxDownload == nil && maxPeerUpload == nil
+            rates.maxUpload == nil && rates.maxDownload == nil && rates.maxPeerUpload == nil
             ? .statusRequest(requestID: 0)
-            : .setLimits(upload: value(maxUpload), download: value(maxDownload), perPeerUpload: value(maxPeerUpload))
+            : .setLimits(
+                upload: value(rates.maxUpload), download: value(rates.maxDownload),
+                perPeerUpload: value(rates.maxPeerUpload))
         switch try exchange(request, path: socket) {
         case .status(_, let text):
             Terminal.line(text)

@@ -117,18 +117,26 @@ public struct ChunkScheduler: Sendable {
         }
         depth[peer] = nil
         lastProgress[peer] = nil
-        for index in Array(duplicates.keys) {
-            duplicates[index]?.remove(peer)
-            if duplicates[index]?.isEmpty == true { duplicates[index] = nil }
-        }
-        for index in states.indices where states[index] == .requested(from: peer) {
-            if let other = duplicates[index]?.first {
-                duplicates[index]?.remove(other)
-                if duplicates[index]?.isEmpty == true { duplicates[index] = nil }
-                states[index] = .requested(from: other)
-            } else {
-                markMissing(index)
-            }
+        for index in Array(duplicates.keys) { removeDuplicate(index, peer) }
+        for index in states.indices where states[index] == .requested(from: peer) { reassign(index) }
+    }
+
+    /// Takes `peer` off the endgame copies of chunk `index`; true if it was one.
+    @discardableResult
+    private mutating func removeDuplicate(_ index: Int, _ peer: PeerID) -> Bool {
+        guard duplicates[index]?.remove(peer) != nil else { return false }
+        if duplicates[index]?.isEmpty == true { duplicates[index] = nil }
+        return true
+    }
+
+    /// The peer a chunk was requested from will not deliver it: an endgame copy still on its
+    /// way takes over, or the chunk is missing again.
+    private mutating func reassign(_ index: Int) {
+        if let other = duplicates[index]?.first {
+            removeDuplicate(index, other)
+            states[index] = .requested(from: other)
+        } else {
+            markMissing(index)
         }
     }
 
@@ -219,10 +227,8 @@ public struct ChunkScheduler: Sendable {
             lastProgress[peer] = now
             return .duplicate
         }
-        if duplicates[index]?.contains(peer) == true {
+        if removeDuplicate(index, peer) {
             lastProgress[peer] = now
-            duplicates[index]?.remove(peer)
-            if duplicates[index]?.isEmpty == true { duplicates[index] = nil }
             switch states[index] {
             case .requested(let owner):
                 // This copy won: the first peer's request is now the one to cancel.
@@ -259,19 +265,12 @@ public struct ChunkScheduler: Sendable {
     /// The peer said it will not send this chunk.
     public mutating func pieceRefused(index: Int, by peer: PeerID) {
         guard states.indices.contains(index) else { return }
-        if duplicates[index]?.remove(peer) != nil {
-            if duplicates[index]?.isEmpty == true { duplicates[index] = nil }
+        if removeDuplicate(index, peer) {
             inFlight[peer, default: 1] -= 1
             return
         }
         guard states[index] == .requested(from: peer) else { return }
-        if let other = duplicates[index]?.first {
-            duplicates[index]?.remove(other)
-            if duplicates[index]?.isEmpty == true { duplicates[index] = nil }
-            states[index] = .requested(from: other)
-        } else {
-            markMissing(index)
-        }
+        reassign(index)
         inFlight[peer, default: 1] -= 1
     }
 

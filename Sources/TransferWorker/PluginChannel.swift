@@ -20,7 +20,8 @@ final class PluginChannel {
     static let protocolVersion: UInt16 = 1
     /// Every call must be answered within this.
     static let timeoutMs: Int32 = 2000
-    static let maxFrame = PeerMessageLimits.maxPluginFrame
+    /// A plugin frame carries at most one peer frame plus its header and some growth.
+    static let maxFrame = 17 * 1024 * 1024 + 64 * 1024
 
     let name: String
     let descriptor: Int32
@@ -187,9 +188,4 @@ final class PluginChannel {
         }
         decoder.append(buffer[0..<got])
     }
-}
-
-enum PeerMessageLimits {
-    /// A plugin frame carries at most one peer frame plus its header and some growth.
-    static let maxPluginFrame = 17 * 1024 * 1024 + 64 * 1024
 }

@@ -137,19 +137,17 @@ public final class TransferService: WorkerService, @unchecked Sendable {
             for handler in serveHandlers.values { handler.bucket.setRate(perPeerUploadRate, now: now) }
         }
         logger.info(
-            "limits now: upload \(describe(uploadBucket.rate)), download \(describe(downloadBucket.rate)), per peer \(describe(perPeerUploadRate))"
+            "limits now: upload \(ByteRate.describe(uploadBucket.rate)), download \(ByteRate.describe(downloadBucket.rate)), per peer \(ByteRate.describe(perPeerUploadRate))"
         )
         tell(
             .status(
                 requestID: 0,
                 text:
-                    "limits: upload \(describe(uploadBucket.rate)), download \(describe(downloadBucket.rate)), per-peer upload \(describe(perPeerUploadRate))"
+                    "limits: upload \(ByteRate.describe(uploadBucket.rate)), download \(ByteRate.describe(downloadBucket.rate)), per-peer upload \(ByteRate.describe(perPeerUploadRate))"
             ))
         fetch?.limitsChanged()
         pumpUploads()
     }
-
-    private func describe(_ rate: Double) -> String { ByteRate.describe(rate) }
 
     private var reportedPlugins: Set<String> = []
 

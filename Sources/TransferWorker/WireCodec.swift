@@ -55,9 +55,6 @@ final class WireCodec {
     var decodeLimit = PeerMessage.maxFrameLength
     /// The peer's id (hash of its Ed25519 key) once the encryption handshake proved it.
     var remotePeerID: String? { sodium?.remotePeerID }
-    /// Bytes in and out at the two ends of the pipeline, for `peershare get --verbose`.
-    private(set) var plainBytesOut = 0
-    private(set) var wireBytesOut = 0
 
     init(setup: PipelineSetup, role: SodiumHandshake.Role) {
         self.setup = setup
@@ -211,7 +208,6 @@ final class WireCodec {
         // before its helloAccepted leaves; the client's before its last handshake message).
         guard sealed, ![.hello, .helloAccepted, .stageHandshake].contains(message.tag) else { return message.frame() }
         var bytes = message.innerBytes()
-        plainBytesOut += bytes.count
         for stage in agreed {
             switch stage.kind {
             case .zlib: bytes = ZlibStage.encode(bytes, level: Int32(stage.level))
@@ -225,7 +221,6 @@ final class WireCodec {
                 }
             }
         }
-        wireBytesOut += bytes.count
         return Frame(type: PeerMessage.sealedFrameType, payload: bytes)
     }
 

@@ -59,6 +59,15 @@ class CorruptingProxy(threading.Thread):
             return bytes(payload)
         return payload
 
+    @staticmethod
+    def close_both(*sockets):
+        """One side hung up or sent garbage: end the proxied connection both ways."""
+        for s in sockets:
+            try:
+                s.close()
+            except OSError:
+                pass
+
     def pump(self, src, dst, from_seeder):
         try:
             while True:
@@ -69,11 +78,7 @@ class CorruptingProxy(threading.Thread):
                         continue
                 dst.sendall(peerwire.frame(msg_type, payload))
         except (EOFError, OSError, ValueError):
-            for s in (src, dst):
-                try:
-                    s.close()
-                except OSError:
-                    pass
+            self.close_both(src, dst)
 
 
 def test_corrupted_chunk_is_rejected_refetched_and_never_written(seed, tmp_path):

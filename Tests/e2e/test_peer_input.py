@@ -35,11 +35,7 @@ class EndlessFrameProxy(CorruptingProxy):
                     for _ in range(4096):  # at most 4 GiB, long after the downloader hung up
                         dst.sendall(zeros)
         except (EOFError, OSError, ValueError):
-            for s in (src, dst):
-                try:
-                    s.close()
-                except OSError:
-                    pass
+            self.close_both(src, dst)
 
 
 def download_past(proxy_class, seed, tmp_path):

@@ -149,11 +149,7 @@ class TamperingProxy(CorruptingProxy):
                 for t, p in out:
                     dst.sendall(peerwire.frame(t, p))
         except (EOFError, OSError, ValueError):
-            for s in (src, dst):
-                try:
-                    s.close()
-                except OSError:
-                    pass
+            self.close_both(src, dst)
 
 
 @pytest.mark.parametrize("mode", ["flip", "drop", "replay", "reorder"])
