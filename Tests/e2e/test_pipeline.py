@@ -271,12 +271,15 @@ def test_the_link_secret_stays_out_of_worker_arguments_and_logs(tmp_path):
     assert key not in seeder.proc.stderr.read(), "the seeder logged the key"
 
 
-@pytest.mark.parametrize("mode, needle", [
-    ("crash", "crashed or closed its pipe"),
-    ("hang", "did not answer within 2000 ms"),
-    ("garbage", "answered garbage"),
+# A crash is seen twice, and which report comes first is a race: the transfer worker's read
+# ("crashed or closed its pipe") or the supervisor reaping the plugin ("exited with status 3"),
+# which then restarts the transfer worker before it can log. Either names the plugin.
+@pytest.mark.parametrize("mode, needles", [
+    ("crash", ("crashed or closed its pipe", "exited with status 3")),
+    ("hang", ("did not answer within 2000 ms",)),
+    ("garbage", ("answered garbage",)),
 ])
-def test_misbehaving_plugin_fails_the_connection_by_name_and_is_restarted(tmp_path, mode, needle):
+def test_misbehaving_plugin_fails_the_connection_by_name_and_is_restarted(tmp_path, mode, needles):
     source = tmp_path / "p.bin"
     source.write_bytes(os.urandom(4 << 20))
     good = write_config(tmp_path / "good.json", [{"name": "flaky", "plugin": MISBEHAVING, "options": {"mode": "none"}}])
@@ -290,7 +293,7 @@ def test_misbehaving_plugin_fails_the_connection_by_name_and_is_restarted(tmp_pa
         result = get(seeder.link, out, "--config", bad, "--no-dht", "--verbose", timeout=120)
         assert result.returncode == 0, result.stderr
         assert (out / "p.bin").read_bytes() == source.read_bytes()
-        assert f"plugin 'flaky' {needle}" in result.stderr, result.stderr
+        assert any(f"plugin 'flaky' {needle}" in result.stderr for needle in needles), result.stderr
         assert "plugin 'flaky'" in result.stderr and "restarting it" in result.stderr, result.stderr
         assert (tmp_path / "misbehaved").exists()
     finally:
