@@ -113,7 +113,7 @@ let package = Package(
             name: "KademliaTests",
             dependencies: ["Kademlia", .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio")]),
         .testTarget(
-            name: "SupervisorTests", dependencies: ["Supervisor", "PeerShareCore", "IPC"]),
+            name: "SupervisorTests", dependencies: ["Supervisor", "WorkerRuntime", "PeerShareCore", "IPC"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -57,3 +57,161 @@ pid_t peershare_spawn_fds(
     if (rc != 0) { errno = rc; return -1; }
     return pid;
 }
+
+/* ---- Sandbox: Landlock and seccomp ------------------------------------------------------
+   Debian 12's kernel headers predate Landlock's network and scope rules, so the ABI's
+   structures and constants are spelled out here (include/uapi/linux/landlock.h). */
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <linux/audit.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+#include <fcntl.h>
+#include <unistd.h>
+#include <sys/syscall.h>
+#include <sys/stat.h>
+
+#ifndef __NR_landlock_create_ruleset
+#define __NR_landlock_create_ruleset 444
+#define __NR_landlock_add_rule 445
+#define __NR_landlock_restrict_self 446
+#endif
+
+struct peershare_landlock_ruleset_attr {
+    uint64_t handled_access_fs;
+    uint64_t handled_access_net;
+    uint64_t scoped;
+};
+
+struct peershare_landlock_path_beneath_attr {
+    uint64_t allowed_access;
+    int32_t parent_fd;
+} __attribute__((packed));
+
+#define PS_LANDLOCK_CREATE_RULESET_VERSION (1U << 0)
+#define PS_LANDLOCK_RULE_PATH_BENEATH 1
+#define PS_LANDLOCK_ACCESS_NET_BIND_TCP (1ULL << 0)
+#define PS_LANDLOCK_ACCESS_NET_CONNECT_TCP (1ULL << 1)
+#define PS_LANDLOCK_SCOPE_ABSTRACT_UNIX_SOCKET (1ULL << 0)
+#define PS_LANDLOCK_SCOPE_SIGNAL (1ULL << 1)
+
+int peershare_landlock_abi(void) {
+    long abi = syscall(__NR_landlock_create_ruleset, NULL, 0, PS_LANDLOCK_CREATE_RULESET_VERSION);
+    return abi < 0 ? 0 : (int)abi;
+}
+
+/* Every filesystem right the running kernel knows, so that anything not granted is denied. */
+static uint64_t landlock_fs_rights(int abi) {
+    uint64_t rights = (1ULL << 13) - 1; /* ABI 1: EXECUTE .. MAKE_SYM */
+    if (abi >= 2) rights |= PEERSHARE_FS_REFER;
+    if (abi >= 3) rights |= PEERSHARE_FS_TRUNCATE;
+    if (abi >= 5) rights |= (1ULL << 15); /* IOCTL_DEV */
+    return rights;
+}
+
+int peershare_landlock_restrict(
+    const char *const *paths, const unsigned long long *rights, int count, int handle_files, int deny_tcp) {
+    int abi = peershare_landlock_abi();
+    if (abi <= 0) { errno = EOPNOTSUPP; return -1; }
+    struct peershare_landlock_ruleset_attr attr;
+    memset(&attr, 0, sizeof attr);
+    size_t size = sizeof attr.handled_access_fs;
+    uint64_t all_fs = landlock_fs_rights(abi);
+    if (handle_files) attr.handled_access_fs = all_fs;
+    if (abi >= 4) {
+        size = offsetof(struct peershare_landlock_ruleset_attr, scoped);
+        if (deny_tcp) attr.handled_access_net = PS_LANDLOCK_ACCESS_NET_BIND_TCP | PS_LANDLOCK_ACCESS_NET_CONNECT_TCP;
+    }
+    if (abi >= 6) {
+        size = sizeof attr;
+        /* Signals and abstract unix sockets stay inside the sandbox: a worker cannot signal
+           the supervisor or another user's process, nor reach an abstract socket outside. */
+        attr.scoped = PS_LANDLOCK_SCOPE_ABSTRACT_UNIX_SOCKET | PS_LANDLOCK_SCOPE_SIGNAL;
+    }
+    if (attr.handled_access_fs == 0 && attr.handled_access_net == 0 && attr.scoped == 0) return 0;
+    int ruleset = (int)syscall(__NR_landlock_create_ruleset, &attr, size, 0);
+    if (ruleset < 0) return -1;
+    for (int i = 0; i < count && handle_files; i++) {
+        int fd = open(paths[i], O_PATH | O_CLOEXEC);
+        if (fd < 0) continue; /* a path that does not exist grants nothing */
+        struct stat info;
+        uint64_t allowed = rights[i] & all_fs;
+        /* Rules on a file may only carry the rights that apply to files. */
+        if (fstat(fd, &info) == 0 && !S_ISDIR(info.st_mode))
+            allowed &= PEERSHARE_FS_EXECUTE | PEERSHARE_FS_WRITE_FILE | PEERSHARE_FS_READ_FILE | PEERSHARE_FS_TRUNCATE
+                | (1ULL << 15);
+        struct peershare_landlock_path_beneath_attr rule = {.allowed_access = allowed, .parent_fd = fd};
+        long rc = allowed ? syscall(__NR_landlock_add_rule, ruleset, PS_LANDLOCK_RULE_PATH_BENEATH, &rule, 0) : 0;
+        int saved = errno;
+        close(fd);
+        if (rc < 0) { close(ruleset); errno = saved; return -1; }
+    }
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 || syscall(__NR_landlock_restrict_self, ruleset, 0) != 0) {
+        int saved = errno;
+        close(ruleset);
+        errno = saved;
+        return -1;
+    }
+    close(ruleset);
+    return abi;
+}
+
+#if defined(__x86_64__)
+#define PS_AUDIT_ARCH AUDIT_ARCH_X86_64
+#elif defined(__aarch64__)
+#define PS_AUDIT_ARCH AUDIT_ARCH_AARCH64
+#endif
+
+int peershare_seccomp_deny(int flags) {
+#ifndef PS_AUDIT_ARCH
+    (void)flags;
+    errno = EOPNOTSUPP;
+    return -1;
+#else
+    /* Calls no worker makes: debugging or reading other processes, kernel and namespace
+       administration, keyrings, BPF. A compromised worker gets EPERM, not a new foothold. */
+    static const int always[] = {
+        __NR_ptrace, __NR_process_vm_readv, __NR_process_vm_writev, __NR_mount, __NR_umount2,
+        __NR_pivot_root, __NR_chroot, __NR_unshare, __NR_setns, __NR_kexec_load, __NR_kexec_file_load,
+        __NR_init_module, __NR_finit_module, __NR_delete_module, __NR_bpf, __NR_perf_event_open,
+        __NR_keyctl, __NR_add_key, __NR_request_key, __NR_userfaultfd, __NR_reboot, __NR_swapon,
+        __NR_swapoff, __NR_acct, __NR_open_by_handle_at, __NR_name_to_handle_at, __NR_settimeofday,
+        __NR_clock_settime, __NR_personality,
+#if defined(__x86_64__)
+        __NR_iopl, __NR_ioperm,
+#endif
+    };
+    static const int exec_calls[] = {__NR_execve, __NR_execveat};
+    static const int socket_calls[] = {__NR_socket, __NR_socketpair};
+    int denied[64];
+    int count = 0;
+    for (size_t i = 0; i < sizeof always / sizeof always[0]; i++) denied[count++] = always[i];
+    if (flags & PEERSHARE_SECCOMP_NO_EXEC)
+        for (size_t i = 0; i < 2; i++) denied[count++] = exec_calls[i];
+    if (flags & PEERSHARE_SECCOMP_NO_SOCKETS)
+        for (size_t i = 0; i < 2; i++) denied[count++] = socket_calls[i];
+
+    struct sock_filter filter[6 + 2 * 64 + 1];
+    int n = 0;
+    filter[n++] = (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch));
+    /* Another architecture's calling convention (e.g. 32-bit x86) would dodge the numbers. */
+    filter[n++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, PS_AUDIT_ARCH, 1, 0);
+    filter[n++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_KILL_PROCESS);
+    filter[n++] = (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr));
+#if defined(__x86_64__)
+    /* x32 system calls share x86_64's architecture value and set bit 30: refuse them all. */
+    filter[n++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JGE | BPF_K, 0x40000000, 0, 1);
+    filter[n++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (EPERM & SECCOMP_RET_DATA));
+#endif
+    for (int i = 0; i < count; i++) {
+        filter[n++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (unsigned)denied[i], 0, 1);
+        filter[n++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (EPERM & SECCOMP_RET_DATA));
+    }
+    filter[n++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW);
+    struct sock_fprog program = {.len = (unsigned short)n, .filter = filter};
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) return -1;
+    /* TSYNC: every thread of the process, not only the calling one. */
+    return (int)syscall(__NR_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_TSYNC, &program);
+#endif
+}

@@ -91,7 +91,10 @@ struct Get: ParsableCommand {
         let (seedAfter, showEvents, serveAt) = (seed, verbose, listenAddress)
         let pipeline = try PipelineOptions.forGet(config: config, link: parsed)
         let identity = IdentityStore.load(environment: ProcessInfo.processInfo.environment)
-        let code = SupervisorRunner.run(config: config, logLevel: common.logLevel, control: true) {
+        // The hash worker may touch the target folder and nothing else.
+        let code = SupervisorRunner.run(
+            config: config, logLevel: common.logLevel, control: true, writable: [target]
+        ) {
             supervisor, logger in
             let session = GetSession(
                 supervisor: supervisor, link: parsed, peers: allPeers,

@@ -55,7 +55,11 @@ struct Share: ParsableCommand {
         let dhtSettings = dht.settings(config: config)
         let pipeline = PipelineOptions.forShare(config: config, encrypt: encrypt)
         let identity = IdentityStore.load(environment: ProcessInfo.processInfo.environment)
-        let code = SupervisorRunner.run(config: config, logLevel: common.logLevel, control: true) {
+        // The hash worker may read the shared path and nothing else.
+        let absolute = URL(fileURLWithPath: path).standardizedFileURL.path
+        let code = SupervisorRunner.run(
+            config: config, logLevel: common.logLevel, control: true, readable: [absolute]
+        ) {
             supervisor, logger in
             let session = ShareSession(
                 supervisor: supervisor, path: path, listen: listenAddress,
@@ -73,14 +77,19 @@ enum SupervisorRunner {
     typealias Session = (begin: @Sendable () -> Void, stop: @Sendable (Int32) -> Void, result: EventLoopFuture<Int32>)
 
     /// `control`: open a control socket so `peershare limit` can change this run's limits.
+    /// `readable`/`writable`: the paths the hash worker's sandbox lets it touch.
     static func run(
-        config: PipelineConfig, logLevel: String, control: Bool = false,
-        makeSession: @escaping @Sendable (Supervisor, Logger) -> Session
+        config: PipelineConfig, logLevel: String, control: Bool = false, readable: [String] = [],
+        writable: [String] = [], makeSession: @escaping @Sendable (Supervisor, Logger) -> Session
     ) -> Int32 {
         let logger = Logger(label: "supervisor")
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let loop = group.next()
-        let table = WorkerTable.standard(config: config, logLevel: logLevel)
+        let table = WorkerTable.standard(
+            config: config, logLevel: logLevel, readable: readable, writable: writable)
+        if !Sandbox.disabledByEnvironment && Sandbox.landlockABI == 0 {
+            logger.warning("this kernel has no Landlock: workers are confined by seccomp only")
+        }
         let plugins = PeerPipeline(stages: config.stages, secret: nil).plugins
         let supervisor = Supervisor(table: table, eventLoop: loop, logger: logger, plugins: plugins)
         let session = try? loop.submit { makeSession(supervisor, logger) }.wait()

@@ -132,6 +132,7 @@ final class JSONEvents: @unchecked Sendable {
         var event: [String: Any] = [
             "event": "progress", "phase": phase, "bytes": done, "total": total, "rate": Int(rate),
             "eta": rate > 0 ? Double(total - done) / rate : 0,
+            "elapsed": (Double(now - started) / 1e6).rounded() / 1000,
         ]
         if let peers { event["peers"] = peers }
         emit(event)

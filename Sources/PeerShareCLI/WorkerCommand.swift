@@ -24,6 +24,9 @@ struct WorkerCommand: ParsableCommand {
     @Option(name: .long) var maxUploadRate: Int = 0
     @Option(name: .long) var maxDownloadRate: Int = 0
     @Option(name: .long) var maxPeerUploadRate: Int = 0
+    @Option(name: .long) var sandbox: String = SandboxProfile.Kind.none.rawValue
+    @Option(name: .customLong("sandbox-read")) var sandboxReadable: [String] = []
+    @Option(name: .customLong("sandbox-write")) var sandboxWritable: [String] = []
 
     func run() throws {
         guard let role = WorkerRole(rawValue: role) else {
@@ -36,6 +39,18 @@ struct WorkerCommand: ParsableCommand {
         }
         LineLogHandler.bootstrap(name: role.rawValue, level: Logger.Level(rawValue: logLevel) ?? .warning)
         let logger = Logger(label: role.rawValue)
+        guard let kind = SandboxProfile.Kind(rawValue: sandbox) else {
+            throw ValidationError("unknown sandbox profile '\(sandbox)'")
+        }
+        // First thing, before any thread exists: Landlock confines the calling thread and
+        // whatever it starts later.
+        let report = Sandbox.apply(
+            SandboxProfile(kind: kind, readable: sandboxReadable, writable: sandboxWritable))
+        if kind != .none && report.seccompError != nil {
+            logger.error("sandbox: \(report)")
+        } else {
+            logger.debug("sandbox \(kind.rawValue): \(report)")
+        }
         WorkerMain.run(role: role, logger: logger) { pipe in
             switch role {
             case .hash: return HashService(logger: logger)

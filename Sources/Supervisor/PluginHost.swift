@@ -2,6 +2,7 @@ import CSystemShims
 import Foundation
 import Logging
 import NIOCore
+import WorkerRuntime
 
 /// A custom pipeline stage as the supervisor runs it: an executable from pipeline.json.
 public struct PluginSpec: Sendable, Equatable {
@@ -19,7 +20,10 @@ public struct PluginSpec: Sendable, Equatable {
 /// (plugin k on descriptor 4 + k), so chunk data goes straight from the transfer worker to
 /// the plugin and back. A plugin that exits is restarted, and so is the transfer worker,
 /// which then inherits the new pipe (descriptors cannot be swapped under a running worker
-/// without descriptor passing). Loop-confined.
+/// without descriptor passing). Each plugin starts inside the `plugin` sandbox (read-only
+/// system libraries and its own folder, no writes, no sockets): `peershare sandbox exec`
+/// confines itself and then executes the plugin, which inherits the confinement.
+/// Loop-confined.
 final class PluginHost: @unchecked Sendable {
     struct Running {
         var pid: pid_t
@@ -37,6 +41,8 @@ final class PluginHost: @unchecked Sendable {
     private(set) var running: [Running?]
     private var generation = 0
     private var restarts = 0
+    /// How many times each plugin has been started, told to it in PEERSHARE_PLUGIN_START.
+    private var starts: [Int] = []
     var stopping = false
     /// Called when a plugin was restarted: the transfer worker must be restarted too.
     var onRestart: ((String) -> Void)?
@@ -48,6 +54,7 @@ final class PluginHost: @unchecked Sendable {
         self.loop = loop
         self.logger = logger
         self.running = Array(repeating: nil, count: specs.count)
+        self.starts = Array(repeating: 0, count: specs.count)
     }
 
     /// Descriptor mappings for the transfer worker's spawn: (our end, 4 + k).
@@ -67,12 +74,16 @@ final class PluginHost: @unchecked Sendable {
         guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &pair) == 0 else {
             throw PluginHostError("plugin '\(spec.name)': socketpair failed: \(String(cString: strerror(errno)))")
         }
-        let environment = ProcessInfo.processInfo.environment.map { "\($0.key)=\($0.value)" }
-        let pid = withCStrings([spec.path]) { argv in
-            withCStrings(environment) { envp in
+        starts[index] += 1
+        var environment = ProcessInfo.processInfo.environment
+        environment["PEERSHARE_PLUGIN_START"] = String(starts[index])
+        let variables = environment.map { "\($0.key)=\($0.value)" }
+        let (executable, arguments) = PluginHost.command(for: spec.path)
+        let pid = withCStrings(arguments) { argv in
+            withCStrings(variables) { envp in
                 var from: [Int32] = [pair[1], pair[1]]
                 var to: [Int32] = [0, 1]
-                return peershare_spawn_fds(spec.path, argv, envp, &from, &to, 2)
+                return peershare_spawn_fds(executable, argv, envp, &from, &to, 2)
             }
         }
         close(pair[1])
@@ -86,6 +97,16 @@ final class PluginHost: @unchecked Sendable {
         running[index] = Running(pid: pid, hostDescriptor: pair[0], generation: generation)
         logger.info("started plugin '\(spec.name)' (pid \(pid))")
         reap(index: index, pid: pid, generation: generation)
+    }
+
+    /// The plugin itself, or this binary's `sandbox exec` confining itself and then executing
+    /// the plugin (unless PEERSHARE_SANDBOX=off).
+    static func command(for path: String) -> (String, [String]) {
+        guard !Sandbox.disabledByEnvironment else { return (path, [path]) }
+        let readable = SandboxProfile.pluginReadable(pluginPath: path)
+        return (
+            "/proc/self/exe", ["peershare", "sandbox", "exec"] + readable.flatMap { ["--read", $0] } + ["--", path]
+        )
     }
 
     private func reap(index: Int, pid: pid_t, generation: Int) {

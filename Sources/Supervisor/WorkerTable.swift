@@ -1,8 +1,9 @@
 import IPC
 import PeerShareCore
+import WorkerRuntime
 
 /// One row per worker process, in the spirit of Postfix's master.cf: what runs, how it is
-/// restarted, what it may send and (from the sandboxing issue on) how it is confined.
+/// restarted, what it may send and how it is confined.
 /// Everything the supervisor knows about a worker comes from its row.
 public struct WorkerSpec: Sendable {
     public var role: WorkerRole
@@ -14,8 +15,8 @@ public struct WorkerSpec: Sendable {
     public var heartbeatTimeoutMs: Int
     /// Largest frame accepted from this worker.
     public var maxFrameLength: Int
-    /// Placeholder for the sandboxing issue: the profile name the worker will apply.
-    public var sandboxProfile: String
+    /// How the worker confines itself (Landlock + seccomp), passed on its command line.
+    public var sandbox: SandboxProfile
     /// Messages this worker may send; anything else is a protocol violation.
     public var mayEmit: Set<IPCMessage.Tag> { role.mayEmit }
 }
@@ -28,18 +29,27 @@ public enum WorkerTable {
     ///     nat        peershare worker nat        backoff, give up  16 MiB  network-only
     ///     transfer   peershare worker transfer   backoff, give up  16 MiB  network-only
     ///     hash       peershare worker hash       backoff, give up  16 MiB  files-only
-    public static func standard(config: PipelineConfig, logLevel: String) -> [WorkerSpec] {
+    ///
+    /// `readable`/`writable`: the only paths the hash worker may touch (the shared path, or
+    /// the download's target folder). Every other worker may open no file at all.
+    public static func standard(
+        config: PipelineConfig, logLevel: String, readable: [String] = [], writable: [String] = []
+    ) -> [WorkerSpec] {
         let policy = RestartPolicy(
             maxRestarts: config.workers.maxRestarts, windowMs: config.workers.restartWindowMs,
             initialBackoffMs: config.workers.restartBackoffMs, maxBackoffMs: config.workers.restartBackoffMaxMs)
-        func row(_ role: WorkerRole, sandbox: String) -> WorkerSpec {
-            WorkerSpec(
-                role: role, arguments: ["worker", role.rawValue, "--log-level", logLevel], restart: policy,
+        let off = Sandbox.disabledByEnvironment
+        func row(_ role: WorkerRole, sandbox: SandboxProfile) -> WorkerSpec {
+            let profile = off ? SandboxProfile(kind: .none) : sandbox
+            return WorkerSpec(
+                role: role, arguments: ["worker", role.rawValue, "--log-level", logLevel] + profile.arguments,
+                restart: policy,
                 heartbeatIntervalMs: config.workers.heartbeatIntervalMs,
                 heartbeatTimeoutMs: config.workers.heartbeatTimeoutMs, maxFrameLength: IPCMessage.maxFrameLength,
-                sandboxProfile: sandbox)
+                sandbox: profile)
         }
-        var transfer = row(.transfer, sandbox: "network-only")
+        let network = SandboxProfile(kind: .networkOnly)
+        var transfer = row(.transfer, sandbox: network)
         transfer.arguments += [
             "--requests-in-flight", String(config.limits.requestsInFlight), "--max-peers",
             String(config.limits.maxPeers),
@@ -48,10 +58,10 @@ public enum WorkerTable {
             "--max-peer-upload-rate", String(Int(config.limits.maxPeerUploadRate)),
         ]
         return [
-            row(.discovery, sandbox: "network-only"),
-            row(.nat, sandbox: "network-only"),
+            row(.discovery, sandbox: network),
+            row(.nat, sandbox: network),
             transfer,
-            row(.hash, sandbox: "files-only"),
+            row(.hash, sandbox: SandboxProfile(kind: .filesOnly, readable: readable, writable: writable)),
         ]
     }
 }

@@ -1,4 +1,5 @@
 import Supervisor
+import WorkerRuntime
 import XCTest
 
 final class RestartTrackerTests: XCTestCase {
@@ -23,7 +24,7 @@ final class RestartTrackerTests: XCTestCase {
     func testWorkerTableDeclaresTheFourWorkers() {
         let table = WorkerTable.standard(config: .defaults, logLevel: "info")
         XCTAssertEqual(Set(table.map(\.role.rawValue)), ["discovery", "nat", "transfer", "hash"])
-        XCTAssertEqual(table.first { $0.role == .hash }?.sandboxProfile, "files-only")
+        XCTAssertEqual(table.first { $0.role == .hash }?.sandbox.kind, .filesOnly)
         XCTAssertTrue(table.allSatisfy { $0.arguments.starts(with: ["worker", $0.role.rawValue]) })
     }
 }

@@ -17,4 +17,35 @@ pid_t peershare_spawn_fds(
 /// Keeps chunk-sized allocations in the heap (no mmap/munmap, no trimming per buffer).
 void peershare_tune_allocator(void);
 
+/* Landlock filesystem rights (include/uapi/linux/landlock.h). */
+#define PEERSHARE_FS_EXECUTE (1ULL << 0)
+#define PEERSHARE_FS_WRITE_FILE (1ULL << 1)
+#define PEERSHARE_FS_READ_FILE (1ULL << 2)
+#define PEERSHARE_FS_READ_DIR (1ULL << 3)
+#define PEERSHARE_FS_REMOVE_DIR (1ULL << 4)
+#define PEERSHARE_FS_REMOVE_FILE (1ULL << 5)
+#define PEERSHARE_FS_MAKE_DIR (1ULL << 7)
+#define PEERSHARE_FS_MAKE_REG (1ULL << 8)
+#define PEERSHARE_FS_REFER (1ULL << 13)
+#define PEERSHARE_FS_TRUNCATE (1ULL << 14)
+
+/// The Landlock ABI version of the running kernel, 0 when Landlock is unavailable.
+int peershare_landlock_abi(void);
+
+/// Confines the calling thread and the threads and processes it starts afterwards (so call
+/// it before any thread exists). `handle_files`: every filesystem access is denied except
+/// `rights[i]` beneath `paths[i]`. `deny_tcp`: TCP bind and connect are denied (ABI 4+).
+/// Signals and abstract unix sockets are scoped to the sandbox (ABI 6+). Sets
+/// no_new_privs. Returns the ABI used, or -1 with errno set (EOPNOTSUPP: no Landlock).
+int peershare_landlock_restrict(
+    const char *const *paths, const unsigned long long *rights, int count, int handle_files, int deny_tcp);
+
+#define PEERSHARE_SECCOMP_NO_EXEC 1
+#define PEERSHARE_SECCOMP_NO_SOCKETS 2
+
+/// Installs a seccomp filter on every thread of the process: system calls no worker needs
+/// (ptrace, mount, module loading, BPF, keyrings, ...) and, by flag, execve/execveat and
+/// socket/socketpair fail with EPERM. Returns 0, or -1 with errno set.
+int peershare_seccomp_deny(int flags);
+
 #endif

@@ -1,8 +1,11 @@
 #!/usr/bin/env python3
 """A plugin that works for a while and then misbehaves as its option says, for the tests:
-crash (exits), hang (stops answering), garbage (answers nonsense). Behaves after a restart
-only if the marker file from its first life exists ("once": misbehave one time only)."""
+crash (exits), hang (stops answering), garbage (answers nonsense), nosy (tries, on hello,
+to read the file `read`, create the file `write` and connect to `connect`, HOST:PORT, and
+reports each outcome on stderr; the sandbox should refuse all three). Misbehaves in its first
+life only (PEERSHARE_PLUGIN_START is 1), and says so on stderr, which the test reads."""
 import os
+import socket
 import struct
 import sys
 import time
@@ -28,13 +31,34 @@ def write_frame(kind, payload):
     stdout.flush()
 
 
+def pry():
+    """What a malicious plugin would try first."""
+    attempts = []
+    if "read" in options:
+        attempts.append(("read", lambda: open(options["read"], "rb").read(1)))
+    if "write" in options:
+        attempts.append(("write", lambda: open(options["write"], "wb").write(b"x")))
+    if "connect" in options:
+        host, port = options["connect"].rsplit(":", 1)
+        attempts.append(("connect", lambda: socket.create_connection((host, int(port)), timeout=2).close()))
+    for what, attempt in attempts:
+        try:
+            attempt()
+            outcome = "allowed"
+        except OSError as error:
+            outcome = f"denied ({error.strerror})"
+        sys.stderr.write(f"nosy plugin: {what} {outcome}\n")
+    sys.stderr.flush()
+
+
 def misbehave():
-    marker = options.get("marker")
-    if marker:
-        if os.path.exists(marker):
-            return  # already misbehaved once: behave now
-        open(marker, "w").close()
+    if os.environ.get("PEERSHARE_PLUGIN_START") != "1":
+        return  # restarted: behave now
     mode = options.get("mode")
+    if mode in (None, "none", "nosy"):
+        return
+    sys.stderr.write(f"misbehaving plugin: {mode} now\n")
+    sys.stderr.flush()
     if mode == "crash":
         os._exit(3)
     if mode == "hang":
@@ -59,6 +83,8 @@ while True:
             (n,) = struct.unpack(">H", rest[:2]); key = rest[2:2 + n].decode(); rest = rest[2 + n:]
             (n,) = struct.unpack(">H", rest[:2]); value = rest[2:2 + n].decode(); rest = rest[2 + n:]
             options[key] = value
+        if options.get("mode") == "nosy":
+            pry()
         write_frame(READY, struct.pack(">HH", 1, 1))
         continue
     if kind in (ENCODE, DECODE):
