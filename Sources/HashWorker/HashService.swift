@@ -14,9 +14,29 @@ public final class HashService: WorkerService, @unchecked Sendable {
     private var served: ServedShare?
     private var download: Download?
     private var rejectedChunks = 0
+    /// The data channel to the transfer worker: chunks to verify and write, chunks to read.
+    private let transfer: WorkerPipe?
+    private var readingTransfer = false
 
     public init(logger: Logger) {
         self.logger = logger
+        self.transfer = DataChannel.inherited()
+    }
+
+    /// Starts taking chunk requests from the transfer worker, once a share is open or a
+    /// download prepared: until then they wait in the socket (the transfer worker may be
+    /// restarted, and asking, before the supervisor has set us up again).
+    private func startReadingTransfer() {
+        guard let transfer, !readingTransfer else { return }
+        readingTransfer = true
+        DataChannel.startReading(
+            transfer, as: .hash,
+            deliver: { [self] message in handle(message, pipe: transfer) },
+            logger: logger,
+            closed: { [logger] reason in
+                // The supervisor restarts the transfer worker on a new channel, and us with it.
+                logger.debug("data channel: \(reason); waiting to be restarted with the transfer worker")
+            })
     }
 
     public func statusLine() -> String {
@@ -35,12 +55,16 @@ public final class HashService: WorkerService, @unchecked Sendable {
     public func handle(_ message: IPCMessage, pipe: WorkerPipe) {
         queue.async { [self] in
             let reply = perform(message, pipe: pipe)
+            if served != nil || download != nil { startReadingTransfer() }
             if let reply {
                 do {
                     try pipe.send(reply)
-                } catch {
+                } catch  where pipe !== transfer {
                     logger.error("cannot reply to the supervisor: \(error)")
                     exit(70)
+                } catch {
+                    // The transfer worker is gone; the supervisor restarts us with the next one.
+                    logger.debug("cannot reply to the transfer worker: \(error)")
                 }
             }
         }

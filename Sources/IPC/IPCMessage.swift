@@ -36,8 +36,9 @@ public enum IPCMessage: Equatable, Sendable {
     case fetch(shareID: [UInt8], peers: [String])
     case manifestReceived(manifest: [UInt8])
     case startChunks(verified: [UInt8])
-    case chunkReceived(index: UInt32, data: [UInt8], peer: String)
-    case chunkResult(index: UInt32, accepted: Bool)
+    /// The hash worker's verdict on a chunk from `peer` (`bytes` long), passed on by the
+    /// transfer worker, which sent the chunk to the hash worker over their data channel.
+    case chunkStored(index: UInt32, accepted: Bool, bytes: UInt32, peer: String)
     case peerEvent(text: String)
     case fetchFailed(code: UInt16, reason: String)
     /// The number of peers the downloader is connected to, sent when it changes.
@@ -67,13 +68,15 @@ public enum IPCMessage: Equatable, Sendable {
         case buildManifest = 0x0100, hashProgress, manifestBuilt, openShare, shareOpened, readChunk,
             chunkData, prepareDownload, downloadPrepared, writeChunk, chunkWritten, finalizeDownload,
             downloadFinalized
-        case serve = 0x0200, serving, fetch, manifestReceived, startChunks, chunkReceived, chunkResult,
-            peerEvent, fetchFailed, peerCount, addPeers, setLimits,
+        case serve = 0x0200, serving, fetch, manifestReceived, startChunks, chunkStored
+        // 0x0206 is retired (chunkResult, from when chunk data went through the supervisor).
+        case peerEvent = 0x0207, fetchFailed, peerCount, addPeers, setLimits,
             configurePipeline, pluginFailed
         case dhtStart = 0x0300, dhtReady, dhtRequest, dhtTrace, dhtResult, dhtStateRequest, dhtState
     }
 
-    public static let protocolVersion: UInt16 = 1
+    /// 2: chunk data moves on the transfer⇄hash data channel, not through the supervisor.
+    public static let protocolVersion: UInt16 = 2
     /// The largest frame on a supervisor pipe: a full manifest plus headers.
     public static let maxFrameLength = Manifest.maxEncodedSize + 64 * 1024
     static let maxText = 64 * 1024
@@ -107,8 +110,7 @@ public enum IPCMessage: Equatable, Sendable {
         case .fetch: return .fetch
         case .manifestReceived: return .manifestReceived
         case .startChunks: return .startChunks
-        case .chunkReceived: return .chunkReceived
-        case .chunkResult: return .chunkResult
+        case .chunkStored: return .chunkStored
         case .peerEvent: return .peerEvent
         case .fetchFailed: return .fetchFailed
         case .peerCount: return .peerCount
@@ -160,7 +162,7 @@ public enum IPCMessage: Equatable, Sendable {
 
     private var payloadSizeHint: Int {
         switch self {
-        case .chunkData(_, _, let data), .writeChunk(_, _, let data), .chunkReceived(_, let data, _):
+        case .chunkData(_, _, let data), .writeChunk(_, _, let data):
             return data.count + 300
         case .manifestBuilt(_, let m), .openShare(_, _, let m), .prepareDownload(_, let m, _),
             .serve(_, let m, _, _, _),
@@ -240,13 +242,11 @@ public enum IPCMessage: Equatable, Sendable {
             w.string(name)
             w.blob(Array(reason.utf8))
         case .manifestReceived(let manifest), .startChunks(let manifest): w.blob(manifest)
-        case .chunkReceived(let index, let data, let peer):
-            w.u32(index)
-            w.blob(data)
-            w.string(peer)
-        case .chunkResult(let index, let accepted):
+        case .chunkStored(let index, let accepted, let bytes, let peer):
             w.u32(index)
             w.bool(accepted)
+            w.u32(bytes)
+            w.string(peer)
         case .peerEvent(let text): w.blob(Array(text.utf8))
         case .fetchFailed(let code, let text):
             w.u16(code)
@@ -362,10 +362,8 @@ public enum IPCMessage: Equatable, Sendable {
             self = .fetch(shareID: id, peers: peers)
         case .manifestReceived: self = .manifestReceived(manifest: try r.blob(limit: maxData, what: "manifest"))
         case .startChunks: self = .startChunks(verified: try r.blob(limit: maxData, what: "bitfield"))
-        case .chunkReceived:
-            self = .chunkReceived(
-                index: try r.u32(), data: try r.blob(limit: Manifest.maxChunkSize, what: "chunk"), peer: try r.string())
-        case .chunkResult: self = .chunkResult(index: try r.u32(), accepted: try r.bool())
+        case .chunkStored:
+            self = .chunkStored(index: try r.u32(), accepted: try r.bool(), bytes: try r.u32(), peer: try r.string())
         case .peerEvent: self = .peerEvent(text: try text())
         case .fetchFailed: self = .fetchFailed(code: try r.u16(), reason: try text())
         case .peerCount: self = .peerCount(count: try r.u16())

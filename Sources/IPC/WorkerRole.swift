@@ -32,14 +32,35 @@ public enum WorkerRole: String, CaseIterable, Sendable, Codable {
             return common
         case .hash:
             return common.union([
-                .manifestBuilt, .hashProgress, .shareOpened, .chunkData, .downloadPrepared, .chunkWritten,
-                .downloadFinalized,
+                .manifestBuilt, .hashProgress, .shareOpened, .downloadPrepared, .downloadFinalized,
             ])
         case .transfer:
             return common.union([
-                .serving, .manifestReceived, .chunkReceived, .readChunk, .peerEvent, .fetchFailed, .peerCount,
-                .pluginFailed,
+                .serving, .manifestReceived, .chunkStored, .peerEvent, .fetchFailed, .peerCount, .pluginFailed,
             ])
         }
     }
+
+    /// The worker at the other end of this one's data channel, if it has one.
+    public var dataChannelPartner: WorkerRole? {
+        switch self {
+        case .transfer: return .hash
+        case .hash: return .transfer
+        case .discovery, .nat: return nil
+        }
+    }
+
+    /// Which messages this worker accepts on its data channel (from its partner). Each side
+    /// checks: the supervisor is not on this path to enforce it.
+    public var dataChannelAccepts: Set<IPCMessage.Tag> {
+        switch self {
+        case .hash: return [.writeChunk, .readChunk]
+        case .transfer: return [.chunkWritten, .chunkData, .failure]
+        case .discovery, .nat: return []
+        }
+    }
+
+    /// The descriptor the data channel is placed on in both workers (3 is the supervisor's
+    /// pipe; the transfer worker's plugin pipes follow from 5).
+    public static let dataChannelDescriptor: Int32 = 4
 }

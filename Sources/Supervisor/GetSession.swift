@@ -25,7 +25,6 @@ public final class GetSession: SupervisorDelegate, @unchecked Sendable {
     let seedAfter: Bool
     /// Show peer events (bans, rejected chunks, disconnect reasons) as status lines.
     let verbose: Bool
-    private var reads = ChunkReadRelay()
     let pipeline: PeerPipeline
     let identity: [UInt8]
     private var servingPort: UInt16?
@@ -49,8 +48,6 @@ public final class GetSession: SupervisorDelegate, @unchecked Sendable {
     private var fetchedBytes: UInt64 = 0
     private var connectedPeers = 0
     private var rejected = 0
-    /// writeChunk request id -> (chunk index, the peer it came from).
-    private var writes: [UInt32: (index: Int, peer: String)] = [:]
 
     public init(
         supervisor: Supervisor, link: ShareLink, peers: [PeerAddress], dht: DHTClient?, targetDirectory: String,
@@ -177,7 +174,6 @@ public final class GetSession: SupervisorDelegate, @unchecked Sendable {
     public func supervisor(_ supervisor: Supervisor, received message: IPCMessage, from role: WorkerRole) {
         guard !finished else { return }
         if role == .discovery, let dht, dht.handle(message) { return }
-        if reads.handle(message, from: role, supervisor: supervisor) { return }
         switch message {
         case .manifestReceived(let bytes):
             guard ShareID(manifestBytes: bytes) == link.shareID else {
@@ -222,28 +218,22 @@ public final class GetSession: SupervisorDelegate, @unchecked Sendable {
                 startServing()
             }
             finalizeIfComplete()
-        case .chunkReceived(let index, let data, let peer):
-            fetchedBytes += UInt64(data.count)
-            let id = supervisor.makeRequestID()
-            writes[id] = (Int(index), peer)
-            supervisor.send(.writeChunk(requestID: id, index: index, data: data), to: .hash, tracking: .request)
-        case .chunkWritten(let id, let index, let ok):
-            let source = writes.removeValue(forKey: id)?.peer
+        case .chunkStored(let index, let ok, let bytes, let source):
+            // The transfer worker passed the chunk to the hash worker over their data
+            // channel; this is the verdict.
+            fetchedBytes += UInt64(bytes)
             guard let manifest, var bits = verified, Int(index) < manifest.chunkCount else { return }
             if ok && !bits[Int(index)] {
                 bits[Int(index)] = true
                 let length = UInt64(manifest.chunkLocations[Int(index)].length)
                 verifiedBytes += length
                 verified = bits
-                if let source {
-                    let counts = perPeer[source] ?? (0, 0)
-                    perPeer[source] = (counts.chunks + 1, counts.bytes + length)
-                }
+                let counts = perPeer[source] ?? (0, 0)
+                perPeer[source] = (counts.chunks + 1, counts.bytes + length)
                 announceIfReady()
             } else if !ok {
                 rejected += 1
             }
-            supervisor.send(.chunkResult(index: index, accepted: ok), to: .transfer)
             output.progress(verifiedBytes, manifest.totalBytes, "downloading", connectedPeers)
             finalizeIfComplete()
         case .downloadFinalized(_, let path):
@@ -321,9 +311,7 @@ public final class GetSession: SupervisorDelegate, @unchecked Sendable {
         supervisor.send(.finalizeDownload(requestID: supervisor.makeRequestID()), to: .hash, tracking: .request)
     }
 
-    public func supervisor(_ supervisor: Supervisor, restarted role: WorkerRole) {
-        if role == .transfer { reads.transferRestarted() }
-    }
+    public func supervisor(_ supervisor: Supervisor, restarted role: WorkerRole) {}
 
     public func supervisor(_ supervisor: Supervisor, gaveUpOn role: WorkerRole, reason: String) {
         output.error(reason)

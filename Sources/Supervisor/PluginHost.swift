@@ -1,5 +1,6 @@
 import CSystemShims
 import Foundation
+import IPC
 import Logging
 import NIOCore
 import WorkerRuntime
@@ -17,7 +18,7 @@ public struct PluginSpec: Sendable, Equatable {
 
 /// Runs the plugin stages: each is one more isolated process, started by the supervisor,
 /// with its stdin and stdout on a socketpair whose other end the transfer worker inherits
-/// (plugin k on descriptor 4 + k), so chunk data goes straight from the transfer worker to
+/// (plugin k on descriptor 5 + k), so chunk data goes straight from the transfer worker to
 /// the plugin and back. A plugin that exits is restarted, and so is the transfer worker,
 /// which then inherits the new pipe (descriptors cannot be swapped under a running worker
 /// without descriptor passing). Each plugin starts inside the `plugin` sandbox (read-only
@@ -32,7 +33,7 @@ final class PluginHost: @unchecked Sendable {
         var generation: Int
     }
 
-    static let firstDescriptor: Int32 = 4
+    static let firstDescriptor: Int32 = WorkerRole.dataChannelDescriptor + 1
     static let maxRestarts = 5
 
     let specs: [PluginSpec]
@@ -57,7 +58,7 @@ final class PluginHost: @unchecked Sendable {
         self.starts = Array(repeating: 0, count: specs.count)
     }
 
-    /// Descriptor mappings for the transfer worker's spawn: (our end, 4 + k).
+    /// Descriptor mappings for the transfer worker's spawn: (our end, 5 + k).
     var transferDescriptors: [(Int32, Int32)] {
         running.enumerated().compactMap { index, plugin in
             plugin.map { ($0.hostDescriptor, PluginHost.firstDescriptor + Int32(index)) }

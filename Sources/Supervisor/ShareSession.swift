@@ -21,7 +21,6 @@ public final class ShareSession: SupervisorDelegate, @unchecked Sendable {
     private var manifest: [UInt8]?
     private var shareID: ShareID?
     private var linkPrinted = false
-    private var reads = ChunkReadRelay()
     private var buildRequest: UInt32 = 0
 
     public init(
@@ -85,7 +84,6 @@ public final class ShareSession: SupervisorDelegate, @unchecked Sendable {
 
     public func supervisor(_ supervisor: Supervisor, received message: IPCMessage, from role: WorkerRole) {
         if role == .discovery, let dht, dht.handle(message) { return }
-        if reads.handle(message, from: role, supervisor: supervisor) { return }
         switch message {
         case .hashProgress(_, let done, let total):
             output.progress(done, total, "hashing", nil)
@@ -132,9 +130,7 @@ public final class ShareSession: SupervisorDelegate, @unchecked Sendable {
         }
     }
 
-    public func supervisor(_ supervisor: Supervisor, restarted role: WorkerRole) {
-        if role == .transfer { reads.transferRestarted() }
-    }
+    public func supervisor(_ supervisor: Supervisor, restarted role: WorkerRole) {}
 
     public func supervisor(_ supervisor: Supervisor, gaveUpOn role: WorkerRole, reason: String) {
         output.error(reason)

@@ -64,6 +64,10 @@ public final class Supervisor: @unchecked Sendable {
     private var nonce: UInt64 = 0
 
     private let plugins: PluginHost
+    /// Data channel ends made for a worker that has not been started on them yet.
+    private var pendingDataEnds: [WorkerRole: Int32] = [:]
+    /// Workers killed because their data channel partner was restarted: not a crash of theirs.
+    private var killedWithPartner: Set<WorkerRole> = []
 
     public init(
         table: [WorkerSpec], eventLoop: EventLoop, logger: Logger, executable: String = "/proc/self/exe",
@@ -206,8 +210,11 @@ public final class Supervisor: @unchecked Sendable {
         var environment = ProcessInfo.processInfo.environment
         environment[WorkerMain.supervisorPIDVariable] = String(getpid())
         let envStrings = environment.map { "\($0.key)=\($0.value)" }
-        // The transfer worker also inherits the plugins' pipes (descriptors 4, 5, ...).
+        // The transfer and hash workers share a data channel (descriptor 4); the transfer
+        // worker also inherits the plugins' pipes (descriptors 5, 6, ...).
         var mappings: [(Int32, Int32)] = [(pair[1], WorkerMain.pipeDescriptor)]
+        let dataEnd = dataChannelEnd(for: role)
+        if let dataEnd { mappings.append((dataEnd, WorkerRole.dataChannelDescriptor)) }
         if role == .transfer { mappings += plugins.transferDescriptors }
         var from = mappings.map(\.0)
         var to = mappings.map(\.1)
@@ -217,6 +224,7 @@ public final class Supervisor: @unchecked Sendable {
             }
         }
         close(pair[1])
+        if let dataEnd { close(dataEnd) }
         worker.generation += 1
         let generation = worker.generation
         guard pid > 0 else {
@@ -252,6 +260,29 @@ public final class Supervisor: @unchecked Sendable {
                     kill(pid, SIGKILL)
                 }
             }
+    }
+
+    /// This worker's end of the data channel it shares with its partner (transfer ⇄ hash:
+    /// chunk data goes straight between them, not through the supervisor). The channel is
+    /// one socketpair per pair of lives: the worker started first makes it and leaves the
+    /// other end for its partner; a worker restarted while its partner lives makes a new one
+    /// and kills the partner, whose restart picks up the new end — a worker is never left
+    /// holding a channel whose other side is gone.
+    private func dataChannelEnd(for role: WorkerRole) -> Int32? {
+        guard let partnerRole = role.dataChannelPartner, workers[partnerRole] != nil else { return nil }
+        if let end = pendingDataEnds.removeValue(forKey: role) { return end }
+        var pair: [Int32] = [-1, -1]
+        guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &pair) == 0 else {
+            logger.error("cannot make the \(role)⇄\(partnerRole) data channel: \(String(cString: strerror(errno)))")
+            return nil
+        }
+        if let stale = pendingDataEnds.updateValue(pair[1], forKey: partnerRole) { close(stale) }
+        if let partner = workers[partnerRole], partner.pid > 0 {
+            logger.info("restarting the \(partnerRole) worker too: it shares a data channel with \(role)")
+            killedWithPartner.insert(partnerRole)
+            kill(partner.pid, SIGKILL)
+        }
+        return pair[0]
     }
 
     /// A thread per worker blocks in waitpid, so no child is ever left a zombie, and reports
@@ -369,6 +400,11 @@ public final class Supervisor: @unchecked Sendable {
             logger.debug("\(role) worker \(status)")
             worker.stopped = true
             completeShutdownIfDone()
+            return
+        }
+        if killedWithPartner.remove(role) != nil {
+            worker.restarts += 1
+            spawn(worker)
             return
         }
         let nowMs = Int(DispatchTime.now().uptimeNanoseconds / 1_000_000)

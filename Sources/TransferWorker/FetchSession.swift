@@ -278,7 +278,7 @@ final class FetchSession {
             switch verdict {
             case .unexpected: return drop(connection, reason: "sent chunk \(index) it was not asked for")
             case .duplicate: break  // an endgame copy that lost the race
-            case .verify: service.tell(.chunkReceived(index: index, data: data, peer: connection.address))
+            case .verify: service.store(index: index, data: data, from: connection.address)
             }
             for id in cancelled {
                 guard let other = connections[id] else { continue }

@@ -9,8 +9,9 @@ import Stages
 import WorkerRuntime
 
 /// The transfer worker: every peer connection lives here, and nothing else. It never opens a
-/// file: chunks to serve come from the hash worker through the supervisor (`readChunk`), and
-/// chunks downloaded go back the same way (`chunkReceived`) to be verified and written.
+/// file: chunks to serve come from the hash worker over their data channel (`readChunk`), and
+/// chunks downloaded go to it the same way (`writeChunk`) to be verified and written; the
+/// supervisor hears only the verdicts (`chunkStored`).
 ///
 /// All state is confined to `loop`; the skeleton's reader thread hops onto it.
 public final class TransferService: WorkerService, @unchecked Sendable {
@@ -47,6 +48,10 @@ public final class TransferService: WorkerService, @unchecked Sendable {
     private var nextLocalRequest: UInt32 = 1
     /// readChunk requests sent to the supervisor, by our request id.
     var pendingReads: [UInt32: (ServeHandler, UInt32)] = [:]
+    /// Chunks handed to the hash worker to verify and write: request id -> (index, size, peer).
+    private var pendingWrites: [UInt32: (index: UInt32, bytes: UInt32, peer: String)] = [:]
+    /// The data channel to the hash worker (chunk data both ways).
+    let hash: WorkerPipe?
 
     // Fetching.
     var fetch: FetchSession?
@@ -69,6 +74,19 @@ public final class TransferService: WorkerService, @unchecked Sendable {
         self.pipe = pipe
         self.requestsInFlight = requestsInFlight
         self.maxPeers = maxPeers
+        self.hash = DataChannel.inherited()
+        if let hash {
+            DataChannel.startReading(
+                hash, as: .transfer,
+                deliver: { [self] message in loop.execute { self.onHash(message) } },
+                logger: logger,
+                closed: { [logger] reason in
+                    // The supervisor restarts the hash worker on a new channel, and us with it.
+                    logger.debug("data channel: \(reason); waiting to be restarted with the hash worker")
+                })
+        } else {
+            logger.error("started without a data channel to the hash worker: cannot serve or download")
+        }
     }
 
     public func statusLine() -> String {
@@ -92,12 +110,6 @@ public final class TransferService: WorkerService, @unchecked Sendable {
         case .serve(let shareID, let manifest, let host, let port, let partial):
             servingPartial = partial
             startServing(shareID: shareID, manifest: manifest, host: host, port: Int(port))
-        case .chunkData(let id, let index, let data):
-            if let (handler, _) = pendingReads.removeValue(forKey: id) { handler.deliver(index: index, data: data) }
-        case .failure(let id, _, let text):
-            if let (handler, index) = pendingReads.removeValue(forKey: id) {
-                handler.refuse(index: index, reason: text)
-            }
         case .fetch(let shareID, let peers):
             if fetch == nil {
                 let session = FetchSession(service: self, shareID: shareID, peers: peers)
@@ -106,8 +118,6 @@ public final class TransferService: WorkerService, @unchecked Sendable {
             }
         case .startChunks(let verified):
             fetch?.start(verified: verified)
-        case .chunkResult(let index, let accepted):
-            fetch?.verdict(index: Int(index), accepted: accepted)
         case .addPeers(let peers):
             fetch?.add(peers: peers)
         case .configurePipeline(let planBytes, let secret, let identity):
@@ -126,6 +136,46 @@ public final class TransferService: WorkerService, @unchecked Sendable {
             setLimits(upload: upload, download: download, perPeer: perPeer)
         default:
             logger.warning("ignoring unexpected \(message.tag) from the supervisor")
+        }
+    }
+
+    /// Answers from the hash worker on the data channel.
+    private func onHash(_ message: IPCMessage) {
+        switch message {
+        case .chunkData(let id, let index, let data):
+            if let (handler, _) = pendingReads.removeValue(forKey: id) { handler.deliver(index: index, data: data) }
+        case .chunkWritten(let id, let index, let accepted):
+            guard let write = pendingWrites.removeValue(forKey: id), write.index == index else { return }
+            fetch?.verdict(index: Int(index), accepted: accepted)
+            tell(.chunkStored(index: index, accepted: accepted, bytes: write.bytes, peer: write.peer))
+        case .failure(let id, let code, let text):
+            if let (handler, index) = pendingReads.removeValue(forKey: id) {
+                handler.refuse(index: index, reason: text)
+            } else if pendingWrites.removeValue(forKey: id) != nil {
+                // Not the peer's fault (a full disk, say): the download cannot go on.
+                tell(.failure(requestID: 0, code: code, message: text))
+            }
+        default:
+            break
+        }
+    }
+
+    /// Hands a chunk that arrived from `peer` to the hash worker, which verifies it against
+    /// the manifest and writes it only if it is genuine.
+    func store(index: UInt32, data: [UInt8], from peer: String) {
+        let id = nextLocalRequest
+        nextLocalRequest &+= 1
+        pendingWrites[id] = (index, UInt32(data.count), peer)
+        sendToHash(.writeChunk(requestID: id, index: index, data: data))
+    }
+
+    private func sendToHash(_ message: IPCMessage) {
+        do {
+            guard let hash else { throw WorkerError.pipe("no data channel") }
+            try hash.send(message)
+        } catch {
+            // The hash worker is gone; the supervisor is about to restart us with the next one.
+            logger.debug("cannot reach the hash worker: \(error)")
         }
     }
 
@@ -159,9 +209,9 @@ public final class TransferService: WorkerService, @unchecked Sendable {
         tell(.pluginFailed(name: name, reason: reason))
     }
 
-    /// Connects to the plugin stages' pipes (inherited on descriptors 4, 5, ...) and says hello.
+    /// Connects to the plugin stages' pipes (inherited on descriptors 5, 6, ...) and says hello.
     private func startPlugins() throws {
-        var next: Int32 = 4
+        var next: Int32 = WorkerRole.dataChannelDescriptor + 1
         pipeline.plugins = [:]
         for index in pipeline.plan.stages.indices where pipeline.plan.stages[index].kind == .plugin {
             let stage = pipeline.plan.stages[index]
@@ -236,12 +286,12 @@ public final class TransferService: WorkerService, @unchecked Sendable {
             }
     }
 
-    /// Asks the hash worker (through the supervisor) for a chunk on behalf of a connection.
+    /// Asks the hash worker (over the data channel) for a chunk on behalf of a connection.
     func requestChunk(_ index: UInt32, for handler: ServeHandler) {
         let id = nextLocalRequest
         nextLocalRequest &+= 1
         pendingReads[id] = (handler, index)
-        tell(.readChunk(requestID: id, index: index))
+        sendToHash(.readChunk(requestID: id, index: index))
     }
 
     func forget(_ handler: ServeHandler) {

@@ -94,7 +94,7 @@ public enum WorkerError: Error, CustomStringConvertible {
 
     public var description: String {
         switch self {
-        case .pipe(let text): return "supervisor pipe: \(text)"
+        case .pipe(let text): return "pipe: \(text)"
         case .handshake(let text): return "handshake: \(text)"
         }
     }

@@ -50,8 +50,7 @@ final class IPCCodecTests: XCTestCase {
         .fetch(shareID: shareID, peers: ["127.0.0.1:1", "[::1]:2"]),
         .manifestReceived(manifest: [5, 6]),
         .startChunks(verified: [0]),
-        .chunkReceived(index: 3, data: [1, 2, 3], peer: "1.2.3.4:5"),
-        .chunkResult(index: 3, accepted: false),
+        .chunkStored(index: 3, accepted: false, bytes: 65536, peer: "1.2.3.4:5"),
         .peerEvent(text: "hi"),
         .fetchFailed(code: 69, reason: "nobody home"),
         .peerCount(count: 3),
@@ -172,10 +171,19 @@ final class IPCCodecTests: XCTestCase {
     }
 
     func testRolesMayOnlyEmitTheirOwnMessages() {
-        XCTAssertTrue(WorkerRole.hash.mayEmit.contains(.chunkWritten))
-        XCTAssertFalse(WorkerRole.hash.mayEmit.contains(.chunkReceived))
+        XCTAssertTrue(WorkerRole.hash.mayEmit.contains(.downloadPrepared))
+        XCTAssertFalse(WorkerRole.hash.mayEmit.contains(.chunkStored))
+        XCTAssertTrue(WorkerRole.transfer.mayEmit.contains(.chunkStored))
         XCTAssertFalse(WorkerRole.transfer.mayEmit.contains(.chunkWritten))
         XCTAssertFalse(WorkerRole.discovery.mayEmit.contains(.readChunk))
+        // Chunk data goes between transfer and hash directly; neither sends it to the supervisor.
+        for tag: IPCMessage.Tag in [.writeChunk, .readChunk, .chunkWritten, .chunkData] {
+            XCTAssertFalse(WorkerRole.transfer.mayEmit.contains(tag) || WorkerRole.hash.mayEmit.contains(tag))
+        }
+        XCTAssertEqual(WorkerRole.hash.dataChannelAccepts, [.writeChunk, .readChunk])
+        XCTAssertEqual(WorkerRole.transfer.dataChannelAccepts, [.chunkWritten, .chunkData, .failure])
+        XCTAssertEqual(WorkerRole.transfer.dataChannelPartner, .hash)
+        XCTAssertNil(WorkerRole.discovery.dataChannelPartner)
         for role in WorkerRole.allCases {
             XCTAssertFalse(role.mayEmit.contains(.welcome), "\(role) must not send supervisor messages")
             XCTAssertFalse(role.mayEmit.contains(.shutdown))

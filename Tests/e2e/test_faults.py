@@ -128,6 +128,9 @@ def test_killed_worker_is_restarted_and_download_completes(seed, tmp_path, role)
     code, stdout, stderr, source, out = start_get_and_kill(seed, tmp_path, role)
     assert code == 0, stderr
     assert f"{role} worker restarted" in stderr
+    # The two share a data channel: the other one is restarted with it, on a new channel.
+    partner = "hash" if role == "transfer" else "transfer"
+    assert f"restarting the {partner} worker too: it shares a data channel with {role}" in stderr, stderr
     assert (out / "data.bin").read_bytes() == source.read_bytes()
     assert leftovers(out) == ["data.bin"]
 

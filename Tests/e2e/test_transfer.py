@@ -2,10 +2,12 @@
 import hashlib
 import os
 import pathlib
+import subprocess
+import time
 
 import pytest
 
-from conftest import get, tree_bytes
+from conftest import BIN, Seeder, get, tree_bytes, worker_pid
 
 
 def share_and_get(seed, source: pathlib.Path, tmp_path: pathlib.Path):
@@ -90,3 +92,36 @@ def test_json_progress_for_scripts(seed, tmp_path):
     assert last["bytes"] == last["total"] == 2_000_000
     assert last["peers"] == 1
     assert "verified and saved" in events[-1]["message"]
+
+
+def test_chunk_data_goes_from_transfer_to_hash_without_the_supervisor(tmp_path):
+    """Chunks travel on the transfer⇄hash data channel. The kernel counts every byte a
+    process reads (/proc/PID/io rchar): the downloading supervisor reads a small fraction of
+    the share (manifest, verdicts, progress), the hash worker all of it."""
+    source = tmp_path / "direct.bin"
+    source.write_bytes(os.urandom(48 << 20))
+    seeder = Seeder(source)
+    try:
+        out = tmp_path / "out"
+        out.mkdir()
+        proc = subprocess.Popen([BIN, "get", seeder.link, "-o", str(out), "--no-dht", "--max-download", "48MiB/s"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        hash_pid = worker_pid(proc.pid, "hash")
+        read = {}
+        while proc.poll() is None:
+            for name, pid in (("supervisor", proc.pid), ("hash", hash_pid)):
+                try:
+                    with open(f"/proc/{pid}/io") as f:
+                        read[name] = int(next(l for l in f if l.startswith("rchar:")).split()[1])
+                except (FileNotFoundError, ProcessLookupError):
+                    pass
+            time.sleep(0.05)
+        assert proc.wait() == 0, proc.stderr.read()
+        assert (out / "direct.bin").read_bytes() == source.read_bytes()
+    finally:
+        seeder.stop()
+    size = 48 << 20
+    print(f"bytes read while downloading 48 MiB: supervisor {read['supervisor'] / 2**20:.1f} MiB, "
+          f"hash worker {read['hash'] / 2**20:.1f} MiB")
+    assert read["hash"] >= size * 0.9, read
+    assert read["supervisor"] < size * 0.1, read
