@@ -435,7 +435,8 @@ public struct ChunkBitfield: Equatable, Sendable {
     }
 
     public subscript(index: Int) -> Bool {
-        get { bytes[index >> 3] & (0x80 >> UInt8(index & 7)) != 0 }
+        // Inlinable: the chunk scheduler reads bits in its innermost loop, from another module.
+        @inlinable get { bytes[index >> 3] & (0x80 >> UInt8(index & 7)) != 0 }
         set {
             if newValue {
                 bytes[index >> 3] |= 0x80 >> UInt8(index & 7)

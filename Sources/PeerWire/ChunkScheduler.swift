@@ -171,6 +171,21 @@ public struct ChunkScheduler: Sendable {
         return picked
     }
 
+    /// Whether a peer's news that it now has `index` can lead to a new request: the chunk is
+    /// missing, or nothing is missing any more and it may be worth an endgame copy. Anything
+    /// else the peer has was already considered, so the caller can skip a scan of every chunk
+    /// (in a swarm, `have` messages outnumber pieces several times over).
+    public mutating func haveMayHelp(_ index: Int) -> Bool {
+        guard states.indices.contains(index) else { return false }
+        switch states[index] {
+        case .missing: return true
+        case .requested:
+            while firstMissingHint < states.count && states[firstMissingHint] != .missing { firstMissingHint += 1 }
+            return firstMissingHint >= states.count
+        case .verifying, .verified: return false
+        }
+    }
+
     /// The best missing chunk this peer has, or nil.
     private mutating func pick(for bits: ChunkBitfield) -> Int? {
         while firstMissingHint < states.count && states[firstMissingHint] != .missing { firstMissingHint += 1 }

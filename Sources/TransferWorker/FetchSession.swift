@@ -247,7 +247,7 @@ final class FetchSession {
             if connection.joined {
                 scheduler?.peerHas(connection.id, index: Int(index))
                 stuckSince = nil
-                requestMore(from: connection)
+                if scheduler?.haveMayHelp(Int(index)) == true { requestMore(from: connection) }
             }
         case .manifest(let bytes):
             guard manifestRequestedFrom == peerID, manifest == nil else {

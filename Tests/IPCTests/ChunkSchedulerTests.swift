@@ -31,6 +31,25 @@ final class ChunkSchedulerTests: XCTestCase {
         XCTAssertEqual(scheduler.nextRequests(for: 2), [0, 1, 2, 3], "its chunks go to the honest peer")
     }
 
+    func testHaveHelpsOnlyForMissingChunksOrInEndgame() {
+        var verified = ChunkBitfield(count: 4)
+        verified[3] = true
+        var scheduler = ChunkScheduler(chunkCount: 4, verified: verified, maxInFlightPerPeer: 1, randomFirst: 0)
+        scheduler.peerJoined(1)
+        XCTAssertEqual(scheduler.nextRequests(for: 1), [0])
+        XCTAssertFalse(scheduler.haveMayHelp(3), "verified already")
+        XCTAssertFalse(scheduler.haveMayHelp(0), "requested, and chunks 1 and 2 are still missing")
+        XCTAssertTrue(scheduler.haveMayHelp(1), "missing")
+        XCTAssertFalse(scheduler.haveMayHelp(9), "out of range")
+        scheduler.peerJoined(2)
+        XCTAssertEqual(scheduler.nextRequests(for: 2), [1])
+        scheduler.peerJoined(3)
+        XCTAssertEqual(scheduler.nextRequests(for: 3), [2])
+        XCTAssertTrue(scheduler.haveMayHelp(0), "nothing missing: a requested chunk may get an endgame copy")
+        XCTAssertEqual(scheduler.pieceArrived(index: 0, from: 1), .verify)
+        XCTAssertFalse(scheduler.haveMayHelp(0), "being verified")
+    }
+
     func testPeerLeavingReturnsItsChunks() {
         var scheduler = ChunkScheduler(chunkCount: 3, verified: nil, maxInFlightPerPeer: 8, randomFirst: 0)
         scheduler.peerJoined(1)
