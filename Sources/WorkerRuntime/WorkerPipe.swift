@@ -27,26 +27,57 @@ public final class WorkerPipe: Sendable {
     }
 
     public func send(_ message: IPCMessage) throws {
-        let bytes = message.encoded()
-        try writeLock.withLock { _ in try WorkerPipe.writeAll(descriptor, bytes) }
+        switch message {
+        case .chunkData(let id, let index, let data), .writeChunk(let id, let index, let data):
+            // Chunk data is written from where it lies (writev), not copied into a frame:
+            // the frame's 22 header bytes go first, in the same system call.
+            var header = ByteWriter()
+            header.u32(UInt32(2 + 12 + data.count))
+            header.u16(message.tag.rawValue)
+            header.u32(id)
+            header.u32(index)
+            header.u32(UInt32(data.count))
+            try writeLock.withLock { _ in try WorkerPipe.writeAll(descriptor, header.bytes, data) }
+        default:
+            let bytes = message.encoded()
+            try writeLock.withLock { _ in try WorkerPipe.writeAll(descriptor, bytes, []) }
+        }
     }
 
-    static func writeAll(_ fd: Int32, _ bytes: [UInt8]) throws {
-        try bytes.withUnsafeBytes { buffer in
-            var offset = 0
-            while offset < buffer.count {
-                let written = write(fd, buffer.baseAddress! + offset, buffer.count - offset)
-                if written < 0 {
-                    if errno == EINTR { continue }
-                    throw WorkerError.pipe("write failed: \(String(cString: strerror(errno)))")
+    /// Writes `first` then `second` completely, with as few system calls as the socket allows.
+    static func writeAll(_ fd: Int32, _ first: [UInt8], _ second: [UInt8]) throws {
+        try first.withUnsafeBytes { one in
+            try second.withUnsafeBytes { two in
+                let total = one.count + two.count
+                var done = 0
+                while done < total {
+                    var vectors: [iovec] = []
+                    if done < one.count {
+                        vectors.append(
+                            iovec(
+                                iov_base: UnsafeMutableRawPointer(mutating: one.baseAddress! + done),
+                                iov_len: one.count - done))
+                    }
+                    let intoSecond = max(0, done - one.count)
+                    if intoSecond < two.count {
+                        vectors.append(
+                            iovec(
+                                iov_base: UnsafeMutableRawPointer(mutating: two.baseAddress! + intoSecond),
+                                iov_len: two.count - intoSecond))
+                    }
+                    let written = writev(fd, vectors, Int32(vectors.count))
+                    if written < 0 {
+                        if errno == EINTR { continue }
+                        throw WorkerError.pipe("write failed: \(String(cString: strerror(errno)))")
+                    }
+                    done += written
                 }
-                offset += written
             }
         }
     }
 
-    /// Reads the next message; nil at EOF (the supervisor is gone). A malformed or oversized
-    /// frame throws: the caller exits, and the supervisor sees the pipe close.
+    /// Reads the next message; nil at EOF (the peer process is gone). A malformed or
+    /// oversized frame throws: the caller exits, and the supervisor sees the pipe close.
     public func receive() throws -> IPCMessage? {
         var header = [UInt8](repeating: 0, count: 4)
         let complete = try header.withUnsafeMutableBytes { try readExactly(into: $0, eofAllowed: true) }
@@ -54,19 +85,42 @@ public final class WorkerPipe: Sendable {
         var reader = ByteReader(header)
         let length = try reader.u32()
         try FrameError.check(length: length, limit: IPCMessage.maxFrameLength)
-        // Read straight into an uninitialised buffer: no zero-fill, no second copy for decoding.
+        guard length >= 14 else { return try IPCMessage(body: try readBody(Int(length))) }
+        // Type and the first 12 bytes. Chunk messages (`writeChunk`, `chunkData`) are then
+        // read field by field, the data straight into its own array, so it is not copied out
+        // of a frame buffer; every other message is read whole and decoded as usual.
+        let fixed = try readBody(14)
+        var fields = ByteReader(fixed)
+        let type = try fields.u16()
+        guard type == IPCMessage.Tag.chunkData.rawValue || type == IPCMessage.Tag.writeChunk.rawValue else {
+            return try IPCMessage(body: fixed + (try readBody(Int(length) - 14)))
+        }
+        let id = try fields.u32()
+        let index = try fields.u32()
+        let dataLength = Int(try fields.u32())
+        guard dataLength == Int(length) - 14, dataLength <= Manifest.maxChunkSize else {
+            throw DecodeError.invalid("a chunk of \(dataLength) bytes in a frame of \(length)")
+        }
+        let data = try readBody(dataLength)
+        return type == IPCMessage.Tag.chunkData.rawValue
+            ? .chunkData(requestID: id, index: index, data: data)
+            : .writeChunk(requestID: id, index: index, data: data)
+    }
+
+    /// Reads `count` bytes straight into an uninitialised array (no zero-fill).
+    private func readBody(_ count: Int) throws -> [UInt8] {
         var failure: Error?
-        let body = [UInt8](unsafeUninitializedCapacity: Int(length)) { buffer, initialized in
+        let body = [UInt8](unsafeUninitializedCapacity: count) { buffer, initialized in
             do {
                 _ = try readExactly(into: UnsafeMutableRawBufferPointer(buffer), eofAllowed: false)
-                initialized = Int(length)
+                initialized = count
             } catch {
                 failure = error
                 initialized = 0
             }
         }
         if let failure { throw failure }
-        return try IPCMessage(body: body)
+        return body
     }
 
     /// Fills `buffer`; false only for EOF before the first byte when `eofAllowed`.
