@@ -31,7 +31,7 @@ public final class HashService: WorkerService, @unchecked Sendable {
         readingTransfer = true
         DataChannel.startReading(
             transfer, as: .hash,
-            deliver: { [self] message in handle(message, pipe: transfer) },
+            deliver: { [self] message in handleFromTransfer(message, pipe: transfer) },
             logger: logger,
             closed: { [logger] reason in
                 // The supervisor restarts the transfer worker on a new channel, and us with it.
@@ -52,21 +52,31 @@ public final class HashService: WorkerService, @unchecked Sendable {
         }
     }
 
+    /// Supervisor messages: queued, so the skeleton's reader thread stays free for heartbeats
+    /// while a long job (hashing a whole share) runs.
     public func handle(_ message: IPCMessage, pipe: WorkerPipe) {
-        queue.async { [self] in
-            let reply = perform(message, pipe: pipe)
-            if served != nil || download != nil { startReadingTransfer() }
-            if let reply {
-                do {
-                    try pipe.send(reply)
-                } catch  where pipe !== transfer {
-                    logger.error("cannot reply to the supervisor: \(error)")
-                    exit(70)
-                } catch {
-                    // The transfer worker is gone; the supervisor restarts us with the next one.
-                    logger.debug("cannot reply to the transfer worker: \(error)")
-                }
-            }
+        queue.async { [self] in performAndReply(message, pipe: pipe) }
+    }
+
+    /// Chunk requests from the transfer worker: run on the data channel's reader thread
+    /// itself, in turn with the queue's jobs (`sync` runs the block on the calling thread), so
+    /// a chunk costs no thread switch on its way in.
+    private func handleFromTransfer(_ message: IPCMessage, pipe: WorkerPipe) {
+        queue.sync { performAndReply(message, pipe: pipe) }
+    }
+
+    private func performAndReply(_ message: IPCMessage, pipe: WorkerPipe) {
+        let reply = perform(message, pipe: pipe)
+        if served != nil || download != nil { startReadingTransfer() }
+        guard let reply else { return }
+        do {
+            try pipe.send(reply)
+        } catch  where pipe !== transfer {
+            logger.error("cannot reply to the supervisor: \(error)")
+            exit(70)
+        } catch {
+            // The transfer worker is gone; the supervisor restarts us with the next one.
+            logger.debug("cannot reply to the transfer worker: \(error)")
         }
     }
 
