@@ -143,14 +143,19 @@ public final class TransferService: WorkerService, @unchecked Sendable {
     private func onHash(_ message: IPCMessage) {
         switch message {
         case .chunkData(let id, let index, let data):
-            if let (handler, _) = pendingReads.removeValue(forKey: id) { handler.deliver(index: index, data: data) }
+            if let (handler, _) = pendingReads.removeValue(forKey: id) {
+                handler.reading -= 1
+                handler.deliver(index: index, data: data)
+            }
         case .chunkWritten(let id, let index, let accepted):
             guard let write = pendingWrites.removeValue(forKey: id), write.index == index else { return }
             fetch?.verdict(index: Int(index), accepted: accepted)
             tell(.chunkStored(index: index, accepted: accepted, bytes: write.bytes, peer: write.peer))
         case .failure(let id, let code, let text):
             if let (handler, index) = pendingReads.removeValue(forKey: id) {
+                handler.reading -= 1
                 handler.refuse(index: index, reason: text)
+                readAhead(for: handler)
             } else if pendingWrites.removeValue(forKey: id) != nil {
                 // Not the peer's fault (a full disk, say): the download cannot go on.
                 tell(.failure(requestID: 0, code: code, message: text))
@@ -286,18 +291,37 @@ public final class TransferService: WorkerService, @unchecked Sendable {
             }
     }
 
-    /// Asks the hash worker (over the data channel) for a chunk on behalf of a connection.
-    func requestChunk(_ index: UInt32, for handler: ServeHandler) {
-        let id = nextLocalRequest
-        nextLocalRequest &+= 1
-        pendingReads[id] = (handler, index)
-        sendToHash(.readChunk(requestID: id, index: index))
+    /// Chunks read ahead per connection: being read, waiting for upload tokens, or handed to
+    /// the socket and not yet written. A peer may keep 64 requests outstanding; reading all
+    /// of them at once would hold 32 MiB per peer in memory for nothing.
+    static let readAhead = 4
+
+    /// Takes a peer's request; the chunk is read from the hash worker when its turn comes.
+    func serve(_ index: UInt32, for handler: ServeHandler) {
+        handler.waiting.append(index)
+        readAhead(for: handler)
+    }
+
+    /// Asks the hash worker (over the data channel) for the next requested chunks, as far as
+    /// the read-ahead allows.
+    func readAhead(for handler: ServeHandler) {
+        while handler.reading + handler.queued.count + handler.unsent < TransferService.readAhead,
+            !handler.waiting.isEmpty
+        {
+            let index = handler.waiting.removeFirst()
+            let id = nextLocalRequest
+            nextLocalRequest &+= 1
+            pendingReads[id] = (handler, index)
+            handler.reading += 1
+            sendToHash(.readChunk(requestID: id, index: index))
+        }
     }
 
     func forget(_ handler: ServeHandler) {
         pendingReads = pendingReads.filter { $0.value.0 !== handler }
         uploadRing.removeAll { $0 === handler }
         handler.queued.removeAll()
+        handler.waiting.removeAll()
         serveHandlers[ObjectIdentifier(handler)] = nil
     }
 
@@ -305,8 +329,14 @@ public final class TransferService: WorkerService, @unchecked Sendable {
     /// a chunk already sent is ignored). Returns true if the read was still pending, so the
     /// request still counted as outstanding.
     func cancel(_ index: UInt32, for handler: ServeHandler) -> Bool {
+        if let position = handler.waiting.firstIndex(of: index) {
+            handler.waiting.remove(at: position)
+            return true
+        }
         if let id = pendingReads.first(where: { $0.value.0 === handler && $0.value.1 == index })?.key {
             pendingReads[id] = nil
+            handler.reading -= 1
+            readAhead(for: handler)
             return true
         }
         handler.queued.removeAll {
@@ -351,7 +381,7 @@ public final class TransferService: WorkerService, @unchecked Sendable {
             }
             _ = handler.bucket.take(bytes, now: now)
             handler.queued.removeFirst()
-            handler.send(message)
+            handler.sendPiece(message)
             skipped = 0
             if handler.queued.isEmpty {
                 uploadRing.remove(at: ringCursor)
@@ -385,6 +415,12 @@ final class ServeHandler: ChannelInboundHandler {
     var bucket: TokenBucket
     /// Pieces read and waiting for upload tokens, oldest first.
     var queued: [PeerMessage] = []
+    /// Requested chunks not yet read from the hash worker, oldest first.
+    var waiting: [UInt32] = []
+    /// Reads sent to the hash worker and not yet answered.
+    var reading = 0
+    /// Pieces handed to the socket and not yet written to it.
+    var unsent = 0
     /// The pipeline on this connection (negotiated in the hello).
     var codec: WireCodec
 
@@ -430,6 +466,25 @@ final class ServeHandler: ChannelInboundHandler {
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if event is IdleStateHandler.IdleStateEvent {
             service.logger.info("peer \(peer) idle for too long; disconnecting")
+            context.close(promise: nil)
+        }
+    }
+
+    /// Sends a piece; when the socket has taken it, the next chunk may be read.
+    func sendPiece(_ message: PeerMessage) {
+        guard let context else { return }
+        let promise = context.eventLoop.makePromise(of: Void.self)
+        unsent += 1
+        promise.futureResult.whenComplete { [self] _ in
+            unsent -= 1
+            service.readAhead(for: self)
+        }
+        do {
+            context.writeAndFlush(wrapOutboundOut(try codec.frame(message)), promise: promise)
+        } catch {
+            promise.fail(error)
+            service.logger.warning("peer \(peer): \(error); disconnecting")
+            service.reportPluginFailure(codec)
             context.close(promise: nil)
         }
     }
@@ -520,7 +575,7 @@ final class ServeHandler: ChannelInboundHandler {
                 return fail(.protocolViolation, "more than \(ServeHandler.maxOutstanding) requests outstanding")
             }
             guard service.mayServe(Int(index)) else { return refuse(index: index, reason: "not verified here yet") }
-            service.requestChunk(index, for: self)
+            service.serve(index, for: self)
         case .cancel(let index) where greeted:
             if service.cancel(index, for: self) { outstanding -= 1 }
         default:

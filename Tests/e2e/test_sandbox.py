@@ -23,6 +23,8 @@ def landlock_abi():
 
 needs_landlock = pytest.mark.skipif(
     landlock_abi() < 6, reason="this kernel lacks Landlock ABI 6 (network and signal rules); seccomp is still tested")
+needs_landlock_files_and_tcp = pytest.mark.skipif(
+    landlock_abi() < 4, reason="this kernel lacks Landlock ABI 4 (file and TCP rules); seccomp is still tested")
 
 
 def proc_status(pid):
@@ -73,6 +75,7 @@ def test_every_worker_and_plugin_of_a_running_share_is_confined(tmp_path):
         seeder.stop()
 
 
+@needs_landlock_files_and_tcp
 def test_network_workers_open_no_file_and_execute_nothing(tmp_path, listener):
     secret = tmp_path / "secret.txt"
     secret.write_text("nobody but the hash worker reads me")
@@ -85,6 +88,7 @@ def test_network_workers_open_no_file_and_execute_nothing(tmp_path, listener):
     assert not (tmp_path / "dropped").exists()
 
 
+@needs_landlock_files_and_tcp
 def test_hash_worker_touches_only_its_paths_and_opens_no_socket(tmp_path, listener):
     shared = tmp_path / "shared.bin"
     shared.write_bytes(b"x")
@@ -111,6 +115,7 @@ def test_a_sandboxed_process_cannot_signal_outside_it():
     assert outcomes[f"signal {os.getpid()}"].startswith("denied"), outcomes
 
 
+@needs_landlock_files_and_tcp
 def test_a_nosy_plugin_is_refused_files_and_sockets_and_the_transfer_works(tmp_path, listener):
     """A plugin that tries to read a private file, drop a file and phone home."""
     source = tmp_path / "n.bin"

@@ -97,24 +97,37 @@ def test_json_progress_for_scripts(seed, tmp_path):
 def test_chunk_data_goes_from_transfer_to_hash_without_the_supervisor(tmp_path):
     """Chunks travel on the transfer⇄hash data channel. The kernel counts every byte a
     process reads (/proc/PID/io rchar): the downloading supervisor reads a small fraction of
-    the share (manifest, verdicts, progress), the hash worker all of it."""
+    the share (manifest, verdicts, progress), the hash worker all of it. The supervisor is
+    sampled only while both workers live: a reaped child's counts are added to its parent's."""
     source = tmp_path / "direct.bin"
     source.write_bytes(os.urandom(48 << 20))
     seeder = Seeder(source)
+
+    def rchar(pid):
+        with open(f"/proc/{pid}/io") as f:
+            return int(next(line for line in f if line.startswith("rchar:")).split()[1])
+
+    def alive(pid):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+        except FileNotFoundError:
+            return False
+
     try:
         out = tmp_path / "out"
         out.mkdir()
         proc = subprocess.Popen([BIN, "get", seeder.link, "-o", str(out), "--no-dht", "--max-download", "48MiB/s"],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        hash_pid = worker_pid(proc.pid, "hash")
-        read = {}
+        hash_pid, transfer_pid = worker_pid(proc.pid, "hash"), worker_pid(proc.pid, "transfer")
+        read = {"supervisor": 0, "hash": 0}
         while proc.poll() is None:
-            for name, pid in (("supervisor", proc.pid), ("hash", hash_pid)):
-                try:
-                    with open(f"/proc/{pid}/io") as f:
-                        read[name] = int(next(l for l in f if l.startswith("rchar:")).split()[1])
-                except (FileNotFoundError, ProcessLookupError):
-                    pass
+            try:
+                hash_bytes, supervisor_bytes = rchar(hash_pid), rchar(proc.pid)
+                if alive(hash_pid) and alive(transfer_pid):
+                    read = {"supervisor": supervisor_bytes, "hash": hash_bytes}
+            except (FileNotFoundError, ProcessLookupError, StopIteration):
+                pass
             time.sleep(0.05)
         assert proc.wait() == 0, proc.stderr.read()
         assert (out / "direct.bin").read_bytes() == source.read_bytes()
