@@ -75,7 +75,7 @@ struct SandboxCommand: ParsableCommand {
             for path in tryExec {
                 var pid: pid_t = 0
                 let argv: [UnsafeMutablePointer<CChar>?] = [strdup(path), nil]
-                defer { argv.forEach { free($0) } }
+                defer { for pointer in argv { free(pointer) } }
                 let rc = posix_spawn(&pid, path, nil, nil, argv, environ)
                 if rc == 0 {
                     var status: Int32 = 0

@@ -193,7 +193,8 @@ public enum LocalAddresses {
                         address, socklen_t(MemoryLayout<sockaddr_in>.size), &host, socklen_t(host.count), nil, 0,
                         NI_NUMERICHOST) == 0
                     {
-                        let text = String(decoding: host.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+                        let text = String(
+                            decoding: host.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
                         if text != "127.0.0.1" && !found.contains(text) { found.append(text) }
                     }
                 }

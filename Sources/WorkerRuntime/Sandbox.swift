@@ -137,7 +137,7 @@ public enum Sandbox {
 
     private static func withCStrings<R>(_ strings: [String], _ body: ([UnsafePointer<CChar>?]) -> R) -> R {
         let duplicates = strings.map { strdup($0) }
-        defer { duplicates.forEach { free($0) } }
+        defer { for pointer in duplicates { free(pointer) } }
         return body(duplicates.map { UnsafePointer($0) })
     }
 }
