@@ -58,28 +58,30 @@ public enum PipelineNegotiation {
     /// only one side has is skipped unless that side marked it required.
     public static func agree(local: [StageDescriptor], remote: [StageDescriptor]) -> Result<[String], Mismatch> {
         func find(_ name: String, in list: [StageDescriptor]) -> StageDescriptor? { list.first { $0.name == name } }
-        for stage in local where stage.required {
-            guard let theirs = find(stage.name, in: remote) else {
-                return .failure(Mismatch(description: "we require stage '\(stage.name)', which the peer does not run"))
-            }
-            guard theirs.version == stage.version else {
-                return .failure(
-                    Mismatch(
-                        description:
-                            "stage '\(stage.name)': we run version \(stage.version), the peer version \(theirs.version)"
-                    ))
-            }
-        }
-        for stage in remote where stage.required {
-            guard let ours = find(stage.name, in: local) else {
-                return .failure(Mismatch(description: "the peer requires stage '\(stage.name)', which we do not run"))
-            }
-            guard ours.version == stage.version else {
-                return .failure(
-                    Mismatch(
-                        description:
-                            "stage '\(stage.name)': the peer runs version \(stage.version), we run version \(ours.version)"
-                    ))
+        // Each side's required stages, checked against the other side, in that side's words.
+        typealias Side = (
+            requiring: [StageDescriptor], other: [StageDescriptor], absent: (String) -> String,
+            versions: (String, UInt16, UInt16) -> String
+        )
+        let sides: [Side] = [
+            (
+                local, remote, { "we require stage '\($0)', which the peer does not run" },
+                { "stage '\($0)': we run version \($1), the peer version \($2)" }
+            ),
+            (
+                remote, local, { "the peer requires stage '\($0)', which we do not run" },
+                { "stage '\($0)': the peer runs version \($1), we run version \($2)" }
+            ),
+        ]
+        for side in sides {
+            for stage in side.requiring where stage.required {
+                guard let counterpart = find(stage.name, in: side.other) else {
+                    return .failure(Mismatch(description: side.absent(stage.name)))
+                }
+                guard counterpart.version == stage.version else {
+                    return .failure(
+                        Mismatch(description: side.versions(stage.name, stage.version, counterpart.version)))
+                }
             }
         }
         let common = local.filter { stage in find(stage.name, in: remote)?.version == stage.version }.map(\.name)

@@ -143,17 +143,13 @@ public final class TransferService: WorkerService, @unchecked Sendable {
     private func onHash(_ message: IPCMessage) {
         switch message {
         case .chunkData(let id, let index, let data):
-            if let (handler, _) = pendingReads.removeValue(forKey: id) {
-                handler.reading -= 1
-                handler.deliver(index: index, data: data)
-            }
+            if let (handler, _) = endRead(id) { handler.deliver(index: index, data: data) }
         case .chunkWritten(let id, let index, let accepted):
             guard let write = pendingWrites.removeValue(forKey: id), write.index == index else { return }
             fetch?.verdict(index: Int(index), accepted: accepted)
             tell(.chunkStored(index: index, accepted: accepted, bytes: write.bytes, peer: write.peer))
         case .failure(let id, let code, let text):
-            if let (handler, index) = pendingReads.removeValue(forKey: id) {
-                handler.reading -= 1
+            if let (handler, index) = endRead(id) {
                 handler.refuse(index: index, reason: text)
                 readAhead(for: handler)
             } else if pendingWrites.removeValue(forKey: id) != nil {
@@ -317,6 +313,14 @@ public final class TransferService: WorkerService, @unchecked Sendable {
         }
     }
 
+    /// Forgets a read sent to the hash worker (answered or cancelled): the connection may
+    /// then read further ahead.
+    private func endRead(_ id: UInt32) -> (ServeHandler, UInt32)? {
+        guard let (handler, index) = pendingReads.removeValue(forKey: id) else { return nil }
+        handler.reading -= 1
+        return (handler, index)
+    }
+
     func forget(_ handler: ServeHandler) {
         pendingReads = pendingReads.filter { $0.value.0 !== handler }
         uploadRing.removeAll { $0 === handler }
@@ -334,8 +338,7 @@ public final class TransferService: WorkerService, @unchecked Sendable {
             return true
         }
         if let id = pendingReads.first(where: { $0.value.0 === handler && $0.value.1 == index })?.key {
-            pendingReads[id] = nil
-            handler.reading -= 1
+            _ = endRead(id)
             readAhead(for: handler)
             return true
         }
