@@ -5,6 +5,7 @@
 #include <spawn.h>
 #include <sys/prctl.h>
 #include <malloc.h>
+#include <fcntl.h>
 
 void peershare_tune_allocator(void) {
     /* Chunk-sized buffers (64 KiB to 4 MiB) are allocated and freed all the time. By default
@@ -34,9 +35,21 @@ pid_t peershare_spawn_fds(
         errno = rc;
         return -1;
     }
-    /* dup2 clears close-on-exec on the target; every other descriptor of ours has it set. */
+    /* dup2 clears close-on-exec on the target. The child then holds exactly what it is
+       given: standard descriptors not given are /dev/null (never the user's terminal, whose
+       ioctls — TIOCSTI — would let a sandboxed process type into the user's shell), and
+       every descriptor above the highest given one is closed, close-on-exec or not. */
     rc = 0;
-    for (int i = 0; i < count && rc == 0; i++) rc = posix_spawn_file_actions_adddup2(&actions, child_fds[i], target_fds[i]);
+    int highest = 2;
+    int given[3] = {0, 0, 0};
+    for (int i = 0; i < count && rc == 0; i++) {
+        rc = posix_spawn_file_actions_adddup2(&actions, child_fds[i], target_fds[i]);
+        if (target_fds[i] > highest) highest = target_fds[i];
+        if (target_fds[i] >= 0 && target_fds[i] <= 2) given[target_fds[i]] = 1;
+    }
+    for (int fd = 0; fd <= 2 && rc == 0; fd++)
+        if (!given[fd]) rc = posix_spawn_file_actions_addopen(&actions, fd, "/dev/null", fd == 0 ? O_RDONLY : O_WRONLY, 0);
+    if (rc == 0) rc = posix_spawn_file_actions_addclosefrom_np(&actions, highest + 1);
     sigset_t defaults, empty;
     sigemptyset(&defaults);
     sigaddset(&defaults, SIGINT);

@@ -25,7 +25,15 @@ final class Download {
 
     static func stagingName(for shareID: ShareID) -> String { ".peershare-\(shareID.short).partial" }
 
-    init(manifestBytes: [UInt8], targetDirectory rawTarget: String) throws {
+    /// Files of a private (encrypted) share are for the user alone.
+    let privateShare: Bool
+    var fileMode: mode_t { privateShare ? 0o600 : 0o644 }
+    var folderMode: mode_t { privateShare ? 0o700 : 0o755 }
+    /// The share was already in place and every chunk verified: nothing to fetch or move.
+    private(set) var alreadyComplete = false
+
+    init(manifestBytes: [UInt8], targetDirectory rawTarget: String, privateShare: Bool = false) throws {
+        self.privateShare = privateShare
         let manifest: Manifest
         do {
             manifest = try Manifest.decode(manifestBytes)
@@ -48,14 +56,76 @@ final class Download {
             throw Failure(code: 73, description: "target directory '\(target)' is not writable")
         }
         if lstat(finalPath, &info) == 0 {
-            throw Failure(
-                code: 73, description: "'\(finalPath)' already exists; remove it or choose another directory with -o")
+            // Run again after it completed (as `wget -c` would be): check what is there.
+            guard try verifyInPlace() else {
+                throw Failure(
+                    code: 73,
+                    description:
+                        "'\(finalPath)' already exists and is not this share; remove it or choose another directory with -o"
+                )
+            }
+            alreadyComplete = true
+            for index in 0..<manifest.chunkCount { verified[index] = true }
+            return
         }
-        if mkdir(stagingDirectory, 0o700) != 0 && errno != EEXIST {
+        try makeStagingFolder()
+        try createTree()
+    }
+
+    /// The staging folder is ours alone: created 0700, or, if it is already there (an
+    /// interrupted download), a real folder owned by this user. In a shared folder such as
+    /// /tmp, anyone who knows the share id could otherwise plant a symlink or a folder of
+    /// their own there and have the download written where they like.
+    private func makeStagingFolder() throws {
+        if mkdir(stagingDirectory, 0o700) == 0 { return }
+        guard errno == EEXIST else {
             throw Failure(
                 code: 73, description: "cannot create '\(stagingDirectory)': \(String(cString: strerror(errno)))")
         }
-        try createTree()
+        var info = stat()
+        guard lstat(stagingDirectory, &info) == 0, info.st_mode & S_IFMT == S_IFDIR else {
+            throw Failure(
+                code: 73, description: "'\(stagingDirectory)' is there but is not a folder (a symlink?); refusing to use it")
+        }
+        guard info.st_uid == getuid() else {
+            throw Failure(
+                code: 73,
+                description: "'\(stagingDirectory)' belongs to another user (uid \(info.st_uid)); refusing to use it")
+        }
+        guard info.st_mode & 0o022 == 0 else {
+            throw Failure(
+                code: 73, description: "'\(stagingDirectory)' may be written by others; refusing to use it")
+        }
+    }
+
+    /// Whether the share is already at its final place, every chunk matching the manifest.
+    /// Symlinks are not followed: only real files and folders count.
+    private func verifyInPlace() throws -> Bool {
+        var buffer = [UInt8](repeating: 0, count: manifest.chunkSize)
+        var chunkBase = 0
+        for entry in manifest.entries {
+            let path = targetDirectory + "/" + entry.path
+            var info = stat()
+            guard lstat(path, &info) == 0 else { return false }
+            if entry.kind == .directory {
+                guard info.st_mode & S_IFMT == S_IFDIR else { return false }
+                continue
+            }
+            guard info.st_mode & S_IFMT == S_IFREG, UInt64(info.st_size) == entry.size else { return false }
+            let fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)
+            guard fd >= 0 else { return false }
+            defer { close(fd) }
+            for chunk in 0..<entry.chunkHashes.count {
+                let location = manifest.chunkLocations[chunkBase + chunk]
+                try FileIO.readExactly(fd, into: &buffer, count: location.length, at: location.offset, path: path)
+                let hash = buffer.withUnsafeBytes {
+                    ChunkHash.of(UnsafeRawBufferPointer(rebasing: $0[0..<location.length]))
+                }
+                guard hash == entry.chunkHashes[chunk] else { return false }
+            }
+            chunkBase += entry.chunkHashes.count
+        }
+        return true
     }
 
     deinit {
@@ -71,14 +141,14 @@ final class Download {
         for (index, entry) in manifest.entries.enumerated() {
             let path = stagingDirectory + "/" + entry.path
             if entry.kind == .directory {
-                if mkdir(path, 0o755) != 0 && errno != EEXIST {
+                if mkdir(path, folderMode) != 0 && errno != EEXIST {
                     throw Failure(
                         code: 73, description: "cannot create folder '\(path)': \(String(cString: strerror(errno)))")
                 }
                 continue
             }
             let existed = access(path, F_OK) == 0
-            let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0o644)
+            let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, fileMode)
             guard fd >= 0 else {
                 throw Failure(code: 73, description: "cannot create '\(path)': \(String(cString: strerror(errno)))")
             }
@@ -136,6 +206,7 @@ final class Download {
 
     /// Flushes every file and renames the share into place; refuses if anything is missing.
     func finalize() throws -> String {
+        if alreadyComplete { return finalPath }
         guard verified.isComplete else {
             throw Failure(
                 code: 70, description: "cannot finish: \(manifest.chunkCount - verified.setCount) chunks missing")

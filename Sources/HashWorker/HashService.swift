@@ -132,14 +132,16 @@ public final class HashService: WorkerService, @unchecked Sendable {
             } catch {
                 return failure(id, error)
             }
-        case .prepareDownload(let id, let manifest, let target):
+        case .prepareDownload(let id, let manifest, let target, let privateShare):
             do {
                 if let download, download.shareID == ShareID(manifestBytes: manifest) {
                     return .downloadPrepared(requestID: id, verified: download.verified.bytes)
                 }
-                let prepared = try Download(manifestBytes: manifest, targetDirectory: target)
+                let prepared = try Download(manifestBytes: manifest, targetDirectory: target, privateShare: privateShare)
                 download = prepared
-                if prepared.verified.setCount > 0 {
+                if prepared.alreadyComplete {
+                    logger.info("'\(prepared.finalPath)' is already here and every chunk verifies")
+                } else if prepared.verified.setCount > 0 {
                     logger.info(
                         "resuming: \(prepared.verified.setCount) of \(prepared.manifest.chunkCount) chunks already verified on disk"
                     )

@@ -21,7 +21,8 @@ public enum IPCMessage: Equatable, Sendable {
     case shareOpened(requestID: UInt32)
     case readChunk(requestID: UInt32, index: UInt32)
     case chunkData(requestID: UInt32, index: UInt32, data: [UInt8])
-    case prepareDownload(requestID: UInt32, manifest: [UInt8], targetDirectory: String)
+    /// `privateShare`: files and folders are created for the user alone (0600/0700).
+    case prepareDownload(requestID: UInt32, manifest: [UInt8], targetDirectory: String, privateShare: Bool)
     case downloadPrepared(requestID: UInt32, verified: [UInt8])
     case writeChunk(requestID: UInt32, index: UInt32, data: [UInt8])
     case chunkWritten(requestID: UInt32, index: UInt32, verified: Bool)
@@ -134,7 +135,7 @@ public enum IPCMessage: Equatable, Sendable {
         switch self {
         case .statusRequest(let id), .status(let id, _), .failure(let id, _, _), .buildManifest(let id, _),
             .hashProgress(let id, _, _), .manifestBuilt(let id, _), .openShare(let id, _, _), .shareOpened(let id),
-            .readChunk(let id, _), .chunkData(let id, _, _), .prepareDownload(let id, _, _),
+            .readChunk(let id, _), .chunkData(let id, _, _), .prepareDownload(let id, _, _, _),
             .downloadPrepared(let id, _), .writeChunk(let id, _, _), .chunkWritten(let id, _, _),
             .finalizeDownload(let id), .downloadFinalized(let id, _), .dhtRequest(let id, _, _, _, _),
             .dhtTrace(let id, _), .dhtResult(let id, _), .dhtStateRequest(let id), .dhtState(let id, _, _):
@@ -164,7 +165,7 @@ public enum IPCMessage: Equatable, Sendable {
         switch self {
         case .chunkData(_, _, let data), .writeChunk(_, _, let data):
             return data.count + 300
-        case .manifestBuilt(_, let m), .openShare(_, _, let m), .prepareDownload(_, let m, _),
+        case .manifestBuilt(_, let m), .openShare(_, _, let m), .prepareDownload(_, let m, _, _),
             .serve(_, let m, _, _, _),
             .manifestReceived(let m):
             return m.count + 300
@@ -208,10 +209,11 @@ public enum IPCMessage: Equatable, Sendable {
             w.u32(id)
             w.u32(index)
             w.blob(data)
-        case .prepareDownload(let id, let manifest, let target):
+        case .prepareDownload(let id, let manifest, let target, let privateShare):
             w.u32(id)
             w.blob(manifest)
             w.blob(Array(target.utf8))
+            w.bool(privateShare)
         case .chunkWritten(let id, let index, let verified):
             w.u32(id)
             w.u32(index)
@@ -336,7 +338,7 @@ public enum IPCMessage: Equatable, Sendable {
         case .prepareDownload:
             self = .prepareDownload(
                 requestID: try r.u32(), manifest: try r.blob(limit: maxData, what: "manifest"),
-                targetDirectory: try text())
+                targetDirectory: try text(), privateShare: try r.bool())
         case .downloadPrepared:
             self = .downloadPrepared(requestID: try r.u32(), verified: try r.blob(limit: maxData, what: "bitfield"))
         case .writeChunk:

@@ -61,9 +61,16 @@ struct Get: ParsableCommand {
                 throw ExitCode(ExitCodes.usage)
             }
         }
+        // A missing output folder is created (as `wget -P` and `aria2c -d` do).
+        do {
+            try FileManager.default.createDirectory(atPath: output, withIntermediateDirectories: true)
+        } catch {
+            Terminal.error("cannot create the output directory '\(output)': \(error.localizedDescription)")
+            throw ExitCode(ExitCodes.cannotCreate)
+        }
         var info = stat()
         guard stat(output, &info) == 0, info.st_mode & S_IFMT == S_IFDIR else {
-            Terminal.error("output directory '\(output)' does not exist")
+            Terminal.error("'\(output)' is not a directory")
             throw ExitCode(ExitCodes.cannotCreate)
         }
         var listenAddress: PeerAddress?

@@ -24,16 +24,21 @@ struct Limit: ParsableCommand {
     func run() throws {
         let directory = ControlServer.directory(environment: ProcessInfo.processInfo.environment)
         let socket = try findSocket(in: directory)
-        func value(_ text: String?) -> UInt64 {
-            guard let text, let rate = try? ByteRate.parse(text) else { return LimitChange.unchanged }
-            return UInt64(rate)
+        func value(_ text: String?) throws -> UInt64 {
+            guard let text else { return LimitChange.unchanged }
+            do {
+                return UInt64(try ByteRate.parse(text))
+            } catch {
+                Terminal.error("\(error)")
+                throw ExitCode(ExitCodes.usage)
+            }
         }
         let request: IPCMessage =
             rates.maxUpload == nil && rates.maxDownload == nil && rates.maxPeerUpload == nil
             ? .statusRequest(requestID: 0)
             : .setLimits(
-                upload: value(rates.maxUpload), download: value(rates.maxDownload),
-                perPeerUpload: value(rates.maxPeerUpload))
+                upload: try value(rates.maxUpload), download: try value(rates.maxDownload),
+                perPeerUpload: try value(rates.maxPeerUpload))
         switch try exchange(request, path: socket) {
         case .status(_, let text):
             Terminal.line(text)

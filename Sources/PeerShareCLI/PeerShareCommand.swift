@@ -11,7 +11,7 @@ public struct PeerShareCommand: ParsableCommand {
         discussion: """
             A supervisor process (this command) runs four workers, each confined by the kernel (Landlock and seccomp; see 'peershare sandbox'): discovery, nat, transfer (the only one that talks to peers) and hash (the only one that touches files). See docs/ARCHITECTURE.md.
 
-            Exit codes: 0 ok, 64 bad arguments or link, 65 bad data from a peer, 66 input missing or unreadable, 69 no peer reachable, 70 internal error, 73 cannot create the output, 74 I/O error, 78 bad configuration, 130 interrupted.
+            Exit codes: 0 ok, 64 bad arguments or link, 65 bad data from a peer, 66 input missing or unreadable, 69 no peer reachable, 70 internal error, 73 cannot create the output, 74 I/O error, 78 bad configuration, 130 interrupted (SIGINT), 143 terminated (SIGTERM).
             """,
         subcommands: [
             Share.self, Get.self, Limit.self, PipelineCommand.self, DHTCommand.self, Demo.self, Bench.self,

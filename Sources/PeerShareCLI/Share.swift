@@ -100,7 +100,7 @@ enum SupervisorRunner {
         signal(SIGINT, SIG_IGN)
         signal(SIGTERM, SIG_IGN)
         var sources: [DispatchSourceSignal] = []
-        for (number, code) in [(SIGINT, ExitCodes.interrupted), (SIGTERM, ExitCodes.ok)] {
+        for (number, code) in [(SIGINT, ExitCodes.interrupted), (SIGTERM, ExitCodes.terminated)] {
             let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
             source.setEventHandler {
                 loop.execute {

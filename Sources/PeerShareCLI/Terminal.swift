@@ -1,22 +1,24 @@
 import Foundation
+import PeerShareCore
 import Supervisor
 
 /// User-facing output. stdout carries results (the link, the saved path, progress); stderr
 /// carries errors and logs. On a terminal progress is one redrawn bar; otherwise it is a
-/// plain line every second, which is what scripts and CI logs want.
+/// plain line every second, which is what scripts and CI logs want. Every line goes through
+/// `InertText`: much of what is printed (names, errors, reasons) comes from peers.
 enum Terminal {
     static let isTTY = isatty(1) == 1
 
     static func line(_ text: String) {
-        FileHandle.standardOutput.write(Data((text + "\n").utf8))
+        FileHandle.standardOutput.write(Data((InertText.make(text) + "\n").utf8))
     }
 
     static func warning(_ text: String) {
-        FileHandle.standardError.write(Data("peershare: warning: \(text)\n".utf8))
+        FileHandle.standardError.write(Data("peershare: warning: \(InertText.make(text))\n".utf8))
     }
 
     static func error(_ text: String) {
-        FileHandle.standardError.write(Data("peershare: error: \(text)\n".utf8))
+        FileHandle.standardError.write(Data("peershare: error: \(InertText.make(text))\n".utf8))
     }
 
     /// Machine-readable output for scripts: one JSON object per line on stdout.
@@ -38,7 +40,7 @@ enum Terminal {
         return SessionOutput(
             link: { line($0) },
             status: { text in
-                if !quiet { FileHandle.standardError.write(Data("peershare: \(text)\n".utf8)) }
+                if !quiet { FileHandle.standardError.write(Data("peershare: \(InertText.make(text))\n".utf8)) }
             },
             error: { error($0) },
             progress: { done, total, label, peers in meter.update(done: done, total: total, label: label, peers: peers)
@@ -115,6 +117,9 @@ final class JSONEvents: @unchecked Sendable {
     private var lastProgress: UInt64 = 0
 
     func emit(_ object: [String: Any]) {
+        // JSON escapes C0 controls but not C1 ones or bidi overrides; a script may print
+        // the message as it is.
+        let object = object.mapValues { value -> Any in (value as? String).map(InertText.make) ?? value }
         guard let data = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]) else { return }
         lock.lock()
         defer { lock.unlock() }

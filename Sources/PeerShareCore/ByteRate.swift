@@ -25,8 +25,17 @@ public enum ByteRate {
         guard let number = Double(body.trimmingCharacters(in: " ")), number.isFinite, number >= 0 else {
             throw ParseError(description: "'\(text)' is not a rate; write e.g. 5MB/s, 512KiB/s or 0 for unlimited")
         }
-        return number * multiplier
+        let rate = number * multiplier
+        // Rates travel as UInt64 (and through Int on the way to workers): a rate near 2^64
+        // would trap on conversion. Nothing real comes near 1 PiB/s.
+        guard rate <= maxRate else {
+            throw ParseError(description: "'\(text)' is more than the largest rate, 1 PiB/s; use 0 for unlimited")
+        }
+        return rate.rounded()
     }
+
+    /// The largest rate accepted anywhere: 2^50 B/s (1 PiB/s).
+    public static let maxRate: Double = 1_125_899_906_842_624
 
     public static func describe(_ rate: Double) -> String {
         if rate == 0 { return "unlimited" }

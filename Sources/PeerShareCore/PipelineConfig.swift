@@ -119,7 +119,10 @@ public struct PipelineConfig: Equatable, Sendable {
             guard let list = stages as? [Any] else {
                 throw LoadError(file: file, key: "stages", problem: "expected an array of stages")
             }
-            let folder = (file as NSString).deletingLastPathComponent
+            // Plugin paths are relative to the config file's folder; a relative --config path
+            // is made absolute first, or "pipeline.json" would give the folder "" and "/".
+            let absolute = file.hasPrefix("/") ? file : FileManager.default.currentDirectoryPath + "/" + file
+            let folder = (absolute as NSString).deletingLastPathComponent
             config.stages = try list.enumerated().map { index, value in
                 try reader.stage(value, key: "stages[\(index)]", folder: folder)
             }
@@ -290,7 +293,14 @@ private struct JSONObjectReader {
             return StageSpec(name: name, kind: .zlib(level: level), required: required)
         case "sodium":
             try allowOnly(["name", "required"], in: object, prefix: key + ".")
-            return StageSpec(name: name, kind: .sodium, required: required)
+            // An encrypted share is only ever fetched encrypted: an optional encryption stage
+            // would let anyone who strips it from the hellos read the transfer.
+            guard required else {
+                throw PipelineConfig.LoadError(
+                    file: file, key: key + ".required",
+                    problem: "the sodium stage cannot be optional: an encrypted share is only ever fetched encrypted")
+            }
+            return StageSpec(name: name, kind: .sodium, required: true)
         default:
             throw PipelineConfig.LoadError(
                 file: file, key: key + ".name",

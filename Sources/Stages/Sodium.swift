@@ -106,13 +106,15 @@ public final class SecretStreamSender {
         self.header = header
     }
 
-    public func seal(_ plaintext: [UInt8]) -> [UInt8] {
+    /// Seals the next message. `additionalData` is authenticated, not sent: the receiver
+    /// must open with the same bytes (the pipeline binds its handshake transcript this way).
+    public func seal(_ plaintext: [UInt8], additionalData: [UInt8] = []) -> [UInt8] {
         let length = plaintext.count + SecretStreamSender.overhead
         return [UInt8](unsafeUninitializedCapacity: length) { buffer, initialized in
             var written: UInt64 = 0
             crypto_secretstream_xchacha20poly1305_push(
-                &state, buffer.baseAddress, &written, plaintext, UInt64(plaintext.count), nil, 0,
-                UInt8(crypto_secretstream_xchacha20poly1305_TAG_MESSAGE))
+                &state, buffer.baseAddress, &written, plaintext, UInt64(plaintext.count), additionalData,
+                UInt64(additionalData.count), UInt8(crypto_secretstream_xchacha20poly1305_TAG_MESSAGE))
             initialized = Int(written)
         }
     }
@@ -127,7 +129,7 @@ public final class SecretStreamReceiver {
         else { throw SodiumError("bad secretstream header") }
     }
 
-    public func open(_ ciphertext: [UInt8]) throws -> [UInt8] {
+    public func open(_ ciphertext: [UInt8], additionalData: [UInt8] = []) throws -> [UInt8] {
         guard ciphertext.count >= SecretStreamSender.overhead else {
             throw SodiumError("encrypted message too short")
         }
@@ -138,7 +140,8 @@ public final class SecretStreamReceiver {
             var tag: UInt8 = 0
             ok =
                 crypto_secretstream_xchacha20poly1305_pull(
-                    &state, buffer.baseAddress, &written, &tag, ciphertext, UInt64(ciphertext.count), nil, 0) == 0
+                    &state, buffer.baseAddress, &written, &tag, ciphertext, UInt64(ciphertext.count), additionalData,
+                    UInt64(additionalData.count)) == 0
             initialized = ok ? Int(written) : 0
         }
         guard ok else {

@@ -1,3 +1,4 @@
+import CSystemShims
 import Foundation
 import IPC
 import Logging
@@ -66,7 +67,13 @@ public final class ControlServer: @unchecked Sendable {
         unlink(socketPath)
         ServerBootstrap(group: supervisor.eventLoop)
             .childChannelInitializer { [self] channel in
-                channel.eventLoop.makeCompletedFuture {
+                // The folder is private already; the kernel's word on who connected makes sure
+                // (another user's process that got a descriptor some other way is refused).
+                ControlServer.peerUID(of: channel).flatMapThrowing { uid in
+                    guard uid == getuid() else {
+                        self.logger.warning("control socket: refused a connection from uid \(uid)")
+                        throw ControlError("connection from uid \(uid) refused")
+                    }
                     try channel.pipeline.syncOperations.addHandlers([
                         FrameChannelDecoder.handler(maxFrameLength: 4096),
                         MessageToByteHandler(FrameChannelEncoder()),
@@ -97,10 +104,38 @@ public final class ControlServer: @unchecked Sendable {
         "limits: upload \(ByteRate.describe(upload)), download \(ByteRate.describe(download)), per-peer upload \(ByteRate.describe(perPeer))"
     }
 
-    /// Applies a request and returns the reply.
+    /// The uid of the process at the other end of a Unix socket (SO_PEERCRED).
+    static func peerUID(of channel: Channel) -> EventLoopFuture<uid_t> {
+        guard let provider = channel as? SocketOptionProvider else {
+            return channel.eventLoop.makeFailedFuture(ControlError("cannot read the peer's credentials"))
+        }
+        let credentials: EventLoopFuture<peershare_ucred> = provider.unsafeGetSocketOption(
+            level: SocketOptionLevel(SOL_SOCKET), name: SocketOptionName(SO_PEERCRED))
+        return credentials.map { $0.uid }
+    }
+
+    /// The largest rate the control socket accepts, 1 PiB/s: far above any link, and far
+    /// below where a rate stops fitting a Double exactly or a UInt64 after conversion.
+    public static let maxRate = UInt64(ByteRate.maxRate)
+
+    /// Why a request's values are out of range, or nil when they are all fine.
+    static func invalidLimits(_ values: [(String, UInt64)]) -> String? {
+        for (name, value) in values where value != LimitChange.unchanged && value > maxRate {
+            return "\(name) limit \(value) B/s is out of range (0 for none, at most \(maxRate) B/s)"
+        }
+        return nil
+    }
+
+    /// Applies a request and returns the reply. Every value is range-checked: a request
+    /// that is out of range is refused with a reply, never applied.
     func handle(_ message: IPCMessage) -> IPCMessage {
         switch message {
         case .setLimits(let newUpload, let newDownload, let newPerPeer):
+            if let problem = ControlServer.invalidLimits([
+                ("upload", newUpload), ("download", newDownload), ("per-peer upload", newPerPeer),
+            ]) {
+                return .failure(requestID: 0, code: 64, message: problem)
+            }
             if newUpload != LimitChange.unchanged { upload = Double(newUpload) }
             if newDownload != LimitChange.unchanged { download = Double(newDownload) }
             if newPerPeer != LimitChange.unchanged { perPeer = Double(newPerPeer) }

@@ -198,7 +198,8 @@ public final class GetSession: SupervisorDelegate, @unchecked Sendable {
             }
             supervisor.send(
                 .prepareDownload(
-                    requestID: supervisor.makeRequestID(), manifest: bytes, targetDirectory: targetDirectory),
+                    requestID: supervisor.makeRequestID(), manifest: bytes, targetDirectory: targetDirectory,
+                    privateShare: pipeline.encrypts),
                 to: .hash, tracking: .setup(key: "download"))
         case .downloadPrepared(_, let bits):
             guard let manifest, let incoming = ChunkBitfield(bytes: bits, count: manifest.chunkCount) else { return }
@@ -210,7 +211,9 @@ public final class GetSession: SupervisorDelegate, @unchecked Sendable {
             verified = merged
             if !started {
                 started = true
-                if merged.setCount > 0 {
+                if merged.isComplete {
+                    output.status("'\(manifest.rootName)' is already here, and every chunk verifies: nothing to fetch")
+                } else if merged.setCount > 0 {
                     output.status(
                         "\(merged.setCount) of \(manifest.chunkCount) chunks already on disk; fetching the rest")
                 }

@@ -31,6 +31,8 @@ final class PluginHost: @unchecked Sendable {
         /// Our end of the socketpair, inherited by the transfer worker.
         var hostDescriptor: Int32
         var generation: Int
+        /// Given to a transfer worker, which said hello to it.
+        var handedOut = false
     }
 
     static let firstDescriptor: Int32 = WorkerRole.dataChannelDescriptor + 1
@@ -58,9 +60,23 @@ final class PluginHost: @unchecked Sendable {
         self.starts = Array(repeating: 0, count: specs.count)
     }
 
-    /// Descriptor mappings for the transfer worker's spawn: (our end, 5 + k).
-    var transferDescriptors: [(Int32, Int32)] {
-        running.enumerated().compactMap { index, plugin in
+    /// Descriptor mappings for a transfer worker about to be spawned: (our end, 5 + k).
+    /// Every transfer worker gets plugins of its own: a plugin that already served an earlier
+    /// transfer worker is replaced first, so a plugin process sees exactly one hello
+    /// (docs/PLUGINS.md).
+    func descriptorsForNewTransferWorker() -> [(Int32, Int32)] {
+        for index in running.indices where running[index]?.handedOut == true {
+            guard let old = running[index] else { continue }
+            kill(old.pid, SIGTERM)
+            do {
+                try start(index)
+            } catch {
+                logger.error("\(error)")
+                running[index] = nil
+            }
+        }
+        for index in running.indices { running[index]?.handedOut = true }
+        return running.enumerated().compactMap { index, plugin in
             plugin.map { ($0.hostDescriptor, PluginHost.firstDescriptor + Int32(index)) }
         }
     }
@@ -76,18 +92,31 @@ final class PluginHost: @unchecked Sendable {
             throw PluginHostError("plugin '\(spec.name)': socketpair failed: \(String(cString: strerror(errno)))")
         }
         starts[index] += 1
-        var environment = ProcessInfo.processInfo.environment
-        environment["PEERSHARE_PLUGIN_START"] = String(starts[index])
-        let variables = environment.map { "\($0.key)=\($0.value)" }
+        let variables = StderrRelay.childEnvironment(
+            ProcessInfo.processInfo.environment, extra: ["PEERSHARE_PLUGIN_START": String(starts[index])])
         let (executable, arguments) = PluginHost.command(for: spec.path)
+        // stdin and stdout: the socketpair; stderr: a pipe we read and log, never the terminal.
+        let stderrPipe = StderrRelay.makePipe()
         let pid = withCStrings(arguments) { argv in
             withCStrings(variables) { envp in
                 var from: [Int32] = [pair[1], pair[1]]
                 var to: [Int32] = [0, 1]
-                return peershare_spawn_fds(executable, argv, envp, &from, &to, 2)
+                if let stderrPipe {
+                    from.append(stderrPipe.write)
+                    to.append(2)
+                }
+                return peershare_spawn_fds(executable, argv, envp, &from, &to, Int32(from.count))
             }
         }
         close(pair[1])
+        if let stderrPipe {
+            close(stderrPipe.write)
+            if pid > 0 {
+                StderrRelay.start(reading: stderrPipe.read, prefix: "plugin '\(spec.name)': ")
+            } else {
+                close(stderrPipe.read)
+            }
+        }
         guard pid > 0 else {
             close(pair[0])
             throw PluginHostError(

@@ -172,7 +172,10 @@ public enum ExitCodes {
     public static let cannotCreate: Int32 = 73
     public static let ioError: Int32 = 74
     public static let config: Int32 = 78
+    /// SIGINT (Ctrl-C), as shells report it: 128 + 2.
     public static let interrupted: Int32 = 130
+    /// SIGTERM: 128 + 15. Never 0: a download stopped by a signal is not complete.
+    public static let terminated: Int32 = 143
 }
 
 /// Peer hints for a link: the listening address itself, or every IPv4 address of this

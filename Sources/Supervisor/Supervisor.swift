@@ -207,15 +207,17 @@ public final class Supervisor: @unchecked Sendable {
             return
         }
         let arguments = ["peershare"] + worker.spec.arguments
-        var environment = ProcessInfo.processInfo.environment
-        environment[WorkerMain.supervisorPIDVariable] = String(getpid())
-        let envStrings = environment.map { "\($0.key)=\($0.value)" }
-        // The transfer and hash workers share a data channel (descriptor 4); the transfer
-        // worker also inherits the plugins' pipes (descriptors 5, 6, ...).
+        let envStrings = StderrRelay.childEnvironment(
+            ProcessInfo.processInfo.environment, extra: [WorkerMain.supervisorPIDVariable: String(getpid())])
+        // stdin and stdout are /dev/null, stderr a pipe we read (never the terminal); the
+        // transfer and hash workers share a data channel (descriptor 4); the transfer worker
+        // also inherits the plugins' pipes (descriptors 5, 6, ...). Nothing else.
         var mappings: [(Int32, Int32)] = [(pair[1], WorkerMain.pipeDescriptor)]
+        let stderrPipe = StderrRelay.makePipe()
+        if let stderrPipe { mappings.append((stderrPipe.write, 2)) }
         let dataEnd = dataChannelEnd(for: role)
         if let dataEnd { mappings.append((dataEnd, WorkerRole.dataChannelDescriptor)) }
-        if role == .transfer { mappings += plugins.transferDescriptors }
+        if role == .transfer { mappings += plugins.descriptorsForNewTransferWorker() }
         var from = mappings.map(\.0)
         var to = mappings.map(\.1)
         let pid = withCStrings(arguments) { argv in
@@ -225,6 +227,10 @@ public final class Supervisor: @unchecked Sendable {
         }
         close(pair[1])
         if let dataEnd { close(dataEnd) }
+        if let stderrPipe {
+            close(stderrPipe.write)
+            if pid > 0 { StderrRelay.start(reading: stderrPipe.read) } else { close(stderrPipe.read) }
+        }
         worker.generation += 1
         let generation = worker.generation
         guard pid > 0 else {

@@ -208,7 +208,6 @@ final class FetchSession {
             }
             connection.accepted = true
             connection.chunkCount = Int(chunkCount)
-            attempts[connection.address] = 0
             if !connection.codec.awaitingHandshake { established(connection) }
         case .stageHandshake(let stage, let data):
             guard connection.accepted, connection.codec.awaitingHandshake else {
@@ -255,6 +254,8 @@ final class FetchSession {
             }
             guard ShareID(manifestBytes: bytes).bytes == shareID else {
                 manifestRequestedFrom = nil
+                // It would send the same manifest again: never retry it.
+                attempts[connection.address] = FetchSession.maxAttempts
                 return drop(connection, reason: "sent a manifest that does not match the share id")
             }
             do {
@@ -312,6 +313,9 @@ final class FetchSession {
 
     /// Past the hello and any stage handshake: count the peer, and ask the first for the manifest.
     private func established(_ connection: PeerConnection) {
+        // Only a peer that completed the whole handshake earns fresh retries: one whose
+        // handshake or frames fail every time (a wrong key, say) runs out of attempts.
+        attempts[connection.address] = 0
         reportPeerCount()
         logger.info("connected to \(connection.address)")
         if manifest == nil && manifestRequestedFrom == nil {

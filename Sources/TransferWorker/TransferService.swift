@@ -386,10 +386,14 @@ public final class TransferService: WorkerService, @unchecked Sendable {
             handler.queued.removeFirst()
             handler.sendPiece(message)
             skipped = 0
+            // Sending may close the connection (a plugin stage failed, the peer left), and a
+            // closed connection is forgotten, which changes the ring: find the handler again.
+            guard let position = uploadRing.firstIndex(where: { $0 === handler }) else { continue }
             if handler.queued.isEmpty {
-                uploadRing.remove(at: ringCursor)
+                uploadRing.remove(at: position)
+                ringCursor = position
             } else {
-                ringCursor += 1
+                ringCursor = position + 1
             }
         }
         guard soonest < .infinity, !uploadPumpScheduled else { return }

@@ -32,13 +32,14 @@ final class WireCodec {
     enum Failure: Error, CustomStringConvertible {
         case mismatch(String)
         case stage(String, String)
-        case plaintext(PeerMessage.Tag)
+        case plaintext(UInt16)
 
         var description: String {
             switch self {
             case .mismatch(let text): return "pipeline mismatch: \(text)"
             case .stage(let name, let text): return "stage '\(name)': \(text)"
-            case .plaintext(let tag): return "sent \(tag) unencrypted after the pipeline was agreed"
+            case .plaintext(let type):
+                return "sent an unencrypted frame (type \(type)) after encryption started; ignored as forged"
             }
         }
     }
@@ -92,6 +93,12 @@ final class WireCodec {
         case .failure(let mismatch): throw Failure.mismatch(mismatch.description)
         case .success(let names): agreed = setup.plan.stages.filter { names.contains($0.name) }
         }
+        // A share with a link secret is only ever served or fetched encrypted, whatever the
+        // peer (or someone between us editing the hellos) offers.
+        if setup.secret != nil, !agreed.contains(where: { $0.kind == .sodium }) {
+            throw Failure.mismatch("this share is encrypted, and the peer did not agree to encrypt")
+        }
+        transcript = PipelineTranscript(context: context, role: role)
         for (position, stage) in agreed.enumerated() {
             switch stage.kind {
             case .zlib: break
@@ -118,8 +125,15 @@ final class WireCodec {
             sealed = !agreed.isEmpty
             return []
         }
-        return role == .client ? try startCurrentStage() : []
+        return role == .client ? transcript.sent(try startCurrentStage()) : []
     }
+
+    /// Every handshake message each way, bound into the first sealed frame each way.
+    private var transcript = PipelineTranscript(context: [], role: .client)
+    /// The next frame sealed / opened carries the transcript as additional data (once per
+    /// direction).
+    private var bindSend = false
+    private var bindReceive = false
 
     var awaitingHandshake: Bool { !handshakeStages.isEmpty && !sealed }
 
@@ -139,6 +153,11 @@ final class WireCodec {
     /// Feeds one handshake message for the stage at `stage`; returns what to send. `sealed`
     /// turns true once every stage's handshake is complete on this side.
     func handshake(stage: UInt8, _ data: [UInt8]) throws -> [HandshakeMessage] {
+        transcript.received(stage: stage, data)
+        return transcript.sent(try step(stage: stage, data))
+    }
+
+    private func step(stage: UInt8, _ data: [UInt8]) throws -> [HandshakeMessage] {
         guard !sealed, handshakePosition < handshakeStages.count else {
             throw Failure.stage("pipeline", "unexpected handshake message")
         }
@@ -197,6 +216,11 @@ final class WireCodec {
         if let session = sodium?.session {
             sender = session.sender
             receiver = session.receiver
+            // The sodium handshake binds the hellos; this binds every stage's handshake too
+            // (a plugin's, say), so an edited or stripped message fails at both ends.
+            // Computed at the first seal and open, once the last handshake message is recorded.
+            bindSend = true
+            bindReceive = true
         }
         sealed = true
     }
@@ -211,7 +235,10 @@ final class WireCodec {
         for stage in agreed {
             switch stage.kind {
             case .zlib: bytes = ZlibStage.encode(bytes, level: Int32(stage.level))
-            case .sodium: bytes = sender?.seal(bytes) ?? bytes
+            case .sodium:
+                guard let sender else { throw Failure.stage(stage.name, "no session") }
+                bytes = sender.seal(bytes, additionalData: bindSend ? transcript.digest() : [])
+                bindSend = false
             case .plugin:
                 guard let plugin = setup.plugins[stage.name] else { throw Failure.stage(stage.name, "not running") }
                 do {
@@ -227,9 +254,10 @@ final class WireCodec {
     /// The message a wire frame carries. Once sealed, only sealed frames are accepted.
     func message(from frame: Frame) throws -> PeerMessage {
         guard frame.type == PeerMessage.sealedFrameType else {
-            let message = try PeerMessage(frame: frame)
-            if sealed, message.tag != .error { throw Failure.plaintext(message.tag) }
-            return message
+            // Once sealed, nothing unsealed is believed, not even an error: a forged one
+            // could otherwise cut us off from an honest peer.
+            guard !sealed else { throw Failure.plaintext(frame.type) }
+            return try PeerMessage(frame: frame)
         }
         guard sealed else { throw Failure.stage("pipeline", "sealed frame before the pipeline was agreed") }
         var bytes = frame.payload
@@ -239,7 +267,14 @@ final class WireCodec {
                 case .zlib: bytes = try ZlibStage.decode(bytes, limit: decodeLimit + 2)
                 case .sodium:
                     guard let receiver else { throw SodiumError("no session") }
-                    bytes = try receiver.open(bytes)
+                    let first = bindReceive
+                    bindReceive = false
+                    do {
+                        bytes = try receiver.open(bytes, additionalData: first ? transcript.digest() : [])
+                    } catch where first {
+                        throw SodiumError(
+                            "the pipeline's handshake differs between the peers: a stage's handshake was altered or stripped on the way")
+                    }
                 case .plugin:
                     guard let plugin = setup.plugins[stage.name] else { throw SodiumError("not running") }
                     bytes = try plugin.decode(connection: connectionID, bytes, limit: decodeLimit + 64 * 1024)
@@ -249,5 +284,39 @@ final class WireCodec {
             }
         }
         return try PeerMessage(innerBytes: bytes)
+    }
+}
+
+/// Everything both sides said while setting up the pipeline: the hellos (`context`) and each
+/// stage's handshake messages, per direction. Both ends compute the same digest when nobody
+/// edited anything; the first sealed frame each way carries it as authenticated data.
+struct PipelineTranscript {
+    private var clientToServer: [UInt8] = []
+    private var serverToClient: [UInt8] = []
+    let context: [UInt8]
+    let role: SodiumHandshake.Role
+
+    init(context: [UInt8], role: SodiumHandshake.Role) {
+        self.context = context
+        self.role = role
+    }
+
+    private mutating func append(_ stage: UInt8, _ data: [UInt8], fromClient: Bool) {
+        var record = ByteWriter()
+        record.u8(stage)
+        record.blob(data)
+        if fromClient { clientToServer += record.bytes } else { serverToClient += record.bytes }
+    }
+
+    mutating func received(stage: UInt8, _ data: [UInt8]) { append(stage, data, fromClient: role == .server) }
+
+    /// Records what is about to be sent and passes it through.
+    mutating func sent(_ messages: [WireCodec.HandshakeMessage]) -> [WireCodec.HandshakeMessage] {
+        for message in messages { append(message.stage, message.data, fromClient: role == .client) }
+        return messages
+    }
+
+    func digest() -> [UInt8] {
+        Sodium.hash([Array("peershare-pipeline-transcript-v1".utf8), context, clientToServer, serverToClient])
     }
 }

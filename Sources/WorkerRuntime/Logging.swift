@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import PeerShareCore
 
 /// One log line per event on stderr, with the process's name on every line:
 ///
@@ -7,7 +8,8 @@ import Logging
 ///
 /// Workers inherit the supervisor's stderr, so a terminal shows every process's lines
 /// interleaved, each one saying who wrote it. A line is written with one write(2) call so
-/// lines from different processes never mix mid-line.
+/// lines from different processes never mix mid-line. Messages are made inert (`InertText`):
+/// peers' words end up in log lines, and a log line must not drive the terminal.
 public struct LineLogHandler: LogHandler {
     public var metadata: Logger.Metadata = [:]
     public var logLevel: Logger.Level
@@ -25,10 +27,11 @@ public struct LineLogHandler: LogHandler {
 
     public func log(event: LogEvent) {
         var text =
-            "\(LineLogHandler.timestamp()) \(event.level.rawValue.padding(toLength: 7, withPad: " ", startingAt: 0)) \(name): \(event.message)"
+            "\(LineLogHandler.timestamp()) \(event.level.rawValue.padding(toLength: 7, withPad: " ", startingAt: 0)) \(name): \(InertText.make(event.message.description))"
         let merged = metadata.merging(event.metadata ?? [:]) { $1 }
         if !merged.isEmpty {
-            text += " " + merged.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
+            text +=
+                " " + merged.sorted { $0.key < $1.key }.map { InertText.make("\($0.key)=\($0.value)") }.joined(separator: " ")
         }
         text += "\n"
         var bytes = Array(text.utf8)

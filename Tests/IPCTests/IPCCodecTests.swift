@@ -35,7 +35,7 @@ final class IPCCodecTests: XCTestCase {
         .shareOpened(requestID: 2),
         .readChunk(requestID: 5, index: 17),
         .chunkData(requestID: 5, index: 17, data: [UInt8](repeating: 9, count: 1000)),
-        .prepareDownload(requestID: 6, manifest: [1], targetDirectory: "/out"),
+        .prepareDownload(requestID: 6, manifest: [1], targetDirectory: "/out", privateShare: true),
         .downloadPrepared(requestID: 6, verified: [0xff, 0x80]),
         .writeChunk(requestID: 7, index: 0, data: []),
         .chunkWritten(requestID: 7, index: 0, verified: true),

@@ -10,7 +10,9 @@ int peershare_set_parent_death_signal(int sig);
 /// defaults and an empty signal mask. Returns the pid, or -1 with errno set.
 pid_t peershare_spawn(const char *path, char *const argv[], char *const envp[], int child_fd, int target_fd);
 
-/// The same with several descriptors: child_fds[i] is placed on target_fds[i].
+/// The same with several descriptors: child_fds[i] is placed on target_fds[i]. Standard
+/// descriptors (0, 1, 2) not among the targets are /dev/null in the child, and every
+/// descriptor above the highest target is closed: the child inherits nothing else.
 pid_t peershare_spawn_fds(
     const char *path, char *const argv[], char *const envp[], const int *child_fds, const int *target_fds, int count);
 
@@ -47,5 +49,12 @@ int peershare_landlock_restrict(
 /// (ptrace, mount, module loading, BPF, keyrings, ...) and, by flag, execve/execveat and
 /// socket/socketpair fail with EPERM. Returns 0, or -1 with errno set.
 int peershare_seccomp_deny(int flags);
+
+/// struct ucred (SO_PEERCRED), which Glibc's module does not export without _GNU_SOURCE.
+struct peershare_ucred {
+    pid_t pid;
+    uid_t uid;
+    gid_t gid;
+};
 
 #endif

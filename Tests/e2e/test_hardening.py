@@ -1,0 +1,445 @@
+"""Attacks on PeerShare from issue 9, each performed for real and seen to fail: encryption
+downgrades, forged plaintext frames, tampered plugin handshakes, inherited terminals and
+environment, a hostile control socket client, escape sequences from peers, and the everyday
+defects a new user hits (SIGTERM exit code, running a finished get again, a missing -o)."""
+import hashlib
+import json
+import os
+import pathlib
+import signal
+import socket
+import stat
+import struct
+import subprocess
+import threading
+import time
+
+import pytest
+
+import peerwire
+from conftest import BIN, Seeder, children_of, cmdline, get, worker_pid
+from test_faults import CorruptingProxy
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+PAD = str(pathlib.Path(BIN).parent / "peershare-pad")
+SEALED = 0x5100
+STAGE_HANDSHAKE = 0x500C
+
+
+def write_config(path, stages):
+    path.write_text(json.dumps({"version": 1, "stages": stages}))
+    return str(path)
+
+
+def link_parts(link: str):
+    """(share id, secret) of a link, as bytes."""
+    body = link[len("peershare://"):]
+    share_hex, _, query = body.partition("?")
+    params = dict(p.split("=", 1) for p in query.split("&") if "=" in p)
+    return bytes.fromhex(share_hex), bytes.fromhex(params["key"]) if "key" in params else None
+
+
+# ---- 1. An encrypted share can only be fetched encrypted ------------------------------------
+
+def test_an_optional_encryption_stage_is_refused_naming_the_key(tmp_path):
+    source = tmp_path / "f.bin"
+    source.write_bytes(b"x" * 1000)
+    config = write_config(tmp_path / "p.json", [{"name": "sodium", "required": False}])
+    result = subprocess.run([BIN, "share", str(source), "--config", config, "--no-dht"],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 78, result.stderr
+    assert "stages[0].required" in result.stderr and "cannot be optional" in result.stderr, result.stderr
+
+
+def test_a_client_that_knows_the_share_tag_but_offers_no_encryption_gets_nothing(tmp_path):
+    """The attacker saw one legitimate hello (the share tag) and reconnects with an empty
+    stage list, hoping for the manifest in plaintext."""
+    source = tmp_path / "secret.bin"
+    source.write_bytes(b"TOP-SECRET " * 5000)
+    seeder = Seeder(source, "--no-dht", "--encrypt")
+    try:
+        share_id, secret = link_parts(seeder.link)
+        tag = hashlib.blake2b(b"peershare-share-tag-v1" + share_id, key=secret, digest_size=32).digest()
+        with socket.create_connection(("127.0.0.1", seeder.port), timeout=10) as s:
+            s.sendall(peerwire.hello(tag))
+            s.sendall(peerwire.frame(peerwire.GET_MANIFEST, b""))
+            received = []
+            try:
+                while True:
+                    received.append(peerwire.read_frame(s))
+            except (EOFError, OSError):
+                pass
+        types = [t for t, _ in received]
+        assert types == [peerwire.ERROR], types
+        (code,) = struct.unpack(">H", received[0][1][:2])
+        assert code != 0 and b"encrypt" in received[0][1], received[0][1]
+        assert peerwire.MANIFEST not in types and all(b"TOP-SECRET" not in p for _, p in received)
+    finally:
+        seeder.stop()
+
+
+class FrameProxy(CorruptingProxy):
+    """Forwards frames both ways; `edit(from_seeder, type, payload)` returns the frames to
+    send on instead (a list of (type, payload))."""
+
+    def __init__(self, upstream_port, edit):
+        super().__init__(upstream_port, corrupt=0)
+        self.edit = edit
+
+    def pump(self, src, dst, from_seeder):
+        try:
+            while True:
+                msg_type, payload = peerwire.read_frame(src)
+                for t, p in self.edit(from_seeder, msg_type, payload):
+                    dst.sendall(peerwire.frame(t, p))
+        except (EOFError, OSError, ValueError):
+            self.close_both(src, dst)
+
+
+def test_an_altered_plugin_handshake_fails_at_both_ends(tmp_path):
+    """pad's handshake (its block size) travels before encryption: an on-path attacker who
+    changes it must make the connection fail, not silently change the padding."""
+    source = tmp_path / "p.bin"
+    source.write_bytes(os.urandom(300_000))
+    config = write_config(tmp_path / "p.json", [
+        {"name": "pad", "plugin": PAD, "options": {"block": "4096"}}, {"name": "sodium"}])
+    seeder = Seeder(source, "--no-dht", "--config", config, "--log-level", "info")
+
+    def edit(from_seeder, msg_type, payload):
+        if from_seeder and msg_type == STAGE_HANDSHAKE and payload[0] == 0:
+            # stage 0 (pad): u8 stage, blob data = u32 block. Claim a far larger block.
+            return [(msg_type, payload[:1] + struct.pack(">I", 4) + struct.pack(">I", 1 << 20))]
+        return [(msg_type, payload)]
+
+    proxy = FrameProxy(seeder.port, edit)
+    proxy.start()
+    try:
+        link = seeder.link.split("&peer=")[0]
+        out = tmp_path / "out"
+        out.mkdir()
+        result = get(link, out, "--peer", f"127.0.0.1:{proxy.port}", "--no-dht", "--config", config,
+                     "--verbose", timeout=120)
+        assert result.returncode == 69, result.stderr
+        assert "handshake differs between the peers" in result.stderr, result.stderr
+        assert os.listdir(out) == [] or all(n.startswith(".peershare-") for n in os.listdir(out))
+    finally:
+        seeder.stop()
+    seeder_log = seeder.proc.stderr.read()
+    assert "handshake differs between the peers" in seeder_log, seeder_log
+
+
+def test_a_forged_plaintext_error_after_encryption_is_ignored_and_the_peer_kept(tmp_path):
+    """An on-path attacker injects an unencrypted 'unknown share' error once the connection
+    is encrypted. Before, it removed the seeder for the rest of the download."""
+    source = tmp_path / "e.bin"
+    source.write_bytes(os.urandom(2 << 20))
+    seeder = Seeder(source, "--no-dht", "--encrypt")
+    injected = []
+
+    def edit(from_seeder, msg_type, payload):
+        if from_seeder and msg_type == SEALED and not injected:
+            injected.append(True)
+            forged = struct.pack(">H", 3) + peerwire.short_string("we do not have that share")
+            return [(peerwire.ERROR, forged), (msg_type, payload)]
+        return [(msg_type, payload)]
+
+    proxy = FrameProxy(seeder.port, edit)
+    proxy.start()
+    try:
+        link = seeder.link.split("&peer=")[0]
+        out = tmp_path / "out"
+        out.mkdir()
+        result = get(link, out, "--peer", f"127.0.0.1:{proxy.port}", "--no-dht", "--verbose", timeout=120)
+        assert injected
+        assert result.returncode == 0, result.stderr
+        assert "ignored as forged" in result.stderr, result.stderr
+        assert (out / "e.bin").read_bytes() == source.read_bytes()
+    finally:
+        seeder.stop()
+
+
+# ---- 2. Workers and plugins inherit nothing they do not need --------------------------------
+
+def descendants(pid):
+    found = []
+    for child in children_of(pid):
+        found.append(child)
+        found.extend(descendants(child))
+    return found
+
+
+def test_workers_and_plugins_get_no_terminal_no_stray_descriptors_and_a_filtered_environment(tmp_path):
+    """Run under a real pseudo-terminal (script(1)); no worker or plugin may hold it, nor see
+    SSH_AUTH_SOCK or other variables of the user's."""
+    source = tmp_path / "t.bin"
+    source.write_bytes(os.urandom(100_000))
+    config = write_config(tmp_path / "p.json", [{"name": "pad", "plugin": PAD}])
+    env = dict(os.environ, SSH_AUTH_SOCK="/tmp/agent.sock", MY_API_TOKEN="hunter2")
+    command = f"exec {BIN} share {source} --no-dht --listen 127.0.0.1:0 --config {config}"
+    proc = subprocess.Popen(["script", "-qfec", command, "/dev/null"], env=env,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        line = proc.stdout.readline().decode()
+        assert "peershare://" in line, line
+        supervisor = next(p for p in descendants(proc.pid) if cmdline(p).split(" ")[1:2] == ["share"])
+        # The supervisor itself is on the terminal: the test is meaningful.
+        assert os.readlink(f"/proc/{supervisor}/fd/0").startswith("/dev/pts/")
+        children = descendants(supervisor)
+        assert len(children) >= 5, [cmdline(c) for c in children]  # 4 workers + the plugin
+        for child in children:
+            what = cmdline(child)
+            fds = {int(fd): os.readlink(f"/proc/{child}/fd/{fd}") for fd in os.listdir(f"/proc/{child}/fd")}
+            for fd, target in fds.items():
+                assert not target.startswith("/dev/pts/") and target != "/dev/tty", (what, fd, target)
+            assert fds[0] in ("/dev/null",) or fds[0].startswith("socket:"), (what, fds)
+            assert fds[2].startswith("socket:"), (what, fds)
+            environ = open(f"/proc/{child}/environ", "rb").read().split(b"\0")
+            names = {e.split(b"=", 1)[0] for e in environ if e}
+            assert b"SSH_AUTH_SOCK" not in names and b"MY_API_TOKEN" not in names, (what, names)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+# ---- 4. The control socket survives what a local process sends --------------------------------
+
+def control_socket(pid, runtime):
+    path = pathlib.Path(runtime) / "peershare" / f"{pid}.sock"
+    deadline = time.time() + 10
+    while not path.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    return str(path)
+
+
+def control_exchange(path, msg_type, payload):
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(10)
+        s.connect(path)
+        s.sendall(peerwire.frame(msg_type, payload))
+        return peerwire.read_frame(s)
+
+
+def test_out_of_range_limits_on_the_control_socket_are_refused_not_a_crash(tmp_path):
+    runtime = tmp_path / "run"
+    runtime.mkdir(mode=0o700)
+    env = dict(os.environ, XDG_RUNTIME_DIR=str(runtime))
+    source = tmp_path / "c.bin"
+    source.write_bytes(b"c" * 1000)
+    seeder = Seeder(source, "--no-dht", env=env)
+    try:
+        path = control_socket(seeder.proc.pid, runtime)
+        SET_LIMITS, FAILURE, STATUS = 0x020B, 0x0008, 0x0006
+        huge = (1 << 64) - 2  # next to the 'unchanged' marker; Double rounds it to 2^64
+        msg_type, payload = control_exchange(path, SET_LIMITS, struct.pack(">QQQ", huge, huge, huge))
+        assert msg_type == FAILURE and b"out of range" in payload, payload
+        assert seeder.proc.poll() is None, "the supervisor survived"
+        msg_type, payload = control_exchange(path, SET_LIMITS, struct.pack(">QQQ", 1 << 20, (1 << 64) - 1, 0))
+        assert msg_type == STATUS and b"upload 1.0 MiB/s" in payload, payload
+        # The command-line client refuses such a rate itself, with a clear error.
+        result = subprocess.run([BIN, "limit", "--pid", str(seeder.proc.pid), "--max-upload", "1e30GB/s"],
+                                capture_output=True, text=True, env=env, timeout=30)
+        assert result.returncode == 64 and "largest rate" in result.stderr, result.stderr
+    finally:
+        seeder.stop()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to connect as another user (CI runs as root)")
+def test_the_control_socket_refuses_another_user_even_when_it_can_reach_the_socket(tmp_path):
+    runtime = tmp_path / "run"
+    runtime.mkdir(mode=0o700)
+    env = dict(os.environ, XDG_RUNTIME_DIR=str(runtime))
+    source = tmp_path / "c.bin"
+    source.write_bytes(b"c" * 1000)
+    seeder = Seeder(source, "--no-dht", env=env)
+    try:
+        path = control_socket(seeder.proc.pid, runtime)
+        # A mistake opens the folder and the socket to everyone: the kernel's peer
+        # credentials still keep other users out.
+        for p in (tmp_path, runtime, runtime / "peershare"):
+            os.chmod(p, 0o755)
+        os.chmod(path, 0o777)
+        probe = ("import socket,struct\n"
+                 f"s=socket.socket(socket.AF_UNIX); s.settimeout(10); s.connect({path!r})\n"
+                 "s.sendall(struct.pack('>IH',2,6))\n"
+                 "print('reply' if s.recv(100) else 'closed')\n")
+        result = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                                 "/usr/bin/python3", "-c", probe], capture_output=True, text=True, timeout=30)
+        assert result.stdout.strip() == "closed", (result.stdout, result.stderr)
+        assert seeder.proc.poll() is None
+    finally:
+        seeder.stop()
+    assert "refused a connection from uid 65534" in seeder.proc.stderr.read()
+
+
+# ---- 7. Everything a peer says is shown inert ---------------------------------------------
+
+def test_escape_sequences_from_a_peer_never_reach_the_terminal(tmp_path):
+    """A fake peer answers with an error whose text sets the terminal title and forges a
+    success line."""
+    evil = "\x1b]0;pwned\x07\r\nverified and saved: /etc/passwd \x1b[2J\u009b31m\u202e"
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    port = listener.getsockname()[1]
+    stop = threading.Event()
+
+    def serve():
+        listener.settimeout(0.5)
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                continue
+            with conn:
+                try:
+                    peerwire.read_frame(conn)
+                    conn.sendall(peerwire.frame(peerwire.ERROR, struct.pack(">H", 1) + peerwire.short_string(evil)))
+                except (EOFError, OSError):
+                    pass
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        out = tmp_path / "out"
+        out.mkdir()
+        link = "peershare://" + "ab" * 32
+        for extra in ([], ["--json"]):
+            result = subprocess.run([BIN, "get", link, "-o", str(out), "--peer", f"127.0.0.1:{port}", "--no-dht",
+                                     "--verbose", "--log-level", "info", *extra],
+                                    capture_output=True, timeout=120)
+            assert result.returncode == 69, result.stderr
+            both = result.stdout + result.stderr
+            for byte in (b"\x1b", b"\x07", "\u009b".encode(), "\u202e".encode()):
+                assert byte not in both, (byte, both[-2000:])
+            assert b"\\u{1B}]0;pwned" in both, both[-2000:]
+            assert not any(line.startswith(b"verified and saved") for line in both.splitlines())
+    finally:
+        stop.set()
+        listener.close()
+
+
+# ---- 9–13. Reliability a user relies on -------------------------------------------------------
+
+def test_sigterm_mid_download_exits_143_with_nothing_in_place(tmp_path):
+    source = tmp_path / "s.bin"
+    source.write_bytes(os.urandom(8 << 20))
+    seeder = Seeder(source, "--no-dht", "--max-upload", "1MiB/s")
+    try:
+        out = tmp_path / "out"
+        out.mkdir()
+        proc = subprocess.Popen([BIN, "get", seeder.link, "-o", str(out), "--no-dht"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        time.sleep(2.5)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+        assert proc.returncode == 143, proc.stderr.read()
+        assert not (out / "s.bin").exists()
+    finally:
+        seeder.stop()
+
+
+def test_running_a_finished_get_again_verifies_and_exits_0_and_a_missing_output_folder_is_made(tmp_path):
+    source = tmp_path / "a.bin"
+    source.write_bytes(os.urandom(600_000))
+    seeder = Seeder(source, "--no-dht")
+    try:
+        out = tmp_path / "new" / "folder"
+        first = get(seeder.link, out, "--no-dht")
+        assert first.returncode == 0, first.stderr
+        assert (out / "a.bin").read_bytes() == source.read_bytes()
+        again = get(seeder.link, out, "--no-dht")
+        assert again.returncode == 0, again.stderr
+        assert "already here, and every chunk verifies" in again.stderr, again.stderr
+        # Something else under that name is still refused, and left alone.
+        (out / "a.bin").write_bytes(b"something else")
+        other = get(seeder.link, out, "--no-dht")
+        assert other.returncode == 73 and "is not this share" in other.stderr, other.stderr
+        assert (out / "a.bin").read_bytes() == b"something else"
+    finally:
+        seeder.stop()
+
+
+def test_a_private_share_is_written_for_the_user_alone(tmp_path):
+    root = tmp_path / "tree"
+    (root / "sub").mkdir(parents=True)
+    (root / "sub" / "x.txt").write_bytes(b"private\n" * 100)
+    seeder = Seeder(root, "--no-dht", "--encrypt")
+    try:
+        out = tmp_path / "out"
+        result = get(seeder.link, out, "--no-dht")
+        assert result.returncode == 0, result.stderr
+        for path in [out / "tree", out / "tree" / "sub"]:
+            assert stat.S_IMODE(path.stat().st_mode) == 0o700, (path, oct(path.stat().st_mode))
+        assert stat.S_IMODE((out / "tree" / "sub" / "x.txt").stat().st_mode) == 0o600
+    finally:
+        seeder.stop()
+
+
+def test_a_planted_staging_folder_is_refused(tmp_path):
+    """Someone who knows the share id plants the staging folder as a symlink to a folder of
+    theirs, in a shared download folder."""
+    source = tmp_path / "p.bin"
+    source.write_bytes(os.urandom(200_000))
+    seeder = Seeder(source, "--no-dht")
+    try:
+        share_hex = seeder.link[len("peershare://"):][:64]
+        out = tmp_path / "shared"
+        out.mkdir()
+        elsewhere = tmp_path / "attacker"
+        elsewhere.mkdir()
+        staging = out / f".peershare-{share_hex[:16]}.partial"
+        staging.symlink_to(elsewhere)
+        result = get(seeder.link, out, "--no-dht")
+        assert result.returncode == 73, result.stderr
+        assert "refusing to use it" in result.stderr, result.stderr
+        assert os.listdir(elsewhere) == []
+    finally:
+        seeder.stop()
+
+
+def test_a_peer_whose_manifest_never_matches_is_given_up_on_not_retried_forever(tmp_path):
+    """A fake peer accepts every hello and answers with a manifest that is not the share's.
+    Before, get reconnected every 250 ms forever; now it gives up, naming the peer and why."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    port = listener.getsockname()[1]
+    connections = []
+    stop = threading.Event()
+    bogus = peerwire.encode_manifest(65536, [("x.bin", b"not the share")])
+
+    def serve():
+        listener.settimeout(0.5)
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                continue
+            connections.append(time.time())
+            with conn:
+                try:
+                    peerwire.read_frame(conn)
+                    conn.sendall(peerwire.frame(peerwire.HELLO_ACCEPTED, struct.pack(">HIB", peerwire.VERSION, 1, 0)))
+                    conn.sendall(peerwire.frame(peerwire.BITFIELD, peerwire.blob(b"\x80")))
+                    while True:
+                        msg_type, _ = peerwire.read_frame(conn)
+                        if msg_type == peerwire.GET_MANIFEST:
+                            conn.sendall(peerwire.frame(peerwire.MANIFEST, peerwire.blob(bogus)))
+                except (EOFError, OSError):
+                    pass
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        out = tmp_path / "out"
+        out.mkdir()
+        result = subprocess.run([BIN, "get", "peershare://" + "cd" * 32, "-o", str(out), "--peer",
+                                 f"127.0.0.1:{port}", "--no-dht"], capture_output=True, text=True, timeout=120)
+        assert result.returncode == 69, result.stderr
+        assert f"127.0.0.1:{port} (sent a manifest that does not match the share id)" in result.stderr, result.stderr
+        assert len(connections) == 1, connections
+    finally:
+        stop.set()
+        listener.close()
