@@ -236,6 +236,10 @@ final class FetchSession {
                     reason: "sent a bitfield of \(bits.count) bytes for \(connection.chunkCount) chunks")
             }
             connection.has = has
+            // Only a peer whose first message after the whole handshake decoded earns fresh
+            // retries: one whose handshake or frames fail every time (a wrong key, an altered
+            // handshake) runs out of attempts instead of being retried forever.
+            attempts[connection.address] = 0
             join(connection)
         case .have(let index):
             guard connection.accepted, var has = connection.has, Int(index) < connection.chunkCount else {
@@ -313,9 +317,6 @@ final class FetchSession {
 
     /// Past the hello and any stage handshake: count the peer, and ask the first for the manifest.
     private func established(_ connection: PeerConnection) {
-        // Only a peer that completed the whole handshake earns fresh retries: one whose
-        // handshake or frames fail every time (a wrong key, say) runs out of attempts.
-        attempts[connection.address] = 0
         reportPeerCount()
         logger.info("connected to \(connection.address)")
         if manifest == nil && manifestRequestedFrom == nil {
