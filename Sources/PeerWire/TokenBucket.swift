@@ -33,6 +33,14 @@ public struct TokenBucket: Sendable, Equatable {
         updatedAt = now
     }
 
+    /// Spends `bytes` whatever the balance (work done for a peer that brought nothing, such
+    /// as a chunk read and then cancelled): the debt delays what comes next.
+    public mutating func charge(_ bytes: Int, now: Double) {
+        guard rate > 0 else { return }
+        refill(now: now)
+        balance -= Double(bytes)
+    }
+
     /// Gives back tokens taken for a send that did not happen.
     public mutating func refund(_ bytes: Int) {
         guard rate > 0 else { return }

@@ -42,12 +42,19 @@ public final class TransferService: WorkerService, @unchecked Sendable {
     /// Serving a download in progress: only verified chunks are offered.
     var servingPartial = false
     var listener: Channel?
+    /// Peers past the handshake; `limits.maxPeers` bounds these.
     var servingConnections = 0
+    /// Connections still in their handshake, in total and by address: a quota of their own,
+    /// so strangers that never finish cannot take the slots of established peers.
+    var handshaking: [ServeHandler] = []
+    var handshakingByAddress: [String: Int] = [:]
     /// Greeted inbound connections, told of every newly verified chunk (`have`).
     var serveHandlers: [ObjectIdentifier: ServeHandler] = [:]
     private var nextLocalRequest: UInt32 = 1
-    /// readChunk requests sent to the supervisor, by our request id.
+    /// readChunk requests sent to the hash worker, by our request id.
     var pendingReads: [UInt32: (ServeHandler, UInt32)] = [:]
+    /// Reads among those whose chunk the peer cancelled: dropped when they arrive.
+    var cancelledReads: Set<UInt32> = []
     /// Chunks handed to the hash worker to verify and write: request id -> (index, size, peer).
     private var pendingWrites: [UInt32: (index: UInt32, bytes: UInt32, peer: String)] = [:]
     /// The data channel to the hash worker (chunk data both ways).
@@ -143,14 +150,24 @@ public final class TransferService: WorkerService, @unchecked Sendable {
     private func onHash(_ message: IPCMessage) {
         switch message {
         case .chunkData(let id, let index, let data):
-            if let (handler, _) = endRead(id) { handler.deliver(index: index, data: data) }
+            guard let (handler, _) = endRead(id) else { return }
+            if cancelledReads.remove(id) != nil {
+                // Read for a peer that then cancelled: dropped, and charged as if sent, so
+                // request-then-cancel costs the peer its upload share like any request.
+                let now = now
+                uploadBucket.charge(data.count, now: now)
+                handler.bucket.charge(data.count, now: now)
+                readAhead(for: handler)
+            } else {
+                handler.deliver(index: index, data: data)
+            }
         case .chunkWritten(let id, let index, let accepted):
             guard let write = pendingWrites.removeValue(forKey: id), write.index == index else { return }
             fetch?.verdict(index: Int(index), accepted: accepted)
             tell(.chunkStored(index: index, accepted: accepted, bytes: write.bytes, peer: write.peer))
         case .failure(let id, let code, let text):
             if let (handler, index) = endRead(id) {
-                handler.refuse(index: index, reason: text)
+                if cancelledReads.remove(id) == nil { handler.refuse(index: index, reason: text) }
                 readAhead(for: handler)
             } else if pendingWrites.removeValue(forKey: id) != nil {
                 // Not the peer's fault (a full disk, say): the download cannot go on.
@@ -264,11 +281,14 @@ public final class TransferService: WorkerService, @unchecked Sendable {
             .childChannelOption(ChannelOptions.recvAllocator, value: ChunkTrafficReads.allocator)
             .childChannelInitializer { [self] channel in
                 channel.eventLoop.makeCompletedFuture {
+                    // A few KiB until the hello is accepted: a stranger cannot make us buffer
+                    // megabytes before it has said which share it wants.
+                    let limit = FrameLimit(ServeHandler.handshakeFrameLength)
                     try channel.pipeline.syncOperations.addHandlers([
                         IdleStateHandler(readTimeout: .seconds(120)),
-                        FrameChannelDecoder.handler(maxFrameLength: PeerMessage.maxFrameLength),
+                        FrameChannelDecoder.handler(limit: limit, largest: PeerMessage.maxFrameLength),
                         MessageToByteHandler(FrameChannelEncoder()),
-                        ServeHandler(service: self),
+                        ServeHandler(service: self, frameLimit: limit),
                     ])
                 }
             }
@@ -301,6 +321,19 @@ public final class TransferService: WorkerService, @unchecked Sendable {
     /// Asks the hash worker (over the data channel) for the next requested chunks, as far as
     /// the read-ahead allows.
     func readAhead(for handler: ServeHandler) {
+        // Nothing is read while the upload limits are in debt: the cost of serving follows
+        // the upload limit, not what a peer asks for.
+        let wait = max(uploadBucket.waitTime(now: now), handler.bucket.waitTime(now: now))
+        if wait > 0 {
+            if !handler.waiting.isEmpty && !handler.readAheadScheduled {
+                handler.readAheadScheduled = true
+                loop.scheduleTask(in: .microseconds(Int64(wait * 1e6))) { [self] in
+                    handler.readAheadScheduled = false
+                    if handler.context != nil { readAhead(for: handler) }
+                }
+            }
+            return
+        }
         while handler.reading + handler.queued.count + handler.unsent < TransferService.readAhead,
             !handler.waiting.isEmpty
         {
@@ -322,6 +355,7 @@ public final class TransferService: WorkerService, @unchecked Sendable {
     }
 
     func forget(_ handler: ServeHandler) {
+        for (id, read) in pendingReads where read.0 === handler { cancelledReads.remove(id) }
         pendingReads = pendingReads.filter { $0.value.0 !== handler }
         uploadRing.removeAll { $0 === handler }
         handler.queued.removeAll()
@@ -337,9 +371,11 @@ public final class TransferService: WorkerService, @unchecked Sendable {
             handler.waiting.remove(at: position)
             return true
         }
-        if let id = pendingReads.first(where: { $0.value.0 === handler && $0.value.1 == index })?.key {
-            _ = endRead(id)
-            readAhead(for: handler)
+        if let id = pendingReads.first(where: { $0.value.0 === handler && $0.value.1 == index && !cancelledReads.contains($0.key) })?.key {
+            // Being read: the hash worker finishes it and the chunk is dropped on arrival. The
+            // read keeps its read-ahead slot until then, so cancelling never lets a peer make
+            // us read more than the read-ahead at once.
+            cancelledReads.insert(id)
             return true
         }
         handler.queued.removeAll {
@@ -412,6 +448,14 @@ final class ServeHandler: ChannelInboundHandler {
 
     /// A well-behaved downloader keeps a handful of requests outstanding; hundreds is a flood.
     static let maxOutstanding = 64
+    /// Before the hello is accepted: the largest frame (a hello is under 2 KiB, a stage's
+    /// handshake message at most 4 KiB plus its header), the time allowed to complete the
+    /// whole handshake (bytes do not extend it), and how many connections may be at that
+    /// stage at once, from one address and in all.
+    static let handshakeFrameLength = 8 * 1024
+    static let handshakeDeadline: TimeAmount = .seconds(10)
+    static let maxHandshakingPerAddress = 4
+    static let maxHandshaking = 32
 
     let service: TransferService
     var context: ChannelHandlerContext?
@@ -428,11 +472,20 @@ final class ServeHandler: ChannelInboundHandler {
     var reading = 0
     /// Pieces handed to the socket and not yet written to it.
     var unsent = 0
+    /// A read-ahead is scheduled for when the upload limits allow reading again.
+    var readAheadScheduled = false
     /// The pipeline on this connection (negotiated in the hello).
     var codec: WireCodec
+    let frameLimit: FrameLimit
+    /// Counted among the connections still in their handshake.
+    private var inHandshakeQuota = false
+    /// Counted among the established peers.
+    private var established = false
+    private var address = "?"
 
-    init(service: TransferService) {
+    init(service: TransferService, frameLimit: FrameLimit) {
         self.service = service
+        self.frameLimit = frameLimit
         self.bucket = TokenBucket(rate: service.perPeerUploadRate, now: service.now)
         self.codec = WireCodec(setup: service.pipeline, role: .server)
         // A downloader only ever sends small messages; nothing it sends may inflate further.
@@ -442,18 +495,42 @@ final class ServeHandler: ChannelInboundHandler {
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
         peer = context.remoteAddress.map { "\($0.ipAddress ?? "?"):\($0.port ?? 0)" } ?? "?"
+        address = context.remoteAddress?.ipAddress ?? "?"
     }
 
     func channelActive(context: ChannelHandlerContext) {
-        service.servingConnections += 1
-        if service.servingConnections > service.maxPeers {
-            fail(.busy, "too many peers")
+        let fromAddress = service.handshakingByAddress[address, default: 0]
+        guard fromAddress < ServeHandler.maxHandshakingPerAddress else {
+            service.logger.info("peer \(peer): too many unfinished handshakes from \(address); refusing the connection")
+            context.close(promise: nil)
+            return
         }
+        // All full (strangers from many addresses): the oldest unfinished handshake makes
+        // room. An honest peer finishes in milliseconds, so it is rarely the one to go.
+        if service.handshaking.count >= ServeHandler.maxHandshaking, let oldest = service.handshaking.first {
+            oldest.fail(.busy, "too many unfinished handshakes; dropping the oldest")
+            oldest.leaveHandshakeQuota()
+        }
+        inHandshakeQuota = true
+        service.handshaking.append(self)
+        service.handshakingByAddress[address] = fromAddress + 1
+        context.eventLoop.scheduleTask(in: ServeHandler.handshakeDeadline) { [self] in
+            if inHandshakeQuota { fail(.protocolViolation, "handshake not completed in time") }
+        }
+    }
+
+    func leaveHandshakeQuota() {
+        guard inHandshakeQuota else { return }
+        inHandshakeQuota = false
+        service.handshaking.removeAll { $0 === self }
+        let left = service.handshakingByAddress[address, default: 1] - 1
+        service.handshakingByAddress[address] = left > 0 ? left : nil
     }
 
     func channelInactive(context: ChannelHandlerContext) {
         codec.close()
-        service.servingConnections -= 1
+        leaveHandshakeQuota()
+        if established { service.servingConnections -= 1 }
         service.forget(self)
         self.context = nil
         service.logger.debug("peer \(peer) disconnected")
@@ -506,7 +583,7 @@ final class ServeHandler: ChannelInboundHandler {
         }
     }
 
-    private func fail(_ code: PeerMessage.ErrorCode, _ text: String) {
+    func fail(_ code: PeerMessage.ErrorCode, _ text: String) {
         service.logger.warning("peer \(peer): \(text); disconnecting")
         send(.error(code: code.rawValue, message: text))
         context?.close(promise: nil)
@@ -553,6 +630,8 @@ final class ServeHandler: ChannelInboundHandler {
                 return
             }
             greeted = true
+            // Past the hello: frames may now carry what the pipeline's stages produce.
+            frameLimit.bytes = PeerMessage.maxFrameLength
             service.logger.info("peer \(peer) connected")
             send(
                 .helloAccepted(version: PeerMessage.version, chunkCount: UInt32(service.servedChunkCount), stages: ours)
@@ -592,6 +671,10 @@ final class ServeHandler: ChannelInboundHandler {
 
     /// Past the hello (and the encryption handshake, if any): offer what we have.
     private func welcome() {
+        leaveHandshakeQuota()
+        established = true
+        service.servingConnections += 1
+        guard service.servingConnections <= service.maxPeers else { return fail(.busy, "too many peers") }
         service.serveHandlers[ObjectIdentifier(self)] = self
         send(.bitfield(bits: service.servableBitfield().bytes))
     }

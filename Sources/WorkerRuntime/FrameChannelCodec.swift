@@ -6,10 +6,17 @@ import NIOCore
 /// as soon as the 4 length bytes are in, before waiting for (or buffering) the body.
 public struct FrameChannelDecoder: NIOSingleStepByteToMessageDecoder {
     public typealias InboundOut = Frame
-    public let maxFrameLength: Int
+    public let limit: FrameLimit
+    public var maxFrameLength: Int { limit.bytes }
 
     public init(maxFrameLength: Int) {
-        self.maxFrameLength = maxFrameLength
+        self.limit = FrameLimit(maxFrameLength)
+    }
+
+    /// A limit the channel's owner may change later (a peer connection allows a few KiB
+    /// until its hello is accepted, then whole chunks).
+    public init(limit: FrameLimit) {
+        self.limit = limit
     }
 
     public mutating func decode(buffer: inout ByteBuffer) throws -> Frame? {
@@ -32,6 +39,17 @@ public struct FrameChannelDecoder: NIOSingleStepByteToMessageDecoder {
         ByteToMessageHandler(
             FrameChannelDecoder(maxFrameLength: maxFrameLength), maximumBufferSize: maxFrameLength + Frame.headerSize)
     }
+
+    /// The same with a changeable limit; `largest` is the most it will ever be.
+    public static func handler(limit: FrameLimit, largest: Int) -> ByteToMessageHandler<FrameChannelDecoder> {
+        ByteToMessageHandler(FrameChannelDecoder(limit: limit), maximumBufferSize: largest + Frame.headerSize)
+    }
+}
+
+/// The largest frame a channel accepts right now. Confined to the channel's event loop.
+public final class FrameLimit: @unchecked Sendable {
+    public var bytes: Int
+    public init(_ bytes: Int) { self.bytes = bytes }
 }
 
 public struct FrameChannelEncoder: MessageToByteEncoder {

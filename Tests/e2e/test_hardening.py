@@ -447,3 +447,138 @@ def test_a_peer_whose_manifest_never_matches_is_given_up_on_not_retried_forever(
     finally:
         stop.set()
         listener.close()
+
+
+# ---- 5. Bounded pre-handshake state ------------------------------------------------------------
+
+def closed_within(sock, seconds) -> bool:
+    """Whether the other side closes (or resets) the connection within `seconds`."""
+    sock.settimeout(seconds)
+    try:
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                return True
+    except (ConnectionResetError, BrokenPipeError):
+        return True
+    except socket.timeout:
+        return False
+
+
+def stranger(port, source_ip):
+    s = socket.socket()
+    s.bind((source_ip, 0))
+    s.connect(("127.0.0.1", port))
+    return s
+
+
+def rss_kib(pid) -> int:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def test_strangers_that_never_finish_a_handshake_cannot_starve_peers_or_memory(tmp_path):
+    source = tmp_path / "h.bin"
+    source.write_bytes(os.urandom(1 << 20))
+    seeder = Seeder(source, "--no-dht", "--log-level", "info")
+    sockets = []
+    try:
+        transfer = worker_pid(seeder.proc.pid, "transfer")
+        before = rss_kib(transfer)
+        # A frame that claims 16 MiB before any hello: refused at once, nothing buffered.
+        big = stranger(seeder.port, "127.0.0.9")
+        big.sendall(struct.pack(">IH", 16 << 20, peerwire.HELLO) + b"x" * 4000)
+        assert closed_within(big, 5), "a 16 MiB frame before the hello is refused"
+        # One address gets four unfinished handshakes; a fifth is closed at once.
+        same = [stranger(seeder.port, "127.0.0.2") for _ in range(5)]
+        time.sleep(0.5)
+        assert closed_within(same[4], 2)
+        assert not any(closed_within(s, 0.2) for s in same[:4])
+        sockets += same[:4]
+        # Many addresses, each with unfinished frames just under the cap: the total stays
+        # bounded (the oldest go first) and so does memory.
+        for i in range(3, 20):
+            for _ in range(4):
+                s = stranger(seeder.port, f"127.0.0.{i}")
+                s.sendall(struct.pack(">IH", 8000, peerwire.HELLO) + b"y" * 7000)
+                sockets.append(s)
+        time.sleep(1)
+        # A legitimate downloader still gets the share.
+        out = tmp_path / "out"
+        result = get(seeder.link, out, "--no-dht", "--no-upload", timeout=120)
+        assert result.returncode == 0, result.stderr
+        assert (out / "h.bin").read_bytes() == source.read_bytes()
+        grown = rss_kib(transfer) - before
+        print(f"\ntransfer worker RSS grew by {grown} KiB with {len(sockets)} unfinished handshakes")
+        assert grown < 32 * 1024, grown
+        # Bytes do not extend the deadline: a connection that trickles is closed in ~10 s.
+        trickle = stranger(seeder.port, "127.0.0.30")
+        trickle.sendall(struct.pack(">I", 1000))  # a frame that is never finished
+        started = time.time()
+        closed = False
+        while time.time() - started < 20 and not closed:
+            try:
+                trickle.sendall(b"z")
+            except OSError:
+                closed = True
+                break
+            closed = closed_within(trickle, 1)
+        assert closed and time.time() - started < 16, time.time() - started
+    finally:
+        for s in sockets:
+            s.close()
+        seeder.stop()
+    assert "handshake not completed in time" in seeder.proc.stderr.read()
+
+
+# ---- 6. Cancel really cancels --------------------------------------------------------------------
+
+def io_read_bytes(pid) -> int:
+    for line in open(f"/proc/{pid}/io"):
+        if line.startswith("rchar:"):
+            return int(line.split()[1])
+    return 0
+
+
+def test_request_then_cancel_costs_no_more_than_the_upload_limit(tmp_path):
+    source = tmp_path / "big.bin"
+    source.write_bytes(os.urandom(32 << 20))
+    seeder = Seeder(source, "--no-dht", "--max-upload", "100KiB/s")
+    try:
+        share_id, _ = link_parts(seeder.link)
+        hash_worker = worker_pid(seeder.proc.pid, "hash")
+        with socket.create_connection(("127.0.0.1", seeder.port), timeout=10) as s:
+            s.sendall(peerwire.hello(share_id))
+            msg_type, payload = peerwire.read_frame(s)
+            assert msg_type == peerwire.HELLO_ACCEPTED
+            (chunks,) = struct.unpack(">I", payload[2:6])
+            assert peerwire.read_frame(s)[0] == peerwire.BITFIELD
+            before = io_read_bytes(hash_worker)
+            deadline = time.time() + 5
+            sent = 0
+            s.setblocking(False)
+            index = 0
+            while time.time() < deadline:
+                burst = b"".join(peerwire.frame(peerwire.REQUEST, struct.pack(">I", (index + k) % chunks))
+                                 + peerwire.frame(peerwire.CANCEL, struct.pack(">I", (index + k) % chunks))
+                                 for k in range(32))
+                index += 32
+                try:
+                    s.sendall(burst)
+                    sent += len(burst)
+                except BlockingIOError:
+                    time.sleep(0.01)
+                try:
+                    while s.recv(1 << 20):
+                        pass
+                except BlockingIOError:
+                    pass
+            read = io_read_bytes(hash_worker) - before
+        print(f"\n{sent} bytes of request+cancel in 5 s made the hash worker read {read} bytes")
+        # 100 KiB/s for 5 s, plus the read-ahead of 4 chunks (64 KiB each here), with room.
+        assert read < 4 << 20, read
+        assert seeder.proc.poll() is None
+    finally:
+        seeder.stop()
