@@ -82,7 +82,6 @@ public struct DHTNode: Sendable {
     public private(set) var stats = Stats()
     var runs: [LookupID: Run] = [:]
     var transactions: [UInt16: Transaction] = [:]
-    var nextTransaction: UInt16 = 0
     var nextLookup: LookupID = 1
     var random: SplitMix64
     var secrets: (current: [UInt8], previous: [UInt8], rotatedAt: Double)
@@ -233,8 +232,19 @@ public struct DHTNode: Sendable {
         -> [Directive]
     {
         var out: [Directive] = []
-        if case .pingNeeded(let oldest) = table.nodeQueriedUs(sender, now: now) {
-            out += self.query(.ping, to: oldest.address, nodeID: oldest.id, lookup: nil, now: now)
+        // A node that merely sends us a query does not enter the table (anyone can send a
+        // packet with any id from any address): one already there is refreshed, a new one is
+        // pinged and enters when it answers, as libtorrent does.
+        if table.contains(sender) {
+            if case .pingNeeded(let oldest) = table.nodeQueriedUs(sender, now: now) {
+                out += self.query(.ping, to: oldest.address, nodeID: oldest.id, lookup: nil, now: now)
+            }
+        } else if sender.id != id, transactions.count < config.maxOpenTransactions / 2,
+            !transactions.values.contains(where: { $0.address == sender.address })
+        {
+            // (Not while a query to that address is open: two new nodes would otherwise ping
+            // each other back and forth for ever.)
+            out += self.query(.ping, to: sender.address, nodeID: sender.id, lookup: nil, now: now)
         }
         stats.queriesAnswered += 1
         let body: KRPC.Body
@@ -367,9 +377,10 @@ public struct DHTNode: Sendable {
             if let lookup { runs[lookup]?.lookup.failed(address: address) }
             return []
         }
-        var key = nextTransaction
+        // Random, not sequential: an off-path attacker must not guess the id of an open query
+        // to slip in a forged answer.
+        var key = UInt16.random(in: 0...UInt16.max, using: &random)
         while transactions[key] != nil { key &+= 1 }
-        nextTransaction = key &+ 1
         transactions[key] = Transaction(address: address, nodeID: nodeID, lookup: lookup, sentAt: now)
         let message = KRPC.Message(
             transaction: [UInt8(key >> 8), UInt8(key & 0xff)], body: .query(sender: id, query),
@@ -486,7 +497,17 @@ public struct DHTNode: Sendable {
             return false
         }
         bucket.tokens -= 1
-        if buckets[source.ip] == nil && buckets.count >= config.maxTrackedIPs { return false }
+        if buckets[source.ip] == nil && buckets.count >= config.maxTrackedIPs {
+            // Full: forget addresses whose bucket has refilled (they carry no history), or
+            // else the quietest one, rather than turning every newcomer away.
+            let refill = 2.0
+            buckets = buckets.filter { now - $0.value.at < refill }
+            if buckets.count >= config.maxTrackedIPs,
+                let quietest = buckets.min(by: { $0.value.at < $1.value.at })?.key
+            {
+                buckets[quietest] = nil
+            }
+        }
         buckets[source.ip] = bucket
         return true
     }

@@ -59,6 +59,11 @@ public struct RoutingTable: Sendable {
     public var nodeCount: Int { buckets.reduce(0) { $0 + $1.entries.count } }
     public var allNodes: [Entry] { buckets.flatMap(\.entries) }
 
+    /// Whether the node is in the table already (under this address).
+    public func contains(_ info: NodeInfo) -> Bool {
+        buckets[bucketIndex(for: info.id)].entries.contains { $0.info.id == info.id && $0.info.address == info.address }
+    }
+
     func bucketIndex(for id: NodeID) -> Int {
         min(ownID.commonPrefixLength(with: id), buckets.count - 1)
     }

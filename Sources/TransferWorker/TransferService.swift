@@ -607,7 +607,9 @@ final class ServeHandler: ChannelInboundHandler {
             guard version == PeerMessage.version else {
                 return fail(.versionMismatch, "version \(version) not supported (we speak \(PeerMessage.version))")
             }
-            guard let shareID = service.servedShareID, helloID == service.pipeline.helloID(for: shareID) else {
+            // Compared in constant time: for a private share the tag is derived from the secret.
+            guard let shareID = service.servedShareID, Sodium.equal(helloID, service.pipeline.helloID(for: shareID))
+            else {
                 return fail(
                     .unknownShare,
                     service.pipeline.plan.encrypts
