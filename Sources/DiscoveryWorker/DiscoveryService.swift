@@ -61,7 +61,7 @@ public final class DiscoveryService: WorkerService, @unchecked Sendable {
         DHTShell.start(host: host, port: port, id: saved?.id, on: loop).whenComplete { [self] result in
             switch result {
             case .failure(let error):
-                logger.error("cannot bind the DHT to \(host):\(port): \(error)")
+                logger.debug("cannot bind the DHT to \(host):\(port): \(error)")
                 tell(.failure(requestID: 0, code: 69, message: "cannot bind the DHT to UDP \(host):\(port): \(error)"))
                 promise.succeed(())
             case .success(let shell):

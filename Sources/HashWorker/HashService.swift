@@ -88,7 +88,8 @@ public final class HashService: WorkerService, @unchecked Sendable {
         case is DecodeError: code = 65
         default: code = 74
         }
-        logger.error("\(error)")
+        // The supervisor shows the failure to the user; logging it too would say it twice.
+        logger.debug("\(error)")
         return .failure(requestID: id, code: code, message: "\(error)")
     }
 
@@ -108,7 +109,7 @@ public final class HashService: WorkerService, @unchecked Sendable {
                 )
                 return .manifestBuilt(requestID: id, manifest: bytes)
             } catch let error as ManifestBuilder.Failure {
-                logger.error("\(error)")
+                logger.debug("\(error)")
                 return .failure(requestID: id, code: 66, message: error.description)
             } catch {
                 return failure(id, error)

@@ -66,16 +66,21 @@ struct Demo: ParsableCommand {
             try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
             let other = "127.0.0.1:\(ports[1 - index])"
             Terminal.line(
-                "\(index + 3). downloader \(name): peershare get LINK -o \(dir.path) --listen 127.0.0.1:\(ports[index]) --peer \(other)"
+                "\(index + 3). downloader \(name): echo LINK | peershare get - -o \(dir.path) --listen 127.0.0.1:\(ports[index]) --peer \(other)"
             )
             let getter = Process()
             getter.executableURL = URL(fileURLWithPath: me)
+            // The link holds the key: on stdin, never on a command line that `ps` shows.
             getter.arguments =
-                ["get", link, "-o", dir.path, "--listen", "127.0.0.1:\(ports[index])", "--peer", other] + common
+                ["get", "-", "-o", dir.path, "--listen", "127.0.0.1:\(ports[index])", "--peer", other] + common
             let errors = Pipe()
+            let input = Pipe()
+            getter.standardInput = input
             getter.standardOutput = FileHandle.nullDevice
             getter.standardError = errors
             try getter.run()
+            input.fileHandleForWriting.write(Data((link + "\n").utf8))
+            try? input.fileHandleForWriting.close()
             getters.append((getter, errors, dir))
         }
         var failed = false

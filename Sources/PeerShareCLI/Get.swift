@@ -14,8 +14,16 @@ struct Get: ParsableCommand {
             Running the same command again after an interruption keeps what was verified.
             """)
 
-    @Argument(help: "A peershare:// link printed by `peershare share`.")
-    var link: String
+    @Argument(
+        help: ArgumentHelp(
+            "A peershare:// link printed by `peershare share`, or - to read it from standard input.",
+            discussion:
+                "A link with key= holds a secret: pass it as - (on stdin) or with --link-file, so that it does not show in `ps` or /proc/PID/cmdline."
+        ))
+    var link: String?
+
+    @Option(name: .long, help: "Read the link from this file (its first line), instead of the command line.")
+    var linkFile: String?
 
     @Option(name: .shortAndLong, help: "Directory to save the share in.")
     var output: String = "."
@@ -44,10 +52,39 @@ struct Get: ParsableCommand {
     @OptionGroup var dht: DHTOptions
     @OptionGroup var rates: RateOptions
 
+    /// The link's text: from the argument, from stdin (`-`), or from --link-file.
+    private func linkText() throws -> String {
+        switch (link, linkFile) {
+        case (nil, nil):
+            Terminal.error("give the link: as an argument, - to read it from stdin, or --link-file FILE")
+            throw ExitCode(ExitCodes.usage)
+        case (.some, .some):
+            Terminal.error("give the link once: as an argument or with --link-file, not both")
+            throw ExitCode(ExitCodes.usage)
+        case (let argument?, nil) where argument != "-":
+            return argument
+        case (_, let file?):
+            guard let data = FileManager.default.contents(atPath: file) else {
+                Terminal.error("--link-file: cannot read '\(file)'")
+                throw ExitCode(ExitCodes.noInput)
+            }
+            return String(decoding: data.prefix(4096), as: UTF8.self).split(whereSeparator: \.isNewline).first
+                .map(String.init) ?? ""
+        default:
+            guard let line = readLine(strippingNewline: true) else {
+                Terminal.error("no link on standard input")
+                throw ExitCode(ExitCodes.usage)
+            }
+            return line
+        }
+    }
+
     func run() throws {
         let parsed: ShareLink
         do {
-            parsed = try ShareLink.parse(link)
+            parsed = try ShareLink.parse(try linkText().trimmingCharacters(in: .whitespaces))
+        } catch let exit as ExitCode {
+            throw exit
         } catch {
             Terminal.error("malformed link: \(error)")
             throw ExitCode(ExitCodes.usage)

@@ -99,8 +99,11 @@ struct PipelineCommand: ParsableCommand {
                 Terminal.line(
                     "  \(index + 1). sodium  X25519 + link secret, XChaCha20-Poly1305 secretstream, \(required)")
             case .plugin(let path, let options):
-                let shown = options.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
-                Terminal.line("  \(index + 1). \(stage.name)  plugin \(path) \(shown), \(required)")
+                // Option values may be secrets (a plugin's key, a token): names only.
+                let shown =
+                    options.isEmpty
+                    ? "" : " options " + options.keys.sorted().map { "\($0)=…" }.joined(separator: " ") + " (values hidden)"
+                Terminal.line("  \(index + 1). \(stage.name)  plugin \(path)\(shown), \(required)")
             }
         }
         Terminal.line(

@@ -378,6 +378,13 @@ public final class Supervisor: @unchecked Sendable {
 
     func channelError(_ error: Error, role: WorkerRole, generation: Int) {
         guard let worker = workers[role], worker.generation == generation else { return }
+        // A worker that exits (stopping, or killed) resets its end: that is an exit, which the
+        // reaper reports, not a protocol violation.
+        if shuttingDown { return }
+        if let io = error as? IOError, [ECONNRESET, EPIPE].contains(io.errnoCode) {
+            logger.debug("\(role) worker's pipe: \(error)")
+            return
+        }
         violation(by: worker, "bad frame: \(error)")
     }
 

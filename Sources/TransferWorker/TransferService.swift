@@ -133,12 +133,19 @@ public final class TransferService: WorkerService, @unchecked Sendable {
                 pipeline.plan = try PipelinePlan(bytes: planBytes)
                 pipeline.secret = secret.isEmpty ? nil : secret
                 if let restored = PeerIdentity(secretKey: identity) { pipeline.identity = restored }
-                try startPlugins()
-                let names = pipeline.plan.stages.map(\.name).joined(separator: ", ")
-                logger.info("pipeline: \(names.isEmpty ? "no stages" : names); peer id \(pipeline.identity.peerID)")
             } catch {
                 tell(.failure(requestID: 0, code: 78, message: "bad pipeline from the supervisor: \(error)"))
+                return
             }
+            do {
+                try startPlugins()
+            } catch {
+                // Usually a plugin refusing its options: the user's configuration, said once.
+                tell(.failure(requestID: 0, code: 78, message: "pipeline.json: \(error)"))
+                return
+            }
+            let names = pipeline.plan.stages.map(\.name).joined(separator: ", ")
+            logger.info("pipeline: \(names.isEmpty ? "no stages" : names); peer id \(pipeline.identity.peerID)")
         case .setLimits(let upload, let download, let perPeer):
             setLimits(upload: upload, download: download, perPeer: perPeer)
         default:
@@ -301,7 +308,7 @@ public final class TransferService: WorkerService, @unchecked Sendable {
                     logger.info("listening on \(host):\(bound)")
                     tell(.serving(port: UInt16(bound)))
                 case .failure(let error):
-                    logger.error("cannot listen on \(host):\(port): \(error)")
+                    logger.debug("cannot listen on \(host):\(port): \(error)")
                     tell(.failure(requestID: 0, code: 69, message: "cannot listen on \(host):\(port): \(error)"))
                 }
             }

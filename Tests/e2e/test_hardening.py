@@ -582,3 +582,112 @@ def test_request_then_cancel_costs_no_more_than_the_upload_limit(tmp_path):
         assert seeder.proc.poll() is None
     finally:
         seeder.stop()
+
+
+# ---- 8. The link's secret never on a command line ---------------------------------------------
+
+def test_the_link_can_come_from_stdin_or_a_file_and_never_shows_in_ps(tmp_path):
+    source = tmp_path / "k.bin"
+    source.write_bytes(os.urandom(3 << 20))
+    seeder = Seeder(source, "--no-dht", "--encrypt", "--max-upload", "2MiB/s")
+    try:
+        _, secret = link_parts(seeder.link)
+        out = tmp_path / "stdin"
+        proc = subprocess.Popen([BIN, "get", "-", "-o", str(out), "--no-dht"], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc.stdin.write(seeder.link + "\n")
+        proc.stdin.close()
+        time.sleep(0.5)
+        seen = [cmdline(p) for p in [proc.pid] + descendants(proc.pid)]
+        assert seen and all(secret.hex() not in c for c in seen), seen
+        assert proc.wait(timeout=60) == 0, proc.stderr.read()
+        assert (out / "k.bin").read_bytes() == source.read_bytes()
+        link_file = tmp_path / "link.txt"
+        link_file.write_text(seeder.link + "\n")
+        os.chmod(link_file, 0o600)
+        result = get_with_args(["--link-file", str(link_file), "-o", str(tmp_path / "file")])
+        assert result.returncode == 0, result.stderr
+        assert (tmp_path / "file" / "k.bin").read_bytes() == source.read_bytes()
+        empty = subprocess.run([BIN, "get", "-", "-o", str(tmp_path / "none")], input="", capture_output=True,
+                               text=True, timeout=30)
+        assert empty.returncode == 64 and "no link on standard input" in empty.stderr, empty.stderr
+    finally:
+        seeder.stop()
+
+
+def get_with_args(args):
+    return subprocess.run([BIN, "get", *args, "--no-dht"], capture_output=True, text=True, timeout=120)
+
+
+def test_the_demo_passes_no_secret_on_any_command_line(tmp_path):
+    proc = subprocess.Popen([BIN, "demo", "--size", "8"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=tmp_path)
+    secrets, seen = set(), []
+    try:
+        deadline = time.time() + 120
+        while proc.poll() is None and time.time() < deadline:
+            for p in descendants(proc.pid):
+                seen.append(cmdline(p))
+            time.sleep(0.1)
+        output = proc.stdout.read()
+        assert proc.wait(timeout=60) == 0, output + proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    for line in output.splitlines():
+        if "key=" in line:
+            secrets.add(line.split("key=")[1][:64])
+    assert secrets, output
+    assert len(seen) > 5
+    assert not any(s in c for s in secrets for c in seen), "a secret on a command line"
+
+
+# ---- 9, 12. A plugin through a transfer-worker restart, and a peer leaving mid-upload --------
+
+MISBEHAVING = str(ROOT / "Tests" / "e2e" / "plugins" / "misbehaving.py")
+
+
+def test_a_plugin_gets_one_hello_per_process_across_a_transfer_worker_restart(tmp_path):
+    """The conformance test PLUGINS.md promises: kill the seeder's transfer worker mid-transfer;
+    the host starts a fresh plugin for the new worker (never a second hello to the old one,
+    which this strict plugin would refuse), and the download completes."""
+    source = tmp_path / "r.bin"
+    source.write_bytes(os.urandom(6 << 20))
+    config = write_config(tmp_path / "p.json", [{"name": "strict", "plugin": MISBEHAVING}])
+    seeder = Seeder(source, "--no-dht", "--config", config, "--max-upload", "2MiB/s", "--log-level", "info")
+    try:
+        out = tmp_path / "out"
+        proc = subprocess.Popen([BIN, "get", seeder.link, "-o", str(out), "--no-dht", "--config", config],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(1.5)
+        os.kill(worker_pid(seeder.proc.pid, "transfer"), signal.SIGKILL)
+        assert proc.wait(timeout=120) == 0, proc.stderr.read()
+        assert (out / "r.bin").read_bytes() == source.read_bytes()
+    finally:
+        seeder.stop()
+    log = seeder.proc.stderr.read()
+    assert "second hello" not in log, log
+    assert log.count("started plugin 'strict'") >= 2, log
+
+
+def test_a_downloader_leaving_with_pieces_queued_behind_a_plugin_does_not_crash_the_seeder(tmp_path):
+    """Before: Array.remove(at:) out of range in the upload ring (signal 4) whenever a
+    downloader left while pieces were queued and a plugin stage was in the pipeline."""
+    source = tmp_path / "q.bin"
+    source.write_bytes(os.urandom(8 << 20))
+    config = write_config(tmp_path / "p.json", [{"name": "pad", "plugin": PAD}])
+    seeder = Seeder(source, "--no-dht", "--config", config, "--max-upload", "4MiB/s", "--log-level", "info")
+    try:
+        for attempt in range(4):
+            out = tmp_path / f"out{attempt}"
+            proc = subprocess.Popen([BIN, "get", seeder.link, "-o", str(out), "--no-dht", "--config", config],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(1.0)
+            proc.kill()
+            proc.wait()
+        final = get(seeder.link, tmp_path / "final", "--no-dht", "--config", config, timeout=120)
+        assert final.returncode == 0, final.stderr
+    finally:
+        seeder.stop()
+    log = seeder.proc.stderr.read()
+    assert "killed by signal" not in log and "restarting" not in log, log

@@ -2,7 +2,8 @@
 """A plugin that works for a while and then misbehaves as its option says, for the tests:
 crash (exits), hang (stops answering), garbage (answers nonsense), nosy (tries, on hello,
 to read the file `read`, create the file `write` and connect to `connect`, HOST:PORT, and
-reports each outcome on stderr; the sandbox should refuse all three). Misbehaves in its first
+reports each outcome on stderr; the sandbox should refuse all three). Refuses a second hello,
+as docs/PLUGINS.md allows (a plugin process gets exactly one). Misbehaves in its first
 life only (PEERSHARE_PLUGIN_START is 1), and says so on stderr, which the test reads."""
 import os
 import socket
@@ -75,6 +76,15 @@ while True:
     (kind,) = struct.unpack(">H", body[:2])
     payload = body[2:]
     if kind == HELLO:
+        hellos = globals().get("hellos", 0) + 1
+        globals()["hellos"] = hellos
+        if hellos > 1:
+            # docs/PLUGINS.md: hello comes once per plugin process. A plugin that believes it
+            # refuses a second one, as this one does.
+            sys.stderr.write("strict plugin: second hello; refusing\n")
+            sys.stderr.flush()
+            write_frame(ERROR, struct.pack(">H", 13) + b"second hello")
+            continue
         (_, name_len) = struct.unpack(">HH", payload[:4])
         rest = payload[4 + name_len:]
         (count,) = struct.unpack(">H", rest[:2])
