@@ -105,6 +105,12 @@ let package = Package(
         .target(name: "PluginKit", path: "Plugins/PluginKit"),
         .executableTarget(name: "peershare-pad", dependencies: ["PluginKit"], path: "Plugins/pad"),
 
+        // Fuzz targets for every parser of outside bytes: contrib/fuzz.sh builds them with
+        // libFuzzer; a plain build makes a tool that replays inputs through them.
+        .executableTarget(
+            name: "peershare-fuzz", dependencies: ["PeerShareCore", "IPC", "Kademlia", "PeerWire", "CSystemShims"],
+            path: "Tests/Fuzz/Sources"),
+
         .testTarget(name: "PeerShareCoreTests", dependencies: ["PeerShareCore"]),
         .testTarget(name: "StagesTests", dependencies: ["Stages", "PeerShareCore"]),
         // End-to-end tests drive real processes from Python: Tests/e2e (run by contrib/test.sh).

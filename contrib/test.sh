@@ -14,6 +14,9 @@ swift build -c release --product peershare
 echo "== unit tests"
 swift test --skip-build
 
+echo "== fuzzing every parser of outside bytes, a few seconds each (libFuzzer + ASan)"
+bash contrib/fuzz.sh "${PEERSHARE_FUZZ_SECONDS:-5}"
+
 echo "== end-to-end tests (real processes on loopback)"
 # Debian's pytest is installed for /usr/bin/python3; another python3 may come first on PATH.
 python=/usr/bin/python3

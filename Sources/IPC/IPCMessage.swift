@@ -416,6 +416,19 @@ public enum IPCMessage: Equatable, Sendable {
 public enum LimitChange {
     /// Keep the current limit.
     public static let unchanged = UInt64.max
+    /// The largest rate a limit may be set to, 2^50 B/s (1 PiB/s): far above any link, and
+    /// far below where a rate stops surviving a Double ↔ UInt64 round trip.
+    public static let maxRate: UInt64 = 1 << 50
+
+    /// Why a request's values are out of range, or nil when each is `unchanged`, 0 (no
+    /// limit) or at most `maxRate`.
+    public static func problem(upload: UInt64, download: UInt64, perPeerUpload: UInt64) -> String? {
+        for (name, value) in [("upload", upload), ("download", download), ("per-peer upload", perPeerUpload)]
+        where value != unchanged && value > maxRate {
+            return "\(name) limit \(value) B/s is out of range (0 for none, at most \(maxRate) B/s)"
+        }
+        return nil
+    }
 }
 
 /// A set of chunk indices as a bitfield: bit i is chunk i, most significant bit first.

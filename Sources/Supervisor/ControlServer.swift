@@ -114,26 +114,12 @@ public final class ControlServer: @unchecked Sendable {
         return credentials.map { $0.uid }
     }
 
-    /// The largest rate the control socket accepts, 1 PiB/s: far above any link, and far
-    /// below where a rate stops fitting a Double exactly or a UInt64 after conversion.
-    public static let maxRate = UInt64(ByteRate.maxRate)
-
-    /// Why a request's values are out of range, or nil when they are all fine.
-    static func invalidLimits(_ values: [(String, UInt64)]) -> String? {
-        for (name, value) in values where value != LimitChange.unchanged && value > maxRate {
-            return "\(name) limit \(value) B/s is out of range (0 for none, at most \(maxRate) B/s)"
-        }
-        return nil
-    }
-
     /// Applies a request and returns the reply. Every value is range-checked: a request
     /// that is out of range is refused with a reply, never applied.
     func handle(_ message: IPCMessage) -> IPCMessage {
         switch message {
         case .setLimits(let newUpload, let newDownload, let newPerPeer):
-            if let problem = ControlServer.invalidLimits([
-                ("upload", newUpload), ("download", newDownload), ("per-peer upload", newPerPeer),
-            ]) {
+            if let problem = LimitChange.problem(upload: newUpload, download: newDownload, perPeerUpload: newPerPeer) {
                 return .failure(requestID: 0, code: 64, message: problem)
             }
             if newUpload != LimitChange.unchanged { upload = Double(newUpload) }

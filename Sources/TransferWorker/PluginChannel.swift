@@ -1,6 +1,7 @@
 import Foundation
 import IPC
 import PeerShareCore
+import PeerWire
 
 /// The transfer worker's end of one plugin stage's pipe (docs/PLUGINS.md): strictly one
 /// request, one reply, each bounded by a timeout. Calls block the event loop for as long as
@@ -47,15 +48,20 @@ final class PluginChannel {
             w.string(key)
             w.string(value)
         }
-        let reply = try call(.hello, w.bytes, expecting: .ready)
-        var r = ByteReader(reply)
-        let theirs = try r.u16()
-        guard theirs == PluginChannel.protocolVersion else {
-            throw fail("speaks plugin protocol \(theirs), we speak \(PluginChannel.protocolVersion)")
+        let ready: (protocolVersion: UInt16, stageVersion: UInt16, handshake: Bool)
+        do {
+            ready = try PluginReply.ready(try call(.hello, w.bytes, expecting: .ready))
+        } catch let failure as Failure {
+            throw failure
+        } catch {
+            throw fail("answered garbage: \(error)")
         }
-        version = try r.u16()
+        guard ready.protocolVersion == PluginChannel.protocolVersion else {
+            throw fail("speaks plugin protocol \(ready.protocolVersion), we speak \(PluginChannel.protocolVersion)")
+        }
+        version = ready.stageVersion
         // Flags are optional: a version-1 plugin that sends none takes no part in handshakes.
-        if r.remaining > 0 { takesPartInHandshake = try r.u8() & 1 != 0 }
+        takesPartInHandshake = ready.handshake
     }
 
     /// One step of the plugin's handshake: what the peer's instance sent (empty: start), and
@@ -65,12 +71,8 @@ final class PluginChannel {
         w.u32(connection)
         w.blob(received)
         let reply = try call(.handshake, w.bytes, expecting: .handshakeReply)
-        var r = ByteReader(reply)
         do {
-            let done = try r.bool()
-            let data = try r.blob(limit: 4096, what: "handshake data")
-            try r.expectEnd()
-            return (done, data)
+            return try PluginReply.handshakeReply(reply)
         } catch {
             throw fail("answered garbage: \(error)")
         }
@@ -107,11 +109,8 @@ final class PluginChannel {
     }
 
     private func unblob(_ payload: [UInt8]) throws -> [UInt8] {
-        var r = ByteReader(payload)
         do {
-            let data = try r.blob(limit: PluginChannel.maxFrame, what: "result")
-            try r.expectEnd()
-            return data
+            return try PluginReply.result(payload, limit: PluginChannel.maxFrame)
         } catch {
             throw fail("answered garbage: \(error)")
         }
@@ -140,9 +139,7 @@ final class PluginChannel {
             }
             if let next {
                 if next.type == MessageType.error.rawValue {
-                    var r = ByteReader(next.payload)
-                    let text = (try? r.string()) ?? "?"
-                    throw Failure(description: "plugin '\(name)' refused: \(text)")
+                    throw Failure(description: "plugin '\(name)' refused: \(PluginReply.error(next.payload))")
                 }
                 guard next.type == expecting.rawValue else {
                     throw fail("answered garbage: message type 0x\(String(next.type, radix: 16)) to a \(type) call")

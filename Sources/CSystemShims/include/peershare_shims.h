@@ -50,6 +50,11 @@ int peershare_landlock_restrict(
 /// socket/socketpair fail with EPERM. Returns 0, or -1 with errno set.
 int peershare_seccomp_deny(int flags);
 
+/// libFuzzer's driver (linked only into the fuzz build, `contrib/fuzz.sh`).
+#include <stdint.h>
+#include <stddef.h>
+int LLVMFuzzerRunDriver(int *argc, char ***argv, int (*callback)(const uint8_t *data, size_t size));
+
 /// struct ucred (SO_PEERCRED), which Glibc's module does not export without _GNU_SOURCE.
 struct peershare_ucred {
     pid_t pid;

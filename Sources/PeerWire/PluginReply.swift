@@ -1,0 +1,44 @@
+import PeerShareCore
+
+/// The plugin protocol's replies as the host reads them (docs/PLUGINS.md): pure decoders,
+/// so that what a plugin (any program, maybe hostile) answers is parsed in one place, with
+/// every length checked, and can be fuzzed without a process.
+public enum PluginReply {
+    /// `ready`: the plugin's protocol version, its stage version, and whether it takes part
+    /// in connection handshakes (flag bit 0; the flags byte is optional).
+    public static func ready(_ payload: [UInt8]) throws -> (protocolVersion: UInt16, stageVersion: UInt16, handshake: Bool)
+    {
+        var r = ByteReader(payload)
+        let protocolVersion = try r.u16()
+        let stageVersion = try r.u16()
+        var handshake = false
+        if r.remaining > 0 { handshake = try r.u8() & 1 != 0 }
+        try r.expectEnd()
+        return (protocolVersion, stageVersion, handshake)
+    }
+
+    /// `handshakeReply`: done, and at most 4 KiB to send to the peer's instance.
+    public static func handshakeReply(_ payload: [UInt8]) throws -> (done: Bool, data: [UInt8]) {
+        var r = ByteReader(payload)
+        let done = try r.bool()
+        let data = try r.blob(limit: maxHandshakeData, what: "handshake data")
+        try r.expectEnd()
+        return (done, data)
+    }
+
+    public static let maxHandshakeData = 4096
+
+    /// `result`: one blob of at most `limit` bytes.
+    public static func result(_ payload: [UInt8], limit: Int) throws -> [UInt8] {
+        var r = ByteReader(payload)
+        let data = try r.blob(limit: limit, what: "result")
+        try r.expectEnd()
+        return data
+    }
+
+    /// `error`: the plugin's message, made inert (it is shown to the user).
+    public static func error(_ payload: [UInt8]) -> String {
+        var r = ByteReader(payload)
+        return InertText.make((try? r.string()) ?? "?")
+    }
+}

@@ -1,0 +1,141 @@
+import CSystemShims
+import Foundation
+import IPC
+import Kademlia
+import PeerShareCore
+import PeerWire
+
+/// Fuzz targets for every parser that reads bytes from outside (issue 9). Built two ways:
+///
+/// - `bash contrib/fuzz.sh`: with `-sanitize=fuzzer,address -DFUZZING`, libFuzzer drives
+///   `LLVMFuzzerTestOneInput`, and the target is picked by `PEERSHARE_FUZZ_TARGET`;
+/// - a plain `swift build`: `peershare-fuzz TARGET FILE...` replays inputs (a corpus, a crash
+///   found elsewhere) through one target, so the targets always compile.
+///
+/// A target fails by trapping: an input that decodes must encode back to an equal value.
+enum FuzzTarget: String, CaseIterable {
+    case krpc, ipc, peer, manifest, pipeline, link, plugin, control
+
+    func run(_ bytes: [UInt8]) {
+        switch self {
+        case .krpc:
+            _ = try? Bencode.decode(bytes)
+            if let message = try? KRPC.decode(bytes) {
+                // What we decode we can say again, and it means the same.
+                let again = try? KRPC.decode(KRPC.encode(message))
+                precondition(again == message, "KRPC round trip changed the message")
+            }
+        case .ipc:
+            var decoder = FrameDecoder(maxFrameLength: IPCMessage.maxFrameLength)
+            decoder.append(bytes)
+            while let frame = try? decoder.next() {
+                guard let message = try? IPCMessage(frame: frame) else { continue }
+                precondition((try? IPCMessage(frame: message.frame())) == message, "IPC round trip")
+            }
+        case .peer:
+            guard bytes.count >= 2 else { return }
+            let frame = Frame(type: UInt16(bytes[0]) << 8 | UInt16(bytes[1]), payload: Array(bytes[2...]))
+            if let message = try? PeerMessage(frame: frame) {
+                precondition((try? PeerMessage(frame: message.frame())) == message, "peer message round trip")
+            }
+            _ = try? PeerMessage(innerBytes: bytes)
+        case .manifest:
+            if let manifest = try? Manifest.decode(bytes) {
+                // Paths that passed the rules stay inside the target folder.
+                for entry in manifest.entries {
+                    precondition(!entry.path.hasPrefix("/") && !entry.path.split(separator: "/").contains(".."))
+                }
+                _ = manifest.chunkLocations.count
+            }
+        case .pipeline:
+            _ = try? PipelineConfig.parse(Data(bytes), file: "fuzz.json")
+            _ = try? PipelinePlan(bytes: bytes)
+            var reader = ByteReader(bytes)
+            _ = try? StageDescriptor.decode(from: &reader)
+        case .link:
+            let text = String(decoding: bytes, as: UTF8.self)
+            if let link = try? ShareLink.parse(text) {
+                precondition((try? ShareLink.parse(link.description)) == link, "link round trip")
+            }
+            _ = try? PeerAddress.parse(text)
+        case .plugin:
+            guard let selector = bytes.first else { return }
+            let payload = Array(bytes.dropFirst())
+            switch selector % 4 {
+            case 0: _ = try? PluginReply.ready(payload)
+            case 1:
+                if let reply = try? PluginReply.handshakeReply(payload) {
+                    precondition(reply.data.count <= PluginReply.maxHandshakeData)
+                }
+            case 2:
+                if let data = try? PluginReply.result(payload, limit: 1 << 20) { precondition(data.count <= 1 << 20) }
+            default:
+                precondition(!PluginReply.error(payload).unicodeScalars.contains(where: InertText.isActive))
+            }
+        case .control:
+            // What the supervisor does with a control socket frame: decode, check, apply.
+            var decoder = FrameDecoder(maxFrameLength: 4096)
+            decoder.append(bytes)
+            while let frame = try? decoder.next() {
+                guard case .setLimits(let up, let down, let peer)? = try? IPCMessage(frame: frame) else { continue }
+                guard LimitChange.problem(upload: up, download: down, perPeerUpload: peer) == nil else { continue }
+                for value in [up, down, peer] where value != LimitChange.unchanged {
+                    _ = UInt64(Double(value))  // traps if a value that passed the check does not fit
+                }
+            }
+        }
+    }
+
+    static let selected: FuzzTarget = {
+        let name = ProcessInfo.processInfo.environment["PEERSHARE_FUZZ_TARGET"] ?? ""
+        guard let target = FuzzTarget(rawValue: name) else {
+            let names = FuzzTarget.allCases.map(\.rawValue).joined(separator: ", ")
+            FileHandle.standardError.write(Data("set PEERSHARE_FUZZ_TARGET to one of: \(names)\n".utf8))
+            exit(2)
+        }
+        return target
+    }()
+}
+
+/// One input through the selected target (libFuzzer's callback, under the name it links to).
+@_cdecl("LLVMFuzzerTestOneInput")
+public func fuzzOneInput(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
+    FuzzTarget.selected.run(Array(UnsafeBufferPointer(start: data, count: size)))
+    return 0
+}
+
+/// `peershare-fuzz`: libFuzzer's driver when built for fuzzing (SwiftPM gives an executable
+/// its own entry point, so libFuzzer's `main` is not used; its driver is called instead);
+/// otherwise the replay tool, `peershare-fuzz TARGET FILE...`.
+@main
+struct FuzzMain {
+    static func main() {
+        #if FUZZING
+            var argc = CommandLine.argc
+            var argv = Optional(CommandLine.unsafeArgv)
+            exit(LLVMFuzzerRunDriver(&argc, &argv) { data, size in fuzzOneInput(data!, size) })
+        #else
+            replay()
+        #endif
+    }
+
+    static func replay() {
+        let arguments = CommandLine.arguments.dropFirst()
+        guard let name = arguments.first, let target = FuzzTarget(rawValue: name) else {
+            let names = FuzzTarget.allCases.map(\.rawValue).joined(separator: ", ")
+            print("usage: peershare-fuzz TARGET FILE...   (targets: \(names))")
+            exit(64)
+        }
+        var count = 0
+        for path in arguments.dropFirst() {
+            let files =
+                (try? FileManager.default.contentsOfDirectory(atPath: path).map { path + "/" + $0 }) ?? [path]
+            for file in files {
+                guard let data = FileManager.default.contents(atPath: file) else { continue }
+                target.run([UInt8](data))
+                count += 1
+            }
+        }
+        print("\(name): \(count) inputs replayed, no crash")
+    }
+}
