@@ -176,55 +176,138 @@ int peershare_landlock_restrict(
 #define PS_AUDIT_ARCH AUDIT_ARCH_AARCH64
 #endif
 
-int peershare_seccomp_deny(int flags) {
+#include <sys/ioctl.h>
+#include <termios.h>
+#include <sched.h>
+#include <sys/socket.h>
+#include "seccomp/common.h"
+#include "seccomp/network.h"
+#include "seccomp/files.h"
+#include "seccomp/plugin.h"
+
+/* A classic BPF program, built instruction by instruction. Jumps are relative and at most
+   255 ahead, so each argument check sits inline right after its syscall's comparison and
+   ends in a return; the long list of plain allowances comes after, one comparison each. */
+struct peershare_bpf {
+    struct sock_filter code[1024];
+    int count;
+    int overflow;
+};
+
+static void bpf_emit(struct peershare_bpf *p, struct sock_filter op) {
+    if (p->count >= (int)(sizeof p->code / sizeof p->code[0])) {
+        p->overflow = 1;
+        return;
+    }
+    p->code[p->count++] = op;
+}
+
+#define PS_RET(value) ((struct sock_filter)BPF_STMT(BPF_RET | BPF_K, (value)))
+#define PS_DENY PS_RET(SECCOMP_RET_ERRNO | (EPERM & SECCOMP_RET_DATA))
+#define PS_ALLOW PS_RET(SECCOMP_RET_ALLOW)
+#define PS_LOAD_ARG(index) ((struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[index])))
+#define PS_JEQ(value, jt, jf) ((struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (unsigned)(value), (jt), (jf)))
+
+static void bpf_allow_list(struct peershare_bpf *p, const int *calls, size_t count) {
+    for (size_t i = 0; i < count; i++) {
+        bpf_emit(p, PS_JEQ(calls[i], 0, 1));
+        bpf_emit(p, PS_ALLOW);
+    }
+}
+
+int peershare_seccomp_apply(int profile) {
 #ifndef PS_AUDIT_ARCH
-    (void)flags;
+    (void)profile;
     errno = EOPNOTSUPP;
     return -1;
 #else
-    /* Calls no worker makes: debugging or reading other processes, kernel and namespace
-       administration, keyrings, BPF. A compromised worker gets EPERM, not a new foothold. */
-    static const int always[] = {
-        __NR_ptrace, __NR_process_vm_readv, __NR_process_vm_writev, __NR_mount, __NR_umount2,
-        __NR_pivot_root, __NR_chroot, __NR_unshare, __NR_setns, __NR_kexec_load, __NR_kexec_file_load,
-        __NR_init_module, __NR_finit_module, __NR_delete_module, __NR_bpf, __NR_perf_event_open,
-        __NR_keyctl, __NR_add_key, __NR_request_key, __NR_userfaultfd, __NR_reboot, __NR_swapon,
-        __NR_swapoff, __NR_acct, __NR_open_by_handle_at, __NR_name_to_handle_at, __NR_settimeofday,
-        __NR_clock_settime, __NR_personality,
-#if defined(__x86_64__)
-        __NR_iopl, __NR_ioperm,
-#endif
-    };
-    static const int exec_calls[] = {__NR_execve, __NR_execveat};
-    static const int socket_calls[] = {__NR_socket, __NR_socketpair};
-    int denied[64];
-    int count = 0;
-    for (size_t i = 0; i < sizeof always / sizeof always[0]; i++) denied[count++] = always[i];
-    if (flags & PEERSHARE_SECCOMP_NO_EXEC)
-        for (size_t i = 0; i < 2; i++) denied[count++] = exec_calls[i];
-    if (flags & PEERSHARE_SECCOMP_NO_SOCKETS)
-        for (size_t i = 0; i < 2; i++) denied[count++] = socket_calls[i];
-
-    struct sock_filter filter[6 + 2 * 64 + 1];
-    int n = 0;
-    filter[n++] = (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch));
+    static struct peershare_bpf program;
+    struct peershare_bpf *p = &program;
+    p->count = 0;
+    p->overflow = 0;
+    bpf_emit(p, (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)));
     /* Another architecture's calling convention (e.g. 32-bit x86) would dodge the numbers. */
-    filter[n++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, PS_AUDIT_ARCH, 1, 0);
-    filter[n++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_KILL_PROCESS);
-    filter[n++] = (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr));
+    bpf_emit(p, PS_JEQ(PS_AUDIT_ARCH, 1, 0));
+    bpf_emit(p, PS_RET(SECCOMP_RET_KILL_PROCESS));
+    bpf_emit(p, (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)));
 #if defined(__x86_64__)
     /* x32 system calls share x86_64's architecture value and set bit 30: refuse them all. */
-    filter[n++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JGE | BPF_K, 0x40000000, 0, 1);
-    filter[n++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (EPERM & SECCOMP_RET_DATA));
+    bpf_emit(p, (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JGE | BPF_K, 0x40000000, 0, 1));
+    bpf_emit(p, PS_DENY);
 #endif
-    for (int i = 0; i < count; i++) {
-        filter[n++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (unsigned)denied[i], 0, 1);
-        filter[n++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (EPERM & SECCOMP_RET_DATA));
+
+    /* socket(2): network workers only, and only AF_INET and AF_INET6. */
+    if (profile == PEERSHARE_SECCOMP_NETWORK) {
+        bpf_emit(p, PS_JEQ(__NR_socket, 0, 5));
+        bpf_emit(p, PS_LOAD_ARG(0));
+        bpf_emit(p, PS_JEQ(AF_INET, 2, 0));
+        bpf_emit(p, PS_JEQ(AF_INET6, 1, 0));
+        bpf_emit(p, PS_DENY);
+        bpf_emit(p, PS_ALLOW);
     }
-    filter[n++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW);
-    struct sock_fprog program = {.len = (unsigned short)n, .filter = filter};
+
+    /* ioctl(2): only the listed requests. */
+    size_t ioctls = sizeof peershare_seccomp_ioctls / sizeof peershare_seccomp_ioctls[0];
+    bpf_emit(p, PS_JEQ(__NR_ioctl, 0, (unsigned char)(ioctls + 3)));
+    bpf_emit(p, PS_LOAD_ARG(1));
+    for (size_t i = 0; i < ioctls; i++) bpf_emit(p, PS_JEQ(peershare_seccomp_ioctls[i], (unsigned char)(ioctls - i), 0));
+    bpf_emit(p, PS_DENY);
+    bpf_emit(p, PS_ALLOW);
+
+    /* clone(2): threads yes, new namespaces no. clone3 passes its flags in memory, which a
+       filter cannot read: it fails with ENOSYS, and glibc then uses clone. */
+    const unsigned namespaces =
+        CLONE_NEWNS | CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWCGROUP;
+    bpf_emit(p, PS_JEQ(__NR_clone, 0, 4));
+    bpf_emit(p, PS_LOAD_ARG(0));
+    bpf_emit(p, (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JSET | BPF_K, namespaces, 0, 1));
+    bpf_emit(p, PS_DENY);
+    bpf_emit(p, PS_ALLOW);
+#ifdef __NR_clone3
+    bpf_emit(p, PS_JEQ(__NR_clone3, 0, 1));
+    bpf_emit(p, PS_RET(SECCOMP_RET_ERRNO | (ENOSYS & SECCOMP_RET_DATA)));
+#endif
+
+    bpf_allow_list(p, peershare_seccomp_common, sizeof peershare_seccomp_common / sizeof(int));
+    switch (profile) {
+    case PEERSHARE_SECCOMP_NETWORK:
+        bpf_allow_list(p, peershare_seccomp_network, sizeof peershare_seccomp_network / sizeof(int));
+        break;
+    case PEERSHARE_SECCOMP_FILES:
+        bpf_allow_list(p, peershare_seccomp_files, sizeof peershare_seccomp_files / sizeof(int));
+        break;
+    case PEERSHARE_SECCOMP_PLUGIN:
+        bpf_allow_list(p, peershare_seccomp_plugin, sizeof peershare_seccomp_plugin / sizeof(int));
+        break;
+    default:
+        errno = EINVAL;
+        return -1;
+    }
+    bpf_emit(p, PS_DENY);
+    if (p->overflow) {
+        errno = E2BIG;
+        return -1;
+    }
+    struct sock_fprog fprog = {.len = (unsigned short)p->count, .filter = p->code};
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) return -1;
     /* TSYNC: every thread of the process, not only the calling one. */
-    return (int)syscall(__NR_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_TSYNC, &program);
+    return (int)syscall(__NR_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_TSYNC, &fprog);
 #endif
+}
+
+/* ---- Probes for `peershare sandbox probe`: what a compromised process would try. ---- */
+#include <sys/wait.h>
+
+int peershare_probe_tiocsti(int fd) {
+    char c = ' ';
+    return ioctl(fd, TIOCSTI, &c);
+}
+
+int peershare_probe_clone_newuser(void) {
+    long pid = syscall(__NR_clone, (unsigned long)(CLONE_NEWUSER | SIGCHLD), 0, 0, 0, 0);
+    if (pid == 0) _exit(0);
+    if (pid < 0) return -1;
+    int status = 0;
+    while (waitpid((pid_t)pid, &status, 0) < 0 && errno == EINTR) {}
+    return 0;
 }

@@ -161,7 +161,7 @@ struct Demo: ParsableCommand {
     }
 
     private func writeRandomFile(_ url: URL, mebibytes: Int) throws -> String {
-        FileManager.default.createFile(atPath: url.path, contents: nil)
+        _ = FileManager.default.createFile(atPath: url.path, contents: nil)
         let handle = try FileHandle(forWritingTo: url)
         defer { try? handle.close() }
         var generator = SystemRandomNumberGenerator()

@@ -1,3 +1,4 @@
+import CSystemShims
 import ArgumentParser
 import Foundation
 import WorkerRuntime
@@ -24,13 +25,14 @@ struct SandboxCommand: ParsableCommand {
                 print("  TCP bind/connect rules need ABI 4: the hash worker relies on seccomp for sockets")
             }
             if abi > 0 && abi < 6 { print("  signal scoping needs ABI 6") }
-            print("seccomp: filters are installed by every worker (see /proc/PID/status, Seccomp: 2)")
+            print("seccomp: an allowlist per profile, installed by every worker (see /proc/PID/status, Seccomp: 2);")
+            print("  anything else fails with EPERM: no Unix or netlink sockets, no TIOCSTI, no namespaces")
             if Sandbox.disabledByEnvironment { print("PEERSHARE_SANDBOX=off: nothing is applied in this environment") }
             print("")
             print("process     profile        files                          sockets  exec")
-            print("discovery   network-only   none                           yes      no")
-            print("nat         network-only   none                           yes      no")
-            print("transfer    network-only   none                           yes      no")
+            print("discovery   network-only   none                           TCP/UDP  no")
+            print("nat         network-only   none                           TCP/UDP  no")
+            print("transfer    network-only   none                           TCP/UDP  no")
             print("hash        files-only     the shared path / target dir   no       no")
             print("plugins     plugin         read: system libs, own folder  no       itself")
         }
@@ -52,6 +54,11 @@ struct SandboxCommand: ParsableCommand {
         var tryConnect: [String] = []
         @Option(name: .customLong("try-exec"), help: "Run this program.") var tryExec: [String] = []
         @Option(name: .customLong("try-signal"), help: "Send signal 0 to this process id.") var trySignal: [Int32] = []
+        @Option(name: .customLong("try-unix"), help: "Connect to this Unix socket (an ssh-agent, say).")
+        var tryUnix: [String] = []
+        @Option(name: .customLong("try-tiocsti"), help: "Push a byte into this descriptor's terminal input (TIOCSTI).")
+        var tryTIOCSTI: [Int32] = []
+        @Flag(name: .customLong("try-userns"), help: "Start a child in a new user namespace.") var tryUserNamespace = false
 
         func run() throws {
             guard let kind = SandboxProfile.Kind(rawValue: profile), kind != .none else {
@@ -86,6 +93,26 @@ struct SandboxCommand: ParsableCommand {
                 report("exec \(path)", rc == 0)
             }
             for pid in trySignal { report("signal \(pid)", kill(pid, 0) == 0) }
+            for path in tryUnix { report("unix \(path)", connectUnix(path)) }
+            for fd in tryTIOCSTI { report("tiocsti \(fd)", peershare_probe_tiocsti(fd) == 0) }
+            if tryUserNamespace { report("userns", peershare_probe_clone_newuser() == 0) }
+        }
+
+        private func connectUnix(_ path: String) -> Bool {
+            let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+            guard fd >= 0 else { return false }
+            defer { close(fd) }
+            var address = sockaddr_un()
+            address.sun_family = sa_family_t(AF_UNIX)
+            let bytes = Array(path.utf8.prefix(107))
+            withUnsafeMutableBytes(of: &address.sun_path) { raw in
+                for (index, byte) in bytes.enumerated() { raw[index] = byte }
+            }
+            return withUnsafePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                    connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) == 0
+                }
+            }
         }
 
         private func connectTCP(_ target: String) -> Bool {

@@ -9,8 +9,10 @@ import Foundation
 ///
 /// - Landlock: which files may be opened and how, whether TCP may bind or connect, and
 ///   (ABI 6+) no signals or abstract unix sockets outside the sandbox.
-/// - seccomp: system calls no worker makes fail with EPERM (ptrace, mount, module loading,
-///   BPF, keyrings, ...), and by profile `execve` and `socket`.
+/// - seccomp: an allowlist per profile (Sources/CSystemShims/seccomp/, one file each, as
+///   OpenSSH's sandbox-seccomp-filter.c): every other system call fails with EPERM; `socket`
+///   only for AF_INET/AF_INET6 in the network profile, `ioctl` only a few requests (never
+///   TIOCSTI), `clone` without namespace flags.
 public struct SandboxProfile: Sendable, Equatable {
     public enum Kind: String, Sendable, CaseIterable {
         /// discovery, nat, transfer: sockets yes, files none, no exec.
@@ -124,10 +126,13 @@ public enum Sandbox {
         } else {
             report.landlockABI = Int(abi)
         }
-        var flags: Int32 = 0
-        if profile.kind != .plugin { flags |= PEERSHARE_SECCOMP_NO_EXEC }
-        if profile.kind != .networkOnly { flags |= PEERSHARE_SECCOMP_NO_SOCKETS }
-        if peershare_seccomp_deny(flags) == 0 {
+        let filter: Int32
+        switch profile.kind {
+        case .networkOnly: filter = PEERSHARE_SECCOMP_NETWORK
+        case .filesOnly: filter = PEERSHARE_SECCOMP_FILES
+        case .plugin, .none: filter = PEERSHARE_SECCOMP_PLUGIN
+        }
+        if peershare_seccomp_apply(filter) == 0 {
             report.seccomp = true
         } else {
             report.seccompError = String(cString: strerror(errno))

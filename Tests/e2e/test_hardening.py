@@ -691,3 +691,46 @@ def test_a_downloader_leaving_with_pieces_queued_behind_a_plugin_does_not_crash_
         seeder.stop()
     log = seeder.proc.stderr.read()
     assert "killed by signal" not in log and "restarting" not in log, log
+
+
+# ---- 2, 3. seccomp as an allowlist: what a compromised worker or plugin tries ------------------
+
+@pytest.mark.parametrize("profile", ["network-only", "files-only", "plugin"])
+def test_a_confined_process_cannot_reach_unix_sockets_make_namespaces_or_type_into_a_terminal(tmp_path, profile):
+    import pty
+    agent_path = str(tmp_path / "agent.sock")
+    agent = socket.socket(socket.AF_UNIX)
+    agent.bind(agent_path)
+    agent.listen(4)
+    master, slave = pty.openpty()
+    try:
+        result = subprocess.run([BIN, "sandbox", "probe", profile, "--try-unix", agent_path, "--try-userns",
+                                 "--try-tiocsti", "0"], stdin=slave, capture_output=True, text=True, timeout=30)
+        outcomes = dict(line.split(": ", 1) for line in result.stdout.splitlines() if ": " in line)
+        assert "seccomp filter" in outcomes["applied"], result.stdout
+        for what in (f"unix {agent_path}", "userns", "tiocsti 0"):
+            assert outcomes[what].startswith("denied (Operation not permitted)"), (what, result.stdout)
+        # Nothing was pushed into the terminal's input.
+        os.set_blocking(master, False)
+        try:
+            pushed = os.read(master, 100)
+        except BlockingIOError:
+            pushed = b""
+        assert pushed == b"", pushed
+    finally:
+        os.close(master)
+        os.close(slave)
+        agent.close()
+
+
+def test_a_network_worker_still_reaches_tcp_peers_only_over_inet(tmp_path):
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    port = listener.getsockname()[1]
+    try:
+        result = subprocess.run([BIN, "sandbox", "probe", "network-only", "--try-connect", f"127.0.0.1:{port}"],
+                                capture_output=True, text=True, timeout=30)
+        assert f"connect 127.0.0.1:{port}: allowed" in result.stdout, result.stdout
+    finally:
+        listener.close()

@@ -42,13 +42,21 @@ int peershare_landlock_abi(void);
 int peershare_landlock_restrict(
     const char *const *paths, const unsigned long long *rights, int count, int handle_files, int deny_tcp);
 
-#define PEERSHARE_SECCOMP_NO_EXEC 1
-#define PEERSHARE_SECCOMP_NO_SOCKETS 2
+#define PEERSHARE_SECCOMP_NETWORK 1
+#define PEERSHARE_SECCOMP_FILES 2
+#define PEERSHARE_SECCOMP_PLUGIN 3
 
-/// Installs a seccomp filter on every thread of the process: system calls no worker needs
-/// (ptrace, mount, module loading, BPF, keyrings, ...) and, by flag, execve/execveat and
-/// socket/socketpair fail with EPERM. Returns 0, or -1 with errno set.
-int peershare_seccomp_deny(int flags);
+/// Installs the profile's seccomp allowlist on every thread of the process (one file per
+/// profile in seccomp/: common.h for all, then network.h, files.h or plugin.h). A system
+/// call not listed fails with EPERM; socket(2) is allowed for AF_INET/AF_INET6 in the network
+/// profile only, ioctl(2) for a few requests only (never TIOCSTI), clone(2) without namespace
+/// flags. Returns 0, or -1 with errno set.
+int peershare_seccomp_apply(int profile);
+
+/// Probes (`peershare sandbox probe`): push one byte into a terminal's input (TIOCSTI), and
+/// start a child in a new user namespace. Each returns 0 if it worked, -1 with errno if not.
+int peershare_probe_tiocsti(int fd);
+int peershare_probe_clone_newuser(void);
 
 /// libFuzzer's driver (linked only into the fuzz build, `contrib/fuzz.sh`).
 #include <stdint.h>
