@@ -48,12 +48,20 @@ public enum IPCMessage: Equatable, Sendable {
     case addPeers(peers: [String])
     /// New bandwidth limits in bytes per second (0: unlimited; `LimitChange.unchanged`: keep).
     case setLimits(upload: UInt64, download: UInt64, perPeerUpload: UInt64)
-    /// The pipeline for every connection (`PipelinePlan` bytes), the link secret of an
-    /// encrypted share (empty: none) and this peer's Ed25519 secret key. Secrets travel only
-    /// here, never on a command line.
-    case configurePipeline(plan: [UInt8], secret: [UInt8], identity: [UInt8])
+    /// The pipeline for every connection (`PipelinePlan` bytes), the share tag an encrypted
+    /// share's hellos carry (empty: a public share) and this peer's Ed25519 public key. No
+    /// secret: the link secret and the identity's secret key stay with the supervisor.
+    case configurePipeline(plan: [UInt8], shareTag: [UInt8], identityPublicKey: [UInt8])
     /// A plugin stage hung or answered garbage: the supervisor restarts it.
     case pluginFailed(name: String, reason: String)
+    /// The transfer worker, in an encryption handshake, asks the supervisor for the
+    /// connection's keys and our signature (`HandshakeKeyHolder`): role 0 client, 1 server;
+    /// the X25519 shared secret and the transcript hash, 32 bytes each. Each transcript is
+    /// answered once.
+    case sessionKeysRequest(requestID: UInt32, role: UInt8, sharedSecret: [UInt8], transcript: [UInt8])
+    /// The answer: both directions' keys (32 bytes each), our public key and signature.
+    case sessionKeys(
+        requestID: UInt32, clientToServer: [UInt8], serverToClient: [UInt8], publicKey: [UInt8], signature: [UInt8])
 
     // Discovery worker: the DHT node.
     case dhtStart(host: String, port: UInt16, routers: [String], state: [UInt8])
@@ -72,12 +80,14 @@ public enum IPCMessage: Equatable, Sendable {
         case serve = 0x0200, serving, fetch, manifestReceived, startChunks, chunkStored
         // 0x0206 is retired (chunkResult, from when chunk data went through the supervisor).
         case peerEvent = 0x0207, fetchFailed, peerCount, addPeers, setLimits,
-            configurePipeline, pluginFailed
+            configurePipeline, pluginFailed, sessionKeysRequest, sessionKeys
         case dhtStart = 0x0300, dhtReady, dhtRequest, dhtTrace, dhtResult, dhtStateRequest, dhtState
     }
 
     /// 2: chunk data moves on the transfer⇄hash data channel, not through the supervisor.
-    public static let protocolVersion: UInt16 = 2
+    /// 3: no secret reaches the transfer worker (share tag and public key in
+    /// configurePipeline; sessionKeysRequest/sessionKeys for each encryption handshake).
+    public static let protocolVersion: UInt16 = 3
     /// The largest frame on a supervisor pipe: a full manifest plus headers.
     public static let maxFrameLength = Manifest.maxEncodedSize + 64 * 1024
     static let maxText = 64 * 1024
@@ -119,6 +129,8 @@ public enum IPCMessage: Equatable, Sendable {
         case .setLimits: return .setLimits
         case .configurePipeline: return .configurePipeline
         case .pluginFailed: return .pluginFailed
+        case .sessionKeysRequest: return .sessionKeysRequest
+        case .sessionKeys: return .sessionKeys
         case .dhtStart: return .dhtStart
         case .dhtReady: return .dhtReady
         case .dhtRequest: return .dhtRequest
@@ -138,7 +150,8 @@ public enum IPCMessage: Equatable, Sendable {
             .readChunk(let id, _), .chunkData(let id, _, _), .prepareDownload(let id, _, _, _),
             .downloadPrepared(let id, _), .writeChunk(let id, _, _), .chunkWritten(let id, _, _),
             .finalizeDownload(let id), .downloadFinalized(let id, _), .dhtRequest(let id, _, _, _, _),
-            .dhtTrace(let id, _), .dhtResult(let id, _), .dhtStateRequest(let id), .dhtState(let id, _, _):
+            .dhtTrace(let id, _), .dhtResult(let id, _), .dhtStateRequest(let id), .dhtState(let id, _, _),
+            .sessionKeysRequest(let id, _, _, _), .sessionKeys(let id, _, _, _, _):
             return id
         default:
             return nil
@@ -236,10 +249,21 @@ public enum IPCMessage: Equatable, Sendable {
             w.u64(upload)
             w.u64(download)
             w.u64(perPeer)
-        case .configurePipeline(let plan, let secret, let identity):
+        case .configurePipeline(let plan, let tag, let publicKey):
             w.blob(plan)
-            w.blob(secret)
-            w.blob(identity)
+            w.blob(tag)
+            w.blob(publicKey)
+        case .sessionKeysRequest(let id, let role, let shared, let transcript):
+            w.u32(id)
+            w.u8(role)
+            w.blob(shared)
+            w.blob(transcript)
+        case .sessionKeys(let id, let c2s, let s2c, let publicKey, let signature):
+            w.u32(id)
+            w.blob(c2s)
+            w.blob(s2c)
+            w.blob(publicKey)
+            w.blob(signature)
         case .pluginFailed(let name, let reason):
             w.string(name)
             w.blob(Array(reason.utf8))
@@ -380,8 +404,17 @@ public enum IPCMessage: Equatable, Sendable {
         case .setLimits: self = .setLimits(upload: try r.u64(), download: try r.u64(), perPeerUpload: try r.u64())
         case .configurePipeline:
             self = .configurePipeline(
-                plan: try r.blob(limit: 4096, what: "pipeline"), secret: try r.blob(limit: 64, what: "secret"),
-                identity: try r.blob(limit: 128, what: "identity"))
+                plan: try r.blob(limit: 4096, what: "pipeline"), shareTag: try r.blob(limit: 64, what: "share tag"),
+                identityPublicKey: try r.blob(limit: 64, what: "public key"))
+        case .sessionKeysRequest:
+            self = .sessionKeysRequest(
+                requestID: try r.u32(), role: try r.u8(), sharedSecret: try r.blob(limit: 32, what: "shared secret"),
+                transcript: try r.blob(limit: 32, what: "transcript"))
+        case .sessionKeys:
+            self = .sessionKeys(
+                requestID: try r.u32(), clientToServer: try r.blob(limit: 32, what: "key"),
+                serverToClient: try r.blob(limit: 32, what: "key"), publicKey: try r.blob(limit: 32, what: "public key"),
+                signature: try r.blob(limit: 64, what: "signature"))
         case .pluginFailed: self = .pluginFailed(name: try r.string(), reason: try text())
         case .dhtStart:
             let host = try r.string()

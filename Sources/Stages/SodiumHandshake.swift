@@ -16,6 +16,11 @@ import CSodium
 /// `context` is everything both sides said before (share tag, both pipeline descriptors), so
 /// an attacker who edits the plaintext hello changes h and the handshake fails.
 ///
+/// The long-term secrets — the link secret and the Ed25519 identity — are not here: a
+/// `HandshakeKeyHolder` derives the keys and signs (in PeerShare the supervisor, asked over
+/// the transfer worker's pipe, as OpenSSH's monitor signs for its network child). This
+/// type holds only the ephemeral key and what one connection needs.
+///
 /// Pure apart from libsodium's random source for the ephemeral key (which tests can fix).
 public final class SodiumHandshake {
     public enum Role: Sendable { case client, server }
@@ -26,8 +31,7 @@ public final class SodiumHandshake {
     static let keyBytes = Int(crypto_scalarmult_BYTES)
 
     let role: Role
-    let linkSecret: [UInt8]
-    let identity: PeerIdentity
+    let keyHolder: HandshakeKeyHolder
     let context: [UInt8]
     let ephemeralSecret: [UInt8]
     let ephemeralPublic: [UInt8]
@@ -39,12 +43,9 @@ public final class SodiumHandshake {
     /// The other side's peer id (hash of its Ed25519 key), once verified.
     public private(set) var remotePeerID: String?
 
-    public init(
-        role: Role, linkSecret: [UInt8], identity: PeerIdentity, context: [UInt8], ephemeralSecret: [UInt8]? = nil
-    ) {
+    public init(role: Role, keyHolder: HandshakeKeyHolder, context: [UInt8], ephemeralSecret: [UInt8]? = nil) {
         self.role = role
-        self.linkSecret = linkSecret
-        self.identity = identity
+        self.keyHolder = keyHolder
         self.context = context
         let secret = ephemeralSecret ?? Sodium.random(SodiumHandshake.keyBytes)
         var publicKey = [UInt8](repeating: 0, count: SodiumHandshake.keyBytes)
@@ -67,18 +68,18 @@ public final class SodiumHandshake {
         let serverEphemeral = Array(m2[0..<SodiumHandshake.keyBytes])
         let header = Array(m2[SodiumHandshake.keyBytes..<(SodiumHandshake.keyBytes + headerBytes)])
         let sealed = Array(m2[(SodiumHandshake.keyBytes + headerBytes)...])
-        let (c2s, s2c) = try deriveKeys(clientEphemeral: ephemeralPublic, serverEphemeral: serverEphemeral)
-        let receiver = try SecretStreamReceiver(key: s2c, header: header)
+        let derived = try deriveKeys(clientEphemeral: ephemeralPublic, serverEphemeral: serverEphemeral)
+        let receiver = try SecretStreamReceiver(key: derived.serverToClient, header: header)
         let proof: [UInt8]
         do {
             proof = try receiver.open(sealed)
         } catch {
             throw SodiumError(SodiumHandshake.failureText)
         }
-        remotePeerID = try verify(proof, label: "peershare server")
-        let sender = SecretStreamSender(key: c2s)
+        remotePeerID = try verify(proof, label: SodiumHandshake.label(for: .server))
+        let sender = SecretStreamSender(key: derived.clientToServer)
         session = (sender, receiver)
-        return sender.header + sender.seal(prove(label: "peershare client"))
+        return sender.header + sender.seal(derived.publicKey + derived.signature)
     }
 
     // MARK: Server
@@ -86,48 +87,53 @@ public final class SodiumHandshake {
     /// Reads m1 and returns m2.
     public func serverReply(_ m1: [UInt8]) throws -> [UInt8] {
         guard m1.count == SodiumHandshake.keyBytes else { throw SodiumError("bad handshake message length") }
-        let (_, s2c) = try deriveKeys(clientEphemeral: m1, serverEphemeral: ephemeralPublic)
-        let sender = SecretStreamSender(key: s2c)
+        let keys = try deriveKeys(clientEphemeral: m1, serverEphemeral: ephemeralPublic)
+        let sender = SecretStreamSender(key: keys.serverToClient)
         self.sender = sender
-        clientEphemeral = m1
-        return ephemeralPublic + sender.header + sender.seal(prove(label: "peershare server"))
+        derived = keys
+        return ephemeralPublic + sender.header + sender.seal(keys.publicKey + keys.signature)
     }
 
-    private var clientEphemeral: [UInt8] = []
+    /// The server's keys between its reply and the client's last message.
+    private var derived: HandshakeKeys?
 
     /// Reads m3 and verifies the client; the session is ready afterwards.
     public func serverFinish(_ m3: [UInt8]) throws {
-        guard let sender, m3.count > SecretStreamSender.headerBytes else { throw SodiumError("unexpected handshake") }
-        let (c2s, _) = try deriveKeys(clientEphemeral: clientEphemeral, serverEphemeral: ephemeralPublic)
+        guard let sender, let derived, m3.count > SecretStreamSender.headerBytes else {
+            throw SodiumError("unexpected handshake")
+        }
         let header = Array(m3[0..<SecretStreamSender.headerBytes])
-        let receiver = try SecretStreamReceiver(key: c2s, header: header)
+        let receiver = try SecretStreamReceiver(key: derived.clientToServer, header: header)
         let proof: [UInt8]
         do {
             proof = try receiver.open(Array(m3[SecretStreamSender.headerBytes...]))
         } catch {
             throw SodiumError(SodiumHandshake.failureText)
         }
-        remotePeerID = try verify(proof, label: "peershare client")
+        remotePeerID = try verify(proof, label: SodiumHandshake.label(for: .client))
         session = (sender, receiver)
+        self.derived = nil
     }
 
     // MARK: Shared
 
-    private func deriveKeys(clientEphemeral: [UInt8], serverEphemeral: [UInt8]) throws -> ([UInt8], [UInt8]) {
+    /// The shared secret and the transcript are computed here; the key holder turns them
+    /// into the connection's keys and our signature.
+    private func deriveKeys(clientEphemeral: [UInt8], serverEphemeral: [UInt8]) throws -> HandshakeKeys {
         let other = role == .client ? serverEphemeral : clientEphemeral
         var shared = [UInt8](repeating: 0, count: SodiumHandshake.keyBytes)
         // Fails for low-order points, whose shared secret would be predictable.
         guard crypto_scalarmult(&shared, ephemeralSecret, other) == 0 else {
             throw SodiumError("the peer's ephemeral key is invalid")
         }
+        defer { sodium_memzero(&shared, shared.count) }
         transcript = Sodium.hash([Array("peershare-sodium-v1".utf8), context, clientEphemeral, serverEphemeral])
-        let keys = Sodium.hash([shared, transcript], key: linkSecret, length: 64)
-        sodium_memzero(&shared, shared.count)
-        return (Array(keys[0..<32]), Array(keys[32..<64]))
+        return try keyHolder.keys(role: role, sharedSecret: shared, transcript: transcript)
     }
 
-    private func prove(label: String) -> [UInt8] {
-        identity.publicKey + identity.sign(Array(label.utf8) + transcript)
+    /// What each side signs, before the transcript: a server's proof is never a client's.
+    public static func label(for role: Role) -> String {
+        role == .server ? "peershare server" : "peershare client"
     }
 
     private func verify(_ proof: [UInt8], label: String) throws -> String {
@@ -149,5 +155,51 @@ public final class SodiumHandshake {
     /// reveals neither (the secret itself never goes there).
     public static func dhtKey(shareID: [UInt8], linkSecret: [UInt8]) -> [UInt8] {
         Array(Sodium.hash([Array("peershare-dht-private-v1".utf8), shareID], key: linkSecret).prefix(20))
+    }
+}
+
+/// One connection's keys, and our identity's proof over its transcript.
+public struct HandshakeKeys: Sendable {
+    public var clientToServer: [UInt8]
+    public var serverToClient: [UInt8]
+    /// Our Ed25519 public key and its signature over `label(role) ‖ transcript`.
+    public var publicKey: [UInt8]
+    public var signature: [UInt8]
+
+    public init(clientToServer: [UInt8], serverToClient: [UInt8], publicKey: [UInt8], signature: [UInt8]) {
+        self.clientToServer = clientToServer
+        self.serverToClient = serverToClient
+        self.publicKey = publicKey
+        self.signature = signature
+    }
+}
+
+/// Whoever holds the link secret and the identity: derives a connection's keys from the
+/// X25519 shared secret and the transcript, and signs the transcript for our role.
+public protocol HandshakeKeyHolder: AnyObject {
+    func keys(role: SodiumHandshake.Role, sharedSecret: [UInt8], transcript: [UInt8]) throws -> HandshakeKeys
+}
+
+/// The key holder itself: the supervisor runs one; tests run it in-process.
+///
+///     k_c2s ‖ k_s2c = BLAKE2b-512(key = link secret, shared secret ‖ transcript)
+///     signature     = Ed25519(identity, label(role) ‖ transcript)
+public final class LinkKeyHolder: HandshakeKeyHolder, @unchecked Sendable {
+    private let linkSecret: [UInt8]
+    private let identity: PeerIdentity
+
+    public init(linkSecret: [UInt8], identity: PeerIdentity) {
+        self.linkSecret = linkSecret
+        self.identity = identity
+    }
+
+    public var publicKey: [UInt8] { identity.publicKey }
+
+    public func keys(role: SodiumHandshake.Role, sharedSecret: [UInt8], transcript: [UInt8]) throws -> HandshakeKeys {
+        guard sharedSecret.count == 32, transcript.count == 32 else { throw SodiumError("bad key request") }
+        let keys = Sodium.hash([sharedSecret, transcript], key: linkSecret, length: 64)
+        return HandshakeKeys(
+            clientToServer: Array(keys[0..<32]), serverToClient: Array(keys[32..<64]), publicKey: identity.publicKey,
+            signature: identity.sign(Array(SodiumHandshake.label(for: role).utf8) + transcript))
     }
 }

@@ -73,7 +73,10 @@ public final class GetSession: SupervisorDelegate, @unchecked Sendable {
     public var result: EventLoopFuture<Int32> { done.futureResult }
 
     public func begin() {
-        supervisor.send(pipeline.configureMessage(identity: identity), to: .transfer, tracking: .setup(key: "pipeline"))
+        supervisor.keyHolder = pipeline.keyHolder(identity: identity)
+        supervisor.send(
+            pipeline.configureMessage(shareID: link.shareID, identity: identity), to: .transfer,
+            tracking: .setup(key: "pipeline"))
         if let dht {
             dht.start()
             if peers.isEmpty {

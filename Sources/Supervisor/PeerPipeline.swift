@@ -5,8 +5,8 @@ import Stages
 
 /// The supervisor's view of the transfer pipeline for one session: the stages from
 /// pipeline.json, the link secret of an encrypted share, and this machine's peer identity.
-/// It becomes the transfer worker's `configurePipeline` message — the only way the secret
-/// reaches a worker.
+/// It becomes the transfer worker's `configurePipeline` message, which carries no secret:
+/// the supervisor keeps the link secret and the identity and answers key requests.
 public struct PeerPipeline: Sendable {
     public var stages: [StageSpec]
     public var secret: [UInt8]?
@@ -44,8 +44,24 @@ public struct PeerPipeline: Sendable {
             })
     }
 
-    public func configureMessage(identity: [UInt8]) -> IPCMessage {
-        .configurePipeline(plan: plan.encoded(), secret: secret ?? [], identity: identity)
+    /// What the transfer worker gets: the plan, the share tag (for an encrypted share) and our
+    /// public key — never the link secret or the identity's secret key (`keyHolder` keeps those).
+    public func configureMessage(shareID: ShareID, identity: [UInt8]) -> IPCMessage {
+        .configurePipeline(
+            plan: plan.encoded(), shareTag: shareTag(for: shareID) ?? [],
+            identityPublicKey: PeerIdentity(secretKey: identity)?.publicKey ?? [])
+    }
+
+    /// What an encrypted share's hellos carry instead of its id.
+    public func shareTag(for shareID: ShareID) -> [UInt8]? {
+        guard let secret, encrypts else { return nil }
+        return SodiumHandshake.shareTag(shareID: shareID.bytes, linkSecret: secret)
+    }
+
+    /// The holder of this session's secrets, answering the transfer worker's key requests.
+    public func keyHolder(identity: [UInt8]) -> LinkKeyHolder? {
+        guard let secret, encrypts, let peer = PeerIdentity(secretKey: identity) else { return nil }
+        return LinkKeyHolder(linkSecret: secret, identity: peer)
     }
 
     /// The DHT key a share is announced and found under: for an encrypted share it depends

@@ -47,7 +47,7 @@ public final class ShareSession: SupervisorDelegate, @unchecked Sendable {
             dht.onReady = { [output] port in output.status("DHT node listening on UDP \(dht.settings.host):\(port)") }
             dht.start()
         }
-        supervisor.send(pipeline.configureMessage(identity: identity), to: .transfer, tracking: .setup(key: "pipeline"))
+        supervisor.keyHolder = pipeline.keyHolder(identity: identity)
         buildRequest = supervisor.makeRequestID()
         output.status("hashing \(path) ...")
         supervisor.send(.buildManifest(requestID: buildRequest, path: path), to: .hash, tracking: .request)
@@ -94,6 +94,10 @@ public final class ShareSession: SupervisorDelegate, @unchecked Sendable {
             output.finishProgress()
             // If the hash worker restarts, it must reopen the share without hashing it again.
             supervisor.rememberSetup(.openShare(requestID: 0, path: path, manifest: bytes), key: "share", for: .hash)
+            // The pipeline needs the share id (an encrypted share's tag comes from it).
+            supervisor.send(
+                pipeline.configureMessage(shareID: id, identity: identity), to: .transfer,
+                tracking: .setup(key: "pipeline"))
             supervisor.send(
                 .serve(
                     shareID: id.bytes, manifest: bytes, host: listen.host, port: UInt16(listen.port), partial: false),

@@ -4,6 +4,7 @@ import IPC
 import Logging
 import NIOCore
 import NIOPosix
+import Stages
 import WorkerRuntime
 
 /// What the supervisor's owner (a `share` or `get` session) hears about.
@@ -64,6 +65,12 @@ public final class Supervisor: @unchecked Sendable {
     private var nonce: UInt64 = 0
 
     private let plugins: PluginHost
+    /// The session's secrets (an encrypted share): answers the transfer worker's key
+    /// requests, each transcript once. Nil: a public share, and every request is refused.
+    public var keyHolder: HandshakeKeyHolder?
+    /// Transcripts already answered, oldest first (bounded).
+    private var answeredTranscripts: Set<[UInt8]> = []
+    private var answeredOrder: [[UInt8]] = []
     /// Data channel ends made for a worker that has not been started on them yet.
     private var pendingDataEnds: [WorkerRole: Int32] = [:]
     /// Workers killed because their data channel partner was restarted: not a crash of theirs.
@@ -345,12 +352,43 @@ public final class Supervisor: @unchecked Sendable {
         case .pluginFailed(let name, let reason):
             plugins.failed(name: name, reason: reason)
             return
+        case .sessionKeysRequest(let id, let role, let shared, let transcript):
+            write(answerKeyRequest(id: id, role: role, shared: shared, transcript: transcript), to: worker)
+            return
         case .hashProgress:
             break
         default:
             if let id = message.requestID { worker.inFlight[id] = nil }
         }
         delegate?.supervisor(self, received: message, from: role)
+    }
+
+    /// The monitor's side of an encryption handshake (OpenSSH's privsep, for our keys): the
+    /// transfer worker sends the X25519 shared secret and the transcript hash; we derive the
+    /// connection's keys with the link secret and sign the transcript with the identity. A
+    /// transcript is answered once: it is unique to a connection (both sides' ephemeral keys
+    /// are in it), so a second request for it is not a handshake.
+    private func answerKeyRequest(id: UInt32, role: UInt8, shared: [UInt8], transcript: [UInt8]) -> IPCMessage {
+        guard let keyHolder else {
+            return .failure(requestID: id, code: 70, message: "no encrypted share here: no keys to give")
+        }
+        guard role <= 1, shared.count == 32, transcript.count == 32 else {
+            return .failure(requestID: id, code: 70, message: "malformed key request")
+        }
+        guard answeredTranscripts.insert(transcript).inserted else {
+            logger.warning("the transfer worker asked twice for the keys of one handshake; refused")
+            return .failure(requestID: id, code: 70, message: "that handshake's keys were given already")
+        }
+        answeredOrder.append(transcript)
+        if answeredOrder.count > 65536 { answeredTranscripts.remove(answeredOrder.removeFirst()) }
+        do {
+            let keys = try keyHolder.keys(role: role == 1 ? .server : .client, sharedSecret: shared, transcript: transcript)
+            return .sessionKeys(
+                requestID: id, clientToServer: keys.clientToServer, serverToClient: keys.serverToClient,
+                publicKey: keys.publicKey, signature: keys.signature)
+        } catch {
+            return .failure(requestID: id, code: 70, message: "\(error)")
+        }
     }
 
     private func becameReady(_ worker: Worker) {

@@ -64,6 +64,8 @@ public final class TransferService: WorkerService, @unchecked Sendable {
     var fetch: FetchSession?
     /// The pipeline every connection runs (`configurePipeline`).
     var pipeline = PipelineSetup()
+    /// The supervisor, which holds the secrets, as the handshakes' key holder.
+    let keyHolder: SupervisorKeyHolder
 
     /// Seconds since start on the monotonic clock: the time the buckets are given.
     var now: Double { Double(DispatchTime.now().uptimeNanoseconds - startedAt) / 1e9 }
@@ -79,6 +81,7 @@ public final class TransferService: WorkerService, @unchecked Sendable {
         self.loop = group.next()
         self.logger = logger
         self.pipe = pipe
+        self.keyHolder = SupervisorKeyHolder(pipe: pipe)
         self.requestsInFlight = requestsInFlight
         self.maxPeers = maxPeers
         self.hash = DataChannel.inherited()
@@ -106,6 +109,8 @@ public final class TransferService: WorkerService, @unchecked Sendable {
     }
 
     public func handle(_ message: IPCMessage, pipe: WorkerPipe) {
+        // Answers to key requests go straight to the handshake waiting for them (on the loop).
+        if keyHolder.deliver(message) { return }
         loop.execute { [self] in onSupervisor(message) }
     }
 
@@ -127,12 +132,13 @@ public final class TransferService: WorkerService, @unchecked Sendable {
             fetch?.start(verified: verified)
         case .addPeers(let peers):
             fetch?.add(peers: peers)
-        case .configurePipeline(let planBytes, let secret, let identity):
+        case .configurePipeline(let planBytes, let tag, let publicKey):
             do {
                 try Sodium.start()
                 pipeline.plan = try PipelinePlan(bytes: planBytes)
-                pipeline.secret = secret.isEmpty ? nil : secret
-                if let restored = PeerIdentity(secretKey: identity) { pipeline.identity = restored }
+                pipeline.shareTag = tag.isEmpty ? nil : tag
+                pipeline.publicKey = publicKey
+                pipeline.keyHolder = keyHolder
             } catch {
                 tell(.failure(requestID: 0, code: 78, message: "bad pipeline from the supervisor: \(error)"))
                 return
@@ -145,7 +151,8 @@ public final class TransferService: WorkerService, @unchecked Sendable {
                 return
             }
             let names = pipeline.plan.stages.map(\.name).joined(separator: ", ")
-            logger.info("pipeline: \(names.isEmpty ? "no stages" : names); peer id \(pipeline.identity.peerID)")
+            logger.info(
+                "pipeline: \(names.isEmpty ? "no stages" : names); peer id \(PeerIdentity.peerID(of: pipeline.publicKey))")
         case .setLimits(let upload, let download, let perPeer):
             setLimits(upload: upload, download: download, perPeer: perPeer)
         default:

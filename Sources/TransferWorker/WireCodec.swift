@@ -7,9 +7,13 @@ import Stages
 /// encryption stage needs. Set by the supervisor's `configurePipeline`.
 struct PipelineSetup {
     var plan = PipelinePlan(stages: [])
-    /// The link secret of an encrypted share.
-    var secret: [UInt8]?
-    var identity = PeerIdentity.generate()
+    /// What an encrypted share's hellos carry instead of its id (nil: a public share). The
+    /// link secret it comes from stays with the supervisor.
+    var shareTag: [UInt8]?
+    /// Our Ed25519 public key (the secret key stays with the supervisor).
+    var publicKey: [UInt8] = []
+    /// Derives each connection's keys and signs for us: the supervisor, over the pipe.
+    var keyHolder: HandshakeKeyHolder?
     /// Plugin stages by name: their pipes, inherited from the supervisor.
     var plugins: [String: PluginChannel] = [:]
 
@@ -20,8 +24,8 @@ struct PipelineSetup {
     /// What the hello names: the share id, or for an encrypted share a tag only link holders
     /// can compute.
     func helloID(for shareID: [UInt8]) -> [UInt8] {
-        guard let secret, plan.encrypts else { return shareID }
-        return SodiumHandshake.shareTag(shareID: shareID, linkSecret: secret)
+        guard let shareTag, plan.encrypts else { return shareID }
+        return shareTag
     }
 }
 
@@ -95,7 +99,7 @@ final class WireCodec {
         }
         // A share with a link secret is only ever served or fetched encrypted, whatever the
         // peer (or someone between us editing the hellos) offers.
-        if setup.secret != nil, !agreed.contains(where: { $0.kind == .sodium }) {
+        if setup.shareTag != nil, !agreed.contains(where: { $0.kind == .sodium }) {
             throw Failure.mismatch("this share is encrypted, and the peer did not agree to encrypt")
         }
         transcript = PipelineTranscript(context: context, role: role)
@@ -103,10 +107,10 @@ final class WireCodec {
             switch stage.kind {
             case .zlib: break
             case .sodium:
-                guard let secret = setup.secret else {
+                guard setup.shareTag != nil, let keyHolder = setup.keyHolder else {
                     throw Failure.mismatch("encryption was agreed, but this side has no link secret")
                 }
-                sodium = SodiumHandshake(role: role, linkSecret: secret, identity: setup.identity, context: context)
+                sodium = SodiumHandshake(role: role, keyHolder: keyHolder, context: context)
                 handshakeStages.append(position)
             case .plugin:
                 guard let plugin = setup.plugins[stage.name] else {

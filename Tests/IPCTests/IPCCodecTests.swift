@@ -44,7 +44,14 @@ final class IPCCodecTests: XCTestCase {
         .serve(shareID: shareID, manifest: [1, 2], host: "127.0.0.1", port: 4000, partial: true),
         .addPeers(peers: ["127.0.0.1:1", "10.0.0.2:6881"]),
         .setLimits(upload: 1000, download: LimitChange.unchanged, perPeerUpload: 0),
-        .configurePipeline(plan: [0], secret: [1, 2, 3], identity: [4, 5]),
+        .configurePipeline(plan: [0], shareTag: [1, 2, 3], identityPublicKey: [4, 5]),
+        .sessionKeysRequest(
+            requestID: 0x8000_0001, role: 1, sharedSecret: [UInt8](repeating: 7, count: 32),
+            transcript: [UInt8](repeating: 8, count: 32)),
+        .sessionKeys(
+            requestID: 0x8000_0001, clientToServer: [UInt8](repeating: 1, count: 32),
+            serverToClient: [UInt8](repeating: 2, count: 32), publicKey: [UInt8](repeating: 3, count: 32),
+            signature: [UInt8](repeating: 4, count: 64)),
         .pluginFailed(name: "pad", reason: "did not answer within 2 s"),
         .serving(port: 4000),
         .fetch(shareID: shareID, peers: ["127.0.0.1:1", "[::1]:2"]),

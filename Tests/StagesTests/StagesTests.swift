@@ -43,9 +43,9 @@ final class SodiumHandshakeTests: XCTestCase {
         SodiumHandshake, SodiumHandshake
     ) {
         let client = SodiumHandshake(
-            role: .client, linkSecret: clientSecret, identity: .generate(), context: context)
+            role: .client, keyHolder: LinkKeyHolder(linkSecret: clientSecret, identity: .generate()), context: context)
         let server = SodiumHandshake(
-            role: .server, linkSecret: serverSecret, identity: .generate(), context: context)
+            role: .server, keyHolder: LinkKeyHolder(linkSecret: serverSecret, identity: .generate()), context: context)
         let m2 = try server.serverReply(client.clientStart())
         let m3 = try client.clientFinish(m2)
         try server.serverFinish(m3)
@@ -71,8 +71,8 @@ final class SodiumHandshakeTests: XCTestCase {
 
     func testEditedHelloContextFailsTheHandshake() throws {
         let secret = Sodium.random(32)
-        let client = SodiumHandshake(role: .client, linkSecret: secret, identity: .generate(), context: [1])
-        let server = SodiumHandshake(role: .server, linkSecret: secret, identity: .generate(), context: [2])
+        let client = SodiumHandshake(role: .client, keyHolder: LinkKeyHolder(linkSecret: secret, identity: .generate()), context: [1])
+        let server = SodiumHandshake(role: .server, keyHolder: LinkKeyHolder(linkSecret: secret, identity: .generate()), context: [2])
         let m2 = try server.serverReply(client.clientStart())
         XCTAssertThrowsError(try client.clientFinish(m2), "a downgrade or edited descriptor changes the transcript")
     }

@@ -734,3 +734,48 @@ def test_a_network_worker_still_reaches_tcp_peers_only_over_inet(tmp_path):
         assert f"connect 127.0.0.1:{port}: allowed" in result.stdout, result.stdout
     finally:
         listener.close()
+
+
+# ---- 3. Secrets stay with the supervisor ----------------------------------------------------------
+
+def memory_contains(pid, needles):
+    """Which of the byte strings appear anywhere in the process's readable memory."""
+    found = set()
+    with open(f"/proc/{pid}/maps") as maps, open(f"/proc/{pid}/mem", "rb", 0) as mem:
+        for line in maps:
+            fields = line.split()
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            if "r" not in fields[1] or end - start > 1 << 30 or (len(fields) > 5 and fields[5] == "[vvar]"):
+                continue
+            try:
+                mem.seek(start)
+                chunk = mem.read(end - start)
+            except (OSError, ValueError, OverflowError):
+                continue
+            for needle in needles:
+                if needle in chunk:
+                    found.add(needle)
+    return found
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="reading another process's memory needs root (CI runs as root)")
+def test_the_transfer_worker_never_holds_the_link_secret_or_the_identity_key(tmp_path):
+    state = tmp_path / "state"
+    env = dict(os.environ, XDG_STATE_HOME=str(state))
+    source = tmp_path / "m.bin"
+    source.write_bytes(os.urandom(1 << 20))
+    seeder = Seeder(source, "--no-dht", "--encrypt", env=env)
+    try:
+        _, secret = link_parts(seeder.link)
+        identity = (state / "peershare" / "identity.key").read_bytes()
+        assert len(identity) == 64
+        needles = [secret, identity[:32]]  # the link secret; the Ed25519 seed
+        out = tmp_path / "out"
+        result = get(seeder.link, out, "--no-dht", timeout=120)
+        assert result.returncode == 0, result.stderr
+        transfer = worker_pid(seeder.proc.pid, "transfer")
+        assert memory_contains(transfer, needles) == set(), "a secret in the transfer worker's memory"
+        # The method finds them where they are: the supervisor holds both.
+        assert memory_contains(seeder.proc.pid, needles) == set(needles)
+    finally:
+        seeder.stop()
