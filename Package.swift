@@ -117,7 +117,10 @@ let package = Package(
         .testTarget(name: "IPCTests", dependencies: ["IPC", "PeerWire", "PeerShareCore"]),
         .testTarget(
             name: "KademliaTests",
-            dependencies: ["Kademlia", .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio")]),
+            dependencies: [
+                "Kademlia", .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]),
         .testTarget(
             name: "SupervisorTests", dependencies: ["Supervisor", "WorkerRuntime", "PeerShareCore", "IPC"]),
     ],

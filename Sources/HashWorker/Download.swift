@@ -85,7 +85,8 @@ final class Download {
         var info = stat()
         guard lstat(stagingDirectory, &info) == 0, info.st_mode & S_IFMT == S_IFDIR else {
             throw Failure(
-                code: 73, description: "'\(stagingDirectory)' is there but is not a folder (a symlink?); refusing to use it")
+                code: 73,
+                description: "'\(stagingDirectory)' is there but is not a folder (a symlink?); refusing to use it")
         }
         guard info.st_uid == getuid() else {
             throw Failure(

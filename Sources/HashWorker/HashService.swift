@@ -138,7 +138,8 @@ public final class HashService: WorkerService, @unchecked Sendable {
                 if let download, download.shareID == ShareID(manifestBytes: manifest) {
                     return .downloadPrepared(requestID: id, verified: download.verified.bytes)
                 }
-                let prepared = try Download(manifestBytes: manifest, targetDirectory: target, privateShare: privateShare)
+                let prepared = try Download(
+                    manifestBytes: manifest, targetDirectory: target, privateShare: privateShare)
                 download = prepared
                 if prepared.alreadyComplete {
                     logger.info("'\(prepared.finalPath)' is already here and every chunk verifies")

@@ -413,7 +413,8 @@ public enum IPCMessage: Equatable, Sendable {
         case .sessionKeys:
             self = .sessionKeys(
                 requestID: try r.u32(), clientToServer: try r.blob(limit: 32, what: "key"),
-                serverToClient: try r.blob(limit: 32, what: "key"), publicKey: try r.blob(limit: 32, what: "public key"),
+                serverToClient: try r.blob(limit: 32, what: "key"),
+                publicKey: try r.blob(limit: 32, what: "public key"),
                 signature: try r.blob(limit: 64, what: "signature"))
         case .pluginFailed: self = .pluginFailed(name: try r.string(), reason: try text())
         case .dhtStart:

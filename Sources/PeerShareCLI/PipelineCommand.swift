@@ -102,7 +102,8 @@ struct PipelineCommand: ParsableCommand {
                 // Option values may be secrets (a plugin's key, a token): names only.
                 let shown =
                     options.isEmpty
-                    ? "" : " options " + options.keys.sorted().map { "\($0)=…" }.joined(separator: " ") + " (values hidden)"
+                    ? ""
+                    : " options " + options.keys.sorted().map { "\($0)=…" }.joined(separator: " ") + " (values hidden)"
                 Terminal.line("  \(index + 1). \(stage.name)  plugin \(path)\(shown), \(required)")
             }
         }

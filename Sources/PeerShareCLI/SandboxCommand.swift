@@ -1,5 +1,5 @@
-import CSystemShims
 import ArgumentParser
+import CSystemShims
 import Foundation
 import WorkerRuntime
 
@@ -58,7 +58,8 @@ struct SandboxCommand: ParsableCommand {
         var tryUnix: [String] = []
         @Option(name: .customLong("try-tiocsti"), help: "Push a byte into this descriptor's terminal input (TIOCSTI).")
         var tryTIOCSTI: [Int32] = []
-        @Flag(name: .customLong("try-userns"), help: "Start a child in a new user namespace.") var tryUserNamespace = false
+        @Flag(name: .customLong("try-userns"), help: "Start a child in a new user namespace.") var tryUserNamespace =
+            false
 
         func run() throws {
             guard let kind = SandboxProfile.Kind(rawValue: profile), kind != .none else {

@@ -6,8 +6,9 @@ import PeerShareCore
 public enum PluginReply {
     /// `ready`: the plugin's protocol version, its stage version, and whether it takes part
     /// in connection handshakes (flag bit 0; the flags byte is optional).
-    public static func ready(_ payload: [UInt8]) throws -> (protocolVersion: UInt16, stageVersion: UInt16, handshake: Bool)
-    {
+    public static func ready(_ payload: [UInt8]) throws -> (
+        protocolVersion: UInt16, stageVersion: UInt16, handshake: Bool
+    ) {
         var r = ByteReader(payload)
         let protocolVersion = try r.u16()
         let stageVersion = try r.u16()

@@ -382,7 +382,8 @@ public final class Supervisor: @unchecked Sendable {
         answeredOrder.append(transcript)
         if answeredOrder.count > 65536 { answeredTranscripts.remove(answeredOrder.removeFirst()) }
         do {
-            let keys = try keyHolder.keys(role: role == 1 ? .server : .client, sharedSecret: shared, transcript: transcript)
+            let keys = try keyHolder.keys(
+                role: role == 1 ? .server : .client, sharedSecret: shared, transcript: transcript)
             return .sessionKeys(
                 requestID: id, clientToServer: keys.clientToServer, serverToClient: keys.serverToClient,
                 publicKey: keys.publicKey, signature: keys.signature)

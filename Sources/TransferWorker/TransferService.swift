@@ -152,7 +152,8 @@ public final class TransferService: WorkerService, @unchecked Sendable {
             }
             let names = pipeline.plan.stages.map(\.name).joined(separator: ", ")
             logger.info(
-                "pipeline: \(names.isEmpty ? "no stages" : names); peer id \(PeerIdentity.peerID(of: pipeline.publicKey))")
+                "pipeline: \(names.isEmpty ? "no stages" : names); peer id \(PeerIdentity.peerID(of: pipeline.publicKey))"
+            )
         case .setLimits(let upload, let download, let perPeer):
             setLimits(upload: upload, download: download, perPeer: perPeer)
         default:
@@ -385,7 +386,9 @@ public final class TransferService: WorkerService, @unchecked Sendable {
             handler.waiting.remove(at: position)
             return true
         }
-        if let id = pendingReads.first(where: { $0.value.0 === handler && $0.value.1 == index && !cancelledReads.contains($0.key) })?.key {
+        if let id = pendingReads.first(where: {
+            $0.value.0 === handler && $0.value.1 == index && !cancelledReads.contains($0.key)
+        })?.key {
             // Being read: the hash worker finishes it and the chunk is dropped on arrival. The
             // read keeps its read-ahead slot until then, so cancelling never lets a peer make
             // us read more than the read-ahead at once.

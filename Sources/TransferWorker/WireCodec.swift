@@ -275,9 +275,10 @@ final class WireCodec {
                     bindReceive = false
                     do {
                         bytes = try receiver.open(bytes, additionalData: first ? transcript.digest() : [])
-                    } catch where first {
+                    } catch  where first {
                         throw SodiumError(
-                            "the pipeline's handshake differs between the peers: a stage's handshake was altered or stripped on the way")
+                            "the pipeline's handshake differs between the peers: a stage's handshake was altered or stripped on the way"
+                        )
                     }
                 case .plugin:
                     guard let plugin = setup.plugins[stage.name] else { throw SodiumError("not running") }

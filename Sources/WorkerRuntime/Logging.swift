@@ -31,7 +31,9 @@ public struct LineLogHandler: LogHandler {
         let merged = metadata.merging(event.metadata ?? [:]) { $1 }
         if !merged.isEmpty {
             text +=
-                " " + merged.sorted { $0.key < $1.key }.map { InertText.make("\($0.key)=\($0.value)") }.joined(separator: " ")
+                " "
+                + merged.sorted { $0.key < $1.key }.map { InertText.make("\($0.key)=\($0.value)") }.joined(
+                    separator: " ")
         }
         text += "\n"
         var bytes = Array(text.utf8)

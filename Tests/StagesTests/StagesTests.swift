@@ -71,8 +71,10 @@ final class SodiumHandshakeTests: XCTestCase {
 
     func testEditedHelloContextFailsTheHandshake() throws {
         let secret = Sodium.random(32)
-        let client = SodiumHandshake(role: .client, keyHolder: LinkKeyHolder(linkSecret: secret, identity: .generate()), context: [1])
-        let server = SodiumHandshake(role: .server, keyHolder: LinkKeyHolder(linkSecret: secret, identity: .generate()), context: [2])
+        let client = SodiumHandshake(
+            role: .client, keyHolder: LinkKeyHolder(linkSecret: secret, identity: .generate()), context: [1])
+        let server = SodiumHandshake(
+            role: .server, keyHolder: LinkKeyHolder(linkSecret: secret, identity: .generate()), context: [2])
         let m2 = try server.serverReply(client.clientStart())
         XCTAssertThrowsError(try client.clientFinish(m2), "a downgrade or edited descriptor changes the transcript")
     }
