@@ -472,11 +472,16 @@ def stranger(port, source_ip):
     return s
 
 
-def rss_kib(pid) -> int:
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmRSS:"):
+def proc_field(path, name) -> int:
+    """An integer field of a /proc file such as status ("VmRSS:") or io ("rchar:")."""
+    for line in open(path):
+        if line.startswith(name):
             return int(line.split()[1])
     return 0
+
+
+def rss_kib(pid) -> int:
+    return proc_field(f"/proc/{pid}/status", "VmRSS:")
 
 
 def test_strangers_that_never_finish_a_handshake_cannot_starve_peers_or_memory(tmp_path):
@@ -536,10 +541,7 @@ def test_strangers_that_never_finish_a_handshake_cannot_starve_peers_or_memory(t
 # ---- 6. Cancel really cancels --------------------------------------------------------------------
 
 def io_read_bytes(pid) -> int:
-    for line in open(f"/proc/{pid}/io"):
-        if line.startswith("rchar:"):
-            return int(line.split()[1])
-    return 0
+    return proc_field(f"/proc/{pid}/io", "rchar:")
 
 
 def test_request_then_cancel_costs_no_more_than_the_upload_limit(tmp_path):
