@@ -96,6 +96,16 @@ class FrameProxy(CorruptingProxy):
             self.close_both(src, dst)
 
 
+def get_through_proxy(seeder, edit, tmp_path, *extra):
+    """`get` of the seeder's share (its key, no address hints) through a FrameProxy only."""
+    proxy = FrameProxy(seeder.port, edit)
+    proxy.start()
+    link = seeder.link.split("&peer=")[0]
+    out = tmp_path / "out"
+    out.mkdir()
+    return out, get(link, out, "--peer", f"127.0.0.1:{proxy.port}", "--no-dht", "--verbose", *extra, timeout=120)
+
+
 def test_an_altered_plugin_handshake_fails_at_both_ends(tmp_path):
     """pad's handshake (its block size) travels before encryption: an on-path attacker who
     changes it must make the connection fail, not silently change the padding."""
@@ -111,14 +121,8 @@ def test_an_altered_plugin_handshake_fails_at_both_ends(tmp_path):
             return [(msg_type, payload[:1] + struct.pack(">I", 4) + struct.pack(">I", 1 << 20))]
         return [(msg_type, payload)]
 
-    proxy = FrameProxy(seeder.port, edit)
-    proxy.start()
     try:
-        link = seeder.link.split("&peer=")[0]
-        out = tmp_path / "out"
-        out.mkdir()
-        result = get(link, out, "--peer", f"127.0.0.1:{proxy.port}", "--no-dht", "--config", config,
-                     "--verbose", timeout=120)
+        out, result = get_through_proxy(seeder, edit, tmp_path, "--config", config)
         assert result.returncode == 69, result.stderr
         assert "handshake differs between the peers" in result.stderr, result.stderr
         assert os.listdir(out) == [] or all(n.startswith(".peershare-") for n in os.listdir(out))
@@ -143,13 +147,8 @@ def test_a_forged_plaintext_error_after_encryption_is_ignored_and_the_peer_kept(
             return [(peerwire.ERROR, forged), (msg_type, payload)]
         return [(msg_type, payload)]
 
-    proxy = FrameProxy(seeder.port, edit)
-    proxy.start()
     try:
-        link = seeder.link.split("&peer=")[0]
-        out = tmp_path / "out"
-        out.mkdir()
-        result = get(link, out, "--peer", f"127.0.0.1:{proxy.port}", "--no-dht", "--verbose", timeout=120)
+        out, result = get_through_proxy(seeder, edit, tmp_path)
         assert injected
         assert result.returncode == 0, result.stderr
         assert "ignored as forged" in result.stderr, result.stderr
