@@ -362,6 +362,7 @@ def test_running_a_finished_get_again_verifies_and_exits_0_and_a_missing_output_
         (out / "a.bin").write_bytes(b"something else")
         other = get(seeder.link, out, "--no-dht")
         assert other.returncode == 73 and "is not this share" in other.stderr, other.stderr
+        assert other.stderr.count("is not this share") == 1, "an error is said once, not logged and printed"
         assert (out / "a.bin").read_bytes() == b"something else"
     finally:
         seeder.stop()
@@ -782,3 +783,18 @@ def test_the_transfer_worker_never_holds_the_link_secret_or_the_identity_key(tmp
         assert memory_contains(seeder.proc.pid, needles) == set(needles)
     finally:
         seeder.stop()
+
+
+def test_plugin_option_values_are_not_printed_and_a_refused_option_is_one_clear_error(tmp_path):
+    config = write_config(tmp_path / "p.json", [
+        {"name": "pad", "plugin": PAD, "options": {"block": "1", "token": "s3cret-value"}}])
+    shown = subprocess.run([BIN, "pipeline", "--config", config], capture_output=True, text=True, timeout=30)
+    assert shown.returncode == 0 and "token=…" in shown.stdout, shown.stdout
+    assert "s3cret-value" not in shown.stdout + shown.stderr
+    source = tmp_path / "x.txt"
+    source.write_text("x")
+    result = subprocess.run([BIN, "share", str(source), "--no-dht", "--config", config],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 78, result.stderr
+    assert "pipeline.json: plugin 'pad' refused: option 'block'" in result.stderr, result.stderr
+    assert "protocol violation" not in result.stderr, result.stderr
