@@ -48,10 +48,10 @@ public enum IPCMessage: Equatable, Sendable {
     case addPeers(peers: [String])
     /// New bandwidth limits in bytes per second (0: unlimited; `LimitChange.unchanged`: keep).
     case setLimits(upload: UInt64, download: UInt64, perPeerUpload: UInt64)
-    /// The pipeline for every connection (`PipelinePlan` bytes), the share tag an encrypted
-    /// share's hellos carry (empty: a public share) and this peer's Ed25519 public key. No
+    /// The pipeline for every connection (`PipelinePlan` bytes), the key an encrypted share's
+    /// hello tags are made with (empty: a public share) and this peer's Ed25519 public key. No
     /// secret: the link secret and the identity's secret key stay with the supervisor.
-    case configurePipeline(plan: [UInt8], shareTag: [UInt8], identityPublicKey: [UInt8])
+    case configurePipeline(plan: [UInt8], tagKey: [UInt8], identityPublicKey: [UInt8])
     /// A plugin stage hung or answered garbage: the supervisor restarts it.
     case pluginFailed(name: String, reason: String)
     /// The transfer worker, in an encryption handshake, asks the supervisor for the
@@ -85,7 +85,7 @@ public enum IPCMessage: Equatable, Sendable {
     }
 
     /// 2: chunk data moves on the transfer⇄hash data channel, not through the supervisor.
-    /// 3: no secret reaches the transfer worker (share tag and public key in
+    /// 3: no secret reaches the transfer worker (tag key and public key in
     /// configurePipeline; sessionKeysRequest/sessionKeys for each encryption handshake).
     public static let protocolVersion: UInt16 = 3
     /// The largest frame on a supervisor pipe: a full manifest plus headers.
@@ -404,7 +404,7 @@ public enum IPCMessage: Equatable, Sendable {
         case .setLimits: self = .setLimits(upload: try r.u64(), download: try r.u64(), perPeerUpload: try r.u64())
         case .configurePipeline:
             self = .configurePipeline(
-                plan: try r.blob(limit: 4096, what: "pipeline"), shareTag: try r.blob(limit: 64, what: "share tag"),
+                plan: try r.blob(limit: 4096, what: "pipeline"), tagKey: try r.blob(limit: 64, what: "tag key"),
                 identityPublicKey: try r.blob(limit: 64, what: "public key"))
         case .sessionKeysRequest:
             self = .sessionKeysRequest(

@@ -145,10 +145,25 @@ public final class SodiumHandshake {
         return PeerIdentity.peerID(of: publicKey)
     }
 
-    /// What a private share's hello carries instead of the share id: only link holders can
-    /// compute it, so an observer cannot tell which share is being fetched.
-    public static func shareTag(shareID: [UInt8], linkSecret: [UInt8]) -> [UInt8] {
-        Sodium.hash([Array("peershare-share-tag-v1".utf8), shareID], key: linkSecret)
+    /// The key of a private share's hello tags: from the share id and the link secret. The
+    /// transfer worker gets this, not the secret: it can make and check tags for this one
+    /// share, nothing more.
+    public static func shareTagKey(shareID: [UInt8], linkSecret: [UInt8]) -> [UInt8] {
+        Sodium.hash([Array("peershare-share-tag-v2".utf8), shareID], key: linkSecret)
+    }
+
+    /// What a private share's hello carries instead of the share id: a fresh 16-byte nonce
+    /// and a 16-byte tag over it, so only link holders can make one, an observer cannot tell
+    /// which share is fetched, and two connections to one share do not look alike.
+    public static func helloTag(tagKey: [UInt8], nonce: [UInt8]? = nil) -> [UInt8] {
+        let nonce = nonce ?? Sodium.random(16)
+        return nonce + Sodium.hash([nonce], key: tagKey, length: 16)
+    }
+
+    /// Whether a hello's 32 bytes are a valid tag under this key (constant time).
+    public static func checkHelloTag(_ tag: [UInt8], tagKey: [UInt8]) -> Bool {
+        guard tag.count == 32 else { return false }
+        return Sodium.equal(tag, helloTag(tagKey: tagKey, nonce: Array(tag[0..<16])))
     }
 
     /// A private share's DHT key: from the share id and the secret, so watching the DHT

@@ -48,14 +48,14 @@ public struct PeerPipeline: Sendable {
     /// public key — never the link secret or the identity's secret key (`keyHolder` keeps those).
     public func configureMessage(shareID: ShareID, identity: [UInt8]) -> IPCMessage {
         .configurePipeline(
-            plan: plan.encoded(), shareTag: shareTag(for: shareID) ?? [],
+            plan: plan.encoded(), tagKey: shareTagKey(for: shareID) ?? [],
             identityPublicKey: PeerIdentity(secretKey: identity)?.publicKey ?? [])
     }
 
-    /// What an encrypted share's hellos carry instead of its id.
-    public func shareTag(for shareID: ShareID) -> [UInt8]? {
+    /// The key an encrypted share's hello tags are made and checked with.
+    public func shareTagKey(for shareID: ShareID) -> [UInt8]? {
         guard let secret, encrypts else { return nil }
-        return SodiumHandshake.shareTag(shareID: shareID.bytes, linkSecret: secret)
+        return SodiumHandshake.shareTagKey(shareID: shareID.bytes, linkSecret: secret)
     }
 
     /// The holder of this session's secrets, answering the transfer worker's key requests.

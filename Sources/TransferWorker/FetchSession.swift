@@ -22,6 +22,8 @@ final class FetchSession {
     final class PeerConnection {
         let id: Int
         let address: String
+        /// What our hello named the share by (a fresh tag per connection when encrypted).
+        var helloID: [UInt8] = []
         var channel: Channel?
         var accepted = false
         var refusals = 0
@@ -146,9 +148,10 @@ final class FetchSession {
                 switch result {
                 case .success(let channel):
                     connection.channel = channel
+                    connection.helloID = service.pipeline.helloID(for: shareID)
                     send(
                         .hello(
-                            version: PeerMessage.version, shareID: service.pipeline.helloID(for: shareID),
+                            version: PeerMessage.version, shareID: connection.helloID,
                             stages: service.pipeline.descriptors), to: connection)
                 case .failure(let error):
                     lastError[address] = "\(error)"
@@ -198,7 +201,7 @@ final class FetchSession {
             }
             let ours = service.pipeline.descriptors
             let context =
-                service.pipeline.helloID(for: shareID) + StageDescriptor.encoded(ours) + StageDescriptor.encoded(stages)
+                connection.helloID + StageDescriptor.encoded(ours) + StageDescriptor.encoded(stages)
             do {
                 for message in try connection.codec.agree(remote: stages, context: context) {
                     send(.stageHandshake(stage: message.stage, data: message.data), to: connection)

@@ -136,7 +136,7 @@ public final class TransferService: WorkerService, @unchecked Sendable {
             do {
                 try Sodium.start()
                 pipeline.plan = try PipelinePlan(bytes: planBytes)
-                pipeline.shareTag = tag.isEmpty ? nil : tag
+                pipeline.tagKey = tag.isEmpty ? nil : tag
                 pipeline.publicKey = publicKey
                 pipeline.keyHolder = keyHolder
             } catch {
@@ -624,9 +624,8 @@ final class ServeHandler: ChannelInboundHandler {
             guard version == PeerMessage.version else {
                 return fail(.versionMismatch, "version \(version) not supported (we speak \(PeerMessage.version))")
             }
-            // Compared in constant time: for a private share the tag is derived from the secret.
-            guard let shareID = service.servedShareID, Sodium.equal(helloID, service.pipeline.helloID(for: shareID))
-            else {
+            // Checked in constant time: for a private share the tag is keyed with the secret.
+            guard let shareID = service.servedShareID, service.pipeline.accepts(helloID: helloID, for: shareID) else {
                 return fail(
                     .unknownShare,
                     service.pipeline.plan.encrypts

@@ -7,9 +7,9 @@ import Stages
 /// encryption stage needs. Set by the supervisor's `configurePipeline`.
 struct PipelineSetup {
     var plan = PipelinePlan(stages: [])
-    /// What an encrypted share's hellos carry instead of its id (nil: a public share). The
-    /// link secret it comes from stays with the supervisor.
-    var shareTag: [UInt8]?
+    /// The key of an encrypted share's hello tags (nil: a public share). The link secret it
+    /// comes from stays with the supervisor.
+    var tagKey: [UInt8]?
     /// Our Ed25519 public key (the secret key stays with the supervisor).
     var publicKey: [UInt8] = []
     /// Derives each connection's keys and signs for us: the supervisor, over the pipe.
@@ -24,8 +24,14 @@ struct PipelineSetup {
     /// What the hello names: the share id, or for an encrypted share a tag only link holders
     /// can compute.
     func helloID(for shareID: [UInt8]) -> [UInt8] {
-        guard let shareTag, plan.encrypts else { return shareID }
-        return shareTag
+        guard let tagKey, plan.encrypts else { return shareID }
+        return SodiumHandshake.helloTag(tagKey: tagKey)
+    }
+
+    /// Whether a hello names our share: its id, or for an encrypted share a valid tag.
+    func accepts(helloID: [UInt8], for shareID: [UInt8]) -> Bool {
+        guard let tagKey, plan.encrypts else { return Sodium.equal(helloID, shareID) }
+        return SodiumHandshake.checkHelloTag(helloID, tagKey: tagKey)
     }
 }
 
@@ -99,7 +105,7 @@ final class WireCodec {
         }
         // A share with a link secret is only ever served or fetched encrypted, whatever the
         // peer (or someone between us editing the hellos) offers.
-        if setup.shareTag != nil, !agreed.contains(where: { $0.kind == .sodium }) {
+        if setup.tagKey != nil, !agreed.contains(where: { $0.kind == .sodium }) {
             throw Failure.mismatch("this share is encrypted, and the peer did not agree to encrypt")
         }
         transcript = PipelineTranscript(context: context, role: role)
@@ -107,7 +113,7 @@ final class WireCodec {
             switch stage.kind {
             case .zlib: break
             case .sodium:
-                guard setup.shareTag != nil, let keyHolder = setup.keyHolder else {
+                guard setup.tagKey != nil, let keyHolder = setup.keyHolder else {
                     throw Failure.mismatch("encryption was agreed, but this side has no link secret")
                 }
                 sodium = SodiumHandshake(role: role, keyHolder: keyHolder, context: context)

@@ -44,7 +44,7 @@ final class IPCCodecTests: XCTestCase {
         .serve(shareID: shareID, manifest: [1, 2], host: "127.0.0.1", port: 4000, partial: true),
         .addPeers(peers: ["127.0.0.1:1", "10.0.0.2:6881"]),
         .setLimits(upload: 1000, download: LimitChange.unchanged, perPeerUpload: 0),
-        .configurePipeline(plan: [0], shareTag: [1, 2, 3], identityPublicKey: [4, 5]),
+        .configurePipeline(plan: [0], tagKey: [1, 2, 3], identityPublicKey: [4, 5]),
         .sessionKeysRequest(
             requestID: 0x8000_0001, role: 1, sharedSecret: [UInt8](repeating: 7, count: 32),
             transcript: [UInt8](repeating: 8, count: 32)),

@@ -101,13 +101,26 @@ final class SodiumHandshakeTests: XCTestCase {
         XCTAssertThrowsError(try s3.receiver.open(once), "replayed")
     }
 
-    func testShareTagAndDHTKeyDependOnTheSecret() {
+    func testHelloTagsAndDHTKeyDependOnTheSecretAndTagsAreFreshPerHello() {
         let id = [UInt8](repeating: 7, count: 32)
         let a = Sodium.random(32)
         let b = Sodium.random(32)
-        XCTAssertNotEqual(SodiumHandshake.shareTag(shareID: id, linkSecret: a), id)
-        XCTAssertNotEqual(
-            SodiumHandshake.shareTag(shareID: id, linkSecret: a), SodiumHandshake.shareTag(shareID: id, linkSecret: b))
+        let keyA = SodiumHandshake.shareTagKey(shareID: id, linkSecret: a)
+        let keyB = SodiumHandshake.shareTagKey(shareID: id, linkSecret: b)
+        XCTAssertNotEqual(keyA, keyB)
+        // A fresh tag per hello: two connections to one share do not look alike, and only
+        // the right key checks.
+        let first = SodiumHandshake.helloTag(tagKey: keyA)
+        let second = SodiumHandshake.helloTag(tagKey: keyA)
+        XCTAssertEqual(first.count, 32)
+        XCTAssertNotEqual(first, second)
+        XCTAssertTrue(SodiumHandshake.checkHelloTag(first, tagKey: keyA))
+        XCTAssertTrue(SodiumHandshake.checkHelloTag(second, tagKey: keyA))
+        XCTAssertFalse(SodiumHandshake.checkHelloTag(first, tagKey: keyB))
+        XCTAssertFalse(SodiumHandshake.checkHelloTag(id, tagKey: keyA))
+        var flipped = first
+        flipped[31] ^= 1
+        XCTAssertFalse(SodiumHandshake.checkHelloTag(flipped, tagKey: keyA))
         XCTAssertEqual(SodiumHandshake.dhtKey(shareID: id, linkSecret: a).count, 20)
         XCTAssertNotEqual(
             SodiumHandshake.dhtKey(shareID: id, linkSecret: a), SodiumHandshake.dhtKey(shareID: id, linkSecret: b))

@@ -59,7 +59,10 @@ def test_a_client_that_knows_the_share_tag_but_offers_no_encryption_gets_nothing
     seeder = Seeder(source, "--no-dht", "--encrypt")
     try:
         share_id, secret = link_parts(seeder.link)
-        tag = hashlib.blake2b(b"peershare-share-tag-v1" + share_id, key=secret, digest_size=32).digest()
+        # A valid hello tag, as one seen on the wire: nonce ‖ BLAKE2b-128(key = tag key, nonce).
+        tag_key = hashlib.blake2b(b"peershare-share-tag-v2" + share_id, key=secret, digest_size=32).digest()
+        nonce = os.urandom(16)
+        tag = nonce + hashlib.blake2b(nonce, key=tag_key, digest_size=16).digest()
         with socket.create_connection(("127.0.0.1", seeder.port), timeout=10) as s:
             s.sendall(peerwire.hello(tag))
             s.sendall(peerwire.frame(peerwire.GET_MANIFEST, b""))
@@ -102,7 +105,7 @@ def get_through_proxy(seeder, edit, tmp_path, *extra):
     proxy.start()
     link = seeder.link.split("&peer=")[0]
     out = tmp_path / "out"
-    out.mkdir()
+    out.mkdir(parents=True)
     return out, get(link, out, "--peer", f"127.0.0.1:{proxy.port}", "--no-dht", "--verbose", *extra, timeout=120)
 
 
@@ -798,3 +801,25 @@ def test_plugin_option_values_are_not_printed_and_a_refused_option_is_one_clear_
     assert result.returncode == 78, result.stderr
     assert "pipeline.json: plugin 'pad' refused: option 'block'" in result.stderr, result.stderr
     assert "protocol violation" not in result.stderr, result.stderr
+
+
+def test_two_connections_to_one_private_share_carry_different_hello_tags(tmp_path):
+    source = tmp_path / "u.bin"
+    source.write_bytes(os.urandom(300_000))
+    seeder = Seeder(source, "--no-dht", "--encrypt")
+    hellos = []
+
+    def edit(from_seeder, msg_type, payload):
+        if not from_seeder and msg_type == peerwire.HELLO:
+            hellos.append(payload[len(peerwire.MAGIC) + 2:len(peerwire.MAGIC) + 34])
+        return [(msg_type, payload)]
+
+    try:
+        for run in range(2):
+            out, result = get_through_proxy(seeder, edit, tmp_path / f"run{run}")
+            assert result.returncode == 0, result.stderr
+    finally:
+        seeder.stop()
+    share_id, _ = link_parts(seeder.link)
+    assert len(hellos) >= 2 and len(set(hellos)) == len(hellos), hellos
+    assert share_id not in hellos
