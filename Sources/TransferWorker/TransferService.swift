@@ -117,7 +117,13 @@ public final class TransferService: WorkerService, @unchecked Sendable {
     /// Sends to the supervisor; a broken pipe means the supervisor is gone, so we go too.
     func tell(_ message: IPCMessage) { pipe.sendOrExit(message, logger: logger) }
 
+    /// The pipeline could not be set up (a plugin refused its options, say): nothing is
+    /// served or fetched, and the supervisor, told so, ends the run. A `share` must not print
+    /// a link it cannot serve.
+    private var pipelineFailed = false
+
     private func onSupervisor(_ message: IPCMessage) {
+        if pipelineFailed, [.serve, .fetch, .startChunks, .addPeers].contains(message.tag) { return }
         switch message {
         case .serve(let shareID, let manifest, let host, let port, let partial):
             servingPartial = partial
@@ -140,6 +146,7 @@ public final class TransferService: WorkerService, @unchecked Sendable {
                 pipeline.publicKey = publicKey
                 pipeline.keyHolder = keyHolder
             } catch {
+                pipelineFailed = true
                 tell(.failure(requestID: 0, code: 78, message: "bad pipeline from the supervisor: \(error)"))
                 return
             }
@@ -147,9 +154,11 @@ public final class TransferService: WorkerService, @unchecked Sendable {
                 try startPlugins()
             } catch {
                 // Usually a plugin refusing its options: the user's configuration, said once.
+                pipelineFailed = true
                 tell(.failure(requestID: 0, code: 78, message: "pipeline.json: \(error)"))
                 return
             }
+            pipelineFailed = false
             let names = pipeline.plan.stages.map(\.name).joined(separator: ", ")
             logger.info(
                 "pipeline: \(names.isEmpty ? "no stages" : names); peer id \(PeerIdentity.peerID(of: pipeline.publicKey))"

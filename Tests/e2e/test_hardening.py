@@ -801,6 +801,7 @@ def test_plugin_option_values_are_not_printed_and_a_refused_option_is_one_clear_
     assert result.returncode == 78, result.stderr
     assert "pipeline.json: plugin 'pad' refused: option 'block'" in result.stderr, result.stderr
     assert "protocol violation" not in result.stderr, result.stderr
+    assert "peershare://" not in result.stdout, "no link is printed for a share that cannot be served"
 
 
 def test_two_connections_to_one_private_share_carry_different_hello_tags(tmp_path):
