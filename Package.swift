@@ -38,6 +38,8 @@ let package = Package(
         .target(
             name: "Kademlia",
             dependencies: [.product(name: "Crypto", package: "swift-crypto")]),
+        // Pure core: NAT traversal: STUN, the relay protocol and the relay's policy.
+        .target(name: "Traversal", dependencies: ["PeerShareCore", "IPC"]),
         // Pure core: the peer-to-peer wire messages.
         .target(name: "PeerWire", dependencies: ["PeerShareCore", "IPC"]),
 
@@ -63,7 +65,7 @@ let package = Package(
         .target(
             name: "TransferWorker",
             dependencies: [
-                "WorkerRuntime", "IPC", "PeerWire", "PeerShareCore", "Stages",
+                "WorkerRuntime", "IPC", "PeerWire", "PeerShareCore", "Stages", "Traversal",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -78,7 +80,11 @@ let package = Package(
             ]),
         .target(
             name: "NATWorker",
-            dependencies: ["WorkerRuntime", "IPC", .product(name: "Logging", package: "swift-log")]),
+            dependencies: [
+                "WorkerRuntime", "IPC", "Traversal", "PeerShareCore", .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]),
         .target(
             name: "Supervisor",
             dependencies: [
@@ -91,7 +97,7 @@ let package = Package(
             name: "PeerShareCLI",
             dependencies: [
                 "Supervisor", "WorkerRuntime", "HashWorker", "TransferWorker", "DiscoveryWorker",
-                "NATWorker", "PeerShareCore", "IPC", "CSodium", "CZlib", "Kademlia", "Stages",
+                "NATWorker", "PeerShareCore", "IPC", "CSodium", "CZlib", "Kademlia", "Stages", "Traversal",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -113,6 +119,7 @@ let package = Package(
 
         .testTarget(name: "PeerShareCoreTests", dependencies: ["PeerShareCore"]),
         .testTarget(name: "StagesTests", dependencies: ["Stages", "PeerShareCore"]),
+        .testTarget(name: "TraversalTests", dependencies: ["Traversal", "PeerShareCore", "IPC"]),
         // End-to-end tests drive real processes from Python: Tests/e2e (run by contrib/test.sh).
         .testTarget(name: "IPCTests", dependencies: ["IPC", "PeerWire", "PeerShareCore"]),
         .testTarget(

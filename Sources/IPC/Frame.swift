@@ -68,6 +68,15 @@ public struct FrameDecoder {
     /// Bytes received but not yet returned as frames.
     public var bufferedCount: Int { buffer.count - start }
 
+    /// Takes the unread bytes out (a channel that stops framing hands them on unparsed).
+    public mutating func takeRemaining() -> [UInt8] {
+        defer {
+            buffer = []
+            start = 0
+        }
+        return Array(buffer[start...])
+    }
+
     /// The next complete frame, nil if more bytes are needed, or an error (the channel must close).
     public mutating func next() throws -> Frame? {
         guard bufferedCount >= 4 else { return nil }

@@ -63,6 +63,22 @@ public enum IPCMessage: Equatable, Sendable {
     case sessionKeys(
         requestID: UInt32, clientToServer: [UInt8], serverToClient: [UInt8], publicKey: [UInt8], signature: [UInt8])
 
+    /// Relays for this share (`HOST:PORT`, resolved), and its DHT key, which names it there.
+    /// `register`: a seeder registers with them so downloaders can reach it through them;
+    /// otherwise a downloader reaches the share's seeders through them.
+    case useRelays(key: [UInt8], relays: [String], register: Bool)
+    /// A relay accepted our registration and saw us at `observed`.
+    case relayRegistered(relay: String, observed: String)
+
+    // NAT worker: address discovery and the relay.
+    /// Ask STUN servers (`HOST:PORT`, resolved) from one UDP socket what they see.
+    case natProbe(requestID: UInt32, servers: [String])
+    /// `observed`: one `SERVER MAPPED` line per server that answered; `mapping`: `MappingKind`.
+    case natReport(requestID: UInt32, observed: [String], mapping: UInt8, localPort: UInt16)
+    /// Run a relay on HOST:PORT with these limits (0: none).
+    case relayStart(host: String, port: UInt16, maxCircuits: UInt32, maxCircuitRate: UInt64, circuitSeconds: UInt32)
+    case relayListening(port: UInt16)
+
     // Discovery worker: the DHT node.
     case dhtStart(host: String, port: UInt16, routers: [String], state: [UInt8])
     case dhtReady(port: UInt16, nodeID: [UInt8])
@@ -80,14 +96,17 @@ public enum IPCMessage: Equatable, Sendable {
         case serve = 0x0200, serving, fetch, manifestReceived, startChunks, chunkStored
         // 0x0206 is retired (chunkResult, from when chunk data went through the supervisor).
         case peerEvent = 0x0207, fetchFailed, peerCount, addPeers, setLimits,
-            configurePipeline, pluginFailed, sessionKeysRequest, sessionKeys
+            configurePipeline, pluginFailed, sessionKeysRequest, sessionKeys, useRelays, relayRegistered
         case dhtStart = 0x0300, dhtReady, dhtRequest, dhtTrace, dhtResult, dhtStateRequest, dhtState
+        case natProbe = 0x0400, natReport, relayStart, relayListening
     }
 
     /// 2: chunk data moves on the transfer⇄hash data channel, not through the supervisor.
     /// 3: no secret reaches the transfer worker (tag key and public key in
     /// configurePipeline; sessionKeysRequest/sessionKeys for each encryption handshake).
-    public static let protocolVersion: UInt16 = 3
+    /// 4: NAT traversal (useRelays, relayRegistered, natProbe, natReport, relayStart,
+    /// relayListening).
+    public static let protocolVersion: UInt16 = 4
     /// The largest frame on a supervisor pipe: a full manifest plus headers.
     public static let maxFrameLength = Manifest.maxEncodedSize + 64 * 1024
     static let maxText = 64 * 1024
@@ -131,6 +150,12 @@ public enum IPCMessage: Equatable, Sendable {
         case .pluginFailed: return .pluginFailed
         case .sessionKeysRequest: return .sessionKeysRequest
         case .sessionKeys: return .sessionKeys
+        case .useRelays: return .useRelays
+        case .relayRegistered: return .relayRegistered
+        case .natProbe: return .natProbe
+        case .natReport: return .natReport
+        case .relayStart: return .relayStart
+        case .relayListening: return .relayListening
         case .dhtStart: return .dhtStart
         case .dhtReady: return .dhtReady
         case .dhtRequest: return .dhtRequest
@@ -151,7 +176,8 @@ public enum IPCMessage: Equatable, Sendable {
             .downloadPrepared(let id, _), .writeChunk(let id, _, _), .chunkWritten(let id, _, _),
             .finalizeDownload(let id), .downloadFinalized(let id, _), .dhtRequest(let id, _, _, _, _),
             .dhtTrace(let id, _), .dhtResult(let id, _), .dhtStateRequest(let id), .dhtState(let id, _, _),
-            .sessionKeysRequest(let id, _, _, _), .sessionKeys(let id, _, _, _, _):
+            .sessionKeysRequest(let id, _, _, _), .sessionKeys(let id, _, _, _, _), .natProbe(let id, _),
+            .natReport(let id, _, _, _):
             return id
         default:
             return nil
@@ -278,6 +304,31 @@ public enum IPCMessage: Equatable, Sendable {
             w.u16(code)
             w.blob(Array(text.utf8))
         case .peerCount(let count): w.u16(count)
+        case .useRelays(let key, let relays, let register):
+            w.blob(key)
+            w.u16(UInt16(relays.count))
+            for relay in relays { w.string(relay) }
+            w.bool(register)
+        case .relayRegistered(let relay, let observed):
+            w.string(relay)
+            w.string(observed)
+        case .natProbe(let id, let servers):
+            w.u32(id)
+            w.u16(UInt16(servers.count))
+            for server in servers { w.string(server) }
+        case .natReport(let id, let observed, let mapping, let localPort):
+            w.u32(id)
+            w.u16(UInt16(observed.count))
+            for line in observed { w.string(line) }
+            w.u8(mapping)
+            w.u16(localPort)
+        case .relayStart(let host, let port, let circuits, let rate, let seconds):
+            w.string(host)
+            w.u16(port)
+            w.u32(circuits)
+            w.u64(rate)
+            w.u32(seconds)
+        case .relayListening(let port): w.u16(port)
         case .dhtStart(let host, let port, let routers, let state):
             w.string(host)
             w.u16(port)
@@ -333,6 +384,15 @@ public enum IPCMessage: Equatable, Sendable {
             return string
         }
         func shareID() throws -> [UInt8] { try r.raw(ShareID.byteCount) }
+        func list() throws -> [String] {
+            let count = Int(try r.u16())
+            guard count <= IPCMessage.maxPeers else {
+                throw DecodeError.tooLarge(what: "list", length: count, limit: IPCMessage.maxPeers)
+            }
+            var items: [String] = []
+            for _ in 0..<count { items.append(try r.string()) }
+            return items
+        }
         switch tag {
         case .hello:
             let version = try r.u16()
@@ -417,6 +477,18 @@ public enum IPCMessage: Equatable, Sendable {
                 publicKey: try r.blob(limit: 32, what: "public key"),
                 signature: try r.blob(limit: 64, what: "signature"))
         case .pluginFailed: self = .pluginFailed(name: try r.string(), reason: try text())
+        case .useRelays:
+            let key = try r.blob(limit: 32, what: "key")
+            self = .useRelays(key: key, relays: try list(), register: try r.bool())
+        case .relayRegistered: self = .relayRegistered(relay: try r.string(), observed: try r.string())
+        case .natProbe: self = .natProbe(requestID: try r.u32(), servers: try list())
+        case .natReport:
+            self = .natReport(requestID: try r.u32(), observed: try list(), mapping: try r.u8(), localPort: try r.u16())
+        case .relayStart:
+            self = .relayStart(
+                host: try r.string(), port: try r.u16(), maxCircuits: try r.u32(), maxCircuitRate: try r.u64(),
+                circuitSeconds: try r.u32())
+        case .relayListening: self = .relayListening(port: try r.u16())
         case .dhtStart:
             let host = try r.string()
             let port = try r.u16()

@@ -29,7 +29,7 @@ public enum WorkerRole: String, CaseIterable, Sendable, Codable {
         case .discovery:
             return common.union([.dhtReady, .dhtTrace, .dhtResult, .dhtState])
         case .nat:
-            return common
+            return common.union([.natReport, .relayListening])
         case .hash:
             return common.union([
                 .manifestBuilt, .hashProgress, .shareOpened, .downloadPrepared, .downloadFinalized,
@@ -37,7 +37,7 @@ public enum WorkerRole: String, CaseIterable, Sendable, Codable {
         case .transfer:
             return common.union([
                 .serving, .manifestReceived, .chunkStored, .peerEvent, .fetchFailed, .peerCount, .pluginFailed,
-                .sessionKeysRequest,
+                .sessionKeysRequest, .relayRegistered,
             ])
         }
     }

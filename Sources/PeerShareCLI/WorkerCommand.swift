@@ -62,7 +62,7 @@ struct WorkerCommand: ParsableCommand {
                     maxPeerUploadRate: Double(maxPeerUploadRate))
             case .discovery:
                 return DiscoveryService(logger: logger, pipe: pipe)
-            case .nat: return NATService(logger: logger)
+            case .nat: return NATService(logger: logger, pipe: pipe)
             }
         }
     }

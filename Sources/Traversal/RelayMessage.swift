@@ -1,0 +1,137 @@
+import IPC
+import PeerShareCore
+
+/// The relay protocol (docs/PROTOCOL.md §4): framed like every PeerShare channel (`Frame`:
+/// u32 length ‖ u16 type ‖ payload), small control frames until `bridged`, then the relay
+/// copies bytes between the two ends of a circuit and reads none of them.
+///
+///     seeder ── register(key) ──────────▶ relay          (kept open: the relay's way back)
+///     seeder ◀───────── registered(addr) ─ relay
+///     downloader ── connect(key) ───────▶ relay
+///     seeder ◀── incoming(circuit, addr) ─ relay
+///     seeder ── attach(circuit) ────────▶ relay          (a second connection)
+///     both   ◀───────────────── bridged ── relay         then: the peer protocol, end to end
+///
+/// `key` is the share's DHT key (20 bytes, public already); `circuit` 16 random bytes the
+/// relay chose, so only the registrant it told can attach.
+public enum RelayMessage: Equatable, Sendable {
+    case register(key: [UInt8])
+    case registered(observed: WireAddress)
+    case connect(key: [UInt8])
+    case incoming(circuit: [UInt8], from: WireAddress)
+    case attach(circuit: [UInt8])
+    case bridged
+    case refused(code: RefusalCode, text: String)
+
+    public enum Tag: UInt16, CaseIterable, Sendable {
+        case register = 0x6001, registered, connect, incoming, attach, bridged, refused
+    }
+
+    public enum RefusalCode: UInt16, Sendable {
+        case unknownKey = 1
+        case full = 2
+        case badRequest = 3
+        case timeout = 4
+    }
+
+    /// "PSRELAY1": opens register, connect and attach, so a stray client is refused at once.
+    public static let magic: [UInt8] = Array("PSRELAY1".utf8)
+    public static let keyBytes = 20
+    public static let circuitBytes = 16
+    /// No control frame is longer (the refusal text is cut to 200 bytes).
+    public static let maxFrameLength = 256
+    static let maxText = 200
+
+    public var tag: Tag {
+        switch self {
+        case .register: return .register
+        case .registered: return .registered
+        case .connect: return .connect
+        case .incoming: return .incoming
+        case .attach: return .attach
+        case .bridged: return .bridged
+        case .refused: return .refused
+        }
+    }
+
+    public func frame() -> Frame {
+        var w = ByteWriter(capacity: 48)
+        switch self {
+        case .register(let key), .connect(let key):
+            w.raw(RelayMessage.magic)
+            w.raw(key)
+        case .registered(let observed): observed.write(into: &w)
+        case .incoming(let circuit, let from):
+            w.raw(circuit)
+            from.write(into: &w)
+        case .attach(let circuit):
+            w.raw(RelayMessage.magic)
+            w.raw(circuit)
+        case .bridged: break
+        case .refused(let code, let text):
+            w.u16(code.rawValue)
+            w.blob(Array(text.utf8.prefix(RelayMessage.maxText)))
+        }
+        return Frame(type: tag.rawValue, payload: w.bytes)
+    }
+
+    public init(frame: Frame) throws {
+        guard let tag = Tag(rawValue: frame.type) else {
+            throw DecodeError.invalid(String(format: "unknown relay message 0x%04x", frame.type))
+        }
+        var r = ByteReader(frame.payload)
+        func magic() throws {
+            guard try r.raw(RelayMessage.magic.count) == RelayMessage.magic else {
+                throw DecodeError.invalid("not a PeerShare relay request")
+            }
+        }
+        switch tag {
+        case .register:
+            try magic()
+            self = .register(key: try r.raw(RelayMessage.keyBytes))
+        case .connect:
+            try magic()
+            self = .connect(key: try r.raw(RelayMessage.keyBytes))
+        case .registered: self = .registered(observed: try WireAddress(reader: &r))
+        case .incoming:
+            self = .incoming(circuit: try r.raw(RelayMessage.circuitBytes), from: try WireAddress(reader: &r))
+        case .attach:
+            try magic()
+            self = .attach(circuit: try r.raw(RelayMessage.circuitBytes))
+        case .bridged: self = .bridged
+        case .refused:
+            guard let code = RefusalCode(rawValue: try r.u16()) else { throw DecodeError.invalid("unknown refusal") }
+            let text = try r.blob(limit: RelayMessage.maxText, what: "refusal text")
+            self = .refused(code: code, text: String(decoding: text, as: UTF8.self))
+        }
+        try r.expectEnd()
+    }
+}
+
+/// An address on the wire: family u8 (4 or 6) ‖ 4 or 16 address bytes ‖ port u16.
+public struct WireAddress: Equatable, Hashable, Sendable, CustomStringConvertible {
+    public var ip: [UInt8]
+    public var port: UInt16
+
+    public init?(ip: [UInt8], port: UInt16) {
+        guard ip.count == 4 || ip.count == 16 else { return nil }
+        self.ip = ip
+        self.port = port
+    }
+
+    init(reader r: inout ByteReader) throws {
+        let family = try r.u8()
+        guard family == 4 || family == 6 else { throw DecodeError.invalid("unknown address family \(family)") }
+        ip = try r.raw(family == 4 ? 4 : 16)
+        port = try r.u16()
+    }
+
+    func write(into w: inout ByteWriter) {
+        w.u8(ip.count == 4 ? 4 : 6)
+        w.raw(ip)
+        w.u16(port)
+    }
+
+    public var peerAddress: PeerAddress { PeerAddress(host: IPText.format(ip), port: Int(port)) }
+    public var description: String { peerAddress.description }
+}

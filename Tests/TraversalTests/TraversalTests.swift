@@ -1,0 +1,184 @@
+import IPC
+import PeerShareCore
+import Testing
+
+@testable import Traversal
+
+@Suite struct STUNTests {
+    let transaction: [UInt8] = Array(1...12)
+
+    /// A success response as coturn sends it: XOR-MAPPED-ADDRESS for 11.0.113.50:38952.
+    func response(type: UInt16 = 0x0101, transaction: [UInt8]? = nil, attribute: UInt16 = 0x0020,
+                  value: [UInt8]? = nil) -> [UInt8] {
+        var w = ByteWriter(capacity: 32)
+        let port = UInt16(38952) ^ 0x2112
+        let ip: [UInt8] = [11, 0, 113, 50]
+        let mask: [UInt8] = [0x21, 0x12, 0xA4, 0x42]
+        let body = value ?? [0, 1, UInt8(port >> 8), UInt8(port & 0xFF)] + zip(ip, mask).map { $0 ^ $1 }
+        w.u16(type)
+        w.u16(UInt16(4 + body.count))
+        w.u32(STUN.magicCookie)
+        w.raw(transaction ?? self.transaction)
+        w.u16(attribute)
+        w.u16(UInt16(body.count))
+        w.raw(body)
+        return w.bytes
+    }
+
+    @Test func requestIsTwentyBytesWithTheCookie() {
+        let request = STUN.request(transactionID: transaction)
+        #expect(request.count == 20)
+        #expect(Array(request[0..<8]) == [0, 1, 0, 0, 0x21, 0x12, 0xA4, 0x42])
+        #expect(Array(request[8...]) == transaction)
+    }
+
+    @Test func readsTheXorMappedAddress() throws {
+        let address = try STUN.mappedAddress(in: response(), transactionID: transaction)
+        #expect(address == PeerAddress(host: "11.0.113.50", port: 38952))
+    }
+
+    @Test func refusesAnotherTransactionErrorsAndBadAttributes() {
+        #expect(throws: STUN.ParseError.self) {
+            try STUN.mappedAddress(in: response(transaction: Array(repeating: 9, count: 12)), transactionID: transaction)
+        }
+        #expect(throws: STUN.ParseError.self) {
+            try STUN.mappedAddress(in: response(type: 0x0111), transactionID: transaction)
+        }
+        // An unknown family, a truncated value, a length that runs past the message.
+        #expect(throws: (any Error).self) {
+            try STUN.mappedAddress(in: response(value: [0, 9, 0, 0, 1, 2, 3, 4]), transactionID: transaction)
+        }
+        #expect(throws: (any Error).self) {
+            try STUN.mappedAddress(in: response(value: [0, 1, 0]), transactionID: transaction)
+        }
+        var long = response()
+        long[3] = 200
+        #expect(throws: (any Error).self) { try STUN.mappedAddress(in: long, transactionID: transaction) }
+        #expect(throws: (any Error).self) {
+            try STUN.mappedAddress(in: Array(repeating: 0, count: 5000), transactionID: transaction)
+        }
+    }
+
+    @Test func classifiesMappings() {
+        let a = PeerAddress(host: "11.0.113.50", port: 4000)
+        let b = PeerAddress(host: "11.0.113.50", port: 4001)
+        #expect(MappingKind.classify(observed: [a, a], local: ["192.168.50.2"], localPort: 4000) == .endpointIndependent)
+        #expect(MappingKind.classify(observed: [a, b], local: ["192.168.50.2"], localPort: 4000) == .endpointDependent)
+        #expect(MappingKind.classify(observed: [a], local: ["192.168.50.2"], localPort: 4000) == .unknown)
+        #expect(MappingKind.classify(observed: [a, a], local: ["11.0.113.50"], localPort: 4000) == .none)
+        #expect(MappingKind.classify(observed: [], local: [], localPort: 0) == .unknown)
+    }
+}
+
+@Suite struct RelayProtocolTests {
+    let key = [UInt8](repeating: 7, count: 20)
+    let seen = WireAddress(ip: [11, 0, 113, 50], port: 4000)!
+
+    @Test func everyMessageRoundTrips() throws {
+        let messages: [RelayMessage] = [
+            .register(key: key), .registered(observed: seen), .connect(key: key),
+            .incoming(circuit: Array(0..<16), from: seen), .attach(circuit: Array(0..<16)), .bridged,
+            .refused(code: .full, text: "too many"),
+        ]
+        for message in messages {
+            #expect(try RelayMessage(frame: message.frame()) == message)
+        }
+    }
+
+    @Test func refusesStrangersAndTrailingBytes() {
+        var frame = RelayMessage.register(key: key).frame()
+        frame.payload[0] = UInt8(ascii: "X")
+        #expect(throws: DecodeError.self) { try RelayMessage(frame: frame) }
+        var long = RelayMessage.bridged.frame()
+        long.payload = [1]
+        #expect(throws: DecodeError.self) { try RelayMessage(frame: long) }
+        #expect(throws: DecodeError.self) { try RelayMessage(frame: Frame(type: 0x6FFF, payload: [])) }
+    }
+}
+
+@Suite struct RelayTableTests {
+    let key = [UInt8](repeating: 7, count: 20)
+    let seen = WireAddress(ip: [11, 0, 113, 50], port: 4000)!
+    var circuitCounter = 0
+
+    func circuit() -> [UInt8] { [UInt8](repeating: 0xC1, count: 16) }
+
+    /// Seeder 1 registers from 11.0.113.50, downloader 2 connects, seeder's connection 3 attaches.
+    @Test func joinsADownloaderToTheRegisteredSeeder() {
+        var table = RelayTable()
+        table.opened(1, address: "11.0.113.50")
+        table.opened(2, address: "11.0.113.60")
+        table.opened(3, address: "11.0.113.50")
+        #expect(table.received(.register(key: key), on: 1, observed: seen, now: 0, newCircuitID: circuit)
+            == [.send(.registered(observed: seen), to: 1)])
+        #expect(table.received(.connect(key: key), on: 2, observed: seen, now: 1, newCircuitID: circuit)
+            == [.send(.incoming(circuit: circuit(), from: seen), to: 1)])
+        #expect(table.received(.attach(circuit: circuit()), on: 3, observed: seen, now: 2, newCircuitID: circuit)
+            == [.bridge(2, 3)])
+        #expect(table.circuitCount == 1)
+        #expect(table.closed(2) == [.close(3, reason: "the other end closed")])
+        #expect(table.circuitCount == 0)
+    }
+
+    @Test func aStrangerCannotTakeACircuitOrReachAnUnregisteredKey() {
+        var table = RelayTable()
+        table.opened(1, address: "11.0.113.50")
+        table.opened(2, address: "11.0.113.60")
+        table.opened(9, address: "11.0.113.99")
+        _ = table.received(.register(key: key), on: 1, observed: seen, now: 0, newCircuitID: circuit)
+        _ = table.received(.connect(key: key), on: 2, observed: seen, now: 0, newCircuitID: circuit)
+        // The circuit id, stolen or guessed, from another address: refused.
+        let stolen = table.received(.attach(circuit: circuit()), on: 9, observed: seen, now: 0, newCircuitID: circuit)
+        #expect(stolen.contains { if case .send(.refused(.unknownKey, _), 9) = $0 { return true } else { return false } })
+        // Connecting to a key nobody registered: refused, nobody is told anything.
+        table.opened(10, address: "11.0.113.98")
+        let other = table.received(
+            .connect(key: [UInt8](repeating: 1, count: 20)), on: 10, observed: seen, now: 0, newCircuitID: circuit)
+        #expect(other.count == 2)
+        #expect(!other.contains { if case .send(_, 1) = $0 { return true } else { return false } })
+        // A client speaking the relay's messages is refused.
+        table.opened(11, address: "11.0.113.97")
+        #expect(table.received(.bridged, on: 11, observed: seen, now: 0, newCircuitID: circuit).count == 2)
+    }
+
+    @Test func unansweredCircuitsExpireAndFloodsAreCapped() {
+        var limits = RelayTable.Limits()
+        limits.maxCircuitsPerAddress = 3
+        var table = RelayTable(limits: limits)
+        table.opened(1, address: "11.0.113.50")
+        _ = table.received(.register(key: key), on: 1, observed: seen, now: 0, newCircuitID: circuit)
+        var counter: UInt8 = 0
+        var refused = 0
+        for connection in 2..<12 {
+            table.opened(connection, address: "11.0.113.60")
+            let directives = table.received(.connect(key: key), on: connection, observed: seen, now: 0) {
+                counter += 1
+                return [UInt8](repeating: counter, count: 16)
+            }
+            if directives.contains(where: { if case .send(.refused(.full, _), _) = $0 { return true } else { return false } }) {
+                refused += 1
+            }
+        }
+        #expect(refused == 7)
+        let expired = table.tick(now: limits.attachSeconds + 1)
+        #expect(expired.filter { if case .close = $0 { return true } else { return false } }.count == 3)
+        // Their slots are free again.
+        table.opened(20, address: "11.0.113.60")
+        let again = table.received(.connect(key: key), on: 20, observed: seen, now: 20) { [UInt8](repeating: 99, count: 16) }
+        #expect(again == [.send(.incoming(circuit: [UInt8](repeating: 99, count: 16), from: seen), to: 1)])
+    }
+
+    @Test func liveCircuitsEndAtTheirTimeLimit() {
+        var limits = RelayTable.Limits()
+        limits.circuitSeconds = 60
+        var table = RelayTable(limits: limits)
+        table.opened(1, address: "a")
+        table.opened(2, address: "b")
+        table.opened(3, address: "a")
+        _ = table.received(.register(key: key), on: 1, observed: seen, now: 0, newCircuitID: circuit)
+        _ = table.received(.connect(key: key), on: 2, observed: seen, now: 0, newCircuitID: circuit)
+        _ = table.received(.attach(circuit: circuit()), on: 3, observed: seen, now: 0, newCircuitID: circuit)
+        #expect(table.tick(now: 30).isEmpty)
+        #expect(table.tick(now: 61).count == 2)
+    }
+}
