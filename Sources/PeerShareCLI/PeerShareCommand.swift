@@ -15,7 +15,7 @@ public struct PeerShareCommand: ParsableCommand {
             """,
         subcommands: [
             Share.self, Get.self, Limit.self, PipelineCommand.self, DHTCommand.self, Demo.self, Bench.self,
-            SandboxCommand.self, WorkerCommand.self,
+            NATCommand.self, RelayCommand.self, SandboxCommand.self, WorkerCommand.self,
         ]
     )
 

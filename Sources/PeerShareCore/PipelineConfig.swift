@@ -46,9 +46,20 @@ public struct PipelineConfig: Equatable, Sendable {
         ]
     }
 
+    public struct NAT: Equatable, Sendable {
+        /// Ask STUN servers, map ports, use relays; `--no-nat` turns it off for one run.
+        public var enabled = true
+        /// STUN servers (`peershare nat`): two at different addresses tell the NAT's kind.
+        public var stun = ["stun.l.google.com:19302", "stun.cloudflare.com:3478"]
+        /// PeerShare relays (`peershare relay`) a share registers with, so peers that cannot
+        /// reach it directly still can; they are named in its link.
+        public var relays: [String] = []
+    }
+
     public var version = schemaVersion
     public var stages: [StageSpec] = []
     public var dht = DHT()
+    public var nat = NAT()
     public var workers = Workers()
     public var limits = Limits()
 
@@ -107,7 +118,7 @@ public struct PipelineConfig: Equatable, Sendable {
         }
         let reader = JSONObjectReader(file: file)
         let root = try reader.object(object, key: "(top level)")
-        try reader.allowOnly(["version", "stages", "workers", "limits", "dht"], in: root, prefix: "")
+        try reader.allowOnly(["version", "stages", "workers", "limits", "dht", "nat"], in: root, prefix: "")
 
         var config = PipelineConfig()
         guard let versionValue = root["version"] else {
@@ -183,6 +194,20 @@ public struct PipelineConfig: Equatable, Sendable {
                         file: file, key: "dht.bootstrap", problem: "expected an array of \"HOST:PORT\" strings")
                 }
                 config.dht.bootstrap = try list.enumerated().map { try reader.address($1, key: "dht.bootstrap[\($0)]") }
+            }
+        }
+        if let natValue = root["nat"] {
+            let nat = try reader.object(natValue, key: "nat")
+            try reader.allowOnly(["enabled", "stun", "relays"], in: nat, prefix: "nat.")
+            if let value = nat["enabled"] { config.nat.enabled = try reader.bool(value, key: "nat.enabled") }
+            for key in ["stun", "relays"] {
+                guard let value = nat[key] else { continue }
+                guard let list = value as? [Any], list.count <= 16 else {
+                    throw LoadError(
+                        file: file, key: "nat.\(key)", problem: "expected an array of at most 16 \"HOST:PORT\" strings")
+                }
+                let addresses = try list.enumerated().map { try reader.address($1, key: "nat.\(key)[\($0)]") }
+                if key == "stun" { config.nat.stun = addresses } else { config.nat.relays = addresses }
             }
         }
         return config

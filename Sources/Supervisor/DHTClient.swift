@@ -22,14 +22,16 @@ public struct DHTSettings: Sendable {
 
     /// Resolves HOST:PORT names to IPv4 addresses; names that do not resolve are reported
     /// through `warn` and skipped (a machine offline can still use local peers).
-    public static func resolve(_ names: [PeerAddress], warn: (String) -> Void) -> [String] {
+    public static func resolve(
+        _ names: [PeerAddress], what: String = "DHT bootstrap node", warn: (String) -> Void
+    ) -> [String] {
         var out: [String] = []
         var failed: [String] = []
         defer {
             if !failed.isEmpty {
                 warn(
-                    "cannot resolve DHT bootstrap node\(failed.count > 1 ? "s" : "") \(failed.joined(separator: ", "))"
-                        + (out.isEmpty ? "; the DHT starts with no one to ask" : ""))
+                    "cannot resolve \(what)\(failed.count > 1 ? "s" : "") \(failed.joined(separator: ", "))"
+                        + (out.isEmpty && what == "DHT bootstrap node" ? "; the DHT starts with no one to ask" : ""))
             }
         }
         for name in names {
