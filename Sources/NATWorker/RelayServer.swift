@@ -19,6 +19,7 @@ final class RelayServer: @unchecked Sendable {
     private var table: RelayTable
     private var channels: [Int: Channel] = [:]
     private var splices: [Int: SpliceHandler] = [:]
+    private var preambles: [Int: FramedPreamble] = [:]
     private var nextConnection = 1
     private var listener: Channel?
     private let startedAt = DispatchTime.now().uptimeNanoseconds
@@ -86,10 +87,12 @@ final class RelayServer: @unchecked Sendable {
         }
         let splice = SpliceHandler(server: self, id: id)
         splices[id] = splice
+        preambles[id] = preamble
         try channel.pipeline.syncOperations.addHandlers([preamble, splice])
         channel.closeFuture.whenComplete { [self] _ in
             channels[id] = nil
             splices[id] = nil
+            preambles[id] = nil
             perform(table.closed(id))
         }
         loop.scheduleTask(in: RelayServer.controlDeadline) {
@@ -117,6 +120,10 @@ final class RelayServer: @unchecked Sendable {
                 let bridged = RelayMessage.bridged.frame().encoded()
                 channelA.writeAndFlush(ByteBuffer(bytes: bridged), promise: nil)
                 channelB.writeAndFlush(ByteBuffer(bytes: bridged), promise: nil)
+                // Both ends stop framing now: one of them is mid-frame in its own preamble
+                // (its `.pass`), the other is told here.
+                preambles[a]?.pass()
+                preambles[b]?.pass()
                 logger.info("relay: circuit \(a)⇄\(b) bridged")
             }
         }

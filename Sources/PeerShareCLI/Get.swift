@@ -50,6 +50,9 @@ struct Get: ParsableCommand {
 
     @OptionGroup var common: CommonOptions
     @OptionGroup var dht: DHTOptions
+
+    @Flag(name: .long, help: "No NAT traversal: ignore the link's relays.")
+    var noNAT = false
     @OptionGroup var rates: RateOptions
 
     /// The link's text: from the argument, from stdin (`-`), or from --link-file.
@@ -133,6 +136,17 @@ struct Get: ParsableCommand {
         // downloading, and carries our announcement once we hold verified chunks.
         let dhtSettings = dht.settings(config: config)
         let (seedAfter, showEvents, serveAt) = (seed, verbose, listenAddress)
+        // The link's relays: only for an encrypted share (a relayed connection is always
+        // encrypted end to end) and not with --no-nat.
+        var relayAddresses: [String] = []
+        if !parsed.relays.isEmpty && !noNAT && config.nat.enabled {
+            if parsed.secret == nil {
+                Terminal.warning("the link names relays but carries no key: relays are used only for encrypted shares")
+            } else {
+                relayAddresses = NATOptions.resolve(parsed.relays)
+            }
+        }
+        let relays = relayAddresses
         let pipeline = try PipelineOptions.forGet(config: config, link: parsed)
         let identity = IdentityStore.load(environment: ProcessInfo.processInfo.environment)
         // The hash worker may touch the target folder and nothing else.
@@ -145,7 +159,8 @@ struct Get: ParsableCommand {
                 dht: dhtSettings.map { DHTClient(supervisor: supervisor, settings: $0, logger: logger) },
                 targetDirectory: target,
                 output: useJSON ? Terminal.jsonOutput() : Terminal.sessionOutput(), logger: logger, listen: serveAt,
-                seedAfter: seedAfter, verbose: showEvents, pipeline: pipeline, identity: identity)
+                seedAfter: seedAfter, verbose: showEvents, pipeline: pipeline, identity: identity,
+                relayAddresses: relays)
             return ({ session.begin() }, { session.stop(exitCode: $0) }, session.result)
         }
         throw ExitCode(code)

@@ -31,6 +31,7 @@ struct Share: ParsableCommand {
 
     @OptionGroup var common: CommonOptions
     @OptionGroup var dht: DHTOptions
+    @OptionGroup var nat: NATOptions
     @OptionGroup var rates: RateOptions
 
     func run() throws {
@@ -53,7 +54,13 @@ struct Share: ParsableCommand {
         rates.apply(to: &config)
         LineLogHandler.bootstrap(name: "supervisor", level: common.level)
         let dhtSettings = dht.settings(config: config)
-        let pipeline = PipelineOptions.forShare(config: config, encrypt: encrypt)
+        // Registering with a relay makes the share encrypted: a relayed connection always is.
+        let relays = nat.relays(config: config)
+        let relayAddresses = NATOptions.resolve(relays)
+        if !relays.isEmpty && !encrypt && !config.stages.contains(where: \.isEncryption) {
+            Terminal.warning("encrypting this share: connections through a relay are always encrypted end to end")
+        }
+        let pipeline = PipelineOptions.forShare(config: config, encrypt: encrypt || !relays.isEmpty)
         let identity = IdentityStore.load(environment: ProcessInfo.processInfo.environment)
         // The hash worker may read the shared path and nothing else.
         let absolute = URL(fileURLWithPath: path).standardizedFileURL.path
@@ -65,7 +72,7 @@ struct Share: ParsableCommand {
                 supervisor: supervisor, path: path, listen: listenAddress,
                 dht: dhtSettings.map { DHTClient(supervisor: supervisor, settings: $0, logger: logger) },
                 output: Terminal.sessionOutput(progressToStderr: true), logger: logger, pipeline: pipeline,
-                identity: identity)
+                identity: identity, relays: relays, relayAddresses: relayAddresses)
             return ({ session.begin() }, { session.stop(exitCode: $0) }, session.result)
         }
         throw ExitCode(code)

@@ -1,4 +1,4 @@
-/// `peershare://<64 hex digits of the share id>[?key=<64 hex digits>][&peer=HOST:PORT]...`
+/// `peershare://<64 hex digits of the share id>[?key=<64 hex digits>][&peer=HOST:PORT]...[&relay=HOST:PORT]...`
 /// Parsed strictly: anything unexpected is an error that says what was wrong.
 ///
 /// `key` is the link secret of an encrypted share: whoever holds the link can complete the
@@ -7,16 +7,21 @@
 public struct ShareLink: Equatable, Sendable, CustomStringConvertible {
     public static let scheme = "peershare://"
     public static let maxPeerHints = 16
+    public static let maxRelays = 8
 
     public var shareID: ShareID
     public var peers: [PeerAddress]
+    /// Relays the sharer registered with (`relay=`): the way in when its addresses cannot
+    /// be reached. Only for encrypted shares: a relayed connection is always encrypted.
+    public var relays: [PeerAddress]
     /// The 32-byte link secret of an encrypted share; nil for a public one.
     public var secret: [UInt8]?
     public static let secretBytes = 32
 
-    public init(shareID: ShareID, peers: [PeerAddress] = [], secret: [UInt8]? = nil) {
+    public init(shareID: ShareID, peers: [PeerAddress] = [], secret: [UInt8]? = nil, relays: [PeerAddress] = []) {
         self.shareID = shareID
         self.peers = peers
+        self.relays = relays
         self.secret = secret
     }
 
@@ -24,6 +29,7 @@ public struct ShareLink: Equatable, Sendable, CustomStringConvertible {
         var parameters: [String] = []
         if let secret { parameters.append("key=" + secret.hexString) }
         parameters += peers.map { "peer=\($0)" }
+        parameters += relays.map { "relay=\($0)" }
         return ShareLink.scheme + shareID.hex + (parameters.isEmpty ? "" : "?" + parameters.joined(separator: "&"))
     }
 
@@ -42,13 +48,16 @@ public struct ShareLink: Equatable, Sendable, CustomStringConvertible {
             throw ParseError(description: "the share id must be 64 lowercase hex digits")
         }
         var peers: [PeerAddress] = []
+        var relays: [PeerAddress] = []
         var secret: [UInt8]?
         if parts.count == 2 {
             for parameter in parts[1].split(separator: "&", omittingEmptySubsequences: false) {
                 let pair = parameter.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
-                guard pair.count == 2, pair[0] == "peer" || pair[0] == "key" else {
+                guard pair.count == 2, ["peer", "key", "relay"].contains(pair[0]) else {
                     throw ParseError(
-                        description: "unknown link parameter '\(parameter)' (only key=SECRET and peer=HOST:PORT)")
+                        description:
+                            "unknown link parameter '\(InertText.make(String(parameter.prefix(64))))' (only key=SECRET, peer=HOST:PORT and relay=HOST:PORT)"
+                    )
                 }
                 if pair[0] == "key" {
                     // Not echoed in the error: it is (meant to be) a secret.
@@ -57,13 +66,20 @@ public struct ShareLink: Equatable, Sendable, CustomStringConvertible {
                     secret = bytes
                     continue
                 }
-                peers.append(try PeerAddress.parse(String(pair[1])))
+                if pair[0] == "relay" {
+                    relays.append(try PeerAddress.parse(String(pair[1])))
+                } else {
+                    peers.append(try PeerAddress.parse(String(pair[1])))
+                }
             }
             guard peers.count <= maxPeerHints else {
                 throw ParseError(description: "more than \(maxPeerHints) peer hints")
             }
+            guard relays.count <= maxRelays else {
+                throw ParseError(description: "more than \(maxRelays) relays")
+            }
         }
-        return ShareLink(shareID: id, peers: peers, secret: secret)
+        return ShareLink(shareID: id, peers: peers, secret: secret, relays: relays)
     }
 }
 

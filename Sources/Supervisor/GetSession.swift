@@ -27,6 +27,8 @@ public final class GetSession: SupervisorDelegate, @unchecked Sendable {
     let verbose: Bool
     let pipeline: PeerPipeline
     let identity: [UInt8]
+    /// The link's relays, resolved: the way to the seeders when no direct path works.
+    let relayAddresses: [String]
     private var servingPort: UInt16?
     /// The download is done and `--seed` keeps serving it: every chunk, from its final place.
     private var seeding = false
@@ -52,8 +54,10 @@ public final class GetSession: SupervisorDelegate, @unchecked Sendable {
     public init(
         supervisor: Supervisor, link: ShareLink, peers: [PeerAddress], dht: DHTClient?, targetDirectory: String,
         output: SessionOutput, logger: Logger, listen: PeerAddress? = nil, seedAfter: Bool = false,
-        verbose: Bool = false, pipeline: PeerPipeline = PeerPipeline(stages: [], secret: nil), identity: [UInt8] = []
+        verbose: Bool = false, pipeline: PeerPipeline = PeerPipeline(stages: [], secret: nil), identity: [UInt8] = [],
+        relayAddresses: [String] = []
     ) {
+        self.relayAddresses = relayAddresses
         self.pipeline = pipeline
         self.identity = identity
         self.listen = listen
@@ -77,11 +81,18 @@ public final class GetSession: SupervisorDelegate, @unchecked Sendable {
         supervisor.send(
             pipeline.configureMessage(shareID: link.shareID, identity: identity), to: .transfer,
             tracking: .setup(key: "pipeline"))
+        if !relayAddresses.isEmpty {
+            supervisor.send(
+                .useRelays(key: pipeline.dhtKey(for: link.shareID), relays: relayAddresses, register: false),
+                to: .transfer, tracking: .setup(key: "relays"))
+        }
         if let dht {
             dht.start()
             if peers.isEmpty {
                 output.status("looking for \(link.shareID.short) in the DHT")
                 findPeers(in: dht, attempt: 1)
+                // The link's relays reach the sharer whatever the DHT finds.
+                if !relayAddresses.isEmpty { fetch(from: []) }
                 return
             }
             // Peers are known already; the DHT may know more, found in the background.
@@ -90,9 +101,20 @@ public final class GetSession: SupervisorDelegate, @unchecked Sendable {
         fetch(from: peers.map(\.description))
     }
 
+    private var fetching = false
+
     private func fetch(from peers: [String]) {
+        if fetching {
+            // Already fetching (through relays, say): these are more peers for it.
+            let fresh = peers.filter { !knownPeers.contains($0) }
+            knownPeers.formUnion(fresh)
+            if !fresh.isEmpty { supervisor.send(.addPeers(peers: fresh), to: .transfer) }
+            return
+        }
+        fetching = true
         knownPeers.formUnion(peers)
-        output.status("looking for \(link.shareID.short) at \(peers.joined(separator: ", "))")
+        let through = peers.isEmpty ? "through its relays" : "at \(peers.joined(separator: ", "))"
+        output.status("looking for \(link.shareID.short) \(through)")
         supervisor.send(
             .fetch(shareID: link.shareID.bytes, peers: peers), to: .transfer, tracking: .setup(key: "fetch"))
     }
@@ -155,6 +177,7 @@ public final class GetSession: SupervisorDelegate, @unchecked Sendable {
             case .success, .failure:
                 if case .failure(let failure) = result { logger.warning("DHT lookup failed: \(failure)") }
                 guard attempt < GetSession.dhtAttempts else {
+                    if !relayAddresses.isEmpty { return }
                     output.error(
                         "no peers for this share in the DHT after \(attempt) lookups; ask for a link with peer hints or use --peer"
                     )

@@ -17,6 +17,9 @@ public final class ShareSession: SupervisorDelegate, @unchecked Sendable {
     let logger: Logger
     let pipeline: PeerPipeline
     let identity: [UInt8]
+    /// Relays to register with: as named (for the link) and resolved (for the transfer worker).
+    let relays: [PeerAddress]
+    let relayAddresses: [String]
     private let done: EventLoopPromise<Int32>
     private var manifest: [UInt8]?
     private var shareID: ShareID?
@@ -25,8 +28,11 @@ public final class ShareSession: SupervisorDelegate, @unchecked Sendable {
 
     public init(
         supervisor: Supervisor, path: String, listen: PeerAddress, dht: DHTClient?, output: SessionOutput,
-        logger: Logger, pipeline: PeerPipeline = PeerPipeline(stages: [], secret: nil), identity: [UInt8] = []
+        logger: Logger, pipeline: PeerPipeline = PeerPipeline(stages: [], secret: nil), identity: [UInt8] = [],
+        relays: [PeerAddress] = [], relayAddresses: [String] = []
     ) {
+        self.relays = relays
+        self.relayAddresses = relayAddresses
         self.pipeline = pipeline
         self.identity = identity
         self.supervisor = supervisor
@@ -111,12 +117,18 @@ public final class ShareSession: SupervisorDelegate, @unchecked Sendable {
             if !linkPrinted {
                 linkPrinted = true
                 let hints = LocalAddresses.hints(listenHost: listen.host, port: Int(port))
-                output.link(ShareLink(shareID: shareID, peers: hints, secret: pipeline.secret).description)
+                output.link(
+                    ShareLink(shareID: shareID, peers: hints, secret: pipeline.secret, relays: relays).description)
                 if pipeline.encrypts {
                     output.status("encrypted share: only holders of this link (it carries the key) can fetch it")
                 }
                 output.status("serving on \(listen.host):\(port); press Ctrl-C to stop")
                 announce(port: port)
+                if !relayAddresses.isEmpty {
+                    supervisor.send(
+                        .useRelays(key: pipeline.dhtKey(for: shareID), relays: relayAddresses, register: true),
+                        to: .transfer, tracking: .setup(key: "relays"))
+                }
             }
         case .failure(let id, let code, let text):
             if id == buildRequest || role == .transfer {
@@ -127,6 +139,8 @@ public final class ShareSession: SupervisorDelegate, @unchecked Sendable {
             }
         case .peerEvent(let text):
             logger.info("\(text)")
+        case .relayRegistered(let relay, let observed):
+            output.status("registered with relay \(relay), which sees this machine at \(observed)")
         case .status(_, let text):
             output.status("\(role): \(text)")
         default:

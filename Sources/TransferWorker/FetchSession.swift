@@ -4,6 +4,7 @@ import NIOCore
 import NIOPosix
 import PeerShareCore
 import PeerWire
+import Traversal
 import WorkerRuntime
 
 /// Downloads one share from the peers it was given: connects to each, fetches the manifest
@@ -35,9 +36,14 @@ final class FetchSession {
         var joined = false
         var depth: RequestDepth
         let codec: WireCodec
+        /// How the connection reached the peer ("direct", "relayed via HOST:PORT"), and when
+        /// the attempt began: both are said once the peer accepts.
+        var path = "direct"
+        let startedAt: Double
         init(id: Int, address: String, now: Double, pipeline: PipelineSetup) {
             self.id = id
             self.address = address
+            self.startedAt = now
             self.depth = RequestDepth(now: now)
             self.codec = WireCodec(setup: pipeline, role: .client)
         }
@@ -90,11 +96,16 @@ final class FetchSession {
     }
 
     func start() {
-        guard !addresses.isEmpty else {
+        guard !addresses.isEmpty || !service.relayRoutes.isEmpty else {
             return failAll(code: 69, "no peers to download from (give --peer HOST:PORT or a link with peer hints)")
         }
         for address in addresses { connect(address) }
         startTicking()
+        if addresses.isEmpty {
+            startRelays()
+        } else {
+            service.loop.scheduleTask(in: FetchSession.relayDelay) { [self] in startRelays() }
+        }
     }
 
     /// Peers found later (the supervisor's periodic DHT lookups): connect to the new ones.
@@ -120,21 +131,31 @@ final class FetchSession {
         if let manifest { connection.codec.decodeLimit = manifest.chunkSize + 64 }
         nextPeerID += 1
         connections[connection.id] = connection
+        // A relay route: the relay joins us to a seeder registered there; the relay's own
+        // control frames come first (`FramedPreamble`), then the peer protocol, end to end.
+        let relay = address.hasPrefix(FetchSession.relayPrefix)
         let parsed: PeerAddress
         do {
-            parsed = try PeerAddress.parse(address)
+            parsed = try PeerAddress.parse(relay ? String(address.dropFirst(FetchSession.relayPrefix.count)) : address)
         } catch {
             lastError[address] = "\(error)"
             attempts[address] = FetchSession.maxAttempts
             connections[connection.id] = nil
             return checkAlive()
         }
+        if relay { connection.path = "relayed via \(parsed)" }
         ClientBootstrap(group: service.group)
             .channelOption(ChannelOptions.recvAllocator, value: ChunkTrafficReads.allocator)
             .connectTimeout(.seconds(5))
             .channelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
             .channelInitializer { [self] channel in
                 channel.eventLoop.makeCompletedFuture {
+                    if relay {
+                        try channel.pipeline.syncOperations.addHandler(
+                            FramedPreamble(maxFrameLength: RelayMessage.maxFrameLength) { [self] frame, context in
+                                relayAnswered(frame, connection: connection, context: context)
+                            })
+                    }
                     try channel.pipeline.syncOperations.addHandlers([
                         IdleStateHandler(readTimeout: .seconds(30)),
                         FrameChannelDecoder.handler(maxFrameLength: PeerMessage.maxFrameLength),
@@ -148,17 +169,70 @@ final class FetchSession {
                 switch result {
                 case .success(let channel):
                     connection.channel = channel
-                    connection.helloID = service.pipeline.helloID(for: shareID)
-                    send(
-                        .hello(
-                            version: PeerMessage.version, shareID: connection.helloID,
-                            stages: service.pipeline.descriptors), to: connection)
+                    if relay, let key = service.relayKey {
+                        channel.writeAndFlush(RelayMessage.connect(key: key).frame(), promise: nil)
+                    } else {
+                        greet(connection)
+                    }
                 case .failure(let error):
                     lastError[address] = "\(error)"
                     logger.info("cannot reach \(address): \(error)")
                     connectionClosed(peerID: connection.id)
                 }
             }
+    }
+
+    static let relayPrefix = "relay/"
+
+    /// The relay's answer to our `connect`: bridged (the seeder is on the line: say hello)
+    /// or refused.
+    private func relayAnswered(
+        _ frame: Frame, connection: PeerConnection, context: ChannelHandlerContext
+    ) -> FramedPreamble.Next {
+        switch try? RelayMessage(frame: frame) {
+        case .bridged:
+            context.eventLoop.execute { [self] in greet(connection) }
+            return .pass
+        case .refused(_, let text):
+            lastError[connection.address] = "the relay refused: \(text)"
+            logger.info("\(connection.address): the relay refused: \(text)")
+            return .close
+        default:
+            lastError[connection.address] = "the relay sent something unexpected"
+            return .close
+        }
+    }
+
+    private func greet(_ connection: PeerConnection) {
+        connection.helloID = service.pipeline.helloID(for: shareID)
+        send(
+            .hello(version: PeerMessage.version, shareID: connection.helloID, stages: service.pipeline.descriptors),
+            to: connection)
+    }
+
+    /// Relays come into play when no peer has accepted us directly a little while after the
+    /// start (or at once, with no direct address at all): a reachable peer never goes
+    /// through a relay.
+    static let relayDelay: TimeAmount = .seconds(2)
+    private var relaysStarted = false
+
+    /// Relays arrived after the start (the supervisor resolved them late): use them if no
+    /// peer has accepted us yet.
+    func startRelaysIfStuck() {
+        if !connections.values.contains(where: \.accepted) { startRelays() }
+    }
+
+    func startRelays() {
+        guard !relaysStarted, !finished, !service.relayRoutes.isEmpty else { return }
+        guard !connections.values.contains(where: \.accepted) else { return }
+        relaysStarted = true
+        for relay in service.relayRoutes {
+            let route = FetchSession.relayPrefix + relay
+            guard !addresses.contains(route) else { continue }
+            addresses.append(route)
+            logger.info("no direct connection yet; trying relay \(relay)")
+            connect(route)
+        }
     }
 
     private func send(_ message: PeerMessage, to connection: PeerConnection) {
@@ -321,7 +395,10 @@ final class FetchSession {
     /// Past the hello and any stage handshake: count the peer, and ask the first for the manifest.
     private func established(_ connection: PeerConnection) {
         reportPeerCount()
-        logger.info("connected to \(connection.address)")
+        let milliseconds = Int((service.now - connection.startedAt) * 1000)
+        logger.info("connected to \(connection.address), \(connection.path), in \(milliseconds) ms")
+        service.tell(
+            .peerEvent(text: "peer \(connection.address): connected, \(connection.path), in \(milliseconds) ms"))
         if manifest == nil && manifestRequestedFrom == nil {
             manifestRequestedFrom = connection.id
             send(.getManifest, to: connection)
@@ -375,6 +452,9 @@ final class FetchSession {
         guard !finished, connections.isEmpty else { return }
         let pending = addresses.filter {
             attempts[$0, default: 0] < FetchSession.maxAttempts && !bannedAddresses.contains($0)
+        }
+        if pending.isEmpty && !relaysStarted && !service.relayRoutes.isEmpty {
+            return startRelays()
         }
         if pending.isEmpty {
             let reasons = addresses.map { "\($0) (\(lastError[$0] ?? "unknown error"))" }.joined(separator: ", ")

@@ -60,6 +60,13 @@ public final class TransferService: WorkerService, @unchecked Sendable {
     /// The data channel to the hash worker (chunk data both ways).
     let hash: WorkerPipe?
 
+    // Relays.
+    /// The share's DHT key, which names it at relays; the relays to reach it through (when
+    /// fetching) and our registrations with relays (when serving).
+    var relayKey: [UInt8]?
+    var relayRoutes: [String] = []
+    var registrar: RelayRegistrar?
+
     // Fetching.
     var fetch: FetchSession?
     /// The pipeline every connection runs (`configurePipeline`).
@@ -165,6 +172,17 @@ public final class TransferService: WorkerService, @unchecked Sendable {
             )
         case .setLimits(let upload, let download, let perPeer):
             setLimits(upload: upload, download: download, perPeer: perPeer)
+        case .useRelays(let key, let relays, let register):
+            relayKey = key
+            if register {
+                registrar?.stop()
+                let registrar = RelayRegistrar(service: self, key: key, relays: relays)
+                self.registrar = registrar
+                registrar.start()
+            } else {
+                relayRoutes = relays
+                fetch?.startRelaysIfStuck()
+            }
         default:
             logger.warning("ignoring unexpected \(message.tag) from the supervisor")
         }
@@ -304,17 +322,7 @@ public final class TransferService: WorkerService, @unchecked Sendable {
             .childChannelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
             .childChannelOption(ChannelOptions.recvAllocator, value: ChunkTrafficReads.allocator)
             .childChannelInitializer { [self] channel in
-                channel.eventLoop.makeCompletedFuture {
-                    // A few KiB until the hello is accepted: a stranger cannot make us buffer
-                    // megabytes before it has said which share it wants.
-                    let limit = FrameLimit(ServeHandler.handshakeFrameLength)
-                    try channel.pipeline.syncOperations.addHandlers([
-                        IdleStateHandler(readTimeout: .seconds(120)),
-                        FrameChannelDecoder.handler(limit: limit, largest: PeerMessage.maxFrameLength),
-                        MessageToByteHandler(FrameChannelEncoder()),
-                        ServeHandler(service: self, frameLimit: limit),
-                    ])
-                }
+                channel.eventLoop.makeCompletedFuture { try addServeHandlers(to: channel) }
             }
             .bind(host: host, port: port)
             .whenComplete { [self] result in
@@ -329,6 +337,20 @@ public final class TransferService: WorkerService, @unchecked Sendable {
                     tell(.failure(requestID: 0, code: 69, message: "cannot listen on \(host):\(port): \(error)"))
                 }
             }
+    }
+
+    /// The serving side of the peer protocol on a connection: an accepted one, or one a
+    /// relay has joined to a downloader (behind the relay's `FramedPreamble`).
+    func addServeHandlers(to channel: Channel) throws {
+        // A few KiB until the hello is accepted: a stranger cannot make us buffer
+        // megabytes before it has said which share it wants.
+        let limit = FrameLimit(ServeHandler.handshakeFrameLength)
+        try channel.pipeline.syncOperations.addHandlers([
+            IdleStateHandler(readTimeout: .seconds(120)),
+            FrameChannelDecoder.handler(limit: limit, largest: PeerMessage.maxFrameLength),
+            MessageToByteHandler(FrameChannelEncoder()),
+            ServeHandler(service: self, frameLimit: limit),
+        ])
     }
 
     /// Chunks read ahead per connection: being read, waiting for upload tokens, or handed to

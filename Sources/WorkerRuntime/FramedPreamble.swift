@@ -19,10 +19,25 @@ public final class FramedPreamble: ChannelInboundHandler {
     private var decoder: FrameDecoder
     private var passing = false
     private let onFrame: (Frame, ChannelHandlerContext) -> Next
+    private var context: ChannelHandlerContext?
 
     public init(maxFrameLength: Int, onFrame: @escaping (Frame, ChannelHandlerContext) -> Next) {
         self.decoder = FrameDecoder(maxFrameLength: maxFrameLength)
         self.onFrame = onFrame
+    }
+
+    public func handlerAdded(context: ChannelHandlerContext) { self.context = context }
+    public func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
+
+    /// Stops framing from outside (the relay bridges a circuit when the *other* end's frame
+    /// arrives): bytes already buffered go on to the next handler.
+    public func pass() {
+        guard !passing else { return }
+        passing = true
+        let rest = decoder.takeRemaining()
+        if let context, !rest.isEmpty {
+            context.fireChannelRead(wrapInboundOut(context.channel.allocator.buffer(bytes: rest)))
+        }
     }
 
     public func channelRead(context: ChannelHandlerContext, data: NIOAny) {

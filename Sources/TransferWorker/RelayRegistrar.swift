@@ -1,0 +1,140 @@
+import IPC
+import Logging
+import NIOCore
+import NIOPosix
+import PeerShareCore
+import PeerWire
+import Traversal
+import WorkerRuntime
+
+/// A seeder's registrations with relays: one control connection to each, kept open (and
+/// made again after a pause when it drops), on which the relay says a downloader is
+/// waiting (`incoming`). For each, a second connection `attach`es to that circuit and, once
+/// `bridged`, serves the downloader exactly as an accepted connection would. Loop-confined
+/// (hence `@unchecked Sendable`: NIO callbacks run on the same loop).
+final class RelayRegistrar: @unchecked Sendable {
+    unowned let service: TransferService
+    let key: [UInt8]
+    let relays: [String]
+    private var controls: [String: Channel] = [:]
+    private var failures: [String: Int] = [:]
+    private var stopped = false
+    /// Attach connections not yet bridged: a relay cannot make us hold more.
+    private var attaching = 0
+    static let maxAttaching = 16
+
+    init(service: TransferService, key: [UInt8], relays: [String]) {
+        self.service = service
+        self.key = key
+        self.relays = relays
+    }
+
+    var logger: Logger { service.logger }
+
+    func start() {
+        for relay in relays { register(with: relay) }
+    }
+
+    func stop() {
+        stopped = true
+        for channel in controls.values { channel.close(promise: nil) }
+    }
+
+    private func register(with relay: String) {
+        guard !stopped, let address = try? PeerAddress.parse(relay) else { return }
+        ClientBootstrap(group: service.group)
+            .connectTimeout(.seconds(5))
+            .channelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
+            .channelInitializer { [self] channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(
+                        FramedPreamble(maxFrameLength: RelayMessage.maxFrameLength) { [self] frame, _ in
+                            control(frame, from: relay)
+                        })
+                }
+            }
+            .connect(host: address.host, port: address.port)
+            .whenComplete { [self] result in
+                switch result {
+                case .success(let channel):
+                    controls[relay] = channel
+                    channel.writeAndFlush(ByteBuffer(bytes: RelayMessage.register(key: key).frame().encoded()), promise: nil)
+                    channel.closeFuture.whenComplete { [self] _ in
+                        controls[relay] = nil
+                        again(relay, "the relay closed the connection")
+                    }
+                case .failure(let error):
+                    again(relay, "\(error)")
+                }
+            }
+    }
+
+    /// Registers again after 1, 2, 4 ... 30 s: a relay that restarts gets us back.
+    private func again(_ relay: String, _ reason: String) {
+        guard !stopped else { return }
+        let tries = failures[relay, default: 0]
+        failures[relay] = tries + 1
+        let seconds = min(30, 1 << min(tries, 5))
+        logger.info("relay \(relay): \(reason); registering again in \(seconds) s")
+        service.loop.scheduleTask(in: .seconds(Int64(seconds))) { [self] in register(with: relay) }
+    }
+
+    private func control(_ frame: Frame, from relay: String) -> FramedPreamble.Next {
+        switch try? RelayMessage(frame: frame) {
+        case .registered(let observed):
+            failures[relay] = 0
+            logger.info("registered with relay \(relay), which sees us at \(observed)")
+            service.tell(.relayRegistered(relay: relay, observed: observed.description))
+            return .more
+        case .incoming(let circuit, let from):
+            logger.info("relay \(relay): a downloader at \(from) is waiting")
+            attach(circuit, at: relay)
+            return .more
+        case .refused(_, let text):
+            logger.warning("relay \(relay) refused our registration: \(text)")
+            return .close
+        default:
+            logger.info("relay \(relay) sent an unexpected frame; closing")
+            return .close
+        }
+    }
+
+    private func attach(_ circuit: [UInt8], at relay: String) {
+        guard attaching < RelayRegistrar.maxAttaching, let address = try? PeerAddress.parse(relay) else { return }
+        attaching += 1
+        let state = AttachState()
+        ClientBootstrap(group: service.group)
+            .connectTimeout(.seconds(5))
+            .channelOption(ChannelOptions.recvAllocator, value: ChunkTrafficReads.allocator)
+            .channelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
+            .channelInitializer { [self] channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(
+                        FramedPreamble(maxFrameLength: RelayMessage.maxFrameLength) { [self] frame, _ in
+                            guard case .bridged = try? RelayMessage(frame: frame) else { return .close }
+                            state.bridged = true
+                            attaching -= 1
+                            return .pass
+                        })
+                    try service.addServeHandlers(to: channel)
+                }
+            }
+            .connect(host: address.host, port: address.port)
+            .whenComplete { [self] result in
+                switch result {
+                case .success(let channel):
+                    channel.writeAndFlush(RelayMessage.attach(circuit: circuit).frame(), promise: nil)
+                    channel.closeFuture.whenComplete { [self] _ in if !state.bridged { attaching -= 1 } }
+                case .failure(let error):
+                    attaching -= 1
+                    logger.info("relay \(relay): cannot attach: \(error)")
+                }
+            }
+    }
+}
+
+/// Whether an attach connection has been bridged (then it no longer counts as attaching).
+/// Loop-confined, like the registrar that makes it.
+private final class AttachState: @unchecked Sendable {
+    var bridged = false
+}
