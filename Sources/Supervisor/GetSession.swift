@@ -30,6 +30,8 @@ public final class GetSession: SupervisorDelegate, @unchecked Sendable {
     /// The link's relays, resolved: the way to the seeders when no direct path works.
     let relayAddresses: [String]
     private var servingPort: UInt16?
+    /// "serving verified chunks" was said (the port may be known earlier, from listenEarly).
+    private var servingSaid = false
     /// The download is done and `--seed` keeps serving it: every chunk, from its final place.
     private var seeding = false
     private var announced = false
@@ -82,6 +84,7 @@ public final class GetSession: SupervisorDelegate, @unchecked Sendable {
             pipeline.configureMessage(shareID: link.shareID, identity: identity), to: .transfer,
             tracking: .setup(key: "pipeline"))
         if !relayAddresses.isEmpty {
+            listenEarly()
             supervisor.send(
                 .useRelays(key: pipeline.dhtKey(for: link.shareID), relays: relayAddresses, register: false),
                 to: .transfer, tracking: .setup(key: "relays"))
@@ -303,14 +306,24 @@ public final class GetSession: SupervisorDelegate, @unchecked Sendable {
             logger.info("\(text)")
             if verbose { output.status(text) }
         case .serving(let port):
-            guard let manifestBytes, let listen else { return }
+            guard let listen else { return }
+            guard let manifestBytes else {
+                // Listening before the manifest (for reverse connections through relays):
+                // a restarted transfer worker listens on the same port again.
+                servingPort = servingPort ?? port
+                supervisor.rememberSetup(
+                    .serve(shareID: link.shareID.bytes, manifest: [], host: listen.host, port: port, partial: true),
+                    key: "serve", for: .transfer)
+                return
+            }
             // A restarted transfer worker comes back on the same port (the DHT lists it).
             supervisor.send(
                 .serve(
                     shareID: link.shareID.bytes, manifest: manifestBytes, host: listen.host, port: port,
                     partial: !seeding),
                 to: .transfer, tracking: .setup(key: "serve"))
-            if servingPort == nil {
+            if !servingSaid {
+                servingSaid = true
                 servingPort = port
                 output.status("serving verified chunks to other peers on \(listen.host):\(port)")
                 announceIfReady()
@@ -329,7 +342,18 @@ public final class GetSession: SupervisorDelegate, @unchecked Sendable {
         guard let listen, let manifestBytes else { return }
         supervisor.send(
             .serve(
-                shareID: link.shareID.bytes, manifest: manifestBytes, host: listen.host, port: UInt16(listen.port),
+                shareID: link.shareID.bytes, manifest: manifestBytes, host: listen.host,
+                port: servingPort ?? UInt16(listen.port), partial: true),
+            to: .transfer, tracking: .setup(key: "serve"))
+    }
+
+    /// With relays in play, listen before the manifest arrives: a seeder the relay
+    /// introduces may then connect to us (a reverse connection).
+    private func listenEarly() {
+        guard let listen, !relayAddresses.isEmpty else { return }
+        supervisor.send(
+            .serve(
+                shareID: link.shareID.bytes, manifest: [], host: listen.host, port: UInt16(listen.port),
                 partial: true),
             to: .transfer, tracking: .setup(key: "serve"))
     }

@@ -131,8 +131,8 @@ final class FetchSession {
         if let manifest { connection.codec.decodeLimit = manifest.chunkSize + 64 }
         nextPeerID += 1
         connections[connection.id] = connection
-        // A relay route: the relay joins us to a seeder registered there; the relay's own
-        // control frames come first (`FramedPreamble`), then the peer protocol, end to end.
+        // A relay route: a rendezvous through the relay (`Rendezvous`): punched, reversed, or
+        // bridged by the relay when neither works.
         let relay = address.hasPrefix(FetchSession.relayPrefix)
         let parsed: PeerAddress
         do {
@@ -143,37 +143,28 @@ final class FetchSession {
             connections[connection.id] = nil
             return checkAlive()
         }
-        if relay { connection.path = "relayed via \(parsed)" }
+        if relay {
+            guard let key = service.relayKey else {
+                connections[connection.id] = nil
+                return
+            }
+            connection.path = "via relay \(parsed)"
+            let rendezvous = Rendezvous(session: self, connection: connection, relay: parsed, key: key)
+            rendezvousByPeer[connection.id] = rendezvous
+            rendezvous.start()
+            return
+        }
         ClientBootstrap(group: service.group)
             .channelOption(ChannelOptions.recvAllocator, value: ChunkTrafficReads.allocator)
             .connectTimeout(.seconds(5))
             .channelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
             .channelInitializer { [self] channel in
-                channel.eventLoop.makeCompletedFuture {
-                    if relay {
-                        try channel.pipeline.syncOperations.addHandler(
-                            FramedPreamble(maxFrameLength: RelayMessage.maxFrameLength) { [self] frame, context in
-                                relayAnswered(frame, connection: connection, context: context)
-                            })
-                    }
-                    try channel.pipeline.syncOperations.addHandlers([
-                        IdleStateHandler(readTimeout: .seconds(30)),
-                        FrameChannelDecoder.handler(maxFrameLength: PeerMessage.maxFrameLength),
-                        MessageToByteHandler(FrameChannelEncoder()),
-                        FetchHandler(session: self, peerID: connection.id),
-                    ])
-                }
+                channel.eventLoop.makeCompletedFuture { try addFetchHandlers(to: channel, for: connection) }
             }
             .connect(host: parsed.host, port: parsed.port)
             .whenComplete { [self] result in
                 switch result {
-                case .success(let channel):
-                    connection.channel = channel
-                    if relay, let key = service.relayKey {
-                        channel.writeAndFlush(RelayMessage.connect(key: key).frame(), promise: nil)
-                    } else {
-                        greet(connection)
-                    }
+                case .success(let channel): attached(connection, channel: channel)
                 case .failure(let error):
                     lastError[address] = "\(error)"
                     logger.info("cannot reach \(address): \(error)")
@@ -182,26 +173,53 @@ final class FetchSession {
             }
     }
 
-    static let relayPrefix = "relay/"
-
-    /// The relay's answer to our `connect`: bridged (the seeder is on the line: say hello)
-    /// or refused.
-    private func relayAnswered(
-        _ frame: Frame, connection: PeerConnection, context: ChannelHandlerContext
-    ) -> FramedPreamble.Next {
-        switch try? RelayMessage(frame: frame) {
-        case .bridged:
-            context.eventLoop.execute { [self] in greet(connection) }
-            return .pass
-        case .refused(_, let text):
-            lastError[connection.address] = "the relay refused: \(text)"
-            logger.info("\(connection.address): the relay refused: \(text)")
-            return .close
-        default:
-            lastError[connection.address] = "the relay sent something unexpected"
-            return .close
-        }
+    /// The downloader's side of the peer protocol on a connection, however it was made.
+    func addFetchHandlers(to channel: Channel, for connection: PeerConnection) throws {
+        try channel.pipeline.syncOperations.addHandlers([
+            IdleStateHandler(readTimeout: .seconds(30)),
+            FrameChannelDecoder.handler(maxFrameLength: PeerMessage.maxFrameLength),
+            MessageToByteHandler(FrameChannelEncoder()),
+            FetchHandler(session: self, peerID: connection.id),
+        ])
     }
+
+    /// A connection to the peer is ready (direct, punched, reversed or relayed): say hello.
+    func attached(_ connection: PeerConnection, channel: Channel) {
+        guard connections[connection.id] === connection else {
+            channel.close(promise: nil)
+            return
+        }
+        connection.channel = channel
+        greet(connection)
+    }
+
+    /// Rendezvous through relays, by peer id, and those introduced, by circuit (a seeder's
+    /// reverse connection names its circuit).
+    private var rendezvousByPeer: [Int: Rendezvous] = [:]
+    private var rendezvousByCircuit: [[UInt8]: Rendezvous] = [:]
+
+    func rendezvousIntroduced(_ rendezvous: Rendezvous) {
+        if let circuit = rendezvous.circuit { rendezvousByCircuit[circuit] = rendezvous }
+    }
+
+    func rendezvousFailed(_ connection: PeerConnection, reason: String) {
+        guard connections[connection.id] === connection, connection.channel == nil else { return }
+        lastError[connection.address] = reason
+        logger.info("\(connection.address): \(reason)")
+        connectionClosed(peerID: connection.id)
+    }
+
+    /// A seeder dialled our listener for a circuit we asked a relay for (a reverse
+    /// connection); the channel carries the downloader's handlers from now on.
+    func reverseArrived(circuit: [UInt8], channel: Channel) -> Bool {
+        guard let rendezvous = rendezvousByCircuit[circuit], connections[rendezvous.connection.id] != nil else {
+            return false
+        }
+        rendezvous.adopt(channel, path: "reversed", reversed: true)
+        return true
+    }
+
+    static let relayPrefix = "relay/"
 
     private func greet(_ connection: PeerConnection) {
         connection.helloID = service.pipeline.helloID(for: shareID)
@@ -213,7 +231,7 @@ final class FetchSession {
     /// Relays come into play when no peer has accepted us directly a little while after the
     /// start (or at once, with no direct address at all): a reachable peer never goes
     /// through a relay.
-    static let relayDelay: TimeAmount = .seconds(2)
+    static let relayDelay: TimeAmount = .seconds(1)
     private var relaysStarted = false
 
     /// Relays arrived after the start (the supervisor resolved them late): use them if no
@@ -423,6 +441,9 @@ final class FetchSession {
 
     func connectionClosed(peerID: Int) {
         guard let connection = connections.removeValue(forKey: peerID) else { return }
+        if let rendezvous = rendezvousByPeer.removeValue(forKey: peerID), let circuit = rendezvous.circuit {
+            rendezvousByCircuit[circuit] = nil
+        }
         connection.codec.close()
         scheduler?.peerLeft(peerID)
         if !finished { reportPeerCount() }

@@ -103,18 +103,26 @@ final class RelayRegistrar: @unchecked Sendable {
         guard attaching < RelayRegistrar.maxAttaching, let address = try? PeerAddress.parse(relay) else { return }
         attaching += 1
         let state = AttachState()
-        ClientBootstrap(group: service.group)
-            .connectTimeout(.seconds(5))
-            .channelOption(ChannelOptions.recvAllocator, value: ChunkTrafficReads.allocator)
-            .channelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
+        // From a reusable port: if the relay introduces us, we punch from the port it saw.
+        PunchDialer.bootstrap(group: service.group, localPort: 0, timeout: .seconds(5))
             .channelInitializer { [self] channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(
-                        FramedPreamble(maxFrameLength: RelayMessage.maxFrameLength) { [self] frame, _ in
-                            guard case .bridged = try? RelayMessage(frame: frame) else { return .close }
-                            state.bridged = true
-                            attaching -= 1
-                            return .pass
+                        FramedPreamble(maxFrameLength: RelayMessage.maxFrameLength) { [self] frame, context in
+                            switch try? RelayMessage(frame: frame) {
+                            case .peer(let id, let observed, let listenPort) where id == circuit && !state.introduced:
+                                state.introduced = true
+                                let port = context.channel.localAddress?.port ?? 0
+                                reachOut(circuit, to: observed.peerAddress, listenPort: Int(listenPort), from: port, state: state)
+                                return .more
+                            case .bridged:
+                                state.done = true
+                                state.bridged = true
+                                attaching -= 1
+                                return .pass
+                            default:
+                                return .close
+                            }
                         })
                     try service.addServeHandlers(to: channel)
                 }
@@ -124,11 +132,45 @@ final class RelayRegistrar: @unchecked Sendable {
                 switch result {
                 case .success(let channel):
                     channel.writeAndFlush(RelayMessage.attach(circuit: circuit).frame(), promise: nil)
-                    channel.closeFuture.whenComplete { [self] _ in if !state.bridged { attaching -= 1 } }
+                    channel.closeFuture.whenComplete { [self] _ in
+                        state.done = true
+                        if !state.bridged { attaching -= 1 }
+                    }
                 case .failure(let error):
                     attaching -= 1
                     logger.info("relay \(relay): cannot attach: \(error)")
                 }
+            }
+    }
+
+    /// The relay introduced a downloader: dial it from the port the relay saw us at (the
+    /// downloader dials us at the same time: a punch), and dial its listening port as well
+    /// (a reverse connection, which works whenever the downloader accepts connections).
+    /// Each connection serves exactly as an accepted one; the downloader keeps one.
+    private func reachOut(_ circuit: [UInt8], to target: PeerAddress, listenPort: Int, from port: Int, state: AttachState) {
+        logger.info("relay introduced a downloader at \(target); punching from port \(port)")
+        PunchDialer.punch(
+            group: service.group, loop: service.loop, from: port, to: target,
+            initializer: { [self] channel in try service.addServeHandlers(to: channel) },
+            stop: { state.done || state.direct }
+        ) { channel in
+            state.direct = true
+            channel.closeFuture.whenComplete { _ in state.direct = false }
+        }
+        guard listenPort > 0 else { return }
+        let listening = PeerAddress(host: target.host, port: listenPort)
+        ClientBootstrap(group: service.group)
+            .connectTimeout(.seconds(2))
+            .channelOption(ChannelOptions.recvAllocator, value: ChunkTrafficReads.allocator)
+            .channelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
+            .channelInitializer { [self] channel in
+                channel.eventLoop.makeCompletedFuture { try service.addServeHandlers(to: channel) }
+            }
+            .connect(host: listening.host, port: listening.port)
+            .whenSuccess { [self] channel in
+                logger.info("reverse connection to \(listening) for a relay circuit")
+                // Names the circuit first: the downloader's listener turns the connection around.
+                channel.writeAndFlush(RelayMessage.attach(circuit: circuit).frame(), promise: nil)
             }
     }
 }
@@ -137,4 +179,9 @@ final class RelayRegistrar: @unchecked Sendable {
 /// Loop-confined, like the registrar that makes it.
 private final class AttachState: @unchecked Sendable {
     var bridged = false
+    var introduced = false
+    /// Bridged, or the attach connection closed: no more dialling for this circuit.
+    var done = false
+    /// A punched connection is up.
+    var direct = false
 }

@@ -6,6 +6,7 @@ import NIOPosix
 import PeerShareCore
 import PeerWire
 import Stages
+import Traversal
 import WorkerRuntime
 
 /// The transfer worker: every peer connection lives here, and nothing else. It never opens a
@@ -307,16 +308,28 @@ public final class TransferService: WorkerService, @unchecked Sendable {
         for handler in serveHandlers.values { handler.send(.have(index: UInt32(index))) }
     }
 
+    /// Listens, and serves the share once its manifest is known. A download listens from
+    /// its start with no manifest yet (hellos are refused until then), so that a seeder
+    /// behind a NAT can reach it (a reverse connection) before it has a single chunk.
     private func startServing(shareID: [UInt8], manifest: [UInt8], host: String, port: Int) {
-        guard listener == nil else { return }
-        do {
-            servedChunkCount = try Manifest.decode(manifest).chunkCount
-        } catch {
-            tell(.failure(requestID: 0, code: 65, message: "cannot serve: \(error)"))
+        var newlyServing = false
+        if !manifest.isEmpty && servedShareID == nil {
+            do {
+                servedChunkCount = try Manifest.decode(manifest).chunkCount
+            } catch {
+                tell(.failure(requestID: 0, code: 65, message: "cannot serve: \(error)"))
+                return
+            }
+            servedShareID = shareID
+            servedManifest = manifest
+            newlyServing = true
+        }
+        if let listener {
+            // Said again only when something changed: the supervisor answers `serving` with
+            // the same `serve` (to replay after a restart), which must not loop.
+            if newlyServing, let bound = listener.localAddress?.port { tell(.serving(port: UInt16(bound))) }
             return
         }
-        servedShareID = shareID
-        servedManifest = manifest
         ServerBootstrap(group: group)
             .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
@@ -490,7 +503,7 @@ public final class TransferService: WorkerService, @unchecked Sendable {
 }
 
 /// One inbound peer connection: handshake, manifest, then chunk requests answered in order.
-final class ServeHandler: ChannelInboundHandler {
+final class ServeHandler: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = Frame
     typealias OutboundOut = Frame
 
@@ -631,6 +644,25 @@ final class ServeHandler: ChannelInboundHandler {
         }
     }
 
+    /// A seeder we asked a relay for dialled our listener and names the circuit (a reverse
+    /// connection): if we are waiting for that circuit, this connection becomes our download
+    /// connection to it; anything else is closed.
+    private func reverseConnection(_ frame: Frame, context: ChannelHandlerContext) {
+        guard case .attach(let circuit) = try? RelayMessage(frame: frame), let fetch = service.fetch else {
+            return fail(.protocolViolation, "unexpected reverse connection")
+        }
+        leaveHandshakeQuota()
+        frameLimit.bytes = PeerMessage.maxFrameLength
+        let channel = context.channel
+        context.pipeline.syncOperations.removeHandler(context: context).whenComplete { [service] result in
+            guard case .success = result else { return channel.close(promise: nil) }
+            if !fetch.reverseArrived(circuit: circuit, channel: channel) {
+                service.logger.info("peer \(channel.remoteAddress?.description ?? "?"): reverse connection for no circuit of ours")
+                channel.close(promise: nil)
+            }
+        }
+    }
+
     func fail(_ code: PeerMessage.ErrorCode, _ text: String) {
         service.logger.warning("peer \(peer): \(text); disconnecting")
         send(.error(code: code.rawValue, message: text))
@@ -638,9 +670,13 @@ final class ServeHandler: ChannelInboundHandler {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let frame = unwrapInboundIn(data)
+        if !greeted && frame.type == RelayMessage.Tag.attach.rawValue {
+            return reverseConnection(frame, context: context)
+        }
         let message: PeerMessage
         do {
-            message = try codec.message(from: unwrapInboundIn(data))
+            message = try codec.message(from: frame)
         } catch {
             service.reportPluginFailure(codec)
             fail(.protocolViolation, "bad message: \(error)")

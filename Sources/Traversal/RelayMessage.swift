@@ -12,19 +12,32 @@ import PeerShareCore
 ///     seeder ── attach(circuit) ────────▶ relay          (a second connection)
 ///     both   ◀───────────────── bridged ── relay         then: the peer protocol, end to end
 ///
+/// With `punch` in `connect`, the relay first introduces the two ends instead of bridging:
+///
+///     downloader ◀── peer(circuit, seeder's addr) ── relay ── peer(circuit, downloader's
+///                                                              addr, listen port) ──▶ seeder
+///     both dial each other at once from the ports the relay saw (TCP simultaneous open),
+///     and the seeder also dials the downloader's listening port (a reverse connection);
+///     the downloader keeps the first connection that works and closes the relay connection,
+///     or, after the punch window, says `relay` and the relay bridges as above.
+///
 /// `key` is the share's DHT key (20 bytes, public already); `circuit` 16 random bytes the
 /// relay chose, so only the registrant it told can attach.
 public enum RelayMessage: Equatable, Sendable {
     case register(key: [UInt8])
     case registered(observed: WireAddress)
-    case connect(key: [UInt8])
+    /// `listenPort`: where the downloader accepts peers (0: nowhere); `punch`: introduce
+    /// before bridging.
+    case connect(key: [UInt8], listenPort: UInt16, punch: Bool)
+    case peer(circuit: [UInt8], observed: WireAddress, listenPort: UInt16)
+    case relay
     case incoming(circuit: [UInt8], from: WireAddress)
     case attach(circuit: [UInt8])
     case bridged
     case refused(code: RefusalCode, text: String)
 
     public enum Tag: UInt16, CaseIterable, Sendable {
-        case register = 0x6001, registered, connect, incoming, attach, bridged, refused
+        case register = 0x6001, registered, connect, incoming, attach, bridged, refused, peer, relay
     }
 
     public enum RefusalCode: UInt16, Sendable {
@@ -51,15 +64,27 @@ public enum RelayMessage: Equatable, Sendable {
         case .attach: return .attach
         case .bridged: return .bridged
         case .refused: return .refused
+        case .peer: return .peer
+        case .relay: return .relay
         }
     }
 
     public func frame() -> Frame {
         var w = ByteWriter(capacity: 48)
         switch self {
-        case .register(let key), .connect(let key):
+        case .register(let key):
             w.raw(RelayMessage.magic)
             w.raw(key)
+        case .connect(let key, let listenPort, let punch):
+            w.raw(RelayMessage.magic)
+            w.raw(key)
+            w.u16(listenPort)
+            w.u8(punch ? 1 : 0)
+        case .peer(let circuit, let observed, let listenPort):
+            w.raw(circuit)
+            observed.write(into: &w)
+            w.u16(listenPort)
+        case .relay: break
         case .registered(let observed): observed.write(into: &w)
         case .incoming(let circuit, let from):
             w.raw(circuit)
@@ -91,7 +116,15 @@ public enum RelayMessage: Equatable, Sendable {
             self = .register(key: try r.raw(RelayMessage.keyBytes))
         case .connect:
             try magic()
-            self = .connect(key: try r.raw(RelayMessage.keyBytes))
+            let key = try r.raw(RelayMessage.keyBytes)
+            let port = try r.u16()
+            let flags = try r.u8()
+            guard flags <= 1 else { throw DecodeError.invalid("unknown connect flags") }
+            self = .connect(key: key, listenPort: port, punch: flags == 1)
+        case .peer:
+            self = .peer(
+                circuit: try r.raw(RelayMessage.circuitBytes), observed: try WireAddress(reader: &r), listenPort: try r.u16())
+        case .relay: self = .relay
         case .registered: self = .registered(observed: try WireAddress(reader: &r))
         case .incoming:
             self = .incoming(circuit: try r.raw(RelayMessage.circuitBytes), from: try WireAddress(reader: &r))

@@ -36,7 +36,13 @@ public struct RelayTable {
         var downloader: Int
         var registrant: Int
         var expires: Double
+        var downloaderSeen: WireAddress
+        var listenPort: UInt16
+        var punch: Bool
     }
+    /// Circuits whose ends were introduced (`peer`) and may punch: downloader -> (attach
+    /// connection, deadline). The downloader says `relay` to bridge, or leaves.
+    private var punching: [Int: (attach: Int, expires: Double)] = [:]
     private var pending: [[UInt8]: Pending] = [:]
     private var live: [Int: (partner: Int, ends: Double)] = [:]
     private var circuitsByAddress: [String: Int] = [:]
@@ -59,8 +65,17 @@ public struct RelayTable {
         newCircuitID: () -> [UInt8]
     ) -> [Directive] {
         let address = addressOf[connection] ?? "?"
-        guard live[connection] == nil, registrationKey[connection] == nil || message == .bridged else {
+        guard live[connection] == nil, registrationKey[connection] == nil else {
             return [.close(connection, reason: "control message on a registered or bridged connection")]
+        }
+        if let introduced = punching[connection] {
+            // Only `relay` is expected now: the punch failed, bridge after all.
+            guard message == .relay else { return refuse(connection, .badRequest, "expected relay") }
+            punching[connection] = nil
+            return bridge(downloader: connection, attach: introduced.attach, now: now)
+        }
+        if punching.values.contains(where: { $0.attach == connection }) {
+            return refuse(connection, .badRequest, "the seeder's end speaks no more until bridged")
         }
         switch message {
         case .register(let key):
@@ -72,7 +87,7 @@ public struct RelayTable {
             registrants[key] = connection
             registrationKey[connection] = key
             return [.send(.registered(observed: observed), to: connection)]
-        case .connect(let key):
+        case .connect(let key, let listenPort, let punch):
             guard let registrant = registrants[key] else {
                 return refuse(connection, .unknownKey, "no peer is registered here for that key")
             }
@@ -80,7 +95,9 @@ public struct RelayTable {
                 circuitsByAddress[address, default: 0] < limits.maxCircuitsPerAddress
             else { return refuse(connection, .full, "too many circuits") }
             let circuit = newCircuitID()
-            pending[circuit] = Pending(downloader: connection, registrant: registrant, expires: now + limits.attachSeconds)
+            pending[circuit] = Pending(
+                downloader: connection, registrant: registrant, expires: now + limits.attachSeconds,
+                downloaderSeen: observed, listenPort: listenPort, punch: punch)
             circuitsByAddress[address, default: 0] += 1
             counted[connection] = address
             return [.send(.incoming(circuit: circuit, from: observed), to: registrant)]
@@ -91,18 +108,41 @@ public struct RelayTable {
                 addressOf[circuitPending.registrant] == address
             else { return refuse(connection, .unknownKey, "no such circuit") }
             pending[circuit] = nil
-            let ends = limits.circuitSeconds > 0 ? now + limits.circuitSeconds : .infinity
-            live[connection] = (circuitPending.downloader, ends)
-            live[circuitPending.downloader] = (connection, ends)
-            return [.bridge(circuitPending.downloader, connection)]
-        case .registered, .incoming, .bridged, .refused:
+            guard circuitPending.punch else {
+                return bridge(downloader: circuitPending.downloader, attach: connection, now: now)
+            }
+            // Introduce the two ends: each learns the address the relay sees the other at.
+            punching[circuitPending.downloader] = (connection, now + limits.attachSeconds)
+            return [
+                .send(.peer(circuit: circuit, observed: observed, listenPort: 0), to: circuitPending.downloader),
+                .send(
+                    .peer(
+                        circuit: circuit, observed: circuitPending.downloaderSeen,
+                        listenPort: circuitPending.listenPort), to: connection),
+            ]
+        case .relay:
+            return refuse(connection, .badRequest, "nothing to relay")
+        case .registered, .incoming, .bridged, .refused, .peer:
             return refuse(connection, .badRequest, "a client sent a relay's message")
         }
+    }
+
+    private mutating func bridge(downloader: Int, attach: Int, now: Double) -> [Directive] {
+        let ends = limits.circuitSeconds > 0 ? now + limits.circuitSeconds : .infinity
+        live[attach] = (downloader, ends)
+        live[downloader] = (attach, ends)
+        return [.bridge(downloader, attach)]
     }
 
     /// Expires unanswered circuits and circuits past their time.
     public mutating func tick(now: Double) -> [Directive] {
         var directives: [Directive] = []
+        for (downloader, introduced) in punching where introduced.expires <= now {
+            punching[downloader] = nil
+            release(downloader)
+            directives.append(.close(downloader, reason: "no relay request after the introduction"))
+            directives.append(.close(introduced.attach, reason: "no relay request after the introduction"))
+        }
         for (circuit, entry) in pending where entry.expires <= now {
             pending[circuit] = nil
             release(entry.downloader)
@@ -126,6 +166,16 @@ public struct RelayTable {
             if entry.downloader != connection {
                 directives += refuse(entry.downloader, .unknownKey, "the peer left the relay")
             }
+        }
+        if let introduced = punching.removeValue(forKey: connection) {
+            // The downloader punched through (or gave up): the seeder's end goes too.
+            release(connection)
+            directives.append(.close(introduced.attach, reason: "the downloader left"))
+        }
+        for (downloader, introduced) in punching where introduced.attach == connection {
+            punching[downloader] = nil
+            release(downloader)
+            directives.append(.close(downloader, reason: "the seeder left"))
         }
         if let circuit = live.removeValue(forKey: connection) {
             live[circuit.partner] = nil

@@ -76,7 +76,8 @@ import Testing
 
     @Test func everyMessageRoundTrips() throws {
         let messages: [RelayMessage] = [
-            .register(key: key), .registered(observed: seen), .connect(key: key),
+            .register(key: key), .registered(observed: seen), .connect(key: key, listenPort: 4001, punch: true),
+            .peer(circuit: Array(0..<16), observed: seen, listenPort: 4001), .relay,
             .incoming(circuit: Array(0..<16), from: seen), .attach(circuit: Array(0..<16)), .bridged,
             .refused(code: .full, text: "too many"),
         ]
@@ -111,7 +112,7 @@ import Testing
         table.opened(3, address: "11.0.113.50")
         #expect(table.received(.register(key: key), on: 1, observed: seen, now: 0, newCircuitID: circuit)
             == [.send(.registered(observed: seen), to: 1)])
-        #expect(table.received(.connect(key: key), on: 2, observed: seen, now: 1, newCircuitID: circuit)
+        #expect(table.received(.connect(key: key, listenPort: 0, punch: false), on: 2, observed: seen, now: 1, newCircuitID: circuit)
             == [.send(.incoming(circuit: circuit(), from: seen), to: 1)])
         #expect(table.received(.attach(circuit: circuit()), on: 3, observed: seen, now: 2, newCircuitID: circuit)
             == [.bridge(2, 3)])
@@ -126,14 +127,14 @@ import Testing
         table.opened(2, address: "11.0.113.60")
         table.opened(9, address: "11.0.113.99")
         _ = table.received(.register(key: key), on: 1, observed: seen, now: 0, newCircuitID: circuit)
-        _ = table.received(.connect(key: key), on: 2, observed: seen, now: 0, newCircuitID: circuit)
+        _ = table.received(.connect(key: key, listenPort: 0, punch: false), on: 2, observed: seen, now: 0, newCircuitID: circuit)
         // The circuit id, stolen or guessed, from another address: refused.
         let stolen = table.received(.attach(circuit: circuit()), on: 9, observed: seen, now: 0, newCircuitID: circuit)
         #expect(stolen.contains { if case .send(.refused(.unknownKey, _), 9) = $0 { return true } else { return false } })
         // Connecting to a key nobody registered: refused, nobody is told anything.
         table.opened(10, address: "11.0.113.98")
         let other = table.received(
-            .connect(key: [UInt8](repeating: 1, count: 20)), on: 10, observed: seen, now: 0, newCircuitID: circuit)
+            .connect(key: [UInt8](repeating: 1, count: 20), listenPort: 0, punch: false), on: 10, observed: seen, now: 0, newCircuitID: circuit)
         #expect(other.count == 2)
         #expect(!other.contains { if case .send(_, 1) = $0 { return true } else { return false } })
         // A client speaking the relay's messages is refused.
@@ -151,7 +152,7 @@ import Testing
         var refused = 0
         for connection in 2..<12 {
             table.opened(connection, address: "11.0.113.60")
-            let directives = table.received(.connect(key: key), on: connection, observed: seen, now: 0) {
+            let directives = table.received(.connect(key: key, listenPort: 0, punch: false), on: connection, observed: seen, now: 0) {
                 counter += 1
                 return [UInt8](repeating: counter, count: 16)
             }
@@ -164,7 +165,7 @@ import Testing
         #expect(expired.filter { if case .close = $0 { return true } else { return false } }.count == 3)
         // Their slots are free again.
         table.opened(20, address: "11.0.113.60")
-        let again = table.received(.connect(key: key), on: 20, observed: seen, now: 20) { [UInt8](repeating: 99, count: 16) }
+        let again = table.received(.connect(key: key, listenPort: 0, punch: false), on: 20, observed: seen, now: 20) { [UInt8](repeating: 99, count: 16) }
         #expect(again == [.send(.incoming(circuit: [UInt8](repeating: 99, count: 16), from: seen), to: 1)])
     }
 
@@ -176,9 +177,53 @@ import Testing
         table.opened(2, address: "b")
         table.opened(3, address: "a")
         _ = table.received(.register(key: key), on: 1, observed: seen, now: 0, newCircuitID: circuit)
-        _ = table.received(.connect(key: key), on: 2, observed: seen, now: 0, newCircuitID: circuit)
+        _ = table.received(.connect(key: key, listenPort: 0, punch: false), on: 2, observed: seen, now: 0, newCircuitID: circuit)
         _ = table.received(.attach(circuit: circuit()), on: 3, observed: seen, now: 0, newCircuitID: circuit)
         #expect(table.tick(now: 30).isEmpty)
         #expect(table.tick(now: 61).count == 2)
+    }
+}
+
+@Suite struct RelayPunchTests {
+    let key = [UInt8](repeating: 7, count: 20)
+    let seeder = WireAddress(ip: [11, 0, 113, 50], port: 4000)!
+    let downloader = WireAddress(ip: [11, 0, 113, 40], port: 5000)!
+    func circuit() -> [UInt8] { [UInt8](repeating: 0xC1, count: 16) }
+
+    func introduced() -> RelayTable {
+        var table = RelayTable()
+        table.opened(1, address: "11.0.113.50")
+        table.opened(2, address: "11.0.113.40")
+        table.opened(3, address: "11.0.113.50")
+        _ = table.received(.register(key: key), on: 1, observed: seeder, now: 0, newCircuitID: circuit)
+        _ = table.received(
+            .connect(key: key, listenPort: 6000, punch: true), on: 2, observed: downloader, now: 0, newCircuitID: circuit)
+        return table
+    }
+
+    /// With punch, attaching introduces the ends (each gets the other's address) instead of bridging.
+    @Test func introducesBothEndsThenBridgesOnRequest() {
+        var table = introduced()
+        let attached = table.received(.attach(circuit: circuit()), on: 3, observed: seeder, now: 1, newCircuitID: circuit)
+        #expect(
+            attached == [
+                .send(.peer(circuit: circuit(), observed: seeder, listenPort: 0), to: 2),
+                .send(.peer(circuit: circuit(), observed: downloader, listenPort: 6000), to: 3),
+            ])
+        // The seeder's end may not ask for the bridge; the downloader may.
+        #expect(table.received(.relay, on: 3, observed: seeder, now: 1, newCircuitID: circuit).count == 2)
+        var again = introduced()
+        _ = again.received(.attach(circuit: circuit()), on: 3, observed: seeder, now: 1, newCircuitID: circuit)
+        #expect(again.received(.relay, on: 2, observed: downloader, now: 2, newCircuitID: circuit) == [.bridge(2, 3)])
+    }
+
+    /// The downloader punched through and left: the seeder's waiting end is closed too.
+    @Test func aDownloaderThatLeavesTakesTheSeedersEndWithIt() {
+        var table = introduced()
+        _ = table.received(.attach(circuit: circuit()), on: 3, observed: seeder, now: 1, newCircuitID: circuit)
+        #expect(table.closed(2) == [.close(3, reason: "the downloader left")])
+        var silent = introduced()
+        _ = silent.received(.attach(circuit: circuit()), on: 3, observed: seeder, now: 1, newCircuitID: circuit)
+        #expect(silent.tick(now: 100).count == 2)
     }
 }
