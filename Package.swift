@@ -25,6 +25,12 @@ let package = Package(
             name: "CZlib", path: "Sources/CZlib", pkgConfig: "zlib",
             providers: [.apt(["zlib1g-dev"])]),
 
+        // Port mapping on home routers: UPnP IGD (miniupnpc) and NAT-PMP (libnatpmp).
+        .systemLibrary(
+            name: "CMiniUPnPc", path: "Sources/CMiniUPnPc", pkgConfig: "miniupnpc",
+            providers: [.apt(["libminiupnpc-dev"])]),
+        .systemLibrary(name: "CNatPMP", path: "Sources/CNatPMP", providers: [.apt(["libnatpmp-dev"])]),
+
         // The few Linux calls Swift's Glibc module does not expose (prctl, posix_spawn setup).
         .target(name: "CSystemShims"),
 
@@ -81,7 +87,8 @@ let package = Package(
         .target(
             name: "NATWorker",
             dependencies: [
-                "WorkerRuntime", "IPC", "Traversal", "PeerShareCore", .product(name: "Logging", package: "swift-log"),
+                "WorkerRuntime", "IPC", "Traversal", "PeerShareCore", "CMiniUPnPc", "CNatPMP",
+                .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]),

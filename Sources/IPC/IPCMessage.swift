@@ -78,6 +78,16 @@ public enum IPCMessage: Equatable, Sendable {
     /// Run a relay on HOST:PORT with these limits (0: none).
     case relayStart(host: String, port: UInt16, maxCircuits: UInt32, maxCircuitRate: UInt64, circuitSeconds: UInt32)
     case relayListening(port: UInt16)
+    /// Ask the router (NAT-PMP at `gateway`, then UPnP) to forward these ports (0: none);
+    /// the nat worker renews the mapping and removes it at shutdown.
+    case mapPorts(requestID: UInt32, gateway: String, tcpPort: UInt16, udpPort: UInt16)
+    /// What the router granted (`method` "NAT-PMP" or "UPnP"), or `method` empty and why not.
+    case portMapped(
+        requestID: UInt32, method: String, externalIP: String, tcpPort: UInt16, udpPort: UInt16, lifetime: UInt32,
+        note: String)
+    /// The transfer worker's listening port as seen from outside (a router mapped it): the
+    /// port a relay tells seeders to dial back (a reverse connection).
+    case publicListenPort(port: UInt16)
 
     // Discovery worker: the DHT node.
     case dhtStart(host: String, port: UInt16, routers: [String], state: [UInt8])
@@ -98,14 +108,14 @@ public enum IPCMessage: Equatable, Sendable {
         case peerEvent = 0x0207, fetchFailed, peerCount, addPeers, setLimits,
             configurePipeline, pluginFailed, sessionKeysRequest, sessionKeys, useRelays, relayRegistered
         case dhtStart = 0x0300, dhtReady, dhtRequest, dhtTrace, dhtResult, dhtStateRequest, dhtState
-        case natProbe = 0x0400, natReport, relayStart, relayListening
+        case natProbe = 0x0400, natReport, relayStart, relayListening, mapPorts, portMapped, publicListenPort
     }
 
     /// 2: chunk data moves on the transfer⇄hash data channel, not through the supervisor.
     /// 3: no secret reaches the transfer worker (tag key and public key in
     /// configurePipeline; sessionKeysRequest/sessionKeys for each encryption handshake).
     /// 4: NAT traversal (useRelays, relayRegistered, natProbe, natReport, relayStart,
-    /// relayListening).
+    /// relayListening, mapPorts, portMapped, publicListenPort).
     public static let protocolVersion: UInt16 = 4
     /// The largest frame on a supervisor pipe: a full manifest plus headers.
     public static let maxFrameLength = Manifest.maxEncodedSize + 64 * 1024
@@ -156,6 +166,9 @@ public enum IPCMessage: Equatable, Sendable {
         case .natReport: return .natReport
         case .relayStart: return .relayStart
         case .relayListening: return .relayListening
+        case .mapPorts: return .mapPorts
+        case .portMapped: return .portMapped
+        case .publicListenPort: return .publicListenPort
         case .dhtStart: return .dhtStart
         case .dhtReady: return .dhtReady
         case .dhtRequest: return .dhtRequest
@@ -177,7 +190,7 @@ public enum IPCMessage: Equatable, Sendable {
             .finalizeDownload(let id), .downloadFinalized(let id, _), .dhtRequest(let id, _, _, _, _),
             .dhtTrace(let id, _), .dhtResult(let id, _), .dhtStateRequest(let id), .dhtState(let id, _, _),
             .sessionKeysRequest(let id, _, _, _), .sessionKeys(let id, _, _, _, _), .natProbe(let id, _),
-            .natReport(let id, _, _, _):
+            .natReport(let id, _, _, _), .mapPorts(let id, _, _, _), .portMapped(let id, _, _, _, _, _, _):
             return id
         default:
             return nil
@@ -328,7 +341,20 @@ public enum IPCMessage: Equatable, Sendable {
             w.u32(circuits)
             w.u64(rate)
             w.u32(seconds)
-        case .relayListening(let port): w.u16(port)
+        case .relayListening(let port), .publicListenPort(let port): w.u16(port)
+        case .mapPorts(let id, let gateway, let tcp, let udp):
+            w.u32(id)
+            w.string(gateway)
+            w.u16(tcp)
+            w.u16(udp)
+        case .portMapped(let id, let method, let ip, let tcp, let udp, let lifetime, let note):
+            w.u32(id)
+            w.string(method)
+            w.string(ip)
+            w.u16(tcp)
+            w.u16(udp)
+            w.u32(lifetime)
+            w.blob(Array(note.utf8))
         case .dhtStart(let host, let port, let routers, let state):
             w.string(host)
             w.u16(port)
@@ -489,6 +515,13 @@ public enum IPCMessage: Equatable, Sendable {
                 host: try r.string(), port: try r.u16(), maxCircuits: try r.u32(), maxCircuitRate: try r.u64(),
                 circuitSeconds: try r.u32())
         case .relayListening: self = .relayListening(port: try r.u16())
+        case .publicListenPort: self = .publicListenPort(port: try r.u16())
+        case .mapPorts:
+            self = .mapPorts(requestID: try r.u32(), gateway: try r.string(), tcpPort: try r.u16(), udpPort: try r.u16())
+        case .portMapped:
+            self = .portMapped(
+                requestID: try r.u32(), method: try r.string(), externalIP: try r.string(), tcpPort: try r.u16(),
+                udpPort: try r.u16(), lifetime: try r.u32(), note: try text())
         case .dhtStart:
             let host = try r.string()
             let port = try r.u16()

@@ -29,7 +29,7 @@ public enum WorkerRole: String, CaseIterable, Sendable, Codable {
         case .discovery:
             return common.union([.dhtReady, .dhtTrace, .dhtResult, .dhtState])
         case .nat:
-            return common.union([.natReport, .relayListening])
+            return common.union([.natReport, .relayListening, .portMapped])
         case .hash:
             return common.union([
                 .manifestBuilt, .hashProgress, .shareOpened, .downloadPrepared, .downloadFinalized,

@@ -17,6 +17,11 @@ public final class NATService: WorkerService, @unchecked Sendable {
     let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
     var loop: EventLoop { group.next() }
     private var relay: RelayServer?
+    /// The router's mapping of our ports, renewed at half its lifetime. Guarded by `lock`:
+    /// the mapping thread writes it, `shutdown` (the reader thread) reads it.
+    private var mapping: (PortMapper.Mapping, tcp: Int, udp: Int)?
+    private var mappingGeneration = 0
+    private let lock = NSLock()
 
     public init(logger: Logger, pipe: WorkerPipe) {
         self.logger = logger
@@ -53,8 +58,58 @@ public final class NATService: WorkerService, @unchecked Sendable {
                     }
                 }
             }
+        case .mapPorts(let id, let gateway, let tcp, let udp):
+            lock.lock()
+            mappingGeneration += 1
+            let generation = mappingGeneration
+            lock.unlock()
+            Thread.detachNewThread { [self] in map(id: id, gateway: gateway, tcp: Int(tcp), udp: Int(udp), generation: generation) }
         default:
             logger.warning("ignoring unexpected \(message.tag)")
+        }
+    }
+
+    /// Maps, reports, and sleeps until it is time to renew (half the lifetime; a router
+    /// that forgot us early is asked again then too). A newer `mapPorts` ends this loop.
+    private func map(id: UInt32, gateway: String, tcp: Int, udp: Int, generation: Int) {
+        while true {
+            let (granted, notes) = PortMapper.map(tcp: tcp, udp: udp, gateway: gateway, logger: logger)
+            lock.lock()
+            guard generation == mappingGeneration else {
+                lock.unlock()
+                return
+            }
+            mapping = granted.map { ($0, tcp, udp) }
+            lock.unlock()
+            if let granted {
+                logger.info(
+                    "\(granted.method): \(granted.externalIP) TCP \(granted.tcpPort) UDP \(granted.udpPort) for \(granted.lifetime) s")
+                tell(
+                    .portMapped(
+                        requestID: id, method: granted.method, externalIP: granted.externalIP,
+                        tcpPort: UInt16(granted.tcpPort), udpPort: UInt16(granted.udpPort),
+                        lifetime: UInt32(granted.lifetime), note: notes.joined(separator: "; ")))
+            } else {
+                tell(
+                    .portMapped(
+                        requestID: id, method: "", externalIP: "", tcpPort: 0, udpPort: 0, lifetime: 0,
+                        note: notes.joined(separator: "; ")))
+            }
+            // Permanent leases need no renewal; no router: try again in ten minutes.
+            let lifetime = granted?.lifetime ?? 1200
+            guard lifetime > 0 else { return }
+            Thread.sleep(forTimeInterval: Double(max(lifetime / 2, PortMapper.minimumRenewal)))
+        }
+    }
+
+    public func shutdown() {
+        lock.lock()
+        let current = mapping
+        mappingGeneration += 1
+        lock.unlock()
+        if let current {
+            logger.info("removing the \(current.0.method) port mappings")
+            PortMapper.unmap(current.0, tcp: current.tcp, udp: current.udp)
         }
     }
 

@@ -61,6 +61,7 @@ struct Share: ParsableCommand {
             Terminal.warning("encrypting this share: connections through a relay are always encrypted end to end")
         }
         let pipeline = PipelineOptions.forShare(config: config, encrypt: encrypt || !relays.isEmpty)
+        let mapPorts = !nat.noNAT && config.nat.enabled
         let identity = IdentityStore.load(environment: ProcessInfo.processInfo.environment)
         // The hash worker may read the shared path and nothing else.
         let absolute = URL(fileURLWithPath: path).standardizedFileURL.path
@@ -72,7 +73,8 @@ struct Share: ParsableCommand {
                 supervisor: supervisor, path: path, listen: listenAddress,
                 dht: dhtSettings.map { DHTClient(supervisor: supervisor, settings: $0, logger: logger) },
                 output: Terminal.sessionOutput(progressToStderr: true), logger: logger, pipeline: pipeline,
-                identity: identity, relays: relays, relayAddresses: relayAddresses)
+                identity: identity, relays: relays, relayAddresses: relayAddresses,
+                mapPorts: mapPorts)
             return ({ session.begin() }, { session.stop(exitCode: $0) }, session.result)
         }
         throw ExitCode(code)

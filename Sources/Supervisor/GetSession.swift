@@ -29,6 +29,9 @@ public final class GetSession: SupervisorDelegate, @unchecked Sendable {
     let identity: [UInt8]
     /// The link's relays, resolved: the way to the seeders when no direct path works.
     let relayAddresses: [String]
+    /// Ask the router to forward our listening port (so seeders behind NAT can dial back).
+    let mapPorts: Bool
+    private var mapRequest: UInt32 = 0
     private var servingPort: UInt16?
     /// "serving verified chunks" was said (the port may be known earlier, from listenEarly).
     private var servingSaid = false
@@ -57,9 +60,10 @@ public final class GetSession: SupervisorDelegate, @unchecked Sendable {
         supervisor: Supervisor, link: ShareLink, peers: [PeerAddress], dht: DHTClient?, targetDirectory: String,
         output: SessionOutput, logger: Logger, listen: PeerAddress? = nil, seedAfter: Bool = false,
         verbose: Bool = false, pipeline: PeerPipeline = PeerPipeline(stages: [], secret: nil), identity: [UInt8] = [],
-        relayAddresses: [String] = []
+        relayAddresses: [String] = [], mapPorts: Bool = false
     ) {
         self.relayAddresses = relayAddresses
+        self.mapPorts = mapPorts
         self.pipeline = pipeline
         self.identity = identity
         self.listen = listen
@@ -307,6 +311,14 @@ public final class GetSession: SupervisorDelegate, @unchecked Sendable {
             if verbose { output.status(text) }
         case .serving(let port):
             guard let listen else { return }
+            if mapRequest == 0, mapPorts, PortMapping.worthAsking(listenHost: listen.host),
+                let gateway = PortMapping.defaultGateway()
+            {
+                mapRequest = supervisor.makeRequestID()
+                supervisor.send(
+                    .mapPorts(requestID: mapRequest, gateway: gateway, tcpPort: port, udpPort: 0), to: .nat,
+                    tracking: .setup(key: "map"))
+            }
             guard let manifestBytes else {
                 // Listening before the manifest (for reverse connections through relays):
                 // a restarted transfer worker listens on the same port again.
@@ -327,6 +339,13 @@ public final class GetSession: SupervisorDelegate, @unchecked Sendable {
                 servingPort = port
                 output.status("serving verified chunks to other peers on \(listen.host):\(port)")
                 announceIfReady()
+            }
+        case .portMapped(let id, let method, let ip, let tcp, _, _, let note) where id == mapRequest:
+            if method.isEmpty {
+                logger.info("no port mapping: \(note)")
+            } else {
+                logger.info("\(method): the router forwards \(ip):\(tcp) to our listening port")
+                supervisor.send(.publicListenPort(port: tcp), to: .transfer, tracking: .setup(key: "publicPort"))
             }
         case .status(_, let text):
             output.status("\(role): \(text)")

@@ -20,6 +20,12 @@ public final class ShareSession: SupervisorDelegate, @unchecked Sendable {
     /// Relays to register with: as named (for the link) and resolved (for the transfer worker).
     let relays: [PeerAddress]
     let relayAddresses: [String]
+    /// Ask the router to forward our ports (NAT-PMP, UPnP): nat.enabled and not --no-nat.
+    let mapPorts: Bool
+    private var mapped: (ip: String, tcp: UInt16, udp: UInt16, method: String)?
+    private var mapRequest: UInt32 = 0
+    private var servingPort: UInt16?
+    private var dhtPort: UInt16?
     private let done: EventLoopPromise<Int32>
     private var manifest: [UInt8]?
     private var shareID: ShareID?
@@ -29,8 +35,9 @@ public final class ShareSession: SupervisorDelegate, @unchecked Sendable {
     public init(
         supervisor: Supervisor, path: String, listen: PeerAddress, dht: DHTClient?, output: SessionOutput,
         logger: Logger, pipeline: PeerPipeline = PeerPipeline(stages: [], secret: nil), identity: [UInt8] = [],
-        relays: [PeerAddress] = [], relayAddresses: [String] = []
+        relays: [PeerAddress] = [], relayAddresses: [String] = [], mapPorts: Bool = false
     ) {
+        self.mapPorts = mapPorts
         self.relays = relays
         self.relayAddresses = relayAddresses
         self.pipeline = pipeline
@@ -50,7 +57,10 @@ public final class ShareSession: SupervisorDelegate, @unchecked Sendable {
 
     public func begin() {
         if let dht {
-            dht.onReady = { [output] port in output.status("DHT node listening on UDP \(dht.settings.host):\(port)") }
+            dht.onReady = { [self] port in
+                dhtPort = UInt16(clamping: port)
+                output.status("DHT node listening on UDP \(dht.settings.host):\(port)")
+            }
             dht.start()
         }
         supervisor.keyHolder = pipeline.keyHolder(identity: identity)
@@ -114,22 +124,35 @@ public final class ShareSession: SupervisorDelegate, @unchecked Sendable {
             supervisor.send(
                 .serve(shareID: shareID.bytes, manifest: manifest, host: listen.host, port: port, partial: false),
                 to: .transfer, tracking: .setup(key: "serve"))
-            if !linkPrinted {
-                linkPrinted = true
-                let hints = LocalAddresses.hints(listenHost: listen.host, port: Int(port))
-                output.link(
-                    ShareLink(shareID: shareID, peers: hints, secret: pipeline.secret, relays: relays).description)
-                if pipeline.encrypts {
-                    output.status("encrypted share: only holders of this link (it carries the key) can fetch it")
+            guard servingPort == nil else { return }
+            servingPort = port
+            // Ask the router first (briefly): a mapped address is the one a link needs most.
+            if mapPorts, PortMapping.worthAsking(listenHost: listen.host),
+                let gateway = PortMapping.defaultGateway()
+            {
+                mapRequest = supervisor.makeRequestID()
+                let request = IPCMessage.mapPorts(
+                    requestID: mapRequest, gateway: gateway, tcpPort: port, udpPort: dhtPort ?? 0)
+                supervisor.send(request, to: .nat, tracking: .setup(key: "map"))
+                supervisor.eventLoop.scheduleTask(in: .seconds(PortMapping.linkWaitSeconds)) { [self] in
+                    printLink()
                 }
-                output.status("serving on \(listen.host):\(port); press Ctrl-C to stop")
-                announce(port: port)
-                if !relayAddresses.isEmpty {
-                    supervisor.send(
-                        .useRelays(key: pipeline.dhtKey(for: shareID), relays: relayAddresses, register: true),
-                        to: .transfer, tracking: .setup(key: "relays"))
+            } else {
+                printLink()
+            }
+        case .portMapped(let id, let method, let ip, let tcp, let udp, let lifetime, let note) where id == mapRequest:
+            if method.isEmpty {
+                logger.info("no port mapping: \(note)")
+                output.status("the router maps no ports (\(InertText.make(note))); reachable through relays and hole punching")
+            } else {
+                let fresh = mapped == nil || mapped?.ip != ip || mapped?.tcp != tcp
+                mapped = (ip, tcp, udp, method)
+                if fresh {
+                    output.status(
+                        "\(method): the router forwards \(ip):\(tcp) (TCP) and UDP \(udp) to us for \(lifetime) s")
                 }
             }
+            printLink()
         case .failure(let id, let code, let text):
             if id == buildRequest || role == .transfer {
                 output.error(text)
@@ -145,6 +168,28 @@ public final class ShareSession: SupervisorDelegate, @unchecked Sendable {
             output.status("\(role): \(text)")
         default:
             logger.debug("ignoring \(message.tag) from \(role)")
+        }
+    }
+
+    /// The link, once: the mapped public address first, then this machine's own addresses.
+    private func printLink() {
+        guard !linkPrinted, let shareID, let port = servingPort else { return }
+        linkPrinted = true
+        var hints = LocalAddresses.hints(listenHost: listen.host, port: Int(port))
+        if let mapped, let address = try? PeerAddress.parse("\(mapped.ip):\(mapped.tcp)") {
+            hints = Array(([address] + hints.filter { $0 != address }).prefix(ShareLink.maxPeerHints))
+        }
+        output.link(ShareLink(shareID: shareID, peers: hints, secret: pipeline.secret, relays: relays).description)
+        if pipeline.encrypts {
+            output.status("encrypted share: only holders of this link (it carries the key) can fetch it")
+        }
+        output.status("serving on \(listen.host):\(port); press Ctrl-C to stop")
+        // Peers outside reach the port the router forwards; the DHT hears that one.
+        announce(port: mapped?.tcp ?? port)
+        if !relayAddresses.isEmpty {
+            supervisor.send(
+                .useRelays(key: pipeline.dhtKey(for: shareID), relays: relayAddresses, register: true),
+                to: .transfer, tracking: .setup(key: "relays"))
         }
     }
 

@@ -99,7 +99,10 @@ final class Rendezvous: @unchecked Sendable {
                 case .success(let channel):
                     control = channel
                     localPort = channel.localAddress?.port ?? 0
-                    let listenPort = UInt16(clamping: service.listener?.localAddress?.port ?? 0)
+                    // Where a seeder may dial back: the port the router forwards, else our own.
+                    let listenPort =
+                        service.listener == nil
+                        ? 0 : service.publicListenPort ?? UInt16(clamping: service.listener?.localAddress?.port ?? 0)
                     channel.writeAndFlush(
                         ByteBuffer(bytes: RelayMessage.connect(key: key, listenPort: listenPort, punch: true).frame().encoded()),
                         promise: nil)

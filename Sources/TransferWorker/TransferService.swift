@@ -66,6 +66,8 @@ public final class TransferService: WorkerService, @unchecked Sendable {
     /// fetching) and our registrations with relays (when serving).
     var relayKey: [UInt8]?
     var relayRoutes: [String] = []
+    /// Our listening port as the router forwards it from outside (NAT-PMP/UPnP), if it does.
+    var publicListenPort: UInt16?
     var registrar: RelayRegistrar?
 
     // Fetching.
@@ -173,6 +175,8 @@ public final class TransferService: WorkerService, @unchecked Sendable {
             )
         case .setLimits(let upload, let download, let perPeer):
             setLimits(upload: upload, download: download, perPeer: perPeer)
+        case .publicListenPort(let port):
+            publicListenPort = port
         case .useRelays(let key, let relays, let register):
             relayKey = key
             if register {

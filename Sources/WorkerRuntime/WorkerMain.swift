@@ -11,6 +11,13 @@ public protocol WorkerService: Sendable {
     func handle(_ message: IPCMessage, pipe: WorkerPipe)
     /// One line describing the worker's state, for `statusRequest`.
     func statusLine() -> String
+    /// Called on `shutdown`, just before the process exits: undo what outlives it (the nat
+    /// worker removes its port mappings from the router). Keep it under a second.
+    func shutdown()
+}
+
+extension WorkerService {
+    public func shutdown() {}
 }
 
 /// The skeleton every worker process runs (Postfix's `multi_server_main`): adopt the pipe,
@@ -59,6 +66,7 @@ public enum WorkerMain {
                 try? pipe.send(.status(requestID: id, text: service.statusLine()))
             case .shutdown:
                 logger.debug("shutdown requested")
+                service.shutdown()
                 exit(0)
             default:
                 service.handle(message, pipe: pipe)

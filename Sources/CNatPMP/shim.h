@@ -1,0 +1,3 @@
+#include <sys/time.h>
+#include <sys/select.h>
+#include <natpmp.h>
