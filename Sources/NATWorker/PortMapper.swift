@@ -95,7 +95,8 @@ enum PortMapper {
 
     static func upnp(tcp: Int, udp: Int) -> Result<Mapping, Failure> {
         var error: Int32 = 0
-        guard let devices = upnpDiscover(Int32(timeoutMs), nil, nil, 0, 0, 2, &error) else {
+        // "" for the minissdpd socket: never try that Unix socket (the sandbox refuses it).
+        guard let devices = upnpDiscover(Int32(timeoutMs), nil, "", 0, 0, 2, &error) else {
             return .failure(Failure("no UPnP device answered"))
         }
         defer { freeUPNPDevlist(devices) }

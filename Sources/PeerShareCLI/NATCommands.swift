@@ -81,9 +81,10 @@ struct NATCommand: ParsableCommand {
             throw ExitCode(ExitCodes.unavailable)
         }
         let relays = nat.relays(config: config).map(\.description)
+        let gateway = PortMapping.defaultGateway()
         let code = SupervisorRunner.run(config: config, logLevel: common.logLevel) { supervisor, _ in
             let session = NATSession(
-                supervisor: supervisor, action: .probe(servers: servers, relays: relays),
+                supervisor: supervisor, action: .probe(servers: servers, relays: relays, gateway: gateway),
                 output: Terminal.sessionOutput(progressToStderr: true))
             return ({ session.begin() }, { session.stop(exitCode: $0) }, session.result)
         }

@@ -9,7 +9,7 @@ import PeerShareCore
 public final class NATSession: SupervisorDelegate, @unchecked Sendable {
     public enum Action: Sendable {
         /// Ask these STUN servers (resolved `IP:PORT`), print the report, exit.
-        case probe(servers: [String], relays: [String])
+        case probe(servers: [String], relays: [String], gateway: String?)
         case relay(host: String, port: UInt16, maxCircuits: UInt32, circuitRate: UInt64, circuitSeconds: UInt32)
     }
 
@@ -20,6 +20,10 @@ public final class NATSession: SupervisorDelegate, @unchecked Sendable {
     private var stopping = false
     private var probeID: UInt32 = 0
     private var announced = false
+    private var mapID: UInt32 = 0
+    private var mappingLine: String?
+    private var reportLines: [String]?
+    private var probeCode = ExitCodes.ok
 
     public init(supervisor: Supervisor, action: Action, output: SessionOutput) {
         self.supervisor = supervisor
@@ -33,9 +37,16 @@ public final class NATSession: SupervisorDelegate, @unchecked Sendable {
 
     public func begin() {
         switch action {
-        case .probe(let servers, _):
+        case .probe(let servers, _, let gateway):
             probeID = supervisor.makeRequestID()
             supervisor.send(.natProbe(requestID: probeID, servers: servers), to: .nat, tracking: .request)
+            if let gateway {
+                // Ports 0: only ask the router whether it speaks NAT-PMP or UPnP, and its address.
+                mapID = supervisor.makeRequestID()
+                supervisor.send(.mapPorts(requestID: mapID, gateway: gateway, tcpPort: 0, udpPort: 0), to: .nat)
+            } else {
+                mappingLine = "port mapping: no default route, so no router to ask"
+            }
         case .relay(let host, let port, let circuits, let rate, let seconds):
             let start = IPCMessage.relayStart(
                 host: host, port: port, maxCircuits: circuits, maxCircuitRate: rate, circuitSeconds: seconds)
@@ -52,8 +63,15 @@ public final class NATSession: SupervisorDelegate, @unchecked Sendable {
     public func supervisor(_ supervisor: Supervisor, received message: IPCMessage, from role: WorkerRole) {
         switch message {
         case .natReport(let id, let observed, let mapping, let localPort) where id == probeID:
-            report(observed: observed, mapping: mapping, localPort: localPort)
-            stop(exitCode: observed.contains { !$0.hasSuffix(" -") } ? ExitCodes.ok : ExitCodes.unavailable)
+            reportLines = report(observed: observed, mapping: mapping, localPort: localPort)
+            probeCode = observed.contains { !$0.hasSuffix(" -") } ? ExitCodes.ok : ExitCodes.unavailable
+            finishProbe()
+        case .portMapped(let id, let method, let ip, _, _, _, let note) where id == mapID:
+            mappingLine =
+                method.isEmpty
+                ? "port mapping: the router answers neither NAT-PMP nor UPnP (\(InertText.make(note)))"
+                : "port mapping: \(method) answered (router's address \(InertText.make(ip))): shares ask it to forward their ports, so peers reach them directly"
+            finishProbe()
         case .relayListening(let port):
             guard case .relay(let host, let configured, let circuits, let rate, let seconds) = action,
                 !announced
@@ -78,22 +96,36 @@ public final class NATSession: SupervisorDelegate, @unchecked Sendable {
         }
     }
 
+    private func finishProbe() {
+        guard let lines = reportLines, let mappingLine else { return }
+        for line in lines { output.link(line) }
+        output.link(mappingLine)
+        if case .probe(_, let relays, _) = action {
+            output.link(
+                "relays known: \(relays.isEmpty ? "none (nat.relays in pipeline.json, or --relay)" : relays.joined(separator: ", "))"
+            )
+        }
+        stop(exitCode: probeCode)
+    }
+
     /// Printed like `tailscale netcheck`: each source, then what follows from them.
-    private func report(observed: [String], mapping: UInt8, localPort: UInt16) {
+    private func report(observed: [String], mapping: UInt8, localPort: UInt16) -> [String] {
+        var lines: [String] = []
         var publicAddresses: [String] = []
-        output.link("STUN (UDP, from local port \(localPort)):")
+        lines.append("STUN (UDP, from local port \(localPort)):")
         for line in observed {
             let parts = line.split(separator: " ", maxSplits: 1).map(String.init)
             let server = parts.first ?? line
             let seen = parts.count > 1 ? parts[1] : "-"
-            output.link("  \(server.padding(toLength: 24, withPad: " ", startingAt: 0)) \(seen == "-" ? "no answer" : "sees \(seen)")")
+            lines.append(
+                "  \(server.padding(toLength: 24, withPad: " ", startingAt: 0)) \(seen == "-" ? "no answer" : "sees \(seen)")")
             if seen != "-", let address = try? PeerAddress.parse(seen), !publicAddresses.contains(address.host) {
                 publicAddresses.append(address.host)
             }
         }
         let kind = NATSession.mappingText(mapping)
-        output.link("public address: \(publicAddresses.isEmpty ? "unknown (no STUN server answered)" : publicAddresses.joined(separator: ", "))")
-        output.link("mapping: \(kind)")
+        lines.append("public address: \(publicAddresses.isEmpty ? "unknown (no STUN server answered)" : publicAddresses.joined(separator: ", "))")
+        lines.append("mapping: \(kind)")
         let reachable: String
         switch mapping {
         case 3: reachable = "yes, if no firewall drops incoming connections (no NAT on the way out)"
@@ -101,10 +133,8 @@ public final class NATSession: SupervisorDelegate, @unchecked Sendable {
         case 2: reachable = "not directly; hole punching will not work: peers reach it by reverse connection or a relay"
         default: reachable = "unknown"
         }
-        output.link("reachable from outside: \(reachable)")
-        if case .probe(_, let relays) = action {
-            output.link("relays known: \(relays.isEmpty ? "none (nat.relays in pipeline.json, or --relay)" : relays.joined(separator: ", "))")
-        }
+        lines.append("reachable from outside: \(reachable)")
+        return lines
     }
 
     static func mappingText(_ code: UInt8) -> String {
