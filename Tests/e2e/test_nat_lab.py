@@ -1,0 +1,263 @@
+"""NAT traversal in contrib/netlab: network namespaces with real Linux NAT (a stateful
+firewall, MASQUERADE, MASQUERADE --random-fully, a miniupnpd router), coturn for STUN, a
+DHT bootstrap node and a PeerShare relay on the lab's "internet".
+
+Every pair of host kinds shares and fetches a file through PeerShare (the DHT in the lab
+for discovery, no peer hints beyond the link), byte-identical, and the path each pair used
+is asserted: a relay that hid a broken punch would fail the test. A capture on the relay
+host during a relayed transfer must not contain the file's marker string.
+
+Needs root (network namespaces, iptables): skipped, saying so, when not root. CI runs as
+root, so it runs there.
+"""
+import os
+import pathlib
+import re
+import shutil
+import subprocess
+import threading
+import time
+
+import pytest
+
+from conftest import BIN, ROOT
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the NAT lab needs root (network namespaces, iptables)")
+
+NETLAB = str(ROOT / "contrib" / "netlab")
+PREFIX = f"pst{os.getpid() % 10000}"
+ENV = dict(os.environ, NETLAB_PREFIX=PREFIX, PEERSHARE_BIN=BIN)
+BOOTSTRAP = "11.0.113.10:6881"
+RELAY = "11.0.113.20:7000"
+STUN = ["--stun", "11.0.113.10:3478", "--stun", "11.0.113.11:3478"]
+KINDS = ["public", "fw", "masq", "rand", "upnp"]
+MARKER = b"PEERSHARE-PLAINTEXT-MARKER-7f3a"
+
+
+def lab(*args, check=True, **kwargs):
+    return subprocess.run([NETLAB, *args], env=ENV, check=check, capture_output=True, text=True, **kwargs)
+
+
+def in_host(host, *command, **kwargs):
+    return ["ip", "netns", "exec", f"{PREFIX}-{host}", *command]
+
+
+def expected_path(seeder, downloader):
+    """What a pair must use (docs/ARCHITECTURE.md, NAT traversal): a direct dial to a public
+    seeder or to the port a router mapped; the seeder dialling back (reversed) to a
+    downloader that accepts connections; a punch between hosts whose NATs keep one port
+    per socket; the relay only where a --random-fully host meets one that accepts nothing."""
+    if seeder == "public":
+        return {"direct"}
+    if seeder == "upnp":
+        return {"mapped"}
+    if downloader in ("public", "upnp"):
+        # The seeder's reverse dial and the punch race; both are direct connections.
+        return {"reversed", "punched"}
+    if "rand" in (seeder, downloader):
+        return {"relayed"}
+    return {"punched"}
+
+
+@pytest.fixture(scope="module")
+def netlab(tmp_path_factory):
+    if shutil.which("ip") is None:
+        pytest.skip("iproute2 is not installed")
+    work = tmp_path_factory.mktemp("netlab")
+    up = lab("up", check=False)
+    if up.returncode != 0:
+        lab("down", check=False)
+        pytest.fail(f"contrib/netlab up failed:\n{up.stdout}\n{up.stderr}")
+    services = []
+    try:
+        home = work / "home-infra"
+        home.mkdir()
+        services.append(subprocess.Popen(
+            in_host("infra", BIN, "dht", "node", "--dht-listen", BOOTSTRAP, "--bootstrap", BOOTSTRAP),
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=dict(ENV, HOME=str(home))))
+        relay = subprocess.Popen(
+            in_host("relay", BIN, "relay", "--listen", RELAY),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(ENV, HOME=str(work)))
+        services.append(relay)
+        assert relay.stdout.readline().strip() == RELAY
+        yield work
+    finally:
+        for proc in services:
+            proc.terminate()
+        for proc in services:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        lab("down")
+        left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        assert PREFIX not in left, f"namespaces left behind: {left}"
+
+
+def test_peershare_nat_tells_each_kind_of_host_apart(netlab):
+    expected = {
+        "public": "none (the public address is this machine's own)",
+        "masq": "endpoint-independent",
+        "rand": "endpoint-dependent",
+        "upnp": "endpoint-independent",
+    }
+    for host, kind in expected.items():
+        out = subprocess.run(in_host(host, BIN, "nat", *STUN), capture_output=True, text=True, timeout=60,
+                             env=dict(ENV, HOME=str(netlab)))
+        assert out.returncode == 0, out.stderr
+        assert f"mapping: {kind}" in out.stdout, out.stdout
+        assert "socket(unix)" not in out.stderr
+        if host == "upnp":
+            assert "port mapping: NAT-PMP answered (router's address 11.0.113.70)" in out.stdout
+        else:
+            assert "answers neither NAT-PMP nor UPnP" in out.stdout or "no router" in out.stdout
+    # Public: the address is its own; behind a NAT, the router's.
+    out = subprocess.run(in_host("masq", BIN, "nat", *STUN), capture_output=True, text=True, timeout=60,
+                         env=dict(ENV, HOME=str(netlab)))
+    assert "public address: 11.0.113.50" in out.stdout
+
+
+class Transfer:
+    """A share in one host and a get in another; the path and timings of the download."""
+
+    def __init__(self, work, seeder, downloader, payload):
+        self.seeder, self.downloader = seeder, downloader
+        base = work / f"{seeder}-{downloader}"
+        (base / "out").mkdir(parents=True)
+        (base / "hs").mkdir()
+        (base / "hg").mkdir()
+        self.base = base
+        self.share = subprocess.Popen(
+            in_host(seeder, BIN, "share", str(payload), "--listen", "0.0.0.0:0", "--relay", RELAY,
+                    "--bootstrap", BOOTSTRAP),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(ENV, HOME=str(base / "hs")))
+        self.link = self.share.stdout.readline().strip()
+        assert self.link.startswith("peershare://"), self.share.stderr.read()
+        # The share is reachable through the relay once it has registered there.
+        deadline = time.monotonic() + 20
+        self.seed_lines = []
+        while time.monotonic() < deadline:
+            line = self.share.stderr.readline()
+            self.seed_lines.append(line)
+            if "registered with relay" in line:
+                break
+        else:
+            raise AssertionError("the seeder did not register with the relay: " + "".join(self.seed_lines))
+
+    def fetch(self):
+        started = time.monotonic()
+        get = subprocess.Popen(
+            in_host(self.downloader, BIN, "get", self.link, "-o", str(self.base / "out"), "--bootstrap", BOOTSTRAP,
+                    "--verbose"),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(ENV, HOME=str(self.base / "hg")))
+        self.connected_after = None
+        self.events = []
+
+        def read():
+            for line in get.stderr:
+                self.events.append(line)
+                if self.connected_after is None and ": connected, " in line:
+                    self.connected_after = time.monotonic() - started
+        reader = threading.Thread(target=read)
+        reader.start()
+        try:
+            get.wait(timeout=120)
+        finally:
+            if get.poll() is None:
+                get.kill()
+            reader.join(timeout=10)
+        self.seconds = time.monotonic() - started
+        self.code = get.returncode
+        self.stdout = get.stdout.read()
+        return self
+
+    def stop(self):
+        self.share.terminate()
+        try:
+            self.share.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.share.kill()
+
+    @property
+    def path(self):
+        """(kind, detail) of the first connection: direct, mapped, reversed, punched, relayed."""
+        for line in self.events:
+            match = re.search(r"peer (\S+): connected, (.*), in (\d+) ms", line)
+            if not match:
+                continue
+            address, detail = match.group(1), match.group(2)
+            if detail.startswith("relayed"):
+                return "relayed", detail
+            if detail.startswith("punched") or detail.startswith("reversed"):
+                return detail.split()[0], detail
+            mapped = re.search(r"peer=(11\.0\.113\.70:\d+)", self.link)
+            if mapped and address == mapped.group(1):
+                return "mapped", detail
+            return "direct", detail
+        return "none", "".join(self.events[-5:])
+
+    @property
+    def punch_ms(self):
+        match = re.search(r"\((\d+) ms after the introduction\)", self.path[1])
+        return int(match.group(1)) if match else None
+
+
+def test_every_pair_connects_by_the_path_its_nats_allow(netlab, tmp_path):
+    payload = tmp_path / "payload.bin"
+    with open(payload, "wb") as f:
+        for _ in range(64):
+            f.write(os.urandom(32 * 1024))
+            f.write(MARKER * 4)
+    rows = []
+    failures = []
+    capture_checked = False
+    for seeder in KINDS:
+        for downloader in KINDS:
+            if seeder == downloader:
+                continue
+            transfer = Transfer(netlab, seeder, downloader, payload)
+            capture = None
+            pcap = netlab / f"relay-{seeder}-{downloader}.pcap"
+            if "rand" in (seeder, downloader) and not capture_checked and seeder not in ("public", "upnp") \
+                    and downloader not in ("public", "upnp"):
+                capture = subprocess.Popen(
+                    in_host("relay", "tcpdump", "-i", "wan", "-U", "-w", str(pcap), "tcp", "port", "7000"),
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                time.sleep(1)
+            try:
+                transfer.fetch()
+            finally:
+                transfer.stop()
+                if capture:
+                    time.sleep(0.5)
+                    capture.terminate()
+                    capture.wait(timeout=10)
+            same = (transfer.base / "out" / payload.name).exists() and \
+                (transfer.base / "out" / payload.name).read_bytes() == payload.read_bytes()
+            kind, detail = transfer.path
+            expected = expected_path(seeder, downloader)
+            rows.append((seeder, downloader, kind, transfer.connected_after, transfer.punch_ms, transfer.seconds))
+            if transfer.code != 0 or not same:
+                failures.append(f"{seeder} -> {downloader}: exit {transfer.code}, same bytes {same}: "
+                                + "".join(transfer.events[-8:]))
+            elif kind not in expected:
+                failures.append(f"{seeder} -> {downloader}: path {kind} ({detail}), expected {sorted(expected)}")
+            if capture and kind == "relayed":
+                captured = pcap.read_bytes()
+                # The capture saw the transfer (so this check can fail), and no plaintext.
+                assert len(captured) > payload.stat().st_size, f"the capture on the relay holds {len(captured)} bytes"
+                assert MARKER not in captured, "file bytes in clear on the relay host"
+                capture_checked = True
+
+    print("\n  seeder  downloader  path       connected after  punch after intro  total")
+    for seeder, downloader, kind, connected, punch, total in rows:
+        connected_text = f"{connected * 1000:.0f} ms" if connected is not None else "-"
+        punch_text = f"{punch} ms" if punch is not None else "-"
+        print(f"  {seeder:7} {downloader:11} {kind:10} {connected_text:>15}  {punch_text:>17}  {total:.1f} s")
+    punched = sorted(p for (_, _, kind, _, p, _) in rows if kind in ("punched", "reversed") and p is not None)
+    if punched:
+        print(f"  median direct connection after the relay's introduction: {punched[len(punched) // 2]} ms")
+    connected = sum(1 for row in rows if row[2] != "none")
+    print(f"  {connected}/{len(rows)} pairs connected, {sum(1 for r in rows if r[2] == 'relayed')} relayed")
+    assert not failures, "\n".join(failures)
+    assert capture_checked, "no relayed transfer was captured on the relay host"
