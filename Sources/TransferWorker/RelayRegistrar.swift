@@ -103,6 +103,7 @@ final class RelayRegistrar: @unchecked Sendable {
         guard attaching < RelayRegistrar.maxAttaching, let address = try? PeerAddress.parse(relay) else { return }
         attaching += 1
         let state = AttachState()
+        state.relayHost = address.host
         // From a reusable port: if the relay introduces us, we punch from the port it saw.
         PunchDialer.bootstrap(group: service.group, localPort: 0, timeout: .seconds(5))
             .channelInitializer { [self] channel in
@@ -148,6 +149,10 @@ final class RelayRegistrar: @unchecked Sendable {
     /// (a reverse connection, which works whenever the downloader accepts connections).
     /// Each connection serves exactly as an accepted one; the downloader keeps one.
     private func reachOut(_ circuit: [UInt8], to target: PeerAddress, listenPort: Int, from port: Int, state: AttachState) {
+        guard let relayHost = state.relayHost, DialPolicy.mayDial(target, introducedBy: relayHost) else {
+            logger.warning("a relay asked us to dial \(target); not an address a peer can have: refused")
+            return
+        }
         logger.info("relay introduced a downloader at \(target); punching from port \(port)")
         PunchDialer.punch(
             group: service.group, loop: service.loop, from: port, to: target,
@@ -184,4 +189,5 @@ private final class AttachState: @unchecked Sendable {
     var done = false
     /// A punched connection is up.
     var direct = false
+    var relayHost: String?
 }

@@ -120,6 +120,13 @@ final class Rendezvous: @unchecked Sendable {
             self.circuit = circuit
             introducedAt = service.now
             session.rendezvousIntroduced(self)
+            guard DialPolicy.mayDial(observed.peerAddress, introducedBy: relay.host) else {
+                // Not a peer's address (loopback, our LAN, multicast): wait for the bridge.
+                service.logger.warning("relay \(relay) introduced a seeder at \(observed); not dialling that")
+                punching = true
+                scheduleFallback()
+                return .more
+            }
             punch(to: observed.peerAddress)
             return .more
         case .bridged:
@@ -150,6 +157,11 @@ final class Rendezvous: @unchecked Sendable {
         ) { [self] channel in
             adopt(channel, path: "punched")
         }
+        scheduleFallback()
+    }
+
+    /// After the punch window: ask the relay to bridge, unless a direct path was found.
+    private func scheduleFallback() {
         service.loop.scheduleTask(in: .milliseconds(Int64(PunchPlan.window * 1000))) { [self] in
             windowOver = true
             guard !settled else { return }

@@ -227,3 +227,18 @@ import Testing
         #expect(silent.tick(now: 100).count == 2)
     }
 }
+
+@Suite struct DialPolicyTests {
+    @Test func aRelayCannotMakeUsDialLoopbackMulticastOrOurLAN() {
+        let publicRelay = "11.0.113.20"
+        #expect(DialPolicy.mayDial(PeerAddress(host: "11.0.113.50", port: 4000), introducedBy: publicRelay))
+        for forged in ["127.0.0.1", "0.0.0.0", "169.254.1.1", "224.0.0.1", "255.255.255.255", "192.168.1.1", "10.0.0.1",
+                       "172.16.0.1", "100.64.0.1", "::1", "localhost"] {
+            #expect(!DialPolicy.mayDial(PeerAddress(host: forged, port: 22), introducedBy: publicRelay), "\(forged)")
+        }
+        #expect(!DialPolicy.mayDial(PeerAddress(host: "11.0.113.50", port: 0), introducedBy: publicRelay))
+        // A relay on the LAN may introduce LAN peers (never loopback).
+        #expect(DialPolicy.mayDial(PeerAddress(host: "192.168.1.7", port: 4000), introducedBy: "192.168.1.2"))
+        #expect(!DialPolicy.mayDial(PeerAddress(host: "127.0.0.1", port: 4000), introducedBy: "127.0.0.1"))
+    }
+}
