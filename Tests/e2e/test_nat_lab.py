@@ -261,3 +261,52 @@ def test_every_pair_connects_by_the_path_its_nats_allow(netlab, tmp_path):
     print(f"  {connected}/{len(rows)} pairs connected, {sum(1 for r in rows if r[2] == 'relayed')} relayed")
     assert not failures, "\n".join(failures)
     assert capture_checked, "no relayed transfer was captured on the relay host"
+
+
+def test_a_download_survives_its_relay_dying_mid_transfer(netlab, tmp_path):
+    """rand (endpoint-dependent NAT) to fw (firewall): only relays connect them. With two
+    relays in the link the download runs through both; one is killed mid-transfer and the
+    download finishes through the other, byte-identical."""
+    second = "11.0.113.20:7001"
+    backup = subprocess.Popen(in_host("relay", BIN, "relay", "--listen", second), stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, text=True, env=dict(ENV, HOME=str(tmp_path)))
+    assert backup.stdout.readline().strip() == second
+    payload = tmp_path / "big.bin"
+    payload.write_bytes(os.urandom(12 << 20))
+    (tmp_path / "hs").mkdir()
+    (tmp_path / "hg").mkdir()
+    share = subprocess.Popen(
+        in_host("rand", BIN, "share", str(payload), "--listen", "0.0.0.0:0", "--relay", RELAY, "--relay", second,
+                "--no-dht", "--max-upload", "3MiB"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(ENV, HOME=str(tmp_path / "hs")))
+    try:
+        link = share.stdout.readline().strip()
+        registered = 0
+        while registered < 2:
+            line = share.stderr.readline()
+            assert line, "the seeder stopped"
+            registered += "registered with relay" in line
+        get = subprocess.Popen(
+            in_host("fw", BIN, "get", link, "-o", str(tmp_path / "out"), "--no-dht", "--verbose"),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(ENV, HOME=str(tmp_path / "hg")))
+        seen = []
+        via = set()
+        for line in get.stderr:
+            seen.append(line)
+            match = re.search(r"connected, relayed via (\S+),", line)
+            if match:
+                via.add(match.group(1))
+            if len(via) == 2:
+                break
+        assert via == {RELAY, second}, "".join(seen)
+        time.sleep(1)
+        backup.kill()
+        rest = get.stderr.read()
+        get.wait(timeout=120)
+        assert get.returncode == 0, rest
+        assert (tmp_path / "out" / "big.bin").read_bytes() == payload.read_bytes()
+    finally:
+        share.terminate()
+        share.wait(timeout=10)
+        if backup.poll() is None:
+            backup.kill()
