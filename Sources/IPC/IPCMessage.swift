@@ -65,8 +65,9 @@ public enum IPCMessage: Equatable, Sendable {
 
     /// Relays for this share (`HOST:PORT`, resolved), and its DHT key, which names it there.
     /// `register`: a seeder registers with them so downloaders can reach it through them;
-    /// otherwise a downloader reaches the share's seeders through them.
-    case useRelays(key: [UInt8], relays: [String], register: Bool)
+    /// otherwise a downloader reaches the share's seeders through them. `punch`: let the
+    /// relay introduce the two ends first (hole punching, reverse connections).
+    case useRelays(key: [UInt8], relays: [String], register: Bool, punch: Bool)
     /// A relay accepted our registration and saw us at `observed`.
     case relayRegistered(relay: String, observed: String)
 
@@ -317,11 +318,12 @@ public enum IPCMessage: Equatable, Sendable {
             w.u16(code)
             w.blob(Array(text.utf8))
         case .peerCount(let count): w.u16(count)
-        case .useRelays(let key, let relays, let register):
+        case .useRelays(let key, let relays, let register, let punch):
             w.blob(key)
             w.u16(UInt16(relays.count))
             for relay in relays { w.string(relay) }
             w.bool(register)
+            w.bool(punch)
         case .relayRegistered(let relay, let observed):
             w.string(relay)
             w.string(observed)
@@ -505,7 +507,7 @@ public enum IPCMessage: Equatable, Sendable {
         case .pluginFailed: self = .pluginFailed(name: try r.string(), reason: try text())
         case .useRelays:
             let key = try r.blob(limit: 32, what: "key")
-            self = .useRelays(key: key, relays: try list(), register: try r.bool())
+            self = .useRelays(key: key, relays: try list(), register: try r.bool(), punch: try r.bool())
         case .relayRegistered: self = .relayRegistered(relay: try r.string(), observed: try r.string())
         case .natProbe: self = .natProbe(requestID: try r.u32(), servers: try list())
         case .natReport:

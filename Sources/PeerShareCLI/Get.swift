@@ -148,6 +148,7 @@ struct Get: ParsableCommand {
         }
         let relays = relayAddresses
         let mapPorts = !noNAT && config.nat.enabled
+        let punch = config.nat.punch
         let pipeline = try PipelineOptions.forGet(config: config, link: parsed)
         let identity = IdentityStore.load(environment: ProcessInfo.processInfo.environment)
         // The hash worker may touch the target folder and nothing else.
@@ -161,7 +162,7 @@ struct Get: ParsableCommand {
                 targetDirectory: target,
                 output: useJSON ? Terminal.jsonOutput() : Terminal.sessionOutput(), logger: logger, listen: serveAt,
                 seedAfter: seedAfter, verbose: showEvents, pipeline: pipeline, identity: identity,
-                relayAddresses: relays, mapPorts: mapPorts)
+                relayAddresses: relays, mapPorts: mapPorts, punch: punch)
             return ({ session.begin() }, { session.stop(exitCode: $0) }, session.result)
         }
         throw ExitCode(code)

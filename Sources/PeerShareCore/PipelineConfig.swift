@@ -54,6 +54,9 @@ public struct PipelineConfig: Equatable, Sendable {
         /// PeerShare relays (`peershare relay`) a share registers with, so peers that cannot
         /// reach it directly still can; they are named in its link.
         public var relays: [String] = []
+        /// Through a relay, first try a direct connection (hole punching, the seeder dialling
+        /// back); false: straight to the relay's bridge (networks that frown on punching).
+        public var punch = true
     }
 
     public var version = schemaVersion
@@ -198,8 +201,9 @@ public struct PipelineConfig: Equatable, Sendable {
         }
         if let natValue = root["nat"] {
             let nat = try reader.object(natValue, key: "nat")
-            try reader.allowOnly(["enabled", "stun", "relays"], in: nat, prefix: "nat.")
+            try reader.allowOnly(["enabled", "stun", "relays", "punch"], in: nat, prefix: "nat.")
             if let value = nat["enabled"] { config.nat.enabled = try reader.bool(value, key: "nat.enabled") }
+            if let value = nat["punch"] { config.nat.punch = try reader.bool(value, key: "nat.punch") }
             for key in ["stun", "relays"] {
                 guard let value = nat[key] else { continue }
                 guard let list = value as? [Any], list.count <= 16 else {

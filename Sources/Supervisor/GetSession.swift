@@ -31,6 +31,8 @@ public final class GetSession: SupervisorDelegate, @unchecked Sendable {
     let relayAddresses: [String]
     /// Ask the router to forward our listening port (so seeders behind NAT can dial back).
     let mapPorts: Bool
+    /// nat.punch: try hole punching and reverse connections before a relay's bridge.
+    let punch: Bool
     private var mapRequest: UInt32 = 0
     private var servingPort: UInt16?
     /// "serving verified chunks" was said (the port may be known earlier, from listenEarly).
@@ -60,8 +62,9 @@ public final class GetSession: SupervisorDelegate, @unchecked Sendable {
         supervisor: Supervisor, link: ShareLink, peers: [PeerAddress], dht: DHTClient?, targetDirectory: String,
         output: SessionOutput, logger: Logger, listen: PeerAddress? = nil, seedAfter: Bool = false,
         verbose: Bool = false, pipeline: PeerPipeline = PeerPipeline(stages: [], secret: nil), identity: [UInt8] = [],
-        relayAddresses: [String] = [], mapPorts: Bool = false
+        relayAddresses: [String] = [], mapPorts: Bool = false, punch: Bool = true
     ) {
+        self.punch = punch
         self.relayAddresses = relayAddresses
         self.mapPorts = mapPorts
         self.pipeline = pipeline
@@ -90,7 +93,7 @@ public final class GetSession: SupervisorDelegate, @unchecked Sendable {
         if !relayAddresses.isEmpty {
             listenEarly()
             supervisor.send(
-                .useRelays(key: pipeline.dhtKey(for: link.shareID), relays: relayAddresses, register: false),
+                .useRelays(key: pipeline.dhtKey(for: link.shareID), relays: relayAddresses, register: false, punch: punch),
                 to: .transfer, tracking: .setup(key: "relays"))
         }
         if let dht {

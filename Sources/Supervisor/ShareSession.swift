@@ -188,7 +188,7 @@ public final class ShareSession: SupervisorDelegate, @unchecked Sendable {
         announce(port: mapped?.tcp ?? port)
         if !relayAddresses.isEmpty {
             supervisor.send(
-                .useRelays(key: pipeline.dhtKey(for: shareID), relays: relayAddresses, register: true),
+                .useRelays(key: pipeline.dhtKey(for: shareID), relays: relayAddresses, register: true, punch: true),
                 to: .transfer, tracking: .setup(key: "relays"))
         }
     }

@@ -104,7 +104,7 @@ final class Rendezvous: @unchecked Sendable {
                         service.listener == nil
                         ? 0 : service.publicListenPort ?? UInt16(clamping: service.listener?.localAddress?.port ?? 0)
                     channel.writeAndFlush(
-                        ByteBuffer(bytes: RelayMessage.connect(key: key, listenPort: listenPort, punch: true).frame().encoded()),
+                        ByteBuffer(bytes: RelayMessage.connect(key: key, listenPort: listenPort, punch: service.relayPunch).frame().encoded()),
                         promise: nil)
                     channel.closeFuture.whenComplete { [self] _ in controlClosed() }
                 case .failure(let error):

@@ -68,6 +68,8 @@ public final class TransferService: WorkerService, @unchecked Sendable {
     var relayRoutes: [String] = []
     /// Our listening port as the router forwards it from outside (NAT-PMP/UPnP), if it does.
     var publicListenPort: UInt16?
+    /// Ask relays to introduce us to seeders (punch, reverse) before bridging (nat.punch).
+    var relayPunch = true
     var registrar: RelayRegistrar?
 
     // Fetching.
@@ -177,8 +179,9 @@ public final class TransferService: WorkerService, @unchecked Sendable {
             setLimits(upload: upload, download: download, perPeer: perPeer)
         case .publicListenPort(let port):
             publicListenPort = port
-        case .useRelays(let key, let relays, let register):
+        case .useRelays(let key, let relays, let register, let punch):
             relayKey = key
+            relayPunch = punch
             if register {
                 registrar?.stop()
                 let registrar = RelayRegistrar(service: self, key: key, relays: relays)
