@@ -519,7 +519,8 @@ public enum IPCMessage: Equatable, Sendable {
         case .relayListening: self = .relayListening(port: try r.u16())
         case .publicListenPort: self = .publicListenPort(port: try r.u16())
         case .mapPorts:
-            self = .mapPorts(requestID: try r.u32(), gateway: try r.string(), tcpPort: try r.u16(), udpPort: try r.u16())
+            self = .mapPorts(
+                requestID: try r.u32(), gateway: try r.string(), tcpPort: try r.u16(), udpPort: try r.u16())
         case .portMapped:
             self = .portMapped(
                 requestID: try r.u32(), method: try r.string(), externalIP: try r.string(), tcpPort: try r.u16(),

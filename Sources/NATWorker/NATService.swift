@@ -63,7 +63,9 @@ public final class NATService: WorkerService, @unchecked Sendable {
             mappingGeneration += 1
             let generation = mappingGeneration
             lock.unlock()
-            Thread.detachNewThread { [self] in map(id: id, gateway: gateway, tcp: Int(tcp), udp: Int(udp), generation: generation) }
+            Thread.detachNewThread { [self] in
+                map(id: id, gateway: gateway, tcp: Int(tcp), udp: Int(udp), generation: generation)
+            }
         default:
             logger.warning("ignoring unexpected \(message.tag)")
         }
@@ -83,7 +85,8 @@ public final class NATService: WorkerService, @unchecked Sendable {
             lock.unlock()
             if let granted {
                 logger.info(
-                    "\(granted.method): \(granted.externalIP) TCP \(granted.tcpPort) UDP \(granted.udpPort) for \(granted.lifetime) s")
+                    "\(granted.method): \(granted.externalIP) TCP \(granted.tcpPort) UDP \(granted.udpPort) for \(granted.lifetime) s"
+                )
                 tell(
                     .portMapped(
                         requestID: id, method: granted.method, externalIP: granted.externalIP,
@@ -137,7 +140,9 @@ enum STUNProbe {
         var any = sockaddr_in()
         any.sin_family = sa_family_t(AF_INET)
         _ = withUnsafePointer(to: &any) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+            }
         }
         var bound = sockaddr_in()
         var length = socklen_t(MemoryLayout<sockaddr_in>.size)

@@ -60,7 +60,9 @@ enum PortMapper {
         defer { closenatpmp(&client) }
         guard sendpublicaddressrequest(&client) == 2 else { return .failure(Failure("cannot send")) }
         guard let publicAnswer = readResponse(&client) else { return .failure(Failure("no answer from \(gateway)")) }
-        guard publicAnswer.resultcode == 0 else { return .failure(Failure("refused (code \(publicAnswer.resultcode))")) }
+        guard publicAnswer.resultcode == 0 else {
+            return .failure(Failure("refused (code \(publicAnswer.resultcode))"))
+        }
         let ip = withUnsafeBytes(of: publicAnswer.pnu.publicaddress.addr.s_addr) { IPText.format(Array($0)) }
         var mapping = Mapping(method: "NAT-PMP", externalIP: ip, tcpPort: 0, udpPort: 0, lifetime: lifetime)
         mapping.gateway = gateway
@@ -118,7 +120,8 @@ enum PortMapper {
             return .failure(Failure("the gateway did not say its external address"))
         }
         var mapping = Mapping(
-            method: "UPnP", externalIP: String(decoding: external.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self),
+            method: "UPnP",
+            externalIP: String(decoding: external.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self),
             tcpPort: 0, udpPort: 0, lifetime: lifetime)
         mapping.controlURL = String(cString: control)
         mapping.serviceType = serviceType

@@ -82,7 +82,9 @@ final class RelayServer: @unchecked Sendable {
                 (0..<RelayMessage.circuitBytes).map { _ in UInt8.random(in: 0...255) }
             }
             perform(directives)
-            return directives.contains { if case .bridge(let a, let b) = $0 { return a == id || b == id } else { return false } }
+            return directives.contains {
+                if case .bridge(let a, let b) = $0 { return a == id || b == id } else { return false }
+            }
                 ? .pass : .more
         }
         let splice = SpliceHandler(server: self, id: id)

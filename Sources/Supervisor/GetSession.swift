@@ -93,7 +93,8 @@ public final class GetSession: SupervisorDelegate, @unchecked Sendable {
         if !relayAddresses.isEmpty {
             listenEarly()
             supervisor.send(
-                .useRelays(key: pipeline.dhtKey(for: link.shareID), relays: relayAddresses, register: false, punch: punch),
+                .useRelays(
+                    key: pipeline.dhtKey(for: link.shareID), relays: relayAddresses, register: false, punch: punch),
                 to: .transfer, tracking: .setup(key: "relays"))
         }
         if let dht {

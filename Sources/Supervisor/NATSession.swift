@@ -118,13 +118,16 @@ public final class NATSession: SupervisorDelegate, @unchecked Sendable {
             let server = parts.first ?? line
             let seen = parts.count > 1 ? parts[1] : "-"
             lines.append(
-                "  \(server.padding(toLength: 24, withPad: " ", startingAt: 0)) \(seen == "-" ? "no answer" : "sees \(seen)")")
+                "  \(server.padding(toLength: 24, withPad: " ", startingAt: 0)) \(seen == "-" ? "no answer" : "sees \(seen)")"
+            )
             if seen != "-", let address = try? PeerAddress.parse(seen), !publicAddresses.contains(address.host) {
                 publicAddresses.append(address.host)
             }
         }
         let kind = NATSession.mappingText(mapping)
-        lines.append("public address: \(publicAddresses.isEmpty ? "unknown (no STUN server answered)" : publicAddresses.joined(separator: ", "))")
+        lines.append(
+            "public address: \(publicAddresses.isEmpty ? "unknown (no STUN server answered)" : publicAddresses.joined(separator: ", "))"
+        )
         lines.append("mapping: \(kind)")
         let reachable: String
         switch mapping {

@@ -143,7 +143,8 @@ public final class ShareSession: SupervisorDelegate, @unchecked Sendable {
         case .portMapped(let id, let method, let ip, let tcp, let udp, let lifetime, let note) where id == mapRequest:
             if method.isEmpty {
                 logger.info("no port mapping: \(note)")
-                output.status("the router maps no ports (\(InertText.make(note))); reachable through relays and hole punching")
+                output.status(
+                    "the router maps no ports (\(InertText.make(note))); reachable through relays and hole punching")
             } else {
                 let fresh = mapped == nil || mapped?.ip != ip || mapped?.tcp != tcp
                 mapped = (ip, tcp, udp, method)

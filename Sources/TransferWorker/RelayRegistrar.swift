@@ -58,7 +58,8 @@ final class RelayRegistrar: @unchecked Sendable {
                 switch result {
                 case .success(let channel):
                     controls[relay] = channel
-                    channel.writeAndFlush(ByteBuffer(bytes: RelayMessage.register(key: key).frame().encoded()), promise: nil)
+                    channel.writeAndFlush(
+                        ByteBuffer(bytes: RelayMessage.register(key: key).frame().encoded()), promise: nil)
                     channel.closeFuture.whenComplete { [self] _ in
                         controls[relay] = nil
                         again(relay, "the relay closed the connection")
@@ -114,7 +115,9 @@ final class RelayRegistrar: @unchecked Sendable {
                             case .peer(let id, let observed, let listenPort) where id == circuit && !state.introduced:
                                 state.introduced = true
                                 let port = context.channel.localAddress?.port ?? 0
-                                reachOut(circuit, to: observed.peerAddress, listenPort: Int(listenPort), from: port, state: state)
+                                reachOut(
+                                    circuit, to: observed.peerAddress, listenPort: Int(listenPort), from: port,
+                                    state: state)
                                 return .more
                             case .bridged:
                                 state.done = true
@@ -148,7 +151,9 @@ final class RelayRegistrar: @unchecked Sendable {
     /// downloader dials us at the same time: a punch), and dial its listening port as well
     /// (a reverse connection, which works whenever the downloader accepts connections).
     /// Each connection serves exactly as an accepted one; the downloader keeps one.
-    private func reachOut(_ circuit: [UInt8], to target: PeerAddress, listenPort: Int, from port: Int, state: AttachState) {
+    private func reachOut(
+        _ circuit: [UInt8], to target: PeerAddress, listenPort: Int, from port: Int, state: AttachState
+    ) {
         guard let relayHost = state.relayHost, DialPolicy.mayDial(target, introducedBy: relayHost) else {
             logger.warning("a relay asked us to dial \(target); not an address a peer can have: refused")
             return
@@ -157,11 +162,13 @@ final class RelayRegistrar: @unchecked Sendable {
         PunchDialer.punch(
             group: service.group, loop: service.loop, from: port, to: target,
             initializer: { [self] channel in try service.addServeHandlers(to: channel) },
-            stop: { state.done || state.direct }
-        ) { channel in
-            state.direct = true
-            channel.closeFuture.whenComplete { _ in state.direct = false }
-        }
+            stop: { state.done || state.direct },
+            connected: { channel in
+                state.direct = true
+                channel.closeFuture.whenComplete { _ in state.direct = false }
+                // Names the circuit first, as on every connection made for one.
+                channel.writeAndFlush(RelayMessage.attach(circuit: circuit).frame(), promise: nil)
+            })
         guard listenPort > 0 else { return }
         let listening = PeerAddress(host: target.host, port: listenPort)
         ClientBootstrap(group: service.group)

@@ -104,7 +104,9 @@ final class Rendezvous: @unchecked Sendable {
                         service.listener == nil
                         ? 0 : service.publicListenPort ?? UInt16(clamping: service.listener?.localAddress?.port ?? 0)
                     channel.writeAndFlush(
-                        ByteBuffer(bytes: RelayMessage.connect(key: key, listenPort: listenPort, punch: service.relayPunch).frame().encoded()),
+                        ByteBuffer(
+                            bytes: RelayMessage.connect(key: key, listenPort: listenPort, punch: service.relayPunch)
+                                .frame().encoded()),
                         promise: nil)
                     channel.closeFuture.whenComplete { [self] _ in controlClosed() }
                 case .failure(let error):
@@ -153,10 +155,27 @@ final class Rendezvous: @unchecked Sendable {
         punching = true
         service.logger.info("relay \(relay) introduced the seeder at \(target); punching from port \(localPort)")
         PunchDialer.punch(
-            group: service.group, loop: service.loop, from: localPort, to: target, stop: { [self] in settled || windowOver }
-        ) { [self] channel in
-            adopt(channel, path: "punched")
-        }
+            group: service.group, loop: service.loop, from: localPort, to: target,
+            stop: { [self] in settled || windowOver },
+            connected: { [self] channel in
+                // The seeder names the circuit first: only then is this our seeder, and not
+                // whatever else answered on that address and port.
+                let check = FramedPreamble(maxFrameLength: RelayMessage.maxFrameLength) { [self] frame, _ in
+                    guard case .attach(let named) = try? RelayMessage(frame: frame), named == circuit else {
+                        return .close
+                    }
+                    return adopt(channel, path: "punched") ? .pass : .close
+                }
+                do {
+                    try channel.pipeline.syncOperations.addHandler(check)
+                } catch {
+                    channel.close(promise: nil)
+                }
+                // A connection that never names the circuit is not kept waiting.
+                channel.eventLoop.scheduleTask(in: .seconds(5)) { [self] in
+                    if connection.channel !== channel { channel.close(promise: nil) }
+                }
+            })
         scheduleFallback()
     }
 
@@ -166,7 +185,8 @@ final class Rendezvous: @unchecked Sendable {
             windowOver = true
             guard !settled else { return }
             if let control, control.isActive {
-                service.logger.info("no direct path to the seeder after \(PunchPlan.window) s; asking the relay to bridge")
+                service.logger.info(
+                    "no direct path to the seeder after \(PunchPlan.window) s; asking the relay to bridge")
                 control.writeAndFlush(ByteBuffer(bytes: RelayMessage.relay.frame().encoded()), promise: nil)
             } else {
                 session.rendezvousFailed(connection, reason: "the relay left and no direct path worked")
@@ -178,10 +198,11 @@ final class Rendezvous: @unchecked Sendable {
     /// dialled our listener and named the circuit). The first is kept; the relay is left.
     /// `reversed`: the channel comes from our listener with its framing in place, and needs
     /// only the downloader's handler.
-    func adopt(_ channel: Channel, path: String, reversed: Bool = false) {
+    @discardableResult
+    func adopt(_ channel: Channel, path: String, reversed: Bool = false) -> Bool {
         guard PunchPlan.choose(alreadySettled: settled) == .keep else {
             channel.close(promise: nil)
-            return
+            return false
         }
         settled = true
         let milliseconds = Int((service.now - introducedAt) * 1000)
@@ -194,10 +215,11 @@ final class Rendezvous: @unchecked Sendable {
             }
         } catch {
             channel.close(promise: nil)
-            return
+            return false
         }
         control?.close(promise: nil)
         session.attached(connection, channel: channel)
+        return true
     }
 
     private func controlClosed() {

@@ -664,7 +664,8 @@ final class ServeHandler: ChannelInboundHandler, RemovableChannelHandler {
         context.pipeline.syncOperations.removeHandler(context: context).whenComplete { [service] result in
             guard case .success = result else { return channel.close(promise: nil) }
             if !fetch.reverseArrived(circuit: circuit, channel: channel) {
-                service.logger.info("peer \(channel.remoteAddress?.description ?? "?"): reverse connection for no circuit of ours")
+                service.logger.info(
+                    "peer \(channel.remoteAddress?.description ?? "?"): reverse connection for no circuit of ours")
                 channel.close(promise: nil)
             }
         }

@@ -123,7 +123,8 @@ public enum RelayMessage: Equatable, Sendable {
             self = .connect(key: key, listenPort: port, punch: flags == 1)
         case .peer:
             self = .peer(
-                circuit: try r.raw(RelayMessage.circuitBytes), observed: try WireAddress(reader: &r), listenPort: try r.u16())
+                circuit: try r.raw(RelayMessage.circuitBytes), observed: try WireAddress(reader: &r),
+                listenPort: try r.u16())
         case .relay: self = .relay
         case .registered: self = .registered(observed: try WireAddress(reader: &r))
         case .incoming:

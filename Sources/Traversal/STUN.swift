@@ -46,10 +46,14 @@ public enum STUN {
         var r = ByteReader(message)
         let type = try r.u16()
         let length = Int(try r.u16())
-        guard type == bindingSuccess else { throw ParseError(String(format: "not a binding success (type 0x%04x)", type)) }
+        guard type == bindingSuccess else {
+            throw ParseError(String(format: "not a binding success (type 0x%04x)", type))
+        }
         guard try r.u32() == magicCookie else { throw ParseError("no magic cookie") }
         guard try r.raw(12) == transactionID else { throw ParseError("an answer to another transaction") }
-        guard length == r.remaining, length % 4 == 0 else { throw ParseError("length field disagrees with the message") }
+        guard length == r.remaining, length % 4 == 0 else {
+            throw ParseError("length field disagrees with the message")
+        }
         var plain: PeerAddress?
         while r.remaining > 0 {
             let attribute = try r.u16()

@@ -54,7 +54,9 @@ public final class FramedPreamble: ChannelInboundHandler {
                 case .pass:
                     passing = true
                     let rest = decoder.takeRemaining()
-                    if !rest.isEmpty { context.fireChannelRead(wrapInboundOut(context.channel.allocator.buffer(bytes: rest))) }
+                    if !rest.isEmpty {
+                        context.fireChannelRead(wrapInboundOut(context.channel.allocator.buffer(bytes: rest)))
+                    }
                 }
             }
         } catch {

@@ -8,8 +8,10 @@ import Testing
     let transaction: [UInt8] = Array(1...12)
 
     /// A success response as coturn sends it: XOR-MAPPED-ADDRESS for 11.0.113.50:38952.
-    func response(type: UInt16 = 0x0101, transaction: [UInt8]? = nil, attribute: UInt16 = 0x0020,
-                  value: [UInt8]? = nil) -> [UInt8] {
+    func response(
+        type: UInt16 = 0x0101, transaction: [UInt8]? = nil, attribute: UInt16 = 0x0020,
+        value: [UInt8]? = nil
+    ) -> [UInt8] {
         var w = ByteWriter(capacity: 32)
         let port = UInt16(38952) ^ 0x2112
         let ip: [UInt8] = [11, 0, 113, 50]
@@ -39,7 +41,8 @@ import Testing
 
     @Test func refusesAnotherTransactionErrorsAndBadAttributes() {
         #expect(throws: STUN.ParseError.self) {
-            try STUN.mappedAddress(in: response(transaction: Array(repeating: 9, count: 12)), transactionID: transaction)
+            try STUN.mappedAddress(
+                in: response(transaction: Array(repeating: 9, count: 12)), transactionID: transaction)
         }
         #expect(throws: STUN.ParseError.self) {
             try STUN.mappedAddress(in: response(type: 0x0111), transactionID: transaction)
@@ -62,7 +65,8 @@ import Testing
     @Test func classifiesMappings() {
         let a = PeerAddress(host: "11.0.113.50", port: 4000)
         let b = PeerAddress(host: "11.0.113.50", port: 4001)
-        #expect(MappingKind.classify(observed: [a, a], local: ["192.168.50.2"], localPort: 4000) == .endpointIndependent)
+        #expect(
+            MappingKind.classify(observed: [a, a], local: ["192.168.50.2"], localPort: 4000) == .endpointIndependent)
         #expect(MappingKind.classify(observed: [a, b], local: ["192.168.50.2"], localPort: 4000) == .endpointDependent)
         #expect(MappingKind.classify(observed: [a], local: ["192.168.50.2"], localPort: 4000) == .unknown)
         #expect(MappingKind.classify(observed: [a, a], local: ["11.0.113.50"], localPort: 4000) == .none)
@@ -110,12 +114,16 @@ import Testing
         table.opened(1, address: "11.0.113.50")
         table.opened(2, address: "11.0.113.60")
         table.opened(3, address: "11.0.113.50")
-        #expect(table.received(.register(key: key), on: 1, observed: seen, now: 0, newCircuitID: circuit)
-            == [.send(.registered(observed: seen), to: 1)])
-        #expect(table.received(.connect(key: key, listenPort: 0, punch: false), on: 2, observed: seen, now: 1, newCircuitID: circuit)
-            == [.send(.incoming(circuit: circuit(), from: seen), to: 1)])
-        #expect(table.received(.attach(circuit: circuit()), on: 3, observed: seen, now: 2, newCircuitID: circuit)
-            == [.bridge(2, 3)])
+        #expect(
+            table.received(.register(key: key), on: 1, observed: seen, now: 0, newCircuitID: circuit)
+                == [.send(.registered(observed: seen), to: 1)])
+        #expect(
+            table.received(
+                .connect(key: key, listenPort: 0, punch: false), on: 2, observed: seen, now: 1, newCircuitID: circuit)
+                == [.send(.incoming(circuit: circuit(), from: seen), to: 1)])
+        #expect(
+            table.received(.attach(circuit: circuit()), on: 3, observed: seen, now: 2, newCircuitID: circuit)
+                == [.bridge(2, 3)])
         #expect(table.circuitCount == 1)
         #expect(table.closed(2) == [.close(3, reason: "the other end closed")])
         #expect(table.circuitCount == 0)
@@ -127,14 +135,17 @@ import Testing
         table.opened(2, address: "11.0.113.60")
         table.opened(9, address: "11.0.113.99")
         _ = table.received(.register(key: key), on: 1, observed: seen, now: 0, newCircuitID: circuit)
-        _ = table.received(.connect(key: key, listenPort: 0, punch: false), on: 2, observed: seen, now: 0, newCircuitID: circuit)
+        _ = table.received(
+            .connect(key: key, listenPort: 0, punch: false), on: 2, observed: seen, now: 0, newCircuitID: circuit)
         // The circuit id, stolen or guessed, from another address: refused.
         let stolen = table.received(.attach(circuit: circuit()), on: 9, observed: seen, now: 0, newCircuitID: circuit)
-        #expect(stolen.contains { if case .send(.refused(.unknownKey, _), 9) = $0 { return true } else { return false } })
+        #expect(
+            stolen.contains { if case .send(.refused(.unknownKey, _), 9) = $0 { return true } else { return false } })
         // Connecting to a key nobody registered: refused, nobody is told anything.
         table.opened(10, address: "11.0.113.98")
         let other = table.received(
-            .connect(key: [UInt8](repeating: 1, count: 20), listenPort: 0, punch: false), on: 10, observed: seen, now: 0, newCircuitID: circuit)
+            .connect(key: [UInt8](repeating: 1, count: 20), listenPort: 0, punch: false), on: 10, observed: seen,
+            now: 0, newCircuitID: circuit)
         #expect(other.count == 2)
         #expect(!other.contains { if case .send(_, 1) = $0 { return true } else { return false } })
         // A client speaking the relay's messages is refused.
@@ -152,11 +163,15 @@ import Testing
         var refused = 0
         for connection in 2..<12 {
             table.opened(connection, address: "11.0.113.60")
-            let directives = table.received(.connect(key: key, listenPort: 0, punch: false), on: connection, observed: seen, now: 0) {
+            let directives = table.received(
+                .connect(key: key, listenPort: 0, punch: false), on: connection, observed: seen, now: 0
+            ) {
                 counter += 1
                 return [UInt8](repeating: counter, count: 16)
             }
-            if directives.contains(where: { if case .send(.refused(.full, _), _) = $0 { return true } else { return false } }) {
+            if directives.contains(where: {
+                if case .send(.refused(.full, _), _) = $0 { return true } else { return false }
+            }) {
                 refused += 1
             }
         }
@@ -165,7 +180,9 @@ import Testing
         #expect(expired.filter { if case .close = $0 { return true } else { return false } }.count == 3)
         // Their slots are free again.
         table.opened(20, address: "11.0.113.60")
-        let again = table.received(.connect(key: key, listenPort: 0, punch: false), on: 20, observed: seen, now: 20) { [UInt8](repeating: 99, count: 16) }
+        let again = table.received(.connect(key: key, listenPort: 0, punch: false), on: 20, observed: seen, now: 20) {
+            [UInt8](repeating: 99, count: 16)
+        }
         #expect(again == [.send(.incoming(circuit: [UInt8](repeating: 99, count: 16), from: seen), to: 1)])
     }
 
@@ -177,7 +194,8 @@ import Testing
         table.opened(2, address: "b")
         table.opened(3, address: "a")
         _ = table.received(.register(key: key), on: 1, observed: seen, now: 0, newCircuitID: circuit)
-        _ = table.received(.connect(key: key, listenPort: 0, punch: false), on: 2, observed: seen, now: 0, newCircuitID: circuit)
+        _ = table.received(
+            .connect(key: key, listenPort: 0, punch: false), on: 2, observed: seen, now: 0, newCircuitID: circuit)
         _ = table.received(.attach(circuit: circuit()), on: 3, observed: seen, now: 0, newCircuitID: circuit)
         #expect(table.tick(now: 30).isEmpty)
         #expect(table.tick(now: 61).count == 2)
@@ -197,14 +215,16 @@ import Testing
         table.opened(3, address: "11.0.113.50")
         _ = table.received(.register(key: key), on: 1, observed: seeder, now: 0, newCircuitID: circuit)
         _ = table.received(
-            .connect(key: key, listenPort: 6000, punch: true), on: 2, observed: downloader, now: 0, newCircuitID: circuit)
+            .connect(key: key, listenPort: 6000, punch: true), on: 2, observed: downloader, now: 0,
+            newCircuitID: circuit)
         return table
     }
 
     /// With punch, attaching introduces the ends (each gets the other's address) instead of bridging.
     @Test func introducesBothEndsThenBridgesOnRequest() {
         var table = introduced()
-        let attached = table.received(.attach(circuit: circuit()), on: 3, observed: seeder, now: 1, newCircuitID: circuit)
+        let attached = table.received(
+            .attach(circuit: circuit()), on: 3, observed: seeder, now: 1, newCircuitID: circuit)
         #expect(
             attached == [
                 .send(.peer(circuit: circuit(), observed: seeder, listenPort: 0), to: 2),
@@ -232,8 +252,10 @@ import Testing
     @Test func aRelayCannotMakeUsDialLoopbackMulticastOrOurLAN() {
         let publicRelay = "11.0.113.20"
         #expect(DialPolicy.mayDial(PeerAddress(host: "11.0.113.50", port: 4000), introducedBy: publicRelay))
-        for forged in ["127.0.0.1", "0.0.0.0", "169.254.1.1", "224.0.0.1", "255.255.255.255", "192.168.1.1", "10.0.0.1",
-                       "172.16.0.1", "100.64.0.1", "::1", "localhost"] {
+        for forged in [
+            "127.0.0.1", "0.0.0.0", "169.254.1.1", "224.0.0.1", "255.255.255.255", "192.168.1.1", "10.0.0.1",
+            "172.16.0.1", "100.64.0.1", "::1", "localhost",
+        ] {
             #expect(!DialPolicy.mayDial(PeerAddress(host: forged, port: 22), introducedBy: publicRelay), "\(forged)")
         }
         #expect(!DialPolicy.mayDial(PeerAddress(host: "11.0.113.50", port: 0), introducedBy: publicRelay))
