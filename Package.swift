@@ -95,7 +95,7 @@ let package = Package(
         .target(
             name: "Supervisor",
             dependencies: [
-                "WorkerRuntime", "IPC", "PeerShareCore", "Stages",
+                "WorkerRuntime", "IPC", "PeerShareCore", "Stages", "Traversal",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -121,7 +121,8 @@ let package = Package(
         // Fuzz targets for every parser of outside bytes: contrib/fuzz.sh builds them with
         // libFuzzer; a plain build makes a tool that replays inputs through them.
         .executableTarget(
-            name: "peershare-fuzz", dependencies: ["PeerShareCore", "IPC", "Kademlia", "PeerWire", "CSystemShims"],
+            name: "peershare-fuzz",
+            dependencies: ["PeerShareCore", "IPC", "Kademlia", "PeerWire", "Traversal", "CSystemShims"],
             path: "Tests/Fuzz/Sources"),
 
         .testTarget(name: "PeerShareCoreTests", dependencies: ["PeerShareCore"]),

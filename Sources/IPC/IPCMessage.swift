@@ -70,6 +70,8 @@ public enum IPCMessage: Equatable, Sendable {
     case useRelays(key: [UInt8], relays: [String], register: Bool, punch: Bool)
     /// A relay accepted our registration and saw us at `observed`.
     case relayRegistered(relay: String, observed: String)
+    /// A peer (at `source`) said in its handshake which address it sees us at.
+    case observedAddress(source: String, address: String)
 
     // NAT worker: address discovery and the relay.
     /// Ask STUN servers (`HOST:PORT`, resolved) from one UDP socket what they see.
@@ -107,7 +109,8 @@ public enum IPCMessage: Equatable, Sendable {
         case serve = 0x0200, serving, fetch, manifestReceived, startChunks, chunkStored
         // 0x0206 is retired (chunkResult, from when chunk data went through the supervisor).
         case peerEvent = 0x0207, fetchFailed, peerCount, addPeers, setLimits,
-            configurePipeline, pluginFailed, sessionKeysRequest, sessionKeys, useRelays, relayRegistered
+            configurePipeline, pluginFailed, sessionKeysRequest, sessionKeys, useRelays, relayRegistered,
+            observedAddress
         case dhtStart = 0x0300, dhtReady, dhtRequest, dhtTrace, dhtResult, dhtStateRequest, dhtState
         case natProbe = 0x0400, natReport, relayStart, relayListening, mapPorts, portMapped, publicListenPort
     }
@@ -163,6 +166,7 @@ public enum IPCMessage: Equatable, Sendable {
         case .sessionKeys: return .sessionKeys
         case .useRelays: return .useRelays
         case .relayRegistered: return .relayRegistered
+        case .observedAddress: return .observedAddress
         case .natProbe: return .natProbe
         case .natReport: return .natReport
         case .relayStart: return .relayStart
@@ -324,7 +328,7 @@ public enum IPCMessage: Equatable, Sendable {
             for relay in relays { w.string(relay) }
             w.bool(register)
             w.bool(punch)
-        case .relayRegistered(let relay, let observed):
+        case .relayRegistered(let relay, let observed), .observedAddress(let relay, let observed):
             w.string(relay)
             w.string(observed)
         case .natProbe(let id, let servers):
@@ -509,6 +513,7 @@ public enum IPCMessage: Equatable, Sendable {
             let key = try r.blob(limit: 32, what: "key")
             self = .useRelays(key: key, relays: try list(), register: try r.bool(), punch: try r.bool())
         case .relayRegistered: self = .relayRegistered(relay: try r.string(), observed: try r.string())
+        case .observedAddress: self = .observedAddress(source: try r.string(), address: try r.string())
         case .natProbe: self = .natProbe(requestID: try r.u32(), servers: try list())
         case .natReport:
             self = .natReport(requestID: try r.u32(), observed: try list(), mapping: try r.u8(), localPort: try r.u16())

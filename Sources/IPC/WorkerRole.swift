@@ -37,7 +37,7 @@ public enum WorkerRole: String, CaseIterable, Sendable, Codable {
         case .transfer:
             return common.union([
                 .serving, .manifestReceived, .chunkStored, .peerEvent, .fetchFailed, .peerCount, .pluginFailed,
-                .sessionKeysRequest, .relayRegistered,
+                .sessionKeysRequest, .relayRegistered, .observedAddress,
             ])
         }
     }

@@ -2,6 +2,7 @@ import CMiniUPnPc
 import CNatPMP
 import Foundation
 import Logging
+import PeerShareCore
 import Traversal
 
 /// Asks the home router to forward our TCP and UDP ports, with the real libraries: NAT-PMP

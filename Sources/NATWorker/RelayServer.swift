@@ -70,7 +70,7 @@ final class RelayServer: @unchecked Sendable {
         channels[id] = channel
         let remote = channel.remoteAddress
         table.opened(id, address: remote?.ipAddress ?? "?")
-        let observed = remote.flatMap(RelayServer.wireAddress)
+        let observed = remote?.wireAddress
         var spoke = false
         let preamble = FramedPreamble(maxFrameLength: RelayMessage.maxFrameLength) { [self] frame, _ in
             spoke = true
@@ -128,17 +128,6 @@ final class RelayServer: @unchecked Sendable {
                 preambles[b]?.pass()
                 logger.info("relay: circuit \(a)⇄\(b) bridged")
             }
-        }
-    }
-
-    static func wireAddress(_ address: SocketAddress) -> WireAddress? {
-        guard let port = address.port else { return nil }
-        switch address {
-        case .v4(let v4):
-            return WireAddress(ip: withUnsafeBytes(of: v4.address.sin_addr.s_addr) { Array($0) }, port: UInt16(port))
-        case .v6(let v6):
-            return WireAddress(ip: withUnsafeBytes(of: v6.address.sin6_addr) { Array($0) }, port: UInt16(port))
-        default: return nil
         }
     }
 }

@@ -6,9 +6,12 @@ import PeerShareCore
 public enum PeerMessage: Equatable, Sendable {
     /// First message from the connecting side: which protocol, which version, which share
     /// (for an encrypted share, a tag only link holders can compute), and its pipeline.
-    case hello(version: UInt16, shareID: [UInt8], stages: [StageDescriptor])
-    /// The serving side accepts; it has the share with `chunkCount` chunks; its pipeline.
-    case helloAccepted(version: UInt16, chunkCount: UInt32, stages: [StageDescriptor])
+    /// `observed`: the address it dialled the server at (absent through a relay), so a
+    /// server behind a router learns how others reach it — libp2p identify's observedAddr.
+    case hello(version: UInt16, shareID: [UInt8], stages: [StageDescriptor], observed: WireAddress? = nil)
+    /// The serving side accepts; it has the share with `chunkCount` chunks; its pipeline;
+    /// `observed`: the address it sees the downloader at (absent through a relay).
+    case helloAccepted(version: UInt16, chunkCount: UInt32, stages: [StageDescriptor], observed: WireAddress? = nil)
     case getManifest
     case manifest(bytes: [UInt8])
     case request(index: UInt32)
@@ -98,15 +101,17 @@ public enum PeerMessage: Equatable, Sendable {
 
     private func writePayload(into w: inout ByteWriter) {
         switch self {
-        case .hello(let version, let shareID, let stages):
+        case .hello(let version, let shareID, let stages, let observed):
             w.raw(PeerMessage.magic)
             w.u16(version)
             w.raw(shareID)
             StageDescriptor.encode(stages, into: &w)
-        case .helloAccepted(let version, let count, let stages):
+            observed?.write(into: &w)
+        case .helloAccepted(let version, let count, let stages, let observed):
             w.u16(version)
             w.u32(count)
             StageDescriptor.encode(stages, into: &w)
+            observed?.write(into: &w)
         case .stageHandshake(let stage, let data):
             w.u8(stage)
             w.blob(data)
@@ -148,12 +153,18 @@ public enum PeerMessage: Equatable, Sendable {
             guard try r.raw(PeerMessage.magic.count) == PeerMessage.magic else {
                 throw DecodeError.invalid("not a PeerShare peer")
             }
-            self = .hello(
-                version: try r.u16(), shareID: try r.raw(ShareID.byteCount),
-                stages: try StageDescriptor.decode(from: &r))
+            let version = try r.u16()
+            let shareID = try r.raw(ShareID.byteCount)
+            let stages = try StageDescriptor.decode(from: &r)
+            // The observed address is optional: a peer may not know or say it.
+            let observed = r.remaining > 0 ? try WireAddress(reader: &r) : nil
+            self = .hello(version: version, shareID: shareID, stages: stages, observed: observed)
         case .helloAccepted:
-            self = .helloAccepted(
-                version: try r.u16(), chunkCount: try r.u32(), stages: try StageDescriptor.decode(from: &r))
+            let version = try r.u16()
+            let count = try r.u32()
+            let stages = try StageDescriptor.decode(from: &r)
+            let observed = r.remaining > 0 ? try WireAddress(reader: &r) : nil
+            self = .helloAccepted(version: version, chunkCount: count, stages: stages, observed: observed)
         case .getManifest: self = .getManifest
         case .manifest: self = .manifest(bytes: try r.blob(limit: Manifest.maxEncodedSize, what: "manifest"))
         case .request: self = .request(index: try r.u32())

@@ -3,6 +3,7 @@ import IPC
 import Logging
 import NIOCore
 import PeerShareCore
+import Traversal
 
 /// `peershare get LINK`: fetch the manifest through the transfer worker, have the hash worker
 /// prepare the download, then relay every received chunk to the hash worker for verification
@@ -45,6 +46,8 @@ public final class GetSession: SupervisorDelegate, @unchecked Sendable {
     private var perPeer: [String: (chunks: Int, bytes: UInt64)] = [:]
     /// Seconds between DHT lookups for more peers while downloading.
     static let peerRefreshSeconds: Int64 = 15
+    /// What peers' handshakes say they see us at (`ObservedAddresses`).
+    private var observed = ObservedAddresses()
     private let done: EventLoopPromise<Int32>
     private var manifest: Manifest?
     private var manifestBytes: [UInt8]?
@@ -343,6 +346,14 @@ public final class GetSession: SupervisorDelegate, @unchecked Sendable {
                 servingPort = port
                 output.status("serving verified chunks to other peers on \(listen.host):\(port)")
                 announceIfReady()
+            }
+        case .observedAddress(let source, let address):
+            // Peers' words: printed inert, and believed only when two of them agree.
+            logger.info("peer \(source) sees us at \(address)")
+            if let sourceIP = try? PeerAddress.parse(source).host, let seen = try? PeerAddress.parse(address),
+                let agreed = observed.record(sourceIP: sourceIP, observed: seen)
+            {
+                output.status("peers see this machine at \(InertText.make(agreed))")
             }
         case .portMapped(let id, let method, let ip, let tcp, _, _, let note) where id == mapRequest:
             if method.isEmpty {

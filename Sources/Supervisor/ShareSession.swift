@@ -3,6 +3,7 @@ import IPC
 import Logging
 import NIOCore
 import PeerShareCore
+import Traversal
 
 /// `peershare share PATH`: hash the share, print its link, serve it until stopped.
 ///
@@ -26,6 +27,8 @@ public final class ShareSession: SupervisorDelegate, @unchecked Sendable {
     private var mapRequest: UInt32 = 0
     private var servingPort: UInt16?
     private var dhtPort: UInt16?
+    /// What peers' handshakes say they see us at (`ObservedAddresses`).
+    private var observed = ObservedAddresses()
     private let done: EventLoopPromise<Int32>
     private var manifest: [UInt8]?
     private var shareID: ShareID?
@@ -163,6 +166,14 @@ public final class ShareSession: SupervisorDelegate, @unchecked Sendable {
             }
         case .peerEvent(let text):
             logger.info("\(text)")
+        case .observedAddress(let source, let address):
+            // Peers' words: printed inert, and believed only when two of them agree.
+            logger.info("peer \(source) sees us at \(address)")
+            if let sourceIP = try? PeerAddress.parse(source).host, let seen = try? PeerAddress.parse(address),
+                let agreed = observed.record(sourceIP: sourceIP, observed: seen)
+            {
+                output.status("peers see this machine at \(InertText.make(agreed))")
+            }
         case .relayRegistered(let relay, let observed):
             output.status("registered with relay \(relay), which sees this machine at \(observed)")
         case .status(_, let text):

@@ -223,8 +223,12 @@ final class FetchSession {
 
     private func greet(_ connection: PeerConnection) {
         connection.helloID = service.pipeline.helloID(for: shareID)
+        // Through a relay the far end is the relay: nothing to tell the seeder then.
+        let relayed = connection.path.hasPrefix("relayed")
         send(
-            .hello(version: PeerMessage.version, shareID: connection.helloID, stages: service.pipeline.descriptors),
+            .hello(
+                version: PeerMessage.version, shareID: connection.helloID, stages: service.pipeline.descriptors,
+                observed: relayed ? nil : connection.channel?.remoteAddress?.wireAddress),
             to: connection)
     }
 
@@ -284,7 +288,10 @@ final class FetchSession {
             return drop(connection, reason: "sent \(message.tag) before the encryption handshake finished")
         }
         switch message {
-        case .helloAccepted(let version, let chunkCount, let stages):
+        case .helloAccepted(let version, let chunkCount, let stages, let observed):
+            if let observed, !connection.path.hasPrefix("relayed") {
+                service.tell(.observedAddress(source: connection.address, address: observed.description))
+            }
             guard version == PeerMessage.version, !connection.accepted else {
                 return drop(connection, reason: "unexpected handshake reply")
             }

@@ -128,7 +128,7 @@ final class RelayRegistrar: @unchecked Sendable {
                                 return .close
                             }
                         })
-                    try service.addServeHandlers(to: channel)
+                    try service.addServeHandlers(to: channel, relayed: true)
                 }
             }
             .connect(host: address.host, port: address.port)

@@ -361,7 +361,8 @@ public final class TransferService: WorkerService, @unchecked Sendable {
 
     /// The serving side of the peer protocol on a connection: an accepted one, or one a
     /// relay has joined to a downloader (behind the relay's `FramedPreamble`).
-    func addServeHandlers(to channel: Channel) throws {
+    /// `relayed`: the connection's far end is a relay, not the downloader.
+    func addServeHandlers(to channel: Channel, relayed: Bool = false) throws {
         // A few KiB until the hello is accepted: a stranger cannot make us buffer
         // megabytes before it has said which share it wants.
         let limit = FrameLimit(ServeHandler.handshakeFrameLength)
@@ -369,7 +370,7 @@ public final class TransferService: WorkerService, @unchecked Sendable {
             IdleStateHandler(readTimeout: .seconds(120)),
             FrameChannelDecoder.handler(limit: limit, largest: PeerMessage.maxFrameLength),
             MessageToByteHandler(FrameChannelEncoder()),
-            ServeHandler(service: self, frameLimit: limit),
+            ServeHandler(service: self, frameLimit: limit, relayed: relayed),
         ])
     }
 
@@ -551,7 +552,11 @@ final class ServeHandler: ChannelInboundHandler, RemovableChannelHandler {
     private var established = false
     private var address = "?"
 
-    init(service: TransferService, frameLimit: FrameLimit) {
+    /// The connection comes through a relay's circuit: its remote address is the relay's.
+    let relayed: Bool
+
+    init(service: TransferService, frameLimit: FrameLimit, relayed: Bool = false) {
+        self.relayed = relayed
         self.service = service
         self.frameLimit = frameLimit
         self.bucket = TokenBucket(rate: service.perPeerUploadRate, now: service.now)
@@ -694,7 +699,8 @@ final class ServeHandler: ChannelInboundHandler, RemovableChannelHandler {
             return fail(.protocolViolation, "\(message.tag) before the encryption handshake finished")
         }
         switch message {
-        case .hello(let version, let helloID, let stages):
+        case .hello(let version, let helloID, let stages, let observed):
+            if let observed, !relayed { service.tell(.observedAddress(source: peer, address: observed.description)) }
             guard !greeted else { return fail(.protocolViolation, "hello sent twice") }
             guard version == PeerMessage.version else {
                 return fail(.versionMismatch, "version \(version) not supported (we speak \(PeerMessage.version))")
@@ -727,7 +733,9 @@ final class ServeHandler: ChannelInboundHandler, RemovableChannelHandler {
             frameLimit.bytes = PeerMessage.maxFrameLength
             service.logger.info("peer \(peer) connected")
             send(
-                .helloAccepted(version: PeerMessage.version, chunkCount: UInt32(service.servedChunkCount), stages: ours)
+                .helloAccepted(
+                    version: PeerMessage.version, chunkCount: UInt32(service.servedChunkCount), stages: ours,
+                    observed: relayed ? nil : self.context?.remoteAddress?.wireAddress)
             )
             if !codec.awaitingHandshake { welcome() }
         case .stageHandshake(let stage, let data) where greeted && codec.awaitingHandshake:

@@ -141,31 +141,3 @@ public enum RelayMessage: Equatable, Sendable {
         try r.expectEnd()
     }
 }
-
-/// An address on the wire: family u8 (4 or 6) ‖ 4 or 16 address bytes ‖ port u16.
-public struct WireAddress: Equatable, Hashable, Sendable, CustomStringConvertible {
-    public var ip: [UInt8]
-    public var port: UInt16
-
-    public init?(ip: [UInt8], port: UInt16) {
-        guard ip.count == 4 || ip.count == 16 else { return nil }
-        self.ip = ip
-        self.port = port
-    }
-
-    init(reader r: inout ByteReader) throws {
-        let family = try r.u8()
-        guard family == 4 || family == 6 else { throw DecodeError.invalid("unknown address family \(family)") }
-        ip = try r.raw(family == 4 ? 4 : 16)
-        port = try r.u16()
-    }
-
-    func write(into w: inout ByteWriter) {
-        w.u8(ip.count == 4 ? 4 : 6)
-        w.raw(ip)
-        w.u16(port)
-    }
-
-    public var peerAddress: PeerAddress { PeerAddress(host: IPText.format(ip), port: Int(port)) }
-    public var description: String { peerAddress.description }
-}

@@ -1,3 +1,5 @@
+import PeerShareCore
+
 /// The relay's whole policy, as a pure Instance (the SWIM Instance/Shell split): the shell
 /// (`NATWorker.RelayServer`) feeds it what connections said and the time, and does what it
 /// returns. Connections are numbers; nothing here touches a socket or a clock.

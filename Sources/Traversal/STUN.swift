@@ -120,31 +120,3 @@ public enum MappingKind: UInt8, Sendable, CustomStringConvertible {
         return observed.allSatisfy { $0 == first } ? .endpointIndependent : .endpointDependent
     }
 }
-
-/// Numeric IP addresses as text and back (IPv4 dotted quads, IPv6 in full groups).
-public enum IPText {
-    public static func format(_ bytes: [UInt8]) -> String {
-        if bytes.count == 4 { return bytes.map(String.init).joined(separator: ".") }
-        var groups: [String] = []
-        var i = 0
-        while i + 1 < bytes.count {
-            groups.append(String(UInt16(bytes[i]) << 8 | UInt16(bytes[i + 1]), radix: 16))
-            i += 2
-        }
-        return groups.joined(separator: ":")
-    }
-
-    /// IPv4 only (what the relay messages carry on this release); nil for anything else.
-    public static func parseIPv4(_ text: String) -> [UInt8]? {
-        let parts = text.split(separator: ".", omittingEmptySubsequences: false)
-        guard parts.count == 4 else { return nil }
-        var bytes: [UInt8] = []
-        for part in parts {
-            guard !part.isEmpty, part.count <= 3, part.allSatisfy(\.isNumber), let value = UInt8(part) else {
-                return nil
-            }
-            bytes.append(value)
-        }
-        return bytes
-    }
-}

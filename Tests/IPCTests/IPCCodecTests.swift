@@ -71,6 +71,18 @@ final class IPCCodecTests: XCTestCase {
                 peers: ["1.1.1.1:1"], closest: ["ab@2.2.2.2:2"], hops: 3, queries: 9, responses: 8, announcedTo: 7)),
         .dhtStateRequest(requestID: 5),
         .dhtState(requestID: 5, state: [0], summary: "8 nodes"),
+        .useRelays(key: [UInt8](repeating: 3, count: 20), relays: ["11.0.113.20:7000"], register: true, punch: false),
+        .relayRegistered(relay: "11.0.113.20:7000", observed: "11.0.113.50:4000"),
+        .observedAddress(source: "11.0.113.30:4000", address: "11.0.113.50:4001"),
+        .natProbe(requestID: 10, servers: ["11.0.113.10:3478", "11.0.113.11:3478"]),
+        .natReport(requestID: 10, observed: ["11.0.113.10:3478 11.0.113.50:4000"], mapping: 1, localPort: 4000),
+        .relayStart(host: "0.0.0.0", port: 7000, maxCircuits: 64, maxCircuitRate: 0, circuitSeconds: 3600),
+        .relayListening(port: 7000),
+        .mapPorts(requestID: 11, gateway: "192.168.70.1", tcpPort: 4000, udpPort: 6881),
+        .portMapped(
+            requestID: 11, method: "NAT-PMP", externalIP: "11.0.113.70", tcpPort: 4000, udpPort: 6881, lifetime: 3600,
+            note: ""),
+        .publicListenPort(port: 4000),
     ]
 
     func testEveryMessageTypeIsCovered() {
@@ -159,7 +171,11 @@ final class IPCCodecTests: XCTestCase {
         let messages: [PeerMessage] = [
             .hello(
                 version: 1, shareID: Self.shareID, stages: [StageDescriptor(name: "zlib", version: 1, required: true)]),
-            .helloAccepted(version: 1, chunkCount: 9, stages: []), .getManifest, .stageHandshake(stage: 1, data: [9]),
+            .helloAccepted(version: 1, chunkCount: 9, stages: []),
+            .helloAccepted(
+                version: 2, chunkCount: 9, stages: [], observed: WireAddress(ip: [11, 0, 113, 50], port: 4000)),
+            .hello(version: 2, shareID: Self.shareID, stages: [], observed: WireAddress(ip: [1, 2, 3, 4], port: 5)),
+            .getManifest, .stageHandshake(stage: 1, data: [9]),
             .manifest(bytes: [1, 2, 3]), .request(index: 4), .piece(index: 4, data: [7, 7]),
             .reject(index: 4, reason: "no"), .error(code: 3, message: "bye"), .bitfield(bits: [0xF0]),
             .have(index: 5), .cancel(index: 6),

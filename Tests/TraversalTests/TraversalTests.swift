@@ -264,3 +264,22 @@ import Testing
         #expect(!DialPolicy.mayDial(PeerAddress(host: "127.0.0.1", port: 4000), introducedBy: "127.0.0.1"))
     }
 }
+
+@Suite struct ObservedAddressTests {
+    @Test func twoPeersMustAgreeAndOneLiarCannotMoveIt() {
+        var tally = ObservedAddresses()
+        let seen = PeerAddress(host: "11.0.113.50", port: 4000)
+        #expect(tally.record(sourceIP: "11.0.113.30", observed: seen) == nil)
+        // The same peer again is still one voice.
+        #expect(tally.record(sourceIP: "11.0.113.30", observed: seen) == nil)
+        #expect(
+            tally.record(sourceIP: "11.0.113.40", observed: PeerAddress(host: "11.0.113.50", port: 5000))
+                == "11.0.113.50")
+        #expect(tally.record(sourceIP: "6.6.6.6", observed: PeerAddress(host: "6.6.6.6", port: 1)) == nil)
+        #expect(tally.agreed == "11.0.113.50")
+        for i in 0..<100 {
+            _ = tally.record(sourceIP: "7.7.7.\(i)", observed: PeerAddress(host: "7.7.7.7", port: 1))
+        }
+        #expect(tally.agreed == "7.7.7.7")
+    }
+}

@@ -69,7 +69,10 @@ def connect_and_greet(seeder, share_id):
     msg_type, payload = peerwire.read_frame(sock)
     assert msg_type == peerwire.HELLO_ACCEPTED
     (version, count) = struct.unpack(">HI", payload[:6])
-    assert payload[6:] == b"\x00", "no stages"
+    assert payload[6:7] == b"\x00", "no stages"
+    # Then the address the seeder sees us at (docs/PROTOCOL.md §2): this socket's own.
+    host, port = sock.getsockname()
+    assert payload[7:] == b"\x04" + socket.inet_aton(host) + struct.pack(">H", port), payload[7:]
     msg_type, payload = peerwire.read_frame(sock)
     assert msg_type == peerwire.BITFIELD
     assert payload[4:] == peerwire.full_bitfield(count), "a seeder has every chunk"

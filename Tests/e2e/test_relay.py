@@ -233,3 +233,33 @@ def test_stun_answers_from_elsewhere_or_to_other_transactions_are_not_believed()
         assert "mapping: unknown (fewer than two STUN answers)" in out.stdout
     finally:
         server.close()
+
+
+def test_peers_tell_a_seeder_the_address_they_see_it_at(seed, tmp_path):
+    """The observed address in the handshake (libp2p identify's observedAddr): a hello may
+    say where the downloader reached the seeder; once two peers from different addresses
+    agree, the seeder says where peers see it. One peer alone, or a liar, moves nothing."""
+    import hashlib
+    from peerwire import HELLO_ACCEPTED, hello
+    data = tmp_path / "data.bin"
+    data.write_bytes(os.urandom(200_000))
+    seeder = seed(data)
+    share_id = bytes.fromhex(seeder.link.split("://")[1][:64])
+    claims = [("127.0.0.2", "127.0.0.1"), ("127.0.0.4", "6.6.6.6"), ("127.0.0.3", "127.0.0.1")]
+    for source, claimed in claims:
+        sock = socket.socket()
+        sock.bind((source, 0))
+        sock.settimeout(10)
+        sock.connect(("127.0.0.1", seeder.port))
+        observed = b"\x04" + socket.inet_aton(claimed) + struct.pack(">H", seeder.port)
+        greeting = hello(share_id)
+        # hello's payload plus the optional observed address (docs/PROTOCOL.md §2).
+        sock.sendall(struct.pack(">I", struct.unpack(">I", greeting[:4])[0] + len(observed)) + greeting[4:] + observed)
+        kind, _ = read_frame(sock)
+        assert kind == HELLO_ACCEPTED
+        sock.close()
+    time.sleep(0.5)
+    seeder.stop()
+    err = seeder.proc.stderr.read()
+    assert "peers see this machine at 127.0.0.1" in err, err
+    assert "6.6.6.6" not in err.split("peers see this machine at")[1]

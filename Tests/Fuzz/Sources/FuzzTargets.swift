@@ -4,6 +4,7 @@ import IPC
 import Kademlia
 import PeerShareCore
 import PeerWire
+import Traversal
 
 /// Fuzz targets for every parser that reads bytes from outside (issue 9). Built two ways:
 ///
@@ -14,10 +15,21 @@ import PeerWire
 ///
 /// A target fails by trapping: an input that decodes must encode back to an equal value.
 enum FuzzTarget: String, CaseIterable {
-    case krpc, ipc, peer, manifest, pipeline, link, plugin, control
+    case krpc, ipc, peer, manifest, pipeline, link, plugin, control, nat
 
     func run(_ bytes: [UInt8]) {
         switch self {
+        case .nat:
+            // A STUN answer (to the transaction id it carries, so matches happen) and a
+            // relay control frame.
+            if bytes.count >= 20 {
+                _ = try? STUN.mappedAddress(in: bytes, transactionID: Array(bytes[8..<20]))
+            }
+            guard bytes.count >= 2 else { return }
+            let frame = Frame(type: UInt16(bytes[0]) << 8 | UInt16(bytes[1]), payload: Array(bytes[2...]))
+            if let message = try? RelayMessage(frame: frame) {
+                precondition((try? RelayMessage(frame: message.frame())) == message, "relay message round trip")
+            }
         case .krpc:
             _ = try? Bencode.decode(bytes)
             if let message = try? KRPC.decode(bytes) {
