@@ -113,6 +113,9 @@ public final class DHTShell: @unchecked Sendable {
     }
 
     public func exportState() -> [UInt8] { node.exportState(now: now) }
+
+    /// BEP 43 read-only mode (loop-confined, like every use of `node`).
+    public func setReadOnly(_ readOnly: Bool) { node.readOnly = readOnly }
 }
 
 /// Datagrams in: IPv4 only (BEP 5's compact formats carry IPv4), at most one KRPC packet.

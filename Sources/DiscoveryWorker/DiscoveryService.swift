@@ -17,6 +17,7 @@ public final class DiscoveryService: WorkerService, @unchecked Sendable {
     // Loop-confined.
     private var shell: DHTShell?
     private var ready: EventLoopFuture<Void>?
+    private var pendingReadOnly = false
 
     public init(logger: Logger, pipe: WorkerPipe) {
         self.logger = logger
@@ -45,6 +46,12 @@ public final class DiscoveryService: WorkerService, @unchecked Sendable {
                 return tell(.failure(requestID: id, code: 70, message: "the DHT node is not started"))
             }
             ready.whenComplete { [self] _ in perform(id, operation, key, port, trace) }
+        case .dhtReadOnly(let readOnly):
+            // Before the node exists, kept for when it starts.
+            pendingReadOnly = readOnly
+            shell?.setReadOnly(readOnly)
+            logger.info(
+                readOnly ? "DHT node read-only (BEP 43): this machine cannot be reached" : "DHT node answers queries")
         case .dhtStateRequest(let id):
             guard let shell else { return tell(.dhtState(requestID: id, state: [], summary: "DHT not started")) }
             tell(.dhtState(requestID: id, state: shell.exportState(), summary: summary(shell)))
@@ -66,6 +73,7 @@ public final class DiscoveryService: WorkerService, @unchecked Sendable {
                 promise.succeed(())
             case .success(let shell):
                 self.shell = shell
+                shell.setReadOnly(pendingReadOnly)
                 logger.info("DHT node \(shell.node.id.hex) listening on UDP \(host):\(shell.port)")
                 tell(.dhtReady(port: UInt16(shell.port), nodeID: shell.node.id.bytes))
                 if let saved { shell.restore(saved.nodes) }
@@ -144,6 +152,9 @@ public final class DiscoveryService: WorkerService, @unchecked Sendable {
             "stats: \(s.packetsIn) packets in, \(s.packetsOut) out, \(s.queriesAnswered) queries answered, \(s.malformed + shell.oversized) malformed, \(s.rateLimited) rate-limited, \(s.badTokens) bad tokens, \(s.unknownMethods) unknown methods, \(s.timeouts) timeouts, \(s.unmatchedResponses) unmatched responses"
         )
         lines.append("storing peers for \(node.storedInfoHashes) keys")
+        lines.append(
+            "other nodes see us at (BEP 42): \(node.externalAddress.map { "\($0)" } ?? "not known yet")"
+                + (node.readOnly ? "; read-only (BEP 43)" : "") + ", \(s.readOnlyQueries) queries from read-only nodes")
         return lines.joined(separator: "\n")
     }
 }

@@ -100,6 +100,8 @@ public enum IPCMessage: Equatable, Sendable {
     case dhtResult(requestID: UInt32, report: DHTReport)
     case dhtStateRequest(requestID: UInt32)
     case dhtState(requestID: UInt32, state: [UInt8], summary: String)
+    /// BEP 43: this node cannot be reached (behind a NAT that maps nothing): read-only.
+    case dhtReadOnly(readOnly: Bool)
 
     public enum Tag: UInt16, CaseIterable, Sendable {
         case hello = 0x0001, welcome, ping, pong, statusRequest, status, shutdown, failure
@@ -111,7 +113,7 @@ public enum IPCMessage: Equatable, Sendable {
         case peerEvent = 0x0207, fetchFailed, peerCount, addPeers, setLimits,
             configurePipeline, pluginFailed, sessionKeysRequest, sessionKeys, useRelays, relayRegistered,
             observedAddress
-        case dhtStart = 0x0300, dhtReady, dhtRequest, dhtTrace, dhtResult, dhtStateRequest, dhtState
+        case dhtStart = 0x0300, dhtReady, dhtRequest, dhtTrace, dhtResult, dhtStateRequest, dhtState, dhtReadOnly
         case natProbe = 0x0400, natReport, relayStart, relayListening, mapPorts, portMapped, publicListenPort
     }
 
@@ -175,6 +177,7 @@ public enum IPCMessage: Equatable, Sendable {
         case .portMapped: return .portMapped
         case .publicListenPort: return .publicListenPort
         case .dhtStart: return .dhtStart
+        case .dhtReadOnly: return .dhtReadOnly
         case .dhtReady: return .dhtReady
         case .dhtRequest: return .dhtRequest
         case .dhtTrace: return .dhtTrace
@@ -367,6 +370,7 @@ public enum IPCMessage: Equatable, Sendable {
             w.u16(UInt16(routers.count))
             for router in routers { w.string(router) }
             w.blob(state)
+        case .dhtReadOnly(let readOnly): w.bool(readOnly)
         case .dhtReady(let port, let nodeID):
             w.u16(port)
             w.raw(nodeID)
@@ -541,6 +545,7 @@ public enum IPCMessage: Equatable, Sendable {
             for _ in 0..<count { routers.append(try r.string()) }
             self = .dhtStart(host: host, port: port, routers: routers, state: try r.blob(limit: maxData, what: "state"))
         case .dhtReady: self = .dhtReady(port: try r.u16(), nodeID: try r.raw(20))
+        case .dhtReadOnly: self = .dhtReadOnly(readOnly: try r.bool())
         case .dhtRequest:
             let id = try r.u32()
             guard let operation = DHTOperation(rawValue: try r.u8()) else {

@@ -52,6 +52,8 @@ public struct DHTNode: Sendable {
         public var unknownMethods = 0
         public var queriesAnswered = 0
         public var timeouts = 0
+        /// Queries from BEP 43 read-only nodes (answered, kept out of the table).
+        public var readOnlyQueries = 0
     }
 
     enum Purpose: Sendable {
@@ -80,6 +82,14 @@ public struct DHTNode: Sendable {
     public let config: Config
     public private(set) var table: RoutingTable
     public private(set) var stats = Stats()
+    /// BEP 43: this node cannot be reached from outside (behind a NAT that maps nothing).
+    /// Its queries say `ro`, so other nodes keep it out of their tables, and it answers no
+    /// queries (none should arrive; those that do come from nodes that ignore `ro`).
+    public var readOnly = false
+    /// BEP 42's `ip` in answers, by responder IP (the latest of at most 32): what the DHT
+    /// sees us at. `externalAddress` is the one two or more responders agree on.
+    private var externalVotes: [(responder: UInt32, seen: NodeAddress)] = []
+    public private(set) var externalAddress: NodeAddress?
     var runs: [LookupID: Run] = [:]
     var transactions: [UInt16: Transaction] = [:]
     var nextLookup: LookupID = 1
@@ -192,12 +202,14 @@ public struct DHTNode: Sendable {
         }
         switch message.body {
         case .query(let sender, let query):
+            guard !readOnly else { return [] }
             guard allow(source, now: now) else {
                 stats.rateLimited += 1
                 return []
             }
             return answer(
-                query, from: NodeInfo(id: sender, address: source), transaction: message.transaction, now: now)
+                query, from: NodeInfo(id: sender, address: source), transaction: message.transaction,
+                querierReadOnly: message.readOnly, now: now)
         case .unknownQuery(let method, _):
             guard allow(source, now: now) else {
                 stats.rateLimited += 1
@@ -211,7 +223,7 @@ public struct DHTNode: Sendable {
                     to: source)
             ]
         case .response(let response):
-            return handleResponse(response, transaction: message.transaction, from: source, now: now)
+            return handleResponse(response, transaction: message.transaction, from: source, ip: message.ip, now: now)
         case .error:
             guard let key = transactionKey(message.transaction), let transaction = transactions[key],
                 transaction.address == source
@@ -228,14 +240,18 @@ public struct DHTNode: Sendable {
         }
     }
 
-    private mutating func answer(_ query: KRPC.Query, from sender: NodeInfo, transaction: [UInt8], now: Double)
-        -> [Directive]
-    {
+    private mutating func answer(
+        _ query: KRPC.Query, from sender: NodeInfo, transaction: [UInt8], querierReadOnly: Bool, now: Double
+    ) -> [Directive] {
         var out: [Directive] = []
         // A node that merely sends us a query does not enter the table (anyone can send a
         // packet with any id from any address): one already there is refreshed, a new one is
         // pinged and enters when it answers, as libtorrent does.
-        if table.contains(sender) {
+        // A read-only querier (BEP 43) is answered but never enters the table: it cannot
+        // be reached, so it would only waste other nodes' lookups.
+        if querierReadOnly {
+            stats.readOnlyQueries += 1
+        } else if table.contains(sender) {
             if case .pingNeeded(let oldest) = table.nodeQueriedUs(sender, now: now) {
                 out += self.query(.ping, to: oldest.address, nodeID: oldest.id, lookup: nil, now: now)
             }
@@ -273,12 +289,13 @@ public struct DHTNode: Sendable {
             )
             body = .response(.init(id: id))
         }
-        out.append(send(.init(transaction: transaction, body: body), to: sender.address))
+        // BEP 42: say where we see the querier; behind a NAT it learns its public address.
+        out.append(send(.init(transaction: transaction, body: body, ip: sender.address), to: sender.address))
         return out
     }
 
     private mutating func handleResponse(
-        _ response: KRPC.Response, transaction raw: [UInt8], from source: NodeAddress, now: Double
+        _ response: KRPC.Response, transaction raw: [UInt8], from source: NodeAddress, ip: NodeAddress?, now: Double
     ) -> [Directive] {
         // Only an answer from the address we asked, to a transaction we opened, counts.
         guard let key = transactionKey(raw), let transaction = transactions[key], transaction.address == source
@@ -296,6 +313,7 @@ public struct DHTNode: Sendable {
             }
             return []
         }
+        if let ip { vote(seen: ip, by: source) }
         var out: [Directive] = []
         if case .pingNeeded(let oldest) = table.nodeResponded(NodeInfo(id: response.id, address: source), now: now) {
             out += query(.ping, to: oldest.address, nodeID: oldest.id, lookup: nil, now: now)
@@ -384,8 +402,18 @@ public struct DHTNode: Sendable {
         transactions[key] = Transaction(address: address, nodeID: nodeID, lookup: lookup, sentAt: now)
         let message = KRPC.Message(
             transaction: [UInt8(key >> 8), UInt8(key & 0xff)], body: .query(sender: id, query),
-            version: KRPC.clientVersion)
+            version: KRPC.clientVersion, readOnly: readOnly)
         return [send(message, to: address)]
+    }
+
+    /// One responder's word for our address (only from answers to our own transactions).
+    private mutating func vote(seen: NodeAddress, by responder: NodeAddress) {
+        externalVotes.removeAll { $0.responder == responder.ip }
+        externalVotes.append((responder.ip, seen))
+        if externalVotes.count > 32 { externalVotes.removeFirst() }
+        var counts: [NodeAddress: Int] = [:]
+        for entry in externalVotes { counts[entry.seen, default: 0] += 1 }
+        if let (best, count) = counts.max(by: { $0.value < $1.value }), count >= 2 { externalAddress = best }
     }
 
     private mutating func send(_ message: KRPC.Message, to address: NodeAddress) -> Directive {

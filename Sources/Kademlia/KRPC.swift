@@ -53,11 +53,19 @@ public enum KRPC {
         public var body: Body
         /// Our client version, "PS" + 2 bytes (BEP 20 style).
         public var version: [UInt8]?
+        /// BEP 42's `ip`, in a response: the address the responder sees the querier at.
+        public var ip: NodeAddress?
+        /// BEP 43's `ro`, in a query: the querier cannot be reached; keep it out of tables.
+        public var readOnly: Bool
 
-        public init(transaction: [UInt8], body: Body, version: [UInt8]? = nil) {
+        public init(
+            transaction: [UInt8], body: Body, version: [UInt8]? = nil, ip: NodeAddress? = nil, readOnly: Bool = false
+        ) {
             self.transaction = transaction
             self.body = body
             self.version = version
+            self.ip = ip
+            self.readOnly = readOnly
         }
     }
 
@@ -77,6 +85,8 @@ public enum KRPC {
     public static func encode(_ message: Message) -> [UInt8] {
         var top: [[UInt8]: Bencode] = [Array("t".utf8): .bytes(message.transaction)]
         if let version = message.version { top[Array("v".utf8)] = .bytes(version) }
+        if let ip = message.ip { top[Array("ip".utf8)] = .bytes(ip.compact) }
+        if message.readOnly { top[Array("ro".utf8)] = .integer(1) }
         switch message.body {
         case .query(let sender, let query):
             top[Array("y".utf8)] = .string("q")
@@ -129,6 +139,9 @@ public enum KRPC {
         }
         func fail(_ reason: String) -> ParseError { ParseError(reason: reason, transaction: transaction) }
         let version = root["v"]?.bytesValue
+        // Optional extensions: a malformed one is ignored, not fatal (other clients' bugs).
+        let ip = root["ip"]?.bytesValue.flatMap { NodeAddress(compact: $0[...]) }
+        let readOnly = root["ro"]?.integerValue == 1
         guard let kind = root["y"]?.bytesValue else { throw fail("missing 'y'") }
         switch kind {
         case Array("q".utf8):
@@ -160,9 +173,11 @@ public enum KRPC {
                     infoHash: try id("info_hash"), port: UInt16(portValue), impliedPort: implied, token: token)
             default:
                 return Message(
-                    transaction: transaction, body: .unknownQuery(method: method, sender: sender), version: version)
+                    transaction: transaction, body: .unknownQuery(method: method, sender: sender), version: version,
+                    readOnly: readOnly)
             }
-            return Message(transaction: transaction, body: .query(sender: sender, query), version: version)
+            return Message(
+                transaction: transaction, body: .query(sender: sender, query), version: version, readOnly: readOnly)
         case Array("r".utf8):
             guard let body = root["r"], case .dictionary = body, let idBytes = body["id"]?.bytesValue,
                 let id = NodeID(bytes: idBytes)
@@ -181,7 +196,7 @@ public enum KRPC {
                 response.values = peers
             }
             response.token = body["token"]?.bytesValue
-            return Message(transaction: transaction, body: .response(response), version: version)
+            return Message(transaction: transaction, body: .response(response), version: version, ip: ip)
         case Array("e".utf8):
             guard let list = root["e"]?.listValue, list.count >= 2, let code = list[0].integerValue,
                 let text = list[1].bytesValue

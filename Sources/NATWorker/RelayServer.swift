@@ -20,6 +20,8 @@ final class RelayServer: @unchecked Sendable {
     private var channels: [Int: Channel] = [:]
     private var splices: [Int: SpliceHandler] = [:]
     private var preambles: [Int: FramedPreamble] = [:]
+    /// Connections that have not sent their first control frame yet.
+    private var silent: Set<Int> = []
     private var nextConnection = 1
     private var listener: Channel?
     private let startedAt = DispatchTime.now().uptimeNanoseconds
@@ -71,9 +73,8 @@ final class RelayServer: @unchecked Sendable {
         let remote = channel.remoteAddress
         table.opened(id, address: remote?.ipAddress ?? "?")
         let observed = remote?.wireAddress
-        var spoke = false
         let preamble = FramedPreamble(maxFrameLength: RelayMessage.maxFrameLength) { [self] frame, _ in
-            spoke = true
+            silent.remove(id)
             guard let observed, let message = try? RelayMessage(frame: frame) else {
                 logger.info("relay: connection \(id) sent a malformed frame; closing")
                 return .close
@@ -95,10 +96,12 @@ final class RelayServer: @unchecked Sendable {
             channels[id] = nil
             splices[id] = nil
             preambles[id] = nil
+            silent.remove(id)
             perform(table.closed(id))
         }
-        loop.scheduleTask(in: RelayServer.controlDeadline) {
-            if !spoke { channel.close(promise: nil) }
+        silent.insert(id)
+        loop.scheduleTask(in: RelayServer.controlDeadline) { [self] in
+            if silent.remove(id) != nil { channel.close(promise: nil) }
         }
     }
 
@@ -134,7 +137,8 @@ final class RelayServer: @unchecked Sendable {
 
 /// One end of a circuit: copies what arrives to the other end, reads no faster than the
 /// other end can write (autoRead off while it is not writable) or than the circuit's rate.
-final class SpliceHandler: ChannelInboundHandler {
+/// Loop-confined with its server (hence `@unchecked Sendable`).
+final class SpliceHandler: ChannelInboundHandler, @unchecked Sendable {
     typealias InboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 

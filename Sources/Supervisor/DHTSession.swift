@@ -51,7 +51,7 @@ public final class DHTSession: SupervisorDelegate, @unchecked Sendable {
             let key = (0..<20).map { _ in UInt8.random(in: 0...255, using: &random) }
             dht.request(.lookup, key: key) { [self] _ in
                 dht.summary { [self] text in
-                    output.link(text)
+                    for line in text.split(separator: "\n") { output.link(String(line)) }
                     stop(exitCode: ExitCodes.ok)
                 }
             }
@@ -103,7 +103,7 @@ public final class DHTSession: SupervisorDelegate, @unchecked Sendable {
         dht.summary { [output] text in
             guard !printed else { return }
             printed = true
-            output.link(text)
+            for line in text.split(separator: "\n") { output.link(String(line)) }
             finish()
         }
         supervisor.eventLoop.scheduleTask(in: .seconds(1)) {

@@ -356,6 +356,11 @@ public final class GetSession: SupervisorDelegate, @unchecked Sendable {
                 output.status("peers see this machine at \(InertText.make(agreed))")
             }
         case .portMapped(let id, let method, let ip, let tcp, _, _, let note) where id == mapRequest:
+            // Nothing forwarded and no public address of our own: the DHT node cannot be
+            // reached, so it asks others to keep it out of their tables (BEP 43).
+            if dht != nil, method.isEmpty, LocalAddresses.allPrivate() {
+                supervisor.send(.dhtReadOnly(readOnly: true), to: .discovery, tracking: .setup(key: "readOnly"))
+            }
             if method.isEmpty {
                 logger.info("no port mapping: \(note)")
             } else {

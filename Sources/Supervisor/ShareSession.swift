@@ -144,6 +144,11 @@ public final class ShareSession: SupervisorDelegate, @unchecked Sendable {
                 printLink()
             }
         case .portMapped(let id, let method, let ip, let tcp, let udp, let lifetime, let note) where id == mapRequest:
+            // Nothing forwarded and no public address of our own: the DHT node cannot be
+            // reached, so it asks others to keep it out of their tables (BEP 43).
+            if dht != nil, method.isEmpty, LocalAddresses.allPrivate() {
+                supervisor.send(.dhtReadOnly(readOnly: true), to: .discovery, tracking: .setup(key: "readOnly"))
+            }
             if method.isEmpty {
                 logger.info("no port mapping: \(note)")
                 output.status(
@@ -256,6 +261,18 @@ public enum ExitCodes {
 /// Peer hints for a link: the listening address itself, or every IPv4 address of this
 /// machine when listening on all of them (loopback last, for same-machine use).
 public enum LocalAddresses {
+    /// Every non-loopback IPv4 address is private (RFC 1918, CGNAT, link-local): this
+    /// machine has no address of its own on the internet.
+    public static func allPrivate() -> Bool {
+        hints(listenHost: "0.0.0.0", port: 0).map(\.host).filter { $0 != "127.0.0.1" }.allSatisfy { host in
+            let parts = host.split(separator: ".").compactMap { Int($0) }
+            guard parts.count == 4 else { return false }
+            return parts[0] == 10 || (parts[0] == 172 && (16...31).contains(parts[1]))
+                || (parts[0] == 192 && parts[1] == 168) || (parts[0] == 100 && (64...127).contains(parts[1]))
+                || (parts[0] == 169 && parts[1] == 254)
+        }
+    }
+
     public static func hints(listenHost: String, port: Int) -> [PeerAddress] {
         guard listenHost == "0.0.0.0" || listenHost == "::" else {
             return [PeerAddress(host: listenHost, port: port)]

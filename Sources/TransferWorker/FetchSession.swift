@@ -9,8 +9,9 @@ import WorkerRuntime
 
 /// Downloads one share from the peers it was given: connects to each, fetches the manifest
 /// from the first that answers, then spreads chunk requests over every connected peer using
-/// `ChunkScheduler`. Loop-confined, like everything in the transfer worker.
-final class FetchSession {
+/// `ChunkScheduler`. Loop-confined, like everything in the transfer worker (hence
+/// `@unchecked Sendable`: NIO's callbacks for its connections run on that same loop).
+final class FetchSession: @unchecked Sendable {
     /// Connection attempts per peer address before it is given up on (about 20 s of retries,
     /// long enough for a restarted peer to come back).
     static let maxAttempts = 8
@@ -20,7 +21,8 @@ final class FetchSession {
     /// How long the download may sit with chunks that no connected peer has before it fails.
     static let unavailableTimeout = 30.0
 
-    final class PeerConnection {
+    /// Loop-confined with its session.
+    final class PeerConnection: @unchecked Sendable {
         let id: Int
         let address: String
         /// What our hello named the share by (a fresh tag per connection when encrypted).

@@ -34,8 +34,8 @@ enum PunchDialer {
     /// so; `connected` gets the first channel (its pipeline still empty).
     static func punch(
         group: EventLoopGroup, loop: EventLoop, from localPort: Int, to target: PeerAddress,
-        initializer: ((Channel) throws -> Void)? = nil, stop: @escaping () -> Bool,
-        connected: @escaping (Channel) -> Void
+        initializer: (@Sendable (Channel) throws -> Void)? = nil, stop: @escaping @Sendable () -> Bool,
+        connected: @escaping @Sendable (Channel) -> Void
     ) {
         for offset in PunchPlan.dialOffsets {
             loop.scheduleTask(in: .milliseconds(Int64(offset * 1000))) {
@@ -140,7 +140,8 @@ final class Rendezvous: @unchecked Sendable {
             } catch {
                 return .close
             }
-            context.eventLoop.execute { [self] in session.attached(connection, channel: context.channel) }
+            let channel = context.channel
+            context.eventLoop.execute { [self] in session.attached(connection, channel: channel) }
             return .pass
         case .refused(_, let text):
             session.rendezvousFailed(connection, reason: "the relay refused: \(text)")

@@ -431,8 +431,8 @@ public final class TransferService: WorkerService, @unchecked Sendable {
     }
 
     /// The peer no longer wants a chunk: drop it from the read or upload queue (a cancel for
-    /// a chunk already sent is ignored). Returns true if the read was still pending, so the
-    /// request still counted as outstanding.
+    /// a chunk already sent is ignored). Returns true if the request was still outstanding
+    /// (waiting, being read, or read and queued for upload).
     func cancel(_ index: UInt32, for handler: ServeHandler) -> Bool {
         if let position = handler.waiting.firstIndex(of: index) {
             handler.waiting.remove(at: position)
@@ -447,11 +447,21 @@ public final class TransferService: WorkerService, @unchecked Sendable {
             cancelledReads.insert(id)
             return true
         }
+        // Read and waiting for upload tokens: dropped, and charged as if sent (as a cancelled
+        // read is), so the freed read-ahead slot cannot be used to read faster than the
+        // limit. It is no longer outstanding: forgetting that let a request-then-cancel loop
+        // at a limited seeder count past 64 and be disconnected for it.
+        var dropped = 0
         handler.queued.removeAll {
-            guard case .piece(let queued, _) = $0 else { return false }
-            return queued == index
+            guard case .piece(let queued, let data) = $0, queued == index else { return false }
+            dropped += data.count
+            return true
         }
-        return false
+        guard dropped > 0 else { return false }
+        uploadBucket.charge(dropped, now: now)
+        handler.bucket.charge(dropped, now: now)
+        readAhead(for: handler)
+        return true
     }
 
     /// Sends a piece now, or queues it until the upload limit allows.

@@ -83,6 +83,7 @@ final class IPCCodecTests: XCTestCase {
             requestID: 11, method: "NAT-PMP", externalIP: "11.0.113.70", tcpPort: 4000, udpPort: 6881, lifetime: 3600,
             note: ""),
         .publicListenPort(port: 4000),
+        .dhtReadOnly(readOnly: true),
     ]
 
     func testEveryMessageTypeIsCovered() {
