@@ -9,7 +9,7 @@ struct NATOptions: ParsableArguments {
     @Option(
         name: .long,
         help:
-            "A PeerShare relay, HOST:PORT (repeatable; adds to nat.relays in pipeline.json). A share registers with it and names it in its link; its connections through a relay are always encrypted."
+            "A PeerShare relay, HOST:PORT, or 'dht' for relays found in the DHT (repeatable; adds to nat.relays in pipeline.json). A share registers with it and names it in its link; its connections through a relay are always encrypted."
     )
     var relay: [String] = []
 
@@ -17,7 +17,7 @@ struct NATOptions: ParsableArguments {
     var noNAT = false
 
     func validate() throws {
-        for text in relay {
+        for text in relay where text != "dht" {
             do {
                 _ = try PeerAddress.parse(text)
             } catch {
@@ -34,6 +34,11 @@ struct NATOptions: ParsableArguments {
             if let address = try? PeerAddress.parse(text), !all.contains(address) { all.append(address) }
         }
         return all
+    }
+
+    /// `dht` among the relays: look for relays in the DHT too.
+    func findRelays(config: PipelineConfig) -> Bool {
+        !noNAT && (config.nat.enabled || !relay.isEmpty) && (config.nat.relays + relay).contains("dht")
     }
 
     /// Names resolved to IP:PORT for the transfer worker (which has no DNS).
@@ -117,6 +122,7 @@ struct RelayCommand: ParsableCommand {
     var circuitSeconds: UInt32 = 3600
 
     @OptionGroup var common: CommonOptions
+    @OptionGroup var dht: DHTOptions
 
     func validate() throws {
         do {
@@ -135,13 +141,16 @@ struct RelayCommand: ParsableCommand {
         LineLogHandler.bootstrap(name: "supervisor", level: common.level)
         let address = try PeerAddress.parse(listen)
         let rate = UInt64(try ByteRate.parse(circuitRate))
-        let code = SupervisorRunner.run(config: config, logLevel: common.logLevel) { supervisor, _ in
+        // Relays announce themselves in the DHT (`DHTKey.relays`), for `--relay dht`.
+        let dhtSettings = dht.settings(config: config)
+        let code = SupervisorRunner.run(config: config, logLevel: common.logLevel) { supervisor, logger in
             let session = NATSession(
                 supervisor: supervisor,
                 action: .relay(
                     host: address.host, port: UInt16(address.port), maxCircuits: maxCircuits, circuitRate: rate,
                     circuitSeconds: circuitSeconds),
-                output: Terminal.sessionOutput(progressToStderr: true))
+                output: Terminal.sessionOutput(progressToStderr: true),
+                dht: dhtSettings.map { DHTClient(supervisor: supervisor, settings: $0, logger: logger) })
             return ({ session.begin() }, { session.stop(exitCode: $0) }, session.result)
         }
         throw ExitCode(code)

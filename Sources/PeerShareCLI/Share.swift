@@ -56,11 +56,14 @@ struct Share: ParsableCommand {
         let dhtSettings = dht.settings(config: config)
         // Registering with a relay makes the share encrypted: a relayed connection always is.
         let relays = nat.relays(config: config)
+        let findRelays = nat.findRelays(config: config) && dhtSettings != nil
+        let volunteerRelay = nat.noNAT ? nil : config.nat.relay.flatMap { try? PeerAddress.parse($0) }
         let relayAddresses = NATOptions.resolve(relays)
-        if !relays.isEmpty && !encrypt && !config.stages.contains(where: \.isEncryption) {
+        let usesRelays = !relays.isEmpty || findRelays
+        if usesRelays && !encrypt && !config.stages.contains(where: \.isEncryption) {
             Terminal.warning("encrypting this share: connections through a relay are always encrypted end to end")
         }
-        let pipeline = PipelineOptions.forShare(config: config, encrypt: encrypt || !relays.isEmpty)
+        let pipeline = PipelineOptions.forShare(config: config, encrypt: encrypt || usesRelays)
         let mapPorts = !nat.noNAT && config.nat.enabled
         let identity = IdentityStore.load(environment: ProcessInfo.processInfo.environment)
         // The hash worker may read the shared path and nothing else.
@@ -74,7 +77,7 @@ struct Share: ParsableCommand {
                 dht: dhtSettings.map { DHTClient(supervisor: supervisor, settings: $0, logger: logger) },
                 output: Terminal.sessionOutput(progressToStderr: true), logger: logger, pipeline: pipeline,
                 identity: identity, relays: relays, relayAddresses: relayAddresses,
-                mapPorts: mapPorts)
+                mapPorts: mapPorts, findRelays: findRelays, volunteerRelay: volunteerRelay)
             return ({ session.begin() }, { session.stop(exitCode: $0) }, session.result)
         }
         throw ExitCode(code)

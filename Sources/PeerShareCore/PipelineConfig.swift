@@ -52,8 +52,11 @@ public struct PipelineConfig: Equatable, Sendable {
         /// STUN servers (`peershare nat`): two at different addresses tell the NAT's kind.
         public var stun = ["stun.l.google.com:19302", "stun.cloudflare.com:3478"]
         /// PeerShare relays (`peershare relay`) a share registers with, so peers that cannot
-        /// reach it directly still can; they are named in its link.
+        /// reach it directly still can; they are named in its link. `"dht"` stands for relays
+        /// found in the DHT (announced under `DHTKey.relays`).
         public var relays: [String] = []
+        /// A running share volunteers as a relay on this address too ("HOST:PORT"; nil: no).
+        public var relay: String?
         /// Through a relay, first try a direct connection (hole punching, the seeder dialling
         /// back); false: straight to the relay's bridge (networks that frown on punching).
         public var punch = true
@@ -201,7 +204,8 @@ public struct PipelineConfig: Equatable, Sendable {
         }
         if let natValue = root["nat"] {
             let nat = try reader.object(natValue, key: "nat")
-            try reader.allowOnly(["enabled", "stun", "relays", "punch"], in: nat, prefix: "nat.")
+            try reader.allowOnly(["enabled", "stun", "relays", "punch", "relay"], in: nat, prefix: "nat.")
+            if let value = nat["relay"] { config.nat.relay = try reader.address(value, key: "nat.relay") }
             if let value = nat["enabled"] { config.nat.enabled = try reader.bool(value, key: "nat.enabled") }
             if let value = nat["punch"] { config.nat.punch = try reader.bool(value, key: "nat.punch") }
             for key in ["stun", "relays"] {
@@ -210,7 +214,11 @@ public struct PipelineConfig: Equatable, Sendable {
                     throw LoadError(
                         file: file, key: "nat.\(key)", problem: "expected an array of at most 16 \"HOST:PORT\" strings")
                 }
-                let addresses = try list.enumerated().map { try reader.address($1, key: "nat.\(key)[\($0)]") }
+                let addresses = try list.enumerated().map { index, item in
+                    // "dht" in nat.relays: relays found in the DHT.
+                    if key == "relays", (item as? String) == "dht" { return "dht" }
+                    return try reader.address(item, key: "nat.\(key)[\(index)]")
+                }
                 if key == "stun" { config.nat.stun = addresses } else { config.nat.relays = addresses }
             }
         }

@@ -209,6 +209,10 @@ public enum DHTKey {
     public static func forShare(_ shareID: ShareID) -> [UInt8] {
         Array(ChunkHash.of(Array("peershare-dht-v1".utf8) + shareID.bytes).prefix(20))
     }
+
+    /// Where PeerShare relays announce themselves (their TCP port), and where shares given
+    /// `--relay dht` look for them: SHA-256("peershare-relay-v1")[0..20].
+    public static let relays = Array(ChunkHash.of(Array("peershare-relay-v1".utf8)).prefix(20))
 }
 
 enum FetchLimits {

@@ -25,7 +25,11 @@ public final class NATSession: SupervisorDelegate, @unchecked Sendable {
     private var reportLines: [String]?
     private var probeCode = ExitCodes.ok
 
-    public init(supervisor: Supervisor, action: Action, output: SessionOutput) {
+    /// A relay announces itself here (`DHTKey.relays`).
+    let dht: DHTClient?
+
+    public init(supervisor: Supervisor, action: Action, output: SessionOutput, dht: DHTClient? = nil) {
+        self.dht = dht
         self.supervisor = supervisor
         self.action = action
         self.output = output
@@ -36,6 +40,7 @@ public final class NATSession: SupervisorDelegate, @unchecked Sendable {
     public var result: EventLoopFuture<Int32> { done.futureResult }
 
     public func begin() {
+        dht?.start()
         switch action {
         case .probe(let servers, _, let gateway):
             probeID = supervisor.makeRequestID()
@@ -57,10 +62,12 @@ public final class NATSession: SupervisorDelegate, @unchecked Sendable {
     public func stop(exitCode: Int32) {
         guard !stopping else { return }
         stopping = true
-        supervisor.shutdown().whenComplete { [self] _ in done.succeed(exitCode) }
+        let shutdown = { [self] in supervisor.shutdown().whenComplete { [self] _ in done.succeed(exitCode) } }
+        if let dht { dht.saveState(then: shutdown) } else { shutdown() }
     }
 
     public func supervisor(_ supervisor: Supervisor, received message: IPCMessage, from role: WorkerRole) {
+        if role == .discovery, let dht, dht.handle(message) { return }
         switch message {
         case .natReport(let id, let observed, let mapping, let localPort) where id == probeID:
             reportLines = report(observed: observed, mapping: mapping, localPort: localPort)
@@ -79,6 +86,13 @@ public final class NATSession: SupervisorDelegate, @unchecked Sendable {
             announced = true
             output.link("\(host):\(port)")
             output.status("relay listening on \(host):\(port); press Ctrl-C to stop")
+            if let dht {
+                dht.request(.announce, key: DHTKey.relays, port: port, setupKey: "announce") { [output] result in
+                    if case .success(let report) = result, report.announcedTo > 0 {
+                        output.status("announced as a relay in the DHT to \(report.announcedTo) nodes")
+                    }
+                }
+            }
             if configured == 0 {
                 // A restarted nat worker must come back on the same port: links name it.
                 supervisor.rememberSetup(

@@ -19,8 +19,14 @@ public final class ShareSession: SupervisorDelegate, @unchecked Sendable {
     let pipeline: PeerPipeline
     let identity: [UInt8]
     /// Relays to register with: as named (for the link) and resolved (for the transfer worker).
-    let relays: [PeerAddress]
-    let relayAddresses: [String]
+    private(set) var relays: [PeerAddress]
+    private(set) var relayAddresses: [String]
+    /// `--relay dht`: look for relays in the DHT before printing the link.
+    let findRelays: Bool
+    /// nat.relay: this share also volunteers as a relay, on this address.
+    let volunteerRelay: PeerAddress?
+    /// Relays taken from the DHT at most (each is a registration and a name in the link).
+    static let relaysFromDHT = 2
     /// Ask the router to forward our ports (NAT-PMP, UPnP): nat.enabled and not --no-nat.
     let mapPorts: Bool
     private var mapped: (ip: String, tcp: UInt16, udp: UInt16, method: String)?
@@ -38,8 +44,11 @@ public final class ShareSession: SupervisorDelegate, @unchecked Sendable {
     public init(
         supervisor: Supervisor, path: String, listen: PeerAddress, dht: DHTClient?, output: SessionOutput,
         logger: Logger, pipeline: PeerPipeline = PeerPipeline(stages: [], secret: nil), identity: [UInt8] = [],
-        relays: [PeerAddress] = [], relayAddresses: [String] = [], mapPorts: Bool = false
+        relays: [PeerAddress] = [], relayAddresses: [String] = [], mapPorts: Bool = false,
+        findRelays: Bool = false, volunteerRelay: PeerAddress? = nil
     ) {
+        self.findRelays = findRelays
+        self.volunteerRelay = volunteerRelay
         self.mapPorts = mapPorts
         self.relays = relays
         self.relayAddresses = relayAddresses
@@ -67,6 +76,12 @@ public final class ShareSession: SupervisorDelegate, @unchecked Sendable {
             dht.start()
         }
         supervisor.keyHolder = pipeline.keyHolder(identity: identity)
+        if let volunteerRelay {
+            supervisor.send(
+                .relayStart(
+                    host: volunteerRelay.host, port: UInt16(volunteerRelay.port), maxCircuits: 0, maxCircuitRate: 0,
+                    circuitSeconds: 3600), to: .nat, tracking: .setup(key: "relay"))
+        }
         buildRequest = supervisor.makeRequestID()
         output.status("hashing \(path) ...")
         supervisor.send(.buildManifest(requestID: buildRequest, path: path), to: .hash, tracking: .request)
@@ -129,20 +144,11 @@ public final class ShareSession: SupervisorDelegate, @unchecked Sendable {
                 to: .transfer, tracking: .setup(key: "serve"))
             guard servingPort == nil else { return }
             servingPort = port
-            // Ask the router first (briefly): a mapped address is the one a link needs most.
-            if mapPorts, PortMapping.worthAsking(listenHost: listen.host),
-                let gateway = PortMapping.defaultGateway()
-            {
-                mapRequest = supervisor.makeRequestID()
-                let request = IPCMessage.mapPorts(
-                    requestID: mapRequest, gateway: gateway, tcpPort: port, udpPort: dhtPort ?? 0)
-                supervisor.send(request, to: .nat, tracking: .setup(key: "map"))
-                supervisor.eventLoop.scheduleTask(in: .seconds(PortMapping.linkWaitSeconds)) { [self] in
-                    printLink()
-                }
-            } else {
-                printLink()
-            }
+            discoverRelays { [self] in mapThenPrintLink(port: port) }
+        case .relayListening(let port):
+            guard let volunteerRelay else { return }
+            output.status("also relaying for peers that cannot reach each other, on \(volunteerRelay.host):\(port)")
+            dht?.request(.announce, key: DHTKey.relays, port: port, setupKey: "relayAnnounce") { _ in }
         case .portMapped(let id, let method, let ip, let tcp, let udp, let lifetime, let note) where id == mapRequest:
             // Nothing forwarded and no public address of our own: the DHT node cannot be
             // reached, so it asks others to keep it out of their tables (BEP 43).
@@ -187,6 +193,49 @@ public final class ShareSession: SupervisorDelegate, @unchecked Sendable {
             logger.debug("ignoring \(message.tag) from \(role)")
         }
     }
+
+    /// Ask the router first (briefly): a mapped address is the one a link needs most.
+    private func mapThenPrintLink(port: UInt16) {
+        if mapPorts, PortMapping.worthAsking(listenHost: listen.host), let gateway = PortMapping.defaultGateway() {
+            mapRequest = supervisor.makeRequestID()
+            let request = IPCMessage.mapPorts(
+                requestID: mapRequest, gateway: gateway, tcpPort: port, udpPort: dhtPort ?? 0)
+            supervisor.send(request, to: .nat, tracking: .setup(key: "map"))
+            supervisor.eventLoop.scheduleTask(in: .seconds(PortMapping.linkWaitSeconds)) { [self] in printLink() }
+        } else {
+            printLink()
+        }
+    }
+
+    /// `--relay dht`: relays announced in the DHT (`DHTKey.relays`) join the configured
+    /// ones, at most `relaysFromDHT`, before the link (which names them) is printed.
+    private func discoverRelays(then next: @escaping () -> Void) {
+        guard findRelays, let dht else { return next() }
+        var done = false
+        let finish = { [self] (found: [String]) in
+            guard !done else { return }
+            done = true
+            let own = Set(LocalAddresses.hints(listenHost: "0.0.0.0", port: 0).map(\.host))
+            let fresh = found.compactMap { try? PeerAddress.parse($0) }
+                .filter { !own.contains($0.host) && !relays.contains($0) }.prefix(ShareSession.relaysFromDHT)
+            if fresh.isEmpty {
+                output.status("no relay found in the DHT")
+            } else {
+                output.status("relays found in the DHT: \(fresh.map(\.description).joined(separator: ", "))")
+                relays += fresh
+                relayAddresses += fresh.map(\.description)
+            }
+            next()
+        }
+        output.status("looking for relays in the DHT ...")
+        dht.request(.getPeers, key: DHTKey.relays) { result in
+            if case .success(let report) = result { finish(report.peers) } else { finish([]) }
+        }
+        // The DHT may be slow to join: the link is not held back for long.
+        supervisor.eventLoop.scheduleTask(in: .seconds(ShareSession.relayLookupSeconds)) { finish([]) }
+    }
+
+    static let relayLookupSeconds: Int64 = 8
 
     /// The link, once: the mapped public address first, then this machine's own addresses.
     private func printLink() {

@@ -76,7 +76,7 @@ def netlab(tmp_path_factory):
             in_host("infra", BIN, "dht", "node", "--dht-listen", BOOTSTRAP, "--bootstrap", BOOTSTRAP),
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=dict(ENV, HOME=str(home))))
         relay = subprocess.Popen(
-            in_host("relay", BIN, "relay", "--listen", RELAY),
+            in_host("relay", BIN, "relay", "--listen", RELAY, "--bootstrap", BOOTSTRAP),
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(ENV, HOME=str(work)))
         services.append(relay)
         assert relay.stdout.readline().strip() == RELAY
@@ -310,3 +310,53 @@ def test_a_download_survives_its_relay_dying_mid_transfer(netlab, tmp_path):
         share.wait(timeout=10)
         if backup.poll() is None:
             backup.kill()
+
+
+def test_relays_are_found_in_the_dht_and_a_share_can_volunteer_as_one(netlab, tmp_path):
+    """`--relay dht`: the seeder finds relays announced in the lab's DHT — `peershare relay`
+    and a share on the public host that volunteers (`nat.relay` in pipeline.json) — and the
+    only path between a --random-fully seeder and a firewalled downloader goes through one."""
+    for name in ("hv", "hs", "hg"):
+        (tmp_path / name).mkdir()
+    volunteer_config = tmp_path / "volunteer.json"
+    volunteer_config.write_text('{"version": 1, "nat": {"relay": "0.0.0.0:7002"}}')
+    other = tmp_path / "other.bin"
+    other.write_bytes(os.urandom(1000))
+    volunteer = subprocess.Popen(
+        in_host("public", BIN, "share", str(other), "--listen", "0.0.0.0:0", "--bootstrap", BOOTSTRAP,
+                "--config", str(volunteer_config)),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(ENV, HOME=str(tmp_path / "hv")))
+    payload = tmp_path / "payload.bin"
+    payload.write_bytes(os.urandom(2 << 20))
+    seeder = None
+    try:
+        volunteer.stdout.readline()
+        for line in volunteer.stderr:
+            if "also relaying" in line:
+                break
+        time.sleep(2)  # its announcement reaches the bootstrap node
+        seeder = subprocess.Popen(
+            in_host("rand", BIN, "share", str(payload), "--listen", "0.0.0.0:0", "--relay", "dht", "--bootstrap",
+                    BOOTSTRAP),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(ENV, HOME=str(tmp_path / "hs")))
+        link = seeder.stdout.readline().strip()
+        lines = []
+        for line in seeder.stderr:
+            lines.append(line)
+            if "registered with relay" in line:
+                break
+        found = "".join(lines)
+        assert "relays found in the DHT" in found, found
+        assert "11.0.113.20:7000" in link or "11.0.113.30:7002" in link, link
+        assert "key=" in link
+        got = subprocess.run(
+            in_host("fw", BIN, "get", link, "-o", str(tmp_path / "out"), "--bootstrap", BOOTSTRAP, "--verbose"),
+            capture_output=True, text=True, timeout=120, env=dict(ENV, HOME=str(tmp_path / "hg")))
+        assert got.returncode == 0, got.stderr
+        assert re.search(r"connected, relayed via 11\.0\.113\.(20:7000|30:7002)", got.stderr), got.stderr
+        assert (tmp_path / "out" / "payload.bin").read_bytes() == payload.read_bytes()
+    finally:
+        for proc in (seeder, volunteer):
+            if proc and proc.poll() is None:
+                proc.terminate()
+                proc.wait(timeout=10)
