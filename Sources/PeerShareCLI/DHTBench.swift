@@ -116,7 +116,7 @@ struct DHTSwarm: ParsableCommand {
                     let (result, seconds) = try future.wait()
                     if result.hops == 0, ProcessInfo.processInfo.environment["PEERSHARE_DEBUG_SWARM"] != nil {
                         let info = try loop.submit { () -> String in
-                            let n = shells[origin].node
+                            let n = allShells[origin].node
                             return
                                 "origin \(origin) table \(n.table.nodeCount) stats \(n.stats) queries \(result.queries) responses \(result.responses) ms \(seconds * 1000)"
                         }.wait()
@@ -164,7 +164,7 @@ struct DHTSwarm: ParsableCommand {
         var killed = Set<Int>()
         let toKill = Int(Double(nodes) * churn)
         while killed.count < toKill { killed.insert(Int.random(in: 1..<nodes, using: &random)) }
-        for number in killed { _ = try? loop.submit { shells[number].close() }.wait().wait() }
+        for number in killed { _ = try? loop.submit { allShells[number].close() }.wait().wait() }
         alive = alive.filter { !killed.contains($0) }
         phases.append(
             try lookupPhase(

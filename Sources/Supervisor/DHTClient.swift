@@ -78,7 +78,8 @@ public struct DHTSettings: Sendable {
 /// The supervisor's side of the discovery worker, shared by every session that uses the DHT:
 /// starts the node, sends requests, matches replies, and saves the table on shutdown.
 /// Loop-confined like the supervisor.
-public final class DHTClient {
+/// Loop-confined to the supervisor's event loop (hence `@unchecked Sendable`).
+public final class DHTClient: @unchecked Sendable {
     public typealias Completion = (Result<DHTReport, DHTFailure>) -> Void
 
     public struct DHTFailure: Error, CustomStringConvertible {

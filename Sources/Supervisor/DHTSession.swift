@@ -23,6 +23,8 @@ public final class DHTSession: SupervisorDelegate, @unchecked Sendable {
     let output: SessionOutput
     private let done: EventLoopPromise<Int32>
     private var stopping = false
+    /// `dht node` printed its table on the way out (or gave up waiting for it).
+    private var summaryPrinted = false
 
     public init(supervisor: Supervisor, dht: DHTClient, action: Action, output: SessionOutput) {
         self.supervisor = supervisor
@@ -94,21 +96,20 @@ public final class DHTSession: SupervisorDelegate, @unchecked Sendable {
     public func stop(exitCode: Int32) {
         guard !stopping else { return }
         stopping = true
-        let finish = { [self] in
+        let finish: @Sendable () -> Void = { [self] in
             dht.saveState { [self] in supervisor.shutdown().whenComplete { [self] _ in done.succeed(exitCode) } }
         }
         guard case .node = action else { return finish() }
         // A node run by hand ends with its table and counters: what it saw while it ran.
-        var printed = false
-        dht.summary { [output] text in
-            guard !printed else { return }
-            printed = true
+        dht.summary { [self] text in
+            guard !summaryPrinted else { return }
+            summaryPrinted = true
             for line in text.split(separator: "\n") { output.link(String(line)) }
             finish()
         }
-        supervisor.eventLoop.scheduleTask(in: .seconds(1)) {
-            if !printed {
-                printed = true
+        supervisor.eventLoop.scheduleTask(in: .seconds(1)) { [self] in
+            if !summaryPrinted {
+                summaryPrinted = true
                 finish()
             }
         }

@@ -209,30 +209,38 @@ public final class ShareSession: SupervisorDelegate, @unchecked Sendable {
 
     /// `--relay dht`: relays announced in the DHT (`DHTKey.relays`) join the configured
     /// ones, at most `relaysFromDHT`, before the link (which names them) is printed.
-    private func discoverRelays(then next: @escaping () -> Void) {
+    private func discoverRelays(then next: @escaping @Sendable () -> Void) {
         guard findRelays, let dht else { return next() }
-        var done = false
-        let finish = { [self] (found: [String]) in
-            guard !done else { return }
-            done = true
-            let own = Set(LocalAddresses.hints(listenHost: "0.0.0.0", port: 0).map(\.host))
-            let fresh = found.compactMap { try? PeerAddress.parse($0) }
-                .filter { !own.contains($0.host) && !relays.contains($0) }.prefix(ShareSession.relaysFromDHT)
-            if fresh.isEmpty {
-                output.status("no relay found in the DHT")
-            } else {
-                output.status("relays found in the DHT: \(fresh.map(\.description).joined(separator: ", "))")
-                relays += fresh
-                relayAddresses += fresh.map(\.description)
-            }
-            next()
-        }
         output.status("looking for relays in the DHT ...")
-        dht.request(.getPeers, key: DHTKey.relays) { result in
-            if case .success(let report) = result { finish(report.peers) } else { finish([]) }
+        dht.request(.getPeers, key: DHTKey.relays) { [self] result in
+            if case .success(let report) = result {
+                relaysFound(report.peers, then: next)
+            } else {
+                relaysFound([], then: next)
+            }
         }
         // The DHT may be slow to join: the link is not held back for long.
-        supervisor.eventLoop.scheduleTask(in: .seconds(ShareSession.relayLookupSeconds)) { finish([]) }
+        supervisor.eventLoop.scheduleTask(in: .seconds(ShareSession.relayLookupSeconds)) { [self] in
+            relaysFound([], then: next)
+        }
+    }
+
+    private var relayLookupDone = false
+
+    private func relaysFound(_ found: [String], then next: () -> Void) {
+        guard !relayLookupDone else { return }
+        relayLookupDone = true
+        let own = Set(LocalAddresses.hints(listenHost: "0.0.0.0", port: 0).map(\.host))
+        let fresh = found.compactMap { try? PeerAddress.parse($0) }
+            .filter { !own.contains($0.host) && !relays.contains($0) }.prefix(ShareSession.relaysFromDHT)
+        if fresh.isEmpty {
+            output.status("no relay found in the DHT")
+        } else {
+            output.status("relays found in the DHT: \(fresh.map(\.description).joined(separator: ", "))")
+            relays += fresh
+            relayAddresses += fresh.map(\.description)
+        }
+        next()
     }
 
     static let relayLookupSeconds: Int64 = 8

@@ -521,7 +521,8 @@ public final class TransferService: WorkerService, @unchecked Sendable {
 }
 
 /// One inbound peer connection: handshake, manifest, then chunk requests answered in order.
-final class ServeHandler: ChannelInboundHandler, RemovableChannelHandler {
+/// Loop-confined, like everything in the transfer worker (hence `@unchecked Sendable`).
+final class ServeHandler: ChannelInboundHandler, RemovableChannelHandler, @unchecked Sendable {
     typealias InboundIn = Frame
     typealias OutboundOut = Frame
 

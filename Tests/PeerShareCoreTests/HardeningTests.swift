@@ -44,8 +44,8 @@ final class HardeningTests: XCTestCase {
         try Data("#!/bin/sh\n".utf8).write(to: plugin)
         chmod(plugin.path, 0o755)
         let previous = FileManager.default.currentDirectoryPath
-        FileManager.default.changeCurrentDirectoryPath(folder.path)
-        defer { FileManager.default.changeCurrentDirectoryPath(previous) }
+        _ = FileManager.default.changeCurrentDirectoryPath(folder.path)
+        defer { _ = FileManager.default.changeCurrentDirectoryPath(previous) }
         let json = #"{"version": 1, "stages": [{"name": "mine", "plugin": "stage.sh"}]}"#
         let config = try PipelineConfig.parse(Data(json.utf8), file: "pipeline.json")
         guard case .plugin(let path, _) = config.stages.first?.kind else { return XCTFail("no plugin stage") }
