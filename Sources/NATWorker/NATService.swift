@@ -175,10 +175,7 @@ enum STUNProbe {
     /// One server: up to three requests; only an answer from the server's own address and
     /// port, to our transaction, counts.
     static func ask(fd: Int32, ip: [UInt8], port: Int, logger: Logger) -> PeerAddress? {
-        var destination = sockaddr_in()
-        destination.sin_family = sa_family_t(AF_INET)
-        destination.sin_port = UInt16(port).bigEndian
-        destination.sin_addr.s_addr = ip.withUnsafeBytes { $0.loadUnaligned(as: UInt32.self) }
+        var destination = LocalIPv4.socketAddress(ip: ip, port: port)
         for _ in 0..<attempts {
             var transaction = [UInt8](repeating: 0, count: 12)
             for i in transaction.indices { transaction[i] = UInt8.random(in: 0...255) }
@@ -219,14 +216,20 @@ enum STUNProbe {
 /// The local address the kernel would send from toward a destination (a connected UDP
 /// socket sends nothing; `getifaddrs` would need a netlink socket the sandbox forbids).
 enum LocalIPv4 {
+    /// An IPv4 socket address from 4 address bytes and a port.
+    static func socketAddress(ip: [UInt8], port: Int) -> sockaddr_in {
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = UInt16(clamping: port).bigEndian
+        address.sin_addr.s_addr = ip.withUnsafeBytes { $0.loadUnaligned(as: UInt32.self) }
+        return address
+    }
+
     static func source(toward ip: [UInt8], port: Int) -> String? {
         let fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
         guard fd >= 0 else { return nil }
         defer { close(fd) }
-        var destination = sockaddr_in()
-        destination.sin_family = sa_family_t(AF_INET)
-        destination.sin_port = UInt16(port).bigEndian
-        destination.sin_addr.s_addr = ip.withUnsafeBytes { $0.loadUnaligned(as: UInt32.self) }
+        var destination = LocalIPv4.socketAddress(ip: ip, port: port)
         let connected = withUnsafePointer(to: &destination) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
                 connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))

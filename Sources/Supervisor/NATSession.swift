@@ -3,6 +3,7 @@ import IPC
 import Logging
 import NIOCore
 import PeerShareCore
+import Traversal
 
 /// `peershare nat` (what this machine looks like from outside) and `peershare relay` (run a
 /// relay until stopped), both through the nat worker.
@@ -138,7 +139,7 @@ public final class NATSession: SupervisorDelegate, @unchecked Sendable {
                 publicAddresses.append(address.host)
             }
         }
-        let kind = NATSession.mappingText(mapping)
+        let kind = (MappingKind(rawValue: mapping) ?? .unknown).description
         lines.append(
             "public address: \(publicAddresses.isEmpty ? "unknown (no STUN server answered)" : publicAddresses.joined(separator: ", "))"
         )
@@ -152,15 +153,6 @@ public final class NATSession: SupervisorDelegate, @unchecked Sendable {
         }
         lines.append("reachable from outside: \(reachable)")
         return lines
-    }
-
-    static func mappingText(_ code: UInt8) -> String {
-        switch code {
-        case 1: return "endpoint-independent (one public port for every destination)"
-        case 2: return "endpoint-dependent (a new public port per destination)"
-        case 3: return "none (the public address is this machine's own)"
-        default: return "unknown (fewer than two STUN answers)"
-        }
     }
 
     public func supervisor(_ supervisor: Supervisor, restarted role: WorkerRole) {}

@@ -322,11 +322,8 @@ public enum LocalAddresses {
     /// machine has no address of its own on the internet.
     public static func allPrivate() -> Bool {
         hints(listenHost: "0.0.0.0", port: 0).map(\.host).filter { $0 != "127.0.0.1" }.allSatisfy { host in
-            let parts = host.split(separator: ".").compactMap { Int($0) }
-            guard parts.count == 4 else { return false }
-            return parts[0] == 10 || (parts[0] == 172 && (16...31).contains(parts[1]))
-                || (parts[0] == 192 && parts[1] == 168) || (parts[0] == 100 && (64...127).contains(parts[1]))
-                || (parts[0] == 169 && parts[1] == 254)
+            guard let ip = IPText.parseIPv4(host) else { return false }
+            return DialPolicy.isPrivate(ip) || DialPolicy.isNeverAPeer(ip)
         }
     }
 

@@ -14,11 +14,12 @@ public enum DialPolicy {
     }
 
     /// 0/8, loopback, link-local, multicast and reserved: nothing to dial on request.
-    static func isNeverAPeer(_ ip: [UInt8]) -> Bool {
+    public static func isNeverAPeer(_ ip: [UInt8]) -> Bool {
         ip[0] == 0 || ip[0] == 127 || (ip[0] == 169 && ip[1] == 254) || ip[0] >= 224
     }
 
-    static func isPrivate(_ ip: [UInt8]) -> Bool {
+    /// RFC 1918 and CGNAT (100.64/10): addresses that exist only behind some router.
+    public static func isPrivate(_ ip: [UInt8]) -> Bool {
         ip[0] == 10 || (ip[0] == 172 && (16...31).contains(ip[1])) || (ip[0] == 192 && ip[1] == 168)
             || (ip[0] == 100 && (64...127).contains(ip[1]))
     }
