@@ -34,20 +34,27 @@ let package = Package(
         // The few Linux calls Swift's Glibc module does not expose (prctl, posix_spawn setup).
         .target(name: "CSystemShims"),
 
+        // Pure core: the one wire codec every framed channel uses (worker pipes, the data
+        // channel, peer connections, plugins, the control socket, relays): frames and their
+        // decoder with its length cap, big-endian readers and writers, chunk bitfields.
+        .target(name: "Wire"),
         // Pure core: content identity, manifests, links, configuration.
         .target(
             name: "PeerShareCore",
-            dependencies: [.product(name: "Crypto", package: "swift-crypto")]),
-        // Pure core: the supervisor <-> worker message set and its framing.
-        .target(name: "IPC", dependencies: ["PeerShareCore"]),
+            dependencies: ["Wire", .product(name: "Crypto", package: "swift-crypto")]),
+        // Pure core: the supervisor <-> worker message set.
+        .target(name: "IPC", dependencies: ["Wire", "PeerShareCore"]),
         // Pure core: the Kademlia DHT (BEP 5): bencode, KRPC, routing table, lookups, node.
         .target(
             name: "Kademlia",
-            dependencies: [.product(name: "Crypto", package: "swift-crypto")]),
+            dependencies: ["PeerShareCore", .product(name: "Crypto", package: "swift-crypto")]),
         // Pure core: NAT traversal: STUN, the relay protocol and the relay's policy.
-        .target(name: "Traversal", dependencies: ["PeerShareCore", "IPC"]),
+        .target(name: "Traversal", dependencies: ["Wire", "PeerShareCore"]),
         // Pure core: the peer-to-peer wire messages.
-        .target(name: "PeerWire", dependencies: ["PeerShareCore", "IPC"]),
+        .target(name: "PeerWire", dependencies: ["Wire", "PeerShareCore"]),
+        // Pure core: the swarm. A download and an upload as Instances (events in, directives
+        // out, time passed in), the chunk picker, rate limits, and the swarm simulator.
+        .target(name: "Swarm", dependencies: ["Wire", "PeerShareCore", "PeerWire"]),
 
         // The pipeline's built-in stages and their handshake: wrappers over libsodium and zlib
         // (no sockets, no clocks).
@@ -57,21 +64,21 @@ let package = Package(
         .target(
             name: "WorkerRuntime",
             dependencies: [
-                "IPC", "PeerShareCore", "CSystemShims",
+                "IPC", "PeerShareCore", "Wire", "CSystemShims",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
             ]),
         .target(
             name: "HashWorker",
             dependencies: [
-                "WorkerRuntime", "IPC", "PeerShareCore",
+                "WorkerRuntime", "IPC", "PeerShareCore", "Wire",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
             ]),
         .target(
             name: "TransferWorker",
             dependencies: [
-                "WorkerRuntime", "IPC", "PeerWire", "PeerShareCore", "Stages", "Traversal",
+                "WorkerRuntime", "IPC", "PeerWire", "PeerShareCore", "Stages", "Swarm", "Traversal", "Wire",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -79,7 +86,7 @@ let package = Package(
         .target(
             name: "DiscoveryWorker",
             dependencies: [
-                "WorkerRuntime", "IPC", "Kademlia",
+                "WorkerRuntime", "IPC", "Kademlia", "PeerShareCore", "Wire",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -87,7 +94,7 @@ let package = Package(
         .target(
             name: "NATWorker",
             dependencies: [
-                "WorkerRuntime", "IPC", "Traversal", "PeerShareCore", "CMiniUPnPc", "CNatPMP",
+                "WorkerRuntime", "IPC", "Traversal", "PeerShareCore", "Wire", "CMiniUPnPc", "CNatPMP",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -95,7 +102,7 @@ let package = Package(
         .target(
             name: "Supervisor",
             dependencies: [
-                "WorkerRuntime", "IPC", "PeerShareCore", "Stages", "Traversal",
+                "WorkerRuntime", "IPC", "PeerShareCore", "Stages", "Traversal", "Wire",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -104,7 +111,7 @@ let package = Package(
             name: "PeerShareCLI",
             dependencies: [
                 "Supervisor", "WorkerRuntime", "HashWorker", "TransferWorker", "DiscoveryWorker",
-                "NATWorker", "PeerShareCore", "IPC", "CSodium", "CZlib", "Kademlia", "Stages", "Traversal",
+                "NATWorker", "PeerShareCore", "IPC", "CSodium", "CZlib", "Kademlia", "Stages", "Swarm", "Traversal", "Wire",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -115,29 +122,32 @@ let package = Package(
 
         // Pipeline stage plugins (docs/PLUGINS.md). Explicit paths: SwiftPM's own convention
         // reserves Plugins/ for package plugins. PluginKit is the template's protocol loop.
-        .target(name: "PluginKit", path: "Plugins/PluginKit"),
+        .target(name: "PluginKit", dependencies: ["Wire"], path: "Plugins/PluginKit"),
         .executableTarget(name: "peershare-pad", dependencies: ["PluginKit"], path: "Plugins/pad"),
 
         // Fuzz targets for every parser of outside bytes: contrib/fuzz.sh builds them with
         // libFuzzer; a plain build makes a tool that replays inputs through them.
         .executableTarget(
             name: "peershare-fuzz",
-            dependencies: ["PeerShareCore", "IPC", "Kademlia", "PeerWire", "Traversal", "CSystemShims"],
+            dependencies: ["PeerShareCore", "IPC", "Kademlia", "PeerWire", "Swarm", "Traversal", "Wire", "CSystemShims"],
             path: "Tests/Fuzz/Sources"),
 
-        .testTarget(name: "PeerShareCoreTests", dependencies: ["PeerShareCore"]),
+        .testTarget(name: "WireTests", dependencies: ["Wire"]),
+        .testTarget(name: "PeerShareCoreTests", dependencies: ["PeerShareCore", "Wire"]),
+        .testTarget(name: "PeerWireTests", dependencies: ["PeerWire", "PeerShareCore", "Wire"]),
+        .testTarget(name: "SwarmTests", dependencies: ["Swarm", "PeerWire", "PeerShareCore", "Wire"]),
         .testTarget(name: "StagesTests", dependencies: ["Stages", "PeerShareCore"]),
-        .testTarget(name: "TraversalTests", dependencies: ["Traversal", "PeerShareCore", "IPC"]),
+        .testTarget(name: "TraversalTests", dependencies: ["Traversal", "PeerShareCore", "Wire"]),
         // End-to-end tests drive real processes from Python: Tests/e2e (run by contrib/test.sh).
-        .testTarget(name: "IPCTests", dependencies: ["IPC", "PeerWire", "PeerShareCore"]),
+        .testTarget(name: "IPCTests", dependencies: ["IPC", "PeerWire", "PeerShareCore", "Wire"]),
         .testTarget(
             name: "KademliaTests",
             dependencies: [
-                "Kademlia", .product(name: "NIOCore", package: "swift-nio"),
+                "Kademlia", "PeerShareCore", .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]),
         .testTarget(
-            name: "SupervisorTests", dependencies: ["Supervisor", "WorkerRuntime", "PeerShareCore", "IPC"]),
+            name: "SupervisorTests", dependencies: ["Supervisor", "WorkerRuntime", "PeerShareCore", "IPC", "Wire"]),
     ],
     swiftLanguageModes: [.v6]
 )

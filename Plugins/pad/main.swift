@@ -29,10 +29,10 @@ struct LengthPadding: PipelineStage {
     }
 
     mutating func handshake(connection: UInt32, received: [UInt8]) throws -> (done: Bool, send: [UInt8]) {
-        var mine = Writer()
+        var mine = ByteWriter()
         mine.u32(UInt32(block))
         if received.isEmpty { return (false, mine.bytes) }  // we connected: offer ours first
-        var reader = Reader(received)
+        var reader = ByteReader(received)
         let theirs = Int(try reader.u32())
         guard theirs >= 16, theirs <= 1 << 20 else { throw StageError("peer offered block \(theirs)") }
         let firstToSpeak = agreed[connection] == nil && !sentOffer.contains(connection)
@@ -55,18 +55,18 @@ struct LengthPadding: PipelineStage {
     mutating func encode(connection: UInt32, _ data: [UInt8]) throws -> [UInt8] {
         let block = agreed[connection] ?? self.block
         let total = ((data.count + 4 + block - 1) / block) * block
-        var out = Writer()
+        var out = ByteWriter(capacity: total)
         out.u32(UInt32(data.count))
-        out.bytes += data
+        out.raw(data)
         var padding = [UInt8](repeating: 0, count: total - out.bytes.count)
         arc4random_buf(&padding, padding.count)
-        out.bytes += padding
+        out.raw(padding)
         return out.bytes
     }
 
     mutating func decode(connection: UInt32, _ data: [UInt8], limit: Int) throws -> [UInt8] {
         let block = agreed[connection] ?? self.block
-        var reader = Reader(data)
+        var reader = ByteReader(data)
         let length = Int(try reader.u32())
         guard length <= limit, length <= data.count - 4 else {
             throw StageError("padded frame claims \(length) bytes of \(data.count - 4)")

@@ -1,6 +1,7 @@
 import Foundation
 import IPC
 import PeerShareCore
+import Wire
 
 /// A download in progress on disk. Chunks are written into a staging folder inside the
 /// target directory (`.peershare-<id>.partial/`), each one only after its hash matched the

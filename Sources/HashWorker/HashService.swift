@@ -2,6 +2,7 @@ import Foundation
 import IPC
 import Logging
 import PeerShareCore
+import Wire
 import WorkerRuntime
 
 /// The hash worker: the only process that opens shared or downloaded files, and the only one

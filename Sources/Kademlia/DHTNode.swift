@@ -1,4 +1,5 @@
 import Crypto
+import PeerShareCore
 
 /// A Mainline DHT node (BEP 5) as a pure, deterministic instance: packets, ticks and user
 /// requests go in with the current time; what to send and what finished comes out as
@@ -556,22 +557,6 @@ public struct DHTNode: Sendable {
     }
 }
 
-/// A small deterministic generator (SplitMix64), seeded by the owner: tests and the
-/// simulator pass fixed seeds; the discovery worker seeds it from the system's randomness.
-public struct SplitMix64: RandomNumberGenerator, Sendable {
-    var state: UInt64
-
-    public init(seed: UInt64) {
-        state = seed
-    }
-
-    public mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-
+extension SplitMix64 {
     mutating func bytes(_ count: Int) -> [UInt8] { (0..<count).map { _ in UInt8.random(in: 0...255, using: &self) } }
 }

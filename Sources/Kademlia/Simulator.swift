@@ -1,3 +1,5 @@
+import PeerShareCore
+
 /// Runs many `DHTNode`s on a virtual network with a virtual clock: the same pure logic the
 /// discovery worker runs, at a scale (10,000 nodes) that real sockets on one machine cannot
 /// reach. Packets get a random one-way latency; dead nodes swallow packets, so their peers

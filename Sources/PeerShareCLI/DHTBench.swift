@@ -4,6 +4,7 @@ import Foundation
 import Kademlia
 import NIOCore
 import NIOPosix
+import PeerShareCore
 
 /// Statistics helpers for the DHT benchmarks.
 struct Distribution {

@@ -3,6 +3,7 @@ import Foundation
 import IPC
 import PeerShareCore
 import Supervisor
+import Wire
 
 /// `peershare limit`: change the bandwidth limits of a running `share` or `get`.
 struct Limit: ParsableCommand {

@@ -1,3 +1,5 @@
+import Wire
+
 /// The manifest describes a share: its entries (relative paths, sizes), the chunk size and
 /// every chunk's hash. Its canonical binary encoding is what the share id hashes, so two
 /// manifests with the same id are byte-for-byte the same. Format: docs/PROTOCOL.md §3.

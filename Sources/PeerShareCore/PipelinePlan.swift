@@ -1,3 +1,5 @@
+import Wire
+
 /// The pipeline as the transfer worker gets it from the supervisor (`configurePipeline`):
 /// each stage's name, version, whether it is required, and what the worker needs to run
 /// it. Plugin paths and options stay with the supervisor, which runs the plugins.

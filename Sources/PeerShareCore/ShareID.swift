@@ -1,4 +1,5 @@
 import Crypto
+import Wire
 
 /// A share's identity: the SHA-256 of its canonical manifest encoding (docs/PROTOCOL.md).
 public struct ShareID: Hashable, Sendable, CustomStringConvertible {

@@ -1,3 +1,5 @@
+import Wire
+
 /// `peershare://<64 hex digits of the share id>[?key=<64 hex digits>][&peer=HOST:PORT]...[&relay=HOST:PORT]...`
 /// Parsed strictly: anything unexpected is an error that says what was wrong.
 ///

@@ -1,3 +1,5 @@
+import Wire
+
 /// An address on the wire: family u8 (4 or 6) ‖ 4 or 16 address bytes ‖ port u16.
 public struct WireAddress: Equatable, Hashable, Sendable, CustomStringConvertible {
     public var ip: [UInt8]

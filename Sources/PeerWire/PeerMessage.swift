@@ -1,5 +1,5 @@
-import IPC
 import PeerShareCore
+import Wire
 
 /// Messages between two peers over TCP, framed exactly like the IPC pipes (`Frame`), with
 /// their own tag space. docs/PROTOCOL.md §2 lists them byte by byte.

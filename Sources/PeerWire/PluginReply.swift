@@ -1,4 +1,5 @@
 import PeerShareCore
+import Wire
 
 /// The plugin protocol's replies as the host reads them (docs/PLUGINS.md): pure decoders,
 /// so that what a plugin (any program, maybe hostile) answers is parsed in one place, with

@@ -1,4 +1,5 @@
 import PeerShareCore
+import Wire
 
 /// What a peer says about one stage of its pipeline in the handshake: enough to agree on a
 /// common pipeline, nothing about its options.

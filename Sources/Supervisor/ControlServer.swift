@@ -5,6 +5,7 @@ import Logging
 import NIOCore
 import NIOPosix
 import PeerShareCore
+import Wire
 import WorkerRuntime
 
 /// A Unix socket through which `peershare limit` changes a running share's or download's

@@ -4,6 +4,7 @@ import Logging
 import NIOCore
 import PeerShareCore
 import Traversal
+import Wire
 
 /// `peershare get LINK`: fetch the manifest through the transfer worker, have the hash worker
 /// prepare the download, then relay every received chunk to the hash worker for verification

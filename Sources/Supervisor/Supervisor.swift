@@ -5,6 +5,7 @@ import Logging
 import NIOCore
 import NIOPosix
 import Stages
+import Wire
 import WorkerRuntime
 
 /// What the supervisor's owner (a `share` or `get` session) hears about.

@@ -4,7 +4,9 @@ import NIOCore
 import NIOPosix
 import PeerShareCore
 import PeerWire
+import Swarm
 import Traversal
+import Wire
 import WorkerRuntime
 
 /// Downloads one share from the peers it was given: connects to each, fetches the manifest

@@ -1,7 +1,7 @@
 import Foundation
-import IPC
 import PeerShareCore
 import PeerWire
+import Wire
 
 /// The transfer worker's end of one plugin stage's pipe (docs/PLUGINS.md): strictly one
 /// request, one reply, each bounded by a timeout. Calls block the event loop for as long as
@@ -9,20 +9,14 @@ import PeerWire
 /// crashes, hangs or answers garbage fails the connection it was working for, and the
 /// supervisor restarts it (and this worker, which inherits the new pipe).
 final class PluginChannel {
-    enum MessageType: UInt16 {
-        case hello = 0x7001
-        case ready, open, close, encode, decode, result, error, handshake, handshakeReply
-    }
+    typealias MessageType = PluginProtocol.MessageType
 
     struct Failure: Error, CustomStringConvertible {
         var description: String
     }
 
-    static let protocolVersion: UInt16 = 1
     /// Every call must be answered within this.
     static let timeoutMs: Int32 = 2000
-    /// A plugin frame carries at most one peer frame plus its header and some growth.
-    static let maxFrame = 17 * 1024 * 1024 + 64 * 1024
 
     let name: String
     let descriptor: Int32
@@ -31,7 +25,7 @@ final class PluginChannel {
     private(set) var takesPartInHandshake = false
     /// Set after a failure: every later call fails at once, until the worker restarts.
     private(set) var broken: String?
-    private var decoder = FrameDecoder(maxFrameLength: PluginChannel.maxFrame)
+    private var decoder = FrameDecoder(maxFrameLength: PluginProtocol.maxFrame)
 
     init(name: String, descriptor: Int32) {
         self.name = name
@@ -41,7 +35,7 @@ final class PluginChannel {
     /// hello → ready: options in, the stage's version out.
     func start(options: [String: String]) throws {
         var w = ByteWriter()
-        w.u16(PluginChannel.protocolVersion)
+        w.u16(PluginProtocol.version)
         w.string(name)
         w.u16(UInt16(options.count))
         for (key, value) in options.sorted(by: { $0.key < $1.key }) {
@@ -56,8 +50,8 @@ final class PluginChannel {
         } catch {
             throw fail("answered garbage: \(error)")
         }
-        guard ready.protocolVersion == PluginChannel.protocolVersion else {
-            throw fail("speaks plugin protocol \(ready.protocolVersion), we speak \(PluginChannel.protocolVersion)")
+        guard ready.protocolVersion == PluginProtocol.version else {
+            throw fail("speaks plugin protocol \(ready.protocolVersion), we speak \(PluginProtocol.version)")
         }
         version = ready.stageVersion
         // Flags are optional: a version-1 plugin that sends none takes no part in handshakes.
@@ -110,7 +104,7 @@ final class PluginChannel {
 
     private func unblob(_ payload: [UInt8]) throws -> [UInt8] {
         do {
-            return try PluginReply.result(payload, limit: PluginChannel.maxFrame)
+            return try PluginReply.result(payload, limit: PluginProtocol.maxFrame)
         } catch {
             throw fail("answered garbage: \(error)")
         }
@@ -124,12 +118,8 @@ final class PluginChannel {
 
     private func call(_ type: MessageType, _ payload: [UInt8], expecting: MessageType) throws -> [UInt8] {
         if let broken { throw Failure(description: broken) }
-        var frame = ByteWriter(capacity: payload.count + 6)
-        frame.u32(UInt32(payload.count + 2))
-        frame.u16(type.rawValue)
-        frame.raw(payload)
         let deadline = DispatchTime.now().uptimeNanoseconds + UInt64(PluginChannel.timeoutMs) * 1_000_000
-        try writeAll(frame.bytes, deadline: deadline)
+        try writeAll(Frame(type: type.rawValue, payload: payload).encoded(), deadline: deadline)
         while true {
             let next: Frame?
             do {

@@ -5,6 +5,7 @@ import NIOPosix
 import PeerShareCore
 import PeerWire
 import Traversal
+import Wire
 import WorkerRuntime
 
 /// A seeder's registrations with relays: one control connection to each, kept open (and

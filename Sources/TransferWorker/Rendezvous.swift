@@ -5,6 +5,7 @@ import NIOPosix
 import PeerShareCore
 import PeerWire
 import Traversal
+import Wire
 import WorkerRuntime
 
 /// Dials for hole punching: from a given local port, with SO_REUSEADDR and SO_REUSEPORT so

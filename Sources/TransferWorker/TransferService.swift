@@ -6,7 +6,9 @@ import NIOPosix
 import PeerShareCore
 import PeerWire
 import Stages
+import Swarm
 import Traversal
+import Wire
 import WorkerRuntime
 
 /// The transfer worker: every peer connection lives here, and nothing else. It never opens a

@@ -2,6 +2,7 @@ import IPC
 import PeerShareCore
 import PeerWire
 import Stages
+import Wire
 
 /// What every connection of this worker runs: the pipeline plan, and the secrets the
 /// encryption stage needs. Set by the supervisor's `configurePipeline`.

@@ -1,5 +1,5 @@
-import IPC
 import PeerShareCore
+import Wire
 
 /// The relay protocol (docs/PROTOCOL.md §4): framed like every PeerShare channel (`Frame`:
 /// u32 length ‖ u16 type ‖ payload), small control frames until `bridged`, then the relay

@@ -1,4 +1,5 @@
 import PeerShareCore
+import Wire
 
 /// STUN (RFC 5389) binding requests and responses: what address and port a NAT gave the
 /// socket a request left from. Only what address discovery needs: a Binding request with no

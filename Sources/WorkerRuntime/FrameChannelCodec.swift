@@ -1,5 +1,6 @@
 import IPC
 import NIOCore
+import Wire
 
 /// `Frame` framing for SwiftNIO channels, used by the supervisor's worker pipes and by the
 /// transfer worker's peer connections. The length is checked against the channel's limit

@@ -1,5 +1,6 @@
 import IPC
 import NIOCore
+import Wire
 
 /// The first handler of a connection that opens with a few control frames and then carries
 /// other bytes: a relay connection (frames until `bridged`, then a circuit). It parses frames

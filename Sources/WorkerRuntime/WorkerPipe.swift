@@ -3,6 +3,7 @@ import IPC
 import Logging
 import PeerShareCore
 import Synchronization
+import Wire
 
 /// Blocking frame IO over a worker's end of its supervisor socketpair (fd 3). Reads happen
 /// on one thread (the worker's reader loop); writes may come from any thread and are

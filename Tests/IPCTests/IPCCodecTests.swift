@@ -1,22 +1,12 @@
 import IPC
 import PeerShareCore
 import PeerWire
+import Wire
 import XCTest
 
 /// The pipe and peer codecs must survive anything: random bytes, truncations, lies about
 /// lengths. These are property-style tests with a seeded generator so failures reproduce.
 final class IPCCodecTests: XCTestCase {
-    struct SeededGenerator: RandomNumberGenerator {
-        var state: UInt64
-        mutating func next() -> UInt64 {
-            state &+= 0x9E37_79B9_7F4A_7C15
-            var z = state
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            return z ^ (z >> 31)
-        }
-    }
-
     static let shareID = [UInt8](repeating: 0xAB, count: 32)
 
     static let everyMessage: [IPCMessage] = [
@@ -111,17 +101,6 @@ final class IPCCodecTests: XCTestCase {
         XCTAssertEqual(decoded, Self.everyMessage)
     }
 
-    func testHugeLengthPrefixIsRefusedBeforeAllocating() {
-        var decoder = FrameDecoder(maxFrameLength: 1024)
-        decoder.append([0xFF, 0xFF, 0xFF, 0xFF])
-        XCTAssertThrowsError(try decoder.next()) { error in
-            XCTAssertEqual(error as? FrameError, .tooLarge(length: 0xFFFF_FFFF, limit: 1024))
-        }
-        var tiny = FrameDecoder(maxFrameLength: 1024)
-        tiny.append([0, 0, 0, 1, 0])
-        XCTAssertThrowsError(try tiny.next())
-    }
-
     func testInnerLengthsAreBoundedToo() {
         // A valid frame whose chunk field claims 3 GiB.
         var writer = ByteWriter()
@@ -143,7 +122,7 @@ final class IPCCodecTests: XCTestCase {
     }
 
     func testRandomBytesNeverCrashTheDecoders() {
-        var random = SeededGenerator(state: 42)
+        var random = SplitMix64(seed: 42)
         for round in 0..<20_000 {
             let count = Int.random(in: 0...64, using: &random)
             var bytes = (0..<count).map { _ in UInt8.random(in: 0...255, using: &random) }
@@ -168,32 +147,6 @@ final class IPCCodecTests: XCTestCase {
         }
     }
 
-    func testPeerMessagesRoundTripAndRejectStrangers() throws {
-        let messages: [PeerMessage] = [
-            .hello(
-                version: 1, shareID: Self.shareID, stages: [StageDescriptor(name: "zlib", version: 1, required: true)]),
-            .helloAccepted(version: 1, chunkCount: 9, stages: []),
-            .helloAccepted(
-                version: 2, chunkCount: 9, stages: [], observed: WireAddress(ip: [11, 0, 113, 50], port: 4000)),
-            .hello(version: 2, shareID: Self.shareID, stages: [], observed: WireAddress(ip: [1, 2, 3, 4], port: 5)),
-            .getManifest, .stageHandshake(stage: 1, data: [9]),
-            .manifest(bytes: [1, 2, 3]), .request(index: 4), .piece(index: 4, data: [7, 7]),
-            .reject(index: 4, reason: "no"), .error(code: 3, message: "bye"), .bitfield(bits: [0xF0]),
-            .have(index: 5), .cancel(index: 6),
-        ]
-        XCTAssertEqual(Set(messages.map(\.tag)), Set(PeerMessage.Tag.allCases))
-        for message in messages {
-            XCTAssertEqual(try PeerMessage(frame: message.frame()), message)
-        }
-        let oversized = Frame(
-            type: PeerMessage.Tag.bitfield.rawValue,
-            payload: [0, 1, 0, 1] + [UInt8](repeating: 0xFF, count: 65537))
-        XCTAssertThrowsError(try PeerMessage(frame: oversized), "a bitfield longer than any manifest allows")
-        var bad = PeerMessage.hello(version: 1, shareID: Self.shareID, stages: []).frame()
-        bad.payload[0] = UInt8(ascii: "X")
-        XCTAssertThrowsError(try PeerMessage(frame: bad))
-    }
-
     func testRolesMayOnlyEmitTheirOwnMessages() {
         XCTAssertTrue(WorkerRole.hash.mayEmit.contains(.downloadPrepared))
         XCTAssertFalse(WorkerRole.hash.mayEmit.contains(.chunkStored))
@@ -214,13 +167,4 @@ final class IPCCodecTests: XCTestCase {
         }
     }
 
-    func testBitfield() {
-        var bits = ChunkBitfield(count: 10)
-        bits[0] = true
-        bits[9] = true
-        XCTAssertEqual(bits.bytes, [0x80, 0x40])
-        XCTAssertEqual(bits.missing, [1, 2, 3, 4, 5, 6, 7, 8])
-        XCTAssertNil(ChunkBitfield(bytes: [0xFF, 0xFF], count: 10), "spare bits must be zero")
-        XCTAssertNil(ChunkBitfield(bytes: [0xFF], count: 10), "wrong length")
-    }
 }

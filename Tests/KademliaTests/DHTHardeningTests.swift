@@ -1,4 +1,5 @@
 import Kademlia
+import PeerShareCore
 import XCTest
 
 /// What a node does with strangers (issue 9): queriers enter the table only by answering a

@@ -1,4 +1,5 @@
 import Kademlia
+import PeerShareCore
 import XCTest
 
 /// BEP 42's `ip` (answers say where they see the querier) and BEP 43's read-only mode

@@ -1,4 +1,5 @@
 import Kademlia
+import PeerShareCore
 import XCTest
 
 final class BencodeTests: XCTestCase {

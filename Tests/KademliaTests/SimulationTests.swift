@@ -1,4 +1,5 @@
 import Kademlia
+import PeerShareCore
 import XCTest
 
 /// Whole networks of pure DHT nodes on a virtual clock: fast, deterministic, no sockets.

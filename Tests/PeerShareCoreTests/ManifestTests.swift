@@ -1,5 +1,6 @@
 import Foundation
 import PeerShareCore
+import Wire
 import XCTest
 
 final class ManifestTests: XCTestCase {

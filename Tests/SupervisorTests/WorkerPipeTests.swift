@@ -1,6 +1,7 @@
 import Foundation
 import IPC
 import PeerShareCore
+import Wire
 import WorkerRuntime
 import XCTest
 

@@ -1,8 +1,8 @@
-import IPC
 import PeerShareCore
 import Testing
-
 @testable import Traversal
+import Wire
+
 
 @Suite struct STUNTests {
     let transaction: [UInt8] = Array(1...12)

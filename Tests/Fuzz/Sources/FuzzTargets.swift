@@ -5,6 +5,7 @@ import Kademlia
 import PeerShareCore
 import PeerWire
 import Traversal
+import Wire
 
 /// Fuzz targets for every parser that reads bytes from outside (issue 9). Built two ways:
 ///

@@ -1,5 +1,5 @@
-import IPC
-import PeerWire
+import Swarm
+import Wire
 import XCTest
 
 final class ChunkSchedulerTests: XCTestCase {

@@ -1,4 +1,3 @@
-import PeerShareCore
 
 /// One frame on a PeerShare pipe or peer connection:
 ///

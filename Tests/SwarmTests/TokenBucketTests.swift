@@ -1,5 +1,5 @@
 import PeerShareCore
-import PeerWire
+import Swarm
 import XCTest
 
 final class TokenBucketTests: XCTestCase {

@@ -1,4 +1,5 @@
-import IPC
+import PeerShareCore
+import Wire
 
 /// Decides which chunk to ask which peer for. Pure: no sockets, no clocks (time is passed
 /// in); the transfer worker reports events and sends the requests this returns.
@@ -325,19 +326,6 @@ public struct ChunkScheduler: Sendable {
             return .rejectedAndBanned(sender)
         }
         return .rejected
-    }
-}
-
-/// A small, fast, seedable generator, so that random-first picks replay in tests.
-struct SplitMix64: Sendable {
-    private var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }
 
