@@ -6,10 +6,29 @@ cd "$(dirname "$0")/.."
 
 PEERSHARE_SETUP_TESTS=1 bash contrib/setup.sh
 
-echo "== building (debug, with tests)"
-swift build --build-tests
-echo "== building peershare (release, for the 1,000-node DHT swarm)"
-swift build -c release --product peershare
+# Builds with `swift build ARGS`; fails if the compiler warns about our own code: the code
+# is kept warning-free in the Swift 6 language mode (dependencies' warnings are theirs).
+build() {
+  local log status
+  log=$(mktemp)
+  set +e
+  swift build "$@" 2>&1 | tee "$log"
+  status=${PIPESTATUS[0]}
+  set -e
+  if [ "$status" -ne 0 ]; then rm -f "$log"; return "$status"; fi
+  if grep "warning:" "$log" | grep -v "/.build/" | grep -q .; then
+    echo "FAIL: the build printed warnings (PeerShare builds with zero warnings):"
+    grep "warning:" "$log" | grep -v "/.build/" | sort -u
+    rm -f "$log"
+    return 1
+  fi
+  rm -f "$log"
+}
+
+echo "== building (debug, with tests; any warning fails)"
+build --build-tests
+echo "== building peershare (release, for the 1,000-node DHT swarm; any warning fails)"
+build -c release --product peershare
 
 echo "== unit tests"
 swift test --skip-build

@@ -103,6 +103,14 @@ public enum IPCMessage: Equatable, Sendable {
     case dhtState(requestID: UInt32, state: [UInt8], summary: String)
     /// BEP 43: this node cannot be reached (behind a NAT that maps nothing): read-only.
     case dhtReadOnly(readOnly: Bool)
+    /// transfer → supervisor: the listening socket could not be opened. A `share` cannot go
+    /// on; a `get` downloads without serving others.
+    case listenFailed(reason: String)
+    /// supervisor → transfer, first of all (its table row's setup): how many requests to keep
+    /// outstanding per peer at first, how many peers at most, and the configured limits.
+    /// Settings go over the pipe, not the command line: one owner, one encoding.
+    case transferSettings(
+        requestsInFlight: UInt16, maxPeers: UInt16, upload: UInt64, download: UInt64, perPeerUpload: UInt64)
 
     public enum Tag: UInt16, CaseIterable, Sendable {
         case hello = 0x0001, welcome, ping, pong, statusRequest, status, shutdown, failure
@@ -113,7 +121,7 @@ public enum IPCMessage: Equatable, Sendable {
         // 0x0206 is retired (chunkResult, from when chunk data went through the supervisor).
         case peerEvent = 0x0207, fetchFailed, peerCount, addPeers, setLimits,
             configurePipeline, pluginFailed, sessionKeysRequest, sessionKeys, useRelays, relayRegistered,
-            observedAddress
+            observedAddress, listenFailed, transferSettings
         case dhtStart = 0x0300, dhtReady, dhtRequest, dhtTrace, dhtResult, dhtStateRequest, dhtState, dhtReadOnly
         case natProbe = 0x0400, natReport, relayStart, relayListening, mapPorts, portMapped, publicListenPort
     }
@@ -123,7 +131,10 @@ public enum IPCMessage: Equatable, Sendable {
     /// configurePipeline; sessionKeysRequest/sessionKeys for each encryption handshake).
     /// 4: NAT traversal (useRelays, relayRegistered, natProbe, natReport, relayStart,
     /// relayListening, mapPorts, portMapped, publicListenPort).
-    public static let protocolVersion: UInt16 = 4
+    /// 5: listenFailed (a failed listen is its own message, not a `failure` told apart by
+    /// text); transferSettings (the transfer worker's settings come over the pipe, not as
+    /// command-line arguments).
+    public static let protocolVersion: UInt16 = 5
     /// The largest frame on a supervisor pipe: a full manifest plus headers.
     public static let maxFrameLength = Manifest.maxEncodedSize + 64 * 1024
     static let maxText = 64 * 1024
@@ -179,6 +190,8 @@ public enum IPCMessage: Equatable, Sendable {
         case .publicListenPort: return .publicListenPort
         case .dhtStart: return .dhtStart
         case .dhtReadOnly: return .dhtReadOnly
+        case .listenFailed: return .listenFailed
+        case .transferSettings: return .transferSettings
         case .dhtReady: return .dhtReady
         case .dhtRequest: return .dhtRequest
         case .dhtTrace: return .dhtTrace
@@ -372,6 +385,13 @@ public enum IPCMessage: Equatable, Sendable {
             for router in routers { w.string(router) }
             w.blob(state)
         case .dhtReadOnly(let readOnly): w.bool(readOnly)
+        case .listenFailed(let reason): w.string(reason)
+        case .transferSettings(let requestsInFlight, let maxPeers, let upload, let download, let perPeer):
+            w.u16(requestsInFlight)
+            w.u16(maxPeers)
+            w.u64(upload)
+            w.u64(download)
+            w.u64(perPeer)
         case .dhtReady(let port, let nodeID):
             w.u16(port)
             w.raw(nodeID)
@@ -547,6 +567,11 @@ public enum IPCMessage: Equatable, Sendable {
             self = .dhtStart(host: host, port: port, routers: routers, state: try r.blob(limit: maxData, what: "state"))
         case .dhtReady: self = .dhtReady(port: try r.u16(), nodeID: try r.raw(20))
         case .dhtReadOnly: self = .dhtReadOnly(readOnly: try r.bool())
+        case .listenFailed: self = .listenFailed(reason: try r.string())
+        case .transferSettings:
+            self = .transferSettings(
+                requestsInFlight: try r.u16(), maxPeers: try r.u16(), upload: try r.u64(), download: try r.u64(),
+                perPeerUpload: try r.u64())
         case .dhtRequest:
             let id = try r.u32()
             guard let operation = DHTOperation(rawValue: try r.u8()) else {

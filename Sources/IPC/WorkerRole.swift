@@ -36,7 +36,7 @@ public enum WorkerRole: String, CaseIterable, Sendable, Codable {
             ])
         case .transfer:
             return common.union([
-                .serving, .manifestReceived, .chunkStored, .peerEvent, .fetchFailed, .peerCount, .pluginFailed,
+                .serving, .listenFailed, .manifestReceived, .chunkStored, .peerEvent, .fetchFailed, .peerCount, .pluginFailed,
                 .sessionKeysRequest, .relayRegistered, .observedAddress,
             ])
         }

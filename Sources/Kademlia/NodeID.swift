@@ -1,4 +1,5 @@
 import Crypto
+import PeerShareCore
 
 /// A 160-bit Kademlia identifier: node ids and info-hashes live in the same space, and
 /// "distance" is their XOR read as an unsigned integer (BEP 5).
@@ -31,15 +32,8 @@ public struct NodeID: Hashable, Comparable, Sendable, CustomStringConvertible {
         self.bytes = bytes
     }
 
-    /// The DHT key a PeerShare share is announced under: the first 20 bytes of
-    /// SHA-256("peershare-dht-v1" ‖ share id). A hash, so the key reveals nothing the share id
-    /// does not, and domain-separated so it never collides with a BitTorrent info-hash.
-    public static func shareKey(shareID: [UInt8]) -> NodeID {
-        var hasher = SHA256()
-        hasher.update(data: Array("peershare-dht-v1".utf8))
-        hasher.update(data: shareID)
-        return NodeID(unchecked: Array(hasher.finalize().prefix(byteCount)))
-    }
+    /// The DHT key a PeerShare share is announced under (`DHTKey.forShare`).
+    public static func shareKey(shareID: [UInt8]) -> NodeID { NodeID(unchecked: DHTKey.forShare(bytes: shareID)) }
 
     public var hex: String { bytes.map { String($0, radix: 16).leftPadded(to: 2) }.joined() }
     public var description: String { String(hex.prefix(8)) }

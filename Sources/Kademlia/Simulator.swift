@@ -11,8 +11,6 @@ public struct DHTSimulator {
     }
 
     struct Event {
-        var time: Double
-        var sequence: Int
         var packet: [UInt8]
         var from: NodeAddress
         var to: NodeAddress
@@ -21,9 +19,8 @@ public struct DHTSimulator {
     public private(set) var nodes: [Node] = []
     public private(set) var now: Double = 0
     var index: [NodeAddress: Int] = [:]
-    var queue = EventQueue()
+    var queue = TimedQueue<Event>()
     var random: SplitMix64
-    var sequence = 0
     var finished: [Int: [DHTNode.LookupID: DHTNode.LookupResult]] = [:]
     /// Virtual time each lookup finished at (queries to dead nodes may still be timing out).
     public private(set) var finishedAt: [Int: [DHTNode.LookupID: Double]] = [:]
@@ -97,11 +94,8 @@ public struct DHTSimulator {
         for directive in directives {
             switch directive {
             case .send(let packet, let to):
-                sequence += 1
                 queue.push(
-                    Event(
-                        time: now + Double.random(in: latency, using: &random), sequence: sequence, packet: packet,
-                        from: from, to: to))
+                    Event(packet: packet, from: from, to: to), at: now + Double.random(in: latency, using: &random))
             case .lookupFinished(let id, let result):
                 finished[number, default: [:]][id] = result
                 finishedAt[number, default: [:]][id] = now
@@ -116,9 +110,8 @@ public struct DHTSimulator {
     public mutating func runUntilIdle() {
         var nextTick = now + 0.25
         while true {
-            if let event = queue.peek(), event.time <= nextTick {
-                _ = queue.pop()
-                now = event.time
+            if let time = queue.nextTime, time <= nextTick, let (_, event) = queue.pop() {
+                now = time
                 guard let target = index[event.to], nodes[target].alive else { continue }
                 packetsDelivered += 1
                 let directives = nodes[target].dht.receive(event.packet, from: event.from, now: now)
@@ -141,45 +134,4 @@ public struct DHTSimulator {
 extension DHTNode {
     /// True while queries are open or lookups run: the simulator ticks only such nodes.
     public var hasPendingWork: Bool { !transactions.isEmpty || !runs.isEmpty }
-}
-
-/// A binary min-heap of events ordered by (time, sequence).
-struct EventQueue {
-    private var heap: [DHTSimulator.Event] = []
-
-    var isEmpty: Bool { heap.isEmpty }
-    func peek() -> DHTSimulator.Event? { heap.first }
-
-    private func less(_ a: DHTSimulator.Event, _ b: DHTSimulator.Event) -> Bool {
-        a.time < b.time || (a.time == b.time && a.sequence < b.sequence)
-    }
-
-    mutating func push(_ event: DHTSimulator.Event) {
-        heap.append(event)
-        var child = heap.count - 1
-        while child > 0 {
-            let parent = (child - 1) / 2
-            guard less(heap[child], heap[parent]) else { break }
-            heap.swapAt(child, parent)
-            child = parent
-        }
-    }
-
-    mutating func pop() -> DHTSimulator.Event? {
-        guard !heap.isEmpty else { return nil }
-        heap.swapAt(0, heap.count - 1)
-        let top = heap.removeLast()
-        var parent = 0
-        while true {
-            let left = 2 * parent + 1
-            let right = left + 1
-            var smallest = parent
-            if left < heap.count && less(heap[left], heap[smallest]) { smallest = left }
-            if right < heap.count && less(heap[right], heap[smallest]) { smallest = right }
-            if smallest == parent { break }
-            heap.swapAt(parent, smallest)
-            parent = smallest
-        }
-        return top
-    }
 }

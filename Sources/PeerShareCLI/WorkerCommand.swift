@@ -19,11 +19,6 @@ struct WorkerCommand: ParsableCommand {
     var role: String
 
     @Option(name: .long) var logLevel: String = "warning"
-    @Option(name: .long) var requestsInFlight: Int = 16
-    @Option(name: .long) var maxPeers: Int = 64
-    @Option(name: .long) var maxUploadRate: Int = 0
-    @Option(name: .long) var maxDownloadRate: Int = 0
-    @Option(name: .long) var maxPeerUploadRate: Int = 0
     @Option(name: .long) var sandbox: String = SandboxProfile.Kind.none.rawValue
     @Option(name: .customLong("sandbox-read")) var sandboxReadable: [String] = []
     @Option(name: .customLong("sandbox-write")) var sandboxWritable: [String] = []
@@ -55,11 +50,7 @@ struct WorkerCommand: ParsableCommand {
             switch role {
             case .hash: return HashService(logger: logger)
             case .transfer:
-                return TransferService(
-                    logger: logger, pipe: pipe,
-                    requestsInFlight: requestsInFlight, maxPeers: maxPeers,
-                    maxUploadRate: Double(maxUploadRate), maxDownloadRate: Double(maxDownloadRate),
-                    maxPeerUploadRate: Double(maxPeerUploadRate))
+                return TransferService(logger: logger, pipe: pipe)
             case .discovery:
                 return DiscoveryService(logger: logger, pipe: pipe)
             case .nat: return NATService(logger: logger, pipe: pipe)

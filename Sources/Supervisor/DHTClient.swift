@@ -203,19 +203,6 @@ public final class DHTClient: @unchecked Sendable {
     }
 }
 
-/// The DHT key a share is announced under (docs/PROTOCOL.md §5): the first 20 bytes of
-/// SHA-256("peershare-dht-v1" ‖ share id). Same derivation as `Kademlia.NodeID.shareKey`,
-/// which the tests check.
-public enum DHTKey {
-    public static func forShare(_ shareID: ShareID) -> [UInt8] {
-        Array(ChunkHash.of(Array("peershare-dht-v1".utf8) + shareID.bytes).prefix(20))
-    }
-
-    /// Where PeerShare relays announce themselves (their TCP port), and where shares given
-    /// `--relay dht` look for them: SHA-256("peershare-relay-v1")[0..20].
-    public static let relays = Array(ChunkHash.of(Array("peershare-relay-v1".utf8)).prefix(20))
-}
-
 enum FetchLimits {
     /// A `fetch` message carries at most this many peers.
     static let maxFetchPeers = 256

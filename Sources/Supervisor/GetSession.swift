@@ -6,10 +6,11 @@ import PeerShareCore
 import Traversal
 import Wire
 
-/// `peershare get LINK`: fetch the manifest through the transfer worker, have the hash worker
-/// prepare the download, then relay every received chunk to the hash worker for verification
-/// and pass its verdict back. Finishes when the hash worker has moved the share into place
-/// (or, with `seedAfter`, keeps serving it until stopped).
+/// `peershare get LINK`: the supervisor's side of a download. The transfer worker fetches
+/// the manifest; the hash worker prepares the staging file; then chunks go from the transfer
+/// worker to the hash worker over their own data channel, and this session hears only the
+/// verdicts (`chunkStored`) — it never touches chunk data. Finishes when the hash worker has
+/// moved the share into place (or, with `seedAfter`, keeps serving it until stopped).
 ///
 /// While downloading it also serves the chunks verified so far (`listen`), announces itself
 /// in the DHT once it holds any, and looks up the DHT again now and then for new peers.
@@ -304,10 +305,13 @@ public final class GetSession: SupervisorDelegate, @unchecked Sendable {
                 return
             }
             stop(exitCode: ExitCodes.ok)
-        case .failure(_, _, let text) where role == .transfer && servingPort == nil && text.hasPrefix("cannot listen"):
+        case .listenFailed(let text) where servingPort == nil:
             // Serving others is a courtesy: the download goes on without it.
             output.status("not serving chunks to other peers: \(text)")
             supervisor.forgetSetup(key: "serve", for: .transfer)
+        case .listenFailed(let text):
+            output.error(text)
+            stop(exitCode: ExitCodes.unavailable)
         case .failure(_, let code, let text):
             output.error(text)
             stop(exitCode: Int32(code))

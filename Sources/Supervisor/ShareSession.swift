@@ -7,8 +7,9 @@ import Traversal
 
 /// `peershare share PATH`: hash the share, print its link, serve it until stopped.
 ///
-/// The session is the supervisor's routing policy for one share: it relays the transfer
-/// worker's chunk reads to the hash worker and the data back. Loop-confined.
+/// The session is the supervisor's policy for one share: what each worker is told, and when
+/// the link is printed. Chunk reads go from the transfer worker to the hash worker over their
+/// data channel, never through here. Loop-confined.
 public final class ShareSession: SupervisorDelegate, @unchecked Sendable {
     let supervisor: Supervisor
     let path: String
@@ -175,6 +176,10 @@ public final class ShareSession: SupervisorDelegate, @unchecked Sendable {
             } else {
                 logger.error("\(role): \(text)")
             }
+        case .listenFailed(let text):
+            // A share that cannot listen has nothing to offer.
+            output.error(text)
+            stop(exitCode: ExitCodes.unavailable)
         case .peerEvent(let text):
             logger.info("\(text)")
         case .observedAddress(let source, let address):

@@ -394,21 +394,18 @@ public final class Supervisor: @unchecked Sendable {
     }
 
     private func becameReady(_ worker: Worker) {
-        let restarted = worker.restarts > 0
-        if restarted {
-            for (_, message) in worker.setup { write(message, to: worker) }
-            for id in worker.inFlight.keys.sorted() {
-                if let message = worker.inFlight[id] { write(message, to: worker) }
-            }
+        // A first start and a restart alike get the setup so far and every request still
+        // unanswered: the worker's whole state is what we told it.
+        for message in worker.spec.setup { write(message, to: worker) }
+        for (_, message) in worker.setup { write(message, to: worker) }
+        for id in worker.inFlight.keys.sorted() {
+            if let message = worker.inFlight[id] { write(message, to: worker) }
+        }
+        if worker.restarts > 0 {
             logger.info(
                 "\(worker.spec.role) worker restarted (pid \(worker.pid)); re-sent \(worker.setup.count) setup and \(worker.inFlight.count) in-flight requests"
             )
             delegate?.supervisor(self, restarted: worker.spec.role)
-        } else {
-            for (_, message) in worker.setup { write(message, to: worker) }
-            for id in worker.inFlight.keys.sorted() {
-                if let message = worker.inFlight[id] { write(message, to: worker) }
-            }
         }
         if let startPromise, workers.values.allSatisfy(\.ready) {
             self.startPromise = nil

@@ -15,8 +15,12 @@ public struct WorkerSpec: Sendable {
     public var heartbeatTimeoutMs: Int
     /// Largest frame accepted from this worker.
     public var maxFrameLength: Int
-    /// How the worker confines itself (Landlock + seccomp), passed on its command line.
+    /// How the worker confines itself (Landlock + seccomp), passed on its command line: it
+    /// must hold before the worker has read a byte from anyone.
     public var sandbox: SandboxProfile
+    /// What the worker is told first on every start (before the session's own setup and the
+    /// requests a restart replays): its settings. Nothing else configures a worker.
+    public var setup: [IPCMessage] = []
     /// Messages this worker may send; anything else is a protocol violation.
     public var mayEmit: Set<IPCMessage.Tag> { role.mayEmit }
 }
@@ -24,11 +28,11 @@ public struct WorkerSpec: Sendable {
 public enum WorkerTable {
     /// The four workers of the user's design, configured from pipeline.json.
     ///
-    ///     role       command                restart             frame limit  sandbox
-    ///     discovery  peershare worker discovery  backoff, give up  16 MiB  network-only
-    ///     nat        peershare worker nat        backoff, give up  16 MiB  network-only
-    ///     transfer   peershare worker transfer   backoff, give up  16 MiB  network-only
-    ///     hash       peershare worker hash       backoff, give up  16 MiB  files-only
+    ///     role       command                     restart           frame limit  sandbox       setup
+    ///     discovery  peershare worker discovery  backoff, give up  16 MiB       network-only  -
+    ///     nat        peershare worker nat        backoff, give up  16 MiB       network-only  -
+    ///     transfer   peershare worker transfer   backoff, give up  16 MiB       network-only  transferSettings
+    ///     hash       peershare worker hash       backoff, give up  16 MiB       files-only    -
     ///
     /// `readable`/`writable`: the only paths the hash worker may touch (the shared path, or
     /// the download's target folder). Every other worker may open no file at all.
@@ -50,12 +54,14 @@ public enum WorkerTable {
         }
         let network = SandboxProfile(kind: .networkOnly)
         var transfer = row(.transfer, sandbox: network)
-        transfer.arguments += [
-            "--requests-in-flight", String(config.limits.requestsInFlight), "--max-peers",
-            String(config.limits.maxPeers),
-            "--max-upload-rate", String(Int(config.limits.maxUploadRate)),
-            "--max-download-rate", String(Int(config.limits.maxDownloadRate)),
-            "--max-peer-upload-rate", String(Int(config.limits.maxPeerUploadRate)),
+        let limits = config.limits
+        // Validated when the configuration was read; clamped again so no value can trap here.
+        func rate(_ value: Double) -> UInt64 { value.isFinite ? UInt64(min(max(0, value), ByteRate.maxRate)) : 0 }
+        transfer.setup = [
+            .transferSettings(
+                requestsInFlight: UInt16(clamping: limits.requestsInFlight), maxPeers: UInt16(clamping: limits.maxPeers),
+                upload: rate(limits.maxUploadRate), download: rate(limits.maxDownloadRate),
+                perPeerUpload: rate(limits.maxPeerUploadRate))
         ]
         return [
             row(.discovery, sandbox: network),

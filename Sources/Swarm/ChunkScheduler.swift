@@ -20,6 +20,7 @@ import Wire
 /// to 4 MiB beyond that), a few microseconds per request.
 public struct ChunkScheduler: Sendable {
     public typealias PeerID = Int
+    public typealias Strategy = PickStrategy
 
     public enum ChunkState: Equatable, Sendable {
         case missing
@@ -60,9 +61,14 @@ public struct ChunkScheduler: Sendable {
     /// Where this downloader's sweep over equally rare chunks starts (0 without random picks).
     private let sweepStart: Int
 
+    /// How the next chunk is chosen among those a peer has.
+    public let strategy: PickStrategy
+
     public init(
-        chunkCount: Int, verified: ChunkBitfield?, maxInFlightPerPeer: Int, randomFirst: Int = 4, seed: UInt64 = 1
+        chunkCount: Int, verified: ChunkBitfield?, maxInFlightPerPeer: Int, randomFirst: Int = 4, seed: UInt64 = 1,
+        strategy: PickStrategy = .rarestFirst
     ) {
+        self.strategy = strategy
         states = (0..<chunkCount).map { verified?[$0] == true ? .verified : .missing }
         availability = [UInt16](repeating: 0, count: chunkCount)
         defaultDepth = max(1, maxInFlightPerPeer)
@@ -190,8 +196,14 @@ public struct ChunkScheduler: Sendable {
     /// The best missing chunk this peer has, or nil.
     private mutating func pick(for bits: ChunkBitfield) -> Int? {
         while firstMissingHint < states.count && states[firstMissingHint] != .missing { firstMissingHint += 1 }
+        if strategy == .sequential {
+            for index in firstMissingHint..<states.count where states[index] == .missing && bits[index] {
+                return index
+            }
+            return nil
+        }
         if !randomPhaseOver && states.count - missingCount() >= randomFirst { randomPhaseOver = true }
-        if !randomPhaseOver {
+        if !randomPhaseOver || strategy == .random {
             // Reservoir sampling: one pass, each candidate equally likely.
             var chosen: Int?
             var seen: UInt64 = 0
@@ -327,6 +339,18 @@ public struct ChunkScheduler: Sendable {
         }
         return .rejected
     }
+}
+
+/// How a downloader picks the next chunk to ask a peer for (compared by `peershare swarm
+/// simulate --strategy`; docs/SWARM.md).
+public enum PickStrategy: String, Sendable, CaseIterable {
+    /// A few chunks at random, then the chunk the fewest connected peers have (BitTorrent's
+    /// choice, and ours).
+    case rarestFirst = "rarest-first"
+    /// Any chunk the peer has, uniformly at random.
+    case random
+    /// The lowest-numbered chunk the peer has (what a streaming player would want).
+    case sequential
 }
 
 /// Measures one peer's delivery rate and sizes its request pipeline to match: enough

@@ -63,8 +63,8 @@ enum PunchDialer {
 /// carries the peer protocol; if none has within `PunchPlan.window`, the relay bridges.
 /// Loop-confined.
 final class Rendezvous: @unchecked Sendable {
-    unowned let session: FetchSession
-    let connection: FetchSession.PeerConnection
+    unowned let session: DownloadShell
+    let connection: DownloadShell.PeerConnection
     let relay: PeerAddress
     let key: [UInt8]
     private var control: Channel?
@@ -75,7 +75,7 @@ final class Rendezvous: @unchecked Sendable {
     private var windowOver = false
     private var introducedAt = 0.0
 
-    init(session: FetchSession, connection: FetchSession.PeerConnection, relay: PeerAddress, key: [UInt8]) {
+    init(session: DownloadShell, connection: DownloadShell.PeerConnection, relay: PeerAddress, key: [UInt8]) {
         self.session = session
         self.connection = connection
         self.relay = relay
@@ -137,7 +137,7 @@ final class Rendezvous: @unchecked Sendable {
             settled = true
             connection.path = "relayed via \(relay)"
             do {
-                try session.addFetchHandlers(to: context.channel, for: connection)
+                try session.addDownloadHandlers(to: context.channel, for: connection)
             } catch {
                 return .close
             }
@@ -211,9 +211,9 @@ final class Rendezvous: @unchecked Sendable {
         connection.path = "\(path) (\(milliseconds) ms after the introduction)"
         do {
             if reversed {
-                try channel.pipeline.syncOperations.addHandler(FetchHandler(session: session, peerID: connection.id))
+                try channel.pipeline.syncOperations.addHandler(DownloadHandler(session: session, peerID: connection.id))
             } else {
-                try session.addFetchHandlers(to: channel, for: connection)
+                try session.addDownloadHandlers(to: channel, for: connection)
             }
         } catch {
             channel.close(promise: nil)

@@ -44,6 +44,8 @@ final class IPCCodecTests: XCTestCase {
             signature: [UInt8](repeating: 4, count: 64)),
         .pluginFailed(name: "pad", reason: "did not answer within 2 s"),
         .serving(port: 4000),
+        .listenFailed(reason: "cannot listen on 0.0.0.0:80: permission denied"),
+        .transferSettings(requestsInFlight: 16, maxPeers: 64, upload: 0, download: 1_000_000, perPeerUpload: 5),
         .fetch(shareID: shareID, peers: ["127.0.0.1:1", "[::1]:2"]),
         .manifestReceived(manifest: [5, 6]),
         .startChunks(verified: [0]),

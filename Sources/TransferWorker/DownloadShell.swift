@@ -1,0 +1,358 @@
+import IPC
+import Logging
+import NIOCore
+import NIOPosix
+import PeerShareCore
+import PeerWire
+import Swarm
+import Traversal
+import Wire
+import WorkerRuntime
+
+/// The transfer worker's shell around one `Download` (Swarm): it makes the connections the
+/// download asks for — direct, or through a relay's rendezvous (`Rendezvous`) — speaks the
+/// hello and the pipeline's handshake on each, and passes everything above that to the
+/// Instance, carrying out the directives it returns. No swarm decision is made here.
+/// Loop-confined, like everything in the transfer worker (hence `@unchecked Sendable`: NIO's
+/// callbacks for its connections run on that same loop).
+final class DownloadShell: @unchecked Sendable {
+    /// One connection to a peer, below the swarm: its channel, codec and handshake state.
+    /// Loop-confined with its shell.
+    final class PeerConnection: @unchecked Sendable {
+        let id: Int
+        /// HOST:PORT, or the relay's HOST:PORT for a connection through a relay.
+        let address: String
+        /// What our hello named the share by (a fresh tag per connection when encrypted).
+        var helloID: [UInt8] = []
+        var channel: Channel?
+        /// The peer accepted our hello (its handshake may still be running).
+        var accepted = false
+        /// The share's chunk count, as the peer's hello reply says.
+        var chunkCount = 0
+        let codec: WireCodec
+        /// How the connection reached the peer ("direct", "relayed via HOST:PORT"), and when
+        /// the attempt began: both are said once the peer accepts.
+        var path = "direct"
+        let startedAt: Double
+        /// Why we closed it, for the Instance when the channel is gone.
+        var closeReason: String?
+        init(id: Int, address: String, now: Double, pipeline: PipelineSetup) {
+            self.id = id
+            self.address = address
+            self.startedAt = now
+            self.codec = WireCodec(setup: pipeline, role: .client)
+        }
+    }
+
+    let service: TransferService
+    let shareID: [UInt8]
+    private(set) var download: Download
+    var logger: Logger { service.logger }
+    private var connections: [Int: PeerConnection] = [:]
+    /// The piece being handed to the Instance: its bytes go to the hash worker if the
+    /// Instance says `verify`.
+    private var arrivingPiece: [UInt8] = []
+
+    init(service: TransferService, shareID: [UInt8], peers: [String]) {
+        self.service = service
+        self.shareID = shareID
+        var config = Download.Config()
+        config.maxPeers = service.maxPeers
+        config.initialDepth = service.requestsInFlight
+        config.downloadRate = service.downloadRate
+        // Two downloaders of one seeder should not pick the same random chunks.
+        config.seed =
+            UInt64(truncatingIfNeeded: shareID.prefix(8).reduce(0) { $0 << 8 | Int($1) }) ^ UInt64(getpid())
+        download = Download(shareID: shareID, peers: peers, config: config)
+    }
+
+    var statusLine: String {
+        "fetching: \(connections.count) peers, \(download.verifiedCount)/\(download.chunkCount) chunks verified"
+    }
+
+    func isVerified(_ index: Int) -> Bool { download.isVerified(index) }
+
+    // MARK: Events from the supervisor, passed to the Instance
+
+    func start() { apply(download.start(relays: service.relayRoutes, now: service.now)) }
+    func add(peers: [String]) { apply(download.peersFound(peers, now: service.now)) }
+    func setDownloadRate(_ rate: Double) { apply(download.setDownloadRate(rate, now: service.now)) }
+    /// Relays arrived after the start (the supervisor resolved them late).
+    func relaysKnown() { apply(download.relaysKnown(service.relayRoutes, now: service.now)) }
+    func start(verified: [UInt8]) { apply(download.chunksOnDisk(verified, now: service.now)) }
+    func verdict(index: Int, accepted: Bool) {
+        apply(download.verdict(index: index, accepted: accepted, now: service.now))
+    }
+
+    // MARK: Directives
+
+    private func apply(_ directives: [Download.Directive]) {
+        var written: [Int: Channel] = [:]
+        for directive in directives {
+            switch directive {
+            case .connect(let id, let address, let viaRelay):
+                open(id, address: address, viaRelay: viaRelay)
+            case .send(let message, let id):
+                guard let connection = connections[id], let channel = connection.channel else { continue }
+                do {
+                    channel.write(try connection.codec.frame(message), promise: nil)
+                    written[id] = channel
+                } catch {
+                    service.reportPluginFailure(connection.codec)
+                    drop(connection, reason: "\(error)")
+                }
+            case .close(let id, let reason):
+                if let connection = connections[id] { drop(connection, reason: reason) }
+            case .verify(let index, let id):
+                let address = connections[id]?.address ?? "?"
+                service.store(index: UInt32(index), data: arrivingPiece, from: address)
+            case .manifestVerified(let bytes, let chunkSize):
+                for connection in connections.values { connection.codec.decodeLimit = chunkSize + 64 }
+                service.tell(.manifestReceived(manifest: bytes))
+            case .peerCount(let count):
+                service.tell(.peerCount(count: UInt16(clamping: count)))
+            case .announceHave(let index):
+                service.announceHave(index)
+            case .event(let text):
+                service.tell(.peerEvent(text: text))
+            case .log(.info, let text):
+                logger.info("\(text)")
+            case .log(.warning, let text):
+                logger.warning("\(text)")
+            case .wake(let at):
+                let delay = max(0, at - service.now)
+                service.loop.scheduleTask(in: .microseconds(Int64(delay * 1e6))) { [self] in
+                    apply(download.tick(now: service.now))
+                }
+            case .finished:
+                for connection in connections.values { connection.channel?.close(promise: nil) }
+            case .failed(let code, let reason):
+                service.tell(.fetchFailed(code: code, reason: reason))
+                for connection in connections.values { connection.channel?.close(promise: nil) }
+            }
+        }
+        for channel in written.values { channel.flush() }
+    }
+
+    private func open(_ id: Int, address: PeerAddress, viaRelay: Bool) {
+        let connection = PeerConnection(
+            id: id, address: viaRelay ? Download.relayPrefix + "\(address)" : "\(address)", now: service.now,
+            pipeline: service.pipeline)
+        if download.chunkSize > 0 { connection.codec.decodeLimit = download.chunkSize + 64 }
+        connections[id] = connection
+        if viaRelay {
+            // A rendezvous through the relay: punched, reversed, or bridged by the relay when
+            // neither works.
+            guard let key = service.relayKey else {
+                return connectionClosed(peerID: id, reason: "no share key to name the share at relays")
+            }
+            connection.path = "via relay \(address)"
+            let rendezvous = Rendezvous(session: self, connection: connection, relay: address, key: key)
+            rendezvousByPeer[id] = rendezvous
+            rendezvous.start()
+            return
+        }
+        ClientBootstrap(group: service.group)
+            .channelOption(ChannelOptions.recvAllocator, value: ChunkTrafficReads.allocator)
+            .connectTimeout(.seconds(5))
+            .channelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
+            .channelInitializer { [self] channel in
+                channel.eventLoop.makeCompletedFuture { try addDownloadHandlers(to: channel, for: connection) }
+            }
+            .connect(host: address.host, port: address.port)
+            .whenComplete { [self] result in
+                switch result {
+                case .success(let channel): attached(connection, channel: channel)
+                case .failure(let error):
+                    logger.info("cannot reach \(address): \(error)")
+                    connectionClosed(peerID: id, reason: "\(error)")
+                }
+            }
+    }
+
+    /// The downloader's side of the peer protocol on a connection, however it was made.
+    func addDownloadHandlers(to channel: Channel, for connection: PeerConnection) throws {
+        try channel.pipeline.syncOperations.addHandlers([
+            IdleStateHandler(readTimeout: .seconds(30)),
+            FrameChannelDecoder.handler(maxFrameLength: PeerMessage.maxFrameLength),
+            MessageToByteHandler(FrameChannelEncoder()),
+            DownloadHandler(session: self, peerID: connection.id),
+        ])
+    }
+
+    /// A connection to the peer is ready (direct, punched, reversed or relayed): say hello.
+    func attached(_ connection: PeerConnection, channel: Channel) {
+        guard connections[connection.id] === connection else {
+            channel.close(promise: nil)
+            return
+        }
+        connection.channel = channel
+        connection.helloID = service.pipeline.helloID(for: shareID)
+        // Through a relay the far end is the relay: nothing to tell the seeder then.
+        let relayed = connection.path.hasPrefix("relayed")
+        send(
+            .hello(
+                version: PeerMessage.version, shareID: connection.helloID, stages: service.pipeline.descriptors,
+                observed: relayed ? nil : channel.remoteAddress?.wireAddress),
+            to: connection)
+    }
+
+    /// Rendezvous through relays, by peer id, and those introduced, by circuit (a seeder's
+    /// reverse connection names its circuit).
+    private var rendezvousByPeer: [Int: Rendezvous] = [:]
+    private var rendezvousByCircuit: [[UInt8]: Rendezvous] = [:]
+
+    func rendezvousIntroduced(_ rendezvous: Rendezvous) {
+        if let circuit = rendezvous.circuit { rendezvousByCircuit[circuit] = rendezvous }
+    }
+
+    func rendezvousFailed(_ connection: PeerConnection, reason: String) {
+        guard connections[connection.id] === connection, connection.channel == nil else { return }
+        logger.info("\(connection.address): \(reason)")
+        connectionClosed(peerID: connection.id, reason: reason)
+    }
+
+    /// A seeder dialled our listener for a circuit we asked a relay for (a reverse
+    /// connection); the channel carries the downloader's handlers from now on.
+    func reverseArrived(circuit: [UInt8], channel: Channel) -> Bool {
+        guard let rendezvous = rendezvousByCircuit[circuit], connections[rendezvous.connection.id] != nil else {
+            return false
+        }
+        rendezvous.adopt(channel, path: "reversed", reversed: true)
+        return true
+    }
+
+    private func send(_ message: PeerMessage, to connection: PeerConnection) {
+        do {
+            connection.channel?.writeAndFlush(try connection.codec.frame(message), promise: nil)
+        } catch {
+            service.reportPluginFailure(connection.codec)
+            drop(connection, reason: "\(error)")
+        }
+    }
+
+    private func drop(_ connection: PeerConnection, reason: String) {
+        logger.warning("peer \(connection.address): \(reason); disconnecting")
+        connection.closeReason = reason
+        service.tell(.peerEvent(text: "peer \(connection.address): \(reason)"))
+        connection.channel?.close(promise: nil)
+    }
+
+    // MARK: Events from connections
+
+    /// A frame from a peer: the hello reply and the pipeline's handshake are handled here;
+    /// everything else goes to the Instance.
+    func received(_ frame: Frame, from peerID: Int) {
+        guard let connection = connections[peerID], !download.finished else { return }
+        let message: PeerMessage
+        do {
+            message = try connection.codec.message(from: frame)
+        } catch {
+            service.reportPluginFailure(connection.codec)
+            return drop(connection, reason: "\(error)")
+        }
+        if connection.codec.awaitingHandshake, message.tag != .stageHandshake, message.tag != .error {
+            return drop(connection, reason: "sent \(message.tag) before the encryption handshake finished")
+        }
+        switch message {
+        case .helloAccepted(let version, let chunkCount, let stages, let observed):
+            if let observed, !connection.path.hasPrefix("relayed") {
+                service.tell(.observedAddress(source: connection.address, address: observed.description))
+            }
+            guard version == PeerMessage.version, !connection.accepted else {
+                return drop(connection, reason: "unexpected handshake reply")
+            }
+            let ours = service.pipeline.descriptors
+            let context = connection.helloID + StageDescriptor.encoded(ours) + StageDescriptor.encoded(stages)
+            do {
+                for message in try connection.codec.agree(remote: stages, context: context) {
+                    send(.stageHandshake(stage: message.stage, data: message.data), to: connection)
+                }
+            } catch {
+                return drop(connection, reason: "\(error)")
+            }
+            connection.accepted = true
+            connection.chunkCount = Int(chunkCount)
+            if !connection.codec.awaitingHandshake { established(connection) }
+        case .stageHandshake(let stage, let data):
+            guard connection.accepted, connection.codec.awaitingHandshake else {
+                return drop(connection, reason: "sent a handshake message out of turn")
+            }
+            do {
+                for reply in try connection.codec.handshake(stage: stage, data) {
+                    send(.stageHandshake(stage: reply.stage, data: reply.data), to: connection)
+                }
+            } catch {
+                service.reportPluginFailure(connection.codec)
+                return drop(connection, reason: "\(error)")
+            }
+            if !connection.codec.awaitingHandshake {
+                logger.info(
+                    "peer \(connection.address): encrypted; its peer id is \(connection.codec.remotePeerID ?? "?")")
+                established(connection)
+            }
+        case .piece(_, let data):
+            arrivingPiece = data
+            apply(download.received(message, from: peerID, now: service.now))
+            arrivingPiece = []
+        default:
+            apply(download.received(message, from: peerID, now: service.now))
+        }
+    }
+
+    /// Past the hello and any stage handshake: the swarm may use the peer.
+    private func established(_ connection: PeerConnection) {
+        let milliseconds = Int((service.now - connection.startedAt) * 1000)
+        logger.info("connected to \(connection.address), \(connection.path), in \(milliseconds) ms")
+        service.tell(
+            .peerEvent(text: "peer \(connection.address): connected, \(connection.path), in \(milliseconds) ms"))
+        apply(download.established(connection.id, chunkCount: connection.chunkCount, now: service.now))
+    }
+
+    /// A framing or socket error on a connection: say which peer and why, then drop it.
+    func connectionError(peerID: Int, _ error: Error) {
+        guard let connection = connections[peerID] else { return }
+        drop(connection, reason: "\(error)")
+    }
+
+    func connectionClosed(peerID: Int, reason: String? = nil) {
+        guard let connection = connections.removeValue(forKey: peerID) else { return }
+        if let rendezvous = rendezvousByPeer.removeValue(forKey: peerID), let circuit = rendezvous.circuit {
+            rendezvousByCircuit[circuit] = nil
+        }
+        connection.codec.close()
+        apply(download.closed(peerID, reason: reason ?? connection.closeReason, now: service.now))
+    }
+}
+
+/// The downloader's end of one peer connection.
+final class DownloadHandler: ChannelInboundHandler {
+    typealias InboundIn = Frame
+    let session: DownloadShell
+    let peerID: Int
+
+    init(session: DownloadShell, peerID: Int) {
+        self.session = session
+        self.peerID = peerID
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        session.received(unwrapInboundIn(data), from: peerID)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        session.connectionClosed(peerID: peerID)
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        session.connectionError(peerID: peerID, error)
+        context.close(promise: nil)
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if event is IdleStateHandler.IdleStateEvent {
+            session.logger.warning("peer sent nothing for 30 s; disconnecting")
+            context.close(promise: nil)
+        }
+    }
+}
