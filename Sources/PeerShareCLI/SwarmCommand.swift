@@ -94,7 +94,7 @@ struct SwarmSimulate: ParsableCommand {
                 peers, seeders, megabytes, chunks, ByteRate.describe(first.uploadRate),
                 ByteRate.describe(first.seederUploadRate ?? first.uploadRate), latency, neighbours, churn, liars, seed))
         Terminal.line(
-            "strategy      finished   median     p95    last  bound  seeder sent  from seeders  busiest peer  endgame waste  corrupt  bans  cpu")
+            "strategy         finished   median     p95    last  bound  seeder sent  from seeders  busiest peer  endgame waste  corrupt  bans  cpu")
         for pick in try strategies() {
             let started = ProcessInfo.processInfo.systemUptime
             var simulator = SwarmSimulator(config: try settings(pick))
@@ -104,7 +104,7 @@ struct SwarmSimulate: ParsableCommand {
             Terminal.line(
                 String(
                     format: "%@ %4d/%-4d %@ %@ %@ %4.0f s %8.2f copies %10.1f %% %11.1f %% %12.2f %% %6.1f MiB %5d %4.1f s",
-                    pick.rawValue.padding(toLength: 12, withPad: " ", startingAt: 0), report.completionTimes.count, report.honestDownloaders,
+                    pick.rawValue.padding(toLength: 15, withPad: " ", startingAt: 0), report.completionTimes.count, report.honestDownloaders,
                     seconds(report.percentile(0.5)), seconds(report.percentile(0.95)),
                     seconds(report.completionTimes.last), report.lowerBound, report.seederCopies,
                     report.fromSeeders * 100, report.busiestDownloaderShare * 100, report.endgameWaste * 100,

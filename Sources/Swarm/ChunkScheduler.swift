@@ -10,11 +10,12 @@ import Wire
 ///
 /// Selection, as in BitTorrent: the first few chunks are picked at random (so that a new
 /// downloader soon holds something others lack and can serve it), then rarest first among
-/// the chunks this peer has (so rare chunks spread before their holders leave); equally rare
-/// chunks go in index order from a starting point each downloader picks at random, which keeps
-/// disk writes mostly sequential while two downloaders of one seeder fetch different chunks
-/// (and can then trade them). When no missing chunk is left for a peer, it is also asked for
-/// chunks already out with others (endgame).
+/// the chunks this peer has (so rare chunks spread before their holders leave); among equally
+/// rare chunks one is taken at random, as libtorrent does. (Taking them in index order from a
+/// random start, `PickStrategy.rarestInOrder`, keeps disk writes sequential but makes
+/// neighbours fetch the same runs of chunks from the same holders: `peershare swarm simulate`
+/// measures the cost, docs/SWARM.md.) When no missing chunk is left for a peer, it is also
+/// asked for chunks already out with others (endgame).
 ///
 /// Each pick scans the chunk list once: ~2,048 chunks for shares up to 8 GiB (chunks grow
 /// to 4 MiB beyond that), a few microseconds per request.
@@ -105,9 +106,8 @@ public struct ChunkScheduler: Sendable {
 
     /// The peer announced one more chunk (`have`).
     public mutating func peerHas(_ peer: PeerID, index: Int) {
-        guard states.indices.contains(index), var bits = has[peer], !bits[index] else { return }
-        bits[index] = true
-        has[peer] = bits
+        guard states.indices.contains(index), has[peer]?[index] == false else { return }
+        has[peer]?[index] = true  // in place: a copy of the bitfield per `have` adds up
         availability[index] &+= 1
     }
 
@@ -216,6 +216,23 @@ public struct ChunkScheduler: Sendable {
         var best: Int?
         var bestAvailability = UInt16.max
         let count = states.count
+        if strategy == .rarestFirst {
+            // One pass: the lowest availability so far, and a reservoir sample among the
+            // chunks that share it.
+            var ties: UInt64 = 0
+            for index in firstMissingHint..<count where states[index] == .missing && bits[index] {
+                let rarity = availability[index]
+                if rarity < bestAvailability {
+                    bestAvailability = rarity
+                    best = index
+                    ties = 1
+                } else if rarity == bestAvailability {
+                    ties += 1
+                    if rng.next() % ties == 0 { best = index }
+                }
+            }
+            return best
+        }
         for step in 0..<count {
             var index = sweepStart + step
             if index >= count { index -= count }
@@ -344,9 +361,11 @@ public struct ChunkScheduler: Sendable {
 /// How a downloader picks the next chunk to ask a peer for (compared by `peershare swarm
 /// simulate --strategy`; docs/SWARM.md).
 public enum PickStrategy: String, Sendable, CaseIterable {
-    /// A few chunks at random, then the chunk the fewest connected peers have (BitTorrent's
-    /// choice, and ours).
+    /// A few chunks at random, then the chunk the fewest connected peers have, ties broken at
+    /// random (BitTorrent's choice, and ours).
     case rarestFirst = "rarest-first"
+    /// The same, with ties taken in index order from a random start (sequential disk writes).
+    case rarestInOrder = "rarest-in-order"
     /// Any chunk the peer has, uniformly at random.
     case random
     /// The lowest-numbered chunk the peer has (what a streaming player would want).

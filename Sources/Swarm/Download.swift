@@ -73,7 +73,8 @@ public struct Download: Sendable {
         var established = false
         /// From the peer's hello reply: its bitfield and `have`s are checked against it.
         var chunkCount = 0
-        /// What the peer has; nil until its bitfield.
+        /// What the peer has, from its bitfield and `have`s until it joins the scheduler
+        /// (which then keeps it); nil until its bitfield.
         var has: ChunkBitfield?
         /// Registered with the scheduler (which needs the manifest and the bitfield).
         var joined = false
@@ -199,35 +200,38 @@ public struct Download: Sendable {
     /// A message from an established peer (hello and handshake messages are the shell's).
     public mutating func received(_ message: PeerMessage, from id: PeerID, now: Double) -> [Directive] {
         var out: [Directive] = []
-        guard !finished, var peer = peers[id] else { return out }
+        // Scalars only: a copy of the peer would share its bitfield, and the `have` below
+        // would then copy the whole bitfield to change one bit.
+        guard !finished, let established = peers[id]?.established, let address = peers[id]?.address,
+            let chunkCount = peers[id]?.chunkCount
+        else { return out }
         // A peer may refuse us (an error) before the handshake; nothing else.
-        guard peer.established || message.tag == .error else {
+        guard established || message.tag == .error else {
             close(id, "sent \(message.tag) before its handshake finished", &out)
             return out
         }
         switch message {
         case .bitfield(let bits):
-            guard peer.has == nil else { return closing(id, "sent a bitfield out of turn", &out) }
-            guard let has = ChunkBitfield(bytes: bits, count: peer.chunkCount) else {
-                return closing(id, "sent a bitfield of \(bits.count) bytes for \(peer.chunkCount) chunks", &out)
+            guard peers[id]?.has == nil else { return closing(id, "sent a bitfield out of turn", &out) }
+            guard let has = ChunkBitfield(bytes: bits, count: chunkCount) else {
+                return closing(id, "sent a bitfield of \(bits.count) bytes for \(chunkCount) chunks", &out)
             }
-            peer.has = has
-            peers[id] = peer
+            peers[id]?.has = has
             // Only a peer whose first message after the whole handshake decoded earns fresh
             // retries: one whose handshake fails every time (a wrong key, an altered
             // handshake) runs out of attempts instead of being retried forever.
-            attempts[peer.address] = 0
+            attempts[address] = 0
             join(id, now: now, &out)
         case .have(let index):
-            guard var has = peer.has, Int(index) < peer.chunkCount else {
-                return closing(id, "sent have for chunk \(index) of \(peer.chunkCount)", &out)
+            guard peers[id]?.has != nil, Int(index) < chunkCount else {
+                return closing(id, "sent have for chunk \(index) of \(chunkCount)", &out)
             }
-            has[Int(index)] = true
-            peers[id]?.has = has
-            if peer.joined {
+            if peers[id]?.joined == true {
                 scheduler?.peerHas(id, index: Int(index))
                 stuckSince = nil
                 if scheduler?.haveMayHelp(Int(index)) == true { requestMore(from: id, now: now, &out) }
+            } else {
+                peers[id]?.has?[Int(index)] = true
             }
         case .manifest(let bytes):
             receivedManifest(bytes, from: id, now: now, &out)
@@ -248,20 +252,20 @@ public struct Download: Sendable {
             }
             requestMore(from: id, now: now, &out)
         case .reject(let index, let reason):
-            guard Int(index) < peer.chunkCount else {
-                return closing(id, "rejected chunk \(index) of \(peer.chunkCount)", &out)
+            guard Int(index) < chunkCount else {
+                return closing(id, "rejected chunk \(index) of \(chunkCount)", &out)
             }
             scheduler?.pieceRefused(index: Int(index), by: id)
-            peer.refusals += 1
-            peers[id] = peer
-            out.append(.log(.warning, "peer \(peer.address) refused chunk \(index): \(reason)"))
-            if peer.refusals >= 3 {
-                close(id, "refused \(peer.refusals) chunks it claimed to have", &out)
+            let refusals = (peers[id]?.refusals ?? 0) + 1
+            peers[id]?.refusals = refusals
+            out.append(.log(.warning, "peer \(address) refused chunk \(index): \(reason)"))
+            if refusals >= 3 {
+                close(id, "refused \(refusals) chunks it claimed to have", &out)
             } else {
                 requestMoreFromAll(now: now, &out)
             }
         case .error(let code, let text):
-            if Download.permanentErrors.contains(code) { attempts[peer.address] = config.maxAttempts }
+            if Download.permanentErrors.contains(code) { attempts[address] = config.maxAttempts }
             close(id, "error \(code): \(text)", &out)
         default:
             close(id, "unexpected \(message.tag) message", &out)
@@ -442,8 +446,10 @@ public struct Download: Sendable {
     /// Registers a peer with the scheduler once both exist (after the manifest and the
     /// peer's bitfield), then asks it for chunks.
     private mutating func join(_ id: PeerID, now: Double, _ out: inout [Directive]) {
-        guard let peer = peers[id], !peer.joined, let has = peer.has, scheduler != nil else { return }
+        guard peers[id]?.joined == false, let has = peers[id]?.has, scheduler != nil else { return }
         peers[id]?.joined = true
+        // The scheduler keeps the peer's bitfield from now on.
+        peers[id]?.has = ChunkBitfield(count: 0)
         scheduler?.peerJoined(id, has: has, now: now)
         stuckSince = nil
         requestMore(from: id, now: now, &out)
@@ -457,8 +463,9 @@ public struct Download: Sendable {
     /// when it is made: the limit then holds whatever the peers' speeds, and nothing waits
     /// in buffers.
     private mutating func requestMore(from id: PeerID, now: Double, _ out: inout [Directive]) {
-        guard !finished, chunkSize > 0, let peer = peers[id], peer.joined, scheduler != nil else { return }
-        scheduler?.setDepth(id, peer.depth.depth(chunkSize: chunkSize, initial: config.initialDepth))
+        guard !finished, chunkSize > 0, let depth = peers[id]?.depth, peers[id]?.joined == true, scheduler != nil
+        else { return }
+        scheduler?.setDepth(id, depth.depth(chunkSize: chunkSize, initial: config.initialDepth))
         while true {
             if !downloadBucket.isUnlimited {
                 let wait = downloadBucket.take(chunkSize, now: now)

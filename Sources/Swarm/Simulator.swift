@@ -215,9 +215,10 @@ public struct SwarmSimulator {
         case .toDownloader(let id, let message):
             guard links[id].open else { return }
             let node = links[id].downloader
-            guard var download = nodes[node].download else { return }
-            let directives = download.received(message, from: links[id].peer, now: now)
-            nodes[node].download = download
+            // In place (optional chaining): a copy of the Instance would copy its chunk tables.
+            guard let directives = nodes[node].download?.received(message, from: links[id].peer, now: now) else {
+                return
+            }
             if case .piece(let index, let data) = message {
                 if directives.contains(.verify(index: Int(index), from: links[id].peer)) {
                     queue.push(.verdict(node: node, index: Int(index), accepted: !nodes[links[id].server].liar), at: now)
@@ -263,9 +264,9 @@ public struct SwarmSimulator {
     }
 
     mutating func downloadEvent(_ node: Int, _ event: (inout Download, Double) -> [Download.Directive]) {
-        guard nodes[node].alive, var download = nodes[node].download else { return }
-        let directives = event(&download, now)
-        nodes[node].download = download
+        guard nodes[node].alive else { return }
+        // Optional chaining mutates the Instance where it lies; a copy would copy its tables.
+        guard let directives = nodes[node].download?.run(event, now: now) else { return }
         perform(directives, at: node)
     }
 
@@ -380,5 +381,12 @@ public struct SwarmSimulator {
             busiestDownloaderShare: Double(busiest) / Double(totalVerified),
             endgameWaste: Double(duplicateBytes) / (size * n), corruptBytes: corruptBytes, bans: bannedBy,
             lowerBound: bound, events: events, virtualSeconds: now)
+    }
+}
+
+extension Download {
+    /// Applies one event given as a closure (the simulator's way to reach an Instance in place).
+    mutating func run(_ event: (inout Download, Double) -> [Directive], now: Double) -> [Directive] {
+        event(&self, now)
     }
 }
