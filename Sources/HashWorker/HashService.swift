@@ -13,7 +13,7 @@ public final class HashService: WorkerService, @unchecked Sendable {
     private let queue = DispatchQueue(label: "peershare.hash")
     private let logger: Logger
     private var served: ServedShare?
-    private var download: Download?
+    private var download: DownloadOnDisk?
     private var rejectedChunks = 0
     /// The data channel to the transfer worker: chunks to verify and write, chunks to read.
     private let transfer: WorkerPipe?
@@ -84,7 +84,7 @@ public final class HashService: WorkerService, @unchecked Sendable {
     private func failure(_ id: UInt32, _ error: Error) -> IPCMessage {
         let code: UInt16
         switch error {
-        case let failure as Download.Failure: code = failure.code
+        case let failure as DownloadOnDisk.Failure: code = failure.code
         case let failure as ServedShare.Failure: code = failure.code
         case is DecodeError: code = 65
         default: code = 74
@@ -139,7 +139,7 @@ public final class HashService: WorkerService, @unchecked Sendable {
                 if let download, download.shareID == ShareID(manifestBytes: manifest) {
                     return .downloadPrepared(requestID: id, verified: download.verified.bytes)
                 }
-                let prepared = try Download(
+                let prepared = try DownloadOnDisk(
                     manifestBytes: manifest, targetDirectory: target, privateShare: privateShare)
                 download = prepared
                 if prepared.alreadyComplete {
@@ -163,7 +163,7 @@ public final class HashService: WorkerService, @unchecked Sendable {
                     rejectedChunks += 1
                     logger.warning("chunk \(index) failed verification; discarded, not written")
                 }
-                return .chunkWritten(requestID: id, index: index, verified: accepted)
+                return .chunkWritten(requestID: id, index: index, accepted: accepted)
             } catch {
                 return failure(id, error)
             }

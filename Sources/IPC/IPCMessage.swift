@@ -26,7 +26,7 @@ public enum IPCMessage: Equatable, Sendable {
     case prepareDownload(requestID: UInt32, manifest: [UInt8], targetDirectory: String, privateShare: Bool)
     case downloadPrepared(requestID: UInt32, verified: [UInt8])
     case writeChunk(requestID: UInt32, index: UInt32, data: [UInt8])
-    case chunkWritten(requestID: UInt32, index: UInt32, verified: Bool)
+    case chunkWritten(requestID: UInt32, index: UInt32, accepted: Bool)
     case finalizeDownload(requestID: UInt32)
     case downloadFinalized(requestID: UInt32, path: String)
 
@@ -113,17 +113,63 @@ public enum IPCMessage: Equatable, Sendable {
         requestsInFlight: UInt16, maxPeers: UInt16, upload: UInt64, download: UInt64, perPeerUpload: UInt64)
 
     public enum Tag: UInt16, CaseIterable, Sendable {
-        case hello = 0x0001, welcome, ping, pong, statusRequest, status, shutdown, failure
-        case buildManifest = 0x0100, hashProgress, manifestBuilt, openShare, shareOpened, readChunk,
-            chunkData, prepareDownload, downloadPrepared, writeChunk, chunkWritten, finalizeDownload,
-            downloadFinalized
-        case serve = 0x0200, serving, fetch, manifestReceived, startChunks, chunkStored
+        case hello = 0x0001
+        case welcome = 0x0002
+        case ping = 0x0003
+        case pong = 0x0004
+        case statusRequest = 0x0005
+        case status = 0x0006
+        case shutdown = 0x0007
+        case failure = 0x0008
+        case buildManifest = 0x0100
+        case hashProgress = 0x0101
+        case manifestBuilt = 0x0102
+        case openShare = 0x0103
+        case shareOpened = 0x0104
+        case readChunk = 0x0105
+        case chunkData = 0x0106
+        case prepareDownload = 0x0107
+        case downloadPrepared = 0x0108
+        case writeChunk = 0x0109
+        case chunkWritten = 0x010A
+        case finalizeDownload = 0x010B
+        case downloadFinalized = 0x010C
+        case serve = 0x0200
+        case serving = 0x0201
+        case fetch = 0x0202
+        case manifestReceived = 0x0203
+        case startChunks = 0x0204
+        case chunkStored = 0x0205
         // 0x0206 is retired (chunkResult, from when chunk data went through the supervisor).
-        case peerEvent = 0x0207, fetchFailed, peerCount, addPeers, setLimits,
-            configurePipeline, pluginFailed, sessionKeysRequest, sessionKeys, useRelays, relayRegistered,
-            observedAddress, listenFailed, transferSettings
-        case dhtStart = 0x0300, dhtReady, dhtRequest, dhtTrace, dhtResult, dhtStateRequest, dhtState, dhtReadOnly
-        case natProbe = 0x0400, natReport, relayStart, relayListening, mapPorts, portMapped, publicListenPort
+        case peerEvent = 0x0207
+        case fetchFailed = 0x0208
+        case peerCount = 0x0209
+        case addPeers = 0x020A
+        case setLimits = 0x020B
+        case configurePipeline = 0x020C
+        case pluginFailed = 0x020D
+        case sessionKeysRequest = 0x020E
+        case sessionKeys = 0x020F
+        case useRelays = 0x0210
+        case relayRegistered = 0x0211
+        case observedAddress = 0x0212
+        case listenFailed = 0x0213
+        case transferSettings = 0x0214
+        case dhtStart = 0x0300
+        case dhtReady = 0x0301
+        case dhtRequest = 0x0302
+        case dhtTrace = 0x0303
+        case dhtResult = 0x0304
+        case dhtStateRequest = 0x0305
+        case dhtState = 0x0306
+        case dhtReadOnly = 0x0307
+        case natProbe = 0x0400
+        case natReport = 0x0401
+        case relayStart = 0x0402
+        case relayListening = 0x0403
+        case mapPorts = 0x0404
+        case portMapped = 0x0405
+        case publicListenPort = 0x0406
     }
 
     /// 2: chunk data moves on the transfer⇄hash data channel, not through the supervisor.
@@ -288,10 +334,10 @@ public enum IPCMessage: Equatable, Sendable {
             w.blob(manifest)
             w.blob(Array(target.utf8))
             w.bool(privateShare)
-        case .chunkWritten(let id, let index, let verified):
+        case .chunkWritten(let id, let index, let accepted):
             w.u32(id)
             w.u32(index)
-            w.bool(verified)
+            w.bool(accepted)
         case .serve(let shareID, let manifest, let host, let port, let partial):
             w.raw(shareID)
             w.blob(manifest)
@@ -486,7 +532,7 @@ public enum IPCMessage: Equatable, Sendable {
             self = .writeChunk(
                 requestID: try r.u32(), index: try r.u32(),
                 data: try r.blob(limit: Manifest.maxChunkSize, what: "chunk"))
-        case .chunkWritten: self = .chunkWritten(requestID: try r.u32(), index: try r.u32(), verified: try r.bool())
+        case .chunkWritten: self = .chunkWritten(requestID: try r.u32(), index: try r.u32(), accepted: try r.bool())
         case .finalizeDownload: self = .finalizeDownload(requestID: try r.u32())
         case .downloadFinalized: self = .downloadFinalized(requestID: try r.u32(), path: try text())
         case .serve:

@@ -42,6 +42,28 @@ public enum WorkerRole: String, CaseIterable, Sendable, Codable {
         }
     }
 
+    /// Which messages this worker accepts from the supervisor: the other direction of the
+    /// same table. The supervisor will not send anything else, and the worker exits on
+    /// anything else (a confused or compromised supervisor is not obeyed blindly either).
+    public var mayReceive: Set<IPCMessage.Tag> {
+        let common: Set<IPCMessage.Tag> = [.welcome, .ping, .statusRequest, .shutdown]
+        switch self {
+        case .discovery:
+            return common.union([.dhtStart, .dhtRequest, .dhtStateRequest, .dhtReadOnly])
+        case .nat:
+            return common.union([.natProbe, .mapPorts, .relayStart])
+        case .hash:
+            return common.union([.buildManifest, .openShare, .prepareDownload, .finalizeDownload])
+        case .transfer:
+            return common.union([
+                .transferSettings, .configurePipeline, .serve, .fetch, .startChunks, .addPeers, .setLimits,
+                .useRelays, .publicListenPort, .sessionKeys,
+                // The answer to a key request the supervisor refuses.
+                .failure,
+            ])
+        }
+    }
+
     /// The worker at the other end of this one's data channel, if it has one.
     public var dataChannelPartner: WorkerRole? {
         switch self {
@@ -61,7 +83,15 @@ public enum WorkerRole: String, CaseIterable, Sendable, Codable {
         }
     }
 
-    /// The descriptor the data channel is placed on in both workers (3 is the supervisor's
-    /// pipe; the transfer worker's plugin pipes follow from 5).
-    public static let dataChannelDescriptor: Int32 = 4
+}
+
+/// The descriptors a worker inherits, by number, in one place: the supervisor places them
+/// (`Supervisor.spawn`), the workers find them there.
+public enum WorkerDescriptor {
+    /// Every worker's pipe to the supervisor (one end of a socketpair).
+    public static let supervisorPipe: Int32 = 3
+    /// The transfer⇄hash data channel, in both of those workers.
+    public static let dataChannel: Int32 = 4
+    /// The transfer worker's plugin pipes: 5, 6, ... in pipeline order.
+    public static let firstPlugin: Int32 = 5
 }

@@ -156,7 +156,7 @@ struct Get: ParsableCommand {
             config: config, logLevel: common.logLevel, control: true, writable: [target]
         ) {
             supervisor, logger in
-            let session = GetSession(
+            let session = DownloadSession(
                 supervisor: supervisor, link: parsed, peers: allPeers,
                 dht: dhtSettings.map { DHTClient(supervisor: supervisor, settings: $0, logger: logger) },
                 targetDirectory: target,

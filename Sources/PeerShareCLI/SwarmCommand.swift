@@ -26,7 +26,7 @@ struct SwarmSimulate: ParsableCommand {
 
     @Option(help: "Downloaders.") var peers: Int = 200
     @Option(help: "Seeders (they have the whole share at the start).") var seeders: Int = 1
-    @Option(help: "Chunks in the share.") var chunks: Int = 2000
+    @Option(help: "Chunks in the share.") var chunks: Int = 500
     @Option(help: "Chunk size (e.g. 256KiB).") var chunkSize: String = "256KiB"
     @Option(help: "Every downloader's upload rate (e.g. 1MiB/s).") var uploadRate: String = "1MiB/s"
     @Option(help: "The seeders' upload rate (default: the downloaders').") var seederRate: String?
@@ -94,12 +94,12 @@ struct SwarmSimulate: ParsableCommand {
                 peers, seeders, megabytes, chunks, ByteRate.describe(first.uploadRate),
                 ByteRate.describe(first.seederUploadRate ?? first.uploadRate), latency, neighbours, churn, liars, seed))
         Terminal.line(
-            "strategy         finished   median     p95    last  bound  seeder sent  from seeders  busiest peer  endgame waste  corrupt  bans  cpu")
+            "strategy         finished   median     p95    last  bound  seeder sent  from seeders  busiest peer  endgame waste  corrupt  bans  wall")
         for pick in try strategies() {
             let started = ProcessInfo.processInfo.systemUptime
             var simulator = SwarmSimulator(config: try settings(pick))
             let report = simulator.run()
-            let cpu = ProcessInfo.processInfo.systemUptime - started
+            let wall = ProcessInfo.processInfo.systemUptime - started
             func seconds(_ value: Double?) -> String { value.map { String(format: "%6.0f s", $0) } ?? "     -  " }
             Terminal.line(
                 String(
@@ -108,7 +108,7 @@ struct SwarmSimulate: ParsableCommand {
                     seconds(report.percentile(0.5)), seconds(report.percentile(0.95)),
                     seconds(report.completionTimes.last), report.lowerBound, report.seederCopies,
                     report.fromSeeders * 100, report.busiestDownloaderShare * 100, report.endgameWaste * 100,
-                    Double(report.corruptBytes) / 1_048_576, report.bans, cpu))
+                    Double(report.corruptBytes) / 1_048_576, report.bans, wall))
             if report.failed > 0 {
                 Terminal.line("  \(report.failed) downloads failed (no peer left with the chunks they lacked)")
             }

@@ -28,7 +28,7 @@ struct WorkerCommand: ParsableCommand {
             throw ValidationError("unknown worker role '\(role)'")
         }
         var info = stat()
-        guard fstat(WorkerMain.pipeDescriptor, &info) == 0, info.st_mode & S_IFMT == S_IFSOCK else {
+        guard fstat(WorkerDescriptor.supervisorPipe, &info) == 0, info.st_mode & S_IFMT == S_IFSOCK else {
             Terminal.error("'peershare worker' is started by the supervisor, not by hand")
             throw ExitCode(64)
         }

@@ -31,9 +31,18 @@ public enum PeerMessage: Equatable, Sendable {
     case stageHandshake(stage: UInt8, data: [UInt8])
 
     public enum Tag: UInt16, CaseIterable, Sendable {
-        case hello = 0x5001, helloAccepted, getManifest, manifest, request, piece, reject, error, bitfield, have,
-            cancel,
-            stageHandshake
+        case hello = 0x5001
+        case helloAccepted = 0x5002
+        case getManifest = 0x5003
+        case manifest = 0x5004
+        case request = 0x5005
+        case piece = 0x5006
+        case reject = 0x5007
+        case error = 0x5008
+        case bitfield = 0x5009
+        case have = 0x500A
+        case cancel = 0x500B
+        case stageHandshake = 0x500C
     }
 
     public enum ErrorCode: UInt16, Sendable {

@@ -35,7 +35,7 @@ final class PluginHost: @unchecked Sendable {
         var handedOut = false
     }
 
-    static let firstDescriptor: Int32 = WorkerRole.dataChannelDescriptor + 1
+    static let firstDescriptor: Int32 = WorkerDescriptor.firstPlugin
     static let maxRestarts = 5
 
     let specs: [PluginSpec]

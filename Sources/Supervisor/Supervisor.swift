@@ -24,14 +24,7 @@ public protocol SupervisorDelegate: AnyObject {
 /// can be `@unchecked Sendable`. Workers are spawned from the event loop's thread, which lives
 /// as long as the supervisor: PR_SET_PDEATHSIG fires when the *thread* that forked a child exits.
 public final class Supervisor: @unchecked Sendable {
-    public enum Tracking {
-        /// Not remembered: lost if the worker is down (the session re-syncs on restart).
-        case none
-        /// Remembered until a reply with the same request id arrives; re-sent after a restart.
-        case request
-        /// Remembered under a key for the life of the session and sent first after every restart.
-        case setup(key: String)
-    }
+    public typealias Tracking = WorkerLifecycle.Tracking
 
     /// Loop-confined like the supervisor itself.
     final class Worker: @unchecked Sendable {
@@ -39,17 +32,15 @@ public final class Supervisor: @unchecked Sendable {
         var pid: pid_t = 0
         var channel: Channel?
         var generation = 0
-        var ready = false
         var stopped = false
         var lastHeardNs: UInt64 = 0
-        var tracker: RestartTracker
-        var setup: [(key: String, message: IPCMessage)] = []
-        var inFlight: [UInt32: IPCMessage] = [:]
-        var restarts = 0
+        /// Setup, replay, permissions and restarts: the pure part (`WorkerLifecycle`).
+        var life: WorkerLifecycle
+        var ready: Bool { life.ready }
 
         init(spec: WorkerSpec) {
             self.spec = spec
-            self.tracker = RestartTracker(policy: spec.restart)
+            self.life = WorkerLifecycle(spec: spec)
         }
     }
 
@@ -172,31 +163,23 @@ public final class Supervisor: @unchecked Sendable {
     public func send(_ message: IPCMessage, to role: WorkerRole, tracking: Tracking = .none) {
         eventLoop.preconditionInEventLoop()
         guard let worker = workers[role] else { return }
-        switch tracking {
-        case .none: break
-        case .request:
-            if let id = message.requestID { worker.inFlight[id] = message }
-        case .setup(let key):
-            if let index = worker.setup.firstIndex(where: { $0.key == key }) {
-                worker.setup[index].message = message
-            } else {
-                worker.setup.append((key, message))
-            }
+        guard role.mayReceive.contains(message.tag) else {
+            // A bug here, not in the worker: it would exit on receiving this.
+            logger.error("not sending \(message.tag) to the \(role) worker, which does not accept it")
+            return
         }
-        if worker.ready { write(message, to: worker) }
+        perform(worker.life.send(message, tracking: tracking), for: worker)
     }
 
     /// Drops a setup message: a restarted worker will not get it again.
     public func forgetSetup(key: String, for role: WorkerRole) {
-        workers[role]?.setup.removeAll { $0.key == key }
+        workers[role]?.life.forget(key: key)
     }
 
     /// Records a setup message for future restarts without sending it now (the worker
     /// already has that state, e.g. the hash worker that built the manifest).
     public func rememberSetup(_ message: IPCMessage, key: String, for role: WorkerRole) {
-        guard let worker = workers[role] else { return }
-        worker.setup.removeAll { $0.key == key }
-        worker.setup.append((key, message))
+        workers[role]?.life.remember(message, key: key)
     }
 
     private func write(_ message: IPCMessage, to worker: Worker) {
@@ -220,11 +203,11 @@ public final class Supervisor: @unchecked Sendable {
         // stdin and stdout are /dev/null, stderr a pipe we read (never the terminal); the
         // transfer and hash workers share a data channel (descriptor 4); the transfer worker
         // also inherits the plugins' pipes (descriptors 5, 6, ...). Nothing else.
-        var mappings: [(Int32, Int32)] = [(pair[1], WorkerMain.pipeDescriptor)]
+        var mappings: [(Int32, Int32)] = [(pair[1], WorkerDescriptor.supervisorPipe)]
         let stderrPipe = StderrRelay.makePipe()
         if let stderrPipe { mappings.append((stderrPipe.write, 2)) }
         let dataEnd = dataChannelEnd(for: role)
-        if let dataEnd { mappings.append((dataEnd, WorkerRole.dataChannelDescriptor)) }
+        if let dataEnd { mappings.append((dataEnd, WorkerDescriptor.dataChannel)) }
         if role == .transfer { mappings += plugins.descriptorsForNewTransferWorker() }
         var from = mappings.map(\.0)
         var to = mappings.map(\.1)
@@ -247,7 +230,7 @@ public final class Supervisor: @unchecked Sendable {
             return
         }
         worker.pid = pid
-        worker.ready = false
+        worker.life.down()
         worker.lastHeardNs = DispatchTime.now().uptimeNanoseconds
         logger.debug("started \(role) worker (pid \(pid))")
         reap(pid: pid, worker: worker, generation: generation)
@@ -327,42 +310,59 @@ public final class Supervisor: @unchecked Sendable {
             violation(by: worker, "undecodable message: \(error)")
             return
         }
-        guard worker.spec.mayEmit.contains(message.tag) else {
-            violation(by: worker, "\(role) may not send \(message.tag)")
-            return
-        }
-        worker.lastHeardNs = DispatchTime.now().uptimeNanoseconds
-        if !worker.ready {
-            guard case .hello(let version, let helloRole, _) = message, helloRole == role,
-                version == IPCMessage.protocolVersion
-            else {
-                violation(by: worker, "expected hello from \(role) speaking version \(IPCMessage.protocolVersion)")
-                return
-            }
-            write(.welcome(version: IPCMessage.protocolVersion), to: worker)
-            worker.ready = true
-            becameReady(worker)
-            return
-        }
-        switch message {
-        case .hello:
-            violation(by: worker, "hello sent twice")
-            return
-        case .pong:
-            return
-        case .pluginFailed(let name, let reason):
-            plugins.failed(name: name, reason: reason)
-            return
-        case .sessionKeysRequest(let id, let role, let shared, let transcript):
-            write(answerKeyRequest(id: id, role: role, shared: shared, transcript: transcript), to: worker)
-            return
-        case .hashProgress:
-            break
-        default:
-            if let id = message.requestID { worker.inFlight[id] = nil }
-        }
-        delegate?.supervisor(self, received: message, from: role)
+        if role.mayEmit.contains(message.tag) { worker.lastHeardNs = DispatchTime.now().uptimeNanoseconds }
+        perform(worker.life.received(message), for: worker)
     }
+
+    /// Carries out what a worker's `WorkerLifecycle` decided.
+    private func perform(_ directives: [WorkerLifecycle.Directive], for worker: Worker) {
+        let role = worker.spec.role
+        for directive in directives {
+            switch directive {
+            case .write(let message):
+                write(message, to: worker)
+            case .restarted(let setup, let requests):
+                logger.info(
+                    "\(role) worker restarted (pid \(worker.pid)); re-sent \(setup) setup and \(requests) in-flight requests")
+                delegate?.supervisor(self, restarted: role)
+            case .violation(let what):
+                violation(by: worker, what)
+                return
+            case .respawn(let delay):
+                if delay == 0 {
+                    spawn(worker)
+                } else {
+                    logger.warning("\(role) worker \(lastExit[role] ?? "exited"); restarting in \(delay) ms")
+                    eventLoop.scheduleTask(in: .milliseconds(Int64(delay))) { [self] in
+                        if !shuttingDown { spawn(worker) }
+                    }
+                }
+            case .giveUp(let reason):
+                logger.critical("\(reason)")
+                startPromise?.fail(SupervisorError.gaveUp(reason))
+                startPromise = nil
+                delegate?.supervisor(self, gaveUpOn: role, reason: reason)
+            case .deliver(let message):
+                switch message {
+                case .pong:
+                    break
+                case .pluginFailed(let name, let reason):
+                    plugins.failed(name: name, reason: reason)
+                case .sessionKeysRequest(let id, let keyRole, let shared, let transcript):
+                    write(answerKeyRequest(id: id, role: keyRole, shared: shared, transcript: transcript), to: worker)
+                default:
+                    delegate?.supervisor(self, received: message, from: role)
+                }
+            }
+        }
+        if let startPromise, worker.ready, workers.values.allSatisfy(\.ready) {
+            self.startPromise = nil
+            startPromise.succeed(())
+        }
+    }
+
+    /// How each worker last ended, for the restart message.
+    private var lastExit: [WorkerRole: String] = [:]
 
     /// The monitor's side of an encryption handshake (OpenSSH's privsep, for our keys): the
     /// transfer worker sends the X25519 shared secret and the transcript hash; we derive the
@@ -390,26 +390,6 @@ public final class Supervisor: @unchecked Sendable {
                 publicKey: keys.publicKey, signature: keys.signature)
         } catch {
             return .failure(requestID: id, code: 70, message: "\(error)")
-        }
-    }
-
-    private func becameReady(_ worker: Worker) {
-        // A first start and a restart alike get the setup so far and every request still
-        // unanswered: the worker's whole state is what we told it.
-        for message in worker.spec.setup { write(message, to: worker) }
-        for (_, message) in worker.setup { write(message, to: worker) }
-        for id in worker.inFlight.keys.sorted() {
-            if let message = worker.inFlight[id] { write(message, to: worker) }
-        }
-        if worker.restarts > 0 {
-            logger.info(
-                "\(worker.spec.role) worker restarted (pid \(worker.pid)); re-sent \(worker.setup.count) setup and \(worker.inFlight.count) in-flight requests"
-            )
-            delegate?.supervisor(self, restarted: worker.spec.role)
-        }
-        if let startPromise, workers.values.allSatisfy(\.ready) {
-            self.startPromise = nil
-            startPromise.succeed(())
         }
     }
 
@@ -443,7 +423,7 @@ public final class Supervisor: @unchecked Sendable {
         guard worker.generation == generation else { return }
         let role = worker.spec.role
         worker.pid = 0
-        worker.ready = false
+        worker.life.down()
         worker.channel?.close(promise: nil)
         worker.channel = nil
         if shuttingDown {
@@ -452,27 +432,10 @@ public final class Supervisor: @unchecked Sendable {
             completeShutdownIfDone()
             return
         }
-        if killedWithPartner.remove(role) != nil {
-            worker.restarts += 1
-            spawn(worker)
-            return
-        }
+        lastExit[role] = status
         let nowMs = Int(DispatchTime.now().uptimeNanoseconds / 1_000_000)
-        switch worker.tracker.crashed(atMs: nowMs) {
-        case .restart(let delay):
-            worker.restarts += 1
-            logger.warning("\(role) worker \(status); restarting in \(delay) ms")
-            eventLoop.scheduleTask(in: .milliseconds(Int64(delay))) { [self] in
-                if !shuttingDown { spawn(worker) }
-            }
-        case .giveUp(let crashes):
-            let reason =
-                "the \(role) worker failed \(crashes) times within \(worker.spec.restart.windowMs / 1000) s (last: \(status)); giving up"
-            logger.critical("\(reason)")
-            startPromise?.fail(SupervisorError.gaveUp(reason))
-            startPromise = nil
-            delegate?.supervisor(self, gaveUpOn: role, reason: reason)
-        }
+        let partner = killedWithPartner.remove(role) != nil
+        perform(worker.life.exited(status: status, nowMs: nowMs, partnerRestart: partner), for: worker)
     }
 
     // MARK: Heartbeats

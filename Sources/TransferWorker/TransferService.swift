@@ -265,7 +265,7 @@ public final class TransferService: WorkerService, @unchecked Sendable {
 
     /// Connects to the plugin stages' pipes (inherited on descriptors 5, 6, ...) and says hello.
     private func startPlugins() throws {
-        var next: Int32 = WorkerRole.dataChannelDescriptor + 1
+        var next: Int32 = WorkerDescriptor.firstPlugin
         pipeline.plugins = [:]
         for index in pipeline.plan.stages.indices where pipeline.plan.stages[index].kind == .plugin {
             let stage = pipeline.plan.stages[index]

@@ -3,7 +3,7 @@ import IPC
 import Logging
 
 /// The transfer⇄hash data channel from one side: the socketpair end the supervisor placed on
-/// `WorkerRole.dataChannelDescriptor`. Chunk data moves here (writeChunk, readChunk and their
+/// `WorkerDescriptor.dataChannel`. Chunk data moves here (writeChunk, readChunk and their
 /// answers) in the same frames as on the supervisor's pipes, so it is copied once between
 /// the two workers instead of twice through the supervisor. Control stays with the
 /// supervisor: setup, progress and verdicts go through it as before.
@@ -11,10 +11,10 @@ public enum DataChannel {
     /// The inherited end, or nil when this process was started without one.
     public static func inherited() -> WorkerPipe? {
         var info = stat()
-        guard fstat(WorkerRole.dataChannelDescriptor, &info) == 0, info.st_mode & S_IFMT == S_IFSOCK else {
+        guard fstat(WorkerDescriptor.dataChannel, &info) == 0, info.st_mode & S_IFMT == S_IFSOCK else {
             return nil
         }
-        return WorkerPipe(descriptor: WorkerRole.dataChannelDescriptor)
+        return WorkerPipe(descriptor: WorkerDescriptor.dataChannel)
     }
 
     /// Reads frames on a thread of its own and hands each to `deliver`, after checking that

@@ -23,15 +23,13 @@ extension WorkerService {
 /// The skeleton every worker process runs (Postfix's `multi_server_main`): adopt the pipe,
 /// die with the supervisor, say hello, then loop over frames.
 public enum WorkerMain {
-    /// The descriptor the supervisor places the worker's end of the socketpair on.
-    public static let pipeDescriptor: Int32 = 3
     public static let supervisorPIDVariable = "PEERSHARE_SUPERVISOR_PID"
 
     /// `makeService` is handed the one `WorkerPipe` of the process: every writer must share
     /// its lock, or a heartbeat reply could land in the middle of a large frame.
     public static func run(role: WorkerRole, logger: Logger, makeService: (WorkerPipe) -> WorkerService) -> Never {
         dieWithSupervisor(logger: logger)
-        let pipe = WorkerPipe(descriptor: pipeDescriptor)
+        let pipe = WorkerPipe(descriptor: WorkerDescriptor.supervisorPipe)
         do {
             try pipe.send(.hello(version: IPCMessage.protocolVersion, role: role, pid: getpid()))
             guard case .welcome(let version)? = try pipe.receive() else {
@@ -58,6 +56,10 @@ public enum WorkerMain {
             guard let message else {
                 logger.debug("supervisor closed the pipe; exiting")
                 exit(0)
+            }
+            guard role.mayReceive.contains(message.tag) else {
+                logger.error("closing: the supervisor sent \(message.tag), which a \(role) worker never receives")
+                exit(70)
             }
             switch message {
             case .ping(let nonce):

@@ -28,7 +28,7 @@ final class IPCCodecTests: XCTestCase {
         .prepareDownload(requestID: 6, manifest: [1], targetDirectory: "/out", privateShare: true),
         .downloadPrepared(requestID: 6, verified: [0xff, 0x80]),
         .writeChunk(requestID: 7, index: 0, data: []),
-        .chunkWritten(requestID: 7, index: 0, verified: true),
+        .chunkWritten(requestID: 7, index: 0, accepted: true),
         .finalizeDownload(requestID: 8),
         .downloadFinalized(requestID: 8, path: "/out/x"),
         .serve(shareID: shareID, manifest: [1, 2], host: "127.0.0.1", port: 4000, partial: true),
@@ -146,6 +146,28 @@ final class IPCCodecTests: XCTestCase {
                 _ = try? IPCMessage(frame: frame)
                 _ = try? PeerMessage(frame: frame)
             }
+        }
+    }
+
+    func testEveryMessageHasADirection() {
+        // Each tag is sent by some worker, received by some worker, or travels on the data
+        // channel; nothing is valid everywhere.
+        let workerSent = WorkerRole.allCases.reduce(into: Set<IPCMessage.Tag>()) { $0.formUnion($1.mayEmit) }
+        let workerReceived = WorkerRole.allCases.reduce(into: Set<IPCMessage.Tag>()) { $0.formUnion($1.mayReceive) }
+        let dataChannel = WorkerRole.allCases.reduce(into: Set<IPCMessage.Tag>()) {
+            $0.formUnion($1.dataChannelAccepts)
+        }
+        let control: Set<IPCMessage.Tag> = [.setLimits, .statusRequest, .status, .failure]
+        for tag in IPCMessage.Tag.allCases {
+            XCTAssertTrue(
+                workerSent.contains(tag) || workerReceived.contains(tag) || dataChannel.contains(tag)
+                    || control.contains(tag), "\(tag) has no direction")
+        }
+        XCTAssertFalse(WorkerRole.hash.mayReceive.contains(.fetch), "a download's peers are no business of the hash worker")
+        XCTAssertFalse(WorkerRole.transfer.mayReceive.contains(.openShare), "the transfer worker opens no file")
+        XCTAssertTrue(WorkerRole.transfer.mayReceive.contains(.transferSettings))
+        for role in WorkerRole.allCases {
+            XCTAssertTrue(role.mayEmit.intersection(role.mayReceive).isSubset(of: [.failure]), "\(role)")
         }
     }
 

@@ -30,7 +30,7 @@ final class WorkerPipeTests: XCTestCase {
             .readChunk(requestID: 9, index: 5),
             .ping(nonce: 1),
             .status(requestID: 2, text: "fourteen bytes or more of status"),
-            .chunkWritten(requestID: 7, index: 3, verified: true),
+            .chunkWritten(requestID: 7, index: 3, accepted: true),
         ]
         for message in messages { try a.send(message) }
         for message in messages { XCTAssertEqual(try b.receive(), message) }

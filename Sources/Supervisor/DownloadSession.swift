@@ -14,7 +14,7 @@ import Wire
 ///
 /// While downloading it also serves the chunks verified so far (`listen`), announces itself
 /// in the DHT once it holds any, and looks up the DHT again now and then for new peers.
-public final class GetSession: SupervisorDelegate, @unchecked Sendable {
+public final class DownloadSession: SupervisorDelegate, @unchecked Sendable {
     let supervisor: Supervisor
     let link: ShareLink
     let peers: [PeerAddress]
@@ -147,7 +147,7 @@ public final class GetSession: SupervisorDelegate, @unchecked Sendable {
     /// While downloading, asks the DHT again now and then: peers that joined after we started
     /// (other downloaders that announced what they hold) are added to the swarm.
     private func scheduleRefresh(_ dht: DHTClient) {
-        supervisor.eventLoop.scheduleTask(in: .seconds(GetSession.peerRefreshSeconds)) { [self] in
+        supervisor.eventLoop.scheduleTask(in: .seconds(DownloadSession.peerRefreshSeconds)) { [self] in
             guard !finished, !finalizing else { return }
             dht.request(.getPeers, key: pipeline.dhtKey(for: link.shareID)) { [self] result in
                 guard !finished else { return }
@@ -192,7 +192,7 @@ public final class GetSession: SupervisorDelegate, @unchecked Sendable {
                 scheduleRefresh(dht)
             case .success, .failure:
                 if case .failure(let failure) = result { logger.warning("DHT lookup failed: \(failure)") }
-                guard attempt < GetSession.dhtAttempts else {
+                guard attempt < DownloadSession.dhtAttempts else {
                     if !relayAddresses.isEmpty { return }
                     output.error(
                         "no peers for this share in the DHT after \(attempt) lookups; ask for a link with peer hints or use --peer"

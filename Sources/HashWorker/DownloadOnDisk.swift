@@ -7,7 +7,7 @@ import Wire
 /// target directory (`.peershare-<id>.partial/`), each one only after its hash matched the
 /// manifest; when every chunk is verified the share's top-level file or folder is renamed
 /// into place in one step, so the target never holds a half-written share.
-final class Download {
+final class DownloadOnDisk {
     struct Failure: Error, CustomStringConvertible {
         /// The exit code the CLI reports for this failure (sysexits.h values).
         var code: UInt16
@@ -46,7 +46,7 @@ final class Download {
         self.shareID = ShareID(manifestBytes: manifestBytes)
         let target = URL(fileURLWithPath: rawTarget).standardizedFileURL.path
         self.targetDirectory = target
-        self.stagingDirectory = target + "/" + Download.stagingName(for: shareID)
+        self.stagingDirectory = target + "/" + DownloadOnDisk.stagingName(for: shareID)
         self.verified = ChunkBitfield(count: manifest.chunkCount)
 
         var info = stat()
