@@ -107,11 +107,22 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]),
+        // Benchmarks and simulations the CLI runs (`peershare bench`, `dht swarm`, `dht
+        // simulate`): measuring code, kept out of the command-line target.
+        .target(
+            name: "Benchmarks",
+            dependencies: [
+                "DiscoveryWorker", "Kademlia", "PeerShareCore", "Stages", "CSodium",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]),
         .target(
             name: "PeerShareCLI",
             dependencies: [
-                "Supervisor", "WorkerRuntime", "HashWorker", "TransferWorker", "DiscoveryWorker",
-                "NATWorker", "PeerShareCore", "IPC", "CSodium", "CZlib", "Kademlia", "Stages", "Swarm", "Traversal", "Wire",
+                "Benchmarks", "Supervisor", "WorkerRuntime", "HashWorker", "TransferWorker", "DiscoveryWorker",
+                "NATWorker", "PeerShareCore", "IPC", "CSodium", "CZlib", "Kademlia", "Stages", "Swarm", "Traversal",
+                "Wire",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -129,7 +140,9 @@ let package = Package(
         // libFuzzer; a plain build makes a tool that replays inputs through them.
         .executableTarget(
             name: "peershare-fuzz",
-            dependencies: ["PeerShareCore", "IPC", "Kademlia", "PeerWire", "Swarm", "Traversal", "Wire", "CSystemShims"],
+            dependencies: [
+                "PeerShareCore", "IPC", "Kademlia", "PeerWire", "Swarm", "Traversal", "Wire", "CSystemShims",
+            ],
             path: "Tests/Fuzz/Sources"),
 
         .testTarget(name: "WireTests", dependencies: ["Wire"]),

@@ -50,7 +50,9 @@ public enum PluginMain {
                 switch MessageType(rawValue: kind) {
                 case .hello:
                     let version = try reader.u16()
-                    guard version == PluginProtocol.version else { throw StageError("protocol \(version) not supported") }
+                    guard version == PluginProtocol.version else {
+                        throw StageError("protocol \(version) not supported")
+                    }
                     _ = try reader.string()  // the stage name pipeline.json gave us
                     var options: [String: String] = [:]
                     for _ in 0..<(try reader.u16()) { options[try reader.string()] = try reader.string() }

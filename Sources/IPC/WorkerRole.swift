@@ -36,7 +36,8 @@ public enum WorkerRole: String, CaseIterable, Sendable, Codable {
             ])
         case .transfer:
             return common.union([
-                .serving, .listenFailed, .manifestReceived, .chunkStored, .peerEvent, .fetchFailed, .peerCount, .pluginFailed,
+                .serving, .listenFailed, .manifestReceived, .chunkStored, .peerEvent, .fetchFailed, .peerCount,
+                .pluginFailed,
                 .sessionKeysRequest, .relayRegistered, .observedAddress,
             ])
         }

@@ -1,4 +1,3 @@
-
 /// Bencoding (BEP 3), the serialisation KRPC uses: integers `i42e`, byte strings `4:spam`,
 /// lists `l...e` and dictionaries `d...e` with byte-string keys in sorted order.
 ///

@@ -94,7 +94,8 @@ struct SwarmSimulate: ParsableCommand {
                 peers, seeders, megabytes, chunks, ByteRate.describe(first.uploadRate),
                 ByteRate.describe(first.seederUploadRate ?? first.uploadRate), latency, neighbours, churn, liars, seed))
         Terminal.line(
-            "strategy         finished   median     p95    last  bound  seeder sent  from seeders  busiest peer  endgame waste  corrupt  bans  wall")
+            "strategy         finished   median     p95    last  bound  seeder sent  from seeders  busiest peer  endgame waste  corrupt  bans  wall"
+        )
         for pick in try strategies() {
             let started = ProcessInfo.processInfo.systemUptime
             var simulator = SwarmSimulator(config: try settings(pick))
@@ -103,8 +104,10 @@ struct SwarmSimulate: ParsableCommand {
             func seconds(_ value: Double?) -> String { value.map { String(format: "%6.0f s", $0) } ?? "     -  " }
             Terminal.line(
                 String(
-                    format: "%@ %4d/%-4d %@ %@ %@ %4.0f s %8.2f copies %10.1f %% %11.1f %% %12.2f %% %6.1f MiB %5d %4.1f s",
-                    pick.rawValue.padding(toLength: 15, withPad: " ", startingAt: 0), report.completionTimes.count, report.honestDownloaders,
+                    format:
+                        "%@ %4d/%-4d %@ %@ %@ %4.0f s %8.2f copies %10.1f %% %11.1f %% %12.2f %% %6.1f MiB %5d %4.1f s",
+                    pick.rawValue.padding(toLength: 15, withPad: " ", startingAt: 0), report.completionTimes.count,
+                    report.honestDownloaders,
                     seconds(report.percentile(0.5)), seconds(report.percentile(0.95)),
                     seconds(report.completionTimes.last), report.lowerBound, report.seederCopies,
                     report.fromSeeders * 100, report.busiestDownloaderShare * 100, report.endgameWaste * 100,

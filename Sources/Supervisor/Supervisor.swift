@@ -323,7 +323,8 @@ public final class Supervisor: @unchecked Sendable {
                 write(message, to: worker)
             case .restarted(let setup, let requests):
                 logger.info(
-                    "\(role) worker restarted (pid \(worker.pid)); re-sent \(setup) setup and \(requests) in-flight requests")
+                    "\(role) worker restarted (pid \(worker.pid)); re-sent \(setup) setup and \(requests) in-flight requests"
+                )
                 delegate?.supervisor(self, restarted: role)
             case .violation(let what):
                 violation(by: worker, what)

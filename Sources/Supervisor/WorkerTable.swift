@@ -59,7 +59,8 @@ public enum WorkerTable {
         func rate(_ value: Double) -> UInt64 { value.isFinite ? UInt64(min(max(0, value), ByteRate.maxRate)) : 0 }
         transfer.setup = [
             .transferSettings(
-                requestsInFlight: UInt16(clamping: limits.requestsInFlight), maxPeers: UInt16(clamping: limits.maxPeers),
+                requestsInFlight: UInt16(clamping: limits.requestsInFlight),
+                maxPeers: UInt16(clamping: limits.maxPeers),
                 upload: rate(limits.maxUploadRate), download: rate(limits.maxDownloadRate),
                 perPeerUpload: rate(limits.maxPeerUploadRate))
         ]

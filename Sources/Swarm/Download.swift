@@ -518,7 +518,9 @@ public struct Download: Sendable {
     /// Fails the download when no peer is connected and none is left to try.
     private mutating func checkAlive(now: Double, _ out: inout [Directive]) {
         guard !finished, peers.isEmpty else { return }
-        let pending = addresses.filter { attempts[$0, default: 0] < config.maxAttempts && !bannedAddresses.contains($0) }
+        let pending = addresses.filter {
+            attempts[$0, default: 0] < config.maxAttempts && !bannedAddresses.contains($0)
+        }
         if pending.isEmpty && !relaysStarted && !relayRoutes.isEmpty {
             return startRelays(now: now, &out)
         }

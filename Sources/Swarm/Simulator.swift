@@ -222,7 +222,8 @@ public struct SwarmSimulator {
             }
             if case .piece(let index, let data) = message {
                 if directives.contains(.verify(index: Int(index), from: links[id].peer)) {
-                    queue.push(.verdict(node: node, index: Int(index), accepted: !nodes[links[id].server].liar), at: now)
+                    queue.push(
+                        .verdict(node: node, index: Int(index), accepted: !nodes[links[id].server].liar), at: now)
                     if !nodes[links[id].server].liar { verifiedFrom[links[id].server] += 1 }
                 } else {
                     duplicateBytes += data.count

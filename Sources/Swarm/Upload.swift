@@ -108,8 +108,8 @@ public struct Upload: Sendable {
             connections[id] = connection
             return out
         }
-        if let read = reads.first(where: { $0.value.connection == id && $0.value.index == index && !$0.value.cancelled })
-        {
+        if let read = reads.first(where: { $0.value.connection == id && $0.value.index == index && !$0.value.cancelled }
+        ) {
             // Being read: the hash worker finishes it and the chunk is dropped on arrival. The
             // read keeps its read-ahead slot until then, so cancelling never lets a peer make
             // us read more than the read-ahead at once.

@@ -1,4 +1,3 @@
-
 /// One frame on a PeerShare pipe or peer connection:
 ///
 ///     +----------------+--------------+-------------------+

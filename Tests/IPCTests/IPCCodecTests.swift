@@ -163,7 +163,8 @@ final class IPCCodecTests: XCTestCase {
                 workerSent.contains(tag) || workerReceived.contains(tag) || dataChannel.contains(tag)
                     || control.contains(tag), "\(tag) has no direction")
         }
-        XCTAssertFalse(WorkerRole.hash.mayReceive.contains(.fetch), "a download's peers are no business of the hash worker")
+        XCTAssertFalse(
+            WorkerRole.hash.mayReceive.contains(.fetch), "a download's peers are no business of the hash worker")
         XCTAssertFalse(WorkerRole.transfer.mayReceive.contains(.openShare), "the transfer worker opens no file")
         XCTAssertTrue(WorkerRole.transfer.mayReceive.contains(.transferSettings))
         for role in WorkerRole.allCases {

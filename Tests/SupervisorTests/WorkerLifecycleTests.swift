@@ -9,7 +9,8 @@ final class WorkerLifecycleTests: XCTestCase {
     typealias Directive = WorkerLifecycle.Directive
 
     func transferSpec() throws -> WorkerSpec {
-        var spec = try XCTUnwrap(WorkerTable.standard(config: .defaults, logLevel: "info").first { $0.role == .transfer })
+        var spec = try XCTUnwrap(
+            WorkerTable.standard(config: .defaults, logLevel: "info").first { $0.role == .transfer })
         spec.restart = RestartPolicy(maxRestarts: 2, windowMs: 10_000, initialBackoffMs: 100, maxBackoffMs: 1000)
         return spec
     }
@@ -25,7 +26,8 @@ final class WorkerLifecycleTests: XCTestCase {
 
     func testTheTableRowsSettingsComeFirstThenTheSessionsSetupThenUnansweredRequests() throws {
         var life = WorkerLifecycle(spec: try transferSpec())
-        XCTAssertEqual(life.send(.fetch(shareID: [1], peers: []), tracking: .setup(key: "fetch")), [], "not ready: kept")
+        XCTAssertEqual(
+            life.send(.fetch(shareID: [1], peers: []), tracking: .setup(key: "fetch")), [], "not ready: kept")
         let out = life.received(Self.hello)
         let written = Self.writes(out)
         XCTAssertEqual(written.first, .welcome(version: IPCMessage.protocolVersion))
@@ -38,12 +40,15 @@ final class WorkerLifecycleTests: XCTestCase {
     func testARestartedWorkerIsToldEverythingAgainAndRequestsAnsweredAreNotReplayed() throws {
         var life = WorkerLifecycle(spec: try transferSpec())
         _ = life.received(Self.hello)
-        _ = life.send(.serve(shareID: [2], manifest: [], host: "h", port: 1, partial: false), tracking: .setup(key: "serve"))
-        _ = life.send(.serve(shareID: [3], manifest: [], host: "h", port: 1, partial: false), tracking: .setup(key: "serve"))
+        _ = life.send(
+            .serve(shareID: [2], manifest: [], host: "h", port: 1, partial: false), tracking: .setup(key: "serve"))
+        _ = life.send(
+            .serve(shareID: [3], manifest: [], host: "h", port: 1, partial: false), tracking: .setup(key: "serve"))
         XCTAssertEqual(life.exited(status: "killed by signal 9", nowMs: 0), [.respawn(afterMs: 100)])
         let out = life.received(Self.hello)
         let serves = Self.writes(out).filter { $0.tag == .serve }
-        XCTAssertEqual(serves, [.serve(shareID: [3], manifest: [], host: "h", port: 1, partial: false)], "the latest only")
+        XCTAssertEqual(
+            serves, [.serve(shareID: [3], manifest: [], host: "h", port: 1, partial: false)], "the latest only")
         XCTAssertTrue(out.contains(.restarted(setup: 1, requests: 0)))
     }
 
@@ -59,7 +64,9 @@ final class WorkerLifecycleTests: XCTestCase {
 
     func testAPartnersRestartIsNoCrash() throws {
         var life = WorkerLifecycle(spec: try transferSpec())
-        for _ in 0..<5 { XCTAssertEqual(life.exited(status: "killed", nowMs: 0, partnerRestart: true), [.respawn(afterMs: 0)]) }
+        for _ in 0..<5 {
+            XCTAssertEqual(life.exited(status: "killed", nowMs: 0, partnerRestart: true), [.respawn(afterMs: 0)])
+        }
         XCTAssertEqual(life.exited(status: "exited", nowMs: 0), [.respawn(afterMs: 100)], "the first real crash")
     }
 
@@ -71,7 +78,8 @@ final class WorkerLifecycleTests: XCTestCase {
         _ = life.received(Self.hello)
         XCTAssertEqual(life.received(Self.hello), [.violation("hello sent twice")])
         XCTAssertEqual(
-            life.received(.manifestBuilt(requestID: 1, manifest: [])), [.violation("transfer may not send manifestBuilt")])
+            life.received(.manifestBuilt(requestID: 1, manifest: [])),
+            [.violation("transfer may not send manifestBuilt")])
         XCTAssertEqual(life.received(.peerCount(count: 2)), [.deliver(.peerCount(count: 2))])
     }
 }

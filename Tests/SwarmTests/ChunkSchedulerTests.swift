@@ -6,7 +6,8 @@ final class ChunkSchedulerTests: XCTestCase {
     func testRequestsRespectTheInFlightLimitAndSkipVerifiedChunks() {
         var verified = ChunkBitfield(count: 6)
         verified[1] = true
-        var scheduler = ChunkScheduler(chunkCount: 6, verified: verified, maxInFlightPerPeer: 2, randomFirst: 0, strategy: .rarestInOrder)
+        var scheduler = ChunkScheduler(
+            chunkCount: 6, verified: verified, maxInFlightPerPeer: 2, randomFirst: 0, strategy: .rarestInOrder)
         scheduler.peerJoined(1)
         XCTAssertEqual(scheduler.nextRequests(for: 1), [0, 2])
         XCTAssertEqual(scheduler.nextRequests(for: 1), [])
@@ -17,7 +18,8 @@ final class ChunkSchedulerTests: XCTestCase {
     }
 
     func testRejectedChunkIsRequestedAgainAndLiarIsBanned() {
-        var scheduler = ChunkScheduler(chunkCount: 4, verified: nil, maxInFlightPerPeer: 4, randomFirst: 0, strategy: .rarestInOrder)
+        var scheduler = ChunkScheduler(
+            chunkCount: 4, verified: nil, maxInFlightPerPeer: 4, randomFirst: 0, strategy: .rarestInOrder)
         scheduler.peerJoined(1)
         scheduler.peerJoined(2)
         XCTAssertEqual(scheduler.nextRequests(for: 1), [0, 1, 2, 3])
@@ -34,7 +36,8 @@ final class ChunkSchedulerTests: XCTestCase {
     func testHaveHelpsOnlyForMissingChunksOrInEndgame() {
         var verified = ChunkBitfield(count: 4)
         verified[3] = true
-        var scheduler = ChunkScheduler(chunkCount: 4, verified: verified, maxInFlightPerPeer: 1, randomFirst: 0, strategy: .rarestInOrder)
+        var scheduler = ChunkScheduler(
+            chunkCount: 4, verified: verified, maxInFlightPerPeer: 1, randomFirst: 0, strategy: .rarestInOrder)
         scheduler.peerJoined(1)
         XCTAssertEqual(scheduler.nextRequests(for: 1), [0])
         XCTAssertFalse(scheduler.haveMayHelp(3), "verified already")
@@ -51,7 +54,8 @@ final class ChunkSchedulerTests: XCTestCase {
     }
 
     func testPeerLeavingReturnsItsChunks() {
-        var scheduler = ChunkScheduler(chunkCount: 3, verified: nil, maxInFlightPerPeer: 8, randomFirst: 0, strategy: .rarestInOrder)
+        var scheduler = ChunkScheduler(
+            chunkCount: 3, verified: nil, maxInFlightPerPeer: 8, randomFirst: 0, strategy: .rarestInOrder)
         scheduler.peerJoined(1)
         XCTAssertEqual(scheduler.nextRequests(for: 1), [0, 1, 2])
         XCTAssertEqual(scheduler.pieceArrived(index: 1, from: 1), .verify)
@@ -70,7 +74,8 @@ final class ChunkSchedulerTests: XCTestCase {
 
 final class EndgameTests: XCTestCase {
     func testLastChunksAreAlsoAskedOfAnotherPeerAndTheFirstCopyWins() {
-        var scheduler = ChunkScheduler(chunkCount: 3, verified: nil, maxInFlightPerPeer: 4, randomFirst: 0, strategy: .rarestInOrder)
+        var scheduler = ChunkScheduler(
+            chunkCount: 3, verified: nil, maxInFlightPerPeer: 4, randomFirst: 0, strategy: .rarestInOrder)
         scheduler.peerJoined(1)
         scheduler.peerJoined(2)
         XCTAssertEqual(scheduler.nextRequests(for: 1), [0, 1, 2], "peer 1 (silent, as it turns out) takes all")
@@ -86,7 +91,8 @@ final class EndgameTests: XCTestCase {
     }
 
     func testLeavingOwnerHandsTheChunkToTheEndgameCopy() {
-        var scheduler = ChunkScheduler(chunkCount: 1, verified: nil, maxInFlightPerPeer: 4, randomFirst: 0, strategy: .rarestInOrder)
+        var scheduler = ChunkScheduler(
+            chunkCount: 1, verified: nil, maxInFlightPerPeer: 4, randomFirst: 0, strategy: .rarestInOrder)
         scheduler.peerJoined(1)
         scheduler.peerJoined(2)
         XCTAssertEqual(scheduler.nextRequests(for: 1), [0])
@@ -105,7 +111,8 @@ final class ChunkSelectionTests: XCTestCase {
     }
 
     func testPeersAreAskedOnlyForChunksTheyHave() {
-        var scheduler = ChunkScheduler(chunkCount: 6, verified: nil, maxInFlightPerPeer: 8, randomFirst: 0, strategy: .rarestInOrder)
+        var scheduler = ChunkScheduler(
+            chunkCount: 6, verified: nil, maxInFlightPerPeer: 8, randomFirst: 0, strategy: .rarestInOrder)
         scheduler.peerJoined(1, has: bits(6, [1, 4]))
         XCTAssertEqual(scheduler.nextRequests(for: 1), [1, 4])
         scheduler.peerHas(1, index: 5)
@@ -113,7 +120,8 @@ final class ChunkSelectionTests: XCTestCase {
     }
 
     func testRarestChunkIsPickedFirst() {
-        var scheduler = ChunkScheduler(chunkCount: 4, verified: nil, maxInFlightPerPeer: 1, randomFirst: 0, strategy: .rarestInOrder)
+        var scheduler = ChunkScheduler(
+            chunkCount: 4, verified: nil, maxInFlightPerPeer: 1, randomFirst: 0, strategy: .rarestInOrder)
         scheduler.peerJoined(1)  // a seeder: has all four
         scheduler.peerJoined(2, has: bits(4, [0, 1, 2]))
         scheduler.peerJoined(3, has: bits(4, [0, 1]))
@@ -130,7 +138,8 @@ final class ChunkSelectionTests: XCTestCase {
         var firsts = Set<Int>()
         for seed in 1...20 {
             var scheduler = ChunkScheduler(
-                chunkCount: 100, verified: nil, maxInFlightPerPeer: 100, randomFirst: 4, seed: UInt64(seed), strategy: .rarestInOrder)
+                chunkCount: 100, verified: nil, maxInFlightPerPeer: 100, randomFirst: 4, seed: UInt64(seed),
+                strategy: .rarestInOrder)
             scheduler.peerJoined(1)
             let picked = scheduler.nextRequests(for: 1, max: 6)
             XCTAssertEqual(Set(picked).count, 6)
@@ -159,8 +168,10 @@ final class ChunkSelectionTests: XCTestCase {
     }
 
     func testTwoDownloadersOfOneSeederSweepFromDifferentPlaces() {
-        var first = ChunkScheduler(chunkCount: 1000, verified: nil, maxInFlightPerPeer: 100, seed: 11, strategy: .rarestInOrder)
-        var second = ChunkScheduler(chunkCount: 1000, verified: nil, maxInFlightPerPeer: 100, seed: 12, strategy: .rarestInOrder)
+        var first = ChunkScheduler(
+            chunkCount: 1000, verified: nil, maxInFlightPerPeer: 100, seed: 11, strategy: .rarestInOrder)
+        var second = ChunkScheduler(
+            chunkCount: 1000, verified: nil, maxInFlightPerPeer: 100, seed: 12, strategy: .rarestInOrder)
         first.peerJoined(1)
         second.peerJoined(1)
         let a = Set(first.nextRequests(for: 1, max: 100))
@@ -169,7 +180,8 @@ final class ChunkSelectionTests: XCTestCase {
     }
 
     func testEndgameCopyIsCancelledWhenTheFirstArrives() {
-        var scheduler = ChunkScheduler(chunkCount: 1, verified: nil, maxInFlightPerPeer: 4, randomFirst: 0, strategy: .rarestInOrder)
+        var scheduler = ChunkScheduler(
+            chunkCount: 1, verified: nil, maxInFlightPerPeer: 4, randomFirst: 0, strategy: .rarestInOrder)
         scheduler.peerJoined(1)
         scheduler.peerJoined(2)
         XCTAssertEqual(scheduler.nextRequests(for: 1), [0])
@@ -181,7 +193,8 @@ final class ChunkSelectionTests: XCTestCase {
     }
 
     func testPeerThatStopsDeliveringIsReportedStalled() {
-        var scheduler = ChunkScheduler(chunkCount: 4, verified: nil, maxInFlightPerPeer: 2, randomFirst: 0, strategy: .rarestInOrder)
+        var scheduler = ChunkScheduler(
+            chunkCount: 4, verified: nil, maxInFlightPerPeer: 2, randomFirst: 0, strategy: .rarestInOrder)
         scheduler.peerJoined(1, now: 0)
         scheduler.peerJoined(2, now: 0)
         _ = scheduler.nextRequests(for: 1, now: 0)

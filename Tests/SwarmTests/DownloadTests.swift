@@ -10,7 +10,9 @@ final class DownloadTests: XCTestCase {
     typealias Directive = Download.Directive
 
     static func manifest(chunks: Int, chunkSize: Int = 64 * 1024) -> [UInt8] {
-        let hashes = (0..<chunks).map { ChunkHash.of([UInt8(truncatingIfNeeded: $0), UInt8(truncatingIfNeeded: $0 >> 8)]) }
+        let hashes = (0..<chunks).map {
+            ChunkHash.of([UInt8(truncatingIfNeeded: $0), UInt8(truncatingIfNeeded: $0 >> 8)])
+        }
         return Manifest(
             chunkSize: chunkSize, entries: [.file("data.bin", size: UInt64(chunks * chunkSize), chunkHashes: hashes)]
         ).encoded()
@@ -98,7 +100,8 @@ final class DownloadTests: XCTestCase {
             now += 0.002
             outstanding.remove(index)
             let out =
-                download.received(.piece(index: UInt32(index), data: [UInt8](repeating: 0, count: 65536)), from: 1, now: now)
+                download.received(
+                    .piece(index: UInt32(index), data: [UInt8](repeating: 0, count: 65536)), from: 1, now: now)
                 + download.verdict(index: index, accepted: true, now: now)
             outstanding.formUnion(Self.requests(out, to: 1))
         }
@@ -131,7 +134,9 @@ final class DownloadTests: XCTestCase {
             _ = download.received(.piece(index: UInt32(index), data: [0]), from: 1, now: Double(strike))
             let out = download.verdict(index: index, accepted: false, now: Double(strike))
             closed.merge(Self.closes(out)) { $1 }
-            if strike < 2 { XCTAssertTrue(out.contains(.event("chunk \(index) failed verification; requesting it again"))) }
+            if strike < 2 {
+                XCTAssertTrue(out.contains(.event("chunk \(index) failed verification; requesting it again")))
+            }
         }
         XCTAssertTrue(closed[1]?.contains("banned") == true, "\(closed)")
         let after = download.closed(1, now: 3)
@@ -188,7 +193,8 @@ final class DownloadTests: XCTestCase {
         last = download.closed(id, reason: "connection refused", now: failedAt)
         XCTAssertTrue(
             last.contains(
-                .failed(code: 69, reason: "could not reach any peer that has the share: 10.0.0.9:1 (connection refused)."))
+                .failed(
+                    code: 69, reason: "could not reach any peer that has the share: 10.0.0.9:1 (connection refused)."))
         )
     }
 

@@ -40,7 +40,9 @@ final class UploadTests: XCTestCase {
         var upload = Upload(now: 0)
         upload.opened(1, now: 0)
         var out: [Directive] = []
-        for index in 0...Upload.maxOutstanding { out = upload.requested(1, index: UInt32(index), servable: true, now: 0) }
+        for index in 0...Upload.maxOutstanding {
+            out = upload.requested(1, index: UInt32(index), servable: true, now: 0)
+        }
         XCTAssertEqual(out, [.fail(1, reason: "more than 64 requests outstanding")])
     }
 

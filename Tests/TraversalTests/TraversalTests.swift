@@ -1,8 +1,8 @@
 import PeerShareCore
 import Testing
-@testable import Traversal
 import Wire
 
+@testable import Traversal
 
 @Suite struct STUNTests {
     let transaction: [UInt8] = Array(1...12)
