@@ -99,10 +99,22 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]),
+        // The supervisor: its worker table, each worker's lifecycle, spawning, heartbeats,
+        // the control socket. It knows nothing of shares or downloads.
         .target(
             name: "Supervisor",
             dependencies: [
-                "WorkerRuntime", "IPC", "PeerShareCore", "Stages", "Traversal", "Wire",
+                "WorkerRuntime", "IPC", "PeerShareCore", "Stages", "Wire",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]),
+        // What the supervisor is told to do, one session per command: share, get, dht, nat
+        // and relay, and the DHT client, port mapping and pipeline keys they share.
+        .target(
+            name: "Sessions",
+            dependencies: [
+                "Supervisor", "WorkerRuntime", "IPC", "PeerShareCore", "Stages", "Traversal", "Wire",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -120,7 +132,8 @@ let package = Package(
         .target(
             name: "PeerShareCLI",
             dependencies: [
-                "Benchmarks", "Supervisor", "WorkerRuntime", "HashWorker", "TransferWorker", "DiscoveryWorker",
+                "Benchmarks", "Sessions", "Supervisor", "WorkerRuntime", "HashWorker", "TransferWorker",
+                "DiscoveryWorker",
                 "NATWorker", "PeerShareCore", "IPC", "CSodium", "CZlib", "Kademlia", "Stages", "Swarm", "Traversal",
                 "Wire",
                 .product(name: "NIOCore", package: "swift-nio"),

@@ -3,6 +3,7 @@ import Foundation
 import Kademlia
 import Logging
 import PeerShareCore
+import Sessions
 import Supervisor
 import WorkerRuntime
 
@@ -44,7 +45,7 @@ func runDHTAction(_ action: DHTSession.Action, common: CommonOptions, dht: DHTOp
         let session = DHTSession(
             supervisor: supervisor, dht: DHTClient(supervisor: supervisor, settings: settings, logger: logger),
             action: action, output: Terminal.sessionOutput(progressToStderr: true))
-        return ({ session.begin() }, { session.stop(exitCode: $0) }, session.result)
+        return session
     }
     throw ExitCode(code)
 }

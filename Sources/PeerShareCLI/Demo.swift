@@ -1,6 +1,7 @@
 import ArgumentParser
 import Crypto
 import Foundation
+import Sessions
 import Supervisor
 
 /// A real swarm on loopback: one encrypted seeder with a limited upload and two downloaders

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import PeerShareCore
+import Sessions
 import Supervisor
 import WorkerRuntime
 
@@ -163,7 +164,7 @@ struct Get: ParsableCommand {
                 output: useJSON ? Terminal.jsonOutput() : Terminal.sessionOutput(), logger: logger, listen: serveAt,
                 seedAfter: seedAfter, verbose: showEvents, pipeline: pipeline, identity: identity,
                 relayAddresses: relays, mapPorts: mapPorts, punch: punch)
-            return ({ session.begin() }, { session.stop(exitCode: $0) }, session.result)
+            return session
         }
         throw ExitCode(code)
     }

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import IPC
 import PeerShareCore
+import Sessions
 import Supervisor
 import Wire
 

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import PeerShareCore
+import Sessions
 import Supervisor
 import WorkerRuntime
 
@@ -91,7 +92,7 @@ struct NATCommand: ParsableCommand {
             let session = NATSession(
                 supervisor: supervisor, action: .probe(servers: servers, relays: relays, gateway: gateway),
                 output: Terminal.sessionOutput(progressToStderr: true))
-            return ({ session.begin() }, { session.stop(exitCode: $0) }, session.result)
+            return session
         }
         throw ExitCode(code)
     }
@@ -151,7 +152,7 @@ struct RelayCommand: ParsableCommand {
                     circuitSeconds: circuitSeconds),
                 output: Terminal.sessionOutput(progressToStderr: true),
                 dht: dhtSettings.map { DHTClient(supervisor: supervisor, settings: $0, logger: logger) })
-            return ({ session.begin() }, { session.stop(exitCode: $0) }, session.result)
+            return session
         }
         throw ExitCode(code)
     }

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Logging
 import PeerShareCore
+import Sessions
 import Supervisor
 
 public struct PeerShareCommand: ParsableCommand {

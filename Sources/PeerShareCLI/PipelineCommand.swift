@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import PeerShareCore
+import Sessions
 import Stages
 import Supervisor
 

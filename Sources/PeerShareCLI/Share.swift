@@ -4,6 +4,7 @@ import Logging
 import NIOCore
 import NIOPosix
 import PeerShareCore
+import Sessions
 import Supervisor
 import WorkerRuntime
 
@@ -78,7 +79,7 @@ struct Share: ParsableCommand {
                 output: Terminal.sessionOutput(progressToStderr: true), logger: logger, pipeline: pipeline,
                 identity: identity, relays: relays, relayAddresses: relayAddresses,
                 mapPorts: mapPorts, findRelays: findRelays, volunteerRelay: volunteerRelay)
-            return ({ session.begin() }, { session.stop(exitCode: $0) }, session.result)
+            return session
         }
         throw ExitCode(code)
     }
@@ -86,13 +87,11 @@ struct Share: ParsableCommand {
 
 /// Starts a supervisor and its workers, runs a session on it, handles SIGINT/SIGTERM.
 enum SupervisorRunner {
-    typealias Session = (begin: @Sendable () -> Void, stop: @Sendable (Int32) -> Void, result: EventLoopFuture<Int32>)
-
     /// `control`: open a control socket so `peershare limit` can change this run's limits.
     /// `readable`/`writable`: the paths the hash worker's sandbox lets it touch.
     static func run(
         config: PipelineConfig, logLevel: String, control: Bool = false, readable: [String] = [],
-        writable: [String] = [], makeSession: @escaping @Sendable (Supervisor, Logger) -> Session
+        writable: [String] = [], makeSession: @escaping @Sendable (Supervisor, Logger) -> any Session
     ) -> Int32 {
         let logger = Logger(label: "supervisor")
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
@@ -117,7 +116,7 @@ enum SupervisorRunner {
             source.setEventHandler {
                 loop.execute {
                     logger.info("signal \(number): shutting down")
-                    session.stop(code)
+                    session.stop(exitCode: code)
                 }
             }
             source.resume()
@@ -132,7 +131,7 @@ enum SupervisorRunner {
                     session.begin()
                 case .failure(let error):
                     Terminal.error("cannot start workers: \(error)")
-                    session.stop(ExitCodes.software)
+                    session.stop(exitCode: ExitCodes.software)
                 }
             }
         }

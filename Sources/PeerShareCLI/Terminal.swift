@@ -1,5 +1,6 @@
 import Foundation
 import PeerShareCore
+import Sessions
 import Supervisor
 
 /// User-facing output. stdout carries results (the link, the saved path, progress); stderr

@@ -3,6 +3,7 @@ import IPC
 import Logging
 import NIOCore
 import PeerShareCore
+import Supervisor
 import Traversal
 
 /// `peershare nat` (what this machine looks like from outside) and `peershare relay` (run a

@@ -2,6 +2,7 @@ import Foundation
 import IPC
 import Logging
 import PeerShareCore
+import Supervisor
 
 /// Where and how the session's DHT node runs. Router names are resolved here, in the
 /// supervisor, so the discovery worker needs neither DNS nor files.

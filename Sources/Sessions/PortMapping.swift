@@ -1,6 +1,7 @@
 import Foundation
 import IPC
 import PeerShareCore
+import Supervisor
 
 /// What the supervisor needs to ask for port mappings: the default gateway (read here, as
 /// the nat worker may open no file) and when asking makes sense at all.

@@ -3,6 +3,7 @@ import IPC
 import Logging
 import NIOCore
 import PeerShareCore
+import Supervisor
 
 /// `peershare dht ...`: one DHT action through the discovery worker, with its result printed
 /// for people (and `--trace` printing every hop of a lookup as it happens).

@@ -2,6 +2,7 @@ import Foundation
 import IPC
 import PeerShareCore
 import Stages
+import Supervisor
 
 /// The supervisor's view of the transfer pipeline for one session: the stages from
 /// pipeline.json, the link secret of an encrypted share, and this machine's peer identity.

@@ -3,6 +3,7 @@ import IPC
 import Logging
 import NIOCore
 import PeerShareCore
+import Supervisor
 import Traversal
 import Wire
 

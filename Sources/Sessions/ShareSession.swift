@@ -3,6 +3,7 @@ import IPC
 import Logging
 import NIOCore
 import PeerShareCore
+import Supervisor
 import Traversal
 
 /// `peershare share PATH`: hash the share, print its link, serve it until stopped.
@@ -277,87 +278,5 @@ public final class ShareSession: SupervisorDelegate, @unchecked Sendable {
     public func supervisor(_ supervisor: Supervisor, gaveUpOn role: WorkerRole, reason: String) {
         output.error(reason)
         stop(exitCode: ExitCodes.software)
-    }
-}
-
-/// Where a session's user-facing output goes (the CLI prints it; tests could capture it).
-public struct SessionOutput: Sendable {
-    public var link: @Sendable (String) -> Void
-    public var status: @Sendable (String) -> Void
-    public var error: @Sendable (String) -> Void
-    /// `peers` is the number of connected peers while downloading, nil elsewhere.
-    public var progress: @Sendable (_ done: UInt64, _ total: UInt64, _ label: String, _ peers: Int?) -> Void
-    public var finishProgress: @Sendable () -> Void
-
-    public init(
-        link: @escaping @Sendable (String) -> Void, status: @escaping @Sendable (String) -> Void,
-        error: @escaping @Sendable (String) -> Void,
-        progress: @escaping @Sendable (UInt64, UInt64, String, Int?) -> Void,
-        finishProgress: @escaping @Sendable () -> Void
-    ) {
-        self.link = link
-        self.status = status
-        self.error = error
-        self.progress = progress
-        self.finishProgress = finishProgress
-    }
-}
-
-/// Exit codes, from sysexits.h so scripts can tell failures apart (README lists them).
-public enum ExitCodes {
-    public static let ok: Int32 = 0
-    public static let usage: Int32 = 64
-    public static let dataError: Int32 = 65
-    public static let noInput: Int32 = 66
-    public static let unavailable: Int32 = 69
-    public static let software: Int32 = 70
-    public static let cannotCreate: Int32 = 73
-    public static let ioError: Int32 = 74
-    public static let config: Int32 = 78
-    /// SIGINT (Ctrl-C), as shells report it: 128 + 2.
-    public static let interrupted: Int32 = 130
-    /// SIGTERM: 128 + 15. Never 0: a download stopped by a signal is not complete.
-    public static let terminated: Int32 = 143
-}
-
-/// Peer hints for a link: the listening address itself, or every IPv4 address of this
-/// machine when listening on all of them (loopback last, for same-machine use).
-public enum LocalAddresses {
-    /// Every non-loopback IPv4 address is private (RFC 1918, CGNAT, link-local): this
-    /// machine has no address of its own on the internet.
-    public static func allPrivate() -> Bool {
-        hints(listenHost: "0.0.0.0", port: 0).map(\.host).filter { $0 != "127.0.0.1" }.allSatisfy { host in
-            guard let ip = IPText.parseIPv4(host) else { return false }
-            return DialPolicy.isPrivate(ip) || DialPolicy.isNeverAPeer(ip)
-        }
-    }
-
-    public static func hints(listenHost: String, port: Int) -> [PeerAddress] {
-        guard listenHost == "0.0.0.0" || listenHost == "::" else {
-            return [PeerAddress(host: listenHost, port: port)]
-        }
-        var found: [String] = []
-        var list: UnsafeMutablePointer<ifaddrs>?
-        if getifaddrs(&list) == 0 {
-            var cursor = list
-            while let entry = cursor {
-                if let address = entry.pointee.ifa_addr, address.pointee.sa_family == sa_family_t(AF_INET) {
-                    var host = [CChar](repeating: 0, count: Int(NI_MAXHOST))
-                    if getnameinfo(
-                        address, socklen_t(MemoryLayout<sockaddr_in>.size), &host, socklen_t(host.count), nil, 0,
-                        NI_NUMERICHOST) == 0
-                    {
-                        let text = String(
-                            decoding: host.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-                        if text != "127.0.0.1" && !found.contains(text) { found.append(text) }
-                    }
-                }
-                cursor = entry.pointee.ifa_next
-            }
-            freeifaddrs(list)
-        }
-        found = Array(found.prefix(ShareLink.maxPeerHints - 1))
-        found.append("127.0.0.1")
-        return found.map { PeerAddress(host: $0, port: port) }
     }
 }
