@@ -4,9 +4,9 @@ import Wire
 
 /// Runs a whole swarm on a virtual clock: every downloader is the same `Download` Instance
 /// the transfer worker runs, and every node serves with the same `Upload`; only the network
-/// and the disk are modelled. A thousand peers and a 500 MiB share take seconds of CPU, so
-/// picking strategies can be compared at a scale no machine could run with real sockets
-/// (docs/SWARM.md). Cost: about 25 s of CPU for 100 downloaders of a 1,000-chunk share.
+/// and the disk are modelled. Two hundred peers and a 125 MiB share take about 25 s of CPU
+/// (release build), so picking strategies can be compared at a scale no machine could run
+/// with real processes and sockets (docs/SWARM.md).
 ///
 /// The model, kept simple on purpose:
 /// - Each node's uplink is its upload rate (its `Upload`'s global limit): a piece leaves when
