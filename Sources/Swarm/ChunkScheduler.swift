@@ -21,7 +21,6 @@ import Wire
 /// to 4 MiB beyond that), a few microseconds per request.
 public struct ChunkScheduler: Sendable {
     public typealias PeerID = Int
-    public typealias Strategy = PickStrategy
 
     public enum ChunkState: Equatable, Sendable {
         case missing

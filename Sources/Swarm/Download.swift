@@ -155,7 +155,7 @@ public struct Download: Sendable {
         } else {
             relaysAt = now + config.relayDelay
         }
-        return finish(out, now: now)
+        return finish(out)
     }
 
     /// Relays became known after the start: used at once if no peer has accepted us yet.
@@ -163,7 +163,7 @@ public struct Download: Sendable {
         var out: [Directive] = []
         relayRoutes = relays
         if !peers.values.contains(where: \.established) { startRelays(now: now, &out) }
-        return finish(out, now: now)
+        return finish(out)
     }
 
     /// Peers found later (the supervisor's periodic DHT lookups): the new ones are tried.
@@ -175,7 +175,7 @@ public struct Download: Sendable {
             out.append(.log(.info, "new peer \(address)"))
             connect(address, now: now, &out)
         }
-        return finish(out, now: now)
+        return finish(out)
     }
 
     /// The peer is past its hello and handshake; `chunkCount` is what it says the share has.
@@ -194,7 +194,7 @@ public struct Download: Sendable {
             manifestRequestedFrom = id
             out.append(.send(.getManifest, to: id))
         }
-        return finish(out, now: now)
+        return finish(out)
     }
 
     /// A message from an established peer (hello and handshake messages are the shell's).
@@ -270,7 +270,7 @@ public struct Download: Sendable {
         default:
             close(id, "unexpected \(message.tag) message", &out)
         }
-        return finish(out, now: now)
+        return finish(out)
     }
 
     /// The connection is gone (or never came up: `reason` says why).
@@ -297,7 +297,7 @@ public struct Download: Sendable {
         } else {
             checkAlive(now: now, &out)
         }
-        return finish(out, now: now)
+        return finish(out)
     }
 
     /// The supervisor found which chunks are already verified on disk (resume): requests begin.
@@ -312,7 +312,7 @@ public struct Download: Sendable {
             return out
         }
         for id in peers.keys.sorted() { join(id, now: now, &out) }
-        return finish(out, now: now)
+        return finish(out)
     }
 
     /// The hash worker's verdict on a chunk handed over with `verify`.
@@ -341,14 +341,14 @@ public struct Download: Sendable {
             }
         }
         requestMoreFromAll(now: now, &out)
-        return finish(out, now: now)
+        return finish(out)
     }
 
     public mutating func setDownloadRate(_ rate: Double, now: Double) -> [Directive] {
         var out: [Directive] = []
         downloadBucket.setRate(rate, now: now)
         requestMoreFromAll(now: now, &out)
-        return finish(out, now: now)
+        return finish(out)
     }
 
     /// Time passed: retries, relays, throttled requests and the once-a-second checks that
@@ -372,7 +372,7 @@ public struct Download: Sendable {
             nextCheck = now + 1
             checkProgress(now: now, &out)
         }
-        return finish(out, now: now)
+        return finish(out)
     }
 
     /// Timers may fire a little early on a real clock.
@@ -569,12 +569,13 @@ public struct Download: Sendable {
 
     /// Ends every entry point: asks for a wake at the earliest deadline ahead, unless one at
     /// or before it is already pending.
-    private mutating func finish(_ directives: [Directive], now: Double) -> [Directive] {
+    /// Runs after every event, pieces and `have`s included: no allocation here.
+    private mutating func finish(_ directives: [Directive]) -> [Directive] {
         var out = directives
         guard !finished else { return out }
-        var deadlines = retries.map(\.at)
-        for deadline in [relaysAt, throttledUntil, nextCheck] { if let deadline { deadlines.append(deadline) } }
-        guard let earliest = deadlines.min() else { return out }
+        var earliest = min(relaysAt ?? .infinity, throttledUntil ?? .infinity, nextCheck ?? .infinity)
+        for retry in retries { earliest = min(earliest, retry.at) }
+        guard earliest < .infinity else { return out }
         if let pending = pendingWake, pending <= earliest { return out }
         pendingWake = earliest
         out.append(.wake(at: earliest))
