@@ -55,6 +55,8 @@ let package = Package(
         // Pure core: the swarm. A download and an upload as Instances (events in, directives
         // out, time passed in), the chunk picker, rate limits, and the swarm simulator.
         .target(name: "Swarm", dependencies: ["Wire", "PeerShareCore", "PeerWire"]),
+        // Pure core: finding peers on the LAN with no internet (BEP 14 announces, an Instance).
+        .target(name: "LocalDiscovery"),
 
         // The pipeline's built-in stages and their handshake: wrappers over libsodium and zlib
         // (no sockets, no clocks).
@@ -86,7 +88,7 @@ let package = Package(
         .target(
             name: "DiscoveryWorker",
             dependencies: [
-                "WorkerRuntime", "IPC", "Kademlia", "PeerShareCore", "Wire",
+                "WorkerRuntime", "IPC", "Kademlia", "LocalDiscovery", "PeerShareCore", "Wire",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -164,6 +166,7 @@ let package = Package(
         .testTarget(name: "SwarmTests", dependencies: ["Swarm", "PeerWire", "PeerShareCore", "Wire"]),
         .testTarget(name: "StagesTests", dependencies: ["Stages", "PeerShareCore"]),
         .testTarget(name: "TraversalTests", dependencies: ["Traversal", "PeerShareCore", "Wire"]),
+        .testTarget(name: "LocalDiscoveryTests", dependencies: ["LocalDiscovery"]),
         // End-to-end tests drive real processes from Python: Tests/e2e (run by contrib/test.sh).
         .testTarget(name: "IPCTests", dependencies: ["IPC", "PeerWire", "PeerShareCore", "Wire"]),
         .testTarget(

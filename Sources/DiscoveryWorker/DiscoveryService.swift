@@ -1,14 +1,16 @@
 import Foundation
 import IPC
 import Kademlia
+import LocalDiscovery
 import Logging
 import NIOCore
 import NIOPosix
 import WorkerRuntime
 
-/// The discovery worker: one Mainline DHT node (BEP 5). It never opens a file: its saved
-/// routing table arrives in `dhtStart` and leaves in `dhtState`, and the supervisor stores
-/// it. Router host names are resolved by the supervisor too, so this process needs no DNS.
+/// The discovery worker: one Mainline DHT node (BEP 5), and LAN discovery (BEP 14). It never
+/// opens a file: its saved routing table arrives in `dhtStart` and leaves in `dhtState`, and
+/// the supervisor stores it. Router host names are resolved by the supervisor too, so this
+/// process needs no DNS; the LAN's interfaces are enumerated by the supervisor as well.
 public final class DiscoveryService: WorkerService, @unchecked Sendable {
     let logger: Logger
     let pipe: WorkerPipe
@@ -18,6 +20,9 @@ public final class DiscoveryService: WorkerService, @unchecked Sendable {
     private var shell: DHTShell?
     private var ready: EventLoopFuture<Void>?
     private var pendingReadOnly = false
+    private var lan: LANShell?
+    /// LAN announces asked for before the LAN sockets were up.
+    private var lanStarted: EventLoopFuture<Void>?
 
     public init(logger: Logger, pipe: WorkerPipe) {
         self.logger = logger
@@ -31,13 +36,13 @@ public final class DiscoveryService: WorkerService, @unchecked Sendable {
         }.wait()) ?? "busy"
     }
 
-    func tell(_ message: IPCMessage) { pipe.sendOrExit(message, logger: logger) }
+    func tell(_ message: WorkerReport) { pipe.sendOrExit(message, logger: logger) }
 
-    public func handle(_ message: IPCMessage, pipe: WorkerPipe) {
+    public func handle(_ message: WorkerCommand, pipe: WorkerPipe) {
         loop.execute { [self] in onSupervisor(message) }
     }
 
-    private func onSupervisor(_ message: IPCMessage) {
+    private func onSupervisor(_ message: WorkerCommand) {
         switch message {
         case .dhtStart(let host, let port, let routers, let state):
             start(host: host, port: Int(port), routers: routers.compactMap(NodeAddress.init), state: state)
@@ -52,6 +57,20 @@ public final class DiscoveryService: WorkerService, @unchecked Sendable {
             shell?.setReadOnly(readOnly)
             logger.info(
                 readOnly ? "DHT node read-only (BEP 43): this machine cannot be reached" : "DHT node answers queries")
+        case .lanStart(let lines):
+            let interfaces = lines.compactMap(LANShell.Interface.init)
+            let shell = LANShell(loop: loop, interfaces: interfaces)
+            shell.onFound = { [self] key, address in tell(.lanPeer(key: key, address: address)) }
+            lan = shell
+            lanStarted = shell.start().map { [self] in
+                for problem in shell.problems { logger.warning("LAN discovery: \(problem)") }
+                logger.info(
+                    "LAN discovery (BEP 14) on \(interfaces.count) interface(s): \(interfaces.flatMap(\.networks).count) network(s)"
+                )
+            }
+        case .lanAnnounce(let key, let port, let serving):
+            guard let lan, let lanStarted else { return logger.warning("LAN discovery is not started") }
+            lanStarted.whenComplete { _ in lan.announce(key: key, port: port, serving: serving) }
         case .dhtStateRequest(let id):
             guard let shell else { return tell(.dhtState(requestID: id, state: [], summary: "DHT not started")) }
             tell(.dhtState(requestID: id, state: shell.exportState(), summary: summary(shell)))

@@ -16,7 +16,7 @@ public final class HashService: WorkerService, @unchecked Sendable {
     private var download: DownloadOnDisk?
     private var rejectedChunks = 0
     /// The data channel to the transfer worker: chunks to verify and write, chunks to read.
-    private let transfer: WorkerPipe?
+    private let transfer: MessagePipe<ChunkReply, ChunkRequest>?
     private var readingTransfer = false
 
     public init(logger: Logger) {
@@ -31,8 +31,8 @@ public final class HashService: WorkerService, @unchecked Sendable {
         guard let transfer, !readingTransfer else { return }
         readingTransfer = true
         DataChannel.startReading(
-            transfer, as: .hash,
-            deliver: { [self] message in handleFromTransfer(message, pipe: transfer) },
+            transfer,
+            deliver: { [self] request in handleFromTransfer(request, pipe: transfer) },
             logger: logger,
             closed: { [logger] reason in
                 // The supervisor restarts the transfer worker on a new channel, and us with it.
@@ -55,33 +55,30 @@ public final class HashService: WorkerService, @unchecked Sendable {
 
     /// Supervisor messages: queued, so the skeleton's reader thread stays free for heartbeats
     /// while a long job (hashing a whole share) runs.
-    public func handle(_ message: IPCMessage, pipe: WorkerPipe) {
-        queue.async { [self] in performAndReply(message, pipe: pipe) }
+    public func handle(_ command: WorkerCommand, pipe: WorkerPipe) {
+        queue.async { [self] in
+            let reply = perform(command, pipe: pipe)
+            if served != nil || download != nil { startReadingTransfer() }
+            // No supervisor to answer to: we go too.
+            if let reply { pipe.sendOrExit(reply, logger: logger) }
+        }
     }
 
     /// Chunk requests from the transfer worker: run on the data channel's reader thread
     /// itself, in turn with the queue's jobs (`sync` runs the block on the calling thread), so
     /// a chunk costs no thread switch on its way in.
-    private func handleFromTransfer(_ message: IPCMessage, pipe: WorkerPipe) {
-        queue.sync { performAndReply(message, pipe: pipe) }
-    }
-
-    private func performAndReply(_ message: IPCMessage, pipe: WorkerPipe) {
-        let reply = perform(message, pipe: pipe)
-        if served != nil || download != nil { startReadingTransfer() }
-        guard let reply else { return }
+    private func handleFromTransfer(_ request: ChunkRequest, pipe: MessagePipe<ChunkReply, ChunkRequest>) {
+        let reply = queue.sync { perform(request) }
         do {
             try pipe.send(reply)
-        } catch  where pipe !== transfer {
-            logger.error("cannot reply to the supervisor: \(error)")
-            exit(70)
         } catch {
             // The transfer worker is gone; the supervisor restarts us with the next one.
             logger.debug("cannot reply to the transfer worker: \(error)")
         }
     }
 
-    private func failure(_ id: UInt32, _ error: Error) -> IPCMessage {
+    /// A failure's exit code and text, for either channel.
+    private func failure(_ error: Error) -> (code: UInt16, message: String) {
         let code: UInt16
         switch error {
         case let failure as DownloadOnDisk.Failure: code = failure.code
@@ -91,11 +88,16 @@ public final class HashService: WorkerService, @unchecked Sendable {
         }
         // The supervisor shows the failure to the user; logging it too would say it twice.
         logger.debug("\(error)")
-        return .failure(requestID: id, code: code, message: "\(error)")
+        return (code, "\(error)")
     }
 
-    private func perform(_ message: IPCMessage, pipe: WorkerPipe) -> IPCMessage? {
-        switch message {
+    private func failure(_ id: UInt32, _ error: Error) -> WorkerReport {
+        let (code, message) = failure(error)
+        return .failure(requestID: id, code: code, message: message)
+    }
+
+    private func perform(_ command: WorkerCommand, pipe: WorkerPipe) -> WorkerReport? {
+        switch command {
         case .buildManifest(let id, let path):
             do {
                 let builder = ManifestBuilder(logger: logger)
@@ -122,18 +124,6 @@ public final class HashService: WorkerService, @unchecked Sendable {
             } catch {
                 return failure(id, error)
             }
-        case .readChunk(let id, let index):
-            do {
-                // A download in progress serves what it has verified so far.
-                if let served {
-                    return .chunkData(requestID: id, index: index, data: try served.read(index: Int(index)))
-                } else if let download {
-                    return .chunkData(requestID: id, index: index, data: try download.read(index: Int(index)))
-                }
-                return .failure(requestID: id, code: 70, message: "no share is open")
-            } catch {
-                return failure(id, error)
-            }
         case .prepareDownload(let id, let manifest, let target, let privateShare):
             do {
                 if let download, download.shareID == ShareID(manifestBytes: manifest) {
@@ -153,20 +143,6 @@ public final class HashService: WorkerService, @unchecked Sendable {
             } catch {
                 return failure(id, error)
             }
-        case .writeChunk(let id, let index, let data):
-            guard let download else {
-                return .failure(requestID: id, code: 70, message: "no download is prepared")
-            }
-            do {
-                let accepted = try download.write(index: Int(index), data: data)
-                if !accepted {
-                    rejectedChunks += 1
-                    logger.warning("chunk \(index) failed verification; discarded, not written")
-                }
-                return .chunkWritten(requestID: id, index: index, accepted: accepted)
-            } catch {
-                return failure(id, error)
-            }
         case .finalizeDownload(let id):
             guard let download else {
                 return .failure(requestID: id, code: 70, message: "no download is prepared")
@@ -181,8 +157,44 @@ public final class HashService: WorkerService, @unchecked Sendable {
                 return failure(id, error)
             }
         default:
-            logger.warning("ignoring unexpected \(message.tag) message")
+            logger.warning("ignoring unexpected \(command.tag) command")
             return nil
+        }
+    }
+
+    /// A chunk request from the transfer worker; every one is answered.
+    private func perform(_ request: ChunkRequest) -> ChunkReply {
+        func failure(_ id: UInt32, _ error: Error) -> ChunkReply {
+            let (code, message) = self.failure(error)
+            return .failure(requestID: id, code: code, message: message)
+        }
+        switch request {
+        case .readChunk(let id, let index):
+            do {
+                // A download in progress serves what it has verified so far.
+                if let served {
+                    return .chunkData(requestID: id, index: index, data: try served.read(index: Int(index)))
+                } else if let download {
+                    return .chunkData(requestID: id, index: index, data: try download.read(index: Int(index)))
+                }
+                return .failure(requestID: id, code: 70, message: "no share is open")
+            } catch {
+                return failure(id, error)
+            }
+        case .writeChunk(let id, let index, let data):
+            guard let download else {
+                return .failure(requestID: id, code: 70, message: "no download is prepared")
+            }
+            do {
+                let accepted = try download.write(index: Int(index), data: data)
+                if !accepted {
+                    rejectedChunks += 1
+                    logger.warning("chunk \(index) failed verification; discarded, not written")
+                }
+                return .chunkWritten(requestID: id, index: index, accepted: accepted)
+            } catch {
+                return failure(id, error)
+            }
         }
     }
 }

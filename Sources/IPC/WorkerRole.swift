@@ -20,14 +20,15 @@ public enum WorkerRole: String, CaseIterable, Sendable, Codable {
         self = role
     }
 
-    /// Which messages this worker may send to the supervisor. Anything else is a protocol
+    /// Which reports this worker may send to the supervisor. Anything else is a protocol
     /// violation: the supervisor logs it, closes the pipe and restarts the worker (the
-    /// privsep monitor's permission table, by role instead of by phase).
-    public var mayEmit: Set<IPCMessage.Tag> {
-        let common: Set<IPCMessage.Tag> = [.hello, .pong, .status, .failure]
+    /// privsep monitor's permission table). By phase, `WorkerLifecycle` adds that `hello`
+    /// comes first and only once.
+    public var mayEmit: Set<WorkerReport.Tag> {
+        let common: Set<WorkerReport.Tag> = [.hello, .pong, .status, .failure]
         switch self {
         case .discovery:
-            return common.union([.dhtReady, .dhtTrace, .dhtResult, .dhtState])
+            return common.union([.dhtReady, .dhtTrace, .dhtResult, .dhtState, .lanPeer])
         case .nat:
             return common.union([.natReport, .relayListening, .portMapped])
         case .hash:
@@ -43,14 +44,15 @@ public enum WorkerRole: String, CaseIterable, Sendable, Codable {
         }
     }
 
-    /// Which messages this worker accepts from the supervisor: the other direction of the
+    /// Which commands this worker accepts from the supervisor: the other direction of the
     /// same table. The supervisor will not send anything else, and the worker exits on
     /// anything else (a confused or compromised supervisor is not obeyed blindly either).
-    public var mayReceive: Set<IPCMessage.Tag> {
-        let common: Set<IPCMessage.Tag> = [.welcome, .ping, .statusRequest, .shutdown]
+    /// By phase, `CommandCheck` adds the commands a worker accepts only once.
+    public var mayReceive: Set<WorkerCommand.Tag> {
+        let common: Set<WorkerCommand.Tag> = [.welcome, .ping, .statusRequest, .shutdown]
         switch self {
         case .discovery:
-            return common.union([.dhtStart, .dhtRequest, .dhtStateRequest, .dhtReadOnly])
+            return common.union([.dhtStart, .dhtRequest, .dhtStateRequest, .dhtReadOnly, .lanStart, .lanAnnounce])
         case .nat:
             return common.union([.natProbe, .mapPorts, .relayStart])
         case .hash:
@@ -73,17 +75,33 @@ public enum WorkerRole: String, CaseIterable, Sendable, Codable {
         case .discovery, .nat: return nil
         }
     }
+}
 
-    /// Which messages this worker accepts on its data channel (from its partner). Each side
-    /// checks: the supervisor is not on this path to enforce it.
-    public var dataChannelAccepts: Set<IPCMessage.Tag> {
-        switch self {
-        case .hash: return [.writeChunk, .readChunk]
-        case .transfer: return [.chunkWritten, .chunkData, .failure]
-        case .discovery, .nat: return []
+/// What a worker accepts from the supervisor, by role (`WorkerRole.mayReceive`) and by
+/// phase: `welcome` is the answer to `hello` and comes once, before anything else; a
+/// worker's start-up settings (`transferSettings`, `dhtStart`, `relayStart`, `lanStart`) come once in its
+/// life — a second one would mean the supervisor lost track, and a worker does not guess
+/// which is right. Pure: the worker's main loop asks, and exits on a refusal.
+public struct CommandCheck: Sendable {
+    public static let onlyOnce: Set<WorkerCommand.Tag> = [
+        .welcome, .transferSettings, .dhtStart, .relayStart, .lanStart,
+    ]
+    public let role: WorkerRole
+    private var seen: Set<WorkerCommand.Tag> = []
+
+    public init(role: WorkerRole) { self.role = role }
+
+    /// Nil when the command may be obeyed now; otherwise why not.
+    public mutating func refusal(of tag: WorkerCommand.Tag) -> String? {
+        guard role.mayReceive.contains(tag) else { return "\(tag), which a \(role) worker never receives" }
+        if seen.isEmpty && tag != .welcome { return "\(tag) before welcome" }
+        if CommandCheck.onlyOnce.contains(tag) {
+            guard seen.insert(tag).inserted else { return "\(tag) a second time" }
+        } else {
+            seen.insert(tag)
         }
+        return nil
     }
-
 }
 
 /// The descriptors a worker inherits, by number, in one place: the supervisor places them

@@ -28,9 +28,9 @@ public final class NATService: WorkerService, @unchecked Sendable {
         self.pipe = pipe
     }
 
-    func tell(_ message: IPCMessage) { pipe.sendOrExit(message, logger: logger) }
+    func tell(_ message: WorkerReport) { pipe.sendOrExit(message, logger: logger) }
 
-    public func handle(_ message: IPCMessage, pipe: WorkerPipe) {
+    public func handle(_ message: WorkerCommand, pipe: WorkerPipe) {
         switch message {
         case .natProbe(let id, let servers):
             // Blocking UDP with a short timeout, on a thread of its own: the probe takes at

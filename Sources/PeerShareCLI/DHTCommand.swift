@@ -42,9 +42,10 @@ func runDHTAction(_ action: DHTSession.Action, common: CommonOptions, dht: DHTOp
     options.noDHT = false
     guard let settings = options.settings(config: config) else { throw ValidationError("the DHT is disabled") }
     let code = SupervisorRunner.run(config: config, logLevel: common.logLevel) { supervisor, logger in
-        let session = DHTSession(
-            supervisor: supervisor, dht: DHTClient(supervisor: supervisor, settings: settings, logger: logger),
-            action: action, output: Terminal.sessionOutput(progressToStderr: true))
+        let node = DHTClient(supervisor: supervisor, settings: settings, logger: logger)
+        let context = SessionContext(
+            supervisor: supervisor, dht: node, output: Terminal.sessionOutput(progressToStderr: true), logger: logger)
+        let session = DHTSession(context: context, node: node, action: action)
         return session
     }
     throw ExitCode(code)

@@ -39,3 +39,15 @@ struct DHTOptions: ParsableArguments {
         )
     }
 }
+
+/// LAN discovery flags shared by `share` and `get`.
+struct LANOptions: ParsableArguments {
+    @Flag(
+        name: .customLong("no-lan"),
+        help: "Do not announce or look for peers on the local network (BEP 14 multicast; lan.enabled in pipeline.json)."
+    )
+    var noLAN = false
+
+    /// False when LAN discovery is off by flag or by pipeline.json.
+    func enabled(config: PipelineConfig) -> Bool { !noLAN && config.lan.enabled }
+}

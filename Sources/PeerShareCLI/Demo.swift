@@ -35,7 +35,7 @@ struct Demo: ParsableCommand {
         let sourceHash = try writeRandomFile(file, mebibytes: size)
 
         let me = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path
-        let common = ["--no-dht", "--log-level", logLevel]
+        let common = ["--no-dht", "--no-lan", "--log-level", logLevel]
         Terminal.line(
             "2. seeder: peershare share \(file.path) --encrypt --max-upload \(seederUpload) --listen 127.0.0.1:0")
         let seeder = Process()

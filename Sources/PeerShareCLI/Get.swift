@@ -51,6 +51,7 @@ struct Get: ParsableCommand {
 
     @OptionGroup var common: CommonOptions
     @OptionGroup var dht: DHTOptions
+    @OptionGroup var lan: LANOptions
 
     @Flag(name: .long, help: "No NAT traversal: ignore the link's relays.")
     var noNAT = false
@@ -153,15 +154,18 @@ struct Get: ParsableCommand {
         let pipeline = try PipelineOptions.forGet(config: config, link: parsed)
         let identity = IdentityStore.load(environment: ProcessInfo.processInfo.environment)
         // The hash worker may touch the target folder and nothing else.
+        let useLAN = lan.enabled(config: config)
         let code = SupervisorRunner.run(
             config: config, logLevel: common.logLevel, control: true, writable: [target]
         ) {
             supervisor, logger in
-            let session = DownloadSession(
-                supervisor: supervisor, link: parsed, peers: allPeers,
+            let context = SessionContext(
+                supervisor: supervisor,
                 dht: dhtSettings.map { DHTClient(supervisor: supervisor, settings: $0, logger: logger) },
-                targetDirectory: target,
-                output: useJSON ? Terminal.jsonOutput() : Terminal.sessionOutput(), logger: logger, listen: serveAt,
+                lan: useLAN ? LANClient(supervisor: supervisor) : nil,
+                output: useJSON ? Terminal.jsonOutput() : Terminal.sessionOutput(), logger: logger)
+            let session = DownloadSession(
+                context: context, link: parsed, peers: allPeers, targetDirectory: target, listen: serveAt,
                 seedAfter: seedAfter, verbose: showEvents, pipeline: pipeline, identity: identity,
                 relayAddresses: relays, mapPorts: mapPorts, punch: punch)
             return session

@@ -5,6 +5,7 @@ import PeerShareCore
 import Sessions
 import Supervisor
 import Wire
+import WorkerRuntime
 
 /// `peershare limit`: change the bandwidth limits of a running `share` or `get`.
 struct Limit: ParsableCommand {
@@ -35,21 +36,18 @@ struct Limit: ParsableCommand {
                 throw ExitCode(ExitCodes.usage)
             }
         }
-        let request: IPCMessage =
+        let request: ControlRequest =
             rates.maxUpload == nil && rates.maxDownload == nil && rates.maxPeerUpload == nil
-            ? .statusRequest(requestID: 0)
+            ? .status
             : .setLimits(
                 upload: try value(rates.maxUpload), download: try value(rates.maxDownload),
                 perPeerUpload: try value(rates.maxPeerUpload))
         switch try exchange(request, path: socket) {
-        case .status(_, let text):
-            Terminal.line(text)
-        case .failure(_, let code, let text):
-            Terminal.error(text)
+        case .status(let text):
+            Terminal.line(InertText.make(text))
+        case .refused(let code, let text):
+            Terminal.error(InertText.make(text))
             throw ExitCode(Int32(code))
-        default:
-            Terminal.error("unexpected reply from the control socket")
-            throw ExitCode(ExitCodes.software)
         }
     }
 
@@ -81,7 +79,7 @@ struct Limit: ParsableCommand {
     }
 
     /// Sends one frame and reads one back, with a timeout so a stuck process cannot hang us.
-    private func exchange(_ message: IPCMessage, path: String) throws -> IPCMessage {
+    private func exchange(_ request: ControlRequest, path: String) throws -> ControlReply {
         let fd = Glibc.socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { throw ExitCode(ExitCodes.software) }
         defer { close(fd) }
@@ -106,20 +104,15 @@ struct Limit: ParsableCommand {
             Terminal.error("cannot reach \(path): \(String(cString: strerror(errno)))")
             throw ExitCode(ExitCodes.unavailable)
         }
-        let out = message.encoded()
-        guard out.withUnsafeBytes({ write(fd, $0.baseAddress, $0.count) }) == out.count else {
-            throw ExitCode(ExitCodes.ioError)
-        }
-        var decoder = FrameDecoder(maxFrameLength: 64 * 1024)
-        var buffer = [UInt8](repeating: 0, count: 4096)
-        while true {
-            if let frame = try decoder.next() { return try IPCMessage(frame: frame) }
-            let count = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-            guard count > 0 else {
-                Terminal.error("no answer from \(path)")
-                throw ExitCode(ExitCodes.unavailable)
-            }
-            decoder.append(buffer[0..<count])
+        // The socket is handed to a pipe that closes nothing: `defer` above closes it.
+        let pipe = MessagePipe<ControlRequest, ControlReply>(descriptor: fd)
+        do {
+            try pipe.send(request)
+            guard let reply = try pipe.receive() else { throw WorkerError.pipe("closed without an answer") }
+            return reply
+        } catch {
+            Terminal.error("no answer from \(path): \(error)")
+            throw ExitCode(ExitCodes.unavailable)
         }
     }
 }

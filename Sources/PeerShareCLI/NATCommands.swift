@@ -88,10 +88,12 @@ struct NATCommand: ParsableCommand {
         }
         let relays = nat.relays(config: config).map(\.description)
         let gateway = PortMapping.defaultGateway()
-        let code = SupervisorRunner.run(config: config, logLevel: common.logLevel) { supervisor, _ in
+        let code = SupervisorRunner.run(config: config, logLevel: common.logLevel) { supervisor, logger in
+            let context = SessionContext(
+                supervisor: supervisor, dht: nil, output: Terminal.sessionOutput(progressToStderr: true), logger: logger
+            )
             let session = NATSession(
-                supervisor: supervisor, action: .probe(servers: servers, relays: relays, gateway: gateway),
-                output: Terminal.sessionOutput(progressToStderr: true))
+                context: context, action: .probe(servers: servers, relays: relays, gateway: gateway))
             return session
         }
         throw ExitCode(code)
@@ -145,13 +147,15 @@ struct RelayCommand: ParsableCommand {
         // Relays announce themselves in the DHT (`DHTKey.relays`), for `--relay dht`.
         let dhtSettings = dht.settings(config: config)
         let code = SupervisorRunner.run(config: config, logLevel: common.logLevel) { supervisor, logger in
-            let session = NATSession(
+            let context = SessionContext(
                 supervisor: supervisor,
+                dht: dhtSettings.map { DHTClient(supervisor: supervisor, settings: $0, logger: logger) },
+                output: Terminal.sessionOutput(progressToStderr: true), logger: logger)
+            let session = NATSession(
+                context: context,
                 action: .relay(
                     host: address.host, port: UInt16(address.port), maxCircuits: maxCircuits, circuitRate: rate,
-                    circuitSeconds: circuitSeconds),
-                output: Terminal.sessionOutput(progressToStderr: true),
-                dht: dhtSettings.map { DHTClient(supervisor: supervisor, settings: $0, logger: logger) })
+                    circuitSeconds: circuitSeconds))
             return session
         }
         throw ExitCode(code)

@@ -32,6 +32,7 @@ struct Share: ParsableCommand {
 
     @OptionGroup var common: CommonOptions
     @OptionGroup var dht: DHTOptions
+    @OptionGroup var lan: LANOptions
     @OptionGroup var nat: NATOptions
     @OptionGroup var rates: RateOptions
 
@@ -69,14 +70,18 @@ struct Share: ParsableCommand {
         let identity = IdentityStore.load(environment: ProcessInfo.processInfo.environment)
         // The hash worker may read the shared path and nothing else.
         let absolute = URL(fileURLWithPath: path).standardizedFileURL.path
+        let useLAN = lan.enabled(config: config)
         let code = SupervisorRunner.run(
             config: config, logLevel: common.logLevel, control: true, readable: [absolute]
         ) {
             supervisor, logger in
-            let session = ShareSession(
-                supervisor: supervisor, path: path, listen: listenAddress,
+            let context = SessionContext(
+                supervisor: supervisor,
                 dht: dhtSettings.map { DHTClient(supervisor: supervisor, settings: $0, logger: logger) },
-                output: Terminal.sessionOutput(progressToStderr: true), logger: logger, pipeline: pipeline,
+                lan: useLAN ? LANClient(supervisor: supervisor) : nil,
+                output: Terminal.sessionOutput(progressToStderr: true), logger: logger)
+            let session = ShareSession(
+                context: context, path: path, listen: listenAddress, pipeline: pipeline,
                 identity: identity, relays: relays, relayAddresses: relayAddresses,
                 mapPorts: mapPorts, findRelays: findRelays, volunteerRelay: volunteerRelay)
             return session

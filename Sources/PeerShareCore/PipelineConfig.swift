@@ -62,10 +62,17 @@ public struct PipelineConfig: Equatable, Sendable {
         public var punch = true
     }
 
+    public struct LAN: Equatable, Sendable {
+        /// Announce shares and look for peers on the local network (BEP 14 multicast), on
+        /// interfaces with a private address only; `--no-lan` turns it off for one run.
+        public var enabled = true
+    }
+
     public var version = schemaVersion
     public var stages: [StageSpec] = []
     public var dht = DHT()
     public var nat = NAT()
+    public var lan = LAN()
     public var workers = Workers()
     public var limits = Limits()
 
@@ -124,7 +131,7 @@ public struct PipelineConfig: Equatable, Sendable {
         }
         let reader = JSONObjectReader(file: file)
         let root = try reader.object(object, key: "(top level)")
-        try reader.allowOnly(["version", "stages", "workers", "limits", "dht", "nat"], in: root, prefix: "")
+        try reader.allowOnly(["version", "stages", "workers", "limits", "dht", "nat", "lan"], in: root, prefix: "")
 
         var config = PipelineConfig()
         guard let versionValue = root["version"] else {
@@ -201,6 +208,11 @@ public struct PipelineConfig: Equatable, Sendable {
                 }
                 config.dht.bootstrap = try list.enumerated().map { try reader.address($1, key: "dht.bootstrap[\($0)]") }
             }
+        }
+        if let lanValue = root["lan"] {
+            let lan = try reader.object(lanValue, key: "lan")
+            try reader.allowOnly(["enabled"], in: lan, prefix: "lan.")
+            if let value = lan["enabled"] { config.lan.enabled = try reader.bool(value, key: "lan.enabled") }
         }
         if let natValue = root["nat"] {
             let nat = try reader.object(natValue, key: "nat")

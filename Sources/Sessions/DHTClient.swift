@@ -123,7 +123,7 @@ public final class DHTClient: @unchecked Sendable {
     ) {
         let id = supervisor.makeRequestID()
         pending[id] = (completion, trace)
-        let message = IPCMessage.dhtRequest(
+        let message = WorkerCommand.dhtRequest(
             requestID: id, operation: operation, key: key, port: port, trace: trace != nil)
         if let setupKey {
             supervisor.send(message, to: .discovery, tracking: .setup(key: setupKey))
@@ -133,7 +133,7 @@ public final class DHTClient: @unchecked Sendable {
     }
 
     /// Consumes the discovery worker's messages; false for anything else.
-    public func handle(_ message: IPCMessage) -> Bool {
+    public func handle(_ message: WorkerReport) -> Bool {
         switch message {
         case .dhtReady(let port, let id):
             boundPort = Int(port)

@@ -18,32 +18,28 @@ public final class DHTSession: SupervisorDelegate, @unchecked Sendable {
         case node
     }
 
-    let supervisor: Supervisor
-    let dht: DHTClient
+    public let context: SessionContext
+    /// The context's DHT client, which this session cannot do without.
+    let node: DHTClient
     let action: Action
-    let output: SessionOutput
-    private let done: EventLoopPromise<Int32>
     private var stopping = false
     /// `dht node` printed its table on the way out (or gave up waiting for it).
     private var summaryPrinted = false
 
-    public init(supervisor: Supervisor, dht: DHTClient, action: Action, output: SessionOutput) {
-        self.supervisor = supervisor
-        self.dht = dht
+    /// `context` must have a DHT client (`node`).
+    public init(context: SessionContext, node: DHTClient, action: Action) {
+        self.context = context
+        self.node = node
         self.action = action
-        self.output = output
-        self.done = supervisor.eventLoop.makePromise(of: Int32.self)
-        supervisor.delegate = self
+        context.supervisor.delegate = self
     }
 
-    public var result: EventLoopFuture<Int32> { done.futureResult }
-
     public func begin() {
-        dht.onReady = { [self] port in
-            output.status("DHT node listening on UDP \(dht.settings.host):\(port)")
-            if case .node = action { output.link("\(dht.settings.host):\(port)") }
+        node.onReady = { [self] port in
+            output.status("DHT node listening on UDP \(node.settings.host):\(port)")
+            if case .node = action { output.link("\(node.settings.host):\(port)") }
         }
-        dht.start()
+        node.start()
         let trace: (String) -> Void = { [output] line in output.link(line) }
         switch action {
         case .node:
@@ -52,22 +48,22 @@ public final class DHTSession: SupervisorDelegate, @unchecked Sendable {
             // Lookups wait for the bootstrap; a lookup of a random key completes one first.
             var random = SystemRandomNumberGenerator()
             let key = (0..<20).map { _ in UInt8.random(in: 0...255, using: &random) }
-            dht.request(.lookup, key: key) { [self] _ in
-                dht.summary { [self] text in
+            node.request(.lookup, key: key) { [self] _ in
+                node.summary { [self] text in
                     for line in text.split(separator: "\n") { output.link(String(line)) }
                     stop(exitCode: ExitCodes.ok)
                 }
             }
         case .lookup(let key, let tracing):
-            dht.request(.lookup, key: key, trace: tracing ? trace : nil) { [self] result in
+            node.request(.lookup, key: key, trace: tracing ? trace : nil) { [self] result in
                 finish(result, showPeers: false)
             }
         case .getPeers(let key, let tracing):
-            dht.request(.getPeers, key: key, trace: tracing ? trace : nil) { [self] result in
+            node.request(.getPeers, key: key, trace: tracing ? trace : nil) { [self] result in
                 finish(result, showPeers: true)
             }
         case .announce(let key, let port, let tracing):
-            dht.request(.announce, key: key, port: port, trace: tracing ? trace : nil) { [self] result in
+            node.request(.announce, key: key, port: port, trace: tracing ? trace : nil) { [self] result in
                 if case .success(let report) = result {
                     output.link("announced port \(port) to \(report.announcedTo) nodes")
                     stop(exitCode: report.announcedTo > 0 ? ExitCodes.ok : ExitCodes.unavailable)
@@ -97,12 +93,10 @@ public final class DHTSession: SupervisorDelegate, @unchecked Sendable {
     public func stop(exitCode: Int32) {
         guard !stopping else { return }
         stopping = true
-        let finish: @Sendable () -> Void = { [self] in
-            dht.saveState { [self] in supervisor.shutdown().whenComplete { [self] _ in done.succeed(exitCode) } }
-        }
+        let finish: @Sendable () -> Void = { [self] in context.finish(exitCode: exitCode) }
         guard case .node = action else { return finish() }
         // A node run by hand ends with its table and counters: what it saw while it ran.
-        dht.summary { [self] text in
+        node.summary { [self] text in
             guard !summaryPrinted else { return }
             summaryPrinted = true
             for line in text.split(separator: "\n") { output.link(String(line)) }
@@ -116,8 +110,8 @@ public final class DHTSession: SupervisorDelegate, @unchecked Sendable {
         }
     }
 
-    public func supervisor(_ supervisor: Supervisor, received message: IPCMessage, from role: WorkerRole) {
-        if role == .discovery, dht.handle(message) { return }
+    public func supervisor(_ supervisor: Supervisor, received message: WorkerReport, from role: WorkerRole) {
+        if role == .discovery, node.handle(message) { return }
         if case .failure(_, let code, let text) = message, role == .discovery {
             output.error(text)
             stop(exitCode: Int32(code))

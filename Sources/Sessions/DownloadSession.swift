@@ -16,13 +16,10 @@ import Wire
 /// While downloading it also serves the chunks verified so far (`listen`), announces itself
 /// in the DHT once it holds any, and looks up the DHT again now and then for new peers.
 public final class DownloadSession: SupervisorDelegate, @unchecked Sendable {
-    let supervisor: Supervisor
+    public let context: SessionContext
     let link: ShareLink
     let peers: [PeerAddress]
-    let dht: DHTClient?
     let targetDirectory: String
-    let output: SessionOutput
-    let logger: Logger
     /// Where to serve verified chunks to other downloaders; nil: do not serve.
     let listen: PeerAddress?
     /// Keep serving the finished share until Ctrl-C.
@@ -51,7 +48,6 @@ public final class DownloadSession: SupervisorDelegate, @unchecked Sendable {
     static let peerRefreshSeconds: Int64 = 15
     /// What peers' handshakes say they see us at (`ObservedAddresses`).
     private var observed = ObservedAddresses()
-    private let done: EventLoopPromise<Int32>
     private var manifest: Manifest?
     private var manifestBytes: [UInt8]?
     private var verified: ChunkBitfield?
@@ -65,8 +61,8 @@ public final class DownloadSession: SupervisorDelegate, @unchecked Sendable {
     private var rejected = 0
 
     public init(
-        supervisor: Supervisor, link: ShareLink, peers: [PeerAddress], dht: DHTClient?, targetDirectory: String,
-        output: SessionOutput, logger: Logger, listen: PeerAddress? = nil, seedAfter: Bool = false,
+        context: SessionContext, link: ShareLink, peers: [PeerAddress], targetDirectory: String,
+        listen: PeerAddress? = nil, seedAfter: Bool = false,
         verbose: Bool = false, pipeline: PeerPipeline = PeerPipeline(stages: [], secret: nil), identity: [UInt8] = [],
         relayAddresses: [String] = [], mapPorts: Bool = false, punch: Bool = true
     ) {
@@ -78,18 +74,12 @@ public final class DownloadSession: SupervisorDelegate, @unchecked Sendable {
         self.listen = listen
         self.seedAfter = seedAfter
         self.verbose = verbose
-        self.supervisor = supervisor
+        self.context = context
         self.link = link
         self.peers = peers
-        self.dht = dht
         self.targetDirectory = targetDirectory
-        self.output = output
-        self.logger = logger
-        self.done = supervisor.eventLoop.makePromise(of: Int32.self)
-        supervisor.delegate = self
+        context.supervisor.delegate = self
     }
-
-    public var result: EventLoopFuture<Int32> { done.futureResult }
 
     public func begin() {
         supervisor.keyHolder = pipeline.keyHolder(identity: identity)
@@ -103,6 +93,8 @@ public final class DownloadSession: SupervisorDelegate, @unchecked Sendable {
                     key: pipeline.dhtKey(for: link.shareID), relays: relayAddresses, register: false, punch: punch),
                 to: .transfer, tracking: .setup(key: "relays"))
         }
+        let onLAN = lan?.start() ?? false
+        if onLAN { lan?.announce(key: pipeline.dhtKey(for: link.shareID), port: 0, serving: false) }
         if let dht {
             dht.start()
             if peers.isEmpty {
@@ -114,8 +106,27 @@ public final class DownloadSession: SupervisorDelegate, @unchecked Sendable {
             }
             // Peers are known already; the DHT may know more, found in the background.
             scheduleRefresh(dht)
+        } else if peers.isEmpty, relayAddresses.isEmpty, onLAN {
+            output.status("looking for \(link.shareID.short) on the LAN")
+            supervisor.eventLoop.scheduleTask(in: .seconds(DownloadSession.lanWaitSeconds)) { [self] in
+                guard !fetching, !finished else { return }
+                output.error("no peer on the LAN announced this share within \(DownloadSession.lanWaitSeconds) s")
+                stop(exitCode: ExitCodes.unavailable)
+            }
+            return
         }
         fetch(from: peers.map(\.description))
+    }
+
+    /// How long a download with nothing but the LAN to go on waits for an announce.
+    static let lanWaitSeconds: Int64 = 10
+
+    /// A peer on the LAN announced the share (BEP 14): it is fetched from at once, ahead of
+    /// whatever the DHT finds later — the LAN is the fast path.
+    private func lanPeer(_ address: String) {
+        guard !isSelf(address), !knownPeers.contains(address), !finished, !finalizing else { return }
+        output.status("found a peer on the LAN at \(InertText.make(address))")
+        fetch(from: [address])
     }
 
     private var fetching = false
@@ -194,7 +205,8 @@ public final class DownloadSession: SupervisorDelegate, @unchecked Sendable {
             case .success, .failure:
                 if case .failure(let failure) = result { logger.warning("DHT lookup failed: \(failure)") }
                 guard attempt < DownloadSession.dhtAttempts else {
-                    if !relayAddresses.isEmpty { return }
+                    // Relays or the LAN gave us a way already.
+                    if !relayAddresses.isEmpty || fetching { return }
                     output.error(
                         "no peers for this share in the DHT after \(attempt) lookups; ask for a link with peer hints or use --peer"
                     )
@@ -211,10 +223,10 @@ public final class DownloadSession: SupervisorDelegate, @unchecked Sendable {
         guard !finished else { return }
         finished = true
         output.finishProgress()
-        supervisor.shutdown().whenComplete { [self] _ in done.succeed(exitCode) }
+        context.finish(exitCode: exitCode)
     }
 
-    public func supervisor(_ supervisor: Supervisor, received message: IPCMessage, from role: WorkerRole) {
+    public func supervisor(_ supervisor: Supervisor, received message: WorkerReport, from role: WorkerRole) {
         guard !finished else { return }
         if role == .discovery, let dht, dht.handle(message) { return }
         switch message {
@@ -352,7 +364,11 @@ public final class DownloadSession: SupervisorDelegate, @unchecked Sendable {
                 servingPort = port
                 output.status("serving verified chunks to other peers on \(listen.host):\(port)")
                 announceIfReady()
+                // Other downloaders on the LAN may fetch from us too.
+                lan?.announce(key: pipeline.dhtKey(for: link.shareID), port: port, serving: false)
             }
+        case .lanPeer(let key, let address) where key == pipeline.dhtKey(for: link.shareID):
+            lanPeer(address)
         case .observedAddress(let source, let address):
             // Peers' words: printed inert, and believed only when two of them agree.
             logger.info("peer \(source) sees us at \(address)")

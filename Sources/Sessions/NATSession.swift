@@ -15,11 +15,9 @@ public final class NATSession: SupervisorDelegate, @unchecked Sendable {
         case relay(host: String, port: UInt16, maxCircuits: UInt32, circuitRate: UInt64, circuitSeconds: UInt32)
     }
 
-    let supervisor: Supervisor
+    /// Its DHT client, if any, is where a relay announces itself (`DHTKey.relays`).
+    public let context: SessionContext
     let action: Action
-    let output: SessionOutput
-    private let done: EventLoopPromise<Int32>
-    private var stopping = false
     private var probeID: UInt32 = 0
     private var announced = false
     private var mapID: UInt32 = 0
@@ -27,19 +25,11 @@ public final class NATSession: SupervisorDelegate, @unchecked Sendable {
     private var reportLines: [String]?
     private var probeCode = ExitCodes.ok
 
-    /// A relay announces itself here (`DHTKey.relays`).
-    let dht: DHTClient?
-
-    public init(supervisor: Supervisor, action: Action, output: SessionOutput, dht: DHTClient? = nil) {
-        self.dht = dht
-        self.supervisor = supervisor
+    public init(context: SessionContext, action: Action) {
+        self.context = context
         self.action = action
-        self.output = output
-        self.done = supervisor.eventLoop.makePromise(of: Int32.self)
-        supervisor.delegate = self
+        context.supervisor.delegate = self
     }
-
-    public var result: EventLoopFuture<Int32> { done.futureResult }
 
     public func begin() {
         dht?.start()
@@ -55,20 +45,15 @@ public final class NATSession: SupervisorDelegate, @unchecked Sendable {
                 mappingLine = "port mapping: no default route, so no router to ask"
             }
         case .relay(let host, let port, let circuits, let rate, let seconds):
-            let start = IPCMessage.relayStart(
+            let start = WorkerCommand.relayStart(
                 host: host, port: port, maxCircuits: circuits, maxCircuitRate: rate, circuitSeconds: seconds)
             supervisor.send(start, to: .nat, tracking: .setup(key: "relay"))
         }
     }
 
-    public func stop(exitCode: Int32) {
-        guard !stopping else { return }
-        stopping = true
-        let shutdown = { [self] in supervisor.shutdown().whenComplete { [self] _ in done.succeed(exitCode) } }
-        if let dht { dht.saveState(then: shutdown) } else { shutdown() }
-    }
+    public func stop(exitCode: Int32) { context.finish(exitCode: exitCode) }
 
-    public func supervisor(_ supervisor: Supervisor, received message: IPCMessage, from role: WorkerRole) {
+    public func supervisor(_ supervisor: Supervisor, received message: WorkerReport, from role: WorkerRole) {
         if role == .discovery, let dht, dht.handle(message) { return }
         switch message {
         case .natReport(let id, let observed, let mapping, let localPort) where id == probeID:

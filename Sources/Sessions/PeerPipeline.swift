@@ -47,7 +47,7 @@ public struct PeerPipeline: Sendable {
 
     /// What the transfer worker gets: the plan, the share tag (for an encrypted share) and our
     /// public key — never the link secret or the identity's secret key (`keyHolder` keeps those).
-    public func configureMessage(shareID: ShareID, identity: [UInt8]) -> IPCMessage {
+    public func configureMessage(shareID: ShareID, identity: [UInt8]) -> WorkerCommand {
         .configurePipeline(
             plan: plan.encoded(), tagKey: shareTagKey(for: shareID) ?? [],
             identityPublicKey: PeerIdentity(secretKey: identity)?.publicKey ?? [])

@@ -12,12 +12,9 @@ import Traversal
 /// the link is printed. Chunk reads go from the transfer worker to the hash worker over their
 /// data channel, never through here. Loop-confined.
 public final class ShareSession: SupervisorDelegate, @unchecked Sendable {
-    let supervisor: Supervisor
+    public let context: SessionContext
     let path: String
     let listen: PeerAddress
-    let dht: DHTClient?
-    let output: SessionOutput
-    let logger: Logger
     let pipeline: PeerPipeline
     let identity: [UInt8]
     /// Relays to register with: as named (for the link) and resolved (for the transfer worker).
@@ -37,15 +34,14 @@ public final class ShareSession: SupervisorDelegate, @unchecked Sendable {
     private var dhtPort: UInt16?
     /// What peers' handshakes say they see us at (`ObservedAddresses`).
     private var observed = ObservedAddresses()
-    private let done: EventLoopPromise<Int32>
     private var manifest: [UInt8]?
     private var shareID: ShareID?
     private var linkPrinted = false
     private var buildRequest: UInt32 = 0
 
     public init(
-        supervisor: Supervisor, path: String, listen: PeerAddress, dht: DHTClient?, output: SessionOutput,
-        logger: Logger, pipeline: PeerPipeline = PeerPipeline(stages: [], secret: nil), identity: [UInt8] = [],
+        context: SessionContext, path: String, listen: PeerAddress,
+        pipeline: PeerPipeline = PeerPipeline(stages: [], secret: nil), identity: [UInt8] = [],
         relays: [PeerAddress] = [], relayAddresses: [String] = [], mapPorts: Bool = false,
         findRelays: Bool = false, volunteerRelay: PeerAddress? = nil
     ) {
@@ -56,18 +52,11 @@ public final class ShareSession: SupervisorDelegate, @unchecked Sendable {
         self.relayAddresses = relayAddresses
         self.pipeline = pipeline
         self.identity = identity
-        self.supervisor = supervisor
+        self.context = context
         self.path = path
         self.listen = listen
-        self.dht = dht
-        self.output = output
-        self.logger = logger
-        self.done = supervisor.eventLoop.makePromise(of: Int32.self)
-        supervisor.delegate = self
+        context.supervisor.delegate = self
     }
-
-    /// Completes with the process exit code.
-    public var result: EventLoopFuture<Int32> { done.futureResult }
 
     public func begin() {
         if let dht {
@@ -89,14 +78,7 @@ public final class ShareSession: SupervisorDelegate, @unchecked Sendable {
         supervisor.send(.buildManifest(requestID: buildRequest, path: path), to: .hash, tracking: .request)
     }
 
-    public func stop(exitCode: Int32) {
-        guard !stopping else { return }
-        stopping = true
-        let shutdown = { [self] in supervisor.shutdown().whenComplete { [self] _ in done.succeed(exitCode) } }
-        if let dht { dht.saveState(then: shutdown) } else { shutdown() }
-    }
-
-    private var stopping = false
+    public func stop(exitCode: Int32) { context.finish(exitCode: exitCode) }
 
     /// Announces the share's DHT key with our TCP port; the discovery worker re-announces
     /// every 15 minutes, and the supervisor re-sends this if that worker restarts.
@@ -118,7 +100,7 @@ public final class ShareSession: SupervisorDelegate, @unchecked Sendable {
         }
     }
 
-    public func supervisor(_ supervisor: Supervisor, received message: IPCMessage, from role: WorkerRole) {
+    public func supervisor(_ supervisor: Supervisor, received message: WorkerReport, from role: WorkerRole) {
         if role == .discovery, let dht, dht.handle(message) { return }
         switch message {
         case .hashProgress(_, let done, let total):
@@ -204,7 +186,7 @@ public final class ShareSession: SupervisorDelegate, @unchecked Sendable {
     private func mapThenPrintLink(port: UInt16) {
         if mapPorts, PortMapping.worthAsking(listenHost: listen.host), let gateway = PortMapping.defaultGateway() {
             mapRequest = supervisor.makeRequestID()
-            let request = IPCMessage.mapPorts(
+            let request = WorkerCommand.mapPorts(
                 requestID: mapRequest, gateway: gateway, tcpPort: port, udpPort: dhtPort ?? 0)
             supervisor.send(request, to: .nat, tracking: .setup(key: "map"))
             supervisor.eventLoop.scheduleTask(in: .seconds(PortMapping.linkWaitSeconds)) { [self] in printLink() }
@@ -264,8 +246,13 @@ public final class ShareSession: SupervisorDelegate, @unchecked Sendable {
             output.status("encrypted share: only holders of this link (it carries the key) can fetch it")
         }
         output.status("serving on \(listen.host):\(port); press Ctrl-C to stop")
-        // Peers outside reach the port the router forwards; the DHT hears that one.
+        // Peers outside reach the port the router forwards; the DHT hears that one. The LAN
+        // hears our own port: its peers reach us directly.
         announce(port: mapped?.tcp ?? port)
+        if let lan, lan.start() {
+            lan.announce(key: pipeline.dhtKey(for: shareID), port: port, serving: true)
+            output.status("announced on the LAN (BEP 14)")
+        }
         if !relayAddresses.isEmpty {
             supervisor.send(
                 .useRelays(key: pipeline.dhtKey(for: shareID), relays: relayAddresses, register: true, punch: true),

@@ -9,8 +9,9 @@ import Wire
 import WorkerRuntime
 
 /// A Unix socket through which `peershare limit` changes a running share's or download's
-/// bandwidth limits. It speaks the IPC frame format; only `setLimits` and `statusRequest`
-/// are accepted, and each is answered with one `status` line. The socket lives in a folder
+/// bandwidth limits. It speaks its own messages in the IPC frame format (`ControlRequest` in,
+/// `ControlReply` out: a worker's messages do not even decode here); each request is
+/// answered with one reply. The socket lives in a folder
 /// only this user can enter (`ControlServer.directory`), named after the supervisor's pid.
 public final class ControlServer: @unchecked Sendable {
     let supervisor: Supervisor
@@ -76,7 +77,7 @@ public final class ControlServer: @unchecked Sendable {
                         throw ControlError("connection from uid \(uid) refused")
                     }
                     try channel.pipeline.syncOperations.addHandlers([
-                        FrameChannelDecoder.handler(maxFrameLength: 4096),
+                        FrameChannelDecoder.handler(maxFrameLength: ControlRequest.maxFrameLength),
                         MessageToByteHandler(FrameChannelEncoder()),
                         ControlHandler(server: self),
                     ])
@@ -117,11 +118,11 @@ public final class ControlServer: @unchecked Sendable {
 
     /// Applies a request and returns the reply. Every value is range-checked: a request
     /// that is out of range is refused with a reply, never applied.
-    func handle(_ message: IPCMessage) -> IPCMessage {
-        switch message {
+    func handle(_ request: ControlRequest) -> ControlReply {
+        switch request {
         case .setLimits(let newUpload, let newDownload, let newPerPeer):
             if let problem = LimitChange.problem(upload: newUpload, download: newDownload, perPeerUpload: newPerPeer) {
-                return .failure(requestID: 0, code: 64, message: problem)
+                return .refused(code: 64, message: problem)
             }
             if newUpload != LimitChange.unchanged { upload = Double(newUpload) }
             if newDownload != LimitChange.unchanged { download = Double(newDownload) }
@@ -132,11 +133,9 @@ public final class ControlServer: @unchecked Sendable {
                 .setLimits(upload: UInt64(upload), download: UInt64(download), perPeerUpload: UInt64(perPeer)),
                 to: .transfer, tracking: .setup(key: "limits"))
             logger.info("\(summary) (changed through the control socket)")
-            return .status(requestID: 0, text: summary)
-        case .statusRequest:
-            return .status(requestID: 0, text: summary)
-        default:
-            return .failure(requestID: 0, code: 64, message: "the control socket accepts only limit changes")
+            return .status(text: summary)
+        case .status:
+            return .status(text: summary)
         }
     }
 }
@@ -149,11 +148,11 @@ final class ControlHandler: ChannelInboundHandler {
     init(server: ControlServer) { self.server = server }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        let reply: IPCMessage
+        let reply: ControlReply
         do {
-            reply = server.handle(try IPCMessage(frame: unwrapInboundIn(data)))
+            reply = server.handle(try ControlRequest(frame: unwrapInboundIn(data)))
         } catch {
-            reply = .failure(requestID: 0, code: 64, message: "bad control message: \(error)")
+            reply = .refused(code: 64, message: "bad control message: \(error)")
         }
         context.writeAndFlush(wrapOutboundOut(reply.frame()), promise: nil)
     }

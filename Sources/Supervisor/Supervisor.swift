@@ -11,7 +11,7 @@ import WorkerRuntime
 /// What the supervisor's owner (a `share` or `get` session) hears about.
 public protocol SupervisorDelegate: AnyObject {
     /// A message from a worker that passed the permission check (never hello/pong).
-    func supervisor(_ supervisor: Supervisor, received message: IPCMessage, from role: WorkerRole)
+    func supervisor(_ supervisor: Supervisor, received message: WorkerReport, from role: WorkerRole)
     /// A worker crashed, was restarted, and has been sent its setup and in-flight requests again.
     func supervisor(_ supervisor: Supervisor, restarted role: WorkerRole)
     /// A worker crashed too often; the supervisor is stopping everything.
@@ -160,7 +160,7 @@ public final class Supervisor: @unchecked Sendable {
 
     // MARK: Sending
 
-    public func send(_ message: IPCMessage, to role: WorkerRole, tracking: Tracking = .none) {
+    public func send(_ message: WorkerCommand, to role: WorkerRole, tracking: Tracking = .none) {
         eventLoop.preconditionInEventLoop()
         guard let worker = workers[role] else { return }
         guard role.mayReceive.contains(message.tag) else {
@@ -178,11 +178,11 @@ public final class Supervisor: @unchecked Sendable {
 
     /// Records a setup message for future restarts without sending it now (the worker
     /// already has that state, e.g. the hash worker that built the manifest).
-    public func rememberSetup(_ message: IPCMessage, key: String, for role: WorkerRole) {
+    public func rememberSetup(_ message: WorkerCommand, key: String, for role: WorkerRole) {
         workers[role]?.life.remember(message, key: key)
     }
 
-    private func write(_ message: IPCMessage, to worker: Worker) {
+    private func write(_ message: WorkerCommand, to worker: Worker) {
         guard let channel = worker.channel else { return }
         channel.writeAndFlush(message.frame(), promise: nil)
     }
@@ -303,9 +303,9 @@ public final class Supervisor: @unchecked Sendable {
 
     func received(_ frame: Frame, from role: WorkerRole, generation: Int) {
         guard let worker = workers[role], worker.generation == generation else { return }
-        let message: IPCMessage
+        let message: WorkerReport
         do {
-            message = try IPCMessage(frame: frame)
+            message = try WorkerReport(frame: frame)
         } catch {
             violation(by: worker, "undecodable message: \(error)")
             return
@@ -370,7 +370,7 @@ public final class Supervisor: @unchecked Sendable {
     /// connection's keys with the link secret and sign the transcript with the identity. A
     /// transcript is answered once: it is unique to a connection (both sides' ephemeral keys
     /// are in it), so a second request for it is not a handshake.
-    private func answerKeyRequest(id: UInt32, role: UInt8, shared: [UInt8], transcript: [UInt8]) -> IPCMessage {
+    private func answerKeyRequest(id: UInt32, role: UInt8, shared: [UInt8], transcript: [UInt8]) -> WorkerCommand {
         guard let keyHolder else {
             return .failure(requestID: id, code: 70, message: "no encrypted share here: no keys to give")
         }

@@ -17,7 +17,7 @@ public struct WorkerLifecycle: Sendable {
 
     public enum Directive: Sendable, Equatable {
         /// Write this message to the worker now.
-        case write(IPCMessage)
+        case write(WorkerCommand)
         /// The worker came back after a crash and has been told everything again.
         case restarted(setup: Int, requests: Int)
         /// Spawn the worker again after this many milliseconds.
@@ -27,18 +27,18 @@ public struct WorkerLifecycle: Sendable {
         /// The worker broke the protocol: close its pipe and kill it (it is then restarted).
         case violation(String)
         /// Hand the message to the session.
-        case deliver(IPCMessage)
+        case deliver(WorkerReport)
     }
 
     public let role: WorkerRole
     /// The table row's setup: every start of the worker gets these first.
-    public let rowSetup: [IPCMessage]
+    public let rowSetup: [WorkerCommand]
     public private(set) var ready = false
     public private(set) var restarts = 0
     private var tracker: RestartTracker
     private let windowMs: Int
-    private(set) var setup: [(key: String, message: IPCMessage)] = []
-    private(set) var inFlight: [UInt32: IPCMessage] = [:]
+    private(set) var setup: [(key: String, message: WorkerCommand)] = []
+    private(set) var inFlight: [UInt32: WorkerCommand] = [:]
 
     public init(spec: WorkerSpec) {
         role = spec.role
@@ -48,7 +48,7 @@ public struct WorkerLifecycle: Sendable {
     }
 
     /// A message for the worker: remembered as `tracking` says, written if it is ready.
-    public mutating func send(_ message: IPCMessage, tracking: Tracking) -> [Directive] {
+    public mutating func send(_ message: WorkerCommand, tracking: Tracking) -> [Directive] {
         switch tracking {
         case .none: break
         case .request:
@@ -64,7 +64,7 @@ public struct WorkerLifecycle: Sendable {
     }
 
     /// Remembers a setup message without sending it (the worker already has that state).
-    public mutating func remember(_ message: IPCMessage, key: String) {
+    public mutating func remember(_ message: WorkerCommand, key: String) {
         setup.removeAll { $0.key == key }
         setup.append((key, message))
     }
@@ -73,13 +73,13 @@ public struct WorkerLifecycle: Sendable {
 
     /// A message from the worker. Before its hello nothing else is accepted; after it, only
     /// what its role may send, and a hello never again.
-    public mutating func received(_ message: IPCMessage) -> [Directive] {
+    public mutating func received(_ message: WorkerReport) -> [Directive] {
         guard role.mayEmit.contains(message.tag) else { return [.violation("\(role) may not send \(message.tag)")] }
         if !ready {
             guard case .hello(let version, let helloRole, _) = message, helloRole == role,
-                version == IPCMessage.protocolVersion
+                version == IPCLimits.protocolVersion
             else {
-                return [.violation("expected hello from \(role) speaking version \(IPCMessage.protocolVersion)")]
+                return [.violation("expected hello from \(role) speaking version \(IPCLimits.protocolVersion)")]
             }
             return welcome()
         }
@@ -99,7 +99,7 @@ public struct WorkerLifecycle: Sendable {
     /// is what it was told.
     private mutating func welcome() -> [Directive] {
         ready = true
-        var out: [Directive] = [.write(.welcome(version: IPCMessage.protocolVersion))]
+        var out: [Directive] = [.write(.welcome(version: IPCLimits.protocolVersion))]
         out += rowSetup.map { .write($0) }
         out += setup.map { .write($0.message) }
         out += inFlight.keys.sorted().compactMap { id in inFlight[id].map { .write($0) } }

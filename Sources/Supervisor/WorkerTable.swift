@@ -20,9 +20,9 @@ public struct WorkerSpec: Sendable {
     public var sandbox: SandboxProfile
     /// What the worker is told first on every start (before the session's own setup and the
     /// requests a restart replays): its settings. Nothing else configures a worker.
-    public var setup: [IPCMessage] = []
+    public var setup: [WorkerCommand] = []
     /// Messages this worker may send; anything else is a protocol violation.
-    public var mayEmit: Set<IPCMessage.Tag> { role.mayEmit }
+    public var mayEmit: Set<WorkerReport.Tag> { role.mayEmit }
 }
 
 public enum WorkerTable {
@@ -49,7 +49,7 @@ public enum WorkerTable {
                 role: role, arguments: ["worker", role.rawValue, "--log-level", logLevel] + profile.arguments,
                 restart: policy,
                 heartbeatIntervalMs: config.workers.heartbeatIntervalMs,
-                heartbeatTimeoutMs: config.workers.heartbeatTimeoutMs, maxFrameLength: IPCMessage.maxFrameLength,
+                heartbeatTimeoutMs: config.workers.heartbeatTimeoutMs, maxFrameLength: IPCLimits.maxFrameLength,
                 sandbox: profile)
         }
         let network = SandboxProfile(kind: .networkOnly)

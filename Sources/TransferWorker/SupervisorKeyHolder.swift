@@ -14,7 +14,7 @@ final class SupervisorKeyHolder: HandshakeKeyHolder, @unchecked Sendable {
 
     private final class Waiter {
         let done = DispatchSemaphore(value: 0)
-        var answer: IPCMessage?
+        var answer: WorkerCommand?
     }
 
     private let pipe: WorkerPipe
@@ -56,7 +56,7 @@ final class SupervisorKeyHolder: HandshakeKeyHolder, @unchecked Sendable {
 
     /// Called on the pipe's reader thread with every message from the supervisor: true when
     /// it was the answer to one of our requests (and is consumed).
-    func deliver(_ message: IPCMessage) -> Bool {
+    func deliver(_ message: WorkerCommand) -> Bool {
         guard let id = message.requestID, id >= 0x8000_0000 else { return false }
         switch message {
         case .sessionKeys, .failure: break

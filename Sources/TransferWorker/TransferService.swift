@@ -57,7 +57,8 @@ public final class TransferService: WorkerService, @unchecked Sendable {
     /// Chunks handed to the hash worker to verify and write: request id -> (index, size, peer).
     private var pendingWrites: [UInt32: (index: UInt32, bytes: UInt32, peer: String)] = [:]
     /// The data channel to the hash worker (chunk data both ways).
-    let hash: WorkerPipe?
+    /// The data channel to the hash worker: chunk requests out, its replies in.
+    let hash: MessagePipe<ChunkRequest, ChunkReply>?
 
     // Relays.
     /// The share's DHT key, which names it at relays; the relays to reach it through (when
@@ -91,7 +92,7 @@ public final class TransferService: WorkerService, @unchecked Sendable {
         self.hash = DataChannel.inherited()
         if let hash {
             DataChannel.startReading(
-                hash, as: .transfer,
+                hash,
                 deliver: { [self] message in loop.execute { self.onHash(message) } },
                 logger: logger,
                 closed: { [logger] reason in
@@ -112,21 +113,21 @@ public final class TransferService: WorkerService, @unchecked Sendable {
         }.wait()) ?? "busy"
     }
 
-    public func handle(_ message: IPCMessage, pipe: WorkerPipe) {
+    public func handle(_ message: WorkerCommand, pipe: WorkerPipe) {
         // Answers to key requests go straight to the handshake waiting for them (on the loop).
         if keyHolder.deliver(message) { return }
         loop.execute { [self] in onSupervisor(message) }
     }
 
     /// Sends to the supervisor; a broken pipe means the supervisor is gone, so we go too.
-    func tell(_ message: IPCMessage) { pipe.sendOrExit(message, logger: logger) }
+    func tell(_ message: WorkerReport) { pipe.sendOrExit(message, logger: logger) }
 
     /// The pipeline could not be set up (a plugin refused its options, say): nothing is
     /// served or fetched, and the supervisor, told so, ends the run. A `share` must not print
     /// a link it cannot serve.
     private var pipelineFailed = false
 
-    private func onSupervisor(_ message: IPCMessage) {
+    private func onSupervisor(_ message: WorkerCommand) {
         if pipelineFailed, [.serve, .fetch, .startChunks, .addPeers].contains(message.tag) { return }
         switch message {
         case .serve(let shareID, let manifest, let host, let port, let partial):
@@ -194,7 +195,7 @@ public final class TransferService: WorkerService, @unchecked Sendable {
     }
 
     /// Answers from the hash worker on the data channel.
-    private func onHash(_ message: IPCMessage) {
+    private func onHash(_ message: ChunkReply) {
         switch message {
         case .chunkData(let id, _, let data):
             readChunks[id] = data
@@ -210,8 +211,6 @@ public final class TransferService: WorkerService, @unchecked Sendable {
             } else {
                 applyUpload(upload.readFailed(id, reason: text, now: now))
             }
-        default:
-            break
         }
     }
 
@@ -224,7 +223,7 @@ public final class TransferService: WorkerService, @unchecked Sendable {
         sendToHash(.writeChunk(requestID: id, index: index, data: data))
     }
 
-    func sendToHash(_ message: IPCMessage) {
+    func sendToHash(_ message: ChunkRequest) {
         do {
             guard let hash else { throw WorkerError.pipe("no data channel") }
             try hash.send(message)

@@ -55,6 +55,18 @@ public enum RelayMessage: Equatable, Sendable {
     public static let maxFrameLength = 256
     static let maxText = 200
 
+    /// A refusal's text as it travels: at most `maxText` bytes of UTF-8, cut between scalars.
+    /// Decoding goes through here too, because a relay's invalid UTF-8 becomes U+FFFD (three
+    /// bytes each), so the text we decode can be longer than the bytes that carried it; cutting
+    /// it the same way on both sides means what we decode we can send again unchanged.
+    static func wireText(_ text: String) -> [UInt8] {
+        let utf8 = Array(text.utf8)
+        guard utf8.count > maxText else { return utf8 }
+        var end = maxText
+        while end > 0, utf8[end] & 0xC0 == 0x80 { end -= 1 }  // never split a scalar
+        return Array(utf8[..<end])
+    }
+
     public var tag: Tag {
         switch self {
         case .register: return .register
@@ -95,7 +107,7 @@ public enum RelayMessage: Equatable, Sendable {
         case .bridged: break
         case .refused(let code, let text):
             w.u16(code.rawValue)
-            w.blob(Array(text.utf8.prefix(RelayMessage.maxText)))
+            w.blob(RelayMessage.wireText(text))
         }
         return Frame(type: tag.rawValue, payload: w.bytes)
     }
@@ -136,7 +148,8 @@ public enum RelayMessage: Equatable, Sendable {
         case .refused:
             guard let code = RefusalCode(rawValue: try r.u16()) else { throw DecodeError.invalid("unknown refusal") }
             let text = try r.blob(limit: RelayMessage.maxText, what: "refusal text")
-            self = .refused(code: code, text: String(decoding: text, as: UTF8.self))
+            let wire = RelayMessage.wireText(String(decoding: text, as: UTF8.self))
+            self = .refused(code: code, text: String(decoding: wire, as: UTF8.self))
         }
         try r.expectEnd()
     }

@@ -8,44 +8,43 @@ import Logging
 /// the two workers instead of twice through the supervisor. Control stays with the
 /// supervisor: setup, progress and verdicts go through it as before.
 public enum DataChannel {
-    /// The inherited end, or nil when this process was started without one.
-    public static func inherited() -> WorkerPipe? {
+    /// The inherited end, typed by what this worker sends and receives on it (the transfer
+    /// worker: `ChunkRequest` out, `ChunkReply` in; the hash worker the reverse), or nil when
+    /// this process was started without one.
+    public static func inherited<Outgoing, Incoming>() -> MessagePipe<Outgoing, Incoming>? {
         var info = stat()
         guard fstat(WorkerDescriptor.dataChannel, &info) == 0, info.st_mode & S_IFMT == S_IFSOCK else {
             return nil
         }
-        return WorkerPipe(descriptor: WorkerDescriptor.dataChannel)
+        return MessagePipe(descriptor: WorkerDescriptor.dataChannel)
     }
 
-    /// Reads frames on a thread of its own and hands each to `deliver`, after checking that
-    /// `role` accepts that kind of message here: the supervisor does not see this channel, so
-    /// each side enforces the rules itself. When the partner goes away, reading stops and
+    /// Reads frames on a thread of its own and hands each to `deliver`. Each end decodes only
+    /// its own direction's messages (`ChunkRequest` at the hash worker, `ChunkReply` at the
+    /// transfer worker): the supervisor does not see this channel, so each side enforces the
+    /// rules itself. When the partner goes away, reading stops and
     /// `closed` is called: the worker waits for the supervisor, which restarts the pair on a
     /// new channel. When the partner breaks the rules (a bad frame, a message it may not
     /// send), this worker exits with status 70 — the supervisor sees a crash and restarts
     /// both, as it restarts a worker that breaks the rules on its own pipe.
-    public static func startReading(
-        _ pipe: WorkerPipe, as role: WorkerRole, deliver: @escaping @Sendable (IPCMessage) -> Void,
+    public static func startReading<Outgoing, Incoming>(
+        _ pipe: MessagePipe<Outgoing, Incoming>, deliver: @escaping @Sendable (Incoming) -> Void,
         logger: Logger, closed: @escaping @Sendable (String) -> Void
     ) {
-        let accepted = role.dataChannelAccepts
         Thread.detachNewThread {
             while true {
-                let message: IPCMessage?
+                let message: Incoming?
                 do {
                     message = try pipe.receive()
                 } catch let error as WorkerError {
                     // Reset or cut mid-frame: the partner died (killed with data unread).
                     return closed("\(error)")
                 } catch {
+                    // Malformed, or a message of the other direction.
                     logger.error("bad frame on the data channel: \(error); exiting")
                     exit(70)
                 }
                 guard let message else { return closed("the data channel was closed") }
-                guard accepted.contains(message.tag) else {
-                    logger.error("\(message.tag) is not allowed on the data channel to \(role); exiting")
-                    exit(70)
-                }
                 deliver(message)
             }
         }

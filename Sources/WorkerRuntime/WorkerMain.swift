@@ -8,7 +8,7 @@ import Logging
 /// still answers heartbeats; everything else is handed to the service.
 public protocol WorkerService: Sendable {
     /// Called on the reader thread; a service hands the work to its own queue or loop.
-    func handle(_ message: IPCMessage, pipe: WorkerPipe)
+    func handle(_ command: WorkerCommand, pipe: WorkerPipe)
     /// One line describing the worker's state, for `statusRequest`.
     func statusLine() -> String
     /// Called on `shutdown`, just before the process exits: undo what outlives it (the nat
@@ -30,14 +30,16 @@ public enum WorkerMain {
     public static func run(role: WorkerRole, logger: Logger, makeService: (WorkerPipe) -> WorkerService) -> Never {
         dieWithSupervisor(logger: logger)
         let pipe = WorkerPipe(descriptor: WorkerDescriptor.supervisorPipe)
+        var check = CommandCheck(role: role)
         do {
-            try pipe.send(.hello(version: IPCMessage.protocolVersion, role: role, pid: getpid()))
-            guard case .welcome(let version)? = try pipe.receive() else {
+            try pipe.send(.hello(version: IPCLimits.protocolVersion, role: role, pid: getpid()))
+            guard case .welcome(let version)? = try pipe.receive(), check.refusal(of: .welcome) == nil
+            else {
                 throw WorkerError.handshake("expected welcome from the supervisor")
             }
-            guard version == IPCMessage.protocolVersion else {
+            guard version == IPCLimits.protocolVersion else {
                 throw WorkerError.handshake(
-                    "supervisor speaks version \(version), we speak \(IPCMessage.protocolVersion)")
+                    "supervisor speaks version \(version), we speak \(IPCLimits.protocolVersion)")
             }
         } catch {
             logger.critical("cannot start: \(error)")
@@ -46,7 +48,7 @@ public enum WorkerMain {
         let service = makeService(pipe)
         logger.debug("ready (pid \(getpid()))")
         while true {
-            let message: IPCMessage?
+            let message: WorkerCommand?
             do {
                 message = try pipe.receive()
             } catch {
@@ -57,8 +59,8 @@ public enum WorkerMain {
                 logger.debug("supervisor closed the pipe; exiting")
                 exit(0)
             }
-            guard role.mayReceive.contains(message.tag) else {
-                logger.error("closing: the supervisor sent \(message.tag), which a \(role) worker never receives")
+            if let refusal = check.refusal(of: message.tag) {
+                logger.error("closing: the supervisor sent \(refusal)")
                 exit(70)
             }
             switch message {

@@ -5,10 +5,14 @@ import PeerShareCore
 import Synchronization
 import Wire
 
-/// Blocking frame IO over a worker's end of its supervisor socketpair (fd 3). Reads happen
-/// on one thread (the worker's reader loop); writes may come from any thread and are
-/// serialised by a lock so frames never interleave.
-public final class WorkerPipe: Sendable {
+/// A worker's end of its supervisor socketpair (fd 3): reports out, commands in.
+public typealias WorkerPipe = MessagePipe<WorkerReport, WorkerCommand>
+
+/// Blocking frame IO over one end of a socketpair, typed by what this end sends and what it
+/// receives: a worker cannot even write a message of the wrong direction, and a frame of the
+/// wrong direction does not decode. Reads happen on one thread (the reader loop); writes may
+/// come from any thread and are serialised by a lock so frames never interleave.
+public final class MessagePipe<Outgoing: ChannelMessage, Incoming: ChannelMessage>: Sendable {
     public let descriptor: Int32
     private let writeLock = Mutex<Void>(())
 
@@ -18,7 +22,7 @@ public final class WorkerPipe: Sendable {
 
     /// Sends, or exits the worker if the supervisor is gone: a worker has no one else to
     /// answer to, and PR_SET_PDEATHSIG may not have fired yet.
-    public func sendOrExit(_ message: IPCMessage, logger: Logger) {
+    public func sendOrExit(_ message: Outgoing, logger: Logger) {
         do {
             try send(message)
         } catch {
@@ -27,21 +31,20 @@ public final class WorkerPipe: Sendable {
         }
     }
 
-    public func send(_ message: IPCMessage) throws {
-        switch message {
-        case .chunkData(let id, let index, let data), .writeChunk(let id, let index, let data):
+    public func send(_ message: Outgoing) throws {
+        if let chunk = (message as? any ChunkCarrying)?.chunk {
             // Chunk data is written from where it lies (writev), not copied into a frame:
-            // the frame's 22 header bytes go first, in the same system call.
+            // the frame's 18 header bytes go first, in the same system call.
             var header = ByteWriter()
-            header.u32(UInt32(2 + 12 + data.count))
+            header.u32(UInt32(2 + 12 + chunk.data.count))
             header.u16(message.tag.rawValue)
-            header.u32(id)
-            header.u32(index)
-            header.u32(UInt32(data.count))
-            try writeLock.withLock { _ in try WorkerPipe.writeAll(descriptor, header.bytes, data) }
-        default:
+            header.u32(chunk.requestID)
+            header.u32(chunk.index)
+            header.u32(UInt32(chunk.data.count))
+            try writeLock.withLock { _ in try Self.writeAll(descriptor, header.bytes, chunk.data) }
+        } else {
             let bytes = message.encoded()
-            try writeLock.withLock { _ in try WorkerPipe.writeAll(descriptor, bytes, []) }
+            try writeLock.withLock { _ in try Self.writeAll(descriptor, bytes, []) }
         }
     }
 
@@ -77,35 +80,40 @@ public final class WorkerPipe: Sendable {
         }
     }
 
-    /// Reads the next message; nil at EOF (the peer process is gone). A malformed or
-    /// oversized frame throws: the caller exits, and the supervisor sees the pipe close.
-    public func receive() throws -> IPCMessage? {
+    /// Reads the next message, which must be an `Incoming` (what this end of the channel
+    /// receives); nil at EOF (the peer process is gone). A malformed or oversized
+    /// frame, or one of another type, throws: the caller exits, and its partner sees the
+    /// pipe close.
+    public func receive() throws -> Incoming? {
         var header = [UInt8](repeating: 0, count: 4)
         let complete = try header.withUnsafeMutableBytes { try readExactly(into: $0, eofAllowed: true) }
         guard complete else { return nil }
         var reader = ByteReader(header)
         let length = try reader.u32()
-        try FrameError.check(length: length, limit: IPCMessage.maxFrameLength)
-        guard length >= 14 else { return try IPCMessage(body: try readBody(Int(length))) }
+        try FrameError.check(length: length, limit: IPCLimits.maxFrameLength)
+        guard let chunked = Incoming.self as? any ChunkCarrying.Type, length >= 14 else {
+            return try Incoming(body: try readBody(Int(length)))
+        }
         // Type and the first 12 bytes. Chunk messages (`writeChunk`, `chunkData`) are then
         // read field by field, the data straight into its own array, so it is not copied out
         // of a frame buffer; every other message is read whole and decoded as usual.
         let fixed = try readBody(14)
         var fields = ByteReader(fixed)
         let type = try fields.u16()
-        guard type == IPCMessage.Tag.chunkData.rawValue || type == IPCMessage.Tag.writeChunk.rawValue else {
-            return try IPCMessage(body: fixed + (try readBody(Int(length) - 14)))
-        }
         let id = try fields.u32()
         let index = try fields.u32()
         let dataLength = Int(try fields.u32())
+        guard chunked.chunk(type: type, requestID: 0, index: 0, data: []) != nil else {
+            return try Incoming(body: fixed + (try readBody(Int(length) - 14)))
+        }
         guard dataLength == Int(length) - 14, dataLength <= Manifest.maxChunkSize else {
             throw DecodeError.invalid("a chunk of \(dataLength) bytes in a frame of \(length)")
         }
         let data = try readBody(dataLength)
-        return type == IPCMessage.Tag.chunkData.rawValue
-            ? .chunkData(requestID: id, index: index, data: data)
-            : .writeChunk(requestID: id, index: index, data: data)
+        guard let message = chunked.chunk(type: type, requestID: id, index: index, data: data) as? Incoming else {
+            throw DecodeError.invalid("not a chunk message")
+        }
+        return message
     }
 
     /// Reads `count` bytes straight into an uninitialised array (no zero-fill).

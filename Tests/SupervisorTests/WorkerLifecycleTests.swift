@@ -15,9 +15,9 @@ final class WorkerLifecycleTests: XCTestCase {
         return spec
     }
 
-    static let hello = IPCMessage.hello(version: IPCMessage.protocolVersion, role: .transfer, pid: 42)
+    static let hello = WorkerReport.hello(version: IPCLimits.protocolVersion, role: .transfer, pid: 42)
 
-    static func writes(_ out: [Directive]) -> [IPCMessage] {
+    static func writes(_ out: [Directive]) -> [WorkerCommand] {
         out.compactMap {
             if case .write(let message) = $0 { return message }
             return nil
@@ -30,7 +30,7 @@ final class WorkerLifecycleTests: XCTestCase {
             life.send(.fetch(shareID: [1], peers: []), tracking: .setup(key: "fetch")), [], "not ready: kept")
         let out = life.received(Self.hello)
         let written = Self.writes(out)
-        XCTAssertEqual(written.first, .welcome(version: IPCMessage.protocolVersion))
+        XCTAssertEqual(written.first, .welcome(version: IPCLimits.protocolVersion))
         guard case .transferSettings? = written.dropFirst().first else { return XCTFail("\(written)") }
         XCTAssertEqual(written.last, .fetch(shareID: [1], peers: []))
         XCTAssertFalse(out.contains { if case .restarted = $0 { return true } else { return false } }, "a first start")
@@ -74,7 +74,7 @@ final class WorkerLifecycleTests: XCTestCase {
         var life = WorkerLifecycle(spec: try transferSpec())
         XCTAssertEqual(
             life.received(.peerCount(count: 1)),
-            [.violation("expected hello from transfer speaking version \(IPCMessage.protocolVersion)")])
+            [.violation("expected hello from transfer speaking version \(IPCLimits.protocolVersion)")])
         _ = life.received(Self.hello)
         XCTAssertEqual(life.received(Self.hello), [.violation("hello sent twice")])
         XCTAssertEqual(

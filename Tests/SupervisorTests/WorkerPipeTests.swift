@@ -6,47 +6,81 @@ import WorkerRuntime
 import XCTest
 
 /// The blocking pipe workers use, over a real socketpair: chunk messages take their own
-/// path (writev out, field-by-field in), so they are checked beside ordinary ones.
+/// path (writev out, field-by-field in), so they are checked beside ordinary ones; each end
+/// reads only its own direction's messages.
 final class WorkerPipeTests: XCTestCase {
-    private func pair() -> (WorkerPipe, WorkerPipe, Int32, Int32) {
+    private func pair<Out, In>(_: Out.Type, _: In.Type) -> (MessagePipe<Out, In>, MessagePipe<In, Out>, Int32, Int32) {
         var fds: [Int32] = [-1, -1]
         XCTAssertEqual(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &fds), 0)
         // Room for a 4 MiB chunk, so one thread can write it before reading it back.
         var size: Int32 = 8 << 20
         for fd in fds { setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, socklen_t(MemoryLayout<Int32>.size)) }
         for fd in fds { setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, socklen_t(MemoryLayout<Int32>.size)) }
-        return (WorkerPipe(descriptor: fds[0]), WorkerPipe(descriptor: fds[1]), fds[0], fds[1])
+        return (MessagePipe(descriptor: fds[0]), MessagePipe(descriptor: fds[1]), fds[0], fds[1])
     }
 
     func testChunkAndOtherMessagesRoundTrip() throws {
-        let (a, b, fa, fb) = pair()
+        let (transfer, hash, ft, fh) = pair(ChunkRequest.self, ChunkReply.self)
         defer {
-            close(fa)
-            close(fb)
+            close(ft)
+            close(fh)
         }
-        let messages: [IPCMessage] = [
+        let requests: [ChunkRequest] = [
             .writeChunk(requestID: 7, index: 3, data: (0..<70_000).map { UInt8(truncatingIfNeeded: $0) }),
-            .chunkData(requestID: 8, index: 4, data: []),
             .readChunk(requestID: 9, index: 5),
-            .ping(nonce: 1),
-            .status(requestID: 2, text: "fourteen bytes or more of status"),
+            .writeChunk(requestID: 8, index: 4, data: []),
+        ]
+        let replies: [ChunkReply] = [
+            .chunkData(requestID: 8, index: 4, data: []),
+            .chunkData(requestID: 10, index: 6, data: [UInt8](repeating: 9, count: 100_000)),
+            .failure(requestID: 2, code: 74, message: "fourteen bytes or more of failure"),
             .chunkWritten(requestID: 7, index: 3, accepted: true),
         ]
-        for message in messages { try a.send(message) }
-        for message in messages { XCTAssertEqual(try b.receive(), message) }
-        close(fa)
-        XCTAssertNil(try b.receive(), "EOF between frames is the end, not an error")
+        for request in requests { try transfer.send(request) }
+        for reply in replies { try hash.send(reply) }
+        for request in requests { XCTAssertEqual(try hash.receive(), request) }
+        for reply in replies { XCTAssertEqual(try transfer.receive(), reply) }
+        close(ft)
+        XCTAssertNil(try hash.receive(), "EOF between frames is the end, not an error")
+    }
+
+    func testCommandsAndReportsCrossTheSupervisorPipe() throws {
+        let (supervisor, worker, fs, fw) = pair(WorkerCommand.self, WorkerReport.self)
+        defer {
+            close(fs)
+            close(fw)
+        }
+        try supervisor.send(.ping(nonce: 1))
+        try worker.send(.status(requestID: 2, text: "fourteen bytes or more of status"))
+        XCTAssertEqual(try worker.receive(), .ping(nonce: 1))
+        XCTAssertEqual(try supervisor.receive(), .status(requestID: 2, text: "fourteen bytes or more of status"))
+    }
+
+    /// A frame of the other direction does not decode: the hash worker cannot be sent a chunk
+    /// reply, nor the supervisor a command, whatever the bytes say.
+    func testAMessageOfTheOtherDirectionIsRefused() throws {
+        let (transfer, hash, ft, fh) = pair(ChunkRequest.self, ChunkReply.self)
+        defer {
+            close(ft)
+            close(fh)
+        }
+        _ = ChunkReply.chunkData(requestID: 1, index: 0, data: [1, 2, 3]).encoded().withUnsafeBytes {
+            write(ft, $0.baseAddress, $0.count)
+        }
+        XCTAssertThrowsError(try hash.receive())
+        _ = WorkerCommand.shutdown.encoded().withUnsafeBytes { write(fh, $0.baseAddress, $0.count) }
+        XCTAssertThrowsError(try transfer.receive())
     }
 
     func testChunkWhoseLengthDisagreesWithItsFrameIsRefused() throws {
-        let (_, b, fa, fb) = pair()
+        let (_, b, fa, fb) = pair(ChunkRequest.self, ChunkReply.self)
         defer {
             close(fa)
             close(fb)
         }
         var frame = ByteWriter()
         frame.u32(2 + 12 + 10)
-        frame.u16(IPCMessage.Tag.writeChunk.rawValue)
+        frame.u16(ChunkRequest.Tag.writeChunk.rawValue)
         frame.u32(1)
         frame.u32(0)
         frame.u32(4_000_000)  // claims far more than the frame holds

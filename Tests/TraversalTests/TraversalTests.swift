@@ -90,6 +90,26 @@ import Wire
         }
     }
 
+    /// Found by the `nat` fuzz target: a relay's refusal text of 96 bytes of 0xFF decodes to
+    /// 96 U+FFFD (288 bytes), which sending cut to 200 bytes in the middle of a scalar, so the
+    /// text changed on its way back. Both sides now cut between scalars at the same length.
+    @Test func aRefusalOfInvalidUTF8RoundTrips() throws {
+        var payload: [UInt8] = [0x00, 0x02]  // full
+        payload += [0, 0, 0, 96] + [UInt8](repeating: 0xFF, count: 96)
+        let decoded = try RelayMessage(frame: Frame(type: 0x6007, payload: payload))
+        guard case .refused(.full, let text) = decoded else {
+            Issue.record("not a refusal: \(decoded)")
+            return
+        }
+        #expect(text.utf8.count <= 200)
+        #expect(text.unicodeScalars.allSatisfy { $0 == "\u{FFFD}" })
+        #expect(try RelayMessage(frame: decoded.frame()) == decoded)
+        // A long valid text of three-byte characters is cut between characters, too.
+        let long = RelayMessage.refused(code: .timeout, text: String(repeating: "€", count: 100))
+        guard case .refused(_, let cut) = try RelayMessage(frame: long.frame()) else { return }
+        #expect(cut == String(repeating: "€", count: 66))
+    }
+
     @Test func refusesStrangersAndTrailingBytes() {
         var frame = RelayMessage.register(key: key).frame()
         frame.payload[0] = UInt8(ascii: "X")

@@ -236,10 +236,14 @@ def test_out_of_range_limits_on_the_control_socket_are_refused_not_a_crash(tmp_p
     seeder = Seeder(source, "--no-dht", env=env)
     try:
         path = control_socket(seeder.proc.pid, runtime)
-        SET_LIMITS, FAILURE, STATUS = 0x020B, 0x0008, 0x0006
+        # The control socket's own messages (docs/PROTOCOL.md §1, control socket).
+        SET_LIMITS, STATUS, REFUSED = 0x0C02, 0x0C81, 0x0C82
         huge = (1 << 64) - 2  # next to the 'unchanged' marker; Double rounds it to 2^64
         msg_type, payload = control_exchange(path, SET_LIMITS, struct.pack(">QQQ", huge, huge, huge))
-        assert msg_type == FAILURE and b"out of range" in payload, payload
+        assert msg_type == REFUSED and b"out of range" in payload, payload
+        # A worker's message (the transfer worker's setLimits, 0x020B) is not a control request.
+        msg_type, payload = control_exchange(path, 0x020B, struct.pack(">QQQ", 0, 0, 0))
+        assert msg_type == REFUSED and b"bad control message" in payload, payload
         assert seeder.proc.poll() is None, "the supervisor survived"
         msg_type, payload = control_exchange(path, SET_LIMITS, struct.pack(">QQQ", 1 << 20, (1 << 64) - 1, 0))
         assert msg_type == STATUS and b"upload 1.0 MiB/s" in payload, payload
@@ -270,7 +274,7 @@ def test_the_control_socket_refuses_another_user_even_when_it_can_reach_the_sock
         probe = ("import socket,struct\n"
                  f"s=socket.socket(socket.AF_UNIX); s.settimeout(10); s.connect({path!r})\n"
                  "try:\n"
-                 "    s.sendall(struct.pack('>IHI',6,5,0))\n"
+                 "    s.sendall(struct.pack('>IH',2,0x0C01))\n"
                  "    print('reply' if s.recv(100) else 'closed')\n"
                  "except (ConnectionResetError, BrokenPipeError):\n    print('closed')\n")
         result = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",

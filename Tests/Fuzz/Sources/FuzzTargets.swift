@@ -39,11 +39,19 @@ enum FuzzTarget: String, CaseIterable {
                 precondition(again == message, "KRPC round trip changed the message")
             }
         case .ipc:
-            var decoder = FrameDecoder(maxFrameLength: IPCMessage.maxFrameLength)
+            // Every message type of the supervisor pipes and the data channel: what decodes
+            // encodes back to an equal value.
+            func roundTrip<Message: ChannelMessage>(_: Message.Type, _ frame: Frame) {
+                guard let message = try? Message(frame: frame) else { return }
+                precondition((try? Message(frame: message.frame())) == message, "\(Message.self) round trip")
+            }
+            var decoder = FrameDecoder(maxFrameLength: IPCLimits.maxFrameLength)
             decoder.append(bytes)
             while let frame = try? decoder.next() {
-                guard let message = try? IPCMessage(frame: frame) else { continue }
-                precondition((try? IPCMessage(frame: message.frame())) == message, "IPC round trip")
+                roundTrip(WorkerCommand.self, frame)
+                roundTrip(WorkerReport.self, frame)
+                roundTrip(ChunkRequest.self, frame)
+                roundTrip(ChunkReply.self, frame)
             }
         case .peer:
             guard bytes.count >= 2 else { return }
@@ -87,10 +95,13 @@ enum FuzzTarget: String, CaseIterable {
             }
         case .control:
             // What the supervisor does with a control socket frame: decode, check, apply.
-            var decoder = FrameDecoder(maxFrameLength: 4096)
+            var decoder = FrameDecoder(maxFrameLength: ControlRequest.maxFrameLength)
             decoder.append(bytes)
             while let frame = try? decoder.next() {
-                guard case .setLimits(let up, let down, let peer)? = try? IPCMessage(frame: frame) else { continue }
+                if let reply = try? ControlReply(frame: frame) {
+                    precondition((try? ControlReply(frame: reply.frame())) == reply, "control reply round trip")
+                }
+                guard case .setLimits(let up, let down, let peer)? = try? ControlRequest(frame: frame) else { continue }
                 guard LimitChange.problem(upload: up, download: down, perPeerUpload: peer) == nil else { continue }
                 for value in [up, down, peer] where value != LimitChange.unchanged {
                     _ = UInt64(Double(value))  // traps if a value that passed the check does not fit
