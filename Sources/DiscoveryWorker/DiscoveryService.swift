@@ -68,9 +68,13 @@ public final class DiscoveryService: WorkerService, @unchecked Sendable {
                     "LAN discovery (BEP 14) on \(interfaces.count) interface(s): \(interfaces.flatMap(\.networks).count) network(s)"
                 )
             }
-        case .lanAnnounce(let key, let port, let serving):
+        case .lanAnnounce(let key, let port, let serving, let bits):
             guard let lan, let lanStarted else { return logger.warning("LAN discovery is not started") }
-            lanStarted.whenComplete { _ in lan.announce(key: key, port: port, serving: serving) }
+            var families: Set<LocalDiscovery.Group> = []
+            if bits & 1 != 0 { families.insert(.ipv4) }
+            if bits & 2 != 0 { families.insert(.ipv6) }
+            let groups = families
+            lanStarted.whenComplete { _ in lan.announce(key: key, port: port, families: groups, serving: serving) }
         case .dhtStateRequest(let id):
             guard let shell else { return tell(.dhtState(requestID: id, state: [], summary: "DHT not started")) }
             tell(.dhtState(requestID: id, state: shell.exportState(), summary: summary(shell)))

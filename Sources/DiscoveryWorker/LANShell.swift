@@ -88,16 +88,19 @@ final class LANShell: @unchecked Sendable {
     }
 
     private func receiver(host: String) -> EventLoopFuture<Channel> {
-        DatagramBootstrap(group: loop)
+        var bootstrap = DatagramBootstrap(group: loop)
             // Every PeerShare process on this host binds the same port and hears every announce.
             .channelOption(.socketOption(.so_reuseaddr), value: 1)
-            // The IPv6 socket hears IPv6 only; IPv4 has its own.
-            .channelOption(
+        if host == "::" {
+            // The IPv6 socket hears IPv6 only; IPv4 has its own (and the option is IPv6's).
+            bootstrap = bootstrap.channelOption(
                 ChannelOptions.Types.SocketOption(
                     level: NIOBSDSocket.OptionLevel(rawValue: Int32(IPPROTO_IPV6)),
                     name: NIOBSDSocket.Option(rawValue: IPV6_V6ONLY)),
-                value: host == "::" ? 1 : 0
-            )
+                value: 1)
+        }
+        return
+            bootstrap
             .channelInitializer { [self] channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(LANDatagramHandler(shell: self))
@@ -154,10 +157,11 @@ final class LANShell: @unchecked Sendable {
             level: SocketOptionLevel(IPPROTO_IPV6), name: SocketOptionName(IPV6_ADD_MEMBERSHIP), value: request)
     }
 
-    func announce(key: [UInt8], port: UInt16, serving: Bool) {
+    func announce(key: [UInt8], port: UInt16, families: Set<LocalDiscovery.Group>, serving: Bool) {
         perform(
             serving
-                ? discovery.announce(key: key, port: port, now: now) : discovery.search(key: key, port: port, now: now))
+                ? discovery.announce(key: key, port: port, families: families, now: now)
+                : discovery.search(key: key, port: port, families: families, now: now))
     }
 
     func received(_ bytes: [UInt8], from ip: [UInt8]) {

@@ -71,8 +71,9 @@ public enum WorkerCommand: ChannelMessage {
     /// worker's sandbox has no netlink): one "INDEX ADDRESS/PREFIX ..." line each.
     case lanStart(interfaces: [String])
     /// Announce a 20-byte share key on the LAN with our TCP port: `serving` a share, or looking
-    /// for its peers (port 0: looking, taking no connections).
-    case lanAnnounce(key: [UInt8], port: UInt16, serving: Bool)
+    /// for its peers (port 0: looking, taking no connections). `families`: where the port takes
+    /// connections, 1 IPv4, 2 IPv6, 3 both (announced on those groups only).
+    case lanAnnounce(key: [UInt8], port: UInt16, serving: Bool, families: UInt8)
 
     public enum Tag: UInt16, CaseIterable, Sendable {
         case welcome = 0x0002
@@ -245,10 +246,11 @@ public enum WorkerCommand: ChannelMessage {
             w.bool(trace)
         case .dhtReadOnly(let readOnly): w.bool(readOnly)
         case .lanStart(let interfaces): w.list(interfaces)
-        case .lanAnnounce(let key, let port, let serving):
+        case .lanAnnounce(let key, let port, let serving, let families):
             w.raw(key)
             w.u16(port)
             w.bool(serving)
+            w.u8(families)
         }
     }
 
@@ -319,7 +321,8 @@ public enum WorkerCommand: ChannelMessage {
         case .dhtStateRequest: self = .dhtStateRequest(requestID: try r.u32())
         case .dhtReadOnly: self = .dhtReadOnly(readOnly: try r.bool())
         case .lanStart: self = .lanStart(interfaces: try r.list(what: "interface list"))
-        case .lanAnnounce: self = .lanAnnounce(key: try r.raw(20), port: try r.u16(), serving: try r.bool())
+        case .lanAnnounce:
+            self = .lanAnnounce(key: try r.raw(20), port: try r.u16(), serving: try r.bool(), families: try r.u8())
         }
         try r.expectEnd()
     }

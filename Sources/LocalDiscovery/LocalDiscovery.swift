@@ -81,6 +81,9 @@ public struct LocalDiscovery: Sendable {
 
     private struct Interest {
         var port: UInt16
+        /// The families our port takes connections in: announced on those groups only (a
+        /// peer that hears us on IPv6 dials our IPv6 address).
+        var families: Set<Group>
         var serving: Bool
         var lastSent = -Double.infinity
         var nextAnnounce: Double
@@ -101,22 +104,27 @@ public struct LocalDiscovery: Sendable {
 
     public var keys: Int { interests.count }
 
-    /// Start announcing a share we serve on `port`.
-    public mutating func announce(key: [UInt8], port: UInt16, now: Double) -> [Directive] {
-        start(key: key, port: port, serving: true, now: now)
+    /// Start announcing a share we serve on `port`, which takes connections in `families`.
+    public mutating func announce(key: [UInt8], port: UInt16, families: Set<Group>, now: Double) -> [Directive] {
+        start(key: key, port: port, families: families, serving: true, now: now)
     }
 
-    /// Start looking for `key`'s peers; `port`: where we take connections (0: nowhere).
-    public mutating func search(key: [UInt8], port: UInt16, now: Double) -> [Directive] {
-        start(key: key, port: port, serving: false, now: now)
+    /// Start looking for `key`'s peers; `port`: where we take connections (0: nowhere), in
+    /// `families`. Looking with port 0 asks on every group.
+    public mutating func search(key: [UInt8], port: UInt16, families: Set<Group>, now: Double) -> [Directive] {
+        start(key: key, port: port, families: port == 0 ? Set(Group.allCases) : families, serving: false, now: now)
     }
 
     public mutating func stop(key: [UInt8]) { interests[key] = nil }
 
-    private mutating func start(key: [UInt8], port: UInt16, serving: Bool, now: Double) -> [Directive] {
+    private mutating func start(key: [UInt8], port: UInt16, families: Set<Group>, serving: Bool, now: Double)
+        -> [Directive]
+    {
         guard key.count == 20, interests[key] != nil || interests.count < LocalDiscovery.maxKeys else { return [] }
-        var interest = interests[key] ?? Interest(port: port, serving: serving, nextAnnounce: now)
+        var interest =
+            interests[key] ?? Interest(port: port, families: families, serving: serving, nextAnnounce: now)
         interest.port = port
+        interest.families = families
         interest.serving = interest.serving || serving
         interest.nextAnnounce = now
         interests[key] = interest
@@ -125,16 +133,17 @@ public struct LocalDiscovery: Sendable {
 
     /// Sends what is due and says when to come back.
     public mutating func tick(now: Double) -> [Directive] {
-        var due: [UInt16: [[UInt8]]] = [:]
+        // One datagram per port and set of groups, holding up to 16 keys.
+        var due: [Batch: [[UInt8]]] = [:]
         for (key, interest) in interests where interest.nextAnnounce <= now {
-            due[interest.port, default: []].append(key)
+            due[Batch(port: interest.port, families: interest.families), default: []].append(key)
         }
         var out: [Directive] = []
-        for port in due.keys.sorted() {
-            let keys = (due[port] ?? []).sorted { $0.lexicographicallyPrecedes($1) }
+        for batchKey in due.keys.sorted(by: { ($0.port, $0.families.count) < ($1.port, $1.families.count) }) {
+            let keys = (due[batchKey] ?? []).sorted { $0.lexicographicallyPrecedes($1) }
             for batch in stride(from: 0, to: keys.count, by: LSDMessage.maxKeys) {
                 let slice = Array(keys[batch..<min(batch + LSDMessage.maxKeys, keys.count)])
-                out += send(LSDMessage(port: port, keys: slice, cookie: cookie))
+                out += send(LSDMessage(port: batchKey.port, keys: slice, cookie: cookie), on: batchKey.families)
                 for key in slice {
                     interests[key]?.lastSent = now
                     interests[key]?.nextAnnounce = now + announceInterval
@@ -145,9 +154,14 @@ public struct LocalDiscovery: Sendable {
         return out
     }
 
-    private mutating func send(_ message: LSDMessage) -> [Directive] {
+    private struct Batch: Hashable {
+        var port: UInt16
+        var families: Set<Group>
+    }
+
+    private mutating func send(_ message: LSDMessage, on families: Set<Group>) -> [Directive] {
         counters.sent += 1
-        return groups.map { .send(message.encoded(host: $0.host), to: $0) }
+        return groups.filter(families.contains).map { .send(message.encoded(host: $0.host), to: $0) }
     }
 
     /// A datagram from `ip` (4 or 16 bytes) on the LSD port.

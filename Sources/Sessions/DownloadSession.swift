@@ -94,7 +94,7 @@ public final class DownloadSession: SupervisorDelegate, @unchecked Sendable {
                 to: .transfer, tracking: .setup(key: "relays"))
         }
         let onLAN = lan?.start() ?? false
-        if onLAN { lan?.announce(key: pipeline.dhtKey(for: link.shareID), port: 0, serving: false) }
+        if onLAN { lan?.announce(key: pipeline.dhtKey(for: link.shareID), port: 0, listenHost: "", serving: false) }
         if let dht {
             dht.start()
             if peers.isEmpty {
@@ -365,7 +365,8 @@ public final class DownloadSession: SupervisorDelegate, @unchecked Sendable {
                 output.status("serving verified chunks to other peers on \(listen.host):\(port)")
                 announceIfReady()
                 // Other downloaders on the LAN may fetch from us too.
-                lan?.announce(key: pipeline.dhtKey(for: link.shareID), port: port, serving: false)
+                lan?.announce(
+                    key: pipeline.dhtKey(for: link.shareID), port: port, listenHost: listen.host, serving: false)
             }
         case .lanPeer(let key, let address) where key == pipeline.dhtKey(for: link.shareID):
             lanPeer(address)

@@ -26,12 +26,19 @@ public final class LANClient: @unchecked Sendable {
     }
 
     /// Announces a share key: `serving` on `port`, or looking for its peers (port 0 when we
-    /// take no connections). Kept as setup (one per key and kind).
-    public func announce(key: [UInt8], port: UInt16, serving: Bool) {
+    /// take no connections). `listenHost` says which families the port takes connections in.
+    /// Kept as setup (one per key and kind).
+    public func announce(key: [UInt8], port: UInt16, listenHost: String, serving: Bool) {
         guard started else { return }
         supervisor.send(
-            .lanAnnounce(key: key, port: port, serving: serving), to: .discovery,
-            tracking: .setup(key: "lan \(serving) \(key)"))
+            .lanAnnounce(key: key, port: port, serving: serving, families: LANClient.families(listenHost: listenHost)),
+            to: .discovery, tracking: .setup(key: "lan \(serving) \(key)"))
+    }
+
+    /// 1 IPv4, 2 IPv6, 3 both: "::" is dual-stack, "0.0.0.0" and an IPv4 address IPv4 only.
+    static func families(listenHost: String) -> UInt8 {
+        if listenHost == "::" { return 3 }
+        return listenHost.contains(":") ? 2 : 1
     }
 
     /// Every interface with a private address — RFC 1918 IPv4, or an IPv6 unique local

@@ -250,7 +250,7 @@ public final class ShareSession: SupervisorDelegate, @unchecked Sendable {
         // hears our own port: its peers reach us directly.
         announce(port: mapped?.tcp ?? port)
         if let lan, lan.start() {
-            lan.announce(key: pipeline.dhtKey(for: shareID), port: port, serving: true)
+            lan.announce(key: pipeline.dhtKey(for: shareID), port: port, listenHost: listen.host, serving: true)
             output.status("announced on the LAN (BEP 14)")
         }
         if !relayAddresses.isEmpty {

@@ -66,7 +66,7 @@ import Testing
 
     @Test func aShareIsAnnouncedAtOnceOnBothGroupsThenEveryFiveMinutes() {
         var lsd = LocalDiscovery(cookie: "me", networks: [lan])
-        let out = lsd.announce(key: key, port: 4000, now: 0)
+        let out = lsd.announce(key: key, port: 4000, families: [.ipv4, .ipv6], now: 0)
         #expect(sends(out) == 2)
         #expect(out.last == .wake(at: 300))
         #expect(sends(lsd.tick(now: 299)) == 0)
@@ -77,9 +77,9 @@ import Testing
     /// round trip, not at the seeder's next five-minute announce.
     @Test func aNewcomersAnnounceIsAnsweredSoonAndOnlyOnce() {
         var seeder = LocalDiscovery(cookie: "seeder", networks: [lan], groups: [.ipv4])
-        _ = seeder.announce(key: key, port: 4000, now: 0)
+        _ = seeder.announce(key: key, port: 4000, families: [.ipv4, .ipv6], now: 0)
         var downloader = LocalDiscovery(cookie: "downloader", networks: [lan], groups: [.ipv4])
-        let ask = downloader.search(key: key, port: 0, now: 10)
+        let ask = downloader.search(key: key, port: 0, families: [], now: 10)
         guard case .send(let question, _)? = ask.first else {
             Issue.record("the downloader did not ask")
             return
@@ -98,18 +98,37 @@ import Testing
         #expect(found(downloader.received(answer, from: [192, 168, 50, 2], now: 10.6)).isEmpty)
         // A new process on the same host (a new cookie) is answered, no sooner than the gap.
         var again = LocalDiscovery(cookie: "downloader-2", networks: [lan], groups: [.ipv4])
-        guard case .send(let second, _)? = again.search(key: key, port: 0, now: 10.7).first else { return }
+        guard case .send(let second, _)? = again.search(key: key, port: 0, families: [], now: 10.7).first else {
+            return
+        }
         let late = seeder.received(second, from: neighbour, now: 10.7)
         #expect(sends(late) == 0 && late.contains(.wake(at: 11.001)), "one answer per second per key")
         #expect(sends(seeder.tick(now: 11.001)) == 1)
+    }
+
+    /// A share listening on IPv4 only is announced on the IPv4 group only: a peer that heard
+    /// it on IPv6 would dial an address nobody listens on.
+    @Test func aShareIsAnnouncedOnlyInTheFamiliesItListensIn() {
+        var lsd = LocalDiscovery(cookie: "me", networks: [lan])
+        let out = lsd.announce(key: key, port: 4000, families: [.ipv4], now: 0)
+        let groups = out.compactMap { directive -> LocalDiscovery.Group? in
+            if case .send(_, let group) = directive { return group } else { return nil }
+        }
+        #expect(groups == [.ipv4])
+        var looking = LocalDiscovery(cookie: "me2", networks: [lan])
+        #expect(sends(looking.search(key: key, port: 0, families: [], now: 0)) == 2, "asking goes everywhere")
     }
 
     @Test func twoDownloadersDoNotAnswerEachOtherForever() {
         var a = LocalDiscovery(cookie: "a", networks: [lan], groups: [.ipv4])
         var b = LocalDiscovery(cookie: "b", networks: [lan], groups: [.ipv4])
         var inFlight: [([UInt8], toA: Bool)] = []
-        for case .send(let bytes, _) in a.search(key: key, port: 5001, now: 0) { inFlight.append((bytes, false)) }
-        for case .send(let bytes, _) in b.search(key: key, port: 5002, now: 0) { inFlight.append((bytes, true)) }
+        for case .send(let bytes, _) in a.search(key: key, port: 5001, families: [.ipv4], now: 0) {
+            inFlight.append((bytes, false))
+        }
+        for case .send(let bytes, _) in b.search(key: key, port: 5002, families: [.ipv4], now: 0) {
+            inFlight.append((bytes, true))
+        }
         var now = 0.0
         var delivered = 0
         while !inFlight.isEmpty, delivered < 100 {
@@ -127,7 +146,7 @@ import Testing
 
     @Test func offLinkOwnMalformedAndFloodsAreDropped() {
         var lsd = LocalDiscovery(cookie: "me", networks: [lan], groups: [.ipv4])
-        _ = lsd.search(key: key, port: 0, now: 0)
+        _ = lsd.search(key: key, port: 0, families: [], now: 0)
         #expect(lsd.received(announce(port: 1, cookie: "x"), from: [10, 0, 0, 1], now: 1).isEmpty)
         #expect(lsd.counters.offLink == 1)
         #expect(lsd.received(announce(port: 1, cookie: "me"), from: neighbour, now: 1).isEmpty)
@@ -151,7 +170,7 @@ import Testing
     @Test func whatIsKeptIsBounded() {
         var lsd = LocalDiscovery(
             cookie: "me", networks: [LocalDiscovery.LocalNetwork(address: [10, 0, 0, 0], prefixLength: 8)])
-        _ = lsd.search(key: key, port: 0, now: 0)
+        _ = lsd.search(key: key, port: 0, families: [], now: 0)
         var reported = 0
         for i in 0..<2000 {
             let ip: [UInt8] = [10, 1, UInt8(i >> 8), UInt8(i & 0xFF)]
@@ -159,7 +178,9 @@ import Testing
         }
         #expect(reported == LocalDiscovery.maxFoundPerKey)
         for i in 0..<300 {
-            _ = lsd.announce(key: [UInt8](repeating: UInt8(i % 256), count: 19) + [UInt8(i / 256)], port: 1, now: 0)
+            _ = lsd.announce(
+                key: [UInt8](repeating: UInt8(i % 256), count: 19) + [UInt8(i / 256)], port: 1, families: [.ipv4],
+                now: 0)
         }
         #expect(lsd.keys <= LocalDiscovery.maxKeys)
     }

@@ -31,9 +31,10 @@ def in_ns(host, *command):
     return ["ip", "netns", "exec", ns(host), *command]
 
 
-@pytest.fixture
-def lan():
-    """Hosts a and b on one bridge: 192.168.77.0/24 and fd77::/64, nothing else."""
+@pytest.fixture(params=["dual-stack"])
+def lan(request):
+    """Hosts a and b on one bridge: 192.168.77.0/24 and fd77::/64 (or fd77::/64 alone for
+    "ipv6-only"), nothing else."""
     if shutil.which("ip") is None:
         pytest.skip("iproute2 is not installed")
     hosts = {"a": 2, "b": 3}
@@ -49,7 +50,8 @@ def lan():
             sh(*in_ns("sw", "ip", "link", "set", f"{PREFIX}{host}p", "master", "br0", "up"))
             sh(*in_ns(host, "ip", "link", "set", "lo", "up"))
             sh(*in_ns(host, "ip", "link", "set", f"{PREFIX}{host}", "name", "eth0"))
-            sh(*in_ns(host, "ip", "addr", "add", f"192.168.77.{number}/24", "dev", "eth0"))
+            if request.param != "ipv6-only":
+                sh(*in_ns(host, "ip", "addr", "add", f"192.168.77.{number}/24", "dev", "eth0"))
             sh(*in_ns(host, "ip", "addr", "add", f"fd77::{number}/64", "dev", "eth0", "nodad"))
             sh(*in_ns(host, "ip", "link", "set", "eth0", "up"))
         yield hosts
@@ -89,16 +91,26 @@ def bare(link):
 
 
 def get(tmp_path, host, link, *extra):
+    """Runs `peershare get`; returns its result, the output folder, its whole run time, and
+    the time from its first status line to "found a peer on the LAN" (None if never)."""
     home = tmp_path / f"home-{host}"
     home.mkdir(exist_ok=True)
     out = tmp_path / f"out-{host}"
     out.mkdir(exist_ok=True)
     env = dict(os.environ, HOME=str(home), XDG_RUNTIME_DIR=str(home))
     started = time.monotonic()
-    result = subprocess.run(
+    proc = subprocess.Popen(
         in_ns(host, BIN, "get", link, "-o", str(out), "--no-dht", "--no-nat", *extra),
-        capture_output=True, text=True, env=env, timeout=120)
-    return result, out, time.monotonic() - started
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    lines, first, found = [], None, None
+    for line in proc.stderr:
+        lines.append(line)
+        first = first or time.monotonic()
+        if found is None and "found a peer on the LAN" in line:
+            found = time.monotonic() - first
+    proc.wait(timeout=120)
+    result = subprocess.CompletedProcess(proc.args, proc.returncode, proc.stdout.read(), "".join(lines))
+    return result, out, time.monotonic() - started, found
 
 
 def test_two_hosts_with_no_route_find_a_share_by_its_link_alone(lan, tmp_path):
@@ -110,13 +122,15 @@ def test_two_hosts_with_no_route_find_a_share_by_its_link_alone(lan, tmp_path):
         assert "peer=" not in hintless and hintless.startswith("peershare://"), hintless
         # No route to anywhere: only the LAN can say where the seeder is.
         assert "default" not in sh(*in_ns("b", "ip", "route")).stdout
-        result, out, seconds = get(tmp_path, "b", hintless)
+        result, out, seconds, found_after = get(tmp_path, "b", hintless)
         assert result.returncode == 0, result.stderr
-        found = re.search(r"found a peer on the LAN at (192\.168\.77\.2|\[fd77:[0-9a-f:]*\]):\d+", result.stderr)
+        # The seeder listens on IPv4 (0.0.0.0), so it is announced, and found, on IPv4 only.
+        found = re.search(r"found a peer on the LAN at (192\.168\.77\.2):\d+", result.stderr)
         assert found, result.stderr
+        assert "fd77" not in result.stderr, result.stderr
         assert (out / "lan.bin").read_bytes() == payload.read_bytes()
-        print(f"\nLAN: found the seeder at {found.group(1)} and fetched 3 MiB in {seconds:.2f} s "
-              f"(whole `get`, process start to exit)")
+        print(f"\nLAN: found the seeder at {found.group(1)} {found_after * 1000:.0f} ms after asking; "
+              f"fetched 3 MiB, whole `get` (process start to exit) {seconds:.2f} s")
     finally:
         stop(seeder)
 
@@ -129,7 +143,7 @@ def test_lan_discovery_can_be_switched_off(lan, tmp_path):
     seeder, link = share(tmp_path, "a", payload)
     try:
         # lan.enabled false in the downloader's pipeline.json: nothing to go on.
-        result, _, _ = get(tmp_path, "b", bare(link), "--config", str(config))
+        result, _, _, _ = get(tmp_path, "b", bare(link), "--config", str(config))
         assert result.returncode == 69, result.stderr
         assert "found a peer on the LAN" not in result.stderr
     finally:
@@ -137,8 +151,25 @@ def test_lan_discovery_can_be_switched_off(lan, tmp_path):
     # And a seeder started with --no-lan is not found: the downloader waits, then says so.
     seeder, link = share(tmp_path, "a", payload, "--no-lan")
     try:
-        result, _, _ = get(tmp_path, "b", bare(link))
+        result, _, _, _ = get(tmp_path, "b", bare(link))
         assert result.returncode == 69, result.stderr
         assert "no peer on the LAN announced this share" in result.stderr, result.stderr
+    finally:
+        stop(seeder)
+
+
+@pytest.mark.parametrize("lan", ["ipv6-only"], indirect=True)
+def test_an_ipv6_only_lan_finds_a_share_on_ff15_efc0_988f(lan, tmp_path):
+    payload = tmp_path / "v6.bin"
+    payload.write_bytes(os.urandom(1 << 20))
+    seeder, link = share(tmp_path, "a", payload, "--listen", "[::]:0")
+    try:
+        result, out, seconds, found_after = get(tmp_path, "b", bare(link))
+        assert result.returncode == 0, result.stderr
+        found = re.search(r"found a peer on the LAN at (\[fd77:[0-9a-f:]*2\]):\d+", result.stderr)
+        assert found, result.stderr
+        assert (out / "v6.bin").read_bytes() == payload.read_bytes()
+        print(f"\nLAN (IPv6 only): found the seeder at {found.group(1)} {found_after * 1000:.0f} ms after asking; "
+              f"whole `get` {seconds:.2f} s")
     finally:
         stop(seeder)
