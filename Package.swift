@@ -15,6 +15,11 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-crypto.git", from: "3.12.3"),
+        // The local HTTP port (/metrics; the daemon's web UI): Hummingbird 2, and metrics through
+        // swift-metrics with swift-prometheus rendering them (docs/ARCHITECTURE.md says why).
+        .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1"),
+        .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
     ],
     targets: [
         // System libraries, found through pkg-config; apt names the package to install.
@@ -121,6 +126,18 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]),
+        // The local HTTP port: access policy (pure), metrics, the Hummingbird server.
+        .target(
+            name: "LocalWeb",
+            dependencies: [
+                "IPC",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "CoreMetrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]),
         // Benchmarks and simulations the CLI runs (`peershare bench`, `dht swarm`, `dht
         // simulate`): measuring code, kept out of the command-line target.
         .target(
@@ -135,7 +152,7 @@ let package = Package(
             name: "PeerShareCLI",
             dependencies: [
                 "Benchmarks", "Sessions", "Supervisor", "WorkerRuntime", "HashWorker", "TransferWorker",
-                "DiscoveryWorker",
+                "DiscoveryWorker", "LocalWeb",
                 "NATWorker", "PeerShareCore", "IPC", "CSodium", "CZlib", "Kademlia", "Stages", "Swarm", "Traversal",
                 "Wire",
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -167,6 +184,7 @@ let package = Package(
         .testTarget(name: "StagesTests", dependencies: ["Stages", "PeerShareCore"]),
         .testTarget(name: "TraversalTests", dependencies: ["Traversal", "PeerShareCore", "Wire"]),
         .testTarget(name: "LocalDiscoveryTests", dependencies: ["LocalDiscovery"]),
+        .testTarget(name: "LocalWebTests", dependencies: ["LocalWeb", "IPC"]),
         // End-to-end tests drive real processes from Python: Tests/e2e (run by contrib/test.sh).
         .testTarget(name: "IPCTests", dependencies: ["IPC", "PeerWire", "PeerShareCore", "Wire"]),
         .testTarget(

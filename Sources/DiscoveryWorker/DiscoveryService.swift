@@ -36,6 +36,36 @@ public final class DiscoveryService: WorkerService, @unchecked Sendable {
         }.wait()) ?? "busy"
     }
 
+    public func counters() -> [WorkerCounter] {
+        (try? loop.submit { [self] in
+            var out: [WorkerCounter] = []
+            if let shell {
+                let stats = shell.node.stats
+                out += [
+                    WorkerCounter("dht_nodes", UInt64(shell.node.table.nodeCount)),
+                    WorkerCounter("dht_packets_in", UInt64(stats.packetsIn)),
+                    WorkerCounter("dht_packets_out", UInt64(stats.packetsOut)),
+                    WorkerCounter("dht_queries_answered", UInt64(stats.queriesAnswered)),
+                    WorkerCounter("dht_timeouts", UInt64(stats.timeouts)),
+                    WorkerCounter("dht_rate_limited", UInt64(stats.rateLimited)),
+                    WorkerCounter("dht_malformed", UInt64(stats.malformed)),
+                ]
+            }
+            if let lan {
+                let counts = lan.discovery.counters
+                out += [
+                    WorkerCounter("lan_announces_sent", UInt64(counts.sent)),
+                    WorkerCounter("lan_datagrams_received", UInt64(counts.received)),
+                    WorkerCounter("lan_peers_found", UInt64(counts.found)),
+                    WorkerCounter("lan_off_link", UInt64(counts.offLink)),
+                    WorkerCounter("lan_rate_limited", UInt64(counts.rateLimited)),
+                    WorkerCounter("lan_malformed", UInt64(counts.malformed)),
+                ]
+            }
+            return out
+        }.wait()) ?? []
+    }
+
     func tell(_ message: WorkerReport) { pipe.sendOrExit(message, logger: logger) }
 
     public func handle(_ message: WorkerCommand, pipe: WorkerPipe) {

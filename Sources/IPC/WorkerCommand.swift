@@ -8,6 +8,9 @@ public enum WorkerCommand: ChannelMessage {
     case welcome(version: UInt16)
     case ping(nonce: UInt64)
     case statusRequest(requestID: UInt32)
+    /// What the worker has counted since it started (bytes, chunks, packets): answered with
+    /// `WorkerReport.counters`, for `/metrics`.
+    case countersRequest(requestID: UInt32)
     case shutdown
     /// The answer to a request the supervisor refuses (a key request on a public share).
     case failure(requestID: UInt32, code: UInt16, message: String)
@@ -81,6 +84,7 @@ public enum WorkerCommand: ChannelMessage {
         case statusRequest = 0x0005
         case shutdown = 0x0007
         case failure = 0x0008
+        case countersRequest = 0x0009
         case buildManifest = 0x0100
         case openShare = 0x0103
         case prepareDownload = 0x0107
@@ -111,6 +115,7 @@ public enum WorkerCommand: ChannelMessage {
         case .welcome: return .welcome
         case .ping: return .ping
         case .statusRequest: return .statusRequest
+        case .countersRequest: return .countersRequest
         case .shutdown: return .shutdown
         case .failure: return .failure
         case .buildManifest: return .buildManifest
@@ -143,7 +148,7 @@ public enum WorkerCommand: ChannelMessage {
     /// requests to a restarted worker by this id.
     public var requestID: UInt32? {
         switch self {
-        case .statusRequest(let id), .failure(let id, _, _), .buildManifest(let id, _), .openShare(let id, _, _),
+        case .statusRequest(let id), .countersRequest(let id), .failure(let id, _, _), .buildManifest(let id, _), .openShare(let id, _, _),
             .prepareDownload(let id, _, _, _), .finalizeDownload(let id), .sessionKeys(let id, _, _, _, _),
             .natProbe(let id, _), .mapPorts(let id, _, _, _), .dhtRequest(let id, _, _, _, _),
             .dhtStateRequest(let id):
@@ -164,7 +169,8 @@ public enum WorkerCommand: ChannelMessage {
         switch self {
         case .welcome(let version): w.u16(version)
         case .ping(let nonce): w.u64(nonce)
-        case .statusRequest(let id), .finalizeDownload(let id), .dhtStateRequest(let id): w.u32(id)
+        case .statusRequest(let id), .countersRequest(let id), .finalizeDownload(let id), .dhtStateRequest(let id):
+            w.u32(id)
         case .shutdown: break
         case .failure(let id, let code, let text):
             w.u32(id)
@@ -261,6 +267,7 @@ public enum WorkerCommand: ChannelMessage {
         case .welcome: self = .welcome(version: try r.u16())
         case .ping: self = .ping(nonce: try r.u64())
         case .statusRequest: self = .statusRequest(requestID: try r.u32())
+        case .countersRequest: self = .countersRequest(requestID: try r.u32())
         case .shutdown: self = .shutdown
         case .failure: self = .failure(requestID: try r.u32(), code: try r.u16(), message: try r.text())
         case .buildManifest: self = .buildManifest(requestID: try r.u32(), path: try r.text())

@@ -10,6 +10,9 @@ public enum WorkerReport: ChannelMessage {
     case pong(nonce: UInt64)
     case status(requestID: UInt32, text: String)
     case failure(requestID: UInt32, code: UInt16, message: String)
+    /// The answer to `countersRequest`: named totals since the worker started (a restarted
+    /// worker starts again from zero). Names are `[a-z_]`, at most 256 of them.
+    case counters(requestID: UInt32, values: [WorkerCounter])
 
     // Hash worker.
     case hashProgress(requestID: UInt32, bytesDone: UInt64, bytesTotal: UInt64)
@@ -64,6 +67,7 @@ public enum WorkerReport: ChannelMessage {
         case pong = 0x0004
         case status = 0x0006
         case failure = 0x0008
+        case counters = 0x000A
         case hashProgress = 0x0101
         case manifestBuilt = 0x0102
         case shareOpened = 0x0104
@@ -97,6 +101,7 @@ public enum WorkerReport: ChannelMessage {
         case .pong: return .pong
         case .status: return .status
         case .failure: return .failure
+        case .counters: return .counters
         case .hashProgress: return .hashProgress
         case .manifestBuilt: return .manifestBuilt
         case .shareOpened: return .shareOpened
@@ -127,7 +132,7 @@ public enum WorkerReport: ChannelMessage {
     /// The request this report answers, if any.
     public var requestID: UInt32? {
         switch self {
-        case .status(let id, _), .failure(let id, _, _), .hashProgress(let id, _, _), .manifestBuilt(let id, _),
+        case .status(let id, _), .failure(let id, _, _), .counters(let id, _), .hashProgress(let id, _, _), .manifestBuilt(let id, _),
             .shareOpened(let id), .downloadPrepared(let id, _), .downloadFinalized(let id, _),
             .sessionKeysRequest(let id, _, _, _), .natReport(let id, _, _, _), .portMapped(let id, _, _, _, _, _, _),
             .dhtTrace(let id, _), .dhtResult(let id, _), .dhtState(let id, _, _):
@@ -151,6 +156,14 @@ public enum WorkerReport: ChannelMessage {
             w.u8(role.code)
             w.u32(UInt32(bitPattern: pid))
         case .pong(let nonce): w.u64(nonce)
+        case .counters(let id, let values):
+            w.u32(id)
+            let kept = values.prefix(WorkerCounter.maxCount)
+            w.u16(UInt16(kept.count))
+            for counter in kept {
+                w.string(counter.name)
+                w.u64(counter.value)
+            }
         case .status(let id, let text), .downloadFinalized(let id, let text), .dhtTrace(let id, let text):
             w.u32(id)
             w.text(text)
@@ -228,6 +241,19 @@ public enum WorkerReport: ChannelMessage {
             guard let role = WorkerRole(code: try r.u8()) else { throw DecodeError.invalid("unknown worker role") }
             self = .hello(version: version, role: role, pid: Int32(bitPattern: try r.u32()))
         case .pong: self = .pong(nonce: try r.u64())
+        case .counters:
+            let id = try r.u32()
+            let count = Int(try r.u16())
+            guard count <= WorkerCounter.maxCount else {
+                throw DecodeError.tooLarge(what: "counters", length: count, limit: WorkerCounter.maxCount)
+            }
+            var values: [WorkerCounter] = []
+            for _ in 0..<count {
+                let name = try r.string()
+                guard WorkerCounter.isValidName(name) else { throw DecodeError.invalid("bad counter name") }
+                values.append(WorkerCounter(name, try r.u64()))
+            }
+            self = .counters(requestID: id, values: values)
         case .status: self = .status(requestID: try r.u32(), text: try r.text())
         case .failure: self = .failure(requestID: try r.u32(), code: try r.u16(), message: try r.text())
         case .hashProgress:
@@ -270,5 +296,28 @@ public enum WorkerReport: ChannelMessage {
         case .lanPeer: self = .lanPeer(key: try r.raw(20), address: try r.string())
         }
         try r.expectEnd()
+    }
+}
+
+/// One named total a worker keeps (`WorkerReport.counters`).
+public struct WorkerCounter: Equatable, Sendable {
+    public var name: String
+    public var value: UInt64
+    public static let maxCount = 256
+
+    public init(_ name: String, _ value: UInt64) {
+        self.name = name
+        self.value = value
+    }
+
+    /// 1 to 64 characters of `a-z`, `0-9` and `_`, starting with a letter: a name a worker
+    /// sends ends up in the metrics text, so it is checked, not trusted.
+    public static func isValidName(_ name: String) -> Bool {
+        guard let first = name.utf8.first, (UInt8(ascii: "a")...UInt8(ascii: "z")).contains(first), name.utf8.count <= 64
+        else { return false }
+        return name.utf8.allSatisfy {
+            (UInt8(ascii: "a")...UInt8(ascii: "z")).contains($0) || (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0)
+                || $0 == UInt8(ascii: "_")
+        }
     }
 }

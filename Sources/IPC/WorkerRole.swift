@@ -25,7 +25,7 @@ public enum WorkerRole: String, CaseIterable, Sendable, Codable {
     /// privsep monitor's permission table). By phase, `WorkerLifecycle` adds that `hello`
     /// comes first and only once.
     public var mayEmit: Set<WorkerReport.Tag> {
-        let common: Set<WorkerReport.Tag> = [.hello, .pong, .status, .failure]
+        let common: Set<WorkerReport.Tag> = [.hello, .pong, .status, .failure, .counters]
         switch self {
         case .discovery:
             return common.union([.dhtReady, .dhtTrace, .dhtResult, .dhtState, .lanPeer])
@@ -49,7 +49,7 @@ public enum WorkerRole: String, CaseIterable, Sendable, Codable {
     /// anything else (a confused or compromised supervisor is not obeyed blindly either).
     /// By phase, `CommandCheck` adds the commands a worker accepts only once.
     public var mayReceive: Set<WorkerCommand.Tag> {
-        let common: Set<WorkerCommand.Tag> = [.welcome, .ping, .statusRequest, .shutdown]
+        let common: Set<WorkerCommand.Tag> = [.welcome, .ping, .statusRequest, .countersRequest, .shutdown]
         switch self {
         case .discovery:
             return common.union([.dhtStart, .dhtRequest, .dhtStateRequest, .dhtReadOnly, .lanStart, .lanAnnounce])

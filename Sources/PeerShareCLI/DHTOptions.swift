@@ -51,3 +51,25 @@ struct LANOptions: ParsableArguments {
     /// False when LAN discovery is off by flag or by pipeline.json.
     func enabled(config: PipelineConfig) -> Bool { !noLAN && config.lan.enabled }
 }
+
+/// The local HTTP port, shared by `share` and `get`.
+struct MetricsOptions: ParsableArguments {
+    @Option(
+        name: .customLong("metrics"),
+        help: ArgumentHelp(
+            "Serve Prometheus metrics at http://HOST:PORT/metrics, loopback only (port 0: any free one).",
+            discussion: "The URL, with the token every request needs, is printed on stderr."))
+    var metrics: String?
+
+    func validate() throws {
+        guard let metrics else { return }
+        guard let address = try? PeerAddress.parse(metrics) else {
+            throw ValidationError("--metrics: '\(metrics)' is not HOST:PORT")
+        }
+        guard ["127.0.0.1", "::1", "localhost"].contains(address.host) else {
+            throw ValidationError("--metrics: serve on a loopback address (127.0.0.1:PORT), not \(address.host)")
+        }
+    }
+
+    var address: PeerAddress? { metrics.flatMap { try? PeerAddress.parse($0) } }
+}

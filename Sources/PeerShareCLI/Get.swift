@@ -56,6 +56,7 @@ struct Get: ParsableCommand {
     @Flag(name: .long, help: "No NAT traversal: ignore the link's relays.")
     var noNAT = false
     @OptionGroup var rates: RateOptions
+    @OptionGroup var metrics: MetricsOptions
 
     /// The link's text: from the argument, from stdin (`-`), or from --link-file.
     private func linkText() throws -> String {
@@ -156,7 +157,7 @@ struct Get: ParsableCommand {
         // The hash worker may touch the target folder and nothing else.
         let useLAN = lan.enabled(config: config)
         let code = SupervisorRunner.run(
-            config: config, logLevel: common.logLevel, control: true, writable: [target]
+            config: config, logLevel: common.logLevel, control: true, writable: [target], metrics: metrics.address
         ) {
             supervisor, logger in
             let context = SessionContext(

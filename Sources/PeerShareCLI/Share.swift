@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import LocalWeb
 import Logging
 import NIOCore
 import NIOPosix
@@ -35,6 +36,7 @@ struct Share: ParsableCommand {
     @OptionGroup var lan: LANOptions
     @OptionGroup var nat: NATOptions
     @OptionGroup var rates: RateOptions
+    @OptionGroup var metrics: MetricsOptions
 
     func run() throws {
         let listenAddress: PeerAddress
@@ -72,7 +74,7 @@ struct Share: ParsableCommand {
         let absolute = URL(fileURLWithPath: path).standardizedFileURL.path
         let useLAN = lan.enabled(config: config)
         let code = SupervisorRunner.run(
-            config: config, logLevel: common.logLevel, control: true, readable: [absolute]
+            config: config, logLevel: common.logLevel, control: true, readable: [absolute], metrics: metrics.address
         ) {
             supervisor, logger in
             let context = SessionContext(
@@ -94,9 +96,11 @@ struct Share: ParsableCommand {
 enum SupervisorRunner {
     /// `control`: open a control socket so `peershare limit` can change this run's limits.
     /// `readable`/`writable`: the paths the hash worker's sandbox lets it touch.
+    /// `metrics`: serve /metrics on this loopback address while the session runs.
     static func run(
         config: PipelineConfig, logLevel: String, control: Bool = false, readable: [String] = [],
-        writable: [String] = [], makeSession: @escaping @Sendable (Supervisor, Logger) -> any Session
+        writable: [String] = [], metrics: PeerAddress? = nil,
+        makeSession: @escaping @Sendable (Supervisor, Logger) -> any Session
     ) -> Int32 {
         let logger = Logger(label: "supervisor")
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
@@ -128,12 +132,14 @@ enum SupervisorRunner {
             sources.append(source)
         }
 
+        nonisolated(unsafe) var web: LocalHTTPServer?  // set and read on `loop` only
         loop.execute {
             supervisor.start().whenComplete { result in
                 switch result {
                 case .success:
                     controlServer?.start(environment: ProcessInfo.processInfo.environment)
                     session.begin()
+                    if let metrics { web = startMetrics(on: metrics, supervisor: supervisor, logger: logger) }
                 case .failure(let error):
                     Terminal.error("cannot start workers: \(error)")
                     session.stop(exitCode: ExitCodes.software)
@@ -142,8 +148,35 @@ enum SupervisorRunner {
         }
         let code = (try? session.result.wait()) ?? ExitCodes.software
         try? loop.submit { controlServer?.stop() }.wait()
+        try? loop.submit { web?.stop() }.wait()
         for source in sources { source.cancel() }
         try? group.syncShutdownGracefully()
         return code
+    }
+}
+
+extension SupervisorRunner {
+    /// The local HTTP port with /metrics: each scrape asks the workers for their counters.
+    static func startMetrics(on address: PeerAddress, supervisor: Supervisor, logger: Logger) -> LocalHTTPServer {
+        let metrics = PeerShareMetrics()
+        let loop = supervisor.eventLoop
+        let server = LocalHTTPServer(
+            host: address.host, port: address.port, token: LocalHTTPServer.makeToken(), logger: logger
+        ) {
+            let workers = (try? await loop.flatSubmit { supervisor.collectCounters() }.get()) ?? [:]
+            let restarts = (try? await loop.submit { supervisor.restartCounts }.get()) ?? [:]
+            return metrics.render(workers: workers, restarts: restarts)
+        }
+        server.bound.whenComplete { result in
+            switch result {
+            case .success(let port):
+                let host = address.host.contains(":") ? "[\(address.host)]" : address.host
+                // The token goes to the terminal, as Jupyter prints its URL; never to the log.
+                Terminal.status("metrics: http://\(host):\(port)/metrics?token=\(server.token)")
+            case .failure(let error):
+                Terminal.warning("cannot serve metrics on \(address): \(error)")
+            }
+        }
+        return server
     }
 }

@@ -14,6 +14,11 @@ enum Terminal {
         FileHandle.standardOutput.write(Data((InertText.make(text) + "\n").utf8))
     }
 
+    /// A status line on stderr (not part of a session's output).
+    static func status(_ text: String) {
+        FileHandle.standardError.write(Data("peershare: \(InertText.make(text))\n".utf8))
+    }
+
     static func warning(_ text: String) {
         FileHandle.standardError.write(Data("peershare: warning: \(InertText.make(text))\n".utf8))
     }

@@ -158,6 +158,67 @@ public final class Supervisor: @unchecked Sendable {
         }
     }
 
+    // MARK: Counters, for /metrics
+
+    /// Asks every running worker for its counters and completes with what has arrived after
+    /// `timeoutMs` at most (a busy or restarting worker is simply missing from that scrape).
+    public func collectCounters(timeoutMs: Int64 = 1000) -> EventLoopFuture<[WorkerRole: [WorkerCounter]]> {
+        eventLoop.preconditionInEventLoop()
+        let promise = eventLoop.makePromise(of: [WorkerRole: [WorkerCounter]].self)
+        var ids: [UInt32] = []
+        for (role, worker) in workers where worker.ready {
+            let id = makeRequestID()
+            ids.append(id)
+            counterRequests[id] = role
+            write(.countersRequest(requestID: id), to: worker)
+        }
+        let asked = ids
+        let collection = CounterCollection(waiting: Set(asked), promise: promise)
+        counterCollections.append(collection)
+        collection.finishIfDone()
+        eventLoop.scheduleTask(in: .milliseconds(timeoutMs)) { [self] in
+            for id in asked { counterRequests[id] = nil }
+            collection.finish()
+            counterCollections.removeAll { $0 === collection }
+        }
+        return promise.futureResult
+    }
+
+    /// How many times each worker has been restarted.
+    public var restartCounts: [WorkerRole: Int] { workers.mapValues { $0.life.restarts } }
+
+    private var counterRequests: [UInt32: WorkerRole] = [:]
+    private var counterCollections: [CounterCollection] = []
+
+    /// One scrape's answers, completed when all arrived or at its timeout. Loop-confined.
+    final class CounterCollection: @unchecked Sendable {
+        var waiting: Set<UInt32>
+        var answers: [WorkerRole: [WorkerCounter]] = [:]
+        let promise: EventLoopPromise<[WorkerRole: [WorkerCounter]]>
+        var done = false
+
+        init(waiting: Set<UInt32>, promise: EventLoopPromise<[WorkerRole: [WorkerCounter]]>) {
+            self.waiting = waiting
+            self.promise = promise
+        }
+
+        func finishIfDone() { if waiting.isEmpty { finish() } }
+
+        func finish() {
+            guard !done else { return }
+            done = true
+            promise.succeed(answers)
+        }
+    }
+
+    private func countersArrived(_ id: UInt32, _ values: [WorkerCounter], from role: WorkerRole) {
+        guard counterRequests.removeValue(forKey: id) == role else { return }
+        for collection in counterCollections where collection.waiting.remove(id) != nil {
+            collection.answers[role] = values
+            collection.finishIfDone()
+        }
+    }
+
     // MARK: Sending
 
     public func send(_ message: WorkerCommand, to role: WorkerRole, tracking: Tracking = .none) {
@@ -347,6 +408,8 @@ public final class Supervisor: @unchecked Sendable {
                 switch message {
                 case .pong:
                     break
+                case .counters(let id, let values):
+                    countersArrived(id, values, from: role)
                 case .pluginFailed(let name, let reason):
                     plugins.failed(name: name, reason: reason)
                 case .sessionKeysRequest(let id, let keyRole, let shared, let transcript):

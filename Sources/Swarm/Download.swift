@@ -102,7 +102,7 @@ public struct Download: Sendable {
     private var attempts: [String: Int] = [:]
     private var lastError: [String: String] = [:]
     /// Addresses whose chunks failed verification too often: never contacted again.
-    private(set) var bannedAddresses = Set<String>()
+    public private(set) var bannedAddresses = Set<String>()
     /// Addresses waiting for a free connection slot.
     private var waiting: [String] = []
     private var nextPeerID = 1

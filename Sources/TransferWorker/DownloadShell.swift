@@ -71,6 +71,8 @@ final class DownloadShell: @unchecked Sendable {
     }
 
     func isVerified(_ index: Int) -> Bool { download.isVerified(index) }
+    var bannedCount: Int { download.bannedAddresses.count }
+    var connectedCount: Int { connections.count }
 
     // MARK: Events from the supervisor, passed to the Instance
 
@@ -304,6 +306,10 @@ final class DownloadShell: @unchecked Sendable {
     private func established(_ connection: PeerConnection) {
         let milliseconds = Int((service.now - connection.startedAt) * 1000)
         logger.info("connected to \(connection.address), \(connection.path), in \(milliseconds) ms")
+        // "direct", "reversed", "punched", "relayed via …", "via relay …": the first word that
+        // names the path, for /metrics.
+        let kind = ["direct", "mapped", "reversed", "punched", "relayed"].first { connection.path.contains($0) } ?? "other"
+        service.tally.connections[kind, default: 0] += 1
         service.tell(
             .peerEvent(text: "peer \(connection.address): connected, \(connection.path), in \(milliseconds) ms"))
         apply(download.established(connection.id, chunkCount: connection.chunkCount, now: service.now))

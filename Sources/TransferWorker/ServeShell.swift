@@ -106,6 +106,8 @@ extension TransferService {
             case .sendPiece(let read, let index, let id):
                 guard let data = readChunks.removeValue(forKey: read), let handler = serveHandlers[id] else { continue }
                 handler.sendPiece(.piece(index: index, data: data))
+                tally.piecesSent += 1
+                tally.bytesSent += UInt64(data.count)
             case .discard(let read):
                 readChunks[read] = nil
             case .refuse(let index, let reason, let id):
@@ -382,6 +384,7 @@ final class ServeHandler: ChannelInboundHandler, RemovableChannelHandler, @unche
         leaveHandshakeQuota()
         established = true
         service.servingConnections += 1
+        service.tally.peersServed += 1
         guard service.servingConnections <= service.maxPeers else { return fail(.busy, "too many peers") }
         service.opened(self)
         send(.bitfield(bits: service.servableBitfield().bytes))

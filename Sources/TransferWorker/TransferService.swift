@@ -41,6 +41,19 @@ public final class TransferService: WorkerService, @unchecked Sendable {
     var listener: Channel?
     /// Peers past the handshake; `limits.maxPeers` bounds these.
     var servingConnections = 0
+    /// What `countersRequest` reports (loop-confined, like everything here).
+    var tally = Tally()
+
+    struct Tally {
+        var bytesSent: UInt64 = 0
+        var piecesSent: UInt64 = 0
+        var bytesVerified: UInt64 = 0
+        var chunksVerified: UInt64 = 0
+        var chunksRejected: UInt64 = 0
+        /// Downloading connections established, by how they reached the peer.
+        var connections: [String: UInt64] = [:]
+        var peersServed: UInt64 = 0
+    }
     /// Connections still in their handshake, in total and by address: a quota of their own,
     /// so strangers that never finish cannot take the slots of established peers.
     var handshaking: [ServeHandler] = []
@@ -102,6 +115,25 @@ public final class TransferService: WorkerService, @unchecked Sendable {
         } else {
             logger.error("started without a data channel to the hash worker: cannot serve or download")
         }
+    }
+
+    public func counters() -> [WorkerCounter] {
+        (try? loop.submit { [self] in
+            var out = [
+                WorkerCounter("bytes_sent", tally.bytesSent), WorkerCounter("pieces_sent", tally.piecesSent),
+                WorkerCounter("bytes_verified", tally.bytesVerified),
+                WorkerCounter("chunks_verified", tally.chunksVerified),
+                WorkerCounter("chunks_rejected", tally.chunksRejected),
+                WorkerCounter("peers_banned", UInt64(fetch?.bannedCount ?? 0)),
+                WorkerCounter("peers_served", tally.peersServed),
+                WorkerCounter("serving_connections", UInt64(servingConnections)),
+                WorkerCounter("download_peers", UInt64(fetch?.connectedCount ?? 0)),
+            ]
+            for (path, count) in tally.connections.sorted(by: { $0.key < $1.key }) {
+                out.append(WorkerCounter("connections_\(path)", count))
+            }
+            return out
+        }.wait()) ?? []
     }
 
     public func statusLine() -> String {
@@ -203,6 +235,12 @@ public final class TransferService: WorkerService, @unchecked Sendable {
         case .chunkWritten(let id, let index, let accepted):
             guard let write = pendingWrites.removeValue(forKey: id), write.index == index else { return }
             fetch?.verdict(index: Int(index), accepted: accepted)
+            if accepted {
+                tally.chunksVerified += 1
+                tally.bytesVerified += UInt64(write.bytes)
+            } else {
+                tally.chunksRejected += 1
+            }
             tell(.chunkStored(index: index, accepted: accepted, bytes: write.bytes, peer: write.peer))
         case .failure(let id, let code, let text):
             if pendingWrites.removeValue(forKey: id) != nil {

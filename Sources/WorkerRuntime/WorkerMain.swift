@@ -11,6 +11,8 @@ public protocol WorkerService: Sendable {
     func handle(_ command: WorkerCommand, pipe: WorkerPipe)
     /// One line describing the worker's state, for `statusRequest`.
     func statusLine() -> String
+    /// Named totals since the worker started, for `countersRequest` (and `/metrics`).
+    func counters() -> [WorkerCounter]
     /// Called on `shutdown`, just before the process exits: undo what outlives it (the nat
     /// worker removes its port mappings from the router). Keep it under a second.
     func shutdown()
@@ -18,6 +20,7 @@ public protocol WorkerService: Sendable {
 
 extension WorkerService {
     public func shutdown() {}
+    public func counters() -> [WorkerCounter] { [] }
 }
 
 /// The skeleton every worker process runs (Postfix's `multi_server_main`): adopt the pipe,
@@ -66,6 +69,8 @@ public enum WorkerMain {
             switch message {
             case .ping(let nonce):
                 try? pipe.send(.pong(nonce: nonce))
+            case .countersRequest(let id):
+                try? pipe.send(.counters(requestID: id, values: service.counters()))
             case .statusRequest(let id):
                 try? pipe.send(.status(requestID: id, text: service.statusLine()))
             case .shutdown:

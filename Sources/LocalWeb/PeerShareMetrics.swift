@@ -1,0 +1,52 @@
+import CoreMetrics
+import IPC
+import Prometheus
+import Synchronization
+
+/// PeerShare's metrics, through swift-metrics with swift-prometheus behind it: what the workers
+/// count (`WorkerReport.counters`) and the supervisor's own (worker restarts), rendered in the
+/// Prometheus text format. Names are documented in docs/PROTOCOL.md §7.
+public final class PeerShareMetrics: Sendable {
+    public let registry: PrometheusCollectorRegistry
+    private let factory: PrometheusMetricsFactory
+    private let accumulator = Mutex(CounterAccumulator())
+
+    /// Worker counters that are levels, not totals.
+    static let gauges: Set<String> = ["serving_connections", "download_peers", "dht_nodes"]
+
+    public init() {
+        registry = PrometheusCollectorRegistry()
+        factory = PrometheusMetricsFactory(registry: registry)
+    }
+
+    /// Folds in one scrape's worker counters and restart counts, then renders everything.
+    public func render(workers: [WorkerRole: [WorkerCounter]], restarts: [WorkerRole: Int]) -> String {
+        accumulator.withLock { accumulator in
+            for (role, counters) in workers.sorted(by: { $0.key.rawValue < $1.key.rawValue }) {
+                for counter in counters where WorkerCounter.isValidName(counter.name) {
+                    if PeerShareMetrics.gauges.contains(counter.name) {
+                        factory.makeMeter(label: "peershare_\(counter.name)", dimensions: [])
+                            .set(Int64(clamping: counter.value))
+                        continue
+                    }
+                    var name = counter.name
+                    var dimensions: [(String, String)] = []
+                    if name.hasPrefix("connections_") {
+                        dimensions = [("path", String(name.dropFirst("connections_".count)))]
+                        name = "connections"
+                    }
+                    let key = "\(role.rawValue) \(counter.name)"
+                    let grown = accumulator.increment(key, to: counter.value)
+                    factory.makeCounter(label: "peershare_\(name)_total", dimensions: dimensions)
+                        .increment(by: Int64(clamping: grown))
+                }
+            }
+            for (role, count) in restarts {
+                let grown = accumulator.increment("supervisor restarts \(role.rawValue)", to: UInt64(max(0, count)))
+                factory.makeCounter(label: "peershare_worker_restarts_total", dimensions: [("worker", role.rawValue)])
+                    .increment(by: Int64(clamping: grown))
+            }
+        }
+        return registry.emitToString()
+    }
+}
