@@ -173,7 +173,8 @@ let package = Package(
         .executableTarget(
             name: "peershare-fuzz",
             dependencies: [
-                "PeerShareCore", "IPC", "Kademlia", "PeerWire", "Swarm", "Traversal", "Wire", "CSystemShims",
+                "PeerShareCore", "IPC", "Kademlia", "LocalDiscovery", "PeerWire", "Swarm", "Traversal", "Wire",
+                "CSystemShims",
             ],
             path: "Tests/Fuzz/Sources"),
 

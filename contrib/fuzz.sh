@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 seconds="${1:-5}"
 shift || true
 targets=("$@")
-[ ${#targets[@]} -eq 0 ] && targets=(krpc ipc peer manifest pipeline link plugin control nat)
+[ ${#targets[@]} -eq 0 ] && targets=(krpc ipc peer manifest pipeline link plugin control nat lan)
 
 echo "== building the fuzz targets (libFuzzer + AddressSanitizer)"
 swift build --product peershare-fuzz --build-path .build/fuzz \

@@ -16,9 +16,11 @@ build() {
   status=${PIPESTATUS[0]}
   set -e
   if [ "$status" -ne 0 ]; then rm -f "$log"; return "$status"; fi
-  if grep "warning:" "$log" | grep -v "/.build/" | grep -q .; then
+  # Compiler warnings name a file (PATH:LINE:COL: warning:); SwiftPM's notes about a
+  # dependency's layout ("warning: 'pkg': found 1 file(s) which are unhandled") do not.
+  if grep -E "^/[^ ]+:[0-9]+:[0-9]+: warning:" "$log" | grep -v "/.build/" | grep -q .; then
     echo "FAIL: the build printed warnings (PeerShare builds with zero warnings):"
-    grep "warning:" "$log" | grep -v "/.build/" | sort -u
+    grep -E "^/[^ ]+:[0-9]+:[0-9]+: warning:" "$log" | grep -v "/.build/" | sort -u
     rm -f "$log"
     return 1
   fi

@@ -2,6 +2,7 @@ import CSystemShims
 import Foundation
 import IPC
 import Kademlia
+import LocalDiscovery
 import PeerShareCore
 import PeerWire
 import Traversal
@@ -16,7 +17,7 @@ import Wire
 ///
 /// A target fails by trapping: an input that decodes must encode back to an equal value.
 enum FuzzTarget: String, CaseIterable {
-    case krpc, ipc, peer, manifest, pipeline, link, plugin, control, nat
+    case krpc, ipc, peer, manifest, pipeline, link, plugin, control, nat, lan
 
     func run(_ bytes: [UInt8]) {
         switch self {
@@ -31,6 +32,16 @@ enum FuzzTarget: String, CaseIterable {
             if let message = try? RelayMessage(frame: frame) {
                 precondition((try? RelayMessage(frame: message.frame())) == message, "relay message round trip")
             }
+        case .lan:
+            // A BEP 14 announce from anyone on the LAN, and what the Instance does with it.
+            if let message = try? LSDMessage(datagram: bytes) {
+                let again = try? LSDMessage(datagram: message.encoded(host: "239.192.152.143:6771"))
+                precondition(again == message, "LSD announce round trip")
+            }
+            var lan = LocalDiscovery(
+                cookie: "fuzz", networks: [LocalDiscovery.LocalNetwork(address: [10, 0, 0, 0], prefixLength: 8)])
+            _ = lan.search(key: [UInt8](repeating: 0, count: 20), port: 0, families: [], now: 0)
+            _ = lan.received(bytes, from: [10, 0, 0, 2], now: 1)
         case .krpc:
             _ = try? Bencode.decode(bytes)
             if let message = try? KRPC.decode(bytes) {
