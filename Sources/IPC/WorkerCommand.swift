@@ -34,8 +34,9 @@ public enum WorkerCommand: ChannelMessage {
     case fetch(shareID: [UInt8], peers: [String])
     /// The chunks already verified on disk (a bitfield): fetch the rest.
     case startChunks(verified: [UInt8])
-    /// More peers for the running download (a later DHT lookup found them).
-    case addPeers(peers: [String])
+    /// More peers for the running download (a later DHT lookup found them, or the LAN:
+    /// `nearby`, tried ahead of far peers waiting for a connection slot).
+    case addPeers(peers: [String], nearby: Bool)
     /// New bandwidth limits in bytes per second (0: unlimited; `LimitChange.unchanged`: keep).
     case setLimits(upload: UInt64, download: UInt64, perPeerUpload: UInt64)
     /// The pipeline for every connection (`PipelinePlan` bytes), the key an encrypted share's
@@ -148,7 +149,8 @@ public enum WorkerCommand: ChannelMessage {
     /// requests to a restarted worker by this id.
     public var requestID: UInt32? {
         switch self {
-        case .statusRequest(let id), .countersRequest(let id), .failure(let id, _, _), .buildManifest(let id, _), .openShare(let id, _, _),
+        case .statusRequest(let id), .countersRequest(let id), .failure(let id, _, _), .buildManifest(let id, _),
+            .openShare(let id, _, _),
             .prepareDownload(let id, _, _, _), .finalizeDownload(let id), .sessionKeys(let id, _, _, _, _),
             .natProbe(let id, _), .mapPorts(let id, _, _, _), .dhtRequest(let id, _, _, _, _),
             .dhtStateRequest(let id):
@@ -204,7 +206,9 @@ public enum WorkerCommand: ChannelMessage {
             w.raw(shareID)
             w.list(peers)
         case .startChunks(let verified): w.blob(verified)
-        case .addPeers(let peers): w.list(peers)
+        case .addPeers(let peers, let nearby):
+            w.list(peers)
+            w.bool(nearby)
         case .setLimits(let upload, let download, let perPeer):
             w.u64(upload)
             w.u64(download)
@@ -289,7 +293,7 @@ public enum WorkerCommand: ChannelMessage {
                 host: try r.string(), port: try r.u16(), partial: try r.bool())
         case .fetch: self = .fetch(shareID: try r.raw(ShareID.byteCount), peers: try r.list(what: "peer list"))
         case .startChunks: self = .startChunks(verified: try r.blob(limit: maxData, what: "bitfield"))
-        case .addPeers: self = .addPeers(peers: try r.list(what: "peer list"))
+        case .addPeers: self = .addPeers(peers: try r.list(what: "peer list"), nearby: try r.bool())
         case .setLimits: self = .setLimits(upload: try r.u64(), download: try r.u64(), perPeerUpload: try r.u64())
         case .configurePipeline:
             self = .configurePipeline(

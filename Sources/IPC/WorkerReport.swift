@@ -132,7 +132,8 @@ public enum WorkerReport: ChannelMessage {
     /// The request this report answers, if any.
     public var requestID: UInt32? {
         switch self {
-        case .status(let id, _), .failure(let id, _, _), .counters(let id, _), .hashProgress(let id, _, _), .manifestBuilt(let id, _),
+        case .status(let id, _), .failure(let id, _, _), .counters(let id, _), .hashProgress(let id, _, _),
+            .manifestBuilt(let id, _),
             .shareOpened(let id), .downloadPrepared(let id, _), .downloadFinalized(let id, _),
             .sessionKeysRequest(let id, _, _, _), .natReport(let id, _, _, _), .portMapped(let id, _, _, _, _, _, _),
             .dhtTrace(let id, _), .dhtResult(let id, _), .dhtState(let id, _, _):
@@ -313,7 +314,8 @@ public struct WorkerCounter: Equatable, Sendable {
     /// 1 to 64 characters of `a-z`, `0-9` and `_`, starting with a letter: a name a worker
     /// sends ends up in the metrics text, so it is checked, not trusted.
     public static func isValidName(_ name: String) -> Bool {
-        guard let first = name.utf8.first, (UInt8(ascii: "a")...UInt8(ascii: "z")).contains(first), name.utf8.count <= 64
+        guard let first = name.utf8.first, (UInt8(ascii: "a")...UInt8(ascii: "z")).contains(first),
+            name.utf8.count <= 64
         else { return false }
         return name.utf8.allSatisfy {
             (UInt8(ascii: "a")...UInt8(ascii: "z")).contains($0) || (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0)

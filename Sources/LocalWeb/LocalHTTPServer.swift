@@ -85,7 +85,8 @@ struct AccessMiddleware<Context: RequestContext>: RouterMiddleware {
         case .allowed:
             return try await next(request, context)
         case .unauthorized:
-            var response = Self.plain(.unauthorized, "a token is required: the URL peershare printed, or Authorization: Bearer TOKEN")
+            var response = Self.plain(
+                .unauthorized, "a token is required: the URL peershare printed, or Authorization: Bearer TOKEN")
             response.headers[.wwwAuthenticate] = "Bearer"
             return response
         case .forbidden(let why):

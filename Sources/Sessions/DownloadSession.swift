@@ -126,17 +126,18 @@ public final class DownloadSession: SupervisorDelegate, @unchecked Sendable {
     private func lanPeer(_ address: String) {
         guard !isSelf(address), !knownPeers.contains(address), !finished, !finalizing else { return }
         output.status("found a peer on the LAN at \(InertText.make(address))")
-        fetch(from: [address])
+        fetch(from: [address], nearby: true)
     }
 
     private var fetching = false
 
-    private func fetch(from peers: [String]) {
+    /// `nearby`: found on the LAN, preferred over far peers.
+    private func fetch(from peers: [String], nearby: Bool = false) {
         if fetching {
             // Already fetching (through relays, say): these are more peers for it.
             let fresh = peers.filter { !knownPeers.contains($0) }
             knownPeers.formUnion(fresh)
-            if !fresh.isEmpty { supervisor.send(.addPeers(peers: fresh), to: .transfer) }
+            if !fresh.isEmpty { supervisor.send(.addPeers(peers: fresh, nearby: nearby), to: .transfer) }
             return
         }
         fetching = true
@@ -168,7 +169,9 @@ public final class DownloadSession: SupervisorDelegate, @unchecked Sendable {
                     if !fresh.isEmpty {
                         knownPeers.formUnion(fresh)
                         logger.info("the DHT knows \(fresh.count) new peers")
-                        supervisor.send(.addPeers(peers: Array(fresh.prefix(FetchLimits.maxFetchPeers))), to: .transfer)
+                        supervisor.send(
+                            .addPeers(peers: Array(fresh.prefix(FetchLimits.maxFetchPeers)), nearby: false),
+                            to: .transfer)
                     }
                 }
                 scheduleRefresh(dht)

@@ -166,14 +166,16 @@ public struct Download: Sendable {
         return finish(out)
     }
 
-    /// Peers found later (the supervisor's periodic DHT lookups): the new ones are tried.
-    public mutating func peersFound(_ found: [String], now: Double) -> [Directive] {
+    /// Peers found later (the supervisor's periodic DHT lookups, the LAN): the new ones are
+    /// tried. `nearby` (found on the LAN): when every connection slot is taken, they wait at
+    /// the front of the line, ahead of far peers — a LAN peer is preferred over a far one.
+    public mutating func peersFound(_ found: [String], nearby: Bool = false, now: Double) -> [Directive] {
         var out: [Directive] = []
         guard !finished else { return out }
         for address in found where !addresses.contains(address) && !bannedAddresses.contains(address) {
             addresses.append(address)
-            out.append(.log(.info, "new peer \(address)"))
-            connect(address, now: now, &out)
+            out.append(.log(.info, nearby ? "new peer \(address) on the LAN" : "new peer \(address)"))
+            connect(address, nearby: nearby, now: now, &out)
         }
         return finish(out)
     }
@@ -408,10 +410,12 @@ public struct Download: Sendable {
         out.append(.manifestVerified(bytes: bytes, chunkSize: manifest.chunkSize))
     }
 
-    private mutating func connect(_ address: String, now: Double, _ out: inout [Directive]) {
+    private mutating func connect(_ address: String, nearby: Bool = false, now: Double, _ out: inout [Directive]) {
         guard !finished, !bannedAddresses.contains(address) else { return }
         guard peers.count < config.maxPeers else {
-            if !waiting.contains(address) { waiting.append(address) }
+            if !waiting.contains(address) {
+                if nearby { waiting.insert(address, at: 0) } else { waiting.append(address) }
+            }
             return
         }
         attempts[address, default: 0] += 1

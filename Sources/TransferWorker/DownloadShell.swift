@@ -77,7 +77,7 @@ final class DownloadShell: @unchecked Sendable {
     // MARK: Events from the supervisor, passed to the Instance
 
     func start() { apply(download.start(relays: service.relayRoutes, now: service.now)) }
-    func add(peers: [String]) { apply(download.peersFound(peers, now: service.now)) }
+    func add(peers: [String], nearby: Bool) { apply(download.peersFound(peers, nearby: nearby, now: service.now)) }
     func setDownloadRate(_ rate: Double) { apply(download.setDownloadRate(rate, now: service.now)) }
     /// Relays arrived after the start (the supervisor resolved them late).
     func relaysKnown() { apply(download.relaysKnown(service.relayRoutes, now: service.now)) }
@@ -308,7 +308,8 @@ final class DownloadShell: @unchecked Sendable {
         logger.info("connected to \(connection.address), \(connection.path), in \(milliseconds) ms")
         // "direct", "reversed", "punched", "relayed via …", "via relay …": the first word that
         // names the path, for /metrics.
-        let kind = ["direct", "mapped", "reversed", "punched", "relayed"].first { connection.path.contains($0) } ?? "other"
+        let kind =
+            ["direct", "mapped", "reversed", "punched", "relayed"].first { connection.path.contains($0) } ?? "other"
         service.tally.connections[kind, default: 0] += 1
         service.tell(
             .peerEvent(text: "peer \(connection.address): connected, \(connection.path), in \(milliseconds) ms"))

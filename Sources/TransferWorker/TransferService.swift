@@ -173,8 +173,8 @@ public final class TransferService: WorkerService, @unchecked Sendable {
             }
         case .startChunks(let verified):
             fetch?.start(verified: verified)
-        case .addPeers(let peers):
-            fetch?.add(peers: peers)
+        case .addPeers(let peers, let nearby):
+            fetch?.add(peers: peers, nearby: nearby)
         case .configurePipeline(let planBytes, let tag, let publicKey):
             do {
                 try Sodium.start()

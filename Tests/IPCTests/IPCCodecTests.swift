@@ -21,7 +21,7 @@ final class IPCCodecTests: XCTestCase {
         .prepareDownload(requestID: 6, manifest: [1], targetDirectory: "/out", privateShare: true),
         .finalizeDownload(requestID: 8),
         .serve(shareID: shareID, manifest: [1, 2], host: "127.0.0.1", port: 4000, partial: true),
-        .addPeers(peers: ["127.0.0.1:1", "10.0.0.2:6881"]),
+        .addPeers(peers: ["127.0.0.1:1", "10.0.0.2:6881"], nearby: true),
         .setLimits(upload: 1000, download: LimitChange.unchanged, perPeerUpload: 0),
         .configurePipeline(plan: [0], tagKey: [1, 2, 3], identityPublicKey: [4, 5]),
         .sessionKeys(

@@ -8,7 +8,8 @@ import Testing
     let access = WebAccess(token: "s3cret-token", port: 8123)
 
     @Test func theTokenIsRequiredAsBearerOrParameter() {
-        #expect(access.check(host: "127.0.0.1:8123", origin: nil, authorization: nil, tokenParameter: nil) == .unauthorized)
+        #expect(
+            access.check(host: "127.0.0.1:8123", origin: nil, authorization: nil, tokenParameter: nil) == .unauthorized)
         #expect(
             access.check(host: "127.0.0.1:8123", origin: nil, authorization: "Bearer wrong", tokenParameter: nil)
                 == .unauthorized)
@@ -33,7 +34,8 @@ import Testing
             Issue.record("a rebinding host name was let in")
             return
         }
-        #expect(access.check(host: nil, origin: nil, authorization: "Bearer s3cret-token", tokenParameter: nil) != .allowed)
+        #expect(
+            access.check(host: nil, origin: nil, authorization: "Bearer s3cret-token", tokenParameter: nil) != .allowed)
         #expect(
             access.check(host: "127.0.0.1:9999", origin: nil, authorization: "Bearer s3cret-token", tokenParameter: nil)
                 != .allowed)

@@ -34,7 +34,9 @@ final class WorkerLifecycleTests: XCTestCase {
         guard case .transferSettings? = written.dropFirst().first else { return XCTFail("\(written)") }
         XCTAssertEqual(written.last, .fetch(shareID: [1], peers: []))
         XCTAssertFalse(out.contains { if case .restarted = $0 { return true } else { return false } }, "a first start")
-        XCTAssertEqual(life.send(.addPeers(peers: ["a:1"]), tracking: .none), [.write(.addPeers(peers: ["a:1"]))])
+        XCTAssertEqual(
+            life.send(.addPeers(peers: ["a:1"], nearby: false), tracking: .none),
+            [.write(.addPeers(peers: ["a:1"], nearby: false))])
     }
 
     func testARestartedWorkerIsToldEverythingAgainAndRequestsAnsweredAreNotReplayed() throws {

@@ -72,6 +72,23 @@ final class DownloadTests: XCTestCase {
         return (download, perPeer)
     }
 
+    /// With every connection slot taken, a peer found on the LAN is the next one tried, ahead
+    /// of a far peer that was waiting before it.
+    func testANearbyPeerTakesTheNextFreeSlotAheadOfFarOnes() {
+        var config = Download.Config()
+        config.maxPeers = 1
+        var download = Download(shareID: [UInt8](repeating: 1, count: 32), peers: ["10.0.0.1:7000"], config: config)
+        let first = Self.connects(download.start(now: 0))
+        XCTAssertEqual(first.count, 1)
+        XCTAssertTrue(Self.connects(download.peersFound(["203.0.113.5:7000"], now: 0)).isEmpty, "no free slot")
+        XCTAssertTrue(Self.connects(download.peersFound(["192.168.1.20:7000"], nearby: true, now: 0)).isEmpty)
+        let next = download.closed(first[0], reason: "gone", now: 1).compactMap { directive -> String? in
+            if case .connect(_, let address, _) = directive { return address.description }
+            return nil
+        }
+        XCTAssertEqual(next, ["192.168.1.20:7000"])
+    }
+
     func testRequestsUpToTheInitialDepthThenOneMorePerPiece() {
         var config = Download.Config()
         config.initialDepth = 3

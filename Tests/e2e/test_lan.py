@@ -4,6 +4,7 @@ bootstrap node, find each other by a link that names no peer, and fetch.
 Each host is a network namespace with a veth on a shared bridge (multicast snooping off, as
 on a plain switch). Needs root: skipped, saying so, when not root; CI runs as root.
 """
+import hashlib
 import os
 import re
 import shutil
@@ -37,7 +38,7 @@ def lan(request):
     "ipv6-only"), nothing else."""
     if shutil.which("ip") is None:
         pytest.skip("iproute2 is not installed")
-    hosts = {"a": 2, "b": 3}
+    hosts = {"a": 2, "b": 3, "c": 9}
     try:
         sh("ip", "netns", "add", ns("sw"))
         sh(*in_ns("sw", "ip", "link", "add", "br0", "type", "bridge", "mcast_snooping", "0"))
@@ -54,9 +55,13 @@ def lan(request):
                 sh(*in_ns(host, "ip", "addr", "add", f"192.168.77.{number}/24", "dev", "eth0"))
             sh(*in_ns(host, "ip", "addr", "add", f"fd77::{number}/64", "dev", "eth0", "nodad"))
             sh(*in_ns(host, "ip", "link", "set", "eth0", "up"))
+        # Host c also has an address on another network, reachable over the same wire: what
+        # it sends from there is off-link for a and b, which still route it (the attack).
+        sh(*in_ns("c", "ip", "addr", "add", "10.99.0.2/24", "dev", "eth0"))
+        sh(*in_ns("b", "ip", "route", "add", "10.99.0.0/24", "dev", "eth0"))
         yield hosts
     finally:
-        for host in ["a", "b", "sw"]:
+        for host in ["a", "b", "c", "sw"]:
             sh("ip", "netns", "del", ns(host), check=False)
         left = sh("ip", "netns", "list").stdout
         assert PREFIX not in left, f"namespaces left behind: {left}"
@@ -173,3 +178,49 @@ def test_an_ipv6_only_lan_finds_a_share_on_ff15_efc0_988f(lan, tmp_path):
               f"whole `get` {seconds:.2f} s")
     finally:
         stop(seeder)
+
+
+def dht_key(link):
+    share_id = bytes.fromhex(link.split("://", 1)[1][:64])
+    return hashlib.sha256(b"peershare-dht-v1" + share_id).digest()[:20]
+
+
+@pytest.mark.parametrize("lan", ["dual-stack"], indirect=True)
+def test_announces_from_off_link_are_ignored_and_from_on_link_are_not(lan, tmp_path):
+    """Host c forges BEP 14 announces for a share it does not have, naming a TCP port it
+    listens on, sent unicast to b's port 6771 while b looks for the share. From an address
+    outside b's networks they must be ignored (b never dials c); from c's address on the LAN
+    the same datagram is taken (so the test can fail)."""
+    payload = tmp_path / "never.bin"
+    payload.write_bytes(b"n" * 5000)
+    seeder, link = share(tmp_path, "a", payload, "--no-lan")
+    stop(seeder)  # only the link is needed: nobody serves it
+    key = dht_key(link).hex()
+    forger = f"""
+import socket, sys, threading, time
+source, deadline = sys.argv[1], time.time() + float(sys.argv[2])
+listener = socket.socket(); listener.bind(("0.0.0.0", 0)); listener.listen(8); listener.settimeout(0.2)
+port = listener.getsockname()[1]
+announce = ("BT-SEARCH * HTTP/1.1\\r\\nHost: 239.192.152.143:6771\\r\\nPort: %d\\r\\n"
+            "Infohash: {key}\\r\\ncookie: forged\\r\\n\\r\\n\\r\\n" % port).encode()
+udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); udp.bind((source, 0))
+dialled = 0
+while time.time() < deadline:
+    udp.sendto(announce, ("192.168.77.3", 6771))
+    try:
+        connection, _ = listener.accept(); dialled += 1; connection.close()
+    except socket.timeout:
+        pass
+print(dialled)
+"""
+    for source, expect_dial in (("10.99.0.2", False), ("192.168.77.9", True)):
+        attacker = subprocess.Popen(in_ns("c", "/usr/bin/python3", "-c", forger, source, "6"),
+                                    stdout=subprocess.PIPE, text=True)
+        result, _, _, _ = get(tmp_path, "b", bare(link))
+        dialled = int(attacker.communicate(timeout=30)[0].strip() or 0)
+        if expect_dial:
+            assert dialled > 0 and "found a peer on the LAN at 192.168.77.9" in result.stderr, result.stderr
+        else:
+            assert dialled == 0, result.stderr
+            assert "found a peer on the LAN" not in result.stderr, result.stderr
+            assert result.returncode == 69, result.stderr
