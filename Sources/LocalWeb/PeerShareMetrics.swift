@@ -12,7 +12,9 @@ public final class PeerShareMetrics: Sendable {
     private let accumulator = Mutex(CounterAccumulator())
 
     /// Worker counters that are levels, not totals.
-    static let gauges: Set<String> = ["serving_connections", "download_peers", "dht_nodes"]
+    static let gauges: Set<String> = [
+        "serving_connections", "download_peers", "dht_nodes", "relay_registrations", "relay_circuits",
+    ]
 
     public init() {
         registry = PrometheusCollectorRegistry()

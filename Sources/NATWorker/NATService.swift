@@ -119,6 +119,10 @@ public final class NATService: WorkerService, @unchecked Sendable {
     public func statusLine() -> String {
         (try? loop.submit { [self] in relay?.statusLine ?? "idle" }.wait()) ?? "busy"
     }
+
+    public func counters() -> [WorkerCounter] {
+        (try? loop.submit { [self] in relay?.counters ?? [] }.wait()) ?? []
+    }
 }
 
 /// Asks STUN servers, from one UDP socket, which address they see it at.

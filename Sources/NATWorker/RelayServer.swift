@@ -40,6 +40,15 @@ final class RelayServer: @unchecked Sendable {
 
     var now: Double { Double(DispatchTime.now().uptimeNanoseconds - startedAt) / 1e9 }
 
+    /// For /metrics: registrations and open circuits (levels), circuits bridged (a total).
+    var counters: [WorkerCounter] {
+        [
+            WorkerCounter("relay_registrations", UInt64(table.registrationCount)),
+            WorkerCounter("relay_circuits", UInt64(table.circuitCount)),
+            WorkerCounter("relay_bridged", UInt64(bridgedCircuits)),
+        ]
+    }
+
     var statusLine: String {
         "relay: \(table.registrationCount) registered, \(table.circuitCount) circuits, \(bridgedCircuits) bridged in all"
     }

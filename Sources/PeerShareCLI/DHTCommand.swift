@@ -35,13 +35,16 @@ func parseDHTKey(_ text: String) throws -> [UInt8] {
 }
 
 /// Runs one DHT action through the supervisor and its discovery worker.
-func runDHTAction(_ action: DHTSession.Action, common: CommonOptions, dht: DHTOptions) throws -> Never {
+/// `metrics`: serve /metrics while it runs (`dht node`).
+func runDHTAction(
+    _ action: DHTSession.Action, common: CommonOptions, dht: DHTOptions, metrics: PeerAddress? = nil
+) throws -> Never {
     let config = common.loadConfig()
     LineLogHandler.bootstrap(name: "supervisor", level: common.level)
     var options = dht
     options.noDHT = false
     guard let settings = options.settings(config: config) else { throw ValidationError("the DHT is disabled") }
-    let code = SupervisorRunner.run(config: config, logLevel: common.logLevel) { supervisor, logger in
+    let code = SupervisorRunner.run(config: config, logLevel: common.logLevel, metrics: metrics) { supervisor, logger in
         let node = DHTClient(supervisor: supervisor, settings: settings, logger: logger)
         let context = SessionContext(
             supervisor: supervisor, dht: node, output: Terminal.sessionOutput(progressToStderr: true), logger: logger)
@@ -57,7 +60,9 @@ struct DHTNodeCommand: ParsableCommand {
         abstract: "Run a DHT node until Ctrl-C; prints its UDP address (others can bootstrap from it).")
     @OptionGroup var dht: DHTOptions
     @OptionGroup var common: CommonOptions
-    func run() throws { try runDHTAction(.node, common: common, dht: dht) }
+    @OptionGroup var metrics: MetricsOptions
+
+    func run() throws { try runDHTAction(.node, common: common, dht: dht, metrics: metrics.address) }
 }
 
 struct DHTRoutes: ParsableCommand {

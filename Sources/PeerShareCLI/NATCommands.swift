@@ -126,6 +126,7 @@ struct RelayCommand: ParsableCommand {
 
     @OptionGroup var common: CommonOptions
     @OptionGroup var dht: DHTOptions
+    @OptionGroup var metrics: MetricsOptions
 
     func validate() throws {
         do {
@@ -146,7 +147,8 @@ struct RelayCommand: ParsableCommand {
         let rate = UInt64(try ByteRate.parse(circuitRate))
         // Relays announce themselves in the DHT (`DHTKey.relays`), for `--relay dht`.
         let dhtSettings = dht.settings(config: config)
-        let code = SupervisorRunner.run(config: config, logLevel: common.logLevel) { supervisor, logger in
+        let code = SupervisorRunner.run(config: config, logLevel: common.logLevel, metrics: metrics.address) {
+            supervisor, logger in
             let context = SessionContext(
                 supervisor: supervisor,
                 dht: dhtSettings.map { DHTClient(supervisor: supervisor, settings: $0, logger: logger) },

@@ -109,3 +109,61 @@ def test_metrics_need_the_token_and_refuse_other_hosts_and_origins(tmp_path):
     finally:
         seeder.send_signal(signal.SIGTERM)
         seeder.wait(timeout=20)
+
+
+def metrics_url_from(proc):
+    """Reads stderr until the metrics URL is printed."""
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        line = proc.stderr.readline()
+        found = re.search(r"metrics: (http://127\.0\.0\.1:\d+/metrics\?token=[0-9a-f]{64})", line)
+        if found:
+            return urllib.parse.urlsplit(found.group(1))
+    raise AssertionError("no metrics URL printed")
+
+
+def test_a_relay_and_a_dht_node_serve_metrics_too(tmp_path):
+    """The long-running services: a relay shows its registrations, a DHT node its table."""
+    env = dict(os.environ, HOME=str(tmp_path), XDG_RUNTIME_DIR=str(tmp_path))
+    relay = subprocess.Popen([BIN, "relay", "--listen", "127.0.0.1:0", "--no-dht", "--metrics", "127.0.0.1:0"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    first = subprocess.Popen([BIN, "dht", "node", "--dht-listen", "127.0.0.1:0", "--bootstrap", "127.0.0.1:9"],
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    processes = [relay, first]
+    try:
+        relay_address = relay.stdout.readline().strip()
+        relay_url = metrics_url_from(relay)
+        payload = tmp_path / "r.bin"
+        payload.write_bytes(b"r" * 5000)
+        seeder = subprocess.Popen(
+            [BIN, "share", str(payload), "--listen", "127.0.0.1:0", "--relay", relay_address, "--no-dht", "--no-lan"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        processes.append(seeder)
+        deadline, registrations = time.time() + 20, 0
+        while time.time() < deadline and not registrations:
+            time.sleep(0.3)
+            registrations = value(fetch(relay_url)[1], "peershare_relay_registrations") or 0
+        assert registrations == 1
+
+        node_address = first.stdout.readline().strip()
+        second = subprocess.Popen(
+            [BIN, "dht", "node", "--dht-listen", "127.0.0.1:0", "--bootstrap", node_address,
+             "--metrics", "127.0.0.1:0"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        processes.append(second)
+        node_url = metrics_url_from(second)
+        deadline, nodes, text = time.time() + 20, 0, ""
+        while time.time() < deadline and not nodes:
+            time.sleep(0.3)
+            text = fetch(node_url)[1]
+            nodes = value(text, "peershare_dht_nodes") or 0
+        assert nodes >= 1, text
+        assert value(text, "peershare_dht_packets_out_total") >= 1, text
+    finally:
+        for proc in processes:
+            proc.send_signal(signal.SIGTERM)
+        for proc in processes:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
