@@ -29,7 +29,6 @@ final class LANShell: @unchecked Sendable {
 
         var hasIPv4: Bool { networks.contains { $0.address.count == 4 } }
         var hasIPv6: Bool { networks.contains { $0.address.count == 16 } }
-        var firstIPv4: [UInt8]? { networks.first { $0.address.count == 4 }?.address }
     }
 
     let loop: EventLoop

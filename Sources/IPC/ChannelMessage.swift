@@ -72,6 +72,11 @@ public protocol ChunkCarrying {
     static func chunk(type: UInt16, requestID: UInt32, index: UInt32, data: [UInt8]) -> Self?
 }
 
+extension ChunkCarrying {
+    /// Whether frames with this tag carry a chunk (and are read field by field).
+    public static func carriesChunk(type: UInt16) -> Bool { chunk(type: type, requestID: 0, index: 0, data: []) != nil }
+}
+
 /// The limits and field readers every channel shares.
 public enum IPCLimits {
     /// 2: chunk data moves on the transfer⇄hash data channel, not through the supervisor.

@@ -30,7 +30,7 @@ public final class SessionContext: @unchecked Sendable {
     public let logger: Logger
     private let done: EventLoopPromise<Int32>
     /// `finish` has been called: the session is on its way out.
-    public private(set) var finishing = false
+    private var finishing = false
 
     public init(supervisor: Supervisor, dht: DHTClient?, lan: LANClient? = nil, output: SessionOutput, logger: Logger) {
         self.supervisor = supervisor

@@ -103,7 +103,7 @@ public final class MessagePipe<Outgoing: ChannelMessage, Incoming: ChannelMessag
         let id = try fields.u32()
         let index = try fields.u32()
         let dataLength = Int(try fields.u32())
-        guard chunked.chunk(type: type, requestID: 0, index: 0, data: []) != nil else {
+        guard chunked.carriesChunk(type: type) else {
             return try Incoming(body: fixed + (try readBody(Int(length) - 14)))
         }
         guard dataLength == Int(length) - 14, dataLength <= Manifest.maxChunkSize else {
