@@ -126,6 +126,15 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]),
+        // `peershare daemon`: many shares and downloads in one long-running supervisor, its
+        // control socket's answers, and the state it keeps across restarts.
+        .target(
+            name: "Daemon",
+            dependencies: [
+                "Sessions", "Supervisor", "IPC", "PeerShareCore", "Stages", "Wire",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+            ]),
         // The local HTTP port: access policy (pure), metrics, the Hummingbird server.
         .target(
             name: "LocalWeb",
@@ -152,7 +161,7 @@ let package = Package(
             name: "PeerShareCLI",
             dependencies: [
                 "Benchmarks", "Sessions", "Supervisor", "WorkerRuntime", "HashWorker", "TransferWorker",
-                "DiscoveryWorker", "LocalWeb",
+                "DiscoveryWorker", "LocalWeb", "Daemon",
                 "NATWorker", "PeerShareCore", "IPC", "CSodium", "CZlib", "Kademlia", "Stages", "Swarm", "Traversal",
                 "Wire",
                 .product(name: "NIOCore", package: "swift-nio"),

@@ -49,6 +49,17 @@ struct Get: ParsableCommand {
     @Flag(name: .long, help: "Keep serving the share after the download completes, until Ctrl-C.")
     var seed = false
 
+    @Flag(
+        name: .long,
+        help: "Run here, in the foreground, even when a `peershare daemon` runs (which otherwise takes the download).")
+    var noDaemon = false
+
+    @Flag(
+        name: .long,
+        help:
+            "With a daemon: follow the download to its end with a progress bar, and exit as a standalone get would.")
+    var wait = false
+
     @OptionGroup var common: CommonOptions
     @OptionGroup var dht: DHTOptions
     @OptionGroup var lan: LANOptions
@@ -87,8 +98,10 @@ struct Get: ParsableCommand {
 
     func run() throws {
         let parsed: ShareLink
+        let text: String
         do {
-            parsed = try ShareLink.parse(try linkText().trimmingCharacters(in: .whitespaces))
+            text = try linkText().trimmingCharacters(in: .whitespaces)
+            parsed = try ShareLink.parse(text)
         } catch let exit as ExitCode {
             throw exit
         } catch {
@@ -115,6 +128,15 @@ struct Get: ParsableCommand {
         guard stat(output, &info) == 0, info.st_mode & S_IFMT == S_IFDIR else {
             Terminal.error("'\(output)' is not a directory")
             throw ExitCode(ExitCodes.cannotCreate)
+        }
+        if !noDaemon, ControlClient.daemonRunning() {
+            // The daemon fetches it (and seeds it when done); --wait follows it here.
+            let target = URL(fileURLWithPath: output).standardizedFileURL.path
+            let reply = try ControlClient.daemon(.addDownload(link: text, targetDirectory: target))
+            guard case .added(let id, _) = reply else { return try DaemonItems.show(reply) }
+            Terminal.status("the running daemon fetches this as item \(id) (--no-daemon to run it here)")
+            if wait { try DaemonItems.follow(id: id) } else { Terminal.line("added as item \(id)") }
+            return
         }
         var listenAddress: PeerAddress?
         if !noUpload {

@@ -14,7 +14,9 @@ struct Limit: ParsableCommand {
         discussion: """
             Talks to the running process through its control socket in
             $XDG_RUNTIME_DIR/peershare/ (or /tmp/peershare-UID/), a folder only you can enter.
-            With one process running, it is found by itself; with several, give --pid.
+            A running `peershare daemon` is the one changed (its limits apply to each of its
+            shares and downloads); otherwise, with one process running, it is found by
+            itself; with several, give --pid.
             Without any limit option, prints the current limits. The change lasts until the
             process ends; it does not edit pipeline.json.
             """)
@@ -42,13 +44,7 @@ struct Limit: ParsableCommand {
             : .setLimits(
                 upload: try value(rates.maxUpload), download: try value(rates.maxDownload),
                 perPeerUpload: try value(rates.maxPeerUpload))
-        switch try exchange(request, path: socket) {
-        case .status(let text):
-            Terminal.line(InertText.make(text))
-        case .refused(let code, let text):
-            Terminal.error(InertText.make(text))
-            throw ExitCode(Int32(code))
-        }
+        try DaemonItems.show(try exchange(request, path: socket))
     }
 
     private func findSocket(in directory: String) throws -> String {
@@ -60,6 +56,8 @@ struct Limit: ParsableCommand {
             }
             return path
         }
+        // A running daemon is the one to change, unless --pid names another process.
+        if ControlClient.daemonRunning() { return ControlClient.daemonSocket() }
         let names = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
         let live = names.filter { name in
             guard name.hasSuffix(".sock"), let number = Int32(name.dropLast(5)) else { return false }
@@ -78,41 +76,7 @@ struct Limit: ParsableCommand {
         }
     }
 
-    /// Sends one frame and reads one back, with a timeout so a stuck process cannot hang us.
     private func exchange(_ request: ControlRequest, path: String) throws -> ControlReply {
-        let fd = Glibc.socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { throw ExitCode(ExitCodes.software) }
-        defer { close(fd) }
-        var timeout = timeval(tv_sec: 5, tv_usec: 0)
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-        var address = sockaddr_un()
-        address.sun_family = sa_family_t(AF_UNIX)
-        let bytes = Array(path.utf8)
-        guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else {
-            Terminal.error("control socket path too long: \(path)")
-            throw ExitCode(ExitCodes.software)
-        }
-        withUnsafeMutableBytes(of: &address.sun_path) { raw in
-            for (index, byte) in bytes.enumerated() { raw[index] = byte }
-        }
-        let connected = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
-            }
-        }
-        guard connected == 0 else {
-            Terminal.error("cannot reach \(path): \(String(cString: strerror(errno)))")
-            throw ExitCode(ExitCodes.unavailable)
-        }
-        // The socket is handed to a pipe that closes nothing: `defer` above closes it.
-        let pipe = MessagePipe<ControlRequest, ControlReply>(descriptor: fd)
-        do {
-            try pipe.send(request)
-            guard let reply = try pipe.receive() else { throw WorkerError.pipe("closed without an answer") }
-            return reply
-        } catch {
-            Terminal.error("no answer from \(path): \(error)")
-            throw ExitCode(ExitCodes.unavailable)
-        }
+        try ControlClient.exchange(request, path: path, timeoutSeconds: 5)
     }
 }

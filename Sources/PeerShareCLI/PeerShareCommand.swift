@@ -15,7 +15,9 @@ public struct PeerShareCommand: ParsableCommand {
             Exit codes: 0 ok, 64 bad arguments or link, 65 bad data from a peer, 66 input missing or unreadable, 69 no peer reachable, 70 internal error, 73 cannot create the output, 74 I/O error, 78 bad configuration, 130 interrupted (SIGINT), 143 terminated (SIGTERM).
             """,
         subcommands: [
-            Share.self, Get.self, Limit.self, PipelineCommand.self, DHTCommand.self, SwarmCommand.self, Demo.self,
+            Share.self, Get.self, DaemonCommand.self, ListCommand.self, StatusCommand.self, PauseCommand.self,
+            ResumeCommand.self, RemoveCommand.self, Limit.self, PipelineCommand.self, DHTCommand.self,
+            SwarmCommand.self, Demo.self,
             Bench.self,
             NATCommand.self, RelayCommand.self, SandboxCommand.self, WorkerCommand.self,
         ]

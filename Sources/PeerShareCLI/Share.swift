@@ -31,6 +31,11 @@ struct Share: ParsableCommand {
     )
     var encrypt = false
 
+    @Flag(
+        name: .long,
+        help: "Run here, in the foreground, even when a `peershare daemon` runs (which otherwise takes the share).")
+    var noDaemon = false
+
     @OptionGroup var common: CommonOptions
     @OptionGroup var dht: DHTOptions
     @OptionGroup var lan: LANOptions
@@ -53,6 +58,14 @@ struct Share: ParsableCommand {
         guard access(path, R_OK) == 0 else {
             Terminal.error("cannot share '\(path)': permission denied")
             throw ExitCode(ExitCodes.noInput)
+        }
+        if !noDaemon, ControlClient.daemonRunning() {
+            // The daemon serves it from now on (its flags, not these, say how); we print the link.
+            let absolute = URL(fileURLWithPath: path).standardizedFileURL.path
+            Terminal.status("handing the share to the running daemon (--no-daemon to run it here) ...")
+            return try DaemonItems.show(
+                try ControlClient.exchange(
+                    .addShare(path: absolute, encrypt: encrypt), path: ControlClient.daemonSocket(), timeoutSeconds: 0))
         }
         var config = common.loadConfig()
         rates.apply(to: &config)
@@ -114,7 +127,12 @@ enum SupervisorRunner {
         let supervisor = Supervisor(table: table, eventLoop: loop, logger: logger, plugins: plugins)
         let session = try? loop.submit { makeSession(supervisor, logger) }.wait()
         guard let session else { return ExitCodes.software }
-        let controlServer = control ? ControlServer(supervisor: supervisor, limits: config.limits, logger: logger) : nil
+        let controlServer =
+            control
+            ? ControlServer(
+                eventLoop: loop,
+                responder: LimitsResponder(supervisor: supervisor, limits: config.limits, logger: logger),
+                logger: logger) : nil
 
         // Ctrl-C and SIGTERM stop the session cleanly: workers are told to exit, then reaped.
         signal(SIGINT, SIG_IGN)

@@ -103,7 +103,12 @@ public final class DHTClient: @unchecked Sendable {
         self.logger = logger
     }
 
+    private var started = false
+
+    /// Starts the node; once (the daemon's sessions share one node, and each asks).
     public func start() {
+        guard !started else { return }
+        started = true
         var state: [UInt8] = []
         if let path = settings.statePath, let data = FileManager.default.contents(atPath: path),
             data.count <= 1 << 20
@@ -116,7 +121,9 @@ public final class DHTClient: @unchecked Sendable {
             to: .discovery, tracking: .setup(key: "dht"))
     }
 
-    /// `setupKey` makes the request part of the worker's setup: re-sent if it restarts.
+    /// `setupKey` makes the request part of the worker's setup: re-sent if it restarts. The
+    /// key is qualified with the DHT key, so the announces of the daemon's many shares on one
+    /// node are each kept (and can each be forgotten: `forget`).
     public func request(
         _ operation: DHTOperation, key: [UInt8], port: UInt16 = 0, setupKey: String? = nil,
         trace: ((String) -> Void)? = nil, completion: @escaping Completion
@@ -126,10 +133,20 @@ public final class DHTClient: @unchecked Sendable {
         let message = WorkerCommand.dhtRequest(
             requestID: id, operation: operation, key: key, port: port, trace: trace != nil)
         if let setupKey {
-            supervisor.send(message, to: .discovery, tracking: .setup(key: setupKey))
+            supervisor.send(message, to: .discovery, tracking: .setup(key: DHTClient.setupKey(setupKey, key)))
         } else {
             supervisor.send(message, to: .discovery, tracking: .request)
         }
+    }
+
+    static func setupKey(_ name: String, _ key: [UInt8]) -> String {
+        name + " " + key.map { String($0, radix: 16) }.joined(separator: ".")
+    }
+
+    /// Stops re-sending a setup request (a share the daemon no longer holds is not announced
+    /// again after a restart of the discovery worker).
+    public func forget(setupKey: String, key: [UInt8]) {
+        supervisor.forgetSetup(key: DHTClient.setupKey(setupKey, key), for: .discovery)
     }
 
     /// Consumes the discovery worker's messages; false for anything else.

@@ -250,6 +250,7 @@ public final class DownloadSession: SupervisorDelegate, @unchecked Sendable {
                 manifest = decoded
                 output.status(
                     "found '\(decoded.rootName)': \(formatBytes(decoded.totalBytes)) in \(decoded.chunkCount) chunks")
+                output.described?(decoded.rootName, decoded.totalBytes)
             } catch {
                 output.error("the share's manifest is unsafe or malformed: \(error)")
                 return stop(exitCode: ExitCodes.dataError)
@@ -305,6 +306,7 @@ public final class DownloadSession: SupervisorDelegate, @unchecked Sendable {
                 output.status("from \(peer): \(counts.chunks) chunks, \(formatBytes(counts.bytes))")
             }
             output.link("verified and saved: \(path)\(note); fetched \(fetchedBytes) bytes from peers in this run")
+            output.completed?(path)
             if seedAfter, let servingPort, let manifestBytes, let listen {
                 seeding = true
                 // From now on this is a seeder: a restarted transfer worker must serve every
@@ -365,6 +367,7 @@ public final class DownloadSession: SupervisorDelegate, @unchecked Sendable {
             if !servingSaid {
                 servingSaid = true
                 servingPort = port
+                output.serving?(port)
                 output.status("serving verified chunks to other peers on \(listen.host):\(port)")
                 announceIfReady()
                 // Other downloaders on the LAN may fetch from us too.

@@ -32,7 +32,14 @@ public final class SessionContext: @unchecked Sendable {
     /// `finish` has been called: the session is on its way out.
     private var finishing = false
 
-    public init(supervisor: Supervisor, dht: DHTClient?, lan: LANClient? = nil, output: SessionOutput, logger: Logger) {
+    /// False for the daemon's sessions: the DHT node is the daemon's, which saves its table.
+    private let savesDHT: Bool
+
+    public init(
+        supervisor: Supervisor, dht: DHTClient?, lan: LANClient? = nil, output: SessionOutput, logger: Logger,
+        savesDHT: Bool = true
+    ) {
+        self.savesDHT = savesDHT
         self.supervisor = supervisor
         self.dht = dht
         self.lan = lan
@@ -48,7 +55,7 @@ public final class SessionContext: @unchecked Sendable {
         guard !finishing else { return }
         finishing = true
         let shutdown = { [self] in supervisor.shutdown().whenComplete { [self] _ in done.succeed(exitCode) } }
-        if let dht { dht.saveState(then: shutdown) } else { shutdown() }
+        if let dht, savesDHT { dht.saveState(then: shutdown) } else { shutdown() }
     }
 }
 

@@ -8,6 +8,11 @@ public struct SessionOutput: Sendable {
     /// `peers` is the number of connected peers while downloading, nil elsewhere.
     public var progress: @Sendable (_ done: UInt64, _ total: UInt64, _ label: String, _ peers: Int?) -> Void
     public var finishProgress: @Sendable () -> Void
+    /// Structured news for the daemon (which shows items, not lines): what the share is,
+    /// where it is served, where a download landed. The CLI prints the lines instead.
+    public var described: (@Sendable (_ name: String, _ bytes: UInt64) -> Void)?
+    public var serving: (@Sendable (_ port: UInt16) -> Void)?
+    public var completed: (@Sendable (_ path: String) -> Void)?
 
     public init(
         link: @escaping @Sendable (String) -> Void, status: @escaping @Sendable (String) -> Void,

@@ -110,6 +110,7 @@ public final class ShareSession: SupervisorDelegate, @unchecked Sendable {
             let id = ShareID(manifestBytes: bytes)
             shareID = id
             output.finishProgress()
+            if let decoded = try? Manifest.decode(bytes) { output.described?(decoded.rootName, decoded.totalBytes) }
             // If the hash worker restarts, it must reopen the share without hashing it again.
             supervisor.rememberSetup(.openShare(requestID: 0, path: path, manifest: bytes), key: "share", for: .hash)
             // The pipeline needs the share id (an encrypted share's tag comes from it).
@@ -128,6 +129,7 @@ public final class ShareSession: SupervisorDelegate, @unchecked Sendable {
                 to: .transfer, tracking: .setup(key: "serve"))
             guard servingPort == nil else { return }
             servingPort = port
+            output.serving?(port)
             discoverRelays { [self] in mapThenPrintLink(port: port) }
         case .relayListening(let port):
             guard let volunteerRelay else { return }

@@ -8,26 +8,29 @@ import PeerShareCore
 import Wire
 import WorkerRuntime
 
-/// A Unix socket through which `peershare limit` changes a running share's or download's
-/// bandwidth limits. It speaks its own messages in the IPC frame format (`ControlRequest` in,
-/// `ControlReply` out: a worker's messages do not even decode here); each request is
-/// answered with one reply. The socket lives in a folder
-/// only this user can enter (`ControlServer.directory`), named after the supervisor's pid.
+/// Who answers the control socket's requests: a standalone `share`/`get` (`LimitsResponder`)
+/// or `peershare daemon`. Called on the server's event loop; `reply` must be called once,
+/// on that loop (an answer may wait: a share's link exists only once it is hashed).
+public protocol ControlResponder: AnyObject {
+    func respond(to request: ControlRequest, reply: @escaping (ControlReply) -> Void)
+}
+
+/// A Unix socket through which `peershare limit` (and, with the daemon, `share`, `get`, `ls`
+/// ...) reach a running supervisor. It speaks its own messages in the IPC frame format
+/// (`ControlRequest` in, `ControlReply` out: a worker's messages do not even decode here);
+/// each request is answered with one reply. The socket lives in a folder only this user can
+/// enter (`ControlServer.directory`), and the kernel's word on who connected is checked too.
 public final class ControlServer: @unchecked Sendable {
-    let supervisor: Supervisor
+    let eventLoop: EventLoop
     let logger: Logger
-    private var upload: Double
-    private var download: Double
-    private var perPeer: Double
+    let responder: ControlResponder
     private var channel: Channel?
     public private(set) var path: String?
 
-    public init(supervisor: Supervisor, limits: PipelineConfig.Limits, logger: Logger) {
-        self.supervisor = supervisor
+    public init(eventLoop: EventLoop, responder: ControlResponder, logger: Logger) {
+        self.eventLoop = eventLoop
+        self.responder = responder
         self.logger = logger
-        upload = limits.maxUploadRate
-        download = limits.maxDownloadRate
-        perPeer = limits.maxPeerUploadRate
     }
 
     /// `$XDG_RUNTIME_DIR/peershare`, or `/tmp/peershare-UID` where there is none.
@@ -56,18 +59,23 @@ public final class ControlServer: @unchecked Sendable {
         init(_ text: String) { description = text }
     }
 
-    /// Binds `DIR/PID.sock`. Must be called on the supervisor's loop.
-    public func start(environment: [String: String]) {
+    /// Binds `DIR/NAME` (`PID.sock` for a standalone process, `daemon.sock` for the
+    /// daemon), replacing a stale socket of that name. Must be called on the event loop;
+    /// `bound` hears the outcome.
+    public func start(
+        environment: [String: String], name: String = "\(getpid()).sock",
+        bound: @escaping @Sendable (Result<String, Error>) -> Void = { _ in }
+    ) {
         let directory: String
         do {
             directory = try ControlServer.prepareDirectory(ControlServer.directory(environment: environment))
         } catch {
             logger.warning("no control socket (peershare limit will not reach this process): \(error)")
-            return
+            return bound(.failure(error))
         }
-        let socketPath = "\(directory)/\(getpid()).sock"
+        let socketPath = "\(directory)/\(name)"
         unlink(socketPath)
-        ServerBootstrap(group: supervisor.eventLoop)
+        ServerBootstrap(group: eventLoop)
             .childChannelInitializer { [self] channel in
                 // The folder is private already; the kernel's word on who connected makes sure
                 // (another user's process that got a descriptor some other way is refused).
@@ -86,12 +94,14 @@ public final class ControlServer: @unchecked Sendable {
             .bind(unixDomainSocketPath: socketPath)
             .whenComplete { [self] result in
                 switch result {
-                case .success(let bound):
-                    channel = bound
+                case .success(let channel):
+                    self.channel = channel
                     path = socketPath
                     logger.info("control socket \(socketPath)")
+                    bound(.success(socketPath))
                 case .failure(let error):
                     logger.warning("cannot open control socket \(socketPath): \(error)")
+                    bound(.failure(error))
                 }
             }
     }
@@ -100,10 +110,6 @@ public final class ControlServer: @unchecked Sendable {
         channel?.close(promise: nil)
         if let path { unlink(path) }
         path = nil
-    }
-
-    var summary: String {
-        "limits: upload \(ByteRate.describe(upload)), download \(ByteRate.describe(download)), per-peer upload \(ByteRate.describe(perPeer))"
     }
 
     /// The uid of the process at the other end of a Unix socket (SO_PEERCRED).
@@ -116,26 +122,78 @@ public final class ControlServer: @unchecked Sendable {
         return credentials.map { $0.uid }
     }
 
-    /// Applies a request and returns the reply. Every value is range-checked: a request
-    /// that is out of range is refused with a reply, never applied.
-    func handle(_ request: ControlRequest) -> ControlReply {
+}
+
+/// The bandwidth limits in force, changed by `setLimits` requests: every value range-checked,
+/// a request out of range refused with a reply and never applied.
+public struct LimitSettings: Sendable, Equatable {
+    public var upload: Double
+    public var download: Double
+    public var perPeer: Double
+
+    public init(upload: Double, download: Double, perPeer: Double) {
+        self.upload = upload
+        self.download = download
+        self.perPeer = perPeer
+    }
+
+    public init(_ limits: PipelineConfig.Limits) {
+        self.init(upload: limits.maxUploadRate, download: limits.maxDownloadRate, perPeer: limits.maxPeerUploadRate)
+    }
+
+    public var summary: String {
+        "limits: upload \(ByteRate.describe(upload)), download \(ByteRate.describe(download)), per-peer upload \(ByteRate.describe(perPeer))"
+    }
+
+    /// The message that sets these limits in a transfer worker.
+    public var command: WorkerCommand {
+        .setLimits(upload: UInt64(upload), download: UInt64(download), perPeerUpload: UInt64(perPeer))
+    }
+
+    /// Applies a request's values; the reason when one is out of range (nothing changed then).
+    public mutating func apply(upload newUpload: UInt64, download newDownload: UInt64, perPeer newPerPeer: UInt64)
+        -> String?
+    {
+        if let problem = LimitChange.problem(upload: newUpload, download: newDownload, perPeerUpload: newPerPeer) {
+            return problem
+        }
+        if newUpload != LimitChange.unchanged { upload = Double(newUpload) }
+        if newDownload != LimitChange.unchanged { download = Double(newDownload) }
+        if newPerPeer != LimitChange.unchanged { perPeer = Double(newPerPeer) }
+        return nil
+    }
+}
+
+/// The control socket of a standalone `share` or `get`: its limits, nothing else.
+public final class LimitsResponder: ControlResponder, @unchecked Sendable {
+    let supervisor: Supervisor
+    let logger: Logger
+    private var limits: LimitSettings
+
+    public init(supervisor: Supervisor, limits: PipelineConfig.Limits, logger: Logger) {
+        self.supervisor = supervisor
+        self.logger = logger
+        self.limits = LimitSettings(limits)
+    }
+
+    public func respond(to request: ControlRequest, reply: @escaping (ControlReply) -> Void) {
         switch request {
-        case .setLimits(let newUpload, let newDownload, let newPerPeer):
-            if let problem = LimitChange.problem(upload: newUpload, download: newDownload, perPeerUpload: newPerPeer) {
-                return .refused(code: 64, message: problem)
+        case .setLimits(let upload, let download, let perPeer):
+            if let problem = limits.apply(upload: upload, download: download, perPeer: perPeer) {
+                return reply(.refused(code: 64, message: problem))
             }
-            if newUpload != LimitChange.unchanged { upload = Double(newUpload) }
-            if newDownload != LimitChange.unchanged { download = Double(newDownload) }
-            if newPerPeer != LimitChange.unchanged { perPeer = Double(newPerPeer) }
             // Kept as setup: a restarted transfer worker gets the current limits, not the
             // ones it was started with.
-            supervisor.send(
-                .setLimits(upload: UInt64(upload), download: UInt64(download), perPeerUpload: UInt64(perPeer)),
-                to: .transfer, tracking: .setup(key: "limits"))
-            logger.info("\(summary) (changed through the control socket)")
-            return .status(text: summary)
+            supervisor.send(limits.command, to: .transfer, tracking: .setup(key: "limits"))
+            logger.info("\(limits.summary) (changed through the control socket)")
+            reply(.status(text: limits.summary))
         case .status:
-            return .status(text: summary)
+            reply(.status(text: limits.summary))
+        case .addShare, .addDownload, .list, .pause, .resume, .remove:
+            reply(
+                .refused(
+                    code: 69,
+                    message: "this is a standalone `peershare share` or `get` (pid \(getpid())), not the daemon"))
         }
     }
 }
@@ -148,13 +206,19 @@ final class ControlHandler: ChannelInboundHandler {
     init(server: ControlServer) { self.server = server }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        let reply: ControlReply
+        let request: ControlRequest
         do {
-            reply = server.handle(try ControlRequest(frame: unwrapInboundIn(data)))
+            request = try ControlRequest(frame: unwrapInboundIn(data))
         } catch {
-            reply = .refused(code: 64, message: "bad control message: \(error)")
+            let reply = ControlReply.refused(code: 64, message: "bad control message: \(error)")
+            context.writeAndFlush(wrapOutboundOut(reply.frame()), promise: nil)
+            return
         }
-        context.writeAndFlush(wrapOutboundOut(reply.frame()), promise: nil)
+        let channel = context.channel
+        server.responder.respond(to: request) { reply in
+            // On the loop (the responder's promise); the client may have gone meanwhile.
+            channel.writeAndFlush(reply.frame(), promise: nil)
+        }
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {

@@ -36,8 +36,11 @@ public enum WorkerTable {
     ///
     /// `readable`/`writable`: the only paths the hash worker may touch (the shared path, or
     /// the download's target folder). Every other worker may open no file at all.
+    /// `roles`: the rows wanted (the daemon runs discovery once, and a hash and transfer
+    /// worker per share or download, each hash worker confined to that item's path).
     public static func standard(
-        config: PipelineConfig, logLevel: String, readable: [String] = [], writable: [String] = []
+        config: PipelineConfig, logLevel: String, readable: [String] = [], writable: [String] = [],
+        roles: Set<WorkerRole> = Set(WorkerRole.allCases)
     ) -> [WorkerSpec] {
         let policy = RestartPolicy(
             maxRestarts: config.workers.maxRestarts, windowMs: config.workers.restartWindowMs,
@@ -69,7 +72,7 @@ public enum WorkerTable {
             row(.nat, sandbox: network),
             transfer,
             row(.hash, sandbox: SandboxProfile(kind: .filesOnly, readable: readable, writable: writable)),
-        ]
+        ].filter { roles.contains($0.role) }
     }
 }
 

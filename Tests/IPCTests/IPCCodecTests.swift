@@ -96,9 +96,21 @@ final class IPCCodecTests: XCTestCase {
 
     static let everyControlRequest: [ControlRequest] = [
         .status, .setLimits(upload: 1000, download: LimitChange.unchanged, perPeerUpload: 0),
+        .addShare(path: "/home/ann/photos", encrypt: true),
+        .addDownload(link: "peershare://abc?peer=127.0.0.1:1", targetDirectory: "/tmp/in"), .list, .pause(id: 3),
+        .resume(id: 3), .remove(id: 4),
     ]
     static let everyControlReply: [ControlReply] = [
         .status(text: "limits: upload unlimited ✓"), .refused(code: 64, message: "out of range"),
+        .added(id: 7, link: "peershare://abc"),
+        .items([
+            DaemonItemSummary(
+                id: 1, kind: .share, phase: .serving, name: "photos", link: "peershare://abc", path: "/home/ann/photos",
+                bytesDone: 10, bytesTotal: 10, peers: 2, note: "serving"),
+            DaemonItemSummary(
+                id: 2, kind: .download, phase: .failed, exitCode: 69, name: "ünï", link: "peershare://def",
+                path: "/tmp/in", note: "no peers"),
+        ]),
     ]
 
     /// Runs `check` over every channel's message list, each with its own type.

@@ -1,0 +1,517 @@
+import Foundation
+import IPC
+import Logging
+import NIOCore
+import PeerShareCore
+import Sessions
+import Stages
+import Supervisor
+import Wire
+
+/// How `peershare daemon` runs: from pipeline.json and its flags.
+public struct DaemonSettings: Sendable {
+    public var config: PipelineConfig
+    public var logLevel: String
+    /// The daemon's one DHT node (nil: no DHT).
+    public var dht: DHTSettings?
+    public var lan: Bool
+    /// Where shares and downloads take peer connections ("0.0.0.0": every IPv4 address).
+    public var listenHost: String
+    public var stateFile: StateFile
+    public var environment: [String: String]
+    /// This machine's peer identity (Ed25519 secret key), as `share` and `get` load it.
+    public var identity: [UInt8]
+
+    public init(
+        config: PipelineConfig, logLevel: String, dht: DHTSettings?, lan: Bool, listenHost: String,
+        stateFile: StateFile, environment: [String: String], identity: [UInt8]
+    ) {
+        self.config = config
+        self.logLevel = logLevel
+        self.dht = dht
+        self.lan = lan
+        self.listenHost = listenHost
+        self.stateFile = stateFile
+        self.environment = environment
+        self.identity = identity
+    }
+}
+
+/// `peershare daemon`: one long-running supervisor that holds many shares and downloads.
+///
+/// Processes: one discovery worker for the daemon (a single DHT node and LAN speaker that
+/// every item announces through), and for each running share or download its own transfer
+/// and hash workers, run by the same `ShareSession`/`DownloadSession` a standalone command
+/// uses. Each item's hash worker is confined by Landlock to that item's path alone — which a
+/// shared hash worker could not be, as Landlock only ever narrows — so pausing an item stops
+/// its two workers and frees their memory. Everything runs on one event loop.
+///
+/// The daemon answers the control socket (`ControlResponder`) and keeps `DaemonState` in
+/// its state file, written after every change.
+public final class DaemonHost: ControlResponder, SupervisorDelegate, @unchecked Sendable {
+    let settings: DaemonSettings
+    public let eventLoop: EventLoop
+    let logger: Logger
+    /// Lines for the daemon's terminal or journal.
+    let say: @Sendable (String) -> Void
+    /// The discovery worker (DHT node, LAN); nil with neither.
+    let node: Supervisor?
+    let dht: DHTClient?
+    let lan: LANClient?
+    private(set) var state: DaemonState
+    private var limits: LimitSettings
+    private var items: [UInt32: Item] = [:]
+    private var stopping = false
+    private let done: EventLoopPromise<Int32>
+
+    /// An item as the daemon sees it: its summary for `ls`, and its session while it runs.
+    /// Loop-confined.
+    final class Item: @unchecked Sendable {
+        var summary: DaemonItemSummary
+        var supervisor: Supervisor?
+        var session: (any Session)?
+        var pipeline: PeerPipeline?
+        /// Stopped on purpose (pause, remove, the daemon stopping): not a failure.
+        var stopRequested = false
+        /// `addShare` answers waiting for the share's link.
+        var waiting: [(ControlReply) -> Void] = []
+
+        init(summary: DaemonItemSummary) { self.summary = summary }
+    }
+
+    public init(
+        settings: DaemonSettings, state: DaemonState, eventLoop: EventLoop, logger: Logger,
+        say: @escaping @Sendable (String) -> Void
+    ) {
+        self.settings = settings
+        self.eventLoop = eventLoop
+        self.logger = logger
+        self.say = say
+        self.state = state
+        limits = LimitSettings(settings.config.limits)
+        if let saved = state.limits {
+            limits = LimitSettings(upload: saved.upload, download: saved.download, perPeer: saved.perPeer)
+        }
+        done = eventLoop.makePromise(of: Int32.self)
+        if settings.dht != nil || settings.lan {
+            let table = WorkerTable.standard(
+                config: settings.config, logLevel: settings.logLevel, roles: [.discovery])
+            let node = Supervisor(table: table, eventLoop: eventLoop, logger: logger)
+            self.node = node
+            dht = settings.dht.map { DHTClient(supervisor: node, settings: $0, logger: logger) }
+            lan = settings.lan ? LANClient(supervisor: node) : nil
+        } else {
+            node = nil
+            dht = nil
+            lan = nil
+        }
+        for record in state.items {
+            items[record.id] = Item(summary: DaemonHost.summary(of: record))
+        }
+    }
+
+    /// Completes with the daemon's exit code once it has stopped.
+    public var result: EventLoopFuture<Int32> { done.futureResult }
+
+    static func summary(of record: DaemonState.ItemRecord) -> DaemonItemSummary {
+        DaemonItemSummary(
+            id: record.id, kind: record.kind == .share ? .share : .download, phase: record.paused ? .paused : .starting,
+            name: (record.finalPath ?? record.path).split(separator: "/").last.map(String.init) ?? "",
+            link: record.link ?? "", path: record.finalPath ?? record.path)
+    }
+
+    // MARK: Starting and stopping
+
+    /// Starts the discovery worker, then every item that is not paused. On the loop.
+    public func start() {
+        eventLoop.preconditionInEventLoop()
+        node?.delegate = self
+        guard let node else { return startItems() }
+        node.start().whenComplete { [self] result in
+            switch result {
+            case .success:
+                dht?.onReady = { [self] port in say("DHT node listening on UDP \(settings.dht?.host ?? ""):\(port)") }
+                dht?.start()
+                if let lan, lan.start() { say("LAN discovery on (BEP 14)") }
+                startItems()
+            case .failure(let error):
+                say("cannot start the discovery worker: \(error)")
+                stop(exitCode: ExitCodes.software)
+            }
+        }
+    }
+
+    private func startItems() {
+        for record in state.items where !record.paused { startItem(record.id) }
+        let running = state.items.filter { !$0.paused }.count
+        say("holding \(state.items.count) items (\(running) started, \(state.items.count - running) paused)")
+    }
+
+    /// Stops every item (their workers exit), saves the DHT table, stops the discovery worker.
+    public func stop(exitCode: Int32) {
+        eventLoop.preconditionInEventLoop()
+        guard !stopping else { return }
+        stopping = true
+        let endings = items.values.compactMap { item -> EventLoopFuture<Int32>? in
+            guard let session = item.session else { return nil }
+            item.stopRequested = true
+            session.stop(exitCode: ExitCodes.terminated)
+            return session.result
+        }
+        EventLoopFuture.whenAllComplete(endings, on: eventLoop).whenComplete { [self] _ in
+            let finish = { [self] in
+                guard let node else { return done.succeed(exitCode) }
+                node.shutdown().whenComplete { [self] _ in done.succeed(exitCode) }
+            }
+            if let dht { dht.saveState(then: finish) } else { finish() }
+        }
+    }
+
+    // MARK: Items
+
+    private func startItem(_ id: UInt32) {
+        guard !stopping, let index = state.index(of: id), let item = items[id], item.session == nil else { return }
+        let record = state.items[index]
+        let pipeline: PeerPipeline
+        do {
+            pipeline = try makePipeline(for: record)
+        } catch {
+            item.summary.phase = .failed
+            item.summary.exitCode = UInt16(ExitCodes.config)
+            item.summary.note = "\(error)"
+            return
+        }
+        item.pipeline = pipeline
+        item.stopRequested = false
+        item.summary.phase = .starting
+        item.summary.exitCode = 0
+        var config = settings.config
+        config.limits.maxUploadRate = limits.upload
+        config.limits.maxDownloadRate = limits.download
+        config.limits.maxPeerUploadRate = limits.perPeer
+        let isShare = record.kind == .share
+        let table = WorkerTable.standard(
+            config: config, logLevel: settings.logLevel, readable: isShare ? [record.path] : [],
+            writable: isShare ? [] : [record.path], roles: [.transfer, .hash])
+        var itemLogger = logger
+        itemLogger[metadataKey: "item"] = "\(id)"
+        let supervisor = Supervisor(
+            table: table, eventLoop: eventLoop, logger: itemLogger,
+            plugins: PeerPipeline(stages: config.stages, secret: nil).plugins)
+        let context = SessionContext(
+            supervisor: supervisor, dht: dht, lan: lan, output: output(for: id), logger: itemLogger, savesDHT: false)
+        let listen = PeerAddress(host: settings.listenHost, port: Int(record.port))
+        let session: any Session
+        if isShare {
+            session = ShareSession(
+                context: context, path: record.path, listen: listen, pipeline: pipeline, identity: settings.identity)
+        } else {
+            guard let text = record.link, let link = try? ShareLink.parse(text) else { return }
+            session = DownloadSession(
+                context: context, link: link, peers: link.peers, targetDirectory: record.path, listen: listen,
+                seedAfter: true, pipeline: pipeline, identity: settings.identity)
+        }
+        item.supervisor = supervisor
+        item.session = session
+        session.result.whenComplete { [self] result in
+            ended(id, session: session, code: (try? result.get()) ?? ExitCodes.software)
+        }
+        supervisor.start().whenComplete { result in
+            switch result {
+            case .success: session.begin()
+            case .failure(let error):
+                context.output.error("cannot start workers: \(error)")
+                session.stop(exitCode: ExitCodes.software)
+            }
+        }
+    }
+
+    /// The item's session ended: on purpose (paused, removed, the daemon stopping), or it
+    /// failed (the code is what `share`/`get` would have exited with).
+    private func ended(_ id: UInt32, session: any Session, code: Int32) {
+        guard let item = items[id], item.session === session else { return }
+        item.session = nil
+        item.supervisor = nil
+        if item.stopRequested || stopping {
+            if state.index(of: id) != nil, item.summary.phase != .failed { item.summary.phase = .paused }
+            answerWaiting(item, with: .refused(code: UInt16(ExitCodes.unavailable), message: "item \(id) was stopped"))
+            return
+        }
+        item.summary.phase = .failed
+        item.summary.exitCode = UInt16(clamping: code)
+        if item.summary.note.isEmpty { item.summary.note = "stopped with exit code \(code)" }
+        say("item \(id) failed: \(InertText.make(item.summary.note))")
+        answerWaiting(item, with: .refused(code: UInt16(clamping: code), message: item.summary.note))
+    }
+
+    private func answerWaiting(_ item: Item, with reply: ControlReply) {
+        let waiting = item.waiting
+        item.waiting = []
+        for answer in waiting { answer(reply) }
+    }
+
+    /// The pipeline of pipeline.json, plus encryption for an encrypted share or a link with a
+    /// key. A share's secret is made once and kept in the state file: its link outlives us.
+    private func makePipeline(for record: DaemonState.ItemRecord) throws -> PeerPipeline {
+        var stages = settings.config.stages
+        switch record.kind {
+        case .share:
+            if record.encrypt && !stages.contains(where: \.isEncryption) {
+                stages.append(StageSpec(name: "sodium", kind: .sodium, required: true))
+            }
+            guard stages.contains(where: \.isEncryption) else { return PeerPipeline(stages: stages, secret: nil) }
+            try Sodium.start()
+            if let secret = record.secret.flatMap({ [UInt8](hex: $0) }) {
+                return PeerPipeline(stages: stages, secret: secret)
+            }
+            let secret = Sodium.random(ShareLink.secretBytes)
+            state.update(record.id) { $0.secret = secret.hexString }
+            save()
+            return PeerPipeline(stages: stages, secret: secret)
+        case .download:
+            let link = try ShareLink.parse(record.link ?? "")
+            if link.secret != nil && !stages.contains(where: \.isEncryption) {
+                stages.append(StageSpec(name: "sodium", kind: .sodium, required: true))
+            }
+            guard link.secret != nil || !stages.contains(where: \.isEncryption) else {
+                throw DaemonError("the pipeline encrypts ('sodium' stage), but this link has no key")
+            }
+            return PeerPipeline(stages: stages, secret: link.secret)
+        }
+    }
+
+    struct DaemonError: Error, CustomStringConvertible {
+        var description: String
+        init(_ text: String) { description = text }
+    }
+
+    /// What an item's session says, turned into its summary (and state, where it lasts).
+    private func output(for id: UInt32) -> SessionOutput {
+        var output = SessionOutput(
+            link: { [self] text in linkPrinted(id, text) },
+            status: { [self] text in items[id]?.summary.note = DaemonHost.noteText(text) },
+            error: { [self] text in
+                items[id]?.summary.note = DaemonHost.noteText(text)
+                logger.warning("item \(id): \(text)")
+            },
+            progress: { [self] done, total, label, peers in
+                guard let item = items[id] else { return }
+                item.summary.bytesDone = done
+                item.summary.bytesTotal = total
+                if let peers { item.summary.peers = UInt16(clamping: peers) }
+                item.summary.phase = label == "hashing" ? .hashing : .downloading
+            },
+            finishProgress: {})
+        output.described = { [self] name, bytes in
+            guard let item = items[id] else { return }
+            item.summary.name = name
+            item.summary.bytesTotal = bytes
+        }
+        output.serving = { [self] port in
+            guard state.index(of: id) != nil else { return }
+            state.update(id) { $0.port = port }
+            save()
+        }
+        output.completed = { [self] path in
+            state.update(id) { $0.finalPath = path }
+            save()
+            guard let item = items[id] else { return }
+            item.summary.phase = .seeding
+            item.summary.path = path
+            item.summary.bytesDone = item.summary.bytesTotal
+            say("item \(id) complete: \(InertText.make(path))")
+        }
+        return output
+    }
+
+    /// Status lines come from sessions (peers' words already made inert there); kept short.
+    /// (A session's hint for a terminal — "press Ctrl-C to stop" — is not the daemon's.)
+    static func noteText(_ text: String) -> String {
+        var text = InertText.make(text)
+        if let hint = text.range(of: "; press Ctrl-C to stop") { text.removeSubrange(hint) }
+        return String(text.prefix(300))
+    }
+
+    private func linkPrinted(_ id: UInt32, _ text: String) {
+        guard let item = items[id], item.summary.kind == .share else { return }
+        item.summary.link = text
+        item.summary.phase = .serving
+        item.summary.bytesDone = item.summary.bytesTotal
+        state.update(id) { $0.link = text }
+        save()
+        answerWaiting(item, with: .added(id: id, link: text))
+    }
+
+    private func save() {
+        state.limits = DaemonState.SavedLimits(
+            upload: limits.upload, download: limits.download, perPeer: limits.perPeer)
+        do {
+            try settings.stateFile.save(state)
+        } catch {
+            // Not fatal: the daemon goes on; what changed is lost only if it dies now.
+            say("cannot save the daemon's state: \(error)")
+        }
+    }
+
+    // MARK: The control socket
+
+    public func respond(to request: ControlRequest, reply: @escaping (ControlReply) -> Void) {
+        guard !stopping else {
+            return reply(.refused(code: UInt16(ExitCodes.unavailable), message: "the daemon is stopping"))
+        }
+        switch request {
+        case .status:
+            let shares = state.items.filter { $0.kind == .share }.count
+            let running = items.values.filter { $0.session != nil }.count
+            reply(
+                .status(
+                    text:
+                        "daemon pid \(getpid()): \(shares) shares, \(state.items.count - shares) downloads, \(running) running; \(limits.summary)"
+                ))
+        case .setLimits(let upload, let download, let perPeer):
+            if let problem = limits.apply(upload: upload, download: download, perPeer: perPeer) {
+                return reply(.refused(code: UInt16(ExitCodes.usage), message: problem))
+            }
+            save()
+            for item in items.values {
+                item.supervisor?.send(limits.command, to: .transfer, tracking: .setup(key: "limits"))
+            }
+            logger.info("\(limits.summary) (changed through the control socket)")
+            reply(.status(text: limits.summary + " (each share and download)"))
+        case .addShare(let path, let encrypt):
+            addShare(path: path, encrypt: encrypt, reply: reply)
+        case .addDownload(let text, let target):
+            addDownload(text: text, target: target, reply: reply)
+        case .list:
+            reply(.items(items.keys.sorted().compactMap { items[$0]?.summary }))
+        case .pause(let id):
+            guard let item = items[id], state.index(of: id) != nil else { return reply(noSuchItem(id)) }
+            state.update(id) { $0.paused = true }
+            save()
+            item.stopRequested = true
+            item.summary.phase = .paused
+            item.session?.stop(exitCode: ExitCodes.terminated)
+            reply(.status(text: "paused \(id)"))
+        case .resume(let id):
+            guard let item = items[id], state.index(of: id) != nil else { return reply(noSuchItem(id)) }
+            state.update(id) { $0.paused = false }
+            save()
+            if item.session == nil { startItem(id) }
+            reply(.status(text: "resumed \(id)"))
+        case .remove(let id):
+            guard let item = items[id], let record = state.remove(id) else { return reply(noSuchItem(id)) }
+            save()
+            item.stopRequested = true
+            item.session?.stop(exitCode: ExitCodes.terminated)
+            items[id] = nil
+            // A restarted discovery worker must not announce it again.
+            if let link = record.link.flatMap({ try? ShareLink.parse($0) }), let pipeline = item.pipeline {
+                dht?.forget(setupKey: "announce", key: pipeline.dhtKey(for: link.shareID))
+            }
+            reply(.status(text: "removed \(id); its files are kept"))
+        }
+    }
+
+    private func noSuchItem(_ id: UInt32) -> ControlReply {
+        .refused(code: UInt16(ExitCodes.usage), message: "no item \(id) (see `peershare ls`)")
+    }
+
+    private func addShare(path: String, encrypt: Bool, reply: @escaping (ControlReply) -> Void) {
+        guard path.hasPrefix("/") else {
+            return reply(.refused(code: UInt16(ExitCodes.usage), message: "give the daemon an absolute path"))
+        }
+        var info = stat()
+        guard stat(path, &info) == 0 else {
+            return reply(
+                .refused(
+                    code: UInt16(ExitCodes.noInput),
+                    message: "cannot share '\(path)': \(String(cString: strerror(errno)))"))
+        }
+        guard access(path, R_OK) == 0 else {
+            return reply(
+                .refused(code: UInt16(ExitCodes.noInput), message: "cannot share '\(path)': permission denied"))
+        }
+        switch state.addShare(path: path, encrypt: encrypt) {
+        case .full:
+            reply(full())
+        case .existing(let id):
+            guard let item = items[id] else { return reply(noSuchItem(id)) }
+            if !item.summary.link.isEmpty, item.session != nil {
+                return reply(.added(id: id, link: item.summary.link))
+            }
+            item.waiting.append(reply)
+            if item.session == nil {
+                state.update(id) { $0.paused = false }
+                save()
+                startItem(id)
+            }
+        case .added(let id):
+            guard let index = state.index(of: id) else { return }
+            let item = Item(summary: DaemonHost.summary(of: state.items[index]))
+            items[id] = item
+            save()
+            item.waiting.append(reply)
+            say("item \(id): sharing \(path)")
+            startItem(id)
+        }
+    }
+
+    private func addDownload(text: String, target: String, reply: @escaping (ControlReply) -> Void) {
+        let link: ShareLink
+        do {
+            link = try ShareLink.parse(text)
+        } catch {
+            return reply(.refused(code: UInt16(ExitCodes.usage), message: "malformed link: \(error)"))
+        }
+        var info = stat()
+        guard target.hasPrefix("/"), stat(target, &info) == 0, info.st_mode & S_IFMT == S_IFDIR else {
+            return reply(
+                .refused(code: UInt16(ExitCodes.cannotCreate), message: "'\(target)' is not a directory"))
+        }
+        if link.secret == nil && settings.config.stages.contains(where: \.isEncryption) {
+            return reply(
+                .refused(
+                    code: UInt16(ExitCodes.usage),
+                    message: "the pipeline encrypts ('sodium' stage), but this link has no key"))
+        }
+        switch state.addDownload(link: link, text: text, target: target) {
+        case .full:
+            reply(full())
+        case .existing(let id):
+            reply(.added(id: id, link: ""))
+        case .added(let id):
+            guard let index = state.index(of: id) else { return }
+            items[id] = Item(summary: DaemonHost.summary(of: state.items[index]))
+            items[id]?.summary.name = link.shareID.short
+            save()
+            say("item \(id): downloading \(link.shareID.short) into \(target)")
+            startItem(id)
+            reply(.added(id: id, link: ""))
+        }
+    }
+
+    private func full() -> ControlReply {
+        .refused(
+            code: UInt16(ExitCodes.unavailable), message: "the daemon holds \(DaemonState.maxItems) items already")
+    }
+
+    // MARK: The discovery worker
+
+    public func supervisor(_ supervisor: Supervisor, received message: WorkerReport, from role: WorkerRole) {
+        if let dht, dht.handle(message) { return }
+        guard case .lanPeer = message else { return }
+        // A LAN announce: the downloads pick out their own share's key.
+        for item in items.values where item.summary.kind == .download {
+            if let session = item.session, let own = item.supervisor {
+                session.supervisor(own, received: message, from: .discovery)
+            }
+        }
+    }
+
+    public func supervisor(_ supervisor: Supervisor, restarted role: WorkerRole) {}
+
+    public func supervisor(_ supervisor: Supervisor, gaveUpOn role: WorkerRole, reason: String) {
+        say("the daemon's \(role) worker keeps failing (\(reason)); stopping")
+        stop(exitCode: ExitCodes.software)
+    }
+}
