@@ -289,7 +289,10 @@ public final class DaemonHost: ControlResponder, SupervisorDelegate, @unchecked 
     private func output(for id: UInt32) -> SessionOutput {
         var output = SessionOutput(
             link: { [self] text in linkPrinted(id, text) },
-            status: { [self] text in items[id]?.summary.note = DaemonHost.noteText(text) },
+            status: { [self] text in
+                items[id]?.summary.note = DaemonHost.noteText(text)
+                logger.info("item \(id): \(text)")
+            },
             error: { [self] text in
                 items[id]?.summary.note = DaemonHost.noteText(text)
                 logger.warning("item \(id): \(text)")
@@ -333,7 +336,9 @@ public final class DaemonHost: ControlResponder, SupervisorDelegate, @unchecked 
     }
 
     private func linkPrinted(_ id: UInt32, _ text: String) {
-        guard let item = items[id], item.summary.kind == .share else { return }
+        guard let item = items[id] else { return }
+        // A download's result line: what it fetched in this run (what resuming saved).
+        guard item.summary.kind == .share else { return say("item \(id): \(text)") }
         item.summary.link = text
         item.summary.phase = .serving
         item.summary.bytesDone = item.summary.bytesTotal
