@@ -35,6 +35,10 @@ let package = Package(
             name: "CMiniUPnPc", path: "Sources/CMiniUPnPc", pkgConfig: "miniupnpc",
             providers: [.apt(["libminiupnpc-dev"])]),
         .systemLibrary(name: "CNatPMP", path: "Sources/CNatPMP", providers: [.apt(["libnatpmp-dev"])]),
+        // QR codes of share links in the web UI, drawn on this machine (no asset from outside).
+        .systemLibrary(
+            name: "CQREncode", path: "Sources/CQREncode", pkgConfig: "libqrencode",
+            providers: [.apt(["libqrencode-dev"])]),
 
         // The few Linux calls Swift's Glibc module does not expose (prctl, posix_spawn setup).
         .target(name: "CSystemShims"),
@@ -131,7 +135,7 @@ let package = Package(
         .target(
             name: "Daemon",
             dependencies: [
-                "Sessions", "Supervisor", "IPC", "PeerShareCore", "Stages", "Wire",
+                "Sessions", "Supervisor", "IPC", "PeerShareCore", "Stages", "Wire", "LocalWeb",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
             ]),
@@ -139,7 +143,7 @@ let package = Package(
         .target(
             name: "LocalWeb",
             dependencies: [
-                "IPC",
+                "IPC", "PeerShareCore", "CQREncode",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "CoreMetrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
@@ -195,6 +199,7 @@ let package = Package(
         .testTarget(name: "TraversalTests", dependencies: ["Traversal", "PeerShareCore", "Wire"]),
         .testTarget(name: "LocalDiscoveryTests", dependencies: ["LocalDiscovery"]),
         .testTarget(name: "LocalWebTests", dependencies: ["LocalWeb", "IPC"]),
+        .testTarget(name: "DaemonTests", dependencies: ["Daemon", "IPC", "PeerShareCore"]),
         // End-to-end tests drive real processes from Python: Tests/e2e (run by contrib/test.sh).
         .testTarget(name: "IPCTests", dependencies: ["IPC", "PeerWire", "PeerShareCore", "Wire"]),
         .testTarget(

@@ -3,11 +3,12 @@
 # Debian/Ubuntu; needs root or sudo only when something is actually missing.
 set -euo pipefail
 
-packages=(libsodium-dev zlib1g-dev libminiupnpc-dev libnatpmp-dev pkg-config)
+packages=(libsodium-dev zlib1g-dev libminiupnpc-dev libnatpmp-dev libqrencode-dev pkg-config)
 # The end-to-end tests are Python (standard library + pytest); setpriv comes with util-linux.
 # python3-libtorrent is the independent BEP 5 implementation the DHT interop test runs against;
 # tcpdump captures loopback traffic to prove encrypted transfers carry no plaintext.
-[ "${PEERSHARE_SETUP_TESTS:-0}" = 1 ] && packages+=(python3 python3-pytest python3-libtorrent util-linux tcpdump iptables coturn miniupnpd-iptables)
+# chromium, chromium-driver and python3-selenium drive the daemon's web UI in a real browser.
+[ "${PEERSHARE_SETUP_TESTS:-0}" = 1 ] && packages+=(python3 python3-pytest python3-libtorrent util-linux tcpdump iptables coturn miniupnpd-iptables chromium chromium-driver python3-selenium)
 
 missing=()
 for package in "${packages[@]}"; do

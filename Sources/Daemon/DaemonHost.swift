@@ -1,5 +1,6 @@
 import Foundation
 import IPC
+import LocalWeb
 import Logging
 import NIOCore
 import PeerShareCore
@@ -21,11 +22,14 @@ public struct DaemonSettings: Sendable {
     public var environment: [String: String]
     /// This machine's peer identity (Ed25519 secret key), as `share` and `get` load it.
     public var identity: [UInt8]
+    /// Where the web UI suggests downloads go.
+    public var downloadDirectory: String
 
     public init(
         config: PipelineConfig, logLevel: String, dht: DHTSettings?, lan: Bool, listenHost: String,
-        stateFile: StateFile, environment: [String: String], identity: [UInt8]
+        stateFile: StateFile, environment: [String: String], identity: [UInt8], downloadDirectory: String
     ) {
+        self.downloadDirectory = downloadDirectory
         self.config = config
         self.logLevel = logLevel
         self.dht = dht
@@ -75,6 +79,20 @@ public final class DaemonHost: ControlResponder, SupervisorDelegate, @unchecked 
         var stopRequested = false
         /// `addShare` answers waiting for the share's link.
         var waiting: [(ControlReply) -> Void] = []
+        /// A download's peers: how each was reached, what each gave (at most `maxPeers`).
+        var peers: [String: PeerRecord] = [:]
+        static let maxPeers = 256
+
+        struct PeerRecord {
+            var path = ""
+            var chunks: UInt64 = 0
+            var bytes: UInt64 = 0
+        }
+
+        func peer(_ address: String, _ change: (inout PeerRecord) -> Void) {
+            guard peers[address] != nil || peers.count < Item.maxPeers else { return }
+            change(&peers[address, default: PeerRecord()])
+        }
 
         init(summary: DaemonItemSummary) { self.summary = summary }
     }
@@ -315,6 +333,21 @@ public final class DaemonHost: ControlResponder, SupervisorDelegate, @unchecked 
             state.update(id) { $0.port = port }
             save()
         }
+        output.verifiedFrom = { [self] peer, bytes in
+            items[id]?.peer(peer) {
+                $0.chunks += 1
+                $0.bytes += bytes
+            }
+        }
+        output.peerEvent = { [self] text in
+            // "peer ADDRESS: connected, PATH, in N ms" (the transfer worker's own wording).
+            guard text.hasPrefix("peer "), let colon = text.range(of: ": connected, "),
+                let end = text.range(of: ", in ", options: .backwards), colon.upperBound <= end.lowerBound
+            else { return }
+            let address = String(text[text.index(text.startIndex, offsetBy: 5)..<colon.lowerBound])
+            let path = String(text[colon.upperBound..<end.lowerBound])
+            items[id]?.peer(address) { $0.path = path }
+        }
         output.completed = { [self] path in
             state.update(id) { $0.finalPath = path }
             save()
@@ -403,6 +436,12 @@ public final class DaemonHost: ControlResponder, SupervisorDelegate, @unchecked 
             save()
             if item.session == nil { startItem(id) }
             reply(.status(text: "resumed \(id)"))
+        case .webAddress:
+            guard let webAddress else {
+                return reply(
+                    .refused(code: UInt16(ExitCodes.unavailable), message: "the daemon runs no web UI (--no-ui)"))
+            }
+            reply(.status(text: webAddress))
         case .remove(let id):
             guard let item = items[id], let record = state.remove(id) else { return reply(noSuchItem(id)) }
             save()
@@ -469,6 +508,10 @@ public final class DaemonHost: ControlResponder, SupervisorDelegate, @unchecked 
             return reply(.refused(code: UInt16(ExitCodes.usage), message: "malformed link: \(error)"))
         }
         var info = stat()
+        // A missing folder is made (as `get -o` does); a relative one is refused.
+        if target.hasPrefix("/"), stat(target, &info) != 0 {
+            try? FileManager.default.createDirectory(atPath: target, withIntermediateDirectories: true)
+        }
         guard target.hasPrefix("/"), stat(target, &info) == 0, info.st_mode & S_IFMT == S_IFDIR else {
             return reply(
                 .refused(code: UInt16(ExitCodes.cannotCreate), message: "'\(target)' is not a directory"))
@@ -500,6 +543,79 @@ public final class DaemonHost: ControlResponder, SupervisorDelegate, @unchecked 
             code: UInt16(ExitCodes.unavailable), message: "the daemon holds \(DaemonState.maxItems) items already")
     }
 
+    // MARK: The web UI and /metrics
+
+    /// The web UI's address with its token, once it listens.
+    public var webAddress: String?
+    private var dhtText = ""
+    private var dhtAskedAt = DispatchTime(uptimeNanoseconds: 0)
+
+    /// Everything the web UI shows, as one JSON object. On the loop.
+    public func stateJSON() -> String {
+        eventLoop.preconditionInEventLoop()
+        refreshDHTText()
+        let list: [[String: Any]] = items.keys.sorted().compactMap { id in
+            guard let item = items[id] else { return nil }
+            let summary = item.summary
+            let peers: [[String: Any]] = item.peers.sorted { $0.value.bytes > $1.value.bytes }.prefix(64).map {
+                [
+                    "address": $0.key, "path": $0.value.path.isEmpty ? "-" : $0.value.path, "chunks": $0.value.chunks,
+                    "bytes": $0.value.bytes,
+                ]
+            }
+            return [
+                "id": summary.id, "kind": summary.kind == .share ? "share" : "download", "state": summary.phase.name,
+                "exitCode": summary.exitCode, "name": summary.name, "link": summary.link, "path": summary.path,
+                "bytesDone": summary.bytesDone, "bytesTotal": summary.bytesTotal, "peers": summary.peers,
+                "note": summary.note, "peerList": peers,
+            ]
+        }
+        let pipeline = settings.config.stages.map { stage -> String in
+            switch stage.kind {
+            case .zlib(let level): return "\(stage.name): zlib compression, level \(level)"
+            case .sodium: return "\(stage.name): end-to-end encryption (libsodium)"
+            case .plugin(let path, _): return "\(stage.name): plugin \(path)"
+            }
+        }
+        let object: [String: Any] = [
+            "pid": Int(getpid()), "items": list, "limits": limits.summary + " (each share and download)",
+            "pipeline": pipeline, "dht": dht == nil ? "the DHT is off (--no-dht or dht.enabled: false)" : dhtText,
+            "downloadDirectory": settings.downloadDirectory,
+        ]
+        guard let data = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]) else {
+            return "{}"
+        }
+        return String(decoding: data, as: UTF8.self)
+    }
+
+    /// The routing table's text, asked for at most every 5 s (only while someone looks).
+    private func refreshDHTText() {
+        guard let dht, DispatchTime.now().uptimeNanoseconds - dhtAskedAt.uptimeNanoseconds > 5_000_000_000 else {
+            return
+        }
+        dhtAskedAt = DispatchTime.now()
+        dht.summary { [self] text in dhtText = text }
+    }
+
+    public func link(of id: UInt32) -> String? {
+        items[id].flatMap { $0.summary.link.isEmpty ? nil : $0.summary.link }
+    }
+
+    /// Every worker's counters, by supervisor: the daemon's own and each running item's.
+    public func collectCounters() -> EventLoopFuture<[PeerShareMetrics.Scope]> {
+        eventLoop.preconditionInEventLoop()
+        var supervisors: [(String, Supervisor)] = node.map { [("daemon", $0)] } ?? []
+        for (id, item) in items {
+            if let supervisor = item.supervisor { supervisors.append(("item \(id)", supervisor)) }
+        }
+        let futures = supervisors.map { name, supervisor in
+            supervisor.collectCounters().map { workers in
+                PeerShareMetrics.Scope(name: name, workers: workers, restarts: supervisor.restartCounts)
+            }
+        }
+        return EventLoopFuture.whenAllSucceed(futures, on: eventLoop)
+    }
+
     // MARK: The discovery worker
 
     public func supervisor(_ supervisor: Supervisor, received message: WorkerReport, from role: WorkerRole) {
@@ -518,5 +634,30 @@ public final class DaemonHost: ControlResponder, SupervisorDelegate, @unchecked 
     public func supervisor(_ supervisor: Supervisor, gaveUpOn role: WorkerRole, reason: String) {
         say("the daemon's \(role) worker keeps failing (\(reason)); stopping")
         stop(exitCode: ExitCodes.software)
+    }
+}
+
+/// The web UI's way into the daemon: each call hops onto the daemon's event loop.
+public struct DaemonWebBackend: WebUIBackend {
+    let host: DaemonHost
+
+    public init(host: DaemonHost) { self.host = host }
+
+    public func stateJSON() async -> String {
+        (try? await host.eventLoop.submit { host.stateJSON() }.get()) ?? "{}"
+    }
+
+    public func perform(_ request: ControlRequest) async -> ControlReply {
+        let loop = host.eventLoop
+        let reply = try? await loop.flatSubmit { () -> EventLoopFuture<ControlReply> in
+            let promise = loop.makePromise(of: ControlReply.self)
+            host.respond(to: request) { promise.succeed($0) }
+            return promise.futureResult
+        }.get()
+        return reply ?? .refused(code: UInt16(ExitCodes.software), message: "the daemon did not answer")
+    }
+
+    public func link(of id: UInt32) async -> String? {
+        try? await host.eventLoop.submit { host.link(of: id) }.get()
     }
 }

@@ -20,6 +20,8 @@ public enum ControlRequest: ChannelMessage {
     case resume(id: UInt32)
     /// Daemon: forget an item (files on disk are kept).
     case remove(id: UInt32)
+    /// Daemon: the web UI's address with its token (`peershare ui`).
+    case webAddress
 
     public enum Tag: UInt16, CaseIterable, Sendable {
         case status = 0x0C01
@@ -30,6 +32,7 @@ public enum ControlRequest: ChannelMessage {
         case pause = 0x0C06
         case resume = 0x0C07
         case remove = 0x0C08
+        case webAddress = 0x0C09
     }
 
     public var tag: Tag {
@@ -42,12 +45,13 @@ public enum ControlRequest: ChannelMessage {
         case .pause: return .pause
         case .resume: return .resume
         case .remove: return .remove
+        case .webAddress: return .webAddress
         }
     }
 
     public func writePayload(into w: inout ByteWriter) {
         switch self {
-        case .status, .list: break
+        case .status, .list, .webAddress: break
         case .setLimits(let upload, let download, let perPeer):
             w.u64(upload)
             w.u64(download)
@@ -74,6 +78,7 @@ public enum ControlRequest: ChannelMessage {
         case .pause: self = .pause(id: try r.u32())
         case .resume: self = .resume(id: try r.u32())
         case .remove: self = .remove(id: try r.u32())
+        case .webAddress: self = .webAddress
         }
         try r.expectEnd()
     }

@@ -5,9 +5,8 @@ import NIOCore
 import NIOPosix
 import Synchronization
 
-/// PeerShare's HTTP port on the loopback address: `/metrics` now (the daemon's web UI will be
-/// served here too). Every request passes `WebAccess` first: the right host name, no foreign
-/// origin, the token.
+/// PeerShare's HTTP port on the loopback address: `/metrics`, and the daemon's web UI (`ui`).
+/// Every request passes `WebAccess` first: the right host name, no foreign origin, the token.
 public final class LocalHTTPServer: Sendable {
     public let token: String
     private let task: Task<Void, Error>
@@ -15,9 +14,9 @@ public final class LocalHTTPServer: Sendable {
     public let bound: EventLoopFuture<Int>
 
     /// Starts serving on `host:port` (port 0: any free one). `metrics` renders the metrics text
-    /// for each scrape.
+    /// for each scrape; `ui`, when given, serves the web UI and its API (`WebUIRoutes`).
     public init(
-        host: String, port: Int, token: String, logger: Logger,
+        host: String, port: Int, token: String, logger: Logger, ui: (any WebUIBackend)? = nil,
         metrics: @escaping @Sendable () async -> String
     ) {
         self.token = token
@@ -32,6 +31,7 @@ public final class LocalHTTPServer: Sendable {
                 status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
                 body: ResponseBody(byteBuffer: ByteBuffer(string: text)))
         }
+        if let ui { WebUIRoutes.add(to: router, backend: ui) }
         var quiet = logger
         quiet.logLevel = .warning
         let app = Application(

@@ -2,6 +2,7 @@ import ArgumentParser
 import Daemon
 import Foundation
 import IPC
+import LocalWeb
 import Logging
 import NIOCore
 import NIOPosix
@@ -30,9 +31,27 @@ struct DaemonCommand: ParsableCommand {
     @Option(name: .long, help: "Address shares and downloads take peer connections on (each on its own port).")
     var listenHost: String = "0.0.0.0"
 
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "Serve the web UI (and /metrics) on this loopback HOST:PORT (port 0: any free one).",
+            discussion: "Its address, with the token every request needs, is printed at startup and by `peershare ui`.")
+    )
+    var ui: String = "127.0.0.1:0"
+
+    @Flag(name: .long, help: "Serve no web UI.")
+    var noUI = false
+
     @OptionGroup var common: CommonOptions
     @OptionGroup var dht: DHTOptions
     @OptionGroup var lan: LANOptions
+
+    func validate() throws {
+        guard let address = try? PeerAddress.parse(ui) else { throw ValidationError("--ui: '\(ui)' is not HOST:PORT") }
+        guard ["127.0.0.1", "::1", "localhost"].contains(address.host) else {
+            throw ValidationError("--ui: serve on a loopback address (127.0.0.1:PORT), not \(address.host)")
+        }
+    }
 
     func run() throws {
         let environment = ProcessInfo.processInfo.environment
@@ -62,7 +81,9 @@ struct DaemonCommand: ParsableCommand {
         let settings = DaemonSettings(
             config: config, logLevel: common.logLevel, dht: dhtSettings, lan: lan.enabled(config: config),
             listenHost: listenHost, stateFile: stateFile, environment: environment,
-            identity: IdentityStore.load(environment: environment))
+            identity: IdentityStore.load(environment: environment),
+            downloadDirectory: environment["XDG_DOWNLOAD_DIR"] ?? ((environment["HOME"] ?? "/tmp") + "/Downloads"))
+        let uiAddress = noUI ? nil : try? PeerAddress.parse(ui)
 
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let loop = group.next()
@@ -70,6 +91,7 @@ struct DaemonCommand: ParsableCommand {
             settings: settings, state: loaded.state, eventLoop: loop, logger: logger,
             say: { Terminal.status($0) })
         let control = ControlServer(eventLoop: loop, responder: host, logger: logger)
+        nonisolated(unsafe) var web: LocalHTTPServer?  // set and read on `loop` only
         signal(SIGINT, SIG_IGN)
         signal(SIGTERM, SIG_IGN)
         var sources: [DispatchSourceSignal] = []
@@ -91,6 +113,7 @@ struct DaemonCommand: ParsableCommand {
                 case .success(let path):
                     Terminal.status("daemon pid \(getpid()); control socket \(path); state \(statePath)")
                     host.start()
+                    if let uiAddress { web = DaemonCommand.startWeb(on: uiAddress, host: host, logger: logger) }
                 case .failure(let error):
                     Terminal.error("cannot open the control socket: \(error)")
                     host.stop(exitCode: ExitCodes.unavailable)
@@ -99,10 +122,48 @@ struct DaemonCommand: ParsableCommand {
         }
         let code = (try? host.result.wait()) ?? ExitCodes.software
         try? loop.submit { control.stop() }.wait()
+        try? loop.submit { web?.stop() }.wait()
         for source in sources { source.cancel() }
         try? group.syncShutdownGracefully()
         throw ExitCode(code)
     }
+}
+
+extension DaemonCommand {
+    /// The web UI and /metrics on the loopback port; its address (with the token) is printed
+    /// on the terminal, as Jupyter prints its URL, and given to `peershare ui` — never logged.
+    static func startWeb(on address: PeerAddress, host: DaemonHost, logger: Logger) -> LocalHTTPServer {
+        let metrics = PeerShareMetrics()
+        let loop = host.eventLoop
+        let server = LocalHTTPServer(
+            host: address.host, port: address.port, token: LocalHTTPServer.makeToken(), logger: logger,
+            ui: DaemonWebBackend(host: host)
+        ) {
+            let scopes = (try? await loop.flatSubmit { host.collectCounters() }.get()) ?? []
+            return metrics.render(scopes: scopes)
+        }
+        server.bound.whenComplete { result in
+            switch result {
+            case .success(let port):
+                let name = address.host.contains(":") ? "[\(address.host)]" : address.host
+                let url = "http://\(name):\(port)/?token=\(server.token)"
+                loop.execute { host.webAddress = url }
+                Terminal.status("web UI: \(url)")
+            case .failure(let error):
+                Terminal.warning("cannot serve the web UI on \(address): \(error)")
+            }
+        }
+        return server
+    }
+}
+
+/// `peershare ui`: the running daemon's web UI address, with its token.
+struct UICommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "ui", abstract: "Print the running daemon's web UI address (with its token), to open in a browser."
+    )
+
+    func run() throws { try DaemonItems.show(try ControlClient.daemon(.webAddress)) }
 }
 
 /// `peershare ls`: the daemon's shares and downloads, a line each.

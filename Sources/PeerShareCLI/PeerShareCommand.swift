@@ -16,7 +16,7 @@ public struct PeerShareCommand: ParsableCommand {
             """,
         subcommands: [
             Share.self, Get.self, DaemonCommand.self, ListCommand.self, StatusCommand.self, PauseCommand.self,
-            ResumeCommand.self, RemoveCommand.self, Limit.self, PipelineCommand.self, DHTCommand.self,
+            ResumeCommand.self, RemoveCommand.self, UICommand.self, Limit.self, PipelineCommand.self, DHTCommand.self,
             SwarmCommand.self, Demo.self,
             Bench.self,
             NATCommand.self, RelayCommand.self, SandboxCommand.self, WorkerCommand.self,

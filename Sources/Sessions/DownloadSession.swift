@@ -292,6 +292,7 @@ public final class DownloadSession: SupervisorDelegate, @unchecked Sendable {
                 verified = bits
                 let counts = perPeer[source] ?? (0, 0)
                 perPeer[source] = (counts.chunks + 1, counts.bytes + length)
+                output.verifiedFrom?(source, length)
                 announceIfReady()
             } else if !ok {
                 rejected += 1
@@ -338,6 +339,7 @@ public final class DownloadSession: SupervisorDelegate, @unchecked Sendable {
             stop(exitCode: Int32(code))
         case .peerEvent(let text):
             logger.info("\(text)")
+            output.peerEvent?(text)
             if verbose { output.status(text) }
         case .serving(let port):
             guard let listen else { return }

@@ -13,6 +13,10 @@ public struct SessionOutput: Sendable {
     public var described: (@Sendable (_ name: String, _ bytes: UInt64) -> Void)?
     public var serving: (@Sendable (_ port: UInt16) -> Void)?
     public var completed: (@Sendable (_ path: String) -> Void)?
+    /// A chunk from `peer` passed verification (its bytes): the daemon's per-peer counts.
+    public var verifiedFrom: (@Sendable (_ peer: String, _ bytes: UInt64) -> Void)?
+    /// A transfer worker's line about a peer ("peer ADDRESS: connected, PATH, in N ms").
+    public var peerEvent: (@Sendable (_ text: String) -> Void)?
 
     public init(
         link: @escaping @Sendable (String) -> Void, status: @escaping @Sendable (String) -> Void,

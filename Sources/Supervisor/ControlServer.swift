@@ -189,7 +189,7 @@ public final class LimitsResponder: ControlResponder, @unchecked Sendable {
             reply(.status(text: limits.summary))
         case .status:
             reply(.status(text: limits.summary))
-        case .addShare, .addDownload, .list, .pause, .resume, .remove:
+        case .addShare, .addDownload, .list, .pause, .resume, .remove, .webAddress:
             reply(
                 .refused(
                     code: 69,

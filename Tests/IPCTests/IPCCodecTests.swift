@@ -98,7 +98,7 @@ final class IPCCodecTests: XCTestCase {
         .status, .setLimits(upload: 1000, download: LimitChange.unchanged, perPeerUpload: 0),
         .addShare(path: "/home/ann/photos", encrypt: true),
         .addDownload(link: "peershare://abc?peer=127.0.0.1:1", targetDirectory: "/tmp/in"), .list, .pause(id: 3),
-        .resume(id: 3), .remove(id: 4),
+        .resume(id: 3), .remove(id: 4), .webAddress,
     ]
     static let everyControlReply: [ControlReply] = [
         .status(text: "limits: upload unlimited ✓"), .refused(code: 64, message: "out of range"),

@@ -95,3 +95,22 @@ import Testing
         #expect(!WorkerCounter.isValidName("a\nb 1"))
     }
 }
+
+@Suite struct QRCodeTests {
+    @Test func aLinkBecomesASquareSVGWithAQuietZone() throws {
+        let link = "peershare://" + String(repeating: "ab", count: 32) + "?peer=127.0.0.1:4000"
+        let svg = try #require(QRCodeSVG.svg(for: link))
+        #expect(svg.hasPrefix("<svg xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 "))
+        // A QR symbol is 17 + 4 × version modules wide, plus 4 of quiet zone each side.
+        let size = try #require(Int(svg.split(separator: " ")[4].split(separator: "\"")[0]))
+        #expect((size - 8 - 17) % 4 == 0 && size > 8 + 21)
+        // Nothing but rectangles: no text from the link ends up in the markup.
+        #expect(!svg.contains("peershare") && !svg.contains("<script"))
+    }
+
+    @Test func emptyOverlongAndNULTextsAreRefused() {
+        #expect(QRCodeSVG.svg(for: "") == nil)
+        #expect(QRCodeSVG.svg(for: String(repeating: "x", count: QRCodeSVG.maxBytes + 1)) == nil)
+        #expect(QRCodeSVG.svg(for: "a\u{0}b") == nil)
+    }
+}
