@@ -322,3 +322,18 @@ def test_a_control_socket_client_of_another_user_is_refused():
     finally:
         d.stop()
         shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze is not installed")
+def test_the_systemd_user_unit_is_valid_and_hardened(tmp_path):
+    unit = (pathlib.Path(__file__).resolve().parents[2] / "contrib" / "peershare.service").read_text()
+    for option in ("NoNewPrivileges=yes", "ProtectSystem=strict", "PrivateTmp=yes", "RestrictNamespaces=yes",
+                   "CapabilityBoundingSet=", "ExecStart=%h/.local/bin/peershare daemon"):
+        assert option in unit, option
+    # Verified with the binary where this checkout built it.
+    local = tmp_path / "peershare.service"
+    local.write_text(unit.replace("%h/.local/bin/peershare", BIN))
+    result = subprocess.run(["systemd-analyze", "verify", str(local)], capture_output=True, text=True, timeout=60)
+    problems = [line for line in (result.stdout + result.stderr).splitlines()
+                if "peershare.service" in line and "Documentation" not in line]
+    assert not problems, problems
