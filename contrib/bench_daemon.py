@@ -67,7 +67,7 @@ class Daemon:
         (home / "run").mkdir(parents=True, mode=0o700)
         self.env = dict(os.environ, XDG_RUNTIME_DIR=str(home / "run"), XDG_STATE_HOME=str(home / "state"))
         self.log = open(home / "log", "w")
-        self.proc = subprocess.Popen([BIN, "daemon", "--no-dht", "--no-lan", "--no-ui", "--listen-host",
+        self.proc = subprocess.Popen([BIN, "daemon", *(["--config", os.environ["BENCH_CONFIG"]] if os.environ.get("BENCH_CONFIG") else []), "--no-dht", "--no-lan", "--no-ui", "--listen-host",
                                       "127.0.0.1"], stdout=self.log, stderr=subprocess.STDOUT, env=self.env)
         deadline = time.time() + 30
         while subprocess.run([BIN, "ls"], env=self.env, capture_output=True).returncode != 0:

@@ -128,6 +128,9 @@ public final class DaemonHost: ControlResponder, SupervisorDelegate, @unchecked 
         }
     }
 
+    static let itemHeartbeatMs = 10_000
+    static let itemHeartbeatTimeoutMs = 60_000
+
     /// Completes with the daemon's exit code once it has stopped.
     public var result: EventLoopFuture<Int32> { done.futureResult }
 
@@ -204,6 +207,13 @@ public final class DaemonHost: ControlResponder, SupervisorDelegate, @unchecked 
         item.summary.phase = .starting
         item.summary.exitCode = 0
         var config = settings.config
+        // Hundreds of idle workers pinged every second would keep a core busy (5.8 % for 220
+        // of them, docs/BENCHMARKS.md): an item's workers are pinged every 10 s and given a
+        // minute. A crash is still seen at once (the pipe closes, SIGCHLD); only a hang
+        // takes longer to notice.
+        config.workers.heartbeatIntervalMs = max(config.workers.heartbeatIntervalMs, DaemonHost.itemHeartbeatMs)
+        config.workers.heartbeatTimeoutMs = max(
+            config.workers.heartbeatTimeoutMs, DaemonHost.itemHeartbeatTimeoutMs)
         config.limits.maxUploadRate = limits.upload
         config.limits.maxDownloadRate = limits.download
         config.limits.maxPeerUploadRate = limits.perPeer
