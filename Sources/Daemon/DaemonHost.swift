@@ -107,9 +107,7 @@ public final class DaemonHost: ControlResponder, SupervisorDelegate, @unchecked 
         self.say = say
         self.state = state
         limits = LimitSettings(settings.config.limits)
-        if let saved = state.limits {
-            limits = LimitSettings(upload: saved.upload, download: saved.download, perPeer: saved.perPeer)
-        }
+        if let saved = state.limits { limits = saved }
         done = eventLoop.makePromise(of: Int32.self)
         if settings.dht != nil || settings.lan {
             let table = WorkerTable.standard(
@@ -391,8 +389,7 @@ public final class DaemonHost: ControlResponder, SupervisorDelegate, @unchecked 
     }
 
     private func save() {
-        state.limits = DaemonState.SavedLimits(
-            upload: limits.upload, download: limits.download, perPeer: limits.perPeer)
+        state.limits = limits
         do {
             try settings.stateFile.save(state)
         } catch {

@@ -1,5 +1,6 @@
 import Foundation
 import PeerShareCore
+import Supervisor
 import Wire
 
 /// What the daemon remembers across restarts: its shares and downloads, and the limits set
@@ -16,22 +17,11 @@ public struct DaemonState: Codable, Sendable, Equatable {
 
     public var version = DaemonState.currentVersion
     public var nextID: UInt32 = 1
-    public var limits: SavedLimits?
+    /// Set through `peershare limit` (or the web UI); nil: pipeline.json's.
+    public var limits: LimitSettings?
     public var items: [ItemRecord] = []
 
     public init() {}
-
-    public struct SavedLimits: Codable, Sendable, Equatable {
-        public var upload: Double
-        public var download: Double
-        public var perPeer: Double
-
-        public init(upload: Double, download: Double, perPeer: Double) {
-            self.upload = upload
-            self.download = download
-            self.perPeer = perPeer
-        }
-    }
 
     /// One share or download.
     public struct ItemRecord: Codable, Sendable, Equatable {
@@ -138,7 +128,7 @@ public struct DaemonState: Codable, Sendable, Equatable {
                 forKey: .version, in: container, debugDescription: "unknown state version \(version)")
         }
         nextID = max(1, (try? container.decode(UInt32.self, forKey: .nextID)) ?? 1)
-        limits = try? container.decode(SavedLimits.self, forKey: .limits)
+        limits = try? container.decode(LimitSettings.self, forKey: .limits)
         var list = try container.nestedUnkeyedContainer(forKey: .items)
         var seen: Set<UInt32> = []
         while !list.isAtEnd, items.count < DaemonState.maxItems {

@@ -92,20 +92,11 @@ struct DaemonCommand: ParsableCommand {
             say: { Terminal.status($0) })
         let control = ControlServer(eventLoop: loop, responder: host, logger: logger)
         nonisolated(unsafe) var web: LocalHTTPServer?  // set and read on `loop` only
-        signal(SIGINT, SIG_IGN)
-        signal(SIGTERM, SIG_IGN)
-        var sources: [DispatchSourceSignal] = []
-        for (number, code) in [(SIGINT, ExitCodes.interrupted), (SIGTERM, ExitCodes.ok)] {
-            let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
-            source.setEventHandler {
-                loop.execute {
-                    Terminal.status("signal \(number): stopping every share and download")
-                    control.stop()
-                    host.stop(exitCode: code)
-                }
-            }
-            source.resume()
-            sources.append(source)
+        let sources = onSignals(on: loop, [(SIGINT, ExitCodes.interrupted), (SIGTERM, ExitCodes.ok)]) {
+            number, code in
+            Terminal.status("signal \(number): stopping every share and download")
+            control.stop()
+            host.stop(exitCode: code)
         }
         loop.execute {
             control.start(environment: environment, name: ControlClient.daemonSocketName) { result in

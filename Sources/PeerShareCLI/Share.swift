@@ -135,19 +135,10 @@ enum SupervisorRunner {
                 logger: logger) : nil
 
         // Ctrl-C and SIGTERM stop the session cleanly: workers are told to exit, then reaped.
-        signal(SIGINT, SIG_IGN)
-        signal(SIGTERM, SIG_IGN)
-        var sources: [DispatchSourceSignal] = []
-        for (number, code) in [(SIGINT, ExitCodes.interrupted), (SIGTERM, ExitCodes.terminated)] {
-            let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
-            source.setEventHandler {
-                loop.execute {
-                    logger.info("signal \(number): shutting down")
-                    session.stop(exitCode: code)
-                }
-            }
-            source.resume()
-            sources.append(source)
+        let sources = onSignals(on: loop, [(SIGINT, ExitCodes.interrupted), (SIGTERM, ExitCodes.terminated)]) {
+            number, code in
+            logger.info("signal \(number): shutting down")
+            session.stop(exitCode: code)
         }
 
         nonisolated(unsafe) var web: LocalHTTPServer?  // set and read on `loop` only
@@ -170,6 +161,20 @@ enum SupervisorRunner {
         for source in sources { source.cancel() }
         try? group.syncShutdownGracefully()
         return code
+    }
+}
+
+/// Ignores SIGINT and SIGTERM as signals and handles them on `loop` instead, each with the
+/// exit code it stands for; keep the returned sources alive, cancel them at the end.
+func onSignals(
+    on loop: EventLoop, _ codes: [(Int32, Int32)], _ handle: @escaping @Sendable (Int32, Int32) -> Void
+) -> [DispatchSourceSignal] {
+    codes.map { number, code in
+        signal(number, SIG_IGN)
+        let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
+        source.setEventHandler { loop.execute { handle(number, code) } }
+        source.resume()
+        return source
     }
 }
 

@@ -126,7 +126,7 @@ public final class ControlServer: @unchecked Sendable {
 
 /// The bandwidth limits in force, changed by `setLimits` requests: every value range-checked,
 /// a request out of range refused with a reply and never applied.
-public struct LimitSettings: Sendable, Equatable {
+public struct LimitSettings: Sendable, Equatable, Codable {
     public var upload: Double
     public var download: Double
     public var perPeer: Double

@@ -1,5 +1,6 @@
 import Foundation
 import PeerShareCore
+import Supervisor
 import Testing
 
 @testable import Daemon
@@ -45,7 +46,7 @@ import Testing
             $0.port = 4321
             $0.secret = String(repeating: "0f", count: 32)
         }
-        state.limits = .init(upload: 1000, download: 0, perPeer: 10)
+        state.limits = LimitSettings(upload: 1000, download: 0, perPeer: 10)
         try file.save(state)
         let loaded = file.load()
         #expect(loaded.state == state)
