@@ -436,6 +436,7 @@ public final class DaemonHost: ControlResponder, SupervisorDelegate, @unchecked 
             item.stopRequested = true
             item.summary.phase = .paused
             item.session?.stop(exitCode: ExitCodes.terminated)
+            withdraw(item, link: state.items.first { $0.id == id }?.link)
             reply(.status(text: "paused \(id)"))
         case .resume(let id):
             guard let item = items[id], state.index(of: id) != nil else { return reply(noSuchItem(id)) }
@@ -455,12 +456,18 @@ public final class DaemonHost: ControlResponder, SupervisorDelegate, @unchecked 
             item.stopRequested = true
             item.session?.stop(exitCode: ExitCodes.terminated)
             items[id] = nil
-            // A restarted discovery worker must not announce it again.
-            if let link = record.link.flatMap({ try? ShareLink.parse($0) }), let pipeline = item.pipeline {
-                dht?.forget(setupKey: "announce", key: pipeline.dhtKey(for: link.shareID))
-            }
+            withdraw(item, link: record.link)
             reply(.status(text: "removed \(id); its files are kept"))
         }
+    }
+
+    /// No more announces of the item's key, in the DHT or on the LAN, now or after a restart
+    /// of the discovery worker (`resume` announces it again).
+    private func withdraw(_ item: Item, link: String?) {
+        guard let node, let link = link.flatMap({ try? ShareLink.parse($0) }), let pipeline = item.pipeline else {
+            return
+        }
+        Announcements.withdraw(key: pipeline.dhtKey(for: link.shareID), dht: dht, lan: lan, supervisor: node)
     }
 
     private func noSuchItem(_ id: UInt32) -> ControlReply {

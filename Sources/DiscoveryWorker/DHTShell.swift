@@ -114,6 +114,10 @@ public final class DHTShell: @unchecked Sendable {
 
     public func exportState() -> [UInt8] { node.exportState(now: now) }
 
+    /// Stops re-announcing a key (the share is paused or gone; its entries at other nodes
+    /// expire on their own).
+    public func stopAnnouncing(_ key: NodeID) { node.stopAnnouncing(key) }
+
     /// BEP 43 read-only mode (loop-confined, like every use of `node`).
     public func setReadOnly(_ readOnly: Bool) { node.readOnly = readOnly }
 }

@@ -105,6 +105,9 @@ public final class DiscoveryService: WorkerService, @unchecked Sendable {
             if bits & 2 != 0 { families.insert(.ipv6) }
             let groups = families
             lanStarted.whenComplete { _ in lan.announce(key: key, port: port, families: groups, serving: serving) }
+        case .withdraw(let key):
+            if let id = NodeID(bytes: key) { shell?.stopAnnouncing(id) }
+            if let lan, let lanStarted { lanStarted.whenComplete { _ in lan.withdraw(key: key) } }
         case .dhtStateRequest(let id):
             guard let shell else { return tell(.dhtState(requestID: id, state: [], summary: "DHT not started")) }
             tell(.dhtState(requestID: id, state: shell.exportState(), summary: summary(shell)))

@@ -163,6 +163,9 @@ final class LANShell: @unchecked Sendable {
                 : discovery.search(key: key, port: port, families: families, now: now))
     }
 
+    /// Neither announces nor looks for the key any more.
+    func withdraw(key: [UInt8]) { discovery.stop(key: key) }
+
     func received(_ bytes: [UInt8], from ip: [UInt8]) {
         perform(discovery.received(bytes, from: ip, now: now))
     }

@@ -78,6 +78,9 @@ public enum WorkerCommand: ChannelMessage {
     /// for its peers (port 0: looking, taking no connections). `families`: where the port takes
     /// connections, 1 IPv4, 2 IPv6, 3 both (announced on those groups only).
     case lanAnnounce(key: [UInt8], port: UInt16, serving: Bool, families: UInt8)
+    /// Stop announcing (and looking for) a 20-byte key, in the DHT and on the LAN: a share the
+    /// daemon paused or removed.
+    case withdraw(key: [UInt8])
 
     public enum Tag: UInt16, CaseIterable, Sendable {
         case welcome = 0x0002
@@ -105,6 +108,7 @@ public enum WorkerCommand: ChannelMessage {
         case dhtReadOnly = 0x0307
         case lanStart = 0x0308
         case lanAnnounce = 0x0309
+        case withdraw = 0x030B
         case natProbe = 0x0400
         case relayStart = 0x0402
         case mapPorts = 0x0404
@@ -142,6 +146,7 @@ public enum WorkerCommand: ChannelMessage {
         case .dhtReadOnly: return .dhtReadOnly
         case .lanStart: return .lanStart
         case .lanAnnounce: return .lanAnnounce
+        case .withdraw: return .withdraw
         }
     }
 
@@ -261,6 +266,7 @@ public enum WorkerCommand: ChannelMessage {
             w.u16(port)
             w.bool(serving)
             w.u8(families)
+        case .withdraw(let key): w.raw(key)
         }
     }
 
@@ -334,6 +340,7 @@ public enum WorkerCommand: ChannelMessage {
         case .lanStart: self = .lanStart(interfaces: try r.list(what: "interface list"))
         case .lanAnnounce:
             self = .lanAnnounce(key: try r.raw(20), port: try r.u16(), serving: try r.bool(), families: try r.u8())
+        case .withdraw: self = .withdraw(key: try r.raw(20))
         }
         try r.expectEnd()
     }

@@ -52,7 +52,9 @@ public enum WorkerRole: String, CaseIterable, Sendable, Codable {
         let common: Set<WorkerCommand.Tag> = [.welcome, .ping, .statusRequest, .countersRequest, .shutdown]
         switch self {
         case .discovery:
-            return common.union([.dhtStart, .dhtRequest, .dhtStateRequest, .dhtReadOnly, .lanStart, .lanAnnounce])
+            return common.union([
+                .dhtStart, .dhtRequest, .dhtStateRequest, .dhtReadOnly, .lanStart, .lanAnnounce, .withdraw,
+            ])
         case .nat:
             return common.union([.natProbe, .mapPorts, .relayStart])
         case .hash:

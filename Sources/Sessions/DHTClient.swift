@@ -225,3 +225,14 @@ enum FetchLimits {
     /// A `fetch` message carries at most this many peers.
     static let maxFetchPeers = 256
 }
+
+/// Taking a key off the DHT and the LAN: the daemon pauses or removes a share or download.
+public enum Announcements {
+    /// The discovery worker stops announcing (and looking for) `key`, and a restarted one will
+    /// not start again.
+    public static func withdraw(key: [UInt8], dht: DHTClient?, lan: LANClient?, supervisor: Supervisor) {
+        dht?.forget(setupKey: "announce", key: key)
+        lan?.forget(key: key)
+        supervisor.send(.withdraw(key: key), to: .discovery)
+    }
+}

@@ -35,6 +35,12 @@ public final class LANClient: @unchecked Sendable {
             to: .discovery, tracking: .setup(key: "lan \(serving) \(key)"))
     }
 
+    /// Forgets a key's announces (both kinds), so a restarted worker does not make them again.
+    /// The discovery worker is told to stop by `DHTClient.withdraw` or `withdraw(key:)`.
+    func forget(key: [UInt8]) {
+        for serving in [true, false] { supervisor.forgetSetup(key: "lan \(serving) \(key)", for: .discovery) }
+    }
+
     /// 1 IPv4, 2 IPv6, 3 both: "::" is dual-stack, "0.0.0.0" and an IPv4 address IPv4 only.
     static func families(listenHost: String) -> UInt8 {
         if listenHost == "::" { return 3 }

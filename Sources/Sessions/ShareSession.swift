@@ -82,23 +82,30 @@ public final class ShareSession: SupervisorDelegate, @unchecked Sendable {
 
     /// Announces the share's DHT key with our TCP port; the discovery worker re-announces
     /// every 15 minutes, and the supervisor re-sends this if that worker restarts.
-    private func announce(port: UInt16) {
+    /// An announce that reached no node (the node was still joining: the daemon's shares are
+    /// often added the moment it starts) is tried again after 2, 4, 8 … s, `announceAttempts`
+    /// times in all; the discovery worker re-announces every 15 minutes after that anyway.
+    private func announce(port: UInt16, attempt: Int = 1) {
         guard let dht, let shareID else { return }
         let key = pipeline.dhtKey(for: shareID)
-        dht.request(.announce, key: key, port: port, setupKey: "announce") { [output, logger] result in
+        dht.request(.announce, key: key, port: port, setupKey: "announce") { [self] result in
             switch result {
-            case .success(let report):
-                if report.announcedTo > 0 {
-                    output.status("announced in the DHT to \(report.announcedTo) nodes")
-                } else {
-                    logger.warning(
-                        "DHT announce reached no node (no bootstrap node answered); peers need the link's hints")
+            case .success(let report) where report.announcedTo > 0:
+                output.status("announced in the DHT to \(report.announcedTo) nodes")
+            case .success where attempt < ShareSession.announceAttempts:
+                supervisor.eventLoop.scheduleTask(in: .seconds(Int64(1) << attempt)) { [self] in
+                    announce(port: port, attempt: attempt + 1)
                 }
+            case .success:
+                logger.warning(
+                    "DHT announce reached no node (no bootstrap node answered); peers need the link's hints")
             case .failure(let failure):
                 logger.warning("DHT announce failed: \(failure)")
             }
         }
     }
+
+    static let announceAttempts = 6
 
     public func supervisor(_ supervisor: Supervisor, received message: WorkerReport, from role: WorkerRole) {
         if role == .discovery, let dht, dht.handle(message) { return }

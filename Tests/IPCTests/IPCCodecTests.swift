@@ -42,6 +42,7 @@ final class IPCCodecTests: XCTestCase {
         .dhtReadOnly(readOnly: true),
         .lanStart(interfaces: ["3 192.168.50.2/24 fd00::2/64"]),
         .lanAnnounce(key: [UInt8](repeating: 5, count: 20), port: 4000, serving: false, families: 3),
+        .withdraw(key: [UInt8](repeating: 6, count: 20)),
     ]
 
     static let everyReport: [WorkerReport] = [

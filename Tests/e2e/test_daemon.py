@@ -37,8 +37,10 @@ class Daemon:
     def start(self):
         offset = self.log.stat().st_size if self.log.exists() else 0
         self.logfile = open(self.log, "a")
+        # No DHT unless the test gives a bootstrap node.
+        dht = [] if "--bootstrap" in self.extra else ["--no-dht"]
         self.proc = subprocess.Popen(
-            [BIN, "daemon", "--no-dht", "--no-lan", "--listen-host", "127.0.0.1", "--log-level", "info",
+            [BIN, "daemon", *dht, "--no-lan", "--listen-host", "127.0.0.1", "--log-level", "info",
              *self.extra], stdout=self.logfile, stderr=subprocess.STDOUT, env=self.env)
         deadline = time.time() + 20
         while time.time() < deadline:
@@ -164,6 +166,49 @@ def test_one_daemon_holds_many_shares_and_another_fetches_them(tmp_path, daemons
                         "--no-lan")
     assert again.returncode == 0, again.stderr
     assert (tmp_path / "out2" / "one.bin").read_bytes() == single.read_bytes()
+
+
+def test_daemons_find_each_other_through_their_one_dht_node(tmp_path, daemons):
+    """A link with no peer hints: the fetching daemon's DHT node finds the sharing daemon's
+    announce. Each daemon runs one DHT node for all it holds, and keeps its table."""
+    port = free_udp_port()
+    node = subprocess.Popen([BIN, "dht", "node", "--dht-listen", f"127.0.0.1:{port}", "--bootstrap",
+                             f"127.0.0.1:{port}"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        # The node prints its address once it listens: the daemons join through it.
+        assert node.stdout.readline().strip() == f"127.0.0.1:{port}"
+        dht = ("--dht-listen", "127.0.0.1:0", "--bootstrap", f"127.0.0.1:{port}")
+        seeder = daemons("seeder", *dht)
+        fetcher = daemons("fetcher", *dht)
+        payload = tmp_path / "found-by-dht.bin"
+        payload.write_bytes(os.urandom(300_000))
+        link = seeder.cli("share", str(payload)).stdout.strip()
+        bare = link.split("?")[0]
+        assert "peer=" not in bare
+        # The announce may need a moment to reach the node.
+        result = fetcher.cli("get", bare, "-o", str(tmp_path / "out"), "--wait", timeout=90)
+        assert result.returncode == 0, result.stderr + fetcher.log.read_text()
+        assert (tmp_path / "out" / payload.name).read_bytes() == payload.read_bytes()
+        assert len([p for p in fetcher.workers() if "worker discovery" in cmdline(p)]) == 1
+        # Pausing the share takes its key off the DHT and the LAN: the discovery worker takes
+        # the `withdraw` as a command of its own (a violation would have it restarted).
+        discovery = [p for p in seeder.workers() if "worker discovery" in cmdline(p)]
+        assert seeder.cli("pause", "1").returncode == 0
+        time.sleep(1)
+        assert [p for p in seeder.workers() if "worker discovery" in cmdline(p)] == discovery
+        assert "violation" not in seeder.log.read_text()
+        fetcher.stop()
+        assert (fetcher.state_dir / "peershare" / "dht-daemon.dat").exists()
+    finally:
+        node.terminate()
+        node.wait(timeout=10)
+
+
+def free_udp_port() -> int:
+    import socket
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def test_without_a_daemon_the_daemon_commands_say_so(tmp_path):
