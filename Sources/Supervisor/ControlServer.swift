@@ -95,6 +95,8 @@ public final class ControlServer: @unchecked Sendable {
             .whenComplete { [self] result in
                 switch result {
                 case .success(let channel):
+                    // The user's alone, like its folder (connecting needs write permission).
+                    chmod(socketPath, 0o600)
                     self.channel = channel
                     path = socketPath
                     logger.info("control socket \(socketPath)")

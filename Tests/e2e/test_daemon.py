@@ -154,8 +154,9 @@ def test_one_daemon_holds_many_shares_and_another_fetches_them(tmp_path, daemons
     assert folder.exists()
     missing = seeder.cli("pause", "7")
     assert missing.returncode == 64 and "no item 7" in missing.stderr
-    # The state is the user's alone: it holds an encrypted share's secret.
+    # The state is the user's alone: it holds an encrypted share's secret. So is the socket.
     assert seeder.state_file.stat().st_mode & 0o077 == 0
+    assert (seeder.run_dir / "peershare" / "daemon.sock").stat().st_mode & 0o777 == 0o600
 
     # A restarted daemon serves its shares again on the same port: the link still works.
     seeder.stop()
