@@ -261,6 +261,8 @@ public final class DaemonHost: ControlResponder, SupervisorDelegate, @unchecked 
         if item.stopRequested || stopping {
             if state.index(of: id) != nil, item.summary.phase != .failed { item.summary.phase = .paused }
             answerWaiting(item, with: .refused(code: UInt16(ExitCodes.unavailable), message: "item \(id) was stopped"))
+            // Resumed while it was stopping (`resume` right after `pause`): start it again.
+            if !stopping, let index = state.index(of: id), !state.items[index].paused { startItem(id) }
             return
         }
         item.summary.phase = .failed
@@ -455,6 +457,8 @@ public final class DaemonHost: ControlResponder, SupervisorDelegate, @unchecked 
             save()
             item.stopRequested = true
             item.session?.stop(exitCode: ExitCodes.terminated)
+            // A `share` still waiting for this item's link hears that it is gone.
+            answerWaiting(item, with: .refused(code: UInt16(ExitCodes.unavailable), message: "item \(id) was removed"))
             items[id] = nil
             withdraw(item, link: record.link)
             reply(.status(text: "removed \(id); its files are kept"))

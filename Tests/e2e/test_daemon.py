@@ -149,6 +149,10 @@ def test_one_daemon_holds_many_shares_and_another_fetches_them(tmp_path, daemons
     assert seeder.items()[1]["state"] == "paused"
     assert seeder.cli("resume", "1").returncode == 0
     wait_for(lambda: seeder.items()[1]["state"] == "serving", 30, "the resumed share to serve")
+    # Resumed while its workers are still stopping: it comes back all the same.
+    assert seeder.cli("pause", "1").returncode == 0
+    assert seeder.cli("resume", "1").returncode == 0
+    wait_for(lambda: seeder.items()[1]["state"] == "serving", 30, "the share paused and resumed at once to serve")
     assert seeder.cli("remove", "2").returncode == 0
     assert sorted(seeder.items()) == [1]
     assert folder.exists()
