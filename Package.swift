@@ -199,7 +199,7 @@ let package = Package(
         .testTarget(name: "TraversalTests", dependencies: ["Traversal", "PeerShareCore", "Wire"]),
         .testTarget(name: "LocalDiscoveryTests", dependencies: ["LocalDiscovery"]),
         .testTarget(name: "LocalWebTests", dependencies: ["LocalWeb", "IPC"]),
-        .testTarget(name: "DaemonTests", dependencies: ["Daemon", "IPC", "PeerShareCore", "Supervisor"]),
+        .testTarget(name: "DaemonTests", dependencies: ["Daemon", "IPC", "PeerShareCore", "Sessions", "Supervisor"]),
         // End-to-end tests drive real processes from Python: Tests/e2e (run by contrib/test.sh).
         .testTarget(name: "IPCTests", dependencies: ["IPC", "PeerWire", "PeerShareCore", "Wire"]),
         .testTarget(

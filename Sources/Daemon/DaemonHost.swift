@@ -24,6 +24,9 @@ public struct DaemonSettings: Sendable {
     public var identity: [UInt8]
     /// Where the web UI suggests downloads go.
     public var downloadDirectory: String
+    /// Seconds without a peer before a share (or a finished download) sleeps: its workers
+    /// stop, the daemon holds its port, and the next peer that connects wakes it. 0: never.
+    public var sleepAfterSeconds: Double = 60
 
     public init(
         config: PipelineConfig, logLevel: String, dht: DHTSettings?, lan: Bool, listenHost: String,
@@ -75,6 +78,13 @@ public final class DaemonHost: ControlResponder, SupervisorDelegate, @unchecked 
         var supervisor: Supervisor?
         var session: (any Session)?
         var pipeline: PeerPipeline?
+        /// The item's port, held by the daemon while it holds the item (`HeldListener`).
+        var listener: HeldListener?
+        /// The share's manifest, once known: a sleeping item wakes without hashing again.
+        var manifest: [UInt8]?
+        /// Asleep (or falling asleep): no workers; a peer connecting wakes it.
+        var sleeping = false
+        var sleepPolicy: SleepPolicy
         /// Stopped on purpose (pause, remove, the daemon stopping): not a failure.
         var stopRequested = false
         /// `addShare` answers waiting for the share's link.
@@ -94,7 +104,10 @@ public final class DaemonHost: ControlResponder, SupervisorDelegate, @unchecked 
             change(&peers[address, default: PeerRecord()])
         }
 
-        init(summary: DaemonItemSummary) { self.summary = summary }
+        init(summary: DaemonItemSummary, sleepAfter: Double) {
+            self.summary = summary
+            sleepPolicy = SleepPolicy(idleSeconds: sleepAfter)
+        }
     }
 
     public init(
@@ -122,11 +135,14 @@ public final class DaemonHost: ControlResponder, SupervisorDelegate, @unchecked 
             lan = nil
         }
         for record in state.items {
-            items[record.id] = Item(summary: DaemonHost.summary(of: record))
+            items[record.id] = Item(summary: DaemonHost.summary(of: record), sleepAfter: settings.sleepAfterSeconds)
         }
     }
 
     static let itemHeartbeatMs = 10_000
+    /// Where held listeners report a waiting peer (then hopped onto the loop).
+    private let wakeQueue = DispatchQueue(label: "peershare.daemon.wake")
+    private var sleepCheck: RepeatedTask?
     static let itemHeartbeatTimeoutMs = 60_000
 
     /// Completes with the daemon's exit code once it has stopped.
@@ -145,6 +161,13 @@ public final class DaemonHost: ControlResponder, SupervisorDelegate, @unchecked 
     public func start() {
         eventLoop.preconditionInEventLoop()
         node?.delegate = self
+        if settings.sleepAfterSeconds > 0 {
+            // A few looks per idle period: an item sleeps within a look or two of it.
+            let every = Int64(max(1, min(10, settings.sleepAfterSeconds / 4)) * 1000)
+            sleepCheck = eventLoop.scheduleRepeatedTask(
+                initialDelay: .milliseconds(every), delay: .milliseconds(every)
+            ) { [self] _ in lookForIdleItems() }
+        }
         guard let node else { return startItems() }
         node.start().whenComplete { [self] result in
             switch result {
@@ -171,6 +194,8 @@ public final class DaemonHost: ControlResponder, SupervisorDelegate, @unchecked 
         eventLoop.preconditionInEventLoop()
         guard !stopping else { return }
         stopping = true
+        sleepCheck?.cancel()
+        for item in items.values { item.listener?.unwatch() }
         let endings = items.values.compactMap { item -> EventLoopFuture<Int32>? in
             guard let session = item.session else { return nil }
             item.stopRequested = true
@@ -201,7 +226,25 @@ public final class DaemonHost: ControlResponder, SupervisorDelegate, @unchecked 
             return
         }
         item.pipeline = pipeline
+        if item.listener == nil {
+            do {
+                let listener = try HeldListener.open(host: settings.listenHost, port: record.port)
+                item.listener = listener
+                if record.port != listener.port {
+                    state.update(id) { $0.port = listener.port }
+                    save()
+                }
+            } catch {
+                item.summary.phase = .failed
+                item.summary.exitCode = UInt16(ExitCodes.unavailable)
+                item.summary.note = "\(error)"
+                return
+            }
+        }
+        item.listener?.unwatch()
         item.stopRequested = false
+        item.sleeping = false
+        item.sleepPolicy.reset()
         item.summary.phase = .starting
         item.summary.exitCode = 0
         var config = settings.config
@@ -216,19 +259,29 @@ public final class DaemonHost: ControlResponder, SupervisorDelegate, @unchecked 
         config.limits.maxDownloadRate = limits.download
         config.limits.maxPeerUploadRate = limits.perPeer
         let isShare = record.kind == .share
+        // Woken from sleep (or a finished download): served from its manifest, not hashed
+        // again; a finished download is then a share of where it landed.
+        let servedPath = isShare ? record.path : record.finalPath
+        let known = servedPath != nil ? item.manifest : nil
+        let readable = known != nil ? servedPath.map { [$0] } ?? [] : isShare ? [record.path] : []
         let table = WorkerTable.standard(
-            config: config, logLevel: settings.logLevel, readable: isShare ? [record.path] : [],
-            writable: isShare ? [] : [record.path], roles: [.transfer, .hash])
+            config: config, logLevel: settings.logLevel, readable: readable,
+            writable: readable.isEmpty ? [record.path] : [], roles: [.transfer, .hash])
         var itemLogger = logger
         itemLogger[metadataKey: "item"] = "\(id)"
         let supervisor = Supervisor(
             table: table, eventLoop: eventLoop, logger: itemLogger,
             plugins: PeerPipeline(stages: config.stages, secret: nil).plugins)
+        supervisor.transferListener = item.listener?.descriptor
         let context = SessionContext(
             supervisor: supervisor, dht: dht, lan: lan, output: output(for: id), logger: itemLogger, savesDHT: false)
-        let listen = PeerAddress(host: settings.listenHost, port: Int(record.port))
+        let listen = PeerAddress(host: settings.listenHost, port: Int(item.listener?.port ?? record.port))
         let session: any Session
-        if isShare {
+        if let known, let servedPath {
+            session = ShareSession(
+                context: context, path: servedPath, listen: listen, pipeline: pipeline, identity: settings.identity,
+                knownManifest: known)
+        } else if isShare {
             session = ShareSession(
                 context: context, path: record.path, listen: listen, pipeline: pipeline, identity: settings.identity)
         } else {
@@ -258,6 +311,14 @@ public final class DaemonHost: ControlResponder, SupervisorDelegate, @unchecked 
         guard let item = items[id], item.session === session else { return }
         item.session = nil
         item.supervisor = nil
+        if item.sleeping, !stopping, let index = state.index(of: id), !state.items[index].paused {
+            item.summary.phase = .sleeping
+            item.summary.note =
+                "no peer for \(Int(settings.sleepAfterSeconds)) s: workers stopped; a peer connecting wakes it"
+            item.listener?.watch(queue: wakeQueue) { [self] in eventLoop.execute { self.wake(id) } }
+            return
+        }
+        item.sleeping = false
         if item.stopRequested || stopping {
             if state.index(of: id) != nil, item.summary.phase != .failed { item.summary.phase = .paused }
             answerWaiting(item, with: .refused(code: UInt16(ExitCodes.unavailable), message: "item \(id) was stopped"))
@@ -267,9 +328,53 @@ public final class DaemonHost: ControlResponder, SupervisorDelegate, @unchecked 
         }
         item.summary.phase = .failed
         item.summary.exitCode = UInt16(clamping: code)
+        // Nothing serves its port now: peers are refused rather than left in the backlog.
+        item.listener?.close()
+        item.listener = nil
         if item.summary.note.isEmpty { item.summary.note = "stopped with exit code \(code)" }
         say("item \(id) failed: \(InertText.make(item.summary.note))")
         answerWaiting(item, with: .refused(code: UInt16(clamping: code), message: item.summary.note))
+    }
+
+    // MARK: Sleeping items
+
+    /// One look at every running share and finished download: has its transfer worker seen
+    /// no peer for `sleepAfterSeconds`? Then it sleeps.
+    private func lookForIdleItems() {
+        for (id, item) in items {
+            guard let supervisor = item.supervisor, let session = item.session, !item.stopRequested,
+                item.manifest != nil, item.summary.phase == .serving || item.summary.phase == .seeding
+            else { continue }
+            supervisor.collectCounters().whenSuccess { [self] counters in
+                guard item.session === session, !item.stopRequested, let transfer = counters[.transfer] else { return }
+                let count = { (name: String) in transfer.first { $0.name == name }?.value ?? 0 }
+                let now = Double(NIODeadline.now().uptimeNanoseconds) / 1e9
+                if item.sleepPolicy.observe(
+                    now: now, connections: count("serving_connections") &+ count("download_peers"),
+                    activity: count("peers_served") &+ count("bytes_sent"))
+                {
+                    sleep(id, item)
+                }
+            }
+        }
+    }
+
+    /// Stops the item's workers; its port stays open in the daemon (`HeldListener`), so the
+    /// DHT, the LAN and links still lead peers to it.
+    private func sleep(_ id: UInt32, _ item: Item) {
+        guard let session = item.session, item.listener != nil else { return }
+        logger.info(
+            "item \(id): no peer for \(Int(settings.sleepAfterSeconds)) s; stopping its workers until one comes")
+        item.sleeping = true
+        item.stopRequested = true
+        session.stop(exitCode: ExitCodes.terminated)
+    }
+
+    /// A peer is waiting on a sleeping item's port: start its workers, which accept it.
+    private func wake(_ id: UInt32) {
+        guard !stopping, let item = items[id], item.sleeping, item.session == nil else { return }
+        logger.info("item \(id): a peer is connecting; waking it")
+        startItem(id)
     }
 
     private func answerWaiting(_ item: Item, with reply: ControlReply) {
@@ -281,36 +386,20 @@ public final class DaemonHost: ControlResponder, SupervisorDelegate, @unchecked 
     /// The pipeline of pipeline.json, plus encryption for an encrypted share or a link with a
     /// key. A share's secret is made once and kept in the state file: its link outlives us.
     private func makePipeline(for record: DaemonState.ItemRecord) throws -> PeerPipeline {
-        var stages = settings.config.stages
         switch record.kind {
         case .share:
-            if record.encrypt && !stages.contains(where: \.isEncryption) {
-                stages.append(StageSpec(name: "sodium", kind: .sodium, required: true))
+            let kept = record.secret.flatMap { [UInt8](hex: $0) }
+            let pipeline = try PeerPipeline.forShare(
+                stages: settings.config.stages, encrypt: record.encrypt, secret: kept)
+            if let secret = pipeline.secret, kept == nil {
+                state.update(record.id) { $0.secret = secret.hexString }
+                save()
             }
-            guard stages.contains(where: \.isEncryption) else { return PeerPipeline(stages: stages, secret: nil) }
-            try Sodium.start()
-            if let secret = record.secret.flatMap({ [UInt8](hex: $0) }) {
-                return PeerPipeline(stages: stages, secret: secret)
-            }
-            let secret = Sodium.random(ShareLink.secretBytes)
-            state.update(record.id) { $0.secret = secret.hexString }
-            save()
-            return PeerPipeline(stages: stages, secret: secret)
+            return pipeline
         case .download:
-            let link = try ShareLink.parse(record.link ?? "")
-            if link.secret != nil && !stages.contains(where: \.isEncryption) {
-                stages.append(StageSpec(name: "sodium", kind: .sodium, required: true))
-            }
-            guard link.secret != nil || !stages.contains(where: \.isEncryption) else {
-                throw DaemonError("the pipeline encrypts ('sodium' stage), but this link has no key")
-            }
-            return PeerPipeline(stages: stages, secret: link.secret)
+            return try PeerPipeline.forDownload(
+                stages: settings.config.stages, link: ShareLink.parse(record.link ?? ""))
         }
-    }
-
-    struct DaemonError: Error, CustomStringConvertible {
-        var description: String
-        init(_ text: String) { description = text }
     }
 
     /// What an item's session says, turned into its summary (and state, where it lasts).
@@ -343,6 +432,7 @@ public final class DaemonHost: ControlResponder, SupervisorDelegate, @unchecked 
             state.update(id) { $0.port = port }
             save()
         }
+        output.manifest = { [self] bytes in items[id]?.manifest = bytes }
         output.verifiedFrom = { [self] peer, bytes in
             items[id]?.peer(peer) {
                 $0.chunks += 1
@@ -380,6 +470,12 @@ public final class DaemonHost: ControlResponder, SupervisorDelegate, @unchecked 
 
     private func linkPrinted(_ id: UInt32, _ text: String) {
         guard let item = items[id] else { return }
+        if item.summary.kind == .download, item.session is ShareSession {
+            // A finished download woken from sleep, served as a share of where it landed.
+            item.summary.phase = .seeding
+            item.summary.bytesDone = item.summary.bytesTotal
+            return
+        }
         // A download's result line: what it fetched in this run (what resuming saved).
         guard item.summary.kind == .share else { return say("item \(id): \(text)") }
         item.summary.link = text
@@ -410,10 +506,11 @@ public final class DaemonHost: ControlResponder, SupervisorDelegate, @unchecked 
         case .status:
             let shares = state.items.filter { $0.kind == .share }.count
             let running = items.values.filter { $0.session != nil }.count
+            let sleeping = items.values.filter { $0.session == nil && $0.sleeping }.count
             reply(
                 .status(
                     text:
-                        "daemon pid \(getpid()): \(shares) shares, \(state.items.count - shares) downloads, \(running) running; \(limits.summary)"
+                        "daemon pid \(getpid()): \(shares) shares, \(state.items.count - shares) downloads, \(running) running, \(sleeping) sleeping; \(limits.summary)"
                 ))
         case .setLimits(let upload, let download, let perPeer):
             if let problem = limits.apply(upload: upload, download: download, perPeer: perPeer) {
@@ -437,6 +534,10 @@ public final class DaemonHost: ControlResponder, SupervisorDelegate, @unchecked 
             save()
             item.stopRequested = true
             item.summary.phase = .paused
+            item.sleeping = false
+            // Peers are refused, not left waiting in a backlog nobody will accept.
+            item.listener?.close()
+            item.listener = nil
             item.session?.stop(exitCode: ExitCodes.terminated)
             withdraw(item, link: state.items.first { $0.id == id }?.link)
             reply(.status(text: "paused \(id)"))
@@ -456,6 +557,9 @@ public final class DaemonHost: ControlResponder, SupervisorDelegate, @unchecked 
             guard let item = items[id], let record = state.remove(id) else { return reply(noSuchItem(id)) }
             save()
             item.stopRequested = true
+            item.sleeping = false
+            item.listener?.close()
+            item.listener = nil
             item.session?.stop(exitCode: ExitCodes.terminated)
             // A `share` still waiting for this item's link hears that it is gone.
             answerWaiting(item, with: .refused(code: UInt16(ExitCodes.unavailable), message: "item \(id) was removed"))
@@ -509,7 +613,7 @@ public final class DaemonHost: ControlResponder, SupervisorDelegate, @unchecked 
             }
         case .added(let id):
             guard let index = state.index(of: id) else { return }
-            let item = Item(summary: DaemonHost.summary(of: state.items[index]))
+            let item = Item(summary: DaemonHost.summary(of: state.items[index]), sleepAfter: settings.sleepAfterSeconds)
             items[id] = item
             save()
             item.waiting.append(reply)
@@ -534,11 +638,10 @@ public final class DaemonHost: ControlResponder, SupervisorDelegate, @unchecked 
             return reply(
                 .refused(code: UInt16(ExitCodes.cannotCreate), message: "'\(target)' is not a directory"))
         }
-        if link.secret == nil && settings.config.stages.contains(where: \.isEncryption) {
-            return reply(
-                .refused(
-                    code: UInt16(ExitCodes.usage),
-                    message: "the pipeline encrypts ('sodium' stage), but this link has no key"))
+        do {
+            _ = try PeerPipeline.forDownload(stages: settings.config.stages, link: link)
+        } catch {
+            return reply(.refused(code: UInt16(ExitCodes.usage), message: "\(error)"))
         }
         switch state.addDownload(link: link, text: text, target: target) {
         case .full:
@@ -547,7 +650,8 @@ public final class DaemonHost: ControlResponder, SupervisorDelegate, @unchecked 
             reply(.added(id: id, link: ""))
         case .added(let id):
             guard let index = state.index(of: id) else { return }
-            items[id] = Item(summary: DaemonHost.summary(of: state.items[index]))
+            items[id] = Item(
+                summary: DaemonHost.summary(of: state.items[index]), sleepAfter: settings.sleepAfterSeconds)
             items[id]?.summary.name = link.shareID.short
             save()
             say("item \(id): downloading \(link.shareID.short) into \(target)")

@@ -159,6 +159,9 @@ public struct DaemonItemSummary: Sendable, Equatable {
     public enum Phase: UInt8, Sendable, CaseIterable {
         case starting = 1
         case hashing, serving, downloading, seeding, paused, failed
+        /// A share or finished download with no peer for a while: no workers, its port held
+        /// by the daemon; the next peer to connect wakes it.
+        case sleeping
 
         public var name: String {
             switch self {
@@ -169,6 +172,7 @@ public struct DaemonItemSummary: Sendable, Equatable {
             case .seeding: return "seeding"
             case .paused: return "paused"
             case .failed: return "failed"
+            case .sleeping: return "sleeping"
             }
         }
     }

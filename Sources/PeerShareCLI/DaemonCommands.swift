@@ -42,11 +42,25 @@ struct DaemonCommand: ParsableCommand {
     @Flag(name: .long, help: "Serve no web UI.")
     var noUI = false
 
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "Seconds a share (or a finished download) may go without a peer before it sleeps (0: never).",
+            discussion: """
+                A sleeping item runs no worker process: the daemon holds its port open, and the
+                first peer to connect wakes it (its workers start and accept that peer). The DHT and
+                the LAN go on announcing it.
+                """))
+    var sleepAfter: Double = 60
+
     @OptionGroup var common: CommonOptions
     @OptionGroup var dht: DHTOptions
     @OptionGroup var lan: LANOptions
 
     func validate() throws {
+        guard sleepAfter >= 0, sleepAfter <= 86_400 * 365, sleepAfter.isFinite else {
+            throw ValidationError("--sleep-after: give seconds from 0 (never sleep) to a year")
+        }
         guard let address = try? PeerAddress.parse(ui) else { throw ValidationError("--ui: '\(ui)' is not HOST:PORT") }
         guard ["127.0.0.1", "::1", "localhost"].contains(address.host) else {
             throw ValidationError("--ui: serve on a loopback address (127.0.0.1:PORT), not \(address.host)")
@@ -78,11 +92,12 @@ struct DaemonCommand: ParsableCommand {
         // The daemon's one DHT node keeps its table in a file of its own, whatever its port.
         var dhtSettings = dht.settings(config: config)
         dhtSettings?.statePath = (statePath as NSString).deletingLastPathComponent + "/dht-daemon.dat"
-        let settings = DaemonSettings(
+        var settings = DaemonSettings(
             config: config, logLevel: common.logLevel, dht: dhtSettings, lan: lan.enabled(config: config),
             listenHost: listenHost, stateFile: stateFile, environment: environment,
             identity: IdentityStore.load(environment: environment),
             downloadDirectory: environment["XDG_DOWNLOAD_DIR"] ?? ((environment["HOME"] ?? "/tmp") + "/Downloads"))
+        settings.sleepAfterSeconds = sleepAfter
         let uiAddress = noUI ? nil : try? PeerAddress.parse(ui)
 
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
@@ -262,7 +277,7 @@ enum DaemonItems {
     }
 
     static func percent(_ item: DaemonItemSummary) -> String {
-        guard item.bytesTotal > 0 else { return item.phase == .serving || item.phase == .seeding ? "100%" : "-" }
+        guard item.bytesTotal > 0 else { return [.serving, .seeding, .sleeping].contains(item.phase) ? "100%" : "-" }
         return String(format: "%.0f%%", Double(item.bytesDone) * 100 / Double(item.bytesTotal))
     }
 
@@ -295,7 +310,7 @@ enum DaemonItems {
             switch item.phase {
             case .downloading where item.bytesTotal > 0:
                 meter.update(done: item.bytesDone, total: item.bytesTotal, label: "downloading", peers: Int(item.peers))
-            case .seeding:
+            case .seeding, .sleeping:
                 meter.finish()
                 Terminal.line("verified and saved: \(item.path)")
                 return

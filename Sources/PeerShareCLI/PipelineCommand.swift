@@ -8,32 +8,21 @@ import Supervisor
 /// How `share` and `get` turn pipeline.json, `--encrypt` and the link into a pipeline.
 enum PipelineOptions {
     static func forShare(config: PipelineConfig, encrypt: Bool) -> PeerPipeline {
-        var stages = config.stages
-        if encrypt && !stages.contains(where: \.isEncryption) {
-            stages.append(StageSpec(name: "sodium", kind: .sodium, required: true))
-        }
-        let encrypts = stages.contains(where: \.isEncryption)
-        guard encrypts else { return PeerPipeline(stages: stages, secret: nil) }
-        guard (try? Sodium.start()) != nil else {
+        do {
+            return try PeerPipeline.forShare(stages: config.stages, encrypt: encrypt)
+        } catch {
             Terminal.error("libsodium failed to initialise; cannot encrypt")
             Foundation.exit(ExitCodes.software)
         }
-        return PeerPipeline(stages: stages, secret: Sodium.random(ShareLink.secretBytes))
     }
 
-    /// A link with a key turns encryption on (required); a pipeline that encrypts needs a key.
     static func forGet(config: PipelineConfig, link: ShareLink) throws -> PeerPipeline {
-        var stages = config.stages
-        if link.secret != nil && !stages.contains(where: \.isEncryption) {
-            stages.append(StageSpec(name: "sodium", kind: .sodium, required: true))
-        }
-        if stages.contains(where: \.isEncryption) && link.secret == nil {
-            Terminal.error(
-                "the pipeline encrypts ('sodium' stage), but this link has no key; use the link `peershare share` printed, key included"
-            )
+        do {
+            return try PeerPipeline.forDownload(stages: config.stages, link: link)
+        } catch {
+            Terminal.error("\(error)")
             throw ExitCode(ExitCodes.usage)
         }
-        return PeerPipeline(stages: stages, secret: link.secret)
     }
 }
 

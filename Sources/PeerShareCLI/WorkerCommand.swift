@@ -22,6 +22,8 @@ struct WorkerCommand: ParsableCommand {
     @Option(name: .long) var sandbox: String = SandboxProfile.Kind.none.rawValue
     @Option(name: .customLong("sandbox-read")) var sandboxReadable: [String] = []
     @Option(name: .customLong("sandbox-write")) var sandboxWritable: [String] = []
+    /// The transfer worker: a listening socket the supervisor hands down (the daemon's held port).
+    @Option(name: .customLong("listener-fd")) var listenerDescriptor: Int32?
 
     func run() throws {
         guard let role = WorkerRole(rawValue: role) else {
@@ -50,7 +52,7 @@ struct WorkerCommand: ParsableCommand {
             switch role {
             case .hash: return HashService(logger: logger)
             case .transfer:
-                return TransferService(logger: logger, pipe: pipe)
+                return TransferService(logger: logger, pipe: pipe, inheritedListener: listenerDescriptor)
             case .discovery:
                 return DiscoveryService(logger: logger, pipe: pipe)
             case .nat: return NATService(logger: logger, pipe: pipe)

@@ -245,6 +245,7 @@ public final class DownloadSession: SupervisorDelegate, @unchecked Sendable {
             }
             guard manifestBytes == nil else { return }
             manifestBytes = bytes
+            output.manifest?(bytes)
             do {
                 let decoded = try Manifest.decode(bytes)
                 manifest = decoded

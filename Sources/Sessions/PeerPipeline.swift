@@ -19,6 +19,39 @@ public struct PeerPipeline: Sendable {
 
     public var encrypts: Bool { stages.contains { $0.isEncryption } }
 
+    /// The rule every front end follows (`share`, `get`, the daemon), in one place: encryption
+    /// asked for (`--encrypt`, a link with a key) and not in pipeline.json is added as a
+    /// required sodium stage; a pipeline that encrypts needs a key.
+
+    /// A share's pipeline: pipeline.json's stages, plus encryption if asked for. `secret`
+    /// gives the key of an encrypted share (one kept from before); otherwise a fresh one is
+    /// made. A public share has none.
+    public static func forShare(stages: [StageSpec], encrypt: Bool, secret: [UInt8]? = nil) throws -> PeerPipeline {
+        let stages = withEncryption(stages, if: encrypt)
+        guard stages.contains(where: \.isEncryption) else { return PeerPipeline(stages: stages, secret: nil) }
+        try Sodium.start()
+        return PeerPipeline(stages: stages, secret: secret ?? Sodium.random(ShareLink.secretBytes))
+    }
+
+    /// A download's pipeline: a link with a key turns encryption on; a pipeline that
+    /// encrypts refuses a link without one.
+    public static func forDownload(stages: [StageSpec], link: ShareLink) throws -> PeerPipeline {
+        let stages = withEncryption(stages, if: link.secret != nil)
+        guard link.secret != nil || !stages.contains(where: \.isEncryption) else { throw MissingKey() }
+        return PeerPipeline(stages: stages, secret: link.secret)
+    }
+
+    public struct MissingKey: Error, CustomStringConvertible {
+        public var description: String {
+            "the pipeline encrypts ('sodium' stage), but this link has no key; use the link `peershare share` printed, key included"
+        }
+    }
+
+    static func withEncryption(_ stages: [StageSpec], if wanted: Bool) -> [StageSpec] {
+        guard wanted, !stages.contains(where: \.isEncryption) else { return stages }
+        return stages + [StageSpec(name: "sodium", kind: .sodium, required: true)]
+    }
+
     /// The plugin stages, in pipeline order: the supervisor runs these.
     public var plugins: [PluginSpec] {
         stages.compactMap { spec in

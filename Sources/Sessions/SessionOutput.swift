@@ -13,6 +13,9 @@ public struct SessionOutput: Sendable {
     public var described: (@Sendable (_ name: String, _ bytes: UInt64) -> Void)?
     public var serving: (@Sendable (_ port: UInt16) -> Void)?
     public var completed: (@Sendable (_ path: String) -> Void)?
+    /// The share's manifest, once known (hashed, or received and checked against the link):
+    /// the daemon keeps it to wake a sleeping share without hashing it again.
+    public var manifest: (@Sendable (_ bytes: [UInt8]) -> Void)?
     /// A chunk from `peer` passed verification (its bytes): the daemon's per-peer counts.
     public var verifiedFrom: (@Sendable (_ peer: String, _ bytes: UInt64) -> Void)?
     /// A transfer worker's line about a peer ("peer ADDRESS: connected, PATH, in N ms").

@@ -35,6 +35,9 @@ public final class ShareSession: SupervisorDelegate, @unchecked Sendable {
     /// What peers' handshakes say they see us at (`ObservedAddresses`).
     private var observed = ObservedAddresses()
     private var manifest: [UInt8]?
+    /// A manifest made before (the daemon waking a sleeping share): the hash worker opens the
+    /// share with it instead of hashing it again.
+    private let knownManifest: [UInt8]?
     private var shareID: ShareID?
     private var linkPrinted = false
     private var buildRequest: UInt32 = 0
@@ -43,8 +46,9 @@ public final class ShareSession: SupervisorDelegate, @unchecked Sendable {
         context: SessionContext, path: String, listen: PeerAddress,
         pipeline: PeerPipeline = PeerPipeline(stages: [], secret: nil), identity: [UInt8] = [],
         relays: [PeerAddress] = [], relayAddresses: [String] = [], mapPorts: Bool = false,
-        findRelays: Bool = false, volunteerRelay: PeerAddress? = nil
+        findRelays: Bool = false, volunteerRelay: PeerAddress? = nil, knownManifest: [UInt8]? = nil
     ) {
+        self.knownManifest = knownManifest
         self.findRelays = findRelays
         self.volunteerRelay = volunteerRelay
         self.mapPorts = mapPorts
@@ -74,6 +78,13 @@ public final class ShareSession: SupervisorDelegate, @unchecked Sendable {
                     circuitSeconds: 3600), to: .nat, tracking: .setup(key: "relay"))
         }
         buildRequest = supervisor.makeRequestID()
+        if let knownManifest {
+            // The hash worker still checks that every file is there with its size.
+            supervisor.send(
+                .openShare(requestID: buildRequest, path: path, manifest: knownManifest), to: .hash,
+                tracking: .request)
+            return
+        }
         output.status("hashing \(path) ...")
         supervisor.send(.buildManifest(requestID: buildRequest, path: path), to: .hash, tracking: .request)
     }
@@ -112,22 +123,11 @@ public final class ShareSession: SupervisorDelegate, @unchecked Sendable {
         switch message {
         case .hashProgress(_, let done, let total):
             output.progress(done, total, "hashing", nil)
+        case .shareOpened(let id) where id == buildRequest && id != 0:
+            guard let knownManifest else { return }
+            manifestReady(knownManifest)
         case .manifestBuilt(_, let bytes):
-            manifest = bytes
-            let id = ShareID(manifestBytes: bytes)
-            shareID = id
-            output.finishProgress()
-            if let decoded = try? Manifest.decode(bytes) { output.described?(decoded.rootName, decoded.totalBytes) }
-            // If the hash worker restarts, it must reopen the share without hashing it again.
-            supervisor.rememberSetup(.openShare(requestID: 0, path: path, manifest: bytes), key: "share", for: .hash)
-            // The pipeline needs the share id (an encrypted share's tag comes from it).
-            supervisor.send(
-                pipeline.configureMessage(shareID: id, identity: identity), to: .transfer,
-                tracking: .setup(key: "pipeline"))
-            supervisor.send(
-                .serve(
-                    shareID: id.bytes, manifest: bytes, host: listen.host, port: UInt16(listen.port), partial: false),
-                to: .transfer, tracking: .setup(key: "serve"))
+            manifestReady(bytes)
         case .serving(let port):
             guard let shareID, let manifest else { return }
             // A restarted transfer worker must come back on the same port: the link names it.
@@ -189,6 +189,26 @@ public final class ShareSession: SupervisorDelegate, @unchecked Sendable {
         default:
             logger.debug("ignoring \(message.tag) from \(role)")
         }
+    }
+
+    /// The manifest is known (hashed, or opened from the daemon's copy): serve it.
+    private func manifestReady(_ bytes: [UInt8]) {
+        manifest = bytes
+        let id = ShareID(manifestBytes: bytes)
+        shareID = id
+        output.finishProgress()
+        if let decoded = try? Manifest.decode(bytes) { output.described?(decoded.rootName, decoded.totalBytes) }
+        output.manifest?(bytes)
+        // If the hash worker restarts, it must reopen the share without hashing it again.
+        supervisor.rememberSetup(.openShare(requestID: 0, path: path, manifest: bytes), key: "share", for: .hash)
+        // The pipeline needs the share id (an encrypted share's tag comes from it).
+        supervisor.send(
+            pipeline.configureMessage(shareID: id, identity: identity), to: .transfer,
+            tracking: .setup(key: "pipeline"))
+        supervisor.send(
+            .serve(
+                shareID: id.bytes, manifest: bytes, host: listen.host, port: UInt16(listen.port), partial: false),
+            to: .transfer, tracking: .setup(key: "serve"))
     }
 
     /// Ask the router first (briefly): a mapped address is the one a link needs most.

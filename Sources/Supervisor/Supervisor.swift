@@ -67,6 +67,11 @@ public final class Supervisor: @unchecked Sendable {
     private var pendingDataEnds: [WorkerRole: Int32] = [:]
     /// Workers killed because their data channel partner was restarted: not a crash of theirs.
     private var killedWithPartner: Set<WorkerRole> = []
+    /// A listening TCP socket someone else owns (the daemon, which holds a sleeping share's
+    /// port): every life of the transfer worker inherits it and serves on it rather than
+    /// binding a port of its own — socket activation, as systemd and inetd do it. Not closed
+    /// here.
+    public var transferListener: Int32?
 
     public init(
         table: [WorkerSpec], eventLoop: EventLoop, logger: Logger, executable: String = "/proc/self/exe",
@@ -258,7 +263,7 @@ public final class Supervisor: @unchecked Sendable {
                 worker, generation: worker.generation, status: "socketpair failed: \(String(cString: strerror(errno)))")
             return
         }
-        let arguments = ["peershare"] + worker.spec.arguments
+        var arguments = ["peershare"] + worker.spec.arguments
         let envStrings = StderrRelay.childEnvironment(
             ProcessInfo.processInfo.environment, extra: [WorkerMain.supervisorPIDVariable: String(getpid())])
         // stdin and stdout are /dev/null, stderr a pipe we read (never the terminal); the
@@ -269,7 +274,15 @@ public final class Supervisor: @unchecked Sendable {
         if let stderrPipe { mappings.append((stderrPipe.write, 2)) }
         let dataEnd = dataChannelEnd(for: role)
         if let dataEnd { mappings.append((dataEnd, WorkerDescriptor.dataChannel)) }
-        if role == .transfer { mappings += plugins.descriptorsForNewTransferWorker() }
+        if role == .transfer {
+            mappings += plugins.descriptorsForNewTransferWorker()
+            if let transferListener {
+                // After the plugins' pipes: the one descriptor numbered by its argument.
+                let number = (mappings.map(\.1).max() ?? WorkerDescriptor.dataChannel) + 1
+                mappings.append((transferListener, number))
+                arguments += ["--listener-fd", String(number)]
+            }
+        }
         var from = mappings.map(\.0)
         var to = mappings.map(\.1)
         let pid = withCStrings(arguments) { argv in

@@ -57,14 +57,17 @@ extension TransferService {
             if newlyServing, let bound = listener.localAddress?.port { tell(.serving(port: UInt16(bound))) }
             return
         }
-        ServerBootstrap(group: group)
+        let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
             .childChannelOption(ChannelOptions.recvAllocator, value: ChunkTrafficReads.allocator)
             .childChannelInitializer { [self] channel in
                 channel.eventLoop.makeCompletedFuture { try addServeHandlers(to: channel) }
             }
-            .bind(host: host, port: port)
+        // The daemon's sleeping share: its port is already bound and listening, and peers
+        // may be waiting in its backlog for us to accept them.
+        let bound = inheritedListener.map { bootstrap.withBoundSocket($0) } ?? bootstrap.bind(host: host, port: port)
+        bound
             .whenComplete { [self] result in
                 switch result {
                 case .success(let channel):

@@ -39,6 +39,9 @@ public final class TransferService: WorkerService, @unchecked Sendable {
     /// Serving a download in progress: only verified chunks are offered.
     var servingPartial = false
     var listener: Channel?
+    /// A listening socket inherited from the supervisor (`--listener-fd`): served on instead
+    /// of binding one; it outlives us, so a restart or a wake-up keeps the same port.
+    let inheritedListener: Int32?
     /// Peers past the handshake; `limits.maxPeers` bounds these.
     var servingConnections = 0
     /// What `countersRequest` reports (loop-confined, like everything here).
@@ -94,7 +97,8 @@ public final class TransferService: WorkerService, @unchecked Sendable {
     /// Seconds since start on the monotonic clock: the time the buckets are given.
     var now: Double { Double(DispatchTime.now().uptimeNanoseconds - startedAt) / 1e9 }
 
-    public init(logger: Logger, pipe: WorkerPipe) {
+    public init(logger: Logger, pipe: WorkerPipe, inheritedListener: Int32? = nil) {
+        self.inheritedListener = inheritedListener
         self.upload = Upload(now: 0)
         self.downloadRate = 0
         self.group = MultiThreadedEventLoopGroup(numberOfThreads: 1)

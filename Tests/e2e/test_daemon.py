@@ -10,6 +10,7 @@ import pathlib
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -39,8 +40,10 @@ class Daemon:
         self.logfile = open(self.log, "a")
         # No DHT unless the test gives a bootstrap node.
         dht = [] if "--bootstrap" in self.extra else ["--no-dht"]
+        # Items never sleep unless the test says when: it checks states by name.
+        sleep = [] if "--sleep-after" in self.extra else ["--sleep-after", "0"]
         self.proc = subprocess.Popen(
-            [BIN, "daemon", *dht, "--no-lan", "--listen-host", "127.0.0.1", "--log-level", "info",
+            [BIN, "daemon", *dht, *sleep, "--no-lan", "--listen-host", "127.0.0.1", "--log-level", "info",
              *self.extra], stdout=self.logfile, stderr=subprocess.STDOUT, env=self.env)
         deadline = time.time() + 20
         while time.time() < deadline:
@@ -171,6 +174,52 @@ def test_one_daemon_holds_many_shares_and_another_fetches_them(tmp_path, daemons
                         "--no-lan")
     assert again.returncode == 0, again.stderr
     assert (tmp_path / "out2" / "one.bin").read_bytes() == single.read_bytes()
+
+
+def test_an_idle_share_sleeps_with_no_workers_and_the_next_peer_wakes_it(tmp_path, daemons):
+    """--sleep-after: a share with no peer for that long stops its two workers; the daemon
+    holds its port, and the next peer to connect wakes it (socket activation) without hashing
+    it again. A finished download sleeps the same way and still serves."""
+    seeder = daemons("seeder", "--sleep-after", "1")
+    fetcher = daemons("fetcher", "--sleep-after", "1")
+    payload = tmp_path / "sleepy.bin"
+    payload.write_bytes(os.urandom(2 * 1024 * 1024 + 5))
+    link = seeder.cli("share", str(payload)).stdout.strip()
+    port = int(link.rsplit(":", 1)[1])
+    wait_for(lambda: seeder.items()[1]["state"] == "sleeping", 30, "the idle share to sleep")
+    wait_for(lambda: seeder.workers() == [], 15, "the sleeping share's workers to exit")
+    assert "1 sleeping" in seeder.cli("status").stdout
+
+    # A stranger's junk wakes it, but only the sandboxed transfer worker reads it (the daemon
+    # never accepts); the worker drops the stranger and the share goes back to sleep.
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as stranger:
+        stranger.sendall(b"GET / HTTP/1.0\r\n\r\n" * 50)
+        wait_for(lambda: len(seeder.workers()) == 2, 15, "the share to wake")
+    wait_for(lambda: seeder.items()[1]["state"] == "sleeping", 30, "the share to sleep again")
+
+    # A real peer, asking a share that is asleep: fetched whole.
+    out = tmp_path / "out"
+    got = fetcher.cli("get", link, "-o", str(out), "--wait")
+    assert got.returncode == 0, got.stderr + seeder.log.read_text()
+    assert (out / payload.name).read_bytes() == payload.read_bytes()
+    # Woken twice, hashed once: a sleeping share wakes from the manifest the daemon kept.
+    assert seeder.log.read_text().count("hashed 'sleepy.bin'") == 1
+    assert "violation" not in seeder.log.read_text()
+
+    # The finished download sleeps too. With the first seeder paused (its port closed: peers
+    # are refused, not left waiting), a third peer fetches from the sleeping download alone.
+    wait_for(lambda: fetcher.items()[1]["state"] == "sleeping", 30, "the finished download to sleep")
+    wait_for(lambda: fetcher.workers() == [], 15, "the sleeping download's workers to exit")
+    assert seeder.cli("pause", "1").returncode == 0
+    wait_for(lambda: seeder.items()[1]["state"] == "paused", 15, "the share to pause")
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    held = json.loads(fetcher.state_file.read_text())["items"][0]["port"]
+    from_download = link.split("?")[0] + f"?peer=127.0.0.1:{held}"
+    third = fetcher.cli("get", "--no-daemon", "--no-dht", "--no-lan", from_download, "-o", str(tmp_path / "third"))
+    assert third.returncode == 0, third.stderr + fetcher.log.read_text()
+    assert (tmp_path / "third" / payload.name).read_bytes() == payload.read_bytes()
+    assert fetcher.items()[1]["state"] in ("seeding", "sleeping")
 
 
 def test_daemons_find_each_other_through_their_one_dht_node(tmp_path, daemons):
