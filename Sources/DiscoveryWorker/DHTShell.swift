@@ -3,9 +3,9 @@ import Kademlia
 import NIOCore
 import NIOPosix
 
-/// The IO around one `DHTNode`: a UDP socket, a monotonic clock and a 100 ms tick. It moves
-/// packets and turns the node's directives into sends and completed futures; all Kademlia
-/// decisions are the node's. Loop-confined.
+/// The IO around one `DHTNode`: a UDP socket, a monotonic clock, a 100 ms tick and a timer
+/// for the node's next query deadline. It moves packets and turns the node's directives into
+/// sends and completed futures; all Kademlia decisions are the node's. Loop-confined.
 public final class DHTShell: @unchecked Sendable {
     public let loop: EventLoop
     public private(set) var node: DHTNode
@@ -14,6 +14,8 @@ public final class DHTShell: @unchecked Sendable {
     private var waiting: [DHTNode.LookupID: EventLoopPromise<DHTNode.LookupResult>] = [:]
     private var tracers: [DHTNode.LookupID: (String) -> Void] = [:]
     private var ticker: RepeatedTask?
+    /// The timer set for `node.nextDeadline`, and when it fires.
+    private var deadline: (task: Scheduled<Void>, at: Double)?
     public private(set) var port: Int = 0
     public private(set) var oversized = 0
 
@@ -54,6 +56,8 @@ public final class DHTShell: @unchecked Sendable {
 
     public func close() -> EventLoopFuture<Void> {
         ticker?.cancel()
+        deadline?.task.cancel()
+        deadline = nil
         for promise in waiting.values { promise.fail(ChannelError.ioOnClosedChannel) }
         waiting.removeAll()
         return channel?.close() ?? loop.makeSucceededVoidFuture()
@@ -66,6 +70,7 @@ public final class DHTShell: @unchecked Sendable {
     func countOversized() { oversized += 1 }
 
     private func perform(_ directives: [DHTNode.Directive]) {
+        defer { armDeadline() }
         for directive in directives {
             switch directive {
             case .send(let bytes, let address):
@@ -80,6 +85,20 @@ public final class DHTShell: @unchecked Sendable {
                 tracers[id]?(line)
             }
         }
+    }
+
+    /// A soft timeout of tens of milliseconds cannot wait for the 100 ms tick: the timer is set
+    /// for the node's earliest deadline whenever that moves earlier.
+    private func armDeadline() {
+        guard channel != nil, let next = node.nextDeadline else { return }
+        if let deadline, deadline.at <= next { return }
+        deadline?.task.cancel()
+        let delay = TimeAmount.nanoseconds(Int64(max(0, next - now) * 1e9) + 1_000_000)
+        let task = loop.scheduleTask(in: delay) { [self] in
+            deadline = nil
+            perform(node.expire(now: now))
+        }
+        deadline = (task, next)
     }
 
     private func track(_ started: (DHTNode.LookupID, [DHTNode.Directive]), trace: ((String) -> Void)?)

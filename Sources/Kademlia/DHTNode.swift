@@ -7,8 +7,12 @@ import PeerShareCore
 public struct DHTNode: Sendable {
     public struct Config: Sendable {
         public var queryTimeout: Double = 2.0
-        /// After this long a query stops holding one of its lookup's α slots.
+        /// The longest a query holds one of its lookup's α slots. Sooner when round trips
+        /// have been measured (`RoundTripTimes`): the node's own, or all nodes' together.
         public var softTimeout: Double = 0.5
+        /// The shortest: a measured round trip of microseconds (loopback, a LAN) is no
+        /// reason to give up on a node before a scheduler hiccup has passed.
+        public var minimumSoftTimeout: Double = 0.02
         public var maxInfoHashes = 5000
         public var maxPeersPerInfoHash = 200
         public var peerLifetime: Double = 30 * 60
@@ -76,6 +80,8 @@ public struct DHTNode: Sendable {
         var nodeID: NodeID?
         var lookup: LookupID?
         var sentAt: Double
+        /// When it stops holding its lookup's α slot (the node's measured patience).
+        var softAt: Double
         var slow = false
     }
 
@@ -83,6 +89,8 @@ public struct DHTNode: Sendable {
     public let config: Config
     public private(set) var table: RoutingTable
     public private(set) var stats = Stats()
+    /// Measured round trips: each query's soft timeout.
+    public private(set) var roundTrips = RoundTripTimes()
     /// BEP 43: this node cannot be reached from outside (behind a NAT that maps nothing).
     /// Its queries say `ro`, so other nodes keep it out of their tables, and it answers no
     /// queries (none should arrive; those that do come from nodes that ignore `ro`).
@@ -305,6 +313,7 @@ public struct DHTNode: Sendable {
             return []
         }
         transactions[key] = nil
+        roundTrips.record(now - transaction.sentAt, from: source)
         if let expected = transaction.nodeID, expected != response.id {
             // Another node now answers at that address: not the one the lookup wanted.
             stats.unmatchedResponses += 1
@@ -400,7 +409,10 @@ public struct DHTNode: Sendable {
         // to slip in a forged answer.
         var key = UInt16.random(in: 0...UInt16.max, using: &random)
         while transactions[key] != nil { key &+= 1 }
-        transactions[key] = Transaction(address: address, nodeID: nodeID, lookup: lookup, sentAt: now)
+        let patience = roundTrips.patience(
+            for: address, floor: config.minimumSoftTimeout, ceiling: config.softTimeout)
+        transactions[key] = Transaction(
+            address: address, nodeID: nodeID, lookup: lookup, sentAt: now, softAt: now + patience)
         let message = KRPC.Message(
             transaction: [UInt8(key >> 8), UInt8(key & 0xff)], body: .query(sender: id, query),
             version: KRPC.clientVersion, readOnly: readOnly)
@@ -430,11 +442,23 @@ public struct DHTNode: Sendable {
 
     // MARK: Time
 
-    /// Call about once a second: expires queries, rotates token secrets, expires stored
-    /// peers, re-announces, refreshes quiet buckets.
-    public mutating func tick(now: Double) -> [Directive] {
+    /// The next moment a lookup's query reaches its soft timeout: the shell calls `expire`
+    /// then (tens of milliseconds where round trips are short, finer than `tick`). Full
+    /// timeouts, and queries outside lookups (pings), wait for `tick`: nothing waits on them.
+    public var nextDeadline: Double? {
+        var earliest: Double?
+        for transaction in transactions.values where !transaction.slow && transaction.lookup != nil {
+            if earliest.map({ transaction.softAt < $0 }) ?? true { earliest = transaction.softAt }
+        }
+        return earliest
+    }
+
+    /// Queries past their timeouts: a soft one frees its lookup's α slot (the lookup moves
+    /// on), the full one fails the node. Called by `tick` and at `nextDeadline`.
+    public mutating func expire(now: Double) -> [Directive] {
         var out: [Directive] = []
-        let expired = transactions.filter { now - $0.value.sentAt >= config.queryTimeout }
+        // The same sums as `nextDeadline`, so a deadline met is a deadline expired.
+        let expired = transactions.filter { now >= $0.value.sentAt + config.queryTimeout }
         var touched = Set<LookupID>()
         for (key, transaction) in expired.sorted(by: { $0.key < $1.key }) {
             transactions[key] = nil
@@ -448,8 +472,8 @@ public struct DHTNode: Sendable {
                 touched.insert(lookupID)
             }
         }
-        for (key, transaction) in transactions where !transaction.slow && now - transaction.sentAt >= config.softTimeout
-        {
+        for (key, transaction) in transactions.sorted(by: { $0.key < $1.key })
+        where !transaction.slow && now >= transaction.softAt {
             transactions[key]?.slow = true
             if let lookupID = transaction.lookup {
                 runs[lookupID]?.lookup.slow(address: transaction.address)
@@ -457,7 +481,13 @@ public struct DHTNode: Sendable {
             }
         }
         for lookupID in touched.sorted() { out += advance(lookupID, now: now) }
+        return out
+    }
 
+    /// Call about once a second: expires queries, rotates token secrets, expires stored
+    /// peers, re-announces, refreshes quiet buckets.
+    public mutating func tick(now: Double) -> [Directive] {
+        var out = expire(now: now)
         if now - secrets.rotatedAt >= config.tokenRotation {
             secrets = (random.bytes(8), secrets.current, now)
         }

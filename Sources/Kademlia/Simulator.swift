@@ -14,6 +14,8 @@ public struct DHTSimulator {
         var packet: [UInt8]
         var from: NodeAddress
         var to: NodeAddress
+        /// Not a packet: `to`'s next query deadline (`DHTNode.nextDeadline`) is due.
+        var deadline = false
     }
 
     public private(set) var nodes: [Node] = []
@@ -27,6 +29,8 @@ public struct DHTSimulator {
     public private(set) var packetsDelivered = 0
     /// Nodes that may have open queries: only these are ticked.
     var busy = Set<Int>()
+    /// Each node's deadline event in the queue (the earliest one asked for).
+    var armed: [Int: Double] = [:]
     let latency: ClosedRange<Double>
 
     public init(seed: UInt64, latency: ClosedRange<Double> = 0.005...0.050) {
@@ -91,6 +95,13 @@ public struct DHTSimulator {
     mutating func perform(_ directives: [DHTNode.Directive], at number: Int) {
         let from = DHTSimulator.address(of: number)
         busy.insert(number)
+        // As the discovery worker's shell does: a timer for the node's next query deadline.
+        defer {
+            if let next = nodes[number].dht.nextDeadline, armed[number].map({ next < $0 || $0 < now }) ?? true {
+                armed[number] = next
+                queue.push(Event(packet: [], from: from, to: from, deadline: true), at: max(next, now))
+            }
+        }
         for directive in directives {
             switch directive {
             case .send(let packet, let to):
@@ -113,6 +124,11 @@ public struct DHTSimulator {
             if let time = queue.nextTime, time <= nextTick, let (_, event) = queue.pop() {
                 now = time
                 guard let target = index[event.to], nodes[target].alive else { continue }
+                if event.deadline {
+                    if armed[target] == time { armed[target] = nil }
+                    perform(nodes[target].dht.expire(now: now), at: target)
+                    continue
+                }
                 packetsDelivered += 1
                 let directives = nodes[target].dht.receive(event.packet, from: event.from, now: now)
                 perform(directives, at: target)
