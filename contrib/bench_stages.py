@@ -53,13 +53,13 @@ def lo_bytes():
     return 0
 
 
-def transfer(source, stages):
+def transfer(source, stages, env=None):
     config = os.path.join(work, "pipeline.json")
     with open(config, "w") as f:
         json.dump({"version": 1, "stages": stages}, f)
     meter = swarm.Meter()
     seeder = subprocess.Popen([binary, "share", source, "--listen", "127.0.0.1:0", "--no-dht", "--config", config],
-                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
     link = seeder.stdout.readline().strip()
     meter.add(seeder.pid, "seeder")
     out = os.path.join(work, "out")
@@ -67,7 +67,7 @@ def transfer(source, stages):
     before = lo_bytes()
     start = time.time()
     getter = subprocess.Popen([binary, "get", link, "-o", out, "--no-dht", "--no-upload", "--config", config],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     meter.add(getter.pid, "downloader")
     elapsed = meter.run_until_done([getter], start)
     wire = lo_bytes() - before
@@ -102,17 +102,22 @@ line = [l for l in speed.stdout.splitlines() if l.lower().startswith("chacha20-p
 if line:
     print(f"openssl speed -evp chacha20-poly1305, 1 MiB blocks: {float(line[-1].split()[-1].rstrip('k')) / 1000:.0f} MB/s")
 subprocess.run([binary, "bench", random_file, "--stages"], check=False)
+# The encryption stage's primitives in a plain C loop (AES-256-GCM and XChaCha20-Poly1305).
+probe = os.path.join(work, "sodium_probe")
+here = os.path.dirname(os.path.abspath(__file__))
+if subprocess.run(["cc", "-O2", os.path.join(here, "sodium_probe.c"), "-o", probe, "-lsodium"]).returncode == 0:
+    subprocess.run([probe], check=False)
 
 print(f"== {size_mib} MiB through each pipeline, 1 seeder -> 1 downloader on loopback")
-print(f"{'pipeline':<26} {'data':<7} {'MB/s':>7} {'CPU s/GiB':>10} {'wire/data':>10} {'vs plain':>9}")
-here = os.path.dirname(os.path.abspath(__file__))
+print(f"{'pipeline':<28} {'data':<7} {'MB/s':>7} {'CPU s/GiB':>10} {'wire/data':>10} {'vs plain':>9}")
 pad = os.path.join(os.path.dirname(os.path.abspath(binary)), "peershare-pad")
 crc = os.path.join(here, "plugins", "crc32_stage.py")
 rows = [
     ("none", [], random_file, "random"),
     ("zlib", [{"name": "zlib", "level": 1}], random_file, "random"),
     ("zlib", [{"name": "zlib", "level": 1}], text_file, "text"),
-    ("sodium", [{"name": "sodium"}], random_file, "random"),
+    ("sodium (AES-256-GCM)", [{"name": "sodium"}], random_file, "random"),
+    ("sodium (XChaCha20-Poly1305)", [{"name": "sodium"}], random_file, "random", "xchacha20poly1305"),
     ("zlib+sodium", [{"name": "zlib", "level": 1}, {"name": "sodium"}], text_file, "text"),
     ("pad plugin (Swift)", [{"name": "pad", "plugin": pad, "options": {"block": "4096"}}], random_file, "random"),
     ("crc32 plugin (Python)", [{"name": "crc32", "plugin": crc}], random_file, "random"),
@@ -122,11 +127,13 @@ chunk = 64 << 10
 while chunk < (4 << 20) and size / chunk > 2048:
     chunk *= 2
 calls = 4 * (size // chunk)  # a piece and a request per chunk, each encoded once and decoded once
-for name, stages, path, kind in rows:
-    rate, cpu, ratio = transfer(path, stages)
+for name, stages, path, kind, *ciphers in rows:
+    # Where the CPU has no AES-NI both sodium rows run XChaCha20-Poly1305.
+    env = dict(os.environ, PEERSHARE_CIPHERS=ciphers[0]) if ciphers else None
+    rate, cpu, ratio = transfer(path, stages, env)
     plain_rate = plain_rate or rate
     plain_cpu = plain_cpu or cpu
-    print(f"{name:<26} {kind:<7} {rate:7.0f} {cpu:10.2f} {ratio:10.3f} {rate / plain_rate:8.2f}x", flush=True)
+    print(f"{name:<28} {kind:<7} {rate:7.0f} {cpu:10.2f} {ratio:10.3f} {rate / plain_rate:8.2f}x", flush=True)
     if "plugin" in name:
         extra = (cpu - plain_cpu) * (size / (1 << 30)) / calls * 1e6
         print(f"  {name}: {extra:.0f} us of CPU per call ({calls} calls of ~{chunk >> 10} KiB and small frames)")

@@ -151,3 +151,159 @@ public final class SecretStreamReceiver {
         return plaintext
     }
 }
+
+/// One direction of an encrypted connection, whichever cipher the handshake chose.
+public protocol FrameSealer: AnyObject {
+    /// Seals the next message; `additionalData` is authenticated, not sent.
+    func seal(_ plaintext: [UInt8], additionalData: [UInt8]) -> [UInt8]
+}
+
+public protocol FrameOpener: AnyObject {
+    /// Opens the next message, or throws if it is not the next message the sender sealed.
+    func open(_ ciphertext: [UInt8], additionalData: [UInt8]) throws -> [UInt8]
+}
+
+extension SecretStreamSender: FrameSealer {}
+extension SecretStreamReceiver: FrameOpener {}
+
+extension FrameSealer {
+    public func seal(_ plaintext: [UInt8]) -> [UInt8] { seal(plaintext, additionalData: []) }
+}
+
+extension FrameOpener {
+    public func open(_ ciphertext: [UInt8]) throws -> [UInt8] { try open(ciphertext, additionalData: []) }
+}
+
+/// The ciphers an encrypted connection can run, as the handshake names them (one bit each).
+public enum StreamCipher: UInt8, Sendable, CaseIterable, CustomStringConvertible {
+    /// libsodium's secretstream: XChaCha20-Poly1305, everywhere.
+    case xchacha20poly1305 = 1
+    /// AES-256-GCM: only where the CPU has AES-NI and CLMUL (libsodium refuses it otherwise),
+    /// and there about 1.5× as fast (docs/BENCHMARKS.md).
+    case aes256gcm = 2
+
+    public var description: String {
+        switch self {
+        case .xchacha20poly1305: return "XChaCha20-Poly1305"
+        case .aes256gcm: return "AES-256-GCM"
+        }
+    }
+
+    /// What this machine can run, as the handshake's bit set. `PEERSHARE_CIPHERS` (a
+    /// comma-separated list of `xchacha20poly1305`, `aes256gcm`) narrows it, for tests and
+    /// benchmarks; XChaCha20-Poly1305 is always kept, so two peers always share a cipher.
+    public static func available(environment: [String: String]) -> UInt8 {
+        var bits = StreamCipher.xchacha20poly1305.rawValue
+        if crypto_aead_aes256gcm_is_available() == 1 { bits |= StreamCipher.aes256gcm.rawValue }
+        if let wanted = environment["PEERSHARE_CIPHERS"] {
+            let names = Set(wanted.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) })
+            if !names.contains("aes256gcm") { bits &= ~StreamCipher.aes256gcm.rawValue }
+        }
+        return bits
+    }
+
+    /// The server's choice from the client's offer and its own set: the fastest both have.
+    public static func choose(offered: UInt8, local: UInt8) -> StreamCipher? {
+        let common = offered & local
+        if common & StreamCipher.aes256gcm.rawValue != 0 { return .aes256gcm }
+        if common & StreamCipher.xchacha20poly1305.rawValue != 0 { return .xchacha20poly1305 }
+        return nil
+    }
+}
+
+/// One direction of a connection sealed with AES-256-GCM (libsodium, AES-NI).
+///
+/// Nonces are a counter (96 bits: four zero bytes, then the message number, big-endian),
+/// never sent: each direction has its own key, so no (key, nonce) pair repeats, and a
+/// dropped, replayed or reordered message fails to open, as with secretstream. GCM's safety
+/// margin shrinks with the data sealed under one key (libsodium advises at most ~350 GB), so
+/// both sides move to a new key — BLAKE2b-256 of the old one — every `rekeyBytes` of
+/// plaintext, at the same message.
+public final class AESGCMStream: FrameSealer, FrameOpener {
+    public static let overhead = Int(crypto_aead_aes256gcm_ABYTES)
+    public static let rekeyBytes: UInt64 = 1 << 34
+    let rekeyBytes: UInt64
+    static let stateBytes = MemoryLayout<crypto_aead_aes256gcm_state>.size
+
+    /// libsodium's expanded key, which must be 16-byte aligned.
+    private let state: UnsafeMutableRawPointer
+    private var key: [UInt8]
+    private var counter: UInt64 = 0
+    private var sinceRekey: UInt64 = 0
+
+    /// `rekeyBytes` is for tests; both sides must use the same.
+    public init(key: [UInt8], rekeyBytes: UInt64 = AESGCMStream.rekeyBytes) throws {
+        self.rekeyBytes = max(1, rekeyBytes)
+        guard key.count == Int(crypto_aead_aes256gcm_KEYBYTES), crypto_aead_aes256gcm_is_available() == 1 else {
+            throw SodiumError("AES-256-GCM is not available on this CPU")
+        }
+        self.key = key
+        state = UnsafeMutableRawPointer.allocate(byteCount: AESGCMStream.stateBytes, alignment: 16)
+        expand()
+    }
+
+    deinit {
+        sodium_memzero(state, AESGCMStream.stateBytes)
+        state.deallocate()
+        sodium_memzero(&key, key.count)
+    }
+
+    private func expand() {
+        crypto_aead_aes256gcm_beforenm(state.assumingMemoryBound(to: crypto_aead_aes256gcm_state.self), key)
+    }
+
+    private func nextNonce() -> [UInt8] {
+        defer { counter += 1 }
+        return [0, 0, 0, 0] + withUnsafeBytes(of: counter.bigEndian, Array.init)
+    }
+
+    /// After a message: past `rekeyBytes` (or 2^32 messages), the next key.
+    private func advance(_ bytes: Int) {
+        sinceRekey += UInt64(bytes)
+        guard sinceRekey >= rekeyBytes || counter >= 1 << 32 else { return }
+        key = Sodium.hash([Array("peershare-aes256gcm-rekey".utf8)], key: key, length: 32)
+        expand()
+        counter = 0
+        sinceRekey = 0
+    }
+
+    public func seal(_ plaintext: [UInt8], additionalData: [UInt8] = []) -> [UInt8] {
+        let nonce = nextNonce()
+        let sealed = [UInt8](unsafeUninitializedCapacity: plaintext.count + AESGCMStream.overhead) {
+            buffer, initialized in
+            guard let base = buffer.baseAddress else { return }
+            var written: UInt64 = 0
+            crypto_aead_aes256gcm_encrypt_afternm(
+                base, &written, plaintext, UInt64(plaintext.count), additionalData,
+                UInt64(additionalData.count), nil, nonce,
+                state.assumingMemoryBound(to: crypto_aead_aes256gcm_state.self))
+            initialized = Int(written)
+        }
+        advance(plaintext.count)
+        return sealed
+    }
+
+    public func open(_ ciphertext: [UInt8], additionalData: [UInt8] = []) throws -> [UInt8] {
+        guard ciphertext.count >= AESGCMStream.overhead else { throw SodiumError("encrypted message too short") }
+        let nonce = nextNonce()
+        var ok = false
+        // At least one byte of room: an empty message still needs somewhere to be written.
+        let plaintext = [UInt8](unsafeUninitializedCapacity: max(1, ciphertext.count - AESGCMStream.overhead)) {
+            buffer, initialized in
+            guard let base = buffer.baseAddress else { return }
+            var written: UInt64 = 0
+            ok =
+                crypto_aead_aes256gcm_decrypt_afternm(
+                    base, &written, nil, ciphertext, UInt64(ciphertext.count), additionalData,
+                    UInt64(additionalData.count), nonce,
+                    state.assumingMemoryBound(to: crypto_aead_aes256gcm_state.self)) == 0
+            initialized = ok ? Int(written) : 0
+        }
+        guard ok else {
+            throw SodiumError(
+                "decryption failed: a byte was modified, dropped, replayed, reordered or injected, or the keys differ")
+        }
+        advance(plaintext.count)
+        return plaintext
+    }
+}

@@ -5,16 +5,23 @@ import CSodium
 /// them), and each side's long-term Ed25519 identity signed over the transcript, sent
 /// inside the encrypted streams. docs/SECURITY.md walks through it message by message.
 ///
-///     client → server   m1 = e_c                                       32 bytes
-///     server → client   m2 = e_s ‖ header_s2c ‖ seal_s2c(id_s ‖ sig_s)  32 + 24 + 113 bytes
-///     client → server   m3 = header_c2s ‖ seal_c2s(id_c ‖ sig_c)        24 + 113 bytes
+///     client → server   m1 = e_c ‖ offer                                          32 + 1 bytes
+///     server → client   m2 = e_s ‖ choice ‖ header_s2c ‖ seal_s2c(id_s ‖ sig_s)   32 + 1 + (24) + 112 + 16
+///     client → server   m3 = header_c2s ‖ seal_c2s(id_c ‖ sig_c)                  (24) + 112 + 16
 ///
-///     h      = BLAKE2b-256("peershare-sodium-v1" ‖ context ‖ e_c ‖ e_s)
+///     h      = BLAKE2b-256("peershare-sodium-v2" ‖ context ‖ e_c ‖ e_s ‖ offer ‖ choice)
 ///     k_c2s ‖ k_s2c = BLAKE2b-512(key = link secret, X25519(e, e') ‖ h)
 ///     sig_s  = Ed25519(id_s, "peershare server" ‖ h),  sig_c likewise with "peershare client"
 ///
 /// `context` is everything both sides said before (share tag, both pipeline descriptors), so
 /// an attacker who edits the plaintext hello changes h and the handshake fails.
+///
+/// `offer` is the ciphers the client can run (`StreamCipher` bits), `choice` the one the
+/// server picked: AES-256-GCM when both have it, XChaCha20-Poly1305 (secretstream) otherwise.
+/// Both are in h, so someone between the peers who strips AES-256-GCM from the offer (or
+/// changes the choice) gives the two sides different keys, and the handshake fails: the
+/// cipher cannot be downgraded. The headers (24 bytes) exist only for secretstream; AES-GCM
+/// uses counter nonces (`AESGCMStream`).
 ///
 /// The long-term secrets — the link secret and the Ed25519 identity — are not here: a
 /// `HandshakeKeyHolder` derives the keys and signs (in PeerShare the supervisor, asked over
@@ -26,7 +33,8 @@ public final class SodiumHandshake {
     public enum Role: Sendable { case client, server }
 
     public static let name = "sodium"
-    public static let version: UInt16 = 1
+    /// 2: the cipher is negotiated (version 1 always ran secretstream).
+    public static let version: UInt16 = 2
     public static let secretBytes = 32
     static let keyBytes = Int(crypto_scalarmult_BYTES)
 
@@ -35,15 +43,22 @@ public final class SodiumHandshake {
     let context: [UInt8]
     let ephemeralSecret: [UInt8]
     let ephemeralPublic: [UInt8]
+    /// The ciphers this side can run (`StreamCipher` bits).
+    let ciphers: UInt8
     private var transcript: [UInt8] = []
-    private var sender: SecretStreamSender?
+    private var sender: FrameSealer?
 
     /// The encrypted session once the handshake is done.
-    public private(set) var session: (sender: SecretStreamSender, receiver: SecretStreamReceiver)?
+    public private(set) var session: (sender: FrameSealer, receiver: FrameOpener)?
+    /// The cipher the handshake chose.
+    public private(set) var cipher: StreamCipher?
     /// The other side's peer id (hash of its Ed25519 key), once verified.
     public private(set) var remotePeerID: String?
 
-    public init(role: Role, keyHolder: HandshakeKeyHolder, context: [UInt8], ephemeralSecret: [UInt8]? = nil) {
+    public init(
+        role: Role, keyHolder: HandshakeKeyHolder, context: [UInt8], ciphers: UInt8, ephemeralSecret: [UInt8]? = nil
+    ) {
+        self.ciphers = ciphers
         self.role = role
         self.keyHolder = keyHolder
         self.context = context
@@ -59,39 +74,54 @@ public final class SodiumHandshake {
 
     // MARK: Client
 
-    public func clientStart() -> [UInt8] { ephemeralPublic }
+    public func clientStart() -> [UInt8] { ephemeralPublic + [ciphers] }
 
     /// Reads m2, verifies the server, returns m3. The session is ready afterwards.
     public func clientFinish(_ m2: [UInt8]) throws -> [UInt8] {
-        let headerBytes = SecretStreamSender.headerBytes
-        guard m2.count > SodiumHandshake.keyBytes + headerBytes else { throw SodiumError("short handshake message") }
-        let serverEphemeral = Array(m2[0..<SodiumHandshake.keyBytes])
-        let header = Array(m2[SodiumHandshake.keyBytes..<(SodiumHandshake.keyBytes + headerBytes)])
-        let sealed = Array(m2[(SodiumHandshake.keyBytes + headerBytes)...])
-        let derived = try deriveKeys(clientEphemeral: ephemeralPublic, serverEphemeral: serverEphemeral)
-        let receiver = try SecretStreamReceiver(key: derived.serverToClient, header: header)
+        let keyBytes = SodiumHandshake.keyBytes
+        guard m2.count > keyBytes + 1 else { throw SodiumError("short handshake message") }
+        guard let chosen = StreamCipher(rawValue: m2[keyBytes]), ciphers & chosen.rawValue != 0 else {
+            throw SodiumError("the peer chose a cipher we did not offer")
+        }
+        let headerBytes = chosen == .xchacha20poly1305 ? SecretStreamSender.headerBytes : 0
+        guard m2.count > keyBytes + 1 + headerBytes else { throw SodiumError("short handshake message") }
+        let serverEphemeral = Array(m2[0..<keyBytes])
+        let header = Array(m2[(keyBytes + 1)..<(keyBytes + 1 + headerBytes)])
+        let sealed = Array(m2[(keyBytes + 1 + headerBytes)...])
+        let derived = try deriveKeys(
+            clientEphemeral: ephemeralPublic, serverEphemeral: serverEphemeral, offer: ciphers, choice: chosen)
+        let receiver = try SodiumHandshake.opener(chosen, key: derived.serverToClient, header: header)
         let proof: [UInt8]
         do {
-            proof = try receiver.open(sealed)
+            proof = try receiver.open(sealed, additionalData: [])
         } catch {
             throw SodiumError(SodiumHandshake.failureText)
         }
         remotePeerID = try verify(proof, label: SodiumHandshake.label(for: .server))
-        let sender = SecretStreamSender(key: derived.clientToServer)
+        let (sender, ownHeader) = try SodiumHandshake.sealer(chosen, key: derived.clientToServer)
         session = (sender, receiver)
-        return sender.header + sender.seal(derived.publicKey + derived.signature)
+        cipher = chosen
+        return ownHeader + sender.seal(derived.publicKey + derived.signature, additionalData: [])
     }
 
     // MARK: Server
 
-    /// Reads m1 and returns m2.
+    /// Reads m1 (the client's ephemeral key and cipher offer) and returns m2.
     public func serverReply(_ m1: [UInt8]) throws -> [UInt8] {
-        guard m1.count == SodiumHandshake.keyBytes else { throw SodiumError("bad handshake message length") }
-        let keys = try deriveKeys(clientEphemeral: m1, serverEphemeral: ephemeralPublic)
-        let sender = SecretStreamSender(key: keys.serverToClient)
+        guard m1.count == SodiumHandshake.keyBytes + 1 else { throw SodiumError("bad handshake message length") }
+        let offer = m1[SodiumHandshake.keyBytes]
+        guard let chosen = StreamCipher.choose(offered: offer, local: ciphers) else {
+            throw SodiumError("no cipher in common with the peer")
+        }
+        let clientEphemeral = Array(m1[0..<SodiumHandshake.keyBytes])
+        let keys = try deriveKeys(
+            clientEphemeral: clientEphemeral, serverEphemeral: ephemeralPublic, offer: offer, choice: chosen)
+        let (sender, header) = try SodiumHandshake.sealer(chosen, key: keys.serverToClient)
         self.sender = sender
+        cipher = chosen
         derived = keys
-        return ephemeralPublic + sender.header + sender.seal(keys.publicKey + keys.signature)
+        return ephemeralPublic + [chosen.rawValue] + header
+            + sender.seal(keys.publicKey + keys.signature, additionalData: [])
     }
 
     /// The server's keys between its reply and the client's last message.
@@ -99,14 +129,14 @@ public final class SodiumHandshake {
 
     /// Reads m3 and verifies the client; the session is ready afterwards.
     public func serverFinish(_ m3: [UInt8]) throws {
-        guard let sender, let derived, m3.count > SecretStreamSender.headerBytes else {
-            throw SodiumError("unexpected handshake")
-        }
-        let header = Array(m3[0..<SecretStreamSender.headerBytes])
-        let receiver = try SecretStreamReceiver(key: derived.clientToServer, header: header)
+        guard let sender, let derived, let cipher else { throw SodiumError("unexpected handshake") }
+        let headerBytes = cipher == .xchacha20poly1305 ? SecretStreamSender.headerBytes : 0
+        guard m3.count > headerBytes else { throw SodiumError("short handshake message") }
+        let receiver = try SodiumHandshake.opener(
+            cipher, key: derived.clientToServer, header: Array(m3[0..<headerBytes]))
         let proof: [UInt8]
         do {
-            proof = try receiver.open(Array(m3[SecretStreamSender.headerBytes...]))
+            proof = try receiver.open(Array(m3[headerBytes...]), additionalData: [])
         } catch {
             throw SodiumError(SodiumHandshake.failureText)
         }
@@ -115,11 +145,31 @@ public final class SodiumHandshake {
         self.derived = nil
     }
 
+    /// A sealing direction of the chosen cipher, with the header the other side needs.
+    static func sealer(_ cipher: StreamCipher, key: [UInt8]) throws -> (FrameSealer, [UInt8]) {
+        switch cipher {
+        case .xchacha20poly1305:
+            let sender = SecretStreamSender(key: key)
+            return (sender, sender.header)
+        case .aes256gcm:
+            return (try AESGCMStream(key: key), [])
+        }
+    }
+
+    static func opener(_ cipher: StreamCipher, key: [UInt8], header: [UInt8]) throws -> FrameOpener {
+        switch cipher {
+        case .xchacha20poly1305: return try SecretStreamReceiver(key: key, header: header)
+        case .aes256gcm: return try AESGCMStream(key: key)
+        }
+    }
+
     // MARK: Shared
 
     /// The shared secret and the transcript are computed here; the key holder turns them
     /// into the connection's keys and our signature.
-    private func deriveKeys(clientEphemeral: [UInt8], serverEphemeral: [UInt8]) throws -> HandshakeKeys {
+    private func deriveKeys(
+        clientEphemeral: [UInt8], serverEphemeral: [UInt8], offer: UInt8, choice: StreamCipher
+    ) throws -> HandshakeKeys {
         let other = role == .client ? serverEphemeral : clientEphemeral
         var shared = [UInt8](repeating: 0, count: SodiumHandshake.keyBytes)
         // Fails for low-order points, whose shared secret would be predictable.
@@ -127,7 +177,9 @@ public final class SodiumHandshake {
             throw SodiumError("the peer's ephemeral key is invalid")
         }
         defer { sodium_memzero(&shared, shared.count) }
-        transcript = Sodium.hash([Array("peershare-sodium-v1".utf8), context, clientEphemeral, serverEphemeral])
+        transcript = Sodium.hash([
+            Array("peershare-sodium-v2".utf8), context, clientEphemeral, serverEphemeral, [offer, choice.rawValue],
+        ])
         return try keyHolder.keys(role: role, sharedSecret: shared, transcript: transcript)
     }
 

@@ -68,7 +68,7 @@ enum StderrRelay {
     static func childEnvironment(_ environment: [String: String], extra: [String: String]) -> [String] {
         let kept = environment.filter { key, _ in
             ["PATH", "LANG", "TZ", "TMPDIR"].contains(key) || key.hasPrefix("LC_")
-                || key == "PEERSHARE_SANDBOX"
+                || key == "PEERSHARE_SANDBOX" || key == "PEERSHARE_CIPHERS"
         }
         return kept.merging(extra) { $1 }.map { "\($0.key)=\($0.value)" }.sorted()
     }

@@ -290,7 +290,8 @@ final class DownloadShell: @unchecked Sendable {
             }
             if !connection.codec.awaitingHandshake {
                 logger.info(
-                    "peer \(connection.address): encrypted; its peer id is \(connection.codec.remotePeerID ?? "?")")
+                    "peer \(connection.address): encrypted (\(connection.codec.cipher.map { "\($0)" } ?? "?")); its peer id is \(connection.codec.remotePeerID ?? "?")"
+                )
                 established(connection)
             }
         case .piece(_, let data):

@@ -364,7 +364,9 @@ final class ServeHandler: ChannelInboundHandler, RemovableChannelHandler, @unche
                 return fail(.handshakeFailed, "\(error)")
             }
             if !codec.awaitingHandshake {
-                service.logger.info("peer \(peer): encrypted; its peer id is \(codec.remotePeerID ?? "?")")
+                service.logger.info(
+                    "peer \(peer): encrypted (\(codec.cipher.map { "\($0)" } ?? "?")); its peer id is \(codec.remotePeerID ?? "?")"
+                )
                 welcome()
             }
         case .getManifest where greeted:

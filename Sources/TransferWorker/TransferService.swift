@@ -186,6 +186,7 @@ public final class TransferService: WorkerService, @unchecked Sendable {
                 pipeline.tagKey = tag.isEmpty ? nil : tag
                 pipeline.publicKey = publicKey
                 pipeline.keyHolder = keyHolder
+                pipeline.ciphers = StreamCipher.available(environment: ProcessInfo.processInfo.environment)
             } catch {
                 pipelineFailed = true
                 tell(.failure(requestID: 0, code: 78, message: "bad pipeline from the supervisor: \(error)"))

@@ -17,6 +17,9 @@ struct PipelineSetup {
     var keyHolder: HandshakeKeyHolder?
     /// Plugin stages by name: their pipes, inherited from the supervisor.
     var plugins: [String: PluginChannel] = [:]
+    /// The ciphers this machine runs (`StreamCipher` bits), offered or chosen from in the
+    /// encryption handshake.
+    var ciphers = StreamCipher.xchacha20poly1305.rawValue
 
     var descriptors: [StageDescriptor] {
         plan.stages.map { StageDescriptor(name: $0.name, version: $0.version, required: $0.required) }
@@ -59,14 +62,16 @@ final class WireCodec {
     let role: SodiumHandshake.Role
     private(set) var agreed: [PipelinePlan.Stage] = []
     private var sodium: SodiumHandshake?
-    private var sender: SecretStreamSender?
-    private var receiver: SecretStreamReceiver?
+    private var sender: FrameSealer?
+    private var receiver: FrameOpener?
     /// Stage-encoded frames are active (after the handshake, when any stage was agreed).
     private(set) var sealed = false
     /// The largest frame decoding may produce: a decompression bomb stops here.
     var decodeLimit = PeerMessage.maxFrameLength
     /// The peer's id (hash of its Ed25519 key) once the encryption handshake proved it.
     var remotePeerID: String? { sodium?.remotePeerID }
+    /// The cipher the encryption handshake chose (nil: not encrypted).
+    var cipher: StreamCipher? { sodium?.cipher }
 
     init(setup: PipelineSetup, role: SodiumHandshake.Role) {
         self.setup = setup
@@ -117,7 +122,7 @@ final class WireCodec {
                 guard setup.tagKey != nil, let keyHolder = setup.keyHolder else {
                     throw Failure.mismatch("encryption was agreed, but this side has no link secret")
                 }
-                sodium = SodiumHandshake(role: role, keyHolder: keyHolder, context: context)
+                sodium = SodiumHandshake(role: role, keyHolder: keyHolder, context: context, ciphers: setup.ciphers)
                 handshakeStages.append(position)
             case .plugin:
                 guard let plugin = setup.plugins[stage.name] else {

@@ -39,13 +39,19 @@ final class SodiumHandshakeTests: XCTestCase {
         XCTAssertNoThrow(try Sodium.start())
     }
 
-    private func run(clientSecret: [UInt8], serverSecret: [UInt8], context: [UInt8] = [1, 2, 3]) throws -> (
-        SodiumHandshake, SodiumHandshake
-    ) {
+    static let both = StreamCipher.xchacha20poly1305.rawValue | StreamCipher.aes256gcm.rawValue
+    static let chachaOnly = StreamCipher.xchacha20poly1305.rawValue
+
+    private func run(
+        clientSecret: [UInt8], serverSecret: [UInt8], context: [UInt8] = [1, 2, 3], clientCiphers: UInt8 = both,
+        serverCiphers: UInt8 = both
+    ) throws -> (SodiumHandshake, SodiumHandshake) {
         let client = SodiumHandshake(
-            role: .client, keyHolder: LinkKeyHolder(linkSecret: clientSecret, identity: .generate()), context: context)
+            role: .client, keyHolder: LinkKeyHolder(linkSecret: clientSecret, identity: .generate()), context: context,
+            ciphers: clientCiphers)
         let server = SodiumHandshake(
-            role: .server, keyHolder: LinkKeyHolder(linkSecret: serverSecret, identity: .generate()), context: context)
+            role: .server, keyHolder: LinkKeyHolder(linkSecret: serverSecret, identity: .generate()), context: context,
+            ciphers: serverCiphers)
         let m2 = try server.serverReply(client.clientStart())
         let m3 = try client.clientFinish(m2)
         try server.serverFinish(m3)
@@ -72,11 +78,108 @@ final class SodiumHandshakeTests: XCTestCase {
     func testEditedHelloContextFailsTheHandshake() throws {
         let secret = Sodium.random(32)
         let client = SodiumHandshake(
-            role: .client, keyHolder: LinkKeyHolder(linkSecret: secret, identity: .generate()), context: [1])
+            role: .client, keyHolder: LinkKeyHolder(linkSecret: secret, identity: .generate()), context: [1],
+            ciphers: Self.both)
         let server = SodiumHandshake(
-            role: .server, keyHolder: LinkKeyHolder(linkSecret: secret, identity: .generate()), context: [2])
+            role: .server, keyHolder: LinkKeyHolder(linkSecret: secret, identity: .generate()), context: [2],
+            ciphers: Self.both)
         let m2 = try server.serverReply(client.clientStart())
         XCTAssertThrowsError(try client.clientFinish(m2), "a downgrade or edited descriptor changes the transcript")
+    }
+
+    /// This machine must have AES-NI for the AES-256-GCM cases (libsodium refuses it otherwise).
+    private func requireAES() throws {
+        try XCTSkipUnless(
+            StreamCipher.available(environment: [:]) & StreamCipher.aes256gcm.rawValue != 0,
+            "no AES-NI on this CPU: AES-256-GCM cannot run here")
+    }
+
+    func testTheFastestCipherBothSidesHaveIsChosen() throws {
+        try requireAES()
+        let secret = Sodium.random(32)
+        for (client, server, expected) in [
+            (Self.both, Self.both, StreamCipher.aes256gcm), (Self.chachaOnly, Self.both, .xchacha20poly1305),
+            (Self.both, Self.chachaOnly, .xchacha20poly1305), (Self.chachaOnly, Self.chachaOnly, .xchacha20poly1305),
+        ] {
+            let (c, s) = try run(
+                clientSecret: secret, serverSecret: secret, clientCiphers: client, serverCiphers: server)
+            XCTAssertEqual(c.cipher, expected)
+            XCTAssertEqual(s.cipher, expected)
+            guard let cs = c.session, let ss = s.session else { return XCTFail("no session") }
+            let chunk = Sodium.random(70_000)
+            XCTAssertEqual(try ss.receiver.open(cs.sender.seal(chunk)), chunk)
+            XCTAssertEqual(try cs.receiver.open(ss.sender.seal(chunk)), chunk)
+        }
+    }
+
+    func testStrippingAESFromTheOfferOrChangingTheChoiceFailsTheHandshake() throws {
+        try requireAES()
+        let secret = Sodium.random(32)
+        func pair() -> (SodiumHandshake, SodiumHandshake) {
+            (
+                SodiumHandshake(
+                    role: .client, keyHolder: LinkKeyHolder(linkSecret: secret, identity: .generate()), context: [7],
+                    ciphers: Self.both),
+                SodiumHandshake(
+                    role: .server, keyHolder: LinkKeyHolder(linkSecret: secret, identity: .generate()), context: [7],
+                    ciphers: Self.both)
+            )
+        }
+        // Someone between the peers rewrites the offer to XChaCha20 only: the server goes
+        // along, but its keys come from a transcript the client never saw.
+        var (client, server) = pair()
+        var m1 = client.clientStart()
+        m1[m1.count - 1] = Self.chachaOnly
+        let m2 = try server.serverReply(m1)
+        XCTAssertEqual(server.cipher, .xchacha20poly1305)
+        XCTAssertThrowsError(try client.clientFinish(m2)) { XCTAssertTrue("\($0)".contains("tampered"), "\($0)") }
+        // Or rewrites the server's choice (to a cipher the client offered): the same.
+        (client, server) = pair()
+        var m2b = try server.serverReply(client.clientStart())
+        XCTAssertEqual(server.cipher, .aes256gcm)
+        m2b[32] = StreamCipher.xchacha20poly1305.rawValue
+        m2b.insert(contentsOf: [UInt8](repeating: 0, count: SecretStreamSender.headerBytes), at: 33)
+        XCTAssertThrowsError(try client.clientFinish(m2b))
+        // A choice the client never offered is refused outright.
+        let (chachaClient, _) = (
+            SodiumHandshake(
+                role: .client, keyHolder: LinkKeyHolder(linkSecret: secret, identity: .generate()), context: [7],
+                ciphers: Self.chachaOnly), 0
+        )
+        let (_, aesServer) = pair()
+        var m1c = chachaClient.clientStart()
+        m1c[m1c.count - 1] = Self.both
+        let forged = try aesServer.serverReply(m1c)
+        XCTAssertThrowsError(try chachaClient.clientFinish(forged)) {
+            XCTAssertTrue("\($0)".contains("did not offer"), "\($0)")
+        }
+    }
+
+    func testAESGCMDetectsTamperingReplayAndReorderingAndRekeysInStep() throws {
+        try requireAES()
+        let key = Sodium.random(32)
+        let sender = try AESGCMStream(key: key, rekeyBytes: 1000)
+        let receiver = try AESGCMStream(key: key, rekeyBytes: 1000)
+        // Past the rekey point several times: both sides move to the next key together.
+        for round in 0..<10 {
+            let message = Sodium.random(300 + round)
+            XCTAssertEqual(try receiver.open(sender.seal(message, additionalData: [1]), additionalData: [1]), message)
+        }
+        let first = sender.seal([1])
+        let second = sender.seal([2])
+        XCTAssertThrowsError(try receiver.open(second), "reordered")
+        let fresh = try AESGCMStream(key: key)
+        let opener = try AESGCMStream(key: key)
+        var flipped = fresh.seal([5, 6, 7])
+        flipped[0] ^= 1
+        XCTAssertThrowsError(try opener.open(flipped), "modified")
+        let again = try AESGCMStream(key: key)
+        let reader = try AESGCMStream(key: key)
+        let once = again.seal([9])
+        XCTAssertEqual(try reader.open(once), [9])
+        XCTAssertThrowsError(try reader.open(once), "replayed")
+        XCTAssertThrowsError(try reader.open([1, 2, 3]), "too short")
+        _ = first
     }
 
     func testTamperedReplayedAndReorderedMessagesAreDetected() throws {

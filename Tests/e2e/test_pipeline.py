@@ -4,6 +4,7 @@ pipelines, bad manifests, and secrets kept out of logs and command lines."""
 import json
 import os
 import pathlib
+import re
 import shutil
 import signal
 import subprocess
@@ -64,8 +65,31 @@ def test_round_trip_through_every_combination_of_stages(tmp_path, combo):
         assert result.returncode == 0, result.stderr
         assert tree_bytes(out / "tree") == tree_bytes(root)
         if encrypted:
-            assert "encrypted; its peer id is" in result.stderr
+            assert re.search(r"encrypted \((AES-256-GCM|XChaCha20-Poly1305)\); its peer id is", result.stderr)
     finally:
+        seeder.stop()
+
+
+@pytest.mark.skipif("aes" not in open("/proc/cpuinfo").read().split(), reason="no AES-NI: AES-256-GCM cannot run here")
+def test_the_cipher_is_the_fastest_both_peers_have(tmp_path, seed):
+    """Both peers with AES-NI seal with AES-256-GCM; a peer that runs only XChaCha20-Poly1305
+    (PEERSHARE_CIPHERS narrows what a machine offers) gets XChaCha20-Poly1305, and the file
+    arrives whole either way."""
+    payload = tmp_path / "cipher.bin"
+    payload.write_bytes(os.urandom(2 << 20))
+    for seeder_ciphers, getter_ciphers, expected in (
+        (None, None, "AES-256-GCM"),
+        ("xchacha20poly1305", None, "XChaCha20-Poly1305"),
+        (None, "xchacha20poly1305", "XChaCha20-Poly1305"),
+    ):
+        def env(ciphers):
+            return dict(os.environ, PEERSHARE_CIPHERS=ciphers) if ciphers else None
+        seeder = seed(payload, "--no-dht", "--encrypt", env=env(seeder_ciphers))
+        out = tmp_path / f"out-{expected}-{seeder_ciphers}"
+        result = get(seeder.link, out, "--no-dht", "--log-level", "info", env=env(getter_ciphers), timeout=120)
+        assert result.returncode == 0, result.stderr
+        assert f"encrypted ({expected})" in result.stderr, result.stderr
+        assert (out / payload.name).read_bytes() == payload.read_bytes()
         seeder.stop()
 
 
