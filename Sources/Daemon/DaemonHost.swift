@@ -66,6 +66,7 @@ public final class DaemonHost: ControlResponder, SupervisorDelegate, @unchecked 
     let dht: DHTClient?
     let lan: LANClient?
     private(set) var state: DaemonState
+    let manifests: ManifestStore
     private var limits: LimitSettings
     private var items: [UInt32: Item] = [:]
     private var stopping = false
@@ -80,8 +81,13 @@ public final class DaemonHost: ControlResponder, SupervisorDelegate, @unchecked 
         var pipeline: PeerPipeline?
         /// The item's port, held by the daemon while it holds the item (`HeldListener`).
         var listener: HeldListener?
-        /// The share's manifest, once known: a sleeping item wakes without hashing again.
-        var manifest: [UInt8]?
+        /// The share's manifest, once known, and when it was made (Unix nanoseconds): a sleeping
+        /// or restarted item starts without hashing again (`ManifestStore` keeps it on disk).
+        var manifest: (bytes: [UInt8], hashedAt: UInt64)?
+        /// A download's manifest until the download completes (its files are written then).
+        var pendingManifest: [UInt8]?
+        /// When its session last started (Unix nanoseconds): what a manifest hashed by it dates from.
+        var startedAt: UInt64 = 0
         /// Asleep (or falling asleep): no workers; a peer connecting wakes it.
         var sleeping = false
         var sleepPolicy: SleepPolicy
@@ -119,6 +125,7 @@ public final class DaemonHost: ControlResponder, SupervisorDelegate, @unchecked 
         self.logger = logger
         self.say = say
         self.state = state
+        manifests = ManifestStore(stateFile: settings.stateFile)
         limits = LimitSettings(settings.config.limits)
         if let saved = state.limits { limits = saved }
         done = eventLoop.makePromise(of: Int32.self)
@@ -245,6 +252,12 @@ public final class DaemonHost: ControlResponder, SupervisorDelegate, @unchecked 
         item.stopRequested = false
         item.sleeping = false
         item.sleepPolicy.reset()
+        item.startedAt = DaemonHost.wallClockNanoseconds()
+        if item.manifest == nil, let hashedAt = record.hashedAt,
+            let bytes = manifests.load(for: id, link: record.link)
+        {
+            item.manifest = (bytes, hashedAt)
+        }
         item.summary.phase = .starting
         item.summary.exitCode = 0
         var config = settings.config
@@ -432,7 +445,14 @@ public final class DaemonHost: ControlResponder, SupervisorDelegate, @unchecked 
             state.update(id) { $0.port = port }
             save()
         }
-        output.manifest = { [self] bytes in items[id]?.manifest = bytes }
+        output.manifest = { [self] bytes in
+            guard let item = items[id], item.manifest?.bytes != bytes, let index = state.index(of: id) else { return }
+            if item.summary.kind == .share || state.items[index].finalPath != nil {
+                keepManifest(id, bytes, hashedAt: item.startedAt)
+            } else {
+                item.pendingManifest = bytes
+            }
+        }
         output.verifiedFrom = { [self] peer, bytes in
             items[id]?.peer(peer) {
                 $0.chunks += 1
@@ -452,12 +472,38 @@ public final class DaemonHost: ControlResponder, SupervisorDelegate, @unchecked 
             state.update(id) { $0.finalPath = path }
             save()
             guard let item = items[id] else { return }
+            if let bytes = item.pendingManifest {
+                item.pendingManifest = nil
+                keepManifest(id, bytes, hashedAt: DaemonHost.wallClockNanoseconds())
+            }
             item.summary.phase = .seeding
             item.summary.path = path
             item.summary.bytesDone = item.summary.bytesTotal
             say("item \(id) complete: \(InertText.make(path))")
         }
         return output
+    }
+
+    /// What a file's modification time is compared with (CLOCK_REALTIME).
+    static func wallClockNanoseconds() -> UInt64 {
+        var now = timespec()
+        clock_gettime(CLOCK_REALTIME, &now)
+        return UInt64(clamping: now.tv_sec) &* 1_000_000_000 &+ UInt64(clamping: now.tv_nsec)
+    }
+
+    /// Keeps an item's manifest, in memory and beside the state file (the file first: the
+    /// state never names a manifest that is not there).
+    private func keepManifest(_ id: UInt32, _ bytes: [UInt8], hashedAt: UInt64) {
+        guard let item = items[id] else { return }
+        item.manifest = (bytes, hashedAt)
+        do {
+            try manifests.save(bytes, for: id)
+            state.update(id) { $0.hashedAt = hashedAt }
+            save()
+        } catch {
+            // Not fatal: the share is hashed again after a restart.
+            logger.warning("item \(id): cannot keep its manifest: \(error)")
+        }
     }
 
     /// Status lines come from sessions (peers' words already made inert there); kept short.
@@ -564,6 +610,7 @@ public final class DaemonHost: ControlResponder, SupervisorDelegate, @unchecked 
             // A `share` still waiting for this item's link hears that it is gone.
             answerWaiting(item, with: .refused(code: UInt16(ExitCodes.unavailable), message: "item \(id) was removed"))
             items[id] = nil
+            manifests.remove(id)
             withdraw(item, link: record.link)
             reply(.status(text: "removed \(id); its files are kept"))
         }

@@ -41,6 +41,9 @@ public struct DaemonState: Codable, Sendable, Equatable {
         public var paused = false
         /// A download that completed: where it is now (it is then served, as a seeder).
         public var finalPath: String?
+        /// When the manifest kept beside this file (`ManifestStore`) was made, in Unix
+        /// nanoseconds (a file's modification time is as fine): a file modified since is hashed again rather than served from it.
+        public var hashedAt: UInt64?
 
         public init(id: UInt32, kind: Kind, path: String, link: String? = nil, encrypt: Bool = false) {
             self.id = id
@@ -237,7 +240,12 @@ public struct StateFile: Sendable {
     public func save(_ state: DaemonState) throws {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-        let data = try encoder.encode(state)
+        try StateFile.writeAtomically(try encoder.encode(state), to: path)
+    }
+
+    /// A whole file or the old one, never half of one: temp file (0600), fsync, rename,
+    /// fsync of the folder.
+    static func writeAtomically(_ data: Data, to path: String) throws {
         let folder = (path as NSString).deletingLastPathComponent
         try FileManager.default.createDirectory(
             atPath: folder, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
@@ -245,9 +253,10 @@ public struct StateFile: Sendable {
         let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0o600)
         guard fd >= 0 else { throw StateError("cannot write \(temporary): \(String(cString: strerror(errno)))") }
         var ok = data.withUnsafeBytes { raw -> Bool in
+            guard let base = raw.baseAddress else { return true }
             var offset = 0
             while offset < raw.count {
-                let wrote = write(fd, raw.baseAddress! + offset, raw.count - offset)
+                let wrote = write(fd, base + offset, raw.count - offset)
                 if wrote < 0 && errno == EINTR { continue }
                 guard wrote > 0 else { return false }
                 offset += wrote
@@ -272,4 +281,38 @@ public struct StateFile: Sendable {
         public var description: String
         init(_ text: String) { description = text }
     }
+}
+
+/// The manifests of the daemon's items, one file each beside the state file
+/// (`manifests/ID.manifest`, 0600): a share restarted or woken is opened from its manifest
+/// instead of being hashed again. A file that is missing, too large, or not the manifest of
+/// the item's link is ignored (the share is hashed), never trusted.
+public struct ManifestStore: Sendable {
+    public let folder: String
+
+    public init(stateFile: StateFile) {
+        folder = (stateFile.path as NSString).deletingLastPathComponent + "/manifests"
+    }
+
+    func path(of id: UInt32) -> String { "\(folder)/\(id).manifest" }
+
+    public func save(_ bytes: [UInt8], for id: UInt32) throws {
+        try StateFile.writeAtomically(Data(bytes), to: path(of: id))
+    }
+
+    /// The manifest kept for `id`, if it is the one `link` names.
+    public func load(for id: UInt32, link: String?) -> [UInt8]? {
+        guard let text = link, let shareID = try? ShareLink.parse(text).shareID else { return nil }
+        var info = stat()
+        guard stat(path(of: id), &info) == 0, info.st_size <= ManifestStore.maxBytes,
+            let data = FileManager.default.contents(atPath: path(of: id))
+        else { return nil }
+        let bytes = [UInt8](data)
+        return ShareID(manifestBytes: bytes) == shareID ? bytes : nil
+    }
+
+    public func remove(_ id: UInt32) { unlink(path(of: id)) }
+
+    /// As large as a manifest the hash worker may send.
+    public static let maxBytes = 64 << 20
 }

@@ -117,9 +117,9 @@ public final class HashService: WorkerService, @unchecked Sendable {
             } catch {
                 return failure(id, error)
             }
-        case .openShare(let id, let path, let manifest):
+        case .openShare(let id, let path, let manifest, let hashedAt):
             do {
-                served = try ServedShare(path: path, manifestBytes: manifest)
+                served = try ServedShare(path: path, manifestBytes: manifest, hashedAt: hashedAt)
                 return .shareOpened(requestID: id)
             } catch {
                 return failure(id, error)

@@ -19,7 +19,9 @@ final class ServedShare {
     }
 
     /// `path` is the file or folder that was shared; its parent holds the manifest's root name.
-    init(path: String, manifestBytes: [UInt8]) throws {
+    /// `hashedAt` (Unix nanoseconds, 0: unchecked): a file modified after the manifest was made
+    /// may hold other bytes at the same size, so it is refused as changed.
+    init(path: String, manifestBytes: [UInt8], hashedAt: UInt64 = 0) throws {
         manifest = try Manifest.decode(manifestBytes)
         let absolute = URL(fileURLWithPath: path).standardizedFileURL
         diskRoot = absolute.deletingLastPathComponent().path
@@ -29,7 +31,11 @@ final class ServedShare {
         for (index, entry) in manifest.entries.enumerated() where entry.kind == .file {
             var info = stat()
             let path = diskRoot + "/" + entry.path
-            guard lstat(path, &info) == 0, UInt64(info.st_size) == entry.size else {
+            guard lstat(path, &info) == 0, UInt64(info.st_size) == entry.size,
+                hashedAt == 0
+                    || UInt64(clamping: info.st_mtim.tv_sec) &* 1_000_000_000
+                        &+ UInt64(clamping: info.st_mtim.tv_nsec) < hashedAt
+            else {
                 throw Failure(code: 66, description: "'\(path)' is missing or changed since it was hashed")
             }
             fingerprints[index] = (entry.size, info.st_mtim)

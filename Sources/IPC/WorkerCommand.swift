@@ -17,7 +17,9 @@ public enum WorkerCommand: ChannelMessage {
 
     // Hash worker: the only process that touches shared and downloaded files.
     case buildManifest(requestID: UInt32, path: String)
-    case openShare(requestID: UInt32, path: String, manifest: [UInt8])
+    /// `hashedAt`: when the manifest was made (Unix nanoseconds); a file modified later is
+    /// refused as changed. 0: no such check (a restarted worker reopening its share).
+    case openShare(requestID: UInt32, path: String, manifest: [UInt8], hashedAt: UInt64)
     /// `privateShare`: files and folders are created for the user alone (0600/0700).
     case prepareDownload(requestID: UInt32, manifest: [UInt8], targetDirectory: String, privateShare: Bool)
     case finalizeDownload(requestID: UInt32)
@@ -155,7 +157,7 @@ public enum WorkerCommand: ChannelMessage {
     public var requestID: UInt32? {
         switch self {
         case .statusRequest(let id), .countersRequest(let id), .failure(let id, _, _), .buildManifest(let id, _),
-            .openShare(let id, _, _),
+            .openShare(let id, _, _, _),
             .prepareDownload(let id, _, _, _), .finalizeDownload(let id), .sessionKeys(let id, _, _, _, _),
             .natProbe(let id, _), .mapPorts(let id, _, _, _), .dhtRequest(let id, _, _, _, _),
             .dhtStateRequest(let id):
@@ -167,7 +169,8 @@ public enum WorkerCommand: ChannelMessage {
 
     public var payloadSizeHint: Int {
         switch self {
-        case .openShare(_, _, let m), .prepareDownload(_, let m, _, _), .serve(_, let m, _, _, _): return m.count + 300
+        case .openShare(_, _, let m, _), .prepareDownload(_, let m, _, _), .serve(_, let m, _, _, _):
+            return m.count + 300
         default: return 64
         }
     }
@@ -186,10 +189,11 @@ public enum WorkerCommand: ChannelMessage {
         case .buildManifest(let id, let path):
             w.u32(id)
             w.text(path)
-        case .openShare(let id, let path, let manifest):
+        case .openShare(let id, let path, let manifest, let hashedAt):
             w.u32(id)
             w.text(path)
             w.blob(manifest)
+            w.u64(hashedAt)
         case .prepareDownload(let id, let manifest, let target, let privateShare):
             w.u32(id)
             w.blob(manifest)
@@ -283,7 +287,8 @@ public enum WorkerCommand: ChannelMessage {
         case .buildManifest: self = .buildManifest(requestID: try r.u32(), path: try r.text())
         case .openShare:
             self = .openShare(
-                requestID: try r.u32(), path: try r.text(), manifest: try r.blob(limit: maxData, what: "manifest"))
+                requestID: try r.u32(), path: try r.text(), manifest: try r.blob(limit: maxData, what: "manifest"),
+                hashedAt: try r.u64())
         case .prepareDownload:
             self = .prepareDownload(
                 requestID: try r.u32(), manifest: try r.blob(limit: maxData, what: "manifest"),

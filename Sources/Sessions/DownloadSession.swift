@@ -320,7 +320,8 @@ public final class DownloadSession: SupervisorDelegate, @unchecked Sendable {
                         partial: false), key: "serve", for: .transfer)
                 supervisor.forgetSetup(key: "download", for: .hash)
                 supervisor.rememberSetup(
-                    .openShare(requestID: 0, path: path, manifest: manifestBytes), key: "share", for: .hash)
+                    .openShare(requestID: 0, path: path, manifest: manifestBytes, hashedAt: 0), key: "share", for: .hash
+                )
                 output.status("seeding on port \(servingPort); press Ctrl-C to stop")
                 return
             }

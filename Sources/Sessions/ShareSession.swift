@@ -35,9 +35,10 @@ public final class ShareSession: SupervisorDelegate, @unchecked Sendable {
     /// What peers' handshakes say they see us at (`ObservedAddresses`).
     private var observed = ObservedAddresses()
     private var manifest: [UInt8]?
-    /// A manifest made before (the daemon waking a sleeping share): the hash worker opens the
-    /// share with it instead of hashing it again.
-    private let knownManifest: [UInt8]?
+    /// A manifest made before (the daemon waking a sleeping share, or restarting), and when
+    /// (Unix nanoseconds): the hash worker opens the share with it instead of hashing it again,
+    /// unless a file was modified since — then it is hashed again.
+    private var knownManifest: (bytes: [UInt8], hashedAt: UInt64)?
     private var shareID: ShareID?
     private var linkPrinted = false
     private var buildRequest: UInt32 = 0
@@ -46,7 +47,8 @@ public final class ShareSession: SupervisorDelegate, @unchecked Sendable {
         context: SessionContext, path: String, listen: PeerAddress,
         pipeline: PeerPipeline = PeerPipeline(stages: [], secret: nil), identity: [UInt8] = [],
         relays: [PeerAddress] = [], relayAddresses: [String] = [], mapPorts: Bool = false,
-        findRelays: Bool = false, volunteerRelay: PeerAddress? = nil, knownManifest: [UInt8]? = nil
+        findRelays: Bool = false, volunteerRelay: PeerAddress? = nil,
+        knownManifest: (bytes: [UInt8], hashedAt: UInt64)? = nil
     ) {
         self.knownManifest = knownManifest
         self.findRelays = findRelays
@@ -79,12 +81,18 @@ public final class ShareSession: SupervisorDelegate, @unchecked Sendable {
         }
         buildRequest = supervisor.makeRequestID()
         if let knownManifest {
-            // The hash worker still checks that every file is there with its size.
+            // The hash worker checks that every file is there, with its size, unmodified.
             supervisor.send(
-                .openShare(requestID: buildRequest, path: path, manifest: knownManifest), to: .hash,
-                tracking: .request)
+                .openShare(
+                    requestID: buildRequest, path: path, manifest: knownManifest.bytes,
+                    hashedAt: knownManifest.hashedAt), to: .hash, tracking: .request)
             return
         }
+        hash()
+    }
+
+    private func hash() {
+        buildRequest = supervisor.makeRequestID()
         output.status("hashing \(path) ...")
         supervisor.send(.buildManifest(requestID: buildRequest, path: path), to: .hash, tracking: .request)
     }
@@ -125,7 +133,12 @@ public final class ShareSession: SupervisorDelegate, @unchecked Sendable {
             output.progress(done, total, "hashing", nil)
         case .shareOpened(let id) where id == buildRequest && id != 0:
             guard let knownManifest else { return }
-            manifestReady(knownManifest)
+            manifestReady(knownManifest.bytes)
+        case .failure(let id, _, let text) where id == buildRequest && knownManifest != nil:
+            // Changed (or gone) since it was hashed: hash what is there now.
+            knownManifest = nil
+            output.status("\(text); hashing it again")
+            hash()
         case .manifestBuilt(_, let bytes):
             manifestReady(bytes)
         case .serving(let port):
@@ -200,7 +213,8 @@ public final class ShareSession: SupervisorDelegate, @unchecked Sendable {
         if let decoded = try? Manifest.decode(bytes) { output.described?(decoded.rootName, decoded.totalBytes) }
         output.manifest?(bytes)
         // If the hash worker restarts, it must reopen the share without hashing it again.
-        supervisor.rememberSetup(.openShare(requestID: 0, path: path, manifest: bytes), key: "share", for: .hash)
+        supervisor.rememberSetup(
+            .openShare(requestID: 0, path: path, manifest: bytes, hashedAt: 0), key: "share", for: .hash)
         // The pipeline needs the share id (an encrypted share's tag comes from it).
         supervisor.send(
             pipeline.configureMessage(shareID: id, identity: identity), to: .transfer,

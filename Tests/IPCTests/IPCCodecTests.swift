@@ -17,7 +17,7 @@ final class IPCCodecTests: XCTestCase {
         .shutdown,
         .failure(requestID: 9, code: 66, message: "cannot open"),
         .buildManifest(requestID: 1, path: "/tmp/a b"),
-        .openShare(requestID: 2, path: "/x", manifest: [4]),
+        .openShare(requestID: 2, path: "/x", manifest: [4], hashedAt: 1_764_000_000),
         .prepareDownload(requestID: 6, manifest: [1], targetDirectory: "/out", privateShare: true),
         .finalizeDownload(requestID: 8),
         .serve(shareID: shareID, manifest: [1, 2], host: "127.0.0.1", port: 4000, partial: true),

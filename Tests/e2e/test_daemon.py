@@ -222,6 +222,41 @@ def test_an_idle_share_sleeps_with_no_workers_and_the_next_peer_wakes_it(tmp_pat
     assert fetcher.items()[1]["state"] in ("seeding", "sleeping")
 
 
+def test_a_restarted_daemon_serves_its_shares_without_hashing_them_again_unless_they_changed(tmp_path, daemons):
+    """Each share's manifest is kept beside the state file: after a restart a share is opened
+    from it, not hashed again — unless a file was modified since, which is hashed afresh."""
+    d = daemons("d")
+    same = tmp_path / "same.bin"
+    same.write_bytes(os.urandom(1_500_000))
+    edited = tmp_path / "edited.bin"
+    edited.write_bytes(os.urandom(1_500_000))
+    link_same = d.cli("share", str(same)).stdout.strip()
+    link_edited = d.cli("share", str(edited)).stdout.strip()
+    kept = d.state_dir / "peershare" / "manifests"
+    assert sorted(p.name for p in kept.iterdir()) == ["1.manifest", "2.manifest"]
+    assert kept.stat().st_mode & 0o077 == 0
+    d.stop()
+    # Other bytes at the same size, written while the daemon was down.
+    edited.write_bytes(os.urandom(1_500_000))
+    later = time.time() + 2
+    os.utime(edited, (later, later))
+    d.start()
+    wait_for(lambda: {i["state"] for i in d.items().values()} == {"serving"}, 30, "both shares to be served")
+    log = d.log.read_text()
+    assert log.count("hashed 'same.bin'") == 1, log
+    assert log.count("hashed 'edited.bin'") == 2, log
+    assert "changed since it was hashed; hashing it again" in log
+    assert d.items()[1]["link"] == link_same
+    assert d.items()[2]["link"].split("?")[0] != link_edited.split("?")[0]
+    out = tmp_path / "out"
+    got = d.cli("get", "--no-daemon", "--no-dht", "--no-lan", link_same, "-o", str(out))
+    assert got.returncode == 0, got.stderr
+    assert (out / "same.bin").read_bytes() == same.read_bytes()
+    # A removed item's manifest goes with it.
+    assert d.cli("remove", "2").returncode == 0
+    assert sorted(p.name for p in kept.iterdir()) == ["1.manifest"]
+
+
 def test_daemons_find_each_other_through_their_one_dht_node(tmp_path, daemons):
     """A link with no peer hints: the fetching daemon's DHT node finds the sharing daemon's
     announce. Each daemon runs one DHT node for all it holds, and keeps its table."""
