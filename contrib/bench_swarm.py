@@ -11,7 +11,11 @@ TCP only, joined with connect_peer, a torrent made by mktorrent with the same pi
 PeerShare's chunks. PeerShare downloaders in the 1 -> 8 row are told of each other (--peer),
 as libtorrent's peer exchange tells its downloaders.
 
-Usage: bench_swarm.py PEERSHARE_BINARY FILE WORKDIR [ROWS]   (ROWS: e.g. "1-1,4-1,1-8")
+Usage: bench_swarm.py PEERSHARE_BINARY FILE-OR-FOLDER WORKDIR [ROWS]   (ROWS: e.g. "1-1,4-1,1-8")
+
+A folder works too (the scale row: `bench_swarm.py BIN /dev/shm/many WORK 1-1` after
+`bench_swarm.py --make-folder /dev/shm/many 100000 10240`). Each row also prints how long
+`peershare share` took to print its link (hashing) and the .torrent's making (mktorrent).
 """
 import os
 import shutil
@@ -105,14 +109,23 @@ class Meter:
                 self.peak[name] = max(self.peak.get(name, 0), s[1])
 
 
+def tree_size(path):
+    if os.path.isfile(path):
+        return os.path.getsize(path)
+    return sum(os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(path) for name in names)
+
+
 def run_peershare(seeders, downloaders):
+    global share_startup
     meter = Meter()
     procs = []
     seed_ports = [free_port() for _ in range(seeders)]
     for port in seed_ports:
+        began = time.time()
         p = subprocess.Popen([binary, "share", source, "--listen", f"127.0.0.1:{port}", "--no-dht"],
                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         link = p.stdout.readline().strip().split("?")[0]
+        share_startup = time.time() - began  # hashing, until the link is printed
         procs.append(p)
         meter.add(p.pid, "seeder")
     get_ports = [free_port() for _ in range(downloaders)]
@@ -166,17 +179,20 @@ def run_libtorrent(seeders, downloaders, torrent):
         p.wait()
     for i, g in enumerate(gets):
         out = os.path.join(work, f"lt-out{i}", os.path.basename(source))
-        if g.returncode != 0 or os.path.getsize(out) != size:
+        if g.returncode != 0 or tree_size(out) != size:
             sys.exit("libtorrent download failed")
         shutil.rmtree(os.path.join(work, f"lt-out{i}"))
     return elapsed, meter
+
+
+share_startup = 0.0
 
 
 def main():
     global binary, source, work, size
     binary, source, work = sys.argv[1], os.path.abspath(sys.argv[2]), sys.argv[3]
     rows = (sys.argv[4] if len(sys.argv) > 4 else "1-1,4-1,1-8").split(",")
-    size = os.path.getsize(source)
+    size = tree_size(source)
     # PeerShare's chunk size for this file (~2,048 chunks, 64 KiB..4 MiB, a power of two), so
     # both tools move pieces of the same size.
     chunk = 64 << 10
@@ -185,11 +201,15 @@ def main():
     torrent = os.path.join(work, "bench.torrent")
     if os.path.exists(torrent):
         os.remove(torrent)
+    began = time.time()
     subprocess.run(["mktorrent", "-l", str(chunk.bit_length() - 1), "-o", torrent, source],
                    check=True, stdout=subprocess.DEVNULL)
+    torrent_startup = time.time() - began
+    files = 1 if os.path.isfile(source) else sum(len(names) for _, _, names in os.walk(source))
 
     gib = size / (1 << 30)
-    print(f"{size / 2**20:.0f} MiB share, {chunk >> 10} KiB chunks/pieces")
+    print(f"{size / 2**20:.0f} MiB share in {files} file{'s' if files > 1 else ''}, {chunk >> 10} KiB chunks/pieces")
+    print(f"making the .torrent (mktorrent, hashing): {torrent_startup:.2f} s, {os.path.getsize(torrent)} bytes")
     print(f"{'row':<24} {'tool':<11} {'MB/s':>8} {'CPU s/GiB':>10} {'vs libtorrent':>14}   peak RSS (MiB)")
     for row in rows:
         seeders, downloaders = (int(x) for x in row.split("-"))
@@ -210,7 +230,20 @@ def main():
             ratio = f"{rate / results['libtorrent'][0]:.2f}x" if tool == "peershare" else ""
             peaks = ", ".join(f"{k} {v / 1024:.0f}" for k, v in sorted(peak.items()))
             print(f"{label:<24} {tool:<11} {rate:8.0f} {cpu:10.2f} {ratio:>14}   {peaks}", flush=True)
+        print(f"  peershare share startup (hashing, until the link): {share_startup:.2f} s", flush=True)
+
+
+def make_folder(path, count, size):
+    """COUNT files of SIZE random bytes, 1,000 to a folder."""
+    for index in range(count):
+        folder = os.path.join(path, f"d{index // 1000:04}")
+        os.makedirs(folder, exist_ok=True)
+        with open(os.path.join(folder, f"f{index:06}.bin"), "wb") as f:
+            f.write(os.urandom(size))
 
 
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) == 5 and sys.argv[1] == "--make-folder":
+        make_folder(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+    else:
+        main()

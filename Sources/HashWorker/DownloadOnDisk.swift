@@ -20,7 +20,14 @@ final class DownloadOnDisk {
     let targetDirectory: String
     let stagingDirectory: String
     private(set) var verified: ChunkBitfield
+    /// The share's files open now, by entry, at most `maxOpenFiles` of them (least recently
+    /// used closed first): a share of 100,000 files must not run out of descriptors.
     private var descriptors: [Int: Int32] = [:]
+    private var lastUse: [Int: UInt64] = [:]
+    private var uses: UInt64 = 0
+    /// Files written to since their last fsync: synced before they are closed.
+    private var unsynced: Set<Int> = []
+    static let maxOpenFiles = 64
 
     var finalPath: String { targetDirectory + "/" + manifest.rootName }
 
@@ -140,7 +147,7 @@ final class DownloadOnDisk {
     private func createTree() throws {
         var buffer = [UInt8](repeating: 0, count: manifest.chunkSize)
         var chunkBase = 0
-        for (index, entry) in manifest.entries.enumerated() {
+        for entry in manifest.entries {
             let path = stagingDirectory + "/" + entry.path
             if entry.kind == .directory {
                 if mkdir(path, folderMode) != 0 && errno != EEXIST {
@@ -154,7 +161,7 @@ final class DownloadOnDisk {
             guard fd >= 0 else {
                 throw Failure(code: 73, description: "cannot create '\(path)': \(String(cString: strerror(errno)))")
             }
-            descriptors[index] = fd
+            defer { close(fd) }
             var info = stat()
             fstat(fd, &info)
             if UInt64(info.st_size) != entry.size && ftruncate(fd, off_t(entry.size)) != 0 {
@@ -174,6 +181,38 @@ final class DownloadOnDisk {
         }
     }
 
+    /// The open file of a staged entry: opened (and another closed) as needed.
+    private func descriptor(for entry: Int) throws -> Int32 {
+        uses += 1
+        if let fd = descriptors[entry] {
+            lastUse[entry] = uses
+            return fd
+        }
+        if descriptors.count >= DownloadOnDisk.maxOpenFiles,
+            let oldest = lastUse.min(by: { $0.value < $1.value })?.key
+        {
+            try closeFile(oldest)
+        }
+        let path = stagingDirectory + "/" + manifest.entries[entry].path
+        let fd = open(path, O_RDWR | O_CLOEXEC | O_NOFOLLOW)
+        guard fd >= 0 else {
+            throw Failure(code: 74, description: "cannot open '\(path)': \(String(cString: strerror(errno)))")
+        }
+        descriptors[entry] = fd
+        lastUse[entry] = uses
+        return fd
+    }
+
+    /// Closes one file, flushing it to disk first if it was written to.
+    private func closeFile(_ entry: Int) throws {
+        guard let fd = descriptors.removeValue(forKey: entry) else { return }
+        lastUse[entry] = nil
+        defer { close(fd) }
+        if unsynced.remove(entry) != nil, fsync(fd) != 0 {
+            throw Failure(code: 74, description: "cannot flush to disk: \(String(cString: strerror(errno)))")
+        }
+    }
+
     /// Verifies a chunk against the manifest and writes it only if it matches.
     func write(index: Int, data: [UInt8]) throws -> Bool {
         guard index >= 0, index < manifest.chunkCount else { return false }
@@ -182,9 +221,10 @@ final class DownloadOnDisk {
             return false
         }
         if verified[index] { return true }
-        guard let fd = descriptors[location.entryIndex] else { return false }
+        let fd = try descriptor(for: location.entryIndex)
         let path = stagingDirectory + "/" + manifest.entries[location.entryIndex].path
         try data.withUnsafeBytes { try FileIO.writeAll(fd, $0, at: location.offset, path: path) }
+        unsynced.insert(location.entryIndex)
         verified[index] = true
         return true
     }
@@ -196,9 +236,7 @@ final class DownloadOnDisk {
             throw Failure(code: 65, description: "chunk \(index) is not verified here")
         }
         let location = manifest.chunkLocations[index]
-        guard let fd = descriptors[location.entryIndex] else {
-            throw Failure(code: 70, description: "chunk \(index): file not open")
-        }
+        let fd = try descriptor(for: location.entryIndex)
         let path = stagingDirectory + "/" + manifest.entries[location.entryIndex].path
         return try [UInt8](unsafeUninitializedCapacity: location.length) { raw, initialized in
             try FileIO.readExactly(fd, into: UnsafeMutableRawBufferPointer(raw), at: location.offset, path: path)
@@ -213,13 +251,7 @@ final class DownloadOnDisk {
             throw Failure(
                 code: 70, description: "cannot finish: \(manifest.chunkCount - verified.setCount) chunks missing")
         }
-        for fd in descriptors.values {
-            if fsync(fd) != 0 {
-                throw Failure(code: 74, description: "cannot flush to disk: \(String(cString: strerror(errno)))")
-            }
-            close(fd)
-        }
-        descriptors.removeAll()
+        for entry in Array(descriptors.keys) { try closeFile(entry) }
         let staged = stagingDirectory + "/" + manifest.rootName
         var info = stat()
         if lstat(finalPath, &info) == 0 {

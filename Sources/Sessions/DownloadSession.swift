@@ -49,6 +49,8 @@ public final class DownloadSession: SupervisorDelegate, @unchecked Sendable {
     /// What peers' handshakes say they see us at (`ObservedAddresses`).
     private var observed = ObservedAddresses()
     private var manifest: Manifest?
+    /// The manifest's total, once: it is a sum over every file, and progress wants it per chunk.
+    private var totalBytes: UInt64 = 0
     private var manifestBytes: [UInt8]?
     private var verified: ChunkBitfield?
     private var started = false
@@ -249,6 +251,7 @@ public final class DownloadSession: SupervisorDelegate, @unchecked Sendable {
             do {
                 let decoded = try Manifest.decode(bytes)
                 manifest = decoded
+                totalBytes = decoded.totalBytes
                 output.status(
                     "found '\(decoded.rootName)': \(formatBytes(decoded.totalBytes)) in \(decoded.chunkCount) chunks")
                 output.described?(decoded.rootName, decoded.totalBytes)
@@ -298,7 +301,7 @@ public final class DownloadSession: SupervisorDelegate, @unchecked Sendable {
             } else if !ok {
                 rejected += 1
             }
-            output.progress(verifiedBytes, manifest.totalBytes, "downloading", connectedPeers)
+            output.progress(verifiedBytes, totalBytes, "downloading", connectedPeers)
             finalizeIfComplete()
         case .downloadFinalized(_, let path):
             output.finishProgress()

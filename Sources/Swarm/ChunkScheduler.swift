@@ -203,12 +203,14 @@ public struct ChunkScheduler: Sendable {
         }
         if !randomPhaseOver && states.count - missingCount() >= randomFirst { randomPhaseOver = true }
         if !randomPhaseOver || strategy == .random {
-            // Reservoir sampling: one pass, each candidate equally likely.
+            // Reservoir sampling: one pass, each candidate equally likely (among the first
+            // `pickWindow`: a pick must not cost a pass over 100,000 chunks).
             var chosen: Int?
             var seen: UInt64 = 0
             for index in firstMissingHint..<states.count where states[index] == .missing && bits[index] {
                 seen += 1
                 if rng.next() % seen == 0 { chosen = index }
+                if seen >= ChunkScheduler.pickWindow { break }
             }
             return chosen
         }
@@ -219,7 +221,12 @@ public struct ChunkScheduler: Sendable {
             // One pass: the lowest availability so far, and a reservoir sample among the
             // chunks that share it.
             var ties: UInt64 = 0
+            var seen = 0
             for index in firstMissingHint..<count where states[index] == .missing && bits[index] {
+                // The rarest of the first `pickWindow` candidates: picks stay O(window), not
+                // O(chunks) — a share of 100,000 chunks would otherwise cost 5·10⁹ steps.
+                seen += 1
+                if seen > ChunkScheduler.pickWindow { break }
                 let rarity = availability[index]
                 if rarity < bestAvailability {
                     bestAvailability = rarity
@@ -242,6 +249,9 @@ public struct ChunkScheduler: Sendable {
         }
         return best
     }
+
+    /// Candidates a pick looks at, at most (see `pick`).
+    static let pickWindow = 1024
 
     private func missingCount() -> Int {
         var count = 0
