@@ -54,6 +54,23 @@ def test_directory_tree_with_nested_and_empty_folders(seed, tmp_path):
     assert (received / "empty").is_dir() and (received / "2024" / "empty-too").is_dir()
 
 
+def test_a_folder_of_more_files_than_the_descriptor_limit(seed, tmp_path):
+    """3,000 files fetched by a `get` allowed 256 open descriptors (its workers inherit the
+    limit): the hash worker keeps a few staged files open at a time, not all of them."""
+    root = tmp_path / "many"
+    for index in range(3000):
+        folder = root / f"d{index // 500}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"f{index:04}.txt").write_bytes(os.urandom(700))
+    seeder = seed(root, "--no-dht")
+    out = tmp_path / "out"
+    result = subprocess.run(
+        ["prlimit", "--nofile=256", BIN, "get", seeder.link, "-o", str(out), "--no-dht"],
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert tree_bytes(out / "many") == tree_bytes(root)
+
+
 def test_link_is_the_first_line_and_downloads_from_hint(seed, tmp_path):
     source = tmp_path / "a.txt"
     source.write_text("x" * 1000)
