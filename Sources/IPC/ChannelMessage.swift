@@ -89,7 +89,8 @@ public enum IPCLimits {
     /// command-line arguments).
     /// 6: one message enum per direction and channel; the control socket has its own
     /// messages (`ControlRequest`, `ControlReply`) instead of borrowing the workers'.
-    public static let protocolVersion: UInt16 = 6
+    /// 7: `openShare` carries when its manifest was made (`hashedAt`).
+    public static let protocolVersion: UInt16 = 7
     /// The largest frame on a supervisor pipe or the data channel: a full manifest plus headers.
     public static let maxFrameLength = Manifest.maxEncodedSize + 64 * 1024
     static let maxText = 64 * 1024
