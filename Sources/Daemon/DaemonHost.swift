@@ -276,10 +276,11 @@ public final class DaemonHost: ControlResponder, SupervisorDelegate, @unchecked 
         // again; a finished download is then a share of where it landed.
         let servedPath = isShare ? record.path : record.finalPath
         let known = servedPath != nil ? item.manifest : nil
-        let readable = known != nil ? servedPath.map { [$0] } ?? [] : isShare ? [record.path] : []
+        // What the hash worker may touch: the shared path (read), or the download's folder.
+        let sharedPath = known != nil || isShare ? servedPath : nil
         let table = WorkerTable.standard(
-            config: config, logLevel: settings.logLevel, readable: readable,
-            writable: readable.isEmpty ? [record.path] : [], roles: [.transfer, .hash])
+            config: config, logLevel: settings.logLevel, readable: sharedPath.map { [$0] } ?? [],
+            writable: sharedPath == nil ? [record.path] : [], roles: [.transfer, .hash])
         var itemLogger = logger
         itemLogger[metadataKey: "item"] = "\(id)"
         let supervisor = Supervisor(
