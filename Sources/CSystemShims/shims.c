@@ -6,6 +6,9 @@
 #include <sys/prctl.h>
 #include <malloc.h>
 #include <fcntl.h>
+#include <sys/mman.h>
+
+int peershare_memfd(const char *name) { return memfd_create(name, MFD_CLOEXEC); }
 
 void peershare_tune_allocator(void) {
     /* Chunk-sized buffers (64 KiB to 4 MiB) are allocated and freed all the time. By default

@@ -231,17 +231,21 @@ final class DownloadOnDisk {
 
     /// Reads a verified chunk back, to serve it to other downloaders. Unverified chunks are
     /// refused: only what matched the manifest ever leaves this machine.
-    func read(index: Int) throws -> [UInt8] {
+    /// Returns its length; it lies in `slot` (a slot of the chunk pool).
+    func read(index: Int, into slot: UnsafeMutableRawBufferPointer) throws -> Int {
         guard index >= 0, index < manifest.chunkCount, verified[index] else {
             throw Failure(code: 65, description: "chunk \(index) is not verified here")
         }
         let location = manifest.chunkLocations[index]
+        guard location.length <= slot.count else {
+            throw Failure(code: 70, description: "chunk \(index) (\(location.length) bytes) is larger than its slot")
+        }
         let fd = try descriptor(for: location.entryIndex)
         let path = stagingDirectory + "/" + manifest.entries[location.entryIndex].path
-        return try [UInt8](unsafeUninitializedCapacity: location.length) { raw, initialized in
-            try FileIO.readExactly(fd, into: UnsafeMutableRawBufferPointer(raw), at: location.offset, path: path)
-            initialized = location.length
-        }
+        try FileIO.readExactly(
+            fd, into: UnsafeMutableRawBufferPointer(rebasing: slot[0..<location.length]), at: location.offset,
+            path: path)
+        return location.length
     }
 
     /// Flushes every file and renames the share into place; refuses if anything is missing.

@@ -17,11 +17,14 @@ public final class HashService: WorkerService, @unchecked Sendable {
     private var rejectedChunks = 0
     /// The data channel to the transfer worker: chunks to verify and write, chunks to read.
     private let transfer: MessagePipe<ChunkReply, ChunkRequest>?
+    /// The chunk pool shared with the transfer worker: the slots those requests name.
+    private let pool: ChunkPool?
     private var readingTransfer = false
 
     public init(logger: Logger) {
         self.logger = logger
         self.transfer = DataChannel.inherited()
+        self.pool = ChunkPool.inherited()
     }
 
     /// Starts taking chunk requests from the transfer worker, once a share is open or a
@@ -162,6 +165,13 @@ public final class HashService: WorkerService, @unchecked Sendable {
         }
     }
 
+    /// A slot outside the pool: the transfer worker broke the protocol. Answered (so nothing
+    /// waits), logged, and nothing is read or written.
+    private func badSlot(_ id: UInt32, _ slot: PoolSlot) -> ChunkReply {
+        logger.error("the transfer worker named a slot outside the chunk pool (\(slot.offset)+\(slot.length)); refused")
+        return .failure(requestID: id, code: 70, message: "no such slot in the chunk pool")
+    }
+
     /// A chunk request from the transfer worker; every one is answered.
     private func perform(_ request: ChunkRequest) -> ChunkReply {
         func failure(_ id: UInt32, _ error: Error) -> ChunkReply {
@@ -169,22 +179,30 @@ public final class HashService: WorkerService, @unchecked Sendable {
             return .failure(requestID: id, code: code, message: message)
         }
         switch request {
-        case .readChunk(let id, let index):
+        case .readChunk(let id, let index, let slot):
+            guard let bytes = pool?.bytes(of: slot) else { return badSlot(id, slot) }
             do {
                 // A download in progress serves what it has verified so far.
+                let length: Int
                 if let served {
-                    return .chunkData(requestID: id, index: index, data: try served.read(index: Int(index)))
+                    length = try served.read(index: Int(index), into: bytes)
                 } else if let download {
-                    return .chunkData(requestID: id, index: index, data: try download.read(index: Int(index)))
+                    length = try download.read(index: Int(index), into: bytes)
+                } else {
+                    return .failure(requestID: id, code: 70, message: "no share is open")
                 }
-                return .failure(requestID: id, code: 70, message: "no share is open")
+                return .chunkRead(requestID: id, index: index, length: UInt32(length))
             } catch {
                 return failure(id, error)
             }
-        case .writeChunk(let id, let index, let data):
+        case .writeChunk(let id, let index, let slot):
             guard let download else {
                 return .failure(requestID: id, code: 70, message: "no download is prepared")
             }
+            guard let bytes = pool?.bytes(of: slot) else { return badSlot(id, slot) }
+            // Copied out of the pool before it is judged: the transfer worker can still write
+            // the shared page, and what is verified must be what is written.
+            let data = [UInt8](bytes)
             do {
                 let accepted = try download.write(index: Int(index), data: data)
                 if !accepted {

@@ -46,7 +46,8 @@ final class ServedShare {
         if let openFile { close(openFile.fd) }
     }
 
-    func read(index: Int) throws -> [UInt8] {
+    /// Reads chunk `index` into `slot` (a slot of the chunk pool); returns its length.
+    func read(index: Int, into slot: UnsafeMutableRawBufferPointer) throws -> Int {
         guard index >= 0, index < manifest.chunkCount else {
             throw Failure(code: 65, description: "chunk \(index) is out of range (0..<\(manifest.chunkCount))")
         }
@@ -69,9 +70,12 @@ final class ServedShare {
         else {
             throw Failure(code: 65, description: "'\(path)' changed since it was shared")
         }
-        return try [UInt8](unsafeUninitializedCapacity: location.length) { raw, initialized in
-            try FileIO.readExactly(fd, into: UnsafeMutableRawBufferPointer(raw), at: location.offset, path: path)
-            initialized = location.length
+        guard location.length <= slot.count else {
+            throw Failure(code: 70, description: "chunk \(index) (\(location.length) bytes) is larger than its slot")
         }
+        try FileIO.readExactly(
+            fd, into: UnsafeMutableRawBufferPointer(rebasing: slot[0..<location.length]), at: location.offset,
+            path: path)
+        return location.length
     }
 }

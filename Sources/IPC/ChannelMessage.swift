@@ -63,20 +63,6 @@ extension ChannelMessage {
     }
 }
 
-/// A chunk message: its data is written from where it lies (`writev`) and read straight into
-/// its own array, not copied through a frame buffer (`WorkerPipe`).
-public protocol ChunkCarrying {
-    /// The request id, chunk index and data of a message that carries a chunk.
-    var chunk: (requestID: UInt32, index: UInt32, data: [UInt8])? { get }
-    /// The message of this type with this tag carrying a chunk, if the tag is one.
-    static func chunk(type: UInt16, requestID: UInt32, index: UInt32, data: [UInt8]) -> Self?
-}
-
-extension ChunkCarrying {
-    /// Whether frames with this tag carry a chunk (and are read field by field).
-    public static func carriesChunk(type: UInt16) -> Bool { chunk(type: type, requestID: 0, index: 0, data: []) != nil }
-}
-
 /// The limits and field readers every channel shares.
 public enum IPCLimits {
     /// 2: chunk data moves on the transfer⇄hash data channel, not through the supervisor.
@@ -90,7 +76,9 @@ public enum IPCLimits {
     /// 6: one message enum per direction and channel; the control socket has its own
     /// messages (`ControlRequest`, `ControlReply`) instead of borrowing the workers'.
     /// 7: `openShare` carries when its manifest was made (`hashedAt`).
-    public static let protocolVersion: UInt16 = 7
+    /// 8: chunk bytes lie in the shared chunk pool; the data channel names slots
+    /// (`readChunk`, `writeChunk`, `chunkRead` carry no bytes).
+    public static let protocolVersion: UInt16 = 8
     /// The largest frame on a supervisor pipe or the data channel: a full manifest plus headers.
     public static let maxFrameLength = Manifest.maxEncodedSize + 64 * 1024
     static let maxText = 64 * 1024

@@ -113,6 +113,8 @@ public enum WorkerDescriptor {
     public static let supervisorPipe: Int32 = 3
     /// The transfer⇄hash data channel, in both of those workers.
     public static let dataChannel: Int32 = 4
-    /// The transfer worker's plugin pipes: 5, 6, ... in pipeline order.
-    public static let firstPlugin: Int32 = 5
+    /// The transfer and hash workers' shared chunk pool (a memfd both map), in both of them.
+    public static let chunkPool: Int32 = 5
+    /// The transfer worker's plugin pipes: 6, 7, ... in pipeline order.
+    public static let firstPlugin: Int32 = 6
 }

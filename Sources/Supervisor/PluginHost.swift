@@ -18,7 +18,7 @@ public struct PluginSpec: Sendable, Equatable {
 
 /// Runs the plugin stages: each is one more isolated process, started by the supervisor,
 /// with its stdin and stdout on a socketpair whose other end the transfer worker inherits
-/// (plugin k on descriptor 5 + k), so chunk data goes straight from the transfer worker to
+/// (plugin k on descriptor 6 + k), so chunk data goes straight from the transfer worker to
 /// the plugin and back. A plugin that exits is restarted, and so is the transfer worker,
 /// which then inherits the new pipe (descriptors cannot be swapped under a running worker
 /// without descriptor passing). Each plugin starts inside the `plugin` sandbox (read-only

@@ -64,7 +64,7 @@ public final class Supervisor: @unchecked Sendable {
     private var answeredTranscripts: Set<[UInt8]> = []
     private var answeredOrder: [[UInt8]] = []
     /// Data channel ends made for a worker that has not been started on them yet.
-    private var pendingDataEnds: [WorkerRole: Int32] = [:]
+    private var pendingDataEnds: [WorkerRole: DataChannelEnd] = [:]
     /// Workers killed because their data channel partner was restarted: not a crash of theirs.
     private var killedWithPartner: Set<WorkerRole> = []
     /// A listening TCP socket someone else owns (the daemon, which holds a sleeping share's
@@ -267,18 +267,22 @@ public final class Supervisor: @unchecked Sendable {
         let envStrings = StderrRelay.childEnvironment(
             ProcessInfo.processInfo.environment, extra: [WorkerMain.supervisorPIDVariable: String(getpid())])
         // stdin and stdout are /dev/null, stderr a pipe we read (never the terminal); the
-        // transfer and hash workers share a data channel (descriptor 4); the transfer worker
-        // also inherits the plugins' pipes (descriptors 5, 6, ...). Nothing else.
+        // transfer and hash workers share a data channel (descriptor 4) and a chunk pool
+        // (descriptor 5); the transfer worker also inherits the plugins' pipes (descriptors
+        // 6, 7, ...). Nothing else.
         var mappings: [(Int32, Int32)] = [(pair[1], WorkerDescriptor.supervisorPipe)]
         let stderrPipe = StderrRelay.makePipe()
         if let stderrPipe { mappings.append((stderrPipe.write, 2)) }
         let dataEnd = dataChannelEnd(for: role)
-        if let dataEnd { mappings.append((dataEnd, WorkerDescriptor.dataChannel)) }
+        if let dataEnd {
+            mappings.append((dataEnd.socket, WorkerDescriptor.dataChannel))
+            mappings.append((dataEnd.pool, WorkerDescriptor.chunkPool))
+        }
         if role == .transfer {
             mappings += plugins.descriptorsForNewTransferWorker()
             if let transferListener {
                 // After the plugins' pipes: the one descriptor numbered by its argument.
-                let number = (mappings.map(\.1).max() ?? WorkerDescriptor.dataChannel) + 1
+                let number = (mappings.map(\.1).max() ?? WorkerDescriptor.chunkPool) + 1
                 mappings.append((transferListener, number))
                 arguments += ["--listener-fd", String(number)]
             }
@@ -291,7 +295,10 @@ public final class Supervisor: @unchecked Sendable {
             }
         }
         close(pair[1])
-        if let dataEnd { close(dataEnd) }
+        if let dataEnd {
+            close(dataEnd.socket)
+            close(dataEnd.pool)
+        }
         if let stderrPipe {
             close(stderrPipe.write)
             if pid > 0 { StderrRelay.start(reading: stderrPipe.read) } else { close(stderrPipe.read) }
@@ -333,13 +340,21 @@ public final class Supervisor: @unchecked Sendable {
             }
     }
 
+    /// One worker's descriptors for its partnership: its end of the data channel, and the
+    /// chunk pool both map.
+    struct DataChannelEnd {
+        var socket: Int32
+        var pool: Int32
+    }
+
     /// This worker's end of the data channel it shares with its partner (transfer ⇄ hash:
-    /// chunk data goes straight between them, not through the supervisor). The channel is
-    /// one socketpair per pair of lives: the worker started first makes it and leaves the
-    /// other end for its partner; a worker restarted while its partner lives makes a new one
-    /// and kills the partner, whose restart picks up the new end — a worker is never left
-    /// holding a channel whose other side is gone.
-    private func dataChannelEnd(for role: WorkerRole) -> Int32? {
+    /// chunk slots are named there, their bytes lie in the pool) and the pool. Both are
+    /// made once per pair of lives: the worker started first makes them and leaves the
+    /// other end (and a second descriptor of the pool) for its partner; a worker restarted
+    /// while its partner lives makes new ones and kills the partner, whose restart picks up
+    /// the new end — a worker is never left holding a channel whose other side is gone, nor a
+    /// pool a dead partner may still have written into.
+    private func dataChannelEnd(for role: WorkerRole) -> DataChannelEnd? {
         guard let partnerRole = role.dataChannelPartner, workers[partnerRole] != nil else { return nil }
         if let end = pendingDataEnds.removeValue(forKey: role) { return end }
         var pair: [Int32] = [-1, -1]
@@ -347,13 +362,30 @@ public final class Supervisor: @unchecked Sendable {
             logger.error("cannot make the \(role)⇄\(partnerRole) data channel: \(String(cString: strerror(errno)))")
             return nil
         }
-        if let stale = pendingDataEnds.updateValue(pair[1], forKey: partnerRole) { close(stale) }
+        guard let pool = ChunkPool.makeDescriptor() else {
+            logger.error("cannot make the \(role)⇄\(partnerRole) chunk pool: \(String(cString: strerror(errno)))")
+            close(pair[0])
+            close(pair[1])
+            return nil
+        }
+        let partnerPool = fcntl(pool, F_DUPFD_CLOEXEC, 0)
+        guard partnerPool >= 0 else {
+            logger.error("cannot share the chunk pool: \(String(cString: strerror(errno)))")
+            for fd in [pair[0], pair[1], pool] { close(fd) }
+            return nil
+        }
+        if let stale = pendingDataEnds.updateValue(
+            DataChannelEnd(socket: pair[1], pool: partnerPool), forKey: partnerRole)
+        {
+            close(stale.socket)
+            close(stale.pool)
+        }
         if let partner = workers[partnerRole], partner.pid > 0 {
             logger.info("restarting the \(partnerRole) worker too: it shares a data channel with \(role)")
             killedWithPartner.insert(partnerRole)
             kill(partner.pid, SIGKILL)
         }
-        return pair[0]
+        return DataChannelEnd(socket: pair[0], pool: pool)
     }
 
     /// A thread per worker blocks in waitpid, so no child is ever left a zombie, and reports

@@ -109,6 +109,7 @@ final class DownloadShell: @unchecked Sendable {
                 let address = connections[id]?.address ?? "?"
                 service.store(index: UInt32(index), data: arrivingPiece, from: address)
             case .manifestVerified(let bytes, let chunkSize):
+                service.useChunkSize(chunkSize)
                 for connection in connections.values { connection.codec.decodeLimit = chunkSize + 64 }
                 service.tell(.manifestReceived(manifest: bytes))
             case .peerCount(let count):

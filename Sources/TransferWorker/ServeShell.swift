@@ -42,7 +42,9 @@ extension TransferService {
         var newlyServing = false
         if !manifest.isEmpty && servedShareID == nil {
             do {
-                servedChunkCount = try Manifest.decode(manifest).chunkCount
+                let decoded = try Manifest.decode(manifest)
+                servedChunkCount = decoded.chunkCount
+                useChunkSize(decoded.chunkSize)
             } catch {
                 tell(.failure(requestID: 0, code: 65, message: "cannot serve: \(error)"))
                 return
@@ -99,20 +101,27 @@ extension TransferService {
 
     // MARK: Uploads: `Upload`'s directives
 
-    /// Carries out what `Upload` decided: reads from the hash worker, pieces to send,
-    /// refusals, failures, and the wake-up the limits need.
+    /// Carries out what `Upload` decided: reads (from the pool when the chunk was just
+    /// verified here, else by the hash worker), pieces to send, refusals, failures, and the
+    /// wake-up the limits need.
     func applyUpload(_ directives: [Upload.Directive]) {
+        var readFromPool: [(Upload.ReadID, Int)] = []
         for directive in directives {
             switch directive {
             case .read(let read, let index, _):
-                sendToHash(.readChunk(requestID: read, index: index))
+                if let cached = slots?.pin(Int(index)) {
+                    readChunks[read] = (cached.slot, cached.length, true)
+                    readFromPool.append((read, cached.length))
+                } else {
+                    readForUpload(read, index: index)
+                }
             case .sendPiece(let read, let index, let id):
-                guard let data = readChunks.removeValue(forKey: read), let handler = serveHandlers[id] else { continue }
+                guard let data = takeReadChunk(read), let handler = serveHandlers[id] else { continue }
                 handler.sendPiece(.piece(index: index, data: data))
                 tally.piecesSent += 1
                 tally.bytesSent += UInt64(data.count)
             case .discard(let read):
-                readChunks[read] = nil
+                discardRead(read)
             case .refuse(let index, let reason, let id):
                 serveHandlers[id]?.send(.reject(index: index, reason: reason))
             case .fail(let id, let reason):
@@ -124,6 +133,8 @@ extension TransferService {
                 }
             }
         }
+        // After the batch, as if the hash worker had answered at once.
+        for (read, length) in readFromPool { applyUpload(upload.readDone(read, bytes: length, now: now)) }
     }
 
     /// A connection is past its handshake: requests from it now count.

@@ -12,9 +12,10 @@ import Wire
 import WorkerRuntime
 
 /// The transfer worker: every peer connection lives here, and nothing else. It never opens a
-/// file: chunks to serve come from the hash worker over their data channel (`readChunk`), and
-/// chunks downloaded go to it the same way (`writeChunk`) to be verified and written; the
-/// supervisor hears only the verdicts (`chunkStored`).
+/// file: chunks to serve are read by the hash worker into slots of their shared chunk pool
+/// (`readChunk`), and chunks downloaded are put into slots for it to verify and write
+/// (`writeChunk`); the data channel names the slots, the supervisor hears only the verdicts
+/// (`chunkStored`).
 ///
 /// All state is confined to `loop`; the skeleton's reader thread hops onto it.
 public final class TransferService: WorkerService, @unchecked Sendable {
@@ -65,14 +66,24 @@ public final class TransferService: WorkerService, @unchecked Sendable {
     /// newly verified chunk (`have`).
     var serveHandlers: [Int: ServeHandler] = [:]
     var nextServeConnection = 1
-    /// Chunk bytes read for `Upload`, held until it says send (or discard).
-    var readChunks: [Upload.ReadID: [UInt8]] = [:]
+    /// The pool shared with the hash worker, and who holds which of its slots (cut once the
+    /// share's chunk size is known).
+    let pool: ChunkPool?
+    var slots: ChunkSlots?
+    /// Reads lent to the hash worker: read id -> slot.
+    var readsAtHash: [Upload.ReadID: Int] = [:]
+    /// Chunks read for `Upload`, in their slots, held until it says send (or discard);
+    /// `cached`: the slot is a cached verified chunk, pinned for this send.
+    var readChunks: [Upload.ReadID: (slot: Int, length: Int, cached: Bool)] = [:]
+    /// Reads and arrived chunks waiting for a free slot, in order.
+    var readsWaitingForSlot: [(read: Upload.ReadID, index: UInt32)] = []
+    var storesWaitingForSlot: [(index: UInt32, data: [UInt8], peer: String)] = []
     /// Write requests carry the top bit: the data channel's answers (`failure` in
     /// particular) name reads and writes by id, and `Upload` numbers the reads from 1.
     private var nextWrite: UInt32 = 0x8000_0000
-    /// Chunks handed to the hash worker to verify and write: request id -> (index, size, peer).
-    private var pendingWrites: [UInt32: (index: UInt32, bytes: UInt32, peer: String)] = [:]
-    /// The data channel to the hash worker (chunk data both ways).
+    /// Chunks handed to the hash worker to verify and write: request id -> (index, size,
+    /// peer, slot).
+    private var pendingWrites: [UInt32: (index: UInt32, bytes: UInt32, peer: String, slot: Int)] = [:]
     /// The data channel to the hash worker: chunk requests out, its replies in.
     let hash: MessagePipe<ChunkRequest, ChunkReply>?
 
@@ -107,6 +118,10 @@ public final class TransferService: WorkerService, @unchecked Sendable {
         self.pipe = pipe
         self.keyHolder = SupervisorKeyHolder(pipe: pipe)
         self.hash = DataChannel.inherited()
+        self.pool = ChunkPool.inherited()
+        if pool == nil {
+            logger.error("started without a chunk pool shared with the hash worker: cannot serve or download")
+        }
         if let hash {
             DataChannel.startReading(
                 hash,
@@ -231,14 +246,26 @@ public final class TransferService: WorkerService, @unchecked Sendable {
         }
     }
 
-    /// Answers from the hash worker on the data channel.
+    /// Answers from the hash worker on the data channel. Each gives back the slot its
+    /// request lent.
     private func onHash(_ message: ChunkReply) {
         switch message {
-        case .chunkData(let id, _, let data):
-            readChunks[id] = data
-            applyUpload(upload.readDone(id, bytes: data.count, now: now))
+        case .chunkRead(let id, _, let length):
+            guard let slot = readsAtHash.removeValue(forKey: id) else { return }
+            guard let slots, Int(length) <= slots.slotBytes else {
+                self.slots?.give(slot)
+                return applyUpload(upload.readFailed(id, reason: "the hash worker overfilled a slot", now: now))
+            }
+            readChunks[id] = (slot, Int(length), false)
+            applyUpload(upload.readDone(id, bytes: Int(length), now: now))
         case .chunkWritten(let id, let index, let accepted):
             guard let write = pendingWrites.removeValue(forKey: id), write.index == index else { return }
+            if accepted {
+                // Kept in the pool: the peers we serve are likely to ask for it next.
+                slots?.keep(write.slot, holding: Int(index), length: Int(write.bytes))
+            } else {
+                slots?.give(write.slot)
+            }
             fetch?.verdict(index: Int(index), accepted: accepted)
             if accepted {
                 tally.chunksVerified += 1
@@ -248,22 +275,102 @@ public final class TransferService: WorkerService, @unchecked Sendable {
             }
             tell(.chunkStored(index: index, accepted: accepted, bytes: write.bytes, peer: write.peer))
         case .failure(let id, let code, let text):
-            if pendingWrites.removeValue(forKey: id) != nil {
+            if let write = pendingWrites.removeValue(forKey: id) {
+                slots?.give(write.slot)
                 // Not the peer's fault (a full disk, say): the download cannot go on.
                 tell(.failure(requestID: 0, code: code, message: text))
-            } else {
+            } else if let slot = readsAtHash.removeValue(forKey: id) {
+                slots?.give(slot)
                 applyUpload(upload.readFailed(id, reason: text, now: now))
             }
         }
+        startWaiting()
+    }
+
+    /// Cuts the pool into slots of the share's chunk size, once it is known.
+    func useChunkSize(_ chunkSize: Int) {
+        guard slots == nil, let pool else { return }
+        slots = ChunkSlots(poolBytes: pool.byteCount, slotBytes: chunkSize)
+        if slots == nil { logger.error("the chunk pool cannot hold chunks of \(chunkSize) bytes") }
     }
 
     /// Hands a chunk that arrived from `peer` to the hash worker, which verifies it against
-    /// the manifest and writes it only if it is genuine.
+    /// the manifest and writes it only if it is genuine. The bytes go into a slot of the
+    /// pool (or wait, in order, for one to come free).
     func store(index: UInt32, data: [UInt8], from peer: String) {
+        guard storesWaitingForSlot.isEmpty, let slot = slots?.take() else {
+            storesWaitingForSlot.append((index, data, peer))
+            return
+        }
+        store(index: index, data: data, from: peer, in: slot)
+    }
+
+    private func store(index: UInt32, data: [UInt8], from peer: String, in slot: Int) {
+        guard let slots, let pool, data.count <= slots.slotBytes,
+            let bytes = pool.bytes(of: PoolSlot(offset: UInt32(slots.offset(of: slot)), length: UInt32(data.count)))
+        else {
+            self.slots?.give(slot)
+            logger.error("chunk \(index) from \(peer) does not fit a pool slot; dropped")
+            fetch?.verdict(index: Int(index), accepted: false)
+            return
+        }
+        data.withUnsafeBytes { bytes.copyMemory(from: $0) }
         let id = nextWrite
         nextWrite = nextWrite == UInt32.max ? 0x8000_0000 : nextWrite + 1
-        pendingWrites[id] = (index, UInt32(data.count), peer)
-        sendToHash(.writeChunk(requestID: id, index: index, data: data))
+        pendingWrites[id] = (index, UInt32(data.count), peer, slot)
+        sendToHash(
+            .writeChunk(
+                requestID: id, index: index,
+                slot: PoolSlot(offset: UInt32(slots.offset(of: slot)), length: UInt32(data.count))))
+    }
+
+    /// Asks the hash worker for chunk `index` into a slot, or queues the read for one.
+    func readForUpload(_ read: Upload.ReadID, index: UInt32) {
+        guard readsWaitingForSlot.isEmpty, let slots, let slot = self.slots?.take() else {
+            readsWaitingForSlot.append((read, index))
+            return
+        }
+        readsAtHash[read] = slot
+        sendToHash(
+            .readChunk(
+                requestID: read, index: index,
+                slot: PoolSlot(offset: UInt32(slots.offset(of: slot)), length: UInt32(slots.slotBytes))))
+    }
+
+    /// Slots came back: what waited for one goes now, in order.
+    func startWaiting() {
+        while !storesWaitingForSlot.isEmpty, let slot = slots?.take() {
+            let store = storesWaitingForSlot.removeFirst()
+            self.store(index: store.index, data: store.data, from: store.peer, in: slot)
+        }
+        while !readsWaitingForSlot.isEmpty, let slots, let slot = self.slots?.take() {
+            let (read, index) = readsWaitingForSlot.removeFirst()
+            readsAtHash[read] = slot
+            sendToHash(
+                .readChunk(
+                    requestID: read, index: index,
+                    slot: PoolSlot(offset: UInt32(slots.offset(of: slot)), length: UInt32(slots.slotBytes))))
+        }
+    }
+
+    /// The bytes of a chunk read for `Upload`, and the slot given back (or unpinned).
+    func takeReadChunk(_ read: Upload.ReadID) -> [UInt8]? {
+        guard let held = readChunks.removeValue(forKey: read), let slots, let pool else { return nil }
+        defer {
+            if held.cached { self.slots?.unpin(held.slot) } else { self.slots?.give(held.slot) }
+            startWaiting()
+        }
+        let place = PoolSlot(offset: UInt32(slots.offset(of: held.slot)), length: UInt32(held.length))
+        return pool.bytes(of: place).map { [UInt8]($0) }
+    }
+
+    /// Upload discarded a read: its slot comes back.
+    func discardRead(_ read: Upload.ReadID) {
+        if let held = readChunks.removeValue(forKey: read) {
+            if held.cached { slots?.unpin(held.slot) } else { slots?.give(held.slot) }
+            startWaiting()
+        }
+        readsWaitingForSlot.removeAll { $0.read == read }
     }
 
     func sendToHash(_ message: ChunkRequest) {
@@ -305,7 +412,7 @@ public final class TransferService: WorkerService, @unchecked Sendable {
         tell(.pluginFailed(name: name, reason: reason))
     }
 
-    /// Connects to the plugin stages' pipes (inherited on descriptors 5, 6, ...) and says hello.
+    /// Connects to the plugin stages' pipes (inherited on descriptors 6, 7, ...) and says hello.
     private func startPlugins() throws {
         var next: Int32 = WorkerDescriptor.firstPlugin
         pipeline.plugins = [:]

@@ -32,50 +32,22 @@ public final class MessagePipe<Outgoing: ChannelMessage, Incoming: ChannelMessag
     }
 
     public func send(_ message: Outgoing) throws {
-        if let chunk = (message as? any ChunkCarrying)?.chunk {
-            // Chunk data is written from where it lies (writev), not copied into a frame:
-            // the frame's 18 header bytes go first, in the same system call.
-            var header = ByteWriter()
-            header.u32(UInt32(2 + 12 + chunk.data.count))
-            header.u16(message.tag.rawValue)
-            header.u32(chunk.requestID)
-            header.u32(chunk.index)
-            header.u32(UInt32(chunk.data.count))
-            try writeLock.withLock { _ in try Self.writeAll(descriptor, header.bytes, chunk.data) }
-        } else {
-            let bytes = message.encoded()
-            try writeLock.withLock { _ in try Self.writeAll(descriptor, bytes, []) }
-        }
+        let bytes = message.encoded()
+        try writeLock.withLock { _ in try Self.writeAll(descriptor, bytes) }
     }
 
-    /// Writes `first` then `second` completely, with as few system calls as the socket allows.
-    static func writeAll(_ fd: Int32, _ first: [UInt8], _ second: [UInt8]) throws {
-        try first.withUnsafeBytes { one in
-            try second.withUnsafeBytes { two in
-                let total = one.count + two.count
-                var done = 0
-                while done < total {
-                    var vectors: [iovec] = []
-                    if done < one.count {
-                        vectors.append(
-                            iovec(
-                                iov_base: UnsafeMutableRawPointer(mutating: one.baseAddress! + done),
-                                iov_len: one.count - done))
-                    }
-                    let intoSecond = max(0, done - one.count)
-                    if intoSecond < two.count {
-                        vectors.append(
-                            iovec(
-                                iov_base: UnsafeMutableRawPointer(mutating: two.baseAddress! + intoSecond),
-                                iov_len: two.count - intoSecond))
-                    }
-                    let written = writev(fd, vectors, Int32(vectors.count))
-                    if written < 0 {
-                        if errno == EINTR { continue }
-                        throw WorkerError.pipe("write failed: \(String(cString: strerror(errno)))")
-                    }
-                    done += written
+    /// Writes every byte, however many system calls the socket needs.
+    static func writeAll(_ fd: Int32, _ bytes: [UInt8]) throws {
+        try bytes.withUnsafeBytes { buffer in
+            guard let base = buffer.baseAddress else { return }
+            var done = 0
+            while done < buffer.count {
+                let written = write(fd, base + done, buffer.count - done)
+                if written < 0 {
+                    if errno == EINTR { continue }
+                    throw WorkerError.pipe("write failed: \(String(cString: strerror(errno)))")
                 }
+                done += written
             }
         }
     }
@@ -91,29 +63,7 @@ public final class MessagePipe<Outgoing: ChannelMessage, Incoming: ChannelMessag
         var reader = ByteReader(header)
         let length = try reader.u32()
         try FrameError.check(length: length, limit: IPCLimits.maxFrameLength)
-        guard let chunked = Incoming.self as? any ChunkCarrying.Type, length >= 14 else {
-            return try Incoming(body: try readBody(Int(length)))
-        }
-        // Type and the first 12 bytes. Chunk messages (`writeChunk`, `chunkData`) are then
-        // read field by field, the data straight into its own array, so it is not copied out
-        // of a frame buffer; every other message is read whole and decoded as usual.
-        let fixed = try readBody(14)
-        var fields = ByteReader(fixed)
-        let type = try fields.u16()
-        let id = try fields.u32()
-        let index = try fields.u32()
-        let dataLength = Int(try fields.u32())
-        guard chunked.carriesChunk(type: type) else {
-            return try Incoming(body: fixed + (try readBody(Int(length) - 14)))
-        }
-        guard dataLength == Int(length) - 14, dataLength <= Manifest.maxChunkSize else {
-            throw DecodeError.invalid("a chunk of \(dataLength) bytes in a frame of \(length)")
-        }
-        let data = try readBody(dataLength)
-        guard let message = chunked.chunk(type: type, requestID: id, index: index, data: data) as? Incoming else {
-            throw DecodeError.invalid("not a chunk message")
-        }
-        return message
+        return try Incoming(body: try readBody(Int(length)))
     }
 
     /// Reads `count` bytes straight into an uninitialised array (no zero-fill).

@@ -85,13 +85,13 @@ final class IPCCodecTests: XCTestCase {
     ]
 
     static let everyChunkRequest: [ChunkRequest] = [
-        .readChunk(requestID: 5, index: 17),
-        .writeChunk(requestID: 7, index: 0, data: []),
+        .readChunk(requestID: 5, index: 17, slot: PoolSlot(offset: 524_288, length: 524_288)),
+        .writeChunk(requestID: 7, index: 0, slot: PoolSlot(offset: 0, length: 1000)),
     ]
 
     static let everyChunkReply: [ChunkReply] = [
         .failure(requestID: 9, code: 66, message: "cannot open"),
-        .chunkData(requestID: 5, index: 17, data: [UInt8](repeating: 9, count: 1000)),
+        .chunkRead(requestID: 5, index: 17, length: 1000),
         .chunkWritten(requestID: 7, index: 0, accepted: true),
     ]
 
@@ -137,13 +137,15 @@ final class IPCCodecTests: XCTestCase {
     }
 
     func testInnerLengthsAreBoundedToo() {
-        // A valid frame whose chunk field claims 3 GiB.
+        // A valid frame whose chunk length claims 3 GiB.
         var writer = ByteWriter()
         writer.u32(1)
         writer.u32(1)
         writer.u32(0xC000_0000)
         XCTAssertThrowsError(
-            try ChunkReply(frame: Frame(type: ChunkReply.Tag.chunkData.rawValue, payload: writer.bytes)))
+            try ChunkReply(frame: Frame(type: ChunkReply.Tag.chunkRead.rawValue, payload: writer.bytes)))
+        // A slot of 3 GiB.
+        writer.u32(0xC000_0000)
         XCTAssertThrowsError(
             try ChunkRequest(frame: Frame(type: ChunkRequest.Tag.writeChunk.rawValue, payload: writer.bytes)))
     }

@@ -5,9 +5,9 @@ import Wire
 import WorkerRuntime
 import XCTest
 
-/// The blocking pipe workers use, over a real socketpair: chunk messages take their own
-/// path (writev out, field-by-field in), so they are checked beside ordinary ones; each end
-/// reads only its own direction's messages.
+/// The blocking pipe workers use, over a real socketpair, and the shared chunk pool whose
+/// slots the data channel names: each end reads only its own direction's messages, and no
+/// slot reaches outside the pool.
 final class WorkerPipeTests: XCTestCase {
     private func pair<Out, In>(_: Out.Type, _: In.Type) -> (MessagePipe<Out, In>, MessagePipe<In, Out>, Int32, Int32) {
         var fds: [Int32] = [-1, -1]
@@ -26,13 +26,13 @@ final class WorkerPipeTests: XCTestCase {
             close(fh)
         }
         let requests: [ChunkRequest] = [
-            .writeChunk(requestID: 7, index: 3, data: (0..<70_000).map { UInt8(truncatingIfNeeded: $0) }),
-            .readChunk(requestID: 9, index: 5),
-            .writeChunk(requestID: 8, index: 4, data: []),
+            .writeChunk(requestID: 7, index: 3, slot: PoolSlot(offset: 0, length: 70_000)),
+            .readChunk(requestID: 9, index: 5, slot: PoolSlot(offset: 1 << 20, length: 1 << 20)),
+            .writeChunk(requestID: 8, index: 4, slot: PoolSlot(offset: 0, length: 0)),
         ]
         let replies: [ChunkReply] = [
-            .chunkData(requestID: 8, index: 4, data: []),
-            .chunkData(requestID: 10, index: 6, data: [UInt8](repeating: 9, count: 100_000)),
+            .chunkRead(requestID: 8, index: 4, length: 0),
+            .chunkRead(requestID: 10, index: 6, length: 100_000),
             .failure(requestID: 2, code: 74, message: "fourteen bytes or more of failure"),
             .chunkWritten(requestID: 7, index: 3, accepted: true),
         ]
@@ -64,7 +64,7 @@ final class WorkerPipeTests: XCTestCase {
             close(ft)
             close(fh)
         }
-        _ = ChunkReply.chunkData(requestID: 1, index: 0, data: [1, 2, 3]).encoded().withUnsafeBytes {
+        _ = ChunkReply.chunkRead(requestID: 1, index: 0, length: 3).encoded().withUnsafeBytes {
             write(ft, $0.baseAddress, $0.count)
         }
         XCTAssertThrowsError(try hash.receive())
@@ -72,20 +72,46 @@ final class WorkerPipeTests: XCTestCase {
         XCTAssertThrowsError(try transfer.receive())
     }
 
-    func testChunkWhoseLengthDisagreesWithItsFrameIsRefused() throws {
+    func testASlotClaimingMoreThanAChunkIsRefused() throws {
         let (_, b, fa, fb) = pair(ChunkRequest.self, ChunkReply.self)
         defer {
             close(fa)
             close(fb)
         }
         var frame = ByteWriter()
-        frame.u32(2 + 12 + 10)
+        frame.u32(2 + 16)
         frame.u16(ChunkRequest.Tag.writeChunk.rawValue)
         frame.u32(1)
         frame.u32(0)
-        frame.u32(4_000_000)  // claims far more than the frame holds
-        frame.raw([UInt8](repeating: 0, count: 10))
+        frame.u32(0)
+        frame.u32(UInt32(Manifest.maxChunkSize) + 1)
         _ = frame.bytes.withUnsafeBytes { write(fa, $0.baseAddress, $0.count) }
         XCTAssertThrowsError(try b.receive())
+    }
+
+    /// Two mappings of one pool (as the transfer and hash workers have) see each other's
+    /// bytes; a slot that runs past the pool's end is no slot at all.
+    func testThePoolIsSharedAndItsSlotsBounded() throws {
+        let fd = try XCTUnwrap(ChunkPool.makeDescriptor(bytes: 1 << 20))
+        let second = dup(fd)
+        defer {
+            close(fd)
+            close(second)
+        }
+        let transfer = try XCTUnwrap(ChunkPool.inherited(descriptor: fd))
+        let hash = try XCTUnwrap(ChunkPool.inherited(descriptor: second))
+        XCTAssertEqual(transfer.byteCount, 1 << 20)
+        let slot = PoolSlot(offset: 512 * 1024, length: 4)
+        let written = try XCTUnwrap(transfer.bytes(of: slot))
+        written.copyBytes(from: [1, 2, 3, 4])
+        XCTAssertEqual([UInt8](try XCTUnwrap(hash.bytes(of: slot))), [1, 2, 3, 4])
+        XCTAssertNotNil(hash.bytes(of: PoolSlot(offset: 512 * 1024, length: 512 * 1024)))
+        XCTAssertNil(hash.bytes(of: PoolSlot(offset: 512 * 1024, length: 512 * 1024 + 1)))
+        XCTAssertNil(hash.bytes(of: PoolSlot(offset: UInt32.max, length: 1)))
+        // Not a pool: a socket is no memory to map.
+        var fds: [Int32] = [-1, -1]
+        XCTAssertEqual(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &fds), 0)
+        XCTAssertNil(ChunkPool.inherited(descriptor: fds[0]))
+        for fd in fds { close(fd) }
     }
 }

@@ -111,11 +111,14 @@ def test_json_progress_for_scripts(seed, tmp_path):
     assert "verified and saved" in events[-1]["message"]
 
 
-def test_chunk_data_goes_from_transfer_to_hash_without_the_supervisor(tmp_path):
-    """Chunks travel on the transfer⇄hash data channel. The kernel counts every byte a
-    process reads (/proc/PID/io rchar): the downloading supervisor reads a small fraction of
-    the share (manifest, verdicts, progress), the hash worker all of it. The supervisor is
-    sampled only while both workers live: a reaped child's counts are added to its parent's."""
+def test_chunk_bytes_go_from_transfer_to_hash_through_shared_memory(tmp_path):
+    """Chunk bytes lie in the chunk pool, a memfd both the transfer and the hash worker map;
+    only slot numbers cross their data channel, and nothing of the chunks passes the
+    supervisor. The kernel counts every byte a process reads with a system call
+    (/proc/PID/io rchar): the downloading supervisor and the hash worker each read a small
+    fraction of the share (manifest, verdicts, progress), though every byte of it was
+    verified and written by the hash worker. Sampled only while both workers live: a
+    reaped child's counts are added to its parent's."""
     source = tmp_path / "direct.bin"
     source.write_bytes(os.urandom(48 << 20))
     seeder = Seeder(source)
@@ -131,18 +134,29 @@ def test_chunk_data_goes_from_transfer_to_hash_without_the_supervisor(tmp_path):
         except FileNotFoundError:
             return False
 
+    def pool_inode(pid):
+        with open(f"/proc/{pid}/maps") as f:
+            for line in f:
+                if "/memfd:peershare-chunk-pool" in line:
+                    return line.split()[4]
+        return None
+
     try:
         out = tmp_path / "out"
         out.mkdir()
         proc = subprocess.Popen([BIN, "get", seeder.link, "-o", str(out), "--no-dht", "--max-download", "48MiB/s"],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         hash_pid, transfer_pid = worker_pid(proc.pid, "hash"), worker_pid(proc.pid, "transfer")
-        read = {"supervisor": 0, "hash": 0}
+        read = {"supervisor": 0, "hash": 0, "transfer": 0}
+        pools = set()
         while proc.poll() is None:
             try:
-                hash_bytes, supervisor_bytes = rchar(hash_pid), rchar(proc.pid)
+                sample = {"supervisor": rchar(proc.pid), "hash": rchar(hash_pid), "transfer": rchar(transfer_pid)}
+                inodes = (pool_inode(hash_pid), pool_inode(transfer_pid))
                 if alive(hash_pid) and alive(transfer_pid):
-                    read = {"supervisor": supervisor_bytes, "hash": hash_bytes}
+                    read = sample
+                    if None not in inodes:  # mapped once each worker has started
+                        pools.add(inodes)
             except (FileNotFoundError, ProcessLookupError, StopIteration):
                 pass
             time.sleep(0.05)
@@ -152,6 +166,12 @@ def test_chunk_data_goes_from_transfer_to_hash_without_the_supervisor(tmp_path):
         seeder.stop()
     size = 48 << 20
     print(f"bytes read while downloading 48 MiB: supervisor {read['supervisor'] / 2**20:.1f} MiB, "
-          f"hash worker {read['hash'] / 2**20:.1f} MiB")
-    assert read["hash"] >= size * 0.9, read
+          f"hash worker {read['hash'] / 2**20:.1f} MiB, transfer worker {read['transfer'] / 2**20:.1f} MiB")
+    # The transfer worker read the share from its socket; the hash worker got it from the pool.
+    assert read["transfer"] >= size * 0.9, read
+    assert read["hash"] < size * 0.1, read
     assert read["supervisor"] < size * 0.1, read
+    # One pool, mapped by both (the same memfd inode in both processes' maps).
+    assert len(pools) == 1, pools
+    (hash_pool, transfer_pool), = pools
+    assert hash_pool == transfer_pool, pools

@@ -16,6 +16,10 @@ pid_t peershare_spawn(const char *path, char *const argv[], char *const envp[], 
 pid_t peershare_spawn_fds(
     const char *path, char *const argv[], char *const envp[], const int *child_fds, const int *target_fds, int count);
 
+/// memfd_create(name, MFD_CLOEXEC): an anonymous shared-memory file (the chunk pool).
+/// Returns the descriptor, or -1 with errno set.
+int peershare_memfd(const char *name);
+
 /// Keeps chunk-sized allocations in the heap (no mmap/munmap, no trimming per buffer).
 void peershare_tune_allocator(void);
 
