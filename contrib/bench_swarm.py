@@ -149,6 +149,12 @@ def run_peershare(seeders, downloaders):
     for g in gets:
         if g.returncode != 0:
             sys.exit(f"peershare download failed: {g.stderr.read().decode()}")
+    if downloaders > 1:
+        # How the downloaders served each other: from memory (the chunk pool) or read back.
+        for g in gets:
+            for line in g.stderr.read().decode(errors="replace").splitlines():
+                if line.startswith("peershare: served "):
+                    print(f"  downloader {line.split(': ', 1)[1]}")
     for i in range(downloaders):
         shutil.rmtree(os.path.join(work, f"ps-out{i}"))
     return elapsed, meter

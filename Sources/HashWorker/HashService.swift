@@ -199,10 +199,9 @@ public final class HashService: WorkerService, @unchecked Sendable {
             guard let download else {
                 return .failure(requestID: id, code: 70, message: "no download is prepared")
             }
-            guard let bytes = pool?.bytes(of: slot) else { return badSlot(id, slot) }
             // Copied out of the pool before it is judged: the transfer worker can still write
             // the shared page, and what is verified must be what is written.
-            let data = [UInt8](bytes)
+            guard let data = pool?.copy(of: slot) else { return badSlot(id, slot) }
             do {
                 let accepted = try download.write(index: Int(index), data: data)
                 if !accepted {

@@ -437,6 +437,22 @@ public final class DownloadSession: SupervisorDelegate, @unchecked Sendable {
         guard let verified, verified.isComplete, !finalizing else { return }
         finalizing = true
         supervisor.send(.finalizeDownload(requestID: supervisor.makeRequestID()), to: .hash, tracking: .request)
+        reportServing()
+    }
+
+    /// What this download served to other downloaders while it ran, and how much of it went
+    /// straight from memory (chunks verified moments before, still in the chunk pool) rather
+    /// than read back from disk. Said once, while the files are flushed.
+    private func reportServing() {
+        supervisor.collectCounters(timeoutMs: 500).whenSuccess { [output] counters in
+            let transfer = Dictionary(
+                (counters[.transfer] ?? []).map { ($0.name, $0.value) }, uniquingKeysWith: { first, _ in first })
+            guard let sent = transfer["pieces_sent"], sent > 0 else { return }
+            let fromPool = transfer["chunks_served_from_pool"] ?? 0
+            let bytes = transfer["bytes_sent"] ?? 0
+            output.status(
+                "served \(sent) chunks (\(formatBytes(bytes))) to other peers, \(fromPool) of them from memory")
+        }
     }
 
     public func supervisor(_ supervisor: Supervisor, restarted role: WorkerRole) {}

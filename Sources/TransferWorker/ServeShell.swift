@@ -111,6 +111,7 @@ extension TransferService {
             case .read(let read, let index, _):
                 if let cached = slots?.pin(Int(index)) {
                     readChunks[read] = (cached.slot, cached.length, true)
+                    tally.chunksServedFromPool += 1
                     readFromPool.append((read, cached.length))
                 } else {
                     readForUpload(read, index: index)

@@ -57,6 +57,10 @@ public final class TransferService: WorkerService, @unchecked Sendable {
         /// Downloading connections established, by how they reached the peer.
         var connections: [String: UInt64] = [:]
         var peersServed: UInt64 = 0
+        /// Chunks served from the pool (verified here, still in memory) and read by the hash
+        /// worker from disk.
+        var chunksServedFromPool: UInt64 = 0
+        var chunksReadForPeers: UInt64 = 0
     }
     /// Connections still in their handshake, in total and by address: a quota of their own,
     /// so strangers that never finish cannot take the slots of established peers.
@@ -146,6 +150,8 @@ public final class TransferService: WorkerService, @unchecked Sendable {
                 WorkerCounter("peers_banned", UInt64(fetch?.bannedCount ?? 0)),
                 WorkerCounter("peers_served", tally.peersServed),
                 WorkerCounter("serving_connections", UInt64(servingConnections)),
+                WorkerCounter("chunks_served_from_pool", tally.chunksServedFromPool),
+                WorkerCounter("chunks_read_for_peers", tally.chunksReadForPeers),
                 WorkerCounter("download_peers", UInt64(fetch?.connectedCount ?? 0)),
             ]
             for (path, count) in tally.connections.sorted(by: { $0.key < $1.key }) {
@@ -326,6 +332,7 @@ public final class TransferService: WorkerService, @unchecked Sendable {
 
     /// Asks the hash worker for chunk `index` into a slot, or queues the read for one.
     func readForUpload(_ read: Upload.ReadID, index: UInt32) {
+        tally.chunksReadForPeers += 1
         guard readsWaitingForSlot.isEmpty, let slots, let slot = self.slots?.take() else {
             readsWaitingForSlot.append((read, index))
             return
@@ -361,7 +368,7 @@ public final class TransferService: WorkerService, @unchecked Sendable {
             startWaiting()
         }
         let place = PoolSlot(offset: UInt32(slots.offset(of: held.slot)), length: UInt32(held.length))
-        return pool.bytes(of: place).map { [UInt8]($0) }
+        return pool.copy(of: place)
     }
 
     /// Upload discarded a read: its slot comes back.

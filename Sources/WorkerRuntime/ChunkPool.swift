@@ -60,4 +60,13 @@ public final class ChunkPool: @unchecked Sendable {
         guard end <= UInt64(byteCount) else { return nil }
         return UnsafeMutableRawBufferPointer(start: base + Int(slot.offset), count: Int(slot.length))
     }
+
+    /// A private copy of `slot`'s bytes (one `memcpy`), or nil when it lies outside the pool.
+    public func copy(of slot: PoolSlot) -> [UInt8]? {
+        guard let source = bytes(of: slot) else { return nil }
+        return [UInt8](unsafeUninitializedCapacity: source.count) { buffer, initialized in
+            if let to = buffer.baseAddress, let from = source.baseAddress { memcpy(to, from, source.count) }
+            initialized = source.count
+        }
+    }
 }

@@ -833,3 +833,95 @@ def test_two_connections_to_one_private_share_carry_different_hello_tags(tmp_pat
     share_id, _ = link_parts(seeder.link)
     assert len(hellos) >= 2 and len(set(hellos)) == len(hellos), hellos
     assert share_id not in hellos
+
+
+def _frame(msg_type, payload=b""):
+    return struct.pack(">IH", 2 + len(payload), msg_type) + payload
+
+
+def _read_frame(sock):
+    def exactly(n):
+        data = b""
+        while len(data) < n:
+            chunk = sock.recv(n - len(data))
+            if not chunk:
+                raise EOFError("closed")
+            data += chunk
+        return data
+    (length,) = struct.unpack(">I", exactly(4))
+    body = exactly(length)
+    return struct.unpack(">H", body[:2])[0], body[2:]
+
+
+def test_a_transfer_worker_naming_a_slot_outside_the_pool_is_refused(tmp_path):
+    """A real hash worker, with this test as its supervisor (fd 3) and as a hostile transfer
+    worker on its data channel (fd 4) and chunk pool (fd 5). Slots that reach past the
+    pool's end are refused and nothing is read into memory outside it; a slot inside the
+    pool gets the chunk's bytes, where the test reads them from its own mapping."""
+    import mmap
+    shared = tmp_path / "shared.bin"
+    content = os.urandom(300_000)
+    shared.write_bytes(content)
+    pool_size = 1 << 20
+    pool = os.memfd_create("test-pool")
+    os.ftruncate(pool, pool_size)
+    supervisor, worker_pipe = socket.socketpair()
+    transfer, worker_data = socket.socketpair()
+    fds = {3: worker_pipe.fileno(), 4: worker_data.fileno(), 5: pool}
+
+    def place():
+        # Out of the way first: a source may sit on another one's target number.
+        high = {target: os.dup(fd) + 100 for target, fd in fds.items()}
+        for target, fd in fds.items():
+            os.dup2(fd, high[target])
+        for target in fds:
+            os.dup2(high[target], target, inheritable=True)
+
+    proc = subprocess.Popen(
+        [BIN, "worker", "hash", "--log-level", "info", "--sandbox", "files-only", "--sandbox-read", str(shared)],
+        preexec_fn=place, pass_fds=(3, 4, 5), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, env={**os.environ, "PEERSHARE_SUPERVISOR_PID": str(os.getpid())})
+    worker_pipe.close()
+    worker_data.close()
+    try:
+        supervisor.settimeout(20)
+        transfer.settimeout(20)
+        msg_type, _ = _read_frame(supervisor)
+        assert msg_type == 0x0001  # hello
+        supervisor.sendall(_frame(0x0002, struct.pack(">H", 8)))  # welcome, protocol 8
+        path = str(shared).encode()
+        supervisor.sendall(_frame(0x0100, struct.pack(">II", 1, len(path)) + path))  # buildManifest
+        while True:
+            msg_type, payload = _read_frame(supervisor)
+            if msg_type == 0x0102:  # manifestBuilt
+                break
+            assert msg_type != 0x0008, payload  # failure
+        slot_size = 512 * 1024  # more than a chunk of this share
+        attacks = [
+            (pool_size - 1000, slot_size),   # starts inside, runs past the end
+            (0xFFFF_F000, 0x10_0000),        # far outside (the offset + length overflows 32 bits)
+            (pool_size, 1),                  # one byte past the end
+        ]
+        for request_id, (offset, length) in enumerate(attacks, start=10):
+            transfer.sendall(_frame(0x0105, struct.pack(">IIII", request_id, 0, offset, length)))  # readChunk
+            msg_type, payload = _read_frame(transfer)
+            assert msg_type == 0x0008, (msg_type, payload)  # failure, not chunkRead
+            got_id, code = struct.unpack(">IH", payload[:6])
+            assert (got_id, code) == (request_id, 70)
+        # The worker is still serving, and an honest slot gets the bytes.
+        transfer.sendall(_frame(0x0105, struct.pack(">IIII", 20, 0, 4096, slot_size)))
+        msg_type, payload = _read_frame(transfer)
+        assert msg_type == 0x0106, (msg_type, payload)  # chunkRead
+        got_id, index, length = struct.unpack(">III", payload)
+        assert (got_id, index, length) == (20, 0, 64 * 1024)  # chunk 0 of a small share: 64 KiB
+        view = mmap.mmap(pool, pool_size)
+        assert view[4096:4096 + length] == content[:length]
+        view.close()
+        assert proc.poll() is None
+    finally:
+        proc.kill()
+        _, stderr = proc.communicate(timeout=10)
+        supervisor.close()
+        transfer.close()
+        os.close(pool)
+    assert stderr.decode().count("named a slot outside the chunk pool") == 3, stderr.decode()
