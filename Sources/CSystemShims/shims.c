@@ -18,6 +18,7 @@ void peershare_tune_allocator(void) {
        share's size. */
     mallopt(M_MMAP_THRESHOLD, 32 * 1024 * 1024);
     mallopt(M_TRIM_THRESHOLD, 128 * 1024 * 1024);
+    mallopt(M_ARENA_MAX, 1);
 }
 
 int peershare_set_parent_death_signal(int sig) { return prctl(PR_SET_PDEATHSIG, (unsigned long)sig, 0, 0, 0); }

@@ -34,7 +34,7 @@ public struct ChunkSlots: Sendable {
         guard count >= 2 else { return nil }
         self.slotBytes = slotBytes
         self.count = count
-        self.cacheLimit = count / 2
+        self.cacheLimit = count / 4
         self.states = Array(repeating: .free, count: count)
         self.freeStack = Array((0..<count).reversed())
     }

@@ -94,7 +94,7 @@ extension TransferService {
         try channel.pipeline.syncOperations.addHandlers([
             IdleStateHandler(readTimeout: .seconds(120)),
             FrameChannelDecoder.handler(limit: limit, largest: PeerMessage.maxFrameLength),
-            MessageToByteHandler(FrameChannelEncoder()),
+            ServedFrameEncoder(),
             ServeHandler(service: self, frameLimit: limit, relayed: relayed),
         ])
     }
@@ -117,10 +117,17 @@ extension TransferService {
                     readForUpload(read, index: index)
                 }
             case .sendPiece(let read, let index, let id):
-                guard let data = takeReadChunk(read), let handler = serveHandlers[id] else { continue }
-                handler.sendPiece(.piece(index: index, data: data))
+                guard let handler = serveHandlers[id] else {
+                    discardRead(read)
+                    continue
+                }
+                let sent = withReadChunk(read) { bytes in
+                    handler.sendPiece(index: index, bytes: bytes)
+                    return bytes.count
+                }
+                guard let sent else { continue }
                 tally.piecesSent += 1
-                tally.bytesSent += UInt64(data.count)
+                tally.bytesSent += UInt64(sent)
             case .discard(let read):
                 discardRead(read)
             case .refuse(let index, let reason, let id):
@@ -155,7 +162,7 @@ extension TransferService {
 /// Loop-confined, like everything in the transfer worker (hence `@unchecked Sendable`).
 final class ServeHandler: ChannelInboundHandler, RemovableChannelHandler, @unchecked Sendable {
     typealias InboundIn = Frame
-    typealias OutboundOut = Frame
+    typealias OutboundOut = ServedFrame
 
     /// Before the hello is accepted: the largest frame (a hello is under 2 KiB, a stage's
     /// handshake message at most 4 KiB plus its header), the time allowed to complete the
@@ -258,14 +265,34 @@ final class ServeHandler: ChannelInboundHandler, RemovableChannelHandler, @unche
     }
 
     /// Sends a piece; when the socket has taken it, the next chunk may be read.
-    func sendPiece(_ message: PeerMessage) {
+    /// Sends chunk `index`, whose bytes lie in a slot of the chunk pool. With no stage on the
+    /// connection the frame is built around the bytes straight from the slot (one copy, into
+    /// the buffer the socket is written from); through stages, as any message.
+    func sendPiece(index: UInt32, bytes: UnsafeRawBufferPointer) {
         guard let context else { return }
         let promise = context.eventLoop.makePromise(of: Void.self)
         promise.futureResult.whenComplete { [self] _ in
             service.applyUpload(service.upload.written(id, now: service.now))
         }
+        guard codec.sealed else {
+            var buffer = context.channel.allocator.buffer(capacity: Frame.headerSize + 8 + bytes.count)
+            buffer.writeInteger(UInt32(2 + 8 + bytes.count))
+            buffer.writeInteger(PeerMessage.Tag.piece.rawValue)
+            buffer.writeInteger(index)
+            buffer.writeInteger(UInt32(bytes.count))
+            buffer.writeBytes(bytes)
+            context.writeAndFlush(wrapOutboundOut(.encoded(buffer)), promise: promise)
+            return
+        }
         do {
-            context.writeAndFlush(wrapOutboundOut(try codec.frame(message)), promise: promise)
+            let message = PeerMessage.piece(
+                index: index,
+                data: [UInt8](unsafeUninitializedCapacity: bytes.count) {
+                    buffer, initialized in
+                    if let to = buffer.baseAddress, let from = bytes.baseAddress { memcpy(to, from, bytes.count) }
+                    initialized = bytes.count
+                })
+            context.writeAndFlush(wrapOutboundOut(.frame(try codec.frame(message))), promise: promise)
         } catch {
             promise.fail(error)
             service.logger.warning("peer \(peer): \(error); disconnecting")
@@ -276,7 +303,7 @@ final class ServeHandler: ChannelInboundHandler, RemovableChannelHandler, @unche
 
     func send(_ message: PeerMessage) {
         do {
-            context?.writeAndFlush(wrapOutboundOut(try codec.frame(message)), promise: nil)
+            context?.writeAndFlush(wrapOutboundOut(.frame(try codec.frame(message))), promise: nil)
         } catch {
             service.logger.warning("peer \(peer): \(error); disconnecting")
             service.reportPluginFailure(codec)
@@ -405,5 +432,32 @@ final class ServeHandler: ChannelInboundHandler, RemovableChannelHandler, @unche
         guard service.servingConnections <= service.maxPeers else { return fail(.busy, "too many peers") }
         service.opened(self)
         send(.bitfield(bits: service.servableBitfield().bytes))
+    }
+}
+
+/// What a serving connection writes: a frame to encode, or a piece frame already laid out
+/// in its buffer (built around the chunk's bytes in the pool: `ServeHandler.sendPiece`).
+enum ServedFrame {
+    case frame(Frame)
+    case encoded(ByteBuffer)
+}
+
+/// The serving connection's encoder: frames as `FrameChannelEncoder` writes them, and
+/// pre-built piece frames as they are.
+final class ServedFrameEncoder: ChannelOutboundHandler, RemovableChannelHandler, Sendable {
+    typealias OutboundIn = ServedFrame
+    typealias OutboundOut = ByteBuffer
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        switch unwrapOutboundIn(data) {
+        case .encoded(let buffer):
+            context.write(wrapOutboundOut(buffer), promise: promise)
+        case .frame(let frame):
+            var buffer = context.channel.allocator.buffer(capacity: Frame.headerSize + frame.payload.count)
+            buffer.writeInteger(UInt32(frame.payload.count + 2))
+            buffer.writeInteger(frame.type)
+            buffer.writeBytes(frame.payload)
+            context.write(wrapOutboundOut(buffer), promise: promise)
+        }
     }
 }

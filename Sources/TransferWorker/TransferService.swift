@@ -360,15 +360,16 @@ public final class TransferService: WorkerService, @unchecked Sendable {
         }
     }
 
-    /// The bytes of a chunk read for `Upload`, and the slot given back (or unpinned).
-    func takeReadChunk(_ read: Upload.ReadID) -> [UInt8]? {
+    /// Runs `body` over the bytes of a chunk read for `Upload`, where they lie in the pool,
+    /// then gives the slot back (or unpins it); nil when there is no such read.
+    func withReadChunk<T>(_ read: Upload.ReadID, _ body: (UnsafeRawBufferPointer) -> T) -> T? {
         guard let held = readChunks.removeValue(forKey: read), let slots, let pool else { return nil }
         defer {
             if held.cached { self.slots?.unpin(held.slot) } else { self.slots?.give(held.slot) }
             startWaiting()
         }
         let place = PoolSlot(offset: UInt32(slots.offset(of: held.slot)), length: UInt32(held.length))
-        return pool.copy(of: place)
+        return pool.bytes(of: place).map { body(UnsafeRawBufferPointer($0)) }
     }
 
     /// Upload discarded a read: its slot comes back.

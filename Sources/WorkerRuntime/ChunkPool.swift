@@ -14,7 +14,7 @@ public final class ChunkPool: @unchecked Sendable {
     /// Bytes in the pool the supervisor makes: enough for the request depth and read-ahead
     /// of a busy swarm (64 slots of the usual 512 KiB chunk, 8 of the largest), and small
     /// enough that the pages both workers map count little against their memory.
-    public static let defaultBytes = 32 * 1024 * 1024
+    public static let defaultBytes = 16 * 1024 * 1024
 
     public let byteCount: Int
     private let base: UnsafeMutableRawPointer

@@ -70,6 +70,6 @@ public struct FrameChannelEncoder: MessageToByteEncoder {
 /// so a 512 KiB chunk took eight reads and decoder passes. This one grows to 1 MiB.
 public enum ChunkTrafficReads {
     public static var allocator: AdaptiveRecvByteBufferAllocator {
-        AdaptiveRecvByteBufferAllocator(minimum: 1024, initial: 64 * 1024, maximum: 1024 * 1024)
+        AdaptiveRecvByteBufferAllocator(minimum: 1024, initial: 64 * 1024, maximum: 256 * 1024)
     }
 }
