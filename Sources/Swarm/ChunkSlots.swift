@@ -20,7 +20,8 @@ public struct ChunkSlots: Sendable {
 
     public let slotBytes: Int
     public let count: Int
-    /// The most slots that may hold cached chunks at once; the rest are for requests.
+    /// The most slots that may hold cached chunks at once (a quarter: their pages count in
+    /// both workers' memory); the rest are for requests.
     public let cacheLimit: Int
     private var states: [State]
     private var freeStack: [Int]

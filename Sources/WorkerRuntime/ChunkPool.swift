@@ -12,8 +12,9 @@ import IPC
 /// misbehaving partner can at worst spoil bytes in the pool, never reach outside it.
 public final class ChunkPool: @unchecked Sendable {
     /// Bytes in the pool the supervisor makes: enough for the request depth and read-ahead
-    /// of a busy swarm (64 slots of the usual 512 KiB chunk, 8 of the largest), and small
-    /// enough that the pages both workers map count little against their memory.
+    /// of a busy swarm (32 slots of the usual 512 KiB chunk, 4 of the largest), and small
+    /// enough that its pages, which count in both workers' resident memory, stay a quarter
+    /// of the 64 MiB each may use.
     public static let defaultBytes = 16 * 1024 * 1024
 
     public let byteCount: Int

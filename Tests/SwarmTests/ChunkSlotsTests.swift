@@ -8,7 +8,7 @@ final class ChunkSlotsTests: XCTestCase {
         let slots = try XCTUnwrap(ChunkSlots(poolBytes: 32 << 20, slotBytes: 512 << 10))
         XCTAssertEqual(slots.count, 64)
         XCTAssertEqual(slots.offset(of: 3), 3 * 512 * 1024)
-        XCTAssertEqual(slots.cacheLimit, 32)
+        XCTAssertEqual(slots.cacheLimit, 16)
         // Small chunks: the bookkeeping stays bounded.
         XCTAssertEqual(ChunkSlots(poolBytes: 32 << 20, slotBytes: 16 << 10)?.count, ChunkSlots.maxSlots)
         XCTAssertNil(ChunkSlots(poolBytes: 4 << 20, slotBytes: 4 << 20), "one slot is no pool")
@@ -29,7 +29,7 @@ final class ChunkSlotsTests: XCTestCase {
     }
 
     func testAVerifiedChunkIsServedFromItsSlotUntilItsRoomIsNeeded() throws {
-        var slots = try XCTUnwrap(ChunkSlots(poolBytes: 4, slotBytes: 1))
+        var slots = try XCTUnwrap(ChunkSlots(poolBytes: 8, slotBytes: 1))
         let a = try XCTUnwrap(slots.take())
         let b = try XCTUnwrap(slots.take())
         slots.keep(a, holding: 10, length: 1)
@@ -38,9 +38,8 @@ final class ChunkSlotsTests: XCTestCase {
         let pinned = try XCTUnwrap(slots.pin(10))
         XCTAssertEqual(pinned.slot, a)
         XCTAssertNil(slots.pin(12), "never verified here")
-        // Two free slots, then the one unpinned cached chunk (11), then none: 10 is being sent.
-        XCTAssertNotNil(slots.take())
-        XCTAssertNotNil(slots.take())
+        // Six free slots, then the one unpinned cached chunk (11), then none: 10 is being sent.
+        for _ in 0..<6 { XCTAssertNotNil(slots.take()) }
         XCTAssertEqual(slots.take(), b)
         XCTAssertNil(slots.pin(11), "evicted")
         XCTAssertNil(slots.take(), "the pinned chunk keeps its slot")
@@ -48,8 +47,9 @@ final class ChunkSlotsTests: XCTestCase {
         XCTAssertEqual(slots.take(), a)
     }
 
-    func testTheCacheHoldsAtMostHalfThePoolAndForgetsTheLeastRecentlyUsed() throws {
-        var slots = try XCTUnwrap(ChunkSlots(poolBytes: 4, slotBytes: 1))
+    func testTheCacheHoldsAtMostAQuarterOfThePoolAndForgetsTheLeastRecentlyUsed() throws {
+        var slots = try XCTUnwrap(ChunkSlots(poolBytes: 8, slotBytes: 1))
+        XCTAssertEqual(slots.cacheLimit, 2)
         for index in 0..<3 {
             let slot = try XCTUnwrap(slots.take())
             slots.keep(slot, holding: index, length: 1)
@@ -63,6 +63,6 @@ final class ChunkSlotsTests: XCTestCase {
         let again = try XCTUnwrap(slots.take())
         slots.keep(again, holding: 2, length: 1)
         XCTAssertEqual(slots.cachedCount, 2)
-        XCTAssertEqual(slots.freeCount, 2)
+        XCTAssertEqual(slots.freeCount, 6)
     }
 }
