@@ -70,6 +70,7 @@ public struct ChunkScheduler: Sendable {
     ) {
         self.strategy = strategy
         states = (0..<chunkCount).map { verified?[$0] == true ? .verified : .missing }
+        verifiedCount = states.reduce(0) { $0 + ($1 == .verified ? 1 : 0) }
         availability = [UInt16](repeating: 0, count: chunkCount)
         defaultDepth = max(1, maxInFlightPerPeer)
         self.randomFirst = randomFirst
@@ -79,8 +80,10 @@ public struct ChunkScheduler: Sendable {
     }
 
     public var chunkCount: Int { states.count }
-    public var verifiedCount: Int { states.reduce(0) { $0 + ($1 == .verified ? 1 : 0) } }
-    public var isComplete: Bool { states.allSatisfy { $0 == .verified } }
+    /// Kept as chunks are verified (a chunk never leaves `.verified`), so that asking after
+    /// every verdict does not cost a pass over 100,000 states.
+    public private(set) var verifiedCount: Int
+    public var isComplete: Bool { verifiedCount == states.count }
     public var missingIndices: [Int] { states.indices.filter { states[$0] != .verified } }
     /// Unverified chunks that no connected peer has: the download cannot finish without new peers.
     public var unavailableIndices: [Int] {
@@ -352,6 +355,7 @@ public struct ChunkScheduler: Sendable {
         if case .verifying(let from) = states[index] { sender = from } else { sender = nil }
         if let sender, let count = inFlight[sender] { inFlight[sender] = count - 1 }
         if accepted {
+            if states[index] != .verified { verifiedCount += 1 }
             states[index] = .verified
             return .accepted
         }

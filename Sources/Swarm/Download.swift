@@ -320,13 +320,13 @@ public struct Download: Sendable {
     /// The hash worker's verdict on a chunk handed over with `verify`.
     public mutating func verdict(index: Int, accepted: Bool, now: Double) -> [Directive] {
         var out: [Directive] = []
-        guard var scheduler else { return out }
-        let outcome = scheduler.verificationResult(index: index, accepted: accepted)
-        self.scheduler = scheduler
+        // Mutated in place: a local copy would make the next change to the scheduler copy all
+        // of its per-chunk state (a megabyte and more for 100,000 chunks) for every chunk.
+        guard let outcome = scheduler?.verificationResult(index: index, accepted: accepted) else { return out }
         switch outcome {
         case .accepted:
             out.append(.announceHave(index))
-            if scheduler.isComplete {
+            if scheduler?.isComplete == true {
                 complete(&out)
                 return out
             }
