@@ -35,7 +35,7 @@ public final class HashService: WorkerService, @unchecked Sendable {
         readingTransfer = true
         DataChannel.startReading(
             transfer,
-            deliver: { [self] request in handleFromTransfer(request, pipe: transfer) },
+            deliver: { [self] requests in handleFromTransfer(requests, pipe: transfer) },
             logger: logger,
             closed: { [logger] reason in
                 // The supervisor restarts the transfer worker on a new channel, and us with it.
@@ -69,11 +69,11 @@ public final class HashService: WorkerService, @unchecked Sendable {
 
     /// Chunk requests from the transfer worker: run on the data channel's reader thread
     /// itself, in turn with the queue's jobs (`sync` runs the block on the calling thread), so
-    /// a chunk costs no thread switch on its way in.
-    private func handleFromTransfer(_ request: ChunkRequest, pipe: MessagePipe<ChunkReply, ChunkRequest>) {
-        let reply = queue.sync { perform(request) }
+    /// a chunk costs no thread switch on its way in. A burst is answered in one write.
+    private func handleFromTransfer(_ requests: [ChunkRequest], pipe: MessagePipe<ChunkReply, ChunkRequest>) {
+        let replies = queue.sync { requests.map { perform($0) } }
         do {
-            try pipe.send(reply)
+            try pipe.send(replies)
         } catch {
             // The transfer worker is gone; the supervisor restarts us with the next one.
             logger.debug("cannot reply to the transfer worker: \(error)")

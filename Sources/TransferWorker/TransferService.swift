@@ -90,6 +90,9 @@ public final class TransferService: WorkerService, @unchecked Sendable {
     private var pendingWrites: [UInt32: (index: UInt32, bytes: UInt32, peer: String, slot: Int)] = [:]
     /// The data channel to the hash worker: chunk requests out, its replies in.
     let hash: MessagePipe<ChunkRequest, ChunkReply>?
+    /// Requests queued this turn of the loop (`sendToHash`).
+    private var toHash: [ChunkRequest] = []
+    private var flushToHashScheduled = false
 
     // Relays.
     /// The share's DHT key, which names it at relays; the relays to reach it through (when
@@ -129,7 +132,7 @@ public final class TransferService: WorkerService, @unchecked Sendable {
         if let hash {
             DataChannel.startReading(
                 hash,
-                deliver: { [self] message in loop.execute { self.onHash(message) } },
+                deliver: { [self] messages in loop.execute { for message in messages { self.onHash(message) } } },
                 logger: logger,
                 closed: { [logger] reason in
                     // The supervisor restarts the hash worker on a new channel, and us with it.
@@ -381,13 +384,24 @@ public final class TransferService: WorkerService, @unchecked Sendable {
         readsWaitingForSlot.removeAll { $0.read == read }
     }
 
+    /// Queues a request for the hash worker; what one turn of the event loop queues goes in
+    /// one write, after the turn (a burst of small chunks costs one system call and one
+    /// wake-up of the hash worker, not one per chunk).
     func sendToHash(_ message: ChunkRequest) {
-        do {
-            guard let hash else { throw WorkerError.pipe("no data channel") }
-            try hash.send(message)
-        } catch {
-            // The hash worker is gone; the supervisor is about to restart us with the next one.
-            logger.debug("cannot reach the hash worker: \(error)")
+        toHash.append(message)
+        guard !flushToHashScheduled else { return }
+        flushToHashScheduled = true
+        loop.execute { [self] in
+            flushToHashScheduled = false
+            let batch = toHash
+            toHash.removeAll(keepingCapacity: true)
+            do {
+                guard let hash else { throw WorkerError.pipe("no data channel") }
+                try hash.send(batch)
+            } catch {
+                // The hash worker is gone; the supervisor is about to restart us with the next one.
+                logger.debug("cannot reach the hash worker: \(error)")
+            }
         }
     }
 

@@ -19,7 +19,8 @@ public enum DataChannel {
         return MessagePipe(descriptor: WorkerDescriptor.dataChannel)
     }
 
-    /// Reads frames on a thread of its own and hands each to `deliver`. Each end decodes only
+    /// Reads frames on a thread of its own and hands them to `deliver`, as many at a time as
+    /// have arrived (one wake-up of the consumer per burst, not per message). Each end decodes only
     /// its own direction's messages (`ChunkRequest` at the hash worker, `ChunkReply` at the
     /// transfer worker): the supervisor does not see this channel, so each side enforces the
     /// rules itself. When the partner goes away, reading stops and
@@ -28,14 +29,14 @@ public enum DataChannel {
     /// send), this worker exits with status 70 — the supervisor sees a crash and restarts
     /// both, as it restarts a worker that breaks the rules on its own pipe.
     public static func startReading<Outgoing, Incoming>(
-        _ pipe: MessagePipe<Outgoing, Incoming>, deliver: @escaping @Sendable (Incoming) -> Void,
+        _ pipe: MessagePipe<Outgoing, Incoming>, deliver: @escaping @Sendable ([Incoming]) -> Void,
         logger: Logger, closed: @escaping @Sendable (String) -> Void
     ) {
         Thread.detachNewThread {
             while true {
-                let message: Incoming?
+                let messages: [Incoming]?
                 do {
-                    message = try pipe.receive()
+                    messages = try pipe.receiveAvailable()
                 } catch let error as WorkerError {
                     // Reset or cut mid-frame: the partner died (killed with data unread).
                     return closed("\(error)")
@@ -44,8 +45,8 @@ public enum DataChannel {
                     logger.error("bad frame on the data channel: \(error); exiting")
                     exit(70)
                 }
-                guard let message else { return closed("the data channel was closed") }
-                deliver(message)
+                guard let messages else { return closed("the data channel was closed") }
+                deliver(messages)
             }
         }
     }

@@ -55,49 +55,109 @@ public final class MessagePipe<Outgoing: ChannelMessage, Incoming: ChannelMessag
     /// Reads the next message, which must be an `Incoming` (what this end of the channel
     /// receives); nil at EOF (the peer process is gone). A malformed or oversized
     /// frame, or one of another type, throws: the caller exits, and its partner sees the
-    /// pipe close.
+    /// pipe close. Only one thread may receive (the reader loop).
     public func receive() throws -> Incoming? {
-        var header = [UInt8](repeating: 0, count: 4)
-        let complete = try header.withUnsafeMutableBytes { try readExactly(into: $0, eofAllowed: true) }
-        guard complete else { return nil }
-        var reader = ByteReader(header)
-        let length = try reader.u32()
-        try FrameError.check(length: length, limit: IPCLimits.maxFrameLength)
-        return try Incoming(body: try readBody(Int(length)))
+        guard let body = try reader.nextFrame(descriptor: descriptor, wait: true) else { return nil }
+        return try Incoming(body: body)
     }
 
-    /// Reads `count` bytes straight into an uninitialised array (no zero-fill).
-    private func readBody(_ count: Int) throws -> [UInt8] {
-        var failure: Error?
-        let body = [UInt8](unsafeUninitializedCapacity: count) { buffer, initialized in
-            do {
-                _ = try readExactly(into: UnsafeMutableRawBufferPointer(buffer), eofAllowed: false)
-                initialized = count
-            } catch {
-                failure = error
-                initialized = 0
-            }
+    /// The next message (waiting for it, as `receive`) and every other one that is already
+    /// buffered, so a burst is handled in one go — one wake-up of the consumer, not one per
+    /// message. Nil at EOF.
+    public func receiveAvailable() throws -> [Incoming]? {
+        guard let first = try receive() else { return nil }
+        var messages = [first]
+        while let body = try reader.nextFrame(descriptor: descriptor, wait: false) {
+            messages.append(try Incoming(body: body))
         }
-        if let failure { throw failure }
-        return body
+        return messages
     }
 
-    /// Fills `buffer`; false only for EOF before the first byte when `eofAllowed`.
-    private func readExactly(into buffer: UnsafeMutableRawBufferPointer, eofAllowed: Bool) throws -> Bool {
-        var offset = 0
-        while offset < buffer.count {
-            let got = read(descriptor, buffer.baseAddress! + offset, buffer.count - offset)
+    /// Sends several messages in one write.
+    public func send(_ messages: [Outgoing]) throws {
+        guard messages.count > 1 else {
+            if let only = messages.first { try send(only) }
+            return
+        }
+        var bytes: [UInt8] = []
+        for message in messages { bytes += message.encoded() }
+        try writeLock.withLock { _ in try Self.writeAll(descriptor, bytes) }
+    }
+
+    private let reader = FrameReader()
+}
+
+/// The receiving side's buffer: reads as much as the socket has (up to 64 KiB at a time)
+/// and cuts frames out of it, so a burst of small messages costs one system call rather
+/// than two per message. Confined to the one thread that receives.
+final class FrameReader: @unchecked Sendable {
+    private static let readSize = 64 * 1024
+    private var buffer = [UInt8](repeating: 0, count: FrameReader.readSize)
+    private var start = 0
+    private var end = 0
+
+    /// The body of the next frame (its length checked before anything is sized); nil at EOF
+    /// between frames, or — when not `wait`ing — when no whole frame is buffered.
+    func nextFrame(descriptor: Int32, wait: Bool) throws -> [UInt8]? {
+        while true {
+            if end - start >= 4 {
+                var header = ByteReader(Array(buffer[start..<start + 4]))
+                let length = try header.u32()
+                try FrameError.check(length: length, limit: IPCLimits.maxFrameLength)
+                let total = 4 + Int(length)
+                if end - start >= total {
+                    let body = Array(buffer[start + 4..<start + total])
+                    start += total
+                    if start == end {
+                        start = 0
+                        end = 0
+                        // A manifest-sized frame does not keep its buffer for life.
+                        if buffer.count > 2 * FrameReader.readSize {
+                            buffer = [UInt8](repeating: 0, count: FrameReader.readSize)
+                        }
+                    }
+                    return body
+                }
+                // Room for the whole frame, the partial one moved to the front.
+                if buffer.count - start < total {
+                    if start > 0 {
+                        buffer.withUnsafeMutableBytes { raw in
+                            guard let base = raw.baseAddress else { return }
+                            memmove(base, base + start, end - start)
+                        }
+                        end -= start
+                        start = 0
+                    }
+                    if buffer.count < total { buffer += [UInt8](repeating: 0, count: total - buffer.count) }
+                }
+            }
+            guard wait else { return nil }
+            if end == buffer.count {
+                if start > 0 {
+                    buffer.withUnsafeMutableBytes { raw in
+                        guard let base = raw.baseAddress else { return }
+                        memmove(base, base + start, end - start)
+                    }
+                    end -= start
+                    start = 0
+                } else {
+                    buffer += [UInt8](repeating: 0, count: FrameReader.readSize)
+                }
+            }
+            let got = buffer.withUnsafeMutableBytes { raw -> Int in
+                guard let base = raw.baseAddress else { return -1 }
+                return read(descriptor, base + end, raw.count - end)
+            }
             if got < 0 {
                 if errno == EINTR { continue }
                 throw WorkerError.pipe("read failed: \(String(cString: strerror(errno)))")
             }
             if got == 0 {
-                if offset == 0 && eofAllowed { return false }
+                if end == start { return nil }
                 throw WorkerError.pipe("pipe closed in the middle of a frame")
             }
-            offset += got
+            end += got
         }
-        return true
     }
 }
 

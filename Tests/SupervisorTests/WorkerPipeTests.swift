@@ -44,6 +44,36 @@ final class WorkerPipeTests: XCTestCase {
         XCTAssertNil(try hash.receive(), "EOF between frames is the end, not an error")
     }
 
+    /// A burst sent in one write comes out whole, in order, in one `receiveAvailable`; a
+    /// frame larger than the reader's buffer grows it, and one split over writes waits.
+    func testBurstsAndLargeFramesThroughTheBufferedReader() throws {
+        let (supervisor, worker, fs, fw) = pair(WorkerCommand.self, WorkerReport.self)
+        defer {
+            close(fs)
+            close(fw)
+        }
+        let burst: [WorkerReport] = (0..<50).map {
+            .chunkStored(index: UInt32($0), accepted: true, bytes: 10, peer: "p")
+        }
+        try worker.send(burst)
+        XCTAssertEqual(try supervisor.receiveAvailable(), burst)
+        let manifest = (0..<300_000).map { UInt8(truncatingIfNeeded: $0 * 7) }
+        try worker.send(.manifestBuilt(requestID: 1, manifest: manifest))
+        try worker.send(.status(requestID: 2, text: "after the large one"))
+        XCTAssertEqual(try supervisor.receive(), .manifestBuilt(requestID: 1, manifest: manifest))
+        XCTAssertEqual(try supervisor.receive(), .status(requestID: 2, text: "after the large one"))
+        // Half a frame, then the rest: the reader waits for it.
+        let frame = WorkerReport.status(requestID: 3, text: "split").encoded()
+        _ = frame.prefix(7).withUnsafeBytes { write(fw, $0.baseAddress, $0.count) }
+        let rest = Array(frame.dropFirst(7))
+        DispatchQueue.global().asyncAfter(deadline: .now() + 0.1) {
+            _ = rest.withUnsafeBytes { write(fw, $0.baseAddress, $0.count) }
+        }
+        XCTAssertEqual(try supervisor.receiveAvailable(), [.status(requestID: 3, text: "split")])
+        shutdown(fw, Int32(SHUT_WR))
+        XCTAssertNil(try supervisor.receive())
+    }
+
     func testCommandsAndReportsCrossTheSupervisorPipe() throws {
         let (supervisor, worker, fs, fw) = pair(WorkerCommand.self, WorkerReport.self)
         defer {
