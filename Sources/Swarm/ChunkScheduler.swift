@@ -253,8 +253,11 @@ public struct ChunkScheduler: Sendable {
         return best
     }
 
-    /// Candidates a pick looks at, at most (see `pick`).
-    static let pickWindow = 1024
+    /// Candidates a pick looks at, at most (see `pick`). 256: with 100,000 small chunks a
+    /// pick over 1,024 was a third of the downloading transfer worker's time; 256 still
+    /// spreads ties among hundreds of chunks, and a share of up to 256 chunks (most) is
+    /// looked at whole as before.
+    static let pickWindow = 256
 
     private func missingCount() -> Int {
         var count = 0
