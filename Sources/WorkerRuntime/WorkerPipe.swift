@@ -96,6 +96,17 @@ final class FrameReader: @unchecked Sendable {
     private var start = 0
     private var end = 0
 
+    /// Moves the unread bytes to the start of the buffer.
+    private func moveToFront() {
+        guard start > 0 else { return }
+        buffer.withUnsafeMutableBytes { raw in
+            guard let base = raw.baseAddress else { return }
+            memmove(base, base + start, end - start)
+        }
+        end -= start
+        start = 0
+    }
+
     /// The body of the next frame (its length checked before anything is sized); nil at EOF
     /// between frames, or — when not `wait`ing — when no whole frame is buffered.
     func nextFrame(descriptor: Int32, wait: Bool) throws -> [UInt8]? {
@@ -120,26 +131,14 @@ final class FrameReader: @unchecked Sendable {
                 }
                 // Room for the whole frame, the partial one moved to the front.
                 if buffer.count - start < total {
-                    if start > 0 {
-                        buffer.withUnsafeMutableBytes { raw in
-                            guard let base = raw.baseAddress else { return }
-                            memmove(base, base + start, end - start)
-                        }
-                        end -= start
-                        start = 0
-                    }
+                    moveToFront()
                     if buffer.count < total { buffer += [UInt8](repeating: 0, count: total - buffer.count) }
                 }
             }
             guard wait else { return nil }
             if end == buffer.count {
                 if start > 0 {
-                    buffer.withUnsafeMutableBytes { raw in
-                        guard let base = raw.baseAddress else { return }
-                        memmove(base, base + start, end - start)
-                    }
-                    end -= start
-                    start = 0
+                    moveToFront()
                 } else {
                     buffer += [UInt8](repeating: 0, count: FrameReader.readSize)
                 }

@@ -836,21 +836,11 @@ def test_two_connections_to_one_private_share_carry_different_hello_tags(tmp_pat
 
 
 def _frame(msg_type, payload=b""):
-    return struct.pack(">IH", 2 + len(payload), msg_type) + payload
+    return peerwire.frame(msg_type, payload)
 
 
 def _read_frame(sock):
-    def exactly(n):
-        data = b""
-        while len(data) < n:
-            chunk = sock.recv(n - len(data))
-            if not chunk:
-                raise EOFError("closed")
-            data += chunk
-        return data
-    (length,) = struct.unpack(">I", exactly(4))
-    body = exactly(length)
-    return struct.unpack(">H", body[:2])[0], body[2:]
+    return peerwire.read_frame(sock)
 
 
 def test_a_transfer_worker_naming_a_slot_outside_the_pool_is_refused(tmp_path):
