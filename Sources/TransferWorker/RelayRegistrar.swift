@@ -136,7 +136,8 @@ final class RelayRegistrar: @unchecked Sendable {
             .whenComplete { [self] result in
                 switch result {
                 case .success(let channel):
-                    channel.writeAndFlush(RelayMessage.attach(circuit: circuit).frame(), promise: nil)
+                    channel.writeAndFlush(
+                        ServedFrame.frame(RelayMessage.attach(circuit: circuit).frame()), promise: nil)
                     channel.closeFuture.whenComplete { [self] _ in
                         state.done = true
                         if !state.bridged { attaching -= 1 }
@@ -168,7 +169,7 @@ final class RelayRegistrar: @unchecked Sendable {
                 state.direct = true
                 channel.closeFuture.whenComplete { _ in state.direct = false }
                 // Names the circuit first, as on every connection made for one.
-                channel.writeAndFlush(RelayMessage.attach(circuit: circuit).frame(), promise: nil)
+                channel.writeAndFlush(ServedFrame.frame(RelayMessage.attach(circuit: circuit).frame()), promise: nil)
             })
         guard listenPort > 0 else { return }
         let listening = PeerAddress(host: target.host, port: listenPort)
@@ -183,7 +184,7 @@ final class RelayRegistrar: @unchecked Sendable {
             .whenSuccess { [self] channel in
                 logger.info("reverse connection to \(listening) for a relay circuit")
                 // Names the circuit first: the downloader's listener turns the connection around.
-                channel.writeAndFlush(RelayMessage.attach(circuit: circuit).frame(), promise: nil)
+                channel.writeAndFlush(ServedFrame.frame(RelayMessage.attach(circuit: circuit).frame()), promise: nil)
             }
     }
 }

@@ -321,6 +321,16 @@ final class ServeHandler: ChannelInboundHandler, RemovableChannelHandler, @unche
         leaveHandshakeQuota()
         frameLimit.bytes = PeerMessage.maxFrameLength
         let channel = context.channel
+        // The download side writes plain frames: the serving encoder (which also takes
+        // pre-built pieces) gives way to the ordinary one, in the same place.
+        do {
+            let pipeline = context.pipeline.syncOperations
+            let served = try pipeline.handler(type: ServedFrameEncoder.self)
+            try pipeline.addHandler(MessageToByteHandler(FrameChannelEncoder()), position: .before(self))
+            pipeline.removeHandler(served, promise: nil)
+        } catch {
+            return fail(.protocolViolation, "cannot turn the connection around: \(error)")
+        }
         context.pipeline.syncOperations.removeHandler(context: context).whenComplete { [service] result in
             guard case .success = result else { return channel.close(promise: nil) }
             if !fetch.reverseArrived(circuit: circuit, channel: channel) {
