@@ -209,6 +209,11 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]),
         .testTarget(
+            name: "TransferWorkerTests",
+            dependencies: [
+                "TransferWorker", "PeerWire", "PeerShareCore", "Wire", .product(name: "NIOCore", package: "swift-nio"),
+            ]),
+        .testTarget(
             name: "SupervisorTests", dependencies: ["Supervisor", "WorkerRuntime", "PeerShareCore", "IPC", "Wire"]),
     ],
     swiftLanguageModes: [.v6]

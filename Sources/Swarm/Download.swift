@@ -201,6 +201,9 @@ public struct Download: Sendable {
 
     /// A message from an established peer (hello and handshake messages are the shell's).
     public mutating func received(_ message: PeerMessage, from id: PeerID, now: Double) -> [Directive] {
+        if case .piece(let index, let data) = message {
+            return receivedPiece(index: index, bytes: data.count, from: id, now: now)
+        }
         var out: [Directive] = []
         // Scalars only: a copy of the peer would share its bitfield, and the `have` below
         // would then copy the whole bitfield to change one bit.
@@ -237,22 +240,7 @@ public struct Download: Sendable {
             }
         case .manifest(let bytes):
             receivedManifest(bytes, from: id, now: now, &out)
-        case .piece(let index, let data):
-            guard scheduler != nil else { return closing(id, "sent a piece before any request", &out) }
-            let verdict = scheduler?.pieceArrived(index: Int(index), from: id, now: now) ?? .unexpected
-            var cancelled: [PeerID] = []
-            if verdict == .verify { cancelled = scheduler?.cancelDuplicates(of: Int(index)) ?? [] }
-            peers[id]?.depth.record(bytes: data.count, now: now)
-            switch verdict {
-            case .unexpected: return closing(id, "sent chunk \(index) it was not asked for", &out)
-            case .duplicate: break  // an endgame copy that lost the race
-            case .verify: out.append(.verify(index: Int(index), from: id))
-            }
-            for other in cancelled where peers[other] != nil {
-                out.append(.send(.cancel(index: index), to: other))
-                requestMore(from: other, now: now, &out)
-            }
-            requestMore(from: id, now: now, &out)
+        case .piece: break  // receivedPiece
         case .reject(let index, let reason):
             guard Int(index) < chunkCount else {
                 return closing(id, "rejected chunk \(index) of \(chunkCount)", &out)
@@ -381,6 +369,31 @@ public struct Download: Sendable {
     static let slack = 0.001
 
     // MARK: Decisions
+
+    /// A piece of `bytes` bytes from an established peer: what `received` does with
+    /// `.piece`, for a shell that keeps the bytes where they arrived (the Instance needs only
+    /// their count; `verify` tells the shell to hand them to the hash worker).
+    public mutating func receivedPiece(index: UInt32, bytes: Int, from id: PeerID, now: Double) -> [Directive] {
+        var out: [Directive] = []
+        guard !finished, let established = peers[id]?.established else { return out }
+        guard established else { return closing(id, "sent piece before its handshake finished", &out) }
+        guard scheduler != nil else { return closing(id, "sent a piece before any request", &out) }
+        let verdict = scheduler?.pieceArrived(index: Int(index), from: id, now: now) ?? .unexpected
+        var cancelled: [PeerID] = []
+        if verdict == .verify { cancelled = scheduler?.cancelDuplicates(of: Int(index)) ?? [] }
+        peers[id]?.depth.record(bytes: bytes, now: now)
+        switch verdict {
+        case .unexpected: return closing(id, "sent chunk \(index) it was not asked for", &out)
+        case .duplicate: break  // an endgame copy that lost the race
+        case .verify: out.append(.verify(index: Int(index), from: id))
+        }
+        for other in cancelled where peers[other] != nil {
+            out.append(.send(.cancel(index: index), to: other))
+            requestMore(from: other, now: now, &out)
+        }
+        requestMore(from: id, now: now, &out)
+        return finish(out)
+    }
 
     private var manifestChunkCount: Int?
 

@@ -50,8 +50,22 @@ final class DownloadShell: @unchecked Sendable {
     var logger: Logger { service.logger }
     private var connections: [Int: PeerConnection] = [:]
     /// The piece being handed to the Instance: its bytes go to the hash worker if the
-    /// Instance says `verify`.
-    private var arrivingPiece: [UInt8] = []
+    /// Instance says `verify`. Plaintext pieces stay in the socket's read buffer until then.
+    private var arrivingPiece: ArrivingChunk = .none
+
+    private enum ArrivingChunk {
+        case none
+        case decoded([UInt8])
+        case inPlace(ByteBuffer)
+
+        func withBytes<T>(_ body: (UnsafeRawBufferPointer) -> T) -> T {
+            switch self {
+            case .none: return body(UnsafeRawBufferPointer(start: nil, count: 0))
+            case .decoded(let bytes): return bytes.withUnsafeBytes(body)
+            case .inPlace(let buffer): return buffer.withUnsafeReadableBytes(body)
+            }
+        }
+    }
 
     init(service: TransferService, shareID: [UInt8], peers: [String]) {
         self.service = service
@@ -107,7 +121,7 @@ final class DownloadShell: @unchecked Sendable {
                 if let connection = connections[id] { drop(connection, reason: reason) }
             case .verify(let index, let id):
                 let address = connections[id]?.address ?? "?"
-                service.store(index: UInt32(index), data: arrivingPiece, from: address)
+                arrivingPiece.withBytes { service.store(index: UInt32(index), bytes: $0, from: address) }
             case .manifestVerified(let bytes, let chunkSize):
                 service.useChunkSize(chunkSize)
                 for connection in connections.values { connection.codec.decodeLimit = chunkSize + 64 }
@@ -177,7 +191,7 @@ final class DownloadShell: @unchecked Sendable {
     func addDownloadHandlers(to channel: Channel, for connection: PeerConnection) throws {
         try channel.pipeline.syncOperations.addHandlers([
             IdleStateHandler(readTimeout: .seconds(30)),
-            FrameChannelDecoder.handler(maxFrameLength: PeerMessage.maxFrameLength),
+            ArrivingFrameDecoder.handler(),
             MessageToByteHandler(FrameChannelEncoder()),
             DownloadHandler(session: self, peerID: connection.id),
         ])
@@ -243,9 +257,24 @@ final class DownloadShell: @unchecked Sendable {
 
     // MARK: Events from connections
 
+    /// A frame from a peer. A plaintext piece on a connection that sends plaintext goes to
+    /// the Instance as it lies in the read buffer; everything else is decoded first.
+    func received(_ arriving: ArrivingFrame, from peerID: Int) {
+        guard case .piece(let index, let chunk) = arriving else { return received(arriving.frame, from: peerID) }
+        guard let connection = connections[peerID], !download.finished else { return }
+        // A connection with stages sends nothing in plaintext once they are agreed: the codec
+        // refuses the frame in its own words.
+        guard connection.accepted, !connection.codec.sealed, !connection.codec.awaitingHandshake else {
+            return received(arriving.frame, from: peerID)
+        }
+        arrivingPiece = .inPlace(chunk)
+        apply(download.receivedPiece(index: index, bytes: chunk.readableBytes, from: peerID, now: service.now))
+        arrivingPiece = .none
+    }
+
     /// A frame from a peer: the hello reply and the pipeline's handshake are handled here;
     /// everything else goes to the Instance.
-    func received(_ frame: Frame, from peerID: Int) {
+    private func received(_ frame: Frame, from peerID: Int) {
         guard let connection = connections[peerID], !download.finished else { return }
         let message: PeerMessage
         do {
@@ -296,9 +325,9 @@ final class DownloadShell: @unchecked Sendable {
                 established(connection)
             }
         case .piece(_, let data):
-            arrivingPiece = data
+            arrivingPiece = .decoded(data)
             apply(download.received(message, from: peerID, now: service.now))
-            arrivingPiece = []
+            arrivingPiece = .none
         default:
             apply(download.received(message, from: peerID, now: service.now))
         }
@@ -336,7 +365,7 @@ final class DownloadShell: @unchecked Sendable {
 
 /// The downloader's end of one peer connection.
 final class DownloadHandler: ChannelInboundHandler {
-    typealias InboundIn = Frame
+    typealias InboundIn = ArrivingFrame
     let session: DownloadShell
     let peerID: Int
 

@@ -211,7 +211,9 @@ final class Rendezvous: @unchecked Sendable {
         connection.path = "\(path) (\(milliseconds) ms after the introduction)"
         do {
             if reversed {
-                try channel.pipeline.syncOperations.addHandler(DownloadHandler(session: session, peerID: connection.id))
+                try channel.pipeline.syncOperations.addHandlers([
+                    FramesAsArriving(), DownloadHandler(session: session, peerID: connection.id),
+                ])
             } else {
                 try session.addDownloadHandlers(to: channel, for: connection)
             }

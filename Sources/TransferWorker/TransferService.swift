@@ -304,84 +304,87 @@ public final class TransferService: WorkerService, @unchecked Sendable {
     }
 
     /// Hands a chunk that arrived from `peer` to the hash worker, which verifies it against
-    /// the manifest and writes it only if it is genuine. The bytes go into a slot of the
-    /// pool (or wait, in order, for one to come free).
-    func store(index: UInt32, data: [UInt8], from peer: String) {
+    /// the manifest and writes it only if it is genuine. The bytes are copied into a slot of
+    /// the pool (or, when none is free, kept to wait in order for one).
+    func store(index: UInt32, bytes: UnsafeRawBufferPointer, from peer: String) {
         guard storesWaitingForSlot.isEmpty, let slot = slots?.take() else {
-            storesWaitingForSlot.append((index, data, peer))
+            storesWaitingForSlot.append((index, Array(bytes), peer))
             return
         }
-        store(index: index, data: data, from: peer, in: slot)
+        store(index: index, bytes: bytes, from: peer, in: slot)
     }
 
-    private func store(index: UInt32, data: [UInt8], from peer: String, in slot: Int) {
-        guard let slots, let pool, data.count <= slots.slotBytes,
-            let bytes = pool.bytes(of: PoolSlot(offset: UInt32(slots.offset(of: slot)), length: UInt32(data.count)))
-        else {
-            self.slots?.give(slot)
+    private func store(index: UInt32, bytes: UnsafeRawBufferPointer, from peer: String, in slot: Int) {
+        guard let place = poolSlot(slot, length: bytes.count), let memory = pool?.bytes(of: place) else {
+            slots?.give(slot)
             logger.error("chunk \(index) from \(peer) does not fit a pool slot; dropped")
             fetch?.verdict(index: Int(index), accepted: false)
             return
         }
-        data.withUnsafeBytes { bytes.copyMemory(from: $0) }
+        memory.copyMemory(from: bytes)
         let id = nextWrite
         nextWrite = nextWrite == UInt32.max ? 0x8000_0000 : nextWrite + 1
-        pendingWrites[id] = (index, UInt32(data.count), peer, slot)
-        sendToHash(
-            .writeChunk(
-                requestID: id, index: index,
-                slot: PoolSlot(offset: UInt32(slots.offset(of: slot)), length: UInt32(data.count))))
+        pendingWrites[id] = (index, UInt32(bytes.count), peer, slot)
+        sendToHash(.writeChunk(requestID: id, index: index, slot: place))
+    }
+
+    /// Where slot `slot` lies in the pool, holding `length` bytes (nil: more than a slot holds).
+    private func poolSlot(_ slot: Int, length: Int) -> PoolSlot? {
+        guard let slots, length <= slots.slotBytes else { return nil }
+        return PoolSlot(offset: UInt32(slots.offset(of: slot)), length: UInt32(length))
     }
 
     /// Asks the hash worker for chunk `index` into a slot, or queues the read for one.
     func readForUpload(_ read: Upload.ReadID, index: UInt32) {
         tally.chunksReadForPeers += 1
-        guard readsWaitingForSlot.isEmpty, let slots, let slot = self.slots?.take() else {
+        guard readsWaitingForSlot.isEmpty, let slot = slots?.take() else {
             readsWaitingForSlot.append((read, index))
             return
         }
+        lendForRead(read, index: index, slot: slot)
+    }
+
+    /// Lends `slot` to the hash worker to read chunk `index` into.
+    private func lendForRead(_ read: Upload.ReadID, index: UInt32, slot: Int) {
+        guard let slots, let place = poolSlot(slot, length: slots.slotBytes) else { return }
         readsAtHash[read] = slot
-        sendToHash(
-            .readChunk(
-                requestID: read, index: index,
-                slot: PoolSlot(offset: UInt32(slots.offset(of: slot)), length: UInt32(slots.slotBytes))))
+        sendToHash(.readChunk(requestID: read, index: index, slot: place))
     }
 
     /// Slots came back: what waited for one goes now, in order.
     func startWaiting() {
         while !storesWaitingForSlot.isEmpty, let slot = slots?.take() {
             let store = storesWaitingForSlot.removeFirst()
-            self.store(index: store.index, data: store.data, from: store.peer, in: slot)
+            store.data.withUnsafeBytes { self.store(index: store.index, bytes: $0, from: store.peer, in: slot) }
         }
-        while !readsWaitingForSlot.isEmpty, let slots, let slot = self.slots?.take() {
+        while !readsWaitingForSlot.isEmpty, let slot = slots?.take() {
             let (read, index) = readsWaitingForSlot.removeFirst()
-            readsAtHash[read] = slot
-            sendToHash(
-                .readChunk(
-                    requestID: read, index: index,
-                    slot: PoolSlot(offset: UInt32(slots.offset(of: slot)), length: UInt32(slots.slotBytes))))
+            lendForRead(read, index: index, slot: slot)
         }
     }
 
     /// Runs `body` over the bytes of a chunk read for `Upload`, where they lie in the pool,
     /// then gives the slot back (or unpins it); nil when there is no such read.
     func withReadChunk<T>(_ read: Upload.ReadID, _ body: (UnsafeRawBufferPointer) -> T) -> T? {
-        guard let held = readChunks.removeValue(forKey: read), let slots, let pool else { return nil }
-        defer {
-            if held.cached { self.slots?.unpin(held.slot) } else { self.slots?.give(held.slot) }
-            startWaiting()
+        guard let held = readChunks.removeValue(forKey: read) else { return nil }
+        defer { release(held) }
+        guard let place = poolSlot(held.slot, length: held.length), let memory = pool?.bytes(of: place) else {
+            return nil
         }
-        let place = PoolSlot(offset: UInt32(slots.offset(of: held.slot)), length: UInt32(held.length))
-        return pool.bytes(of: place).map { body(UnsafeRawBufferPointer($0)) }
+        return body(UnsafeRawBufferPointer(memory))
     }
 
     /// Upload discarded a read: its slot comes back.
     func discardRead(_ read: Upload.ReadID) {
-        if let held = readChunks.removeValue(forKey: read) {
-            if held.cached { slots?.unpin(held.slot) } else { slots?.give(held.slot) }
-            startWaiting()
-        }
+        if let held = readChunks.removeValue(forKey: read) { release(held) }
         readsWaitingForSlot.removeAll { $0.read == read }
+    }
+
+    /// A read is over: its slot goes back to the free ones, or (a cached verified chunk) is
+    /// unpinned; whatever waited for a slot may go.
+    private func release(_ held: (slot: Int, length: Int, cached: Bool)) {
+        if held.cached { slots?.unpin(held.slot) } else { slots?.give(held.slot) }
+        startWaiting()
     }
 
     /// Queues a request for the hash worker; what one turn of the event loop queues goes in

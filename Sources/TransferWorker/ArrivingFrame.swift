@@ -1,0 +1,84 @@
+import NIOCore
+import PeerShareCore
+import PeerWire
+import Wire
+import WorkerRuntime
+
+/// A frame as it arrives on a downloading connection. Most become `Frame`s (their payload
+/// copied out of the socket's buffer, as `FrameChannelDecoder` does); a plaintext piece
+/// stays where the socket read it, so that its chunk bytes are copied once, straight into
+/// a slot of the chunk pool, instead of into a frame, then a message, then the slot.
+enum ArrivingFrame {
+    case frame(Frame)
+    /// A well-formed plaintext piece: `chunk` is a view of its bytes in the read buffer,
+    /// valid while the frame is being handled (the decoder's buffer is reused after).
+    case piece(index: UInt32, chunk: ByteBuffer)
+
+    /// The same as a `Frame` (copied): for the paths that do not take pieces in place.
+    var frame: Frame {
+        switch self {
+        case .frame(let frame): return frame
+        case .piece(let index, let chunk):
+            var writer = ByteWriter(capacity: 8 + chunk.readableBytes)
+            writer.u32(index)
+            writer.blob(chunk.readableBytesView)
+            return Frame(type: PeerMessage.Tag.piece.rawValue, payload: writer.bytes)
+        }
+    }
+}
+
+/// `FrameChannelDecoder` for downloading connections: the same framing and the same length
+/// check before anything is buffered, but a plaintext piece whose layout is exactly right
+/// (`u32 index ‖ u32 length ‖ length bytes`, the length at most a chunk) comes out as
+/// `ArrivingFrame.piece`, a view of the read buffer. Anything else, a malformed piece
+/// included, comes out as a `Frame` for `PeerMessage` to parse and refuse in its own words.
+struct ArrivingFrameDecoder: NIOSingleStepByteToMessageDecoder {
+    typealias InboundOut = ArrivingFrame
+    let maxFrameLength: Int
+
+    /// Type, index and length: what precedes a piece's bytes in its frame.
+    static let pieceHeaderBytes = 2 + 4 + 4
+
+    mutating func decode(buffer: inout ByteBuffer) throws -> ArrivingFrame? {
+        guard let length = buffer.getInteger(at: buffer.readerIndex, as: UInt32.self) else { return nil }
+        try FrameError.check(length: length, limit: maxFrameLength)
+        guard buffer.readableBytes >= 4 + Int(length) else { return nil }
+        let start = buffer.readerIndex + 4
+        if Int(length) >= Self.pieceHeaderBytes,
+            buffer.getInteger(at: start, as: UInt16.self) == PeerMessage.Tag.piece.rawValue,
+            let index = buffer.getInteger(at: start + 2, as: UInt32.self),
+            let count = buffer.getInteger(at: start + 6, as: UInt32.self),
+            Int(count) == Int(length) - Self.pieceHeaderBytes, Int(count) <= Manifest.maxChunkSize,
+            let chunk = buffer.getSlice(at: start + Self.pieceHeaderBytes, length: Int(count))
+        {
+            buffer.moveReaderIndex(forwardBy: 4 + Int(length))
+            return .piece(index: index, chunk: chunk)
+        }
+        buffer.moveReaderIndex(forwardBy: 4)
+        guard let type = buffer.readInteger(as: UInt16.self),
+            let payload = buffer.readBytes(length: Int(length) - 2)
+        else { throw FrameError.tooShort(length: length) }
+        return .frame(Frame(type: type, payload: payload))
+    }
+
+    mutating func decodeLast(buffer: inout ByteBuffer, seenEOF: Bool) throws -> ArrivingFrame? {
+        try decode(buffer: &buffer)
+    }
+
+    static func handler() -> ByteToMessageHandler<ArrivingFrameDecoder> {
+        ByteToMessageHandler(
+            ArrivingFrameDecoder(maxFrameLength: PeerMessage.maxFrameLength),
+            maximumBufferSize: PeerMessage.maxFrameLength + Frame.headerSize)
+    }
+}
+
+/// A connection that arrived with the serving side's framing (a reverse connection) hands
+/// its frames to the downloader's handler as `ArrivingFrame`s.
+final class FramesAsArriving: ChannelInboundHandler, Sendable {
+    typealias InboundIn = Frame
+    typealias InboundOut = ArrivingFrame
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        context.fireChannelRead(wrapInboundOut(.frame(unwrapInboundIn(data))))
+    }
+}

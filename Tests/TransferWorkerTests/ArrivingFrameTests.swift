@@ -1,0 +1,80 @@
+import NIOCore
+import PeerShareCore
+import PeerWire
+import Wire
+import XCTest
+
+@testable import TransferWorker
+
+/// The downloading connections' decoder: a well-formed plaintext piece stays where it was
+/// read; anything else is a `Frame`, exactly as `FrameChannelDecoder` would give it.
+final class ArrivingFrameTests: XCTestCase {
+    private func decodeAll(_ bytes: [UInt8], in pieces: Int = 1) throws -> [ArrivingFrame] {
+        var decoder = ArrivingFrameDecoder(maxFrameLength: PeerMessage.maxFrameLength)
+        var buffer = ByteBuffer()
+        var out: [ArrivingFrame] = []
+        // Fed in `pieces` parts, as reads from a socket would bring them.
+        let step = max(1, bytes.count / pieces)
+        var start = 0
+        while start < bytes.count {
+            buffer.writeBytes(bytes[start..<min(bytes.count, start + step)])
+            start += step
+            while let frame = try decoder.decode(buffer: &buffer) { out.append(frame) }
+        }
+        XCTAssertEqual(buffer.readableBytes, 0, "every byte was consumed")
+        return out
+    }
+
+    func testAPieceStaysInTheReadBufferAndOtherFramesAreDecoded() throws {
+        let chunk = (0..<70_000).map { UInt8(truncatingIfNeeded: $0 &* 7) }
+        let stream =
+            PeerMessage.have(index: 3).frame().encoded() + PeerMessage.piece(index: 9, data: chunk).frame().encoded()
+            + PeerMessage.request(index: 4).frame().encoded()
+        for parts in [1, 3, 1000] {
+            let frames = try decodeAll(stream, in: parts)
+            XCTAssertEqual(frames.count, 3)
+            guard case .frame(let have) = frames[0], case .piece(let index, let bytes) = frames[1],
+                case .frame(let request) = frames[2]
+            else { return XCTFail("wrong kinds: \(frames)") }
+            XCTAssertEqual(try PeerMessage(frame: have), .have(index: 3))
+            XCTAssertEqual(index, 9)
+            XCTAssertEqual(Array(bytes.readableBytesView), chunk)
+            XCTAssertEqual(try PeerMessage(frame: request), .request(index: 4))
+            // The copy back into a Frame is the frame the peer sent.
+            XCTAssertEqual(try PeerMessage(frame: frames[1].frame), .piece(index: 9, data: chunk))
+        }
+    }
+
+    func testAMalformedPieceIsLeftForTheParserToRefuse() throws {
+        // The inner length says one byte more than the frame holds.
+        var lying = ByteWriter()
+        lying.u32(2 + 4 + 4 + 10)
+        lying.u16(PeerMessage.Tag.piece.rawValue)
+        lying.u32(1)
+        lying.u32(11)
+        lying.raw([UInt8](repeating: 0xAB, count: 10))
+        // A piece larger than any chunk.
+        let huge = Manifest.maxChunkSize + 1
+        var oversized = ByteWriter()
+        oversized.u32(UInt32(2 + 4 + 4 + huge))
+        oversized.u16(PeerMessage.Tag.piece.rawValue)
+        oversized.u32(1)
+        oversized.u32(UInt32(huge))
+        oversized.raw([UInt8](repeating: 0, count: huge))
+        // Too short to hold an index and a length.
+        let stub = Frame(type: PeerMessage.Tag.piece.rawValue, payload: [0, 0, 0, 1]).encoded()
+        for bytes in [lying.bytes, oversized.bytes, stub] {
+            let frames = try decodeAll(bytes)
+            guard frames.count == 1, case .frame(let frame) = frames[0] else { return XCTFail("\(frames)") }
+            XCTAssertThrowsError(try PeerMessage(frame: frame))
+        }
+    }
+
+    func testTheLengthIsCheckedBeforeTheBodyArrives() {
+        var decoder = ArrivingFrameDecoder(maxFrameLength: 1024)
+        var buffer = ByteBuffer(bytes: [0, 0, 0x10, 0, 0x50, 0x06])
+        XCTAssertThrowsError(try decoder.decode(buffer: &buffer)) { error in
+            XCTAssertEqual(error as? FrameError, .tooLarge(length: 0x1000, limit: 1024))
+        }
+    }
+}
