@@ -106,17 +106,20 @@ public final class SecretStreamSender {
         self.header = header
     }
 
-    /// Seals the next message. `additionalData` is authenticated, not sent: the receiver
-    /// must open with the same bytes (the pipeline binds its handshake transcript this way).
-    public func seal(_ plaintext: [UInt8], additionalData: [UInt8] = []) -> [UInt8] {
-        let length = plaintext.count + SecretStreamSender.overhead
-        return [UInt8](unsafeUninitializedCapacity: length) { buffer, initialized in
-            var written: UInt64 = 0
-            crypto_secretstream_xchacha20poly1305_push(
-                &state, buffer.baseAddress, &written, plaintext, UInt64(plaintext.count), additionalData,
-                UInt64(additionalData.count), UInt8(crypto_secretstream_xchacha20poly1305_TAG_MESSAGE))
-            initialized = Int(written)
-        }
+    public var overhead: Int { SecretStreamSender.overhead }
+
+    /// Seals the next message into `out`. `additionalData` is authenticated, not sent: the
+    /// receiver must open with the same bytes (the pipeline binds its handshake transcript
+    /// this way).
+    public func seal(
+        _ plaintext: UnsafeRawBufferPointer, into out: UnsafeMutableRawBufferPointer, additionalData: [UInt8]
+    ) -> Int? {
+        guard out.count >= plaintext.count + overhead, let to = out.baseAddress else { return nil }
+        var written: UInt64 = 0
+        crypto_secretstream_xchacha20poly1305_push(
+            &state, to, &written, plaintext.baseAddress, UInt64(plaintext.count), additionalData,
+            UInt64(additionalData.count), UInt8(crypto_secretstream_xchacha20poly1305_TAG_MESSAGE))
+        return Int(written)
     }
 }
 
@@ -129,49 +132,83 @@ public final class SecretStreamReceiver {
         else { throw SodiumError("bad secretstream header") }
     }
 
-    public func open(_ ciphertext: [UInt8], additionalData: [UInt8] = []) throws -> [UInt8] {
-        guard ciphertext.count >= SecretStreamSender.overhead else {
-            throw SodiumError("encrypted message too short")
-        }
-        var ok = false
-        let plaintext = [UInt8](unsafeUninitializedCapacity: ciphertext.count - SecretStreamSender.overhead) {
-            buffer, initialized in
-            var written: UInt64 = 0
-            var tag: UInt8 = 0
-            ok =
-                crypto_secretstream_xchacha20poly1305_pull(
-                    &state, buffer.baseAddress, &written, &tag, ciphertext, UInt64(ciphertext.count), additionalData,
-                    UInt64(additionalData.count)) == 0
-            initialized = ok ? Int(written) : 0
-        }
-        guard ok else {
-            throw SodiumError(
-                "decryption failed: a byte was modified, dropped, replayed, reordered or injected, or the keys differ")
-        }
-        return plaintext
+    public var overhead: Int { SecretStreamSender.overhead }
+
+    public func open(
+        _ ciphertext: UnsafeRawBufferPointer, into out: UnsafeMutableRawBufferPointer, additionalData: [UInt8]
+    ) throws -> Int {
+        guard ciphertext.count >= overhead else { throw SodiumError("encrypted message too short") }
+        guard out.count >= ciphertext.count - overhead else { throw SodiumError("no room for the opened message") }
+        var written: UInt64 = 0
+        var tag: UInt8 = 0
+        guard
+            crypto_secretstream_xchacha20poly1305_pull(
+                &state, out.baseAddress, &written, &tag, ciphertext.baseAddress, UInt64(ciphertext.count),
+                additionalData, UInt64(additionalData.count)) == 0
+        else { throw SodiumError.openFailed }
+        return Int(written)
     }
 }
 
-/// One direction of an encrypted connection, whichever cipher the handshake chose.
+/// One direction of an encrypted connection, whichever cipher the handshake chose. The
+/// pointer forms let a caller seal from and open into memory of its choosing (a chunk's
+/// slot in the pool, the socket's buffer) with no copy around the cipher.
 public protocol FrameSealer: AnyObject {
-    /// Seals the next message; `additionalData` is authenticated, not sent.
-    func seal(_ plaintext: [UInt8], additionalData: [UInt8]) -> [UInt8]
+    /// Bytes a sealed message has beyond its plaintext.
+    var overhead: Int { get }
+    /// Seals the next message into `out` and returns its length; nil (and nothing sealed)
+    /// when `out` is shorter than the plaintext and the overhead. `additionalData` is
+    /// authenticated, not sent.
+    func seal(_ plaintext: UnsafeRawBufferPointer, into out: UnsafeMutableRawBufferPointer, additionalData: [UInt8])
+        -> Int?
 }
 
 public protocol FrameOpener: AnyObject {
-    /// Opens the next message, or throws if it is not the next message the sender sealed.
-    func open(_ ciphertext: [UInt8], additionalData: [UInt8]) throws -> [UInt8]
+    var overhead: Int { get }
+    /// Opens the next message into `out` and returns its length, or throws if it is not the
+    /// next message the sender sealed (or `out` cannot hold it).
+    func open(_ ciphertext: UnsafeRawBufferPointer, into out: UnsafeMutableRawBufferPointer, additionalData: [UInt8])
+        throws -> Int
 }
 
 extension SecretStreamSender: FrameSealer {}
 extension SecretStreamReceiver: FrameOpener {}
 
 extension FrameSealer {
-    public func seal(_ plaintext: [UInt8]) -> [UInt8] { seal(plaintext, additionalData: []) }
+    public func seal(_ plaintext: [UInt8], additionalData: [UInt8] = []) -> [UInt8] {
+        [UInt8](unsafeUninitializedCapacity: plaintext.count + overhead) { buffer, initialized in
+            initialized =
+                plaintext.withUnsafeBytes {
+                    seal($0, into: UnsafeMutableRawBufferPointer(buffer), additionalData: additionalData)
+                } ?? 0
+        }
+    }
 }
 
 extension FrameOpener {
-    public func open(_ ciphertext: [UInt8]) throws -> [UInt8] { try open(ciphertext, additionalData: []) }
+    public func open(_ ciphertext: [UInt8], additionalData: [UInt8] = []) throws -> [UInt8] {
+        guard ciphertext.count >= overhead else { throw SodiumError("encrypted message too short") }
+        // At least one byte of room: an empty message still needs somewhere to be written.
+        var failure: Error?
+        let plaintext = [UInt8](unsafeUninitializedCapacity: max(1, ciphertext.count - overhead)) {
+            buffer, initialized in
+            do {
+                initialized = try ciphertext.withUnsafeBytes {
+                    try open($0, into: UnsafeMutableRawBufferPointer(buffer), additionalData: additionalData)
+                }
+            } catch {
+                failure = error
+                initialized = 0
+            }
+        }
+        if let failure { throw failure }
+        return plaintext
+    }
+}
+
+extension SodiumError {
+    static let openFailed = SodiumError(
+        "decryption failed: a byte was modified, dropped, replayed, reordered or injected, or the keys differ")
 }
 
 /// The ciphers an encrypted connection can run, as the handshake names them (one bit each).
@@ -267,43 +304,36 @@ public final class AESGCMStream: FrameSealer, FrameOpener {
         sinceRekey = 0
     }
 
-    public func seal(_ plaintext: [UInt8], additionalData: [UInt8] = []) -> [UInt8] {
+    public var overhead: Int { AESGCMStream.overhead }
+
+    public func seal(
+        _ plaintext: UnsafeRawBufferPointer, into out: UnsafeMutableRawBufferPointer, additionalData: [UInt8]
+    ) -> Int? {
+        guard out.count >= plaintext.count + overhead, let to = out.baseAddress else { return nil }
         let nonce = nextNonce()
-        let sealed = [UInt8](unsafeUninitializedCapacity: plaintext.count + AESGCMStream.overhead) {
-            buffer, initialized in
-            guard let base = buffer.baseAddress else { return }
-            var written: UInt64 = 0
-            crypto_aead_aes256gcm_encrypt_afternm(
-                base, &written, plaintext, UInt64(plaintext.count), additionalData,
-                UInt64(additionalData.count), nil, nonce,
-                state.assumingMemoryBound(to: crypto_aead_aes256gcm_state.self))
-            initialized = Int(written)
-        }
+        var written: UInt64 = 0
+        crypto_aead_aes256gcm_encrypt_afternm(
+            to, &written, plaintext.baseAddress, UInt64(plaintext.count), additionalData,
+            UInt64(additionalData.count), nil, nonce, state.assumingMemoryBound(to: crypto_aead_aes256gcm_state.self))
         advance(plaintext.count)
-        return sealed
+        return Int(written)
     }
 
-    public func open(_ ciphertext: [UInt8], additionalData: [UInt8] = []) throws -> [UInt8] {
-        guard ciphertext.count >= AESGCMStream.overhead else { throw SodiumError("encrypted message too short") }
+    public func open(
+        _ ciphertext: UnsafeRawBufferPointer, into out: UnsafeMutableRawBufferPointer, additionalData: [UInt8]
+    ) throws -> Int {
+        guard ciphertext.count >= overhead else { throw SodiumError("encrypted message too short") }
+        guard out.count >= ciphertext.count - overhead, let to = out.baseAddress, let from = ciphertext.baseAddress
+        else { throw SodiumError("no room for the opened message") }
         let nonce = nextNonce()
-        var ok = false
-        // At least one byte of room: an empty message still needs somewhere to be written.
-        let plaintext = [UInt8](unsafeUninitializedCapacity: max(1, ciphertext.count - AESGCMStream.overhead)) {
-            buffer, initialized in
-            guard let base = buffer.baseAddress else { return }
-            var written: UInt64 = 0
-            ok =
-                crypto_aead_aes256gcm_decrypt_afternm(
-                    base, &written, nil, ciphertext, UInt64(ciphertext.count), additionalData,
-                    UInt64(additionalData.count), nonce,
-                    state.assumingMemoryBound(to: crypto_aead_aes256gcm_state.self)) == 0
-            initialized = ok ? Int(written) : 0
-        }
-        guard ok else {
-            throw SodiumError(
-                "decryption failed: a byte was modified, dropped, replayed, reordered or injected, or the keys differ")
-        }
-        advance(plaintext.count)
-        return plaintext
+        var written: UInt64 = 0
+        guard
+            crypto_aead_aes256gcm_decrypt_afternm(
+                to, &written, nil, from, UInt64(ciphertext.count), additionalData,
+                UInt64(additionalData.count), nonce, state.assumingMemoryBound(to: crypto_aead_aes256gcm_state.self))
+                == 0
+        else { throw SodiumError.openFailed }
+        advance(Int(written))
+        return Int(written)
     }
 }

@@ -19,6 +19,10 @@ public struct ChunkSlots: Sendable {
     }
 
     public let slotBytes: Int
+    /// Room kept before each slot, the transfer worker's own: an encrypted piece's message
+    /// header goes there, so that header and chunk are sealed (and opened) as one message
+    /// in place, with no copy of the chunk.
+    public let leadBytes: Int
     public let count: Int
     /// The most slots that may hold cached chunks at once (a quarter: their pages count in
     /// both workers' memory); the rest are for requests.
@@ -28,20 +32,22 @@ public struct ChunkSlots: Sendable {
     private var cachedByIndex: [Int: Int] = [:]
     private var clock: UInt64 = 0
 
-    /// Cuts `poolBytes` into slots of `slotBytes` (a chunk); nil when not even two fit.
-    public init?(poolBytes: Int, slotBytes: Int) {
-        guard slotBytes > 0 else { return nil }
-        let count = min(poolBytes / slotBytes, ChunkSlots.maxSlots)
+    /// Cuts `poolBytes` into slots of `slotBytes` (a chunk), each after `leadBytes` of room;
+    /// nil when not even two fit.
+    public init?(poolBytes: Int, slotBytes: Int, leadBytes: Int = 0) {
+        guard slotBytes > 0, leadBytes >= 0 else { return nil }
+        let count = min(poolBytes / (leadBytes + slotBytes), ChunkSlots.maxSlots)
         guard count >= 2 else { return nil }
         self.slotBytes = slotBytes
+        self.leadBytes = leadBytes
         self.count = count
         self.cacheLimit = count / 4
         self.states = Array(repeating: .free, count: count)
         self.freeStack = Array((0..<count).reversed())
     }
 
-    /// Where slot `slot` starts in the pool.
-    public func offset(of slot: Int) -> Int { slot * slotBytes }
+    /// Where slot `slot` starts in the pool (its lead room is the `leadBytes` before).
+    public func offset(of slot: Int) -> Int { slot * (leadBytes + slotBytes) + leadBytes }
 
     public var freeCount: Int { freeStack.count }
     public var cachedCount: Int { cachedByIndex.count }

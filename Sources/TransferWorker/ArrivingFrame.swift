@@ -1,5 +1,4 @@
 import NIOCore
-import PeerShareCore
 import PeerWire
 import Wire
 import WorkerRuntime
@@ -7,12 +6,16 @@ import WorkerRuntime
 /// A frame as it arrives on a downloading connection. Most become `Frame`s (their payload
 /// copied out of the socket's buffer, as `FrameChannelDecoder` does); a plaintext piece
 /// stays where the socket read it, so that its chunk bytes are copied once, straight into
-/// a slot of the chunk pool, instead of into a frame, then a message, then the slot.
+/// a slot of the chunk pool, instead of into a frame, then a message, then the slot; and a
+/// sealed frame long enough to be a piece stays there to be opened straight into a slot.
 enum ArrivingFrame {
     case frame(Frame)
     /// A well-formed plaintext piece: `chunk` is a view of its bytes in the read buffer,
     /// valid while the frame is being handled (the decoder's buffer is reused after).
     case piece(index: UInt32, chunk: ByteBuffer)
+    /// A sealed frame of at least `ArrivingFrameDecoder.smallestSealedPiece` bytes: a view
+    /// of its payload, likewise.
+    case sealed(payload: ByteBuffer)
 
     /// The same as a `Frame` (copied): for the paths that do not take pieces in place.
     var frame: Frame {
@@ -23,6 +26,8 @@ enum ArrivingFrame {
             writer.u32(index)
             writer.blob(chunk.readableBytesView)
             return Frame(type: PeerMessage.Tag.piece.rawValue, payload: writer.bytes)
+        case .sealed(let payload):
+            return Frame(type: PeerMessage.sealedFrameType, payload: Array(payload.readableBytesView))
         }
     }
 }
@@ -36,23 +41,30 @@ struct ArrivingFrameDecoder: NIOSingleStepByteToMessageDecoder {
     typealias InboundOut = ArrivingFrame
     let maxFrameLength: Int
 
-    /// Type, index and length: what precedes a piece's bytes in its frame.
-    static let pieceHeaderBytes = 2 + 4 + 4
+    /// Sealed frames at least this long (a piece header and the smallest cipher overhead)
+    /// are passed on in place, to be opened into a slot: they may be pieces. The frequent
+    /// small messages (`have`, `request`, `cancel`) are shorter and decoded as they are.
+    static let smallestSealedPiece = PieceHeader.bytes + 16
 
     mutating func decode(buffer: inout ByteBuffer) throws -> ArrivingFrame? {
         guard let length = buffer.getInteger(at: buffer.readerIndex, as: UInt32.self) else { return nil }
         try FrameError.check(length: length, limit: maxFrameLength)
         guard buffer.readableBytes >= 4 + Int(length) else { return nil }
+        // The frame's `u16 type ‖ payload`: for a piece, exactly its message.
         let start = buffer.readerIndex + 4
-        if Int(length) >= Self.pieceHeaderBytes,
-            buffer.getInteger(at: start, as: UInt16.self) == PeerMessage.Tag.piece.rawValue,
-            let index = buffer.getInteger(at: start + 2, as: UInt32.self),
-            let count = buffer.getInteger(at: start + 6, as: UInt32.self),
-            Int(count) == Int(length) - Self.pieceHeaderBytes, Int(count) <= Manifest.maxChunkSize,
-            let chunk = buffer.getSlice(at: start + Self.pieceHeaderBytes, length: Int(count))
+        let piece = buffer.withUnsafeReadableBytes {
+            PieceHeader.parse(UnsafeRawBufferPointer(rebasing: $0[4..<(4 + Int(length))]))
+        }
+        if let piece, let chunk = buffer.getSlice(at: start + PieceHeader.bytes, length: piece.length) {
+            buffer.moveReaderIndex(forwardBy: 4 + Int(length))
+            return .piece(index: piece.index, chunk: chunk)
+        }
+        if Int(length) - 2 >= Self.smallestSealedPiece,
+            buffer.getInteger(at: start, as: UInt16.self) == PeerMessage.sealedFrameType,
+            let payload = buffer.getSlice(at: start + 2, length: Int(length) - 2)
         {
             buffer.moveReaderIndex(forwardBy: 4 + Int(length))
-            return .piece(index: index, chunk: chunk)
+            return .sealed(payload: payload)
         }
         buffer.moveReaderIndex(forwardBy: 4)
         guard let type = buffer.readInteger(as: UInt16.self),

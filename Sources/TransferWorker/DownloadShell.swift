@@ -52,17 +52,25 @@ final class DownloadShell: @unchecked Sendable {
     /// The piece being handed to the Instance: its bytes go to the hash worker if the
     /// Instance says `verify`. Plaintext pieces stay in the socket's read buffer until then.
     private var arrivingPiece: ArrivingChunk = .none
+    /// Pieces that reached the pool straight from the socket's buffer (copied once, or
+    /// opened there), and pieces decoded through the pipeline's stages first: said when the
+    /// download ends, for whoever follows a chunk's path.
+    private var piecesStraightIntoPool = 0
+    private var piecesDecoded = 0
 
     private enum ArrivingChunk {
         case none
         case decoded([UInt8])
         case inPlace(ByteBuffer)
+        /// Opened from a sealed piece straight into this slot of the pool (`length` bytes).
+        case inSlot(slot: Int, length: Int)
 
         func withBytes<T>(_ body: (UnsafeRawBufferPointer) -> T) -> T {
             switch self {
             case .none: return body(UnsafeRawBufferPointer(start: nil, count: 0))
             case .decoded(let bytes): return bytes.withUnsafeBytes(body)
             case .inPlace(let buffer): return buffer.withUnsafeReadableBytes(body)
+            case .inSlot: return body(UnsafeRawBufferPointer(start: nil, count: 0))
             }
         }
     }
@@ -121,7 +129,13 @@ final class DownloadShell: @unchecked Sendable {
                 if let connection = connections[id] { drop(connection, reason: reason) }
             case .verify(let index, let id):
                 let address = connections[id]?.address ?? "?"
-                arrivingPiece.withBytes { service.store(index: UInt32(index), bytes: $0, from: address) }
+                if case .inSlot(let slot, let length) = arrivingPiece {
+                    // Already where the hash worker reads it: the slot goes with the request.
+                    service.store(index: UInt32(index), length: length, from: address, inPlace: slot)
+                    arrivingPiece = .none
+                } else {
+                    arrivingPiece.withBytes { service.store(index: UInt32(index), bytes: $0, from: address) }
+                }
             case .manifestVerified(let bytes, let chunkSize):
                 service.useChunkSize(chunkSize)
                 for connection in connections.values { connection.codec.decodeLimit = chunkSize + 64 }
@@ -142,6 +156,9 @@ final class DownloadShell: @unchecked Sendable {
                     apply(download.tick(now: service.now))
                 }
             case .finished:
+                logger.info(
+                    "\(piecesStraightIntoPool + piecesDecoded) pieces arrived: \(piecesStraightIntoPool) went straight from the socket's buffer into the chunk pool, \(piecesDecoded) were decoded through the pipeline's stages first"
+                )
                 for connection in connections.values { connection.channel?.close(promise: nil) }
             case .failed(let code, let reason):
                 service.tell(.fetchFailed(code: code, reason: reason))
@@ -260,6 +277,7 @@ final class DownloadShell: @unchecked Sendable {
     /// A frame from a peer. A plaintext piece on a connection that sends plaintext goes to
     /// the Instance as it lies in the read buffer; everything else is decoded first.
     func received(_ arriving: ArrivingFrame, from peerID: Int) {
+        if case .sealed(let payload) = arriving { return receivedSealed(payload, from: peerID) }
         guard case .piece(let index, let chunk) = arriving else { return received(arriving.frame, from: peerID) }
         guard let connection = connections[peerID], !download.finished else { return }
         // A connection with stages sends nothing in plaintext once they are agreed: the codec
@@ -268,7 +286,47 @@ final class DownloadShell: @unchecked Sendable {
             return received(arriving.frame, from: peerID)
         }
         arrivingPiece = .inPlace(chunk)
+        piecesStraightIntoPool += 1
         apply(download.receivedPiece(index: index, bytes: chunk.readableBytes, from: peerID, now: service.now))
+        arrivingPiece = .none
+    }
+
+    /// A large sealed frame. With encryption the only stage, it is opened straight into a
+    /// free slot of the pool (header into the slot's lead room): a piece is then already
+    /// where the hash worker reads it, with no copy. Otherwise it is decoded as any frame.
+    private func receivedSealed(_ payload: ByteBuffer, from peerID: Int) {
+        guard let connection = connections[peerID], !download.finished else { return }
+        let messageBytes = payload.readableBytes - connection.codec.sealOverhead
+        guard connection.accepted, connection.codec.sealsInPlace, messageBytes >= PieceHeader.bytes,
+            let room = service.takeSlot(forSealedPiece: messageBytes)
+        else {
+            return received(ArrivingFrame.sealed(payload: payload).frame, from: peerID)
+        }
+        let opened: UnsafeRawBufferPointer
+        do {
+            let length = try payload.withUnsafeReadableBytes {
+                try connection.codec.open(sealed: $0, into: room.memory)
+            }
+            opened = UnsafeRawBufferPointer(rebasing: room.memory[..<length])
+        } catch {
+            service.giveBack(room.slot)
+            return drop(connection, reason: "\(error)")
+        }
+        guard let piece = PieceHeader.parse(opened) else {
+            // Some other large message (or a malformed piece): parsed, and refused, as usual.
+            let message = Result { try PeerMessage(innerBytes: Array(opened)) }
+            service.giveBack(room.slot)
+            do {
+                return handle(try message.get(), on: connection)
+            } catch {
+                return drop(connection, reason: "\(error)")
+            }
+        }
+        arrivingPiece = .inSlot(slot: room.slot, length: piece.length)
+        piecesStraightIntoPool += 1
+        apply(download.receivedPiece(index: piece.index, bytes: piece.length, from: peerID, now: service.now))
+        // Not handed to the hash worker (a duplicate, say): the slot comes back.
+        if case .inSlot(let slot, _) = arrivingPiece { service.giveBack(slot) }
         arrivingPiece = .none
     }
 
@@ -283,6 +341,11 @@ final class DownloadShell: @unchecked Sendable {
             service.reportPluginFailure(connection.codec)
             return drop(connection, reason: "\(error)")
         }
+        handle(message, on: connection)
+    }
+
+    private func handle(_ message: PeerMessage, on connection: PeerConnection) {
+        let peerID = connection.id
         if connection.codec.awaitingHandshake, message.tag != .stageHandshake, message.tag != .error {
             return drop(connection, reason: "sent \(message.tag) before the encryption handshake finished")
         }
@@ -326,6 +389,7 @@ final class DownloadShell: @unchecked Sendable {
             }
         case .piece(_, let data):
             arrivingPiece = .decoded(data)
+            piecesDecoded += 1
             apply(download.received(message, from: peerID, now: service.now))
             arrivingPiece = .none
         default:

@@ -121,9 +121,9 @@ extension TransferService {
                     discardRead(read)
                     continue
                 }
-                let sent = withReadChunk(read) { bytes in
-                    handler.sendPiece(index: index, bytes: bytes)
-                    return bytes.count
+                let sent = withReadChunk(read, index: index) { piece in
+                    handler.sendPiece(piece)
+                    return piece.chunk.count
                 }
                 guard let sent else { continue }
                 tally.piecesSent += 1
@@ -264,34 +264,50 @@ final class ServeHandler: ChannelInboundHandler, RemovableChannelHandler, @unche
         }
     }
 
-    /// Sends a piece; when the socket has taken it, the next chunk may be read.
-    /// Sends chunk `index`, whose bytes lie in a slot of the chunk pool. With no stage on the
-    /// connection the frame is built around the bytes straight from the slot (one copy, into
-    /// the buffer the socket is written from); through stages, as any message.
-    func sendPiece(index: UInt32, bytes: UnsafeRawBufferPointer) {
+    /// Sends a chunk whose bytes lie in a slot of the chunk pool; when the socket has taken
+    /// it, the next chunk may be read. With no stage on the connection the frame is built
+    /// around the bytes straight from the slot (one copy, into the buffer the socket is
+    /// written from); with encryption alone, sealed from the slot into that buffer (no copy);
+    /// through other stages, as any message.
+    func sendPiece(_ piece: PooledPiece) {
         guard let context else { return }
         let promise = context.eventLoop.makePromise(of: Void.self)
         promise.futureResult.whenComplete { [self] _ in
             service.applyUpload(service.upload.written(id, now: service.now))
         }
+        let chunk = piece.chunk
         guard codec.sealed else {
-            var buffer = context.channel.allocator.buffer(capacity: Frame.headerSize + 8 + bytes.count)
-            buffer.writeInteger(UInt32(2 + 8 + bytes.count))
+            var buffer = context.channel.allocator.buffer(capacity: Frame.headerSize + 8 + chunk.count)
+            buffer.writeInteger(UInt32(2 + 8 + chunk.count))
             buffer.writeInteger(PeerMessage.Tag.piece.rawValue)
-            buffer.writeInteger(index)
-            buffer.writeInteger(UInt32(bytes.count))
-            buffer.writeBytes(bytes)
+            buffer.writeInteger(piece.index)
+            buffer.writeInteger(UInt32(chunk.count))
+            buffer.writeBytes(chunk)
+            context.writeAndFlush(wrapOutboundOut(.encoded(buffer)), promise: promise)
+            return
+        }
+        if codec.sealsInPlace {
+            // Sealed from the pool (header in the slot's lead room, then the chunk) straight
+            // into the buffer the socket is written from.
+            let message = piece.message()
+            let sealedBytes = message.count + codec.sealOverhead
+            var buffer = context.channel.allocator.buffer(capacity: 4 + 2 + sealedBytes)
+            buffer.writeInteger(UInt32(2 + sealedBytes))
+            buffer.writeInteger(PeerMessage.sealedFrameType)
+            let written = buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: sealedBytes) {
+                codec.seal(message: message, into: $0) ?? 0
+            }
+            guard written == sealedBytes else {
+                promise.fail(WireCodec.Failure.stage("sodium", "cannot seal chunk \(piece.index)"))
+                service.logger.warning("peer \(peer): cannot seal chunk \(piece.index); disconnecting")
+                context.close(promise: nil)
+                return
+            }
             context.writeAndFlush(wrapOutboundOut(.encoded(buffer)), promise: promise)
             return
         }
         do {
-            let message = PeerMessage.piece(
-                index: index,
-                data: [UInt8](unsafeUninitializedCapacity: bytes.count) {
-                    buffer, initialized in
-                    if let to = buffer.baseAddress, let from = bytes.baseAddress { memcpy(to, from, bytes.count) }
-                    initialized = bytes.count
-                })
+            let message = PeerMessage.piece(index: piece.index, data: Array(chunk))
             context.writeAndFlush(wrapOutboundOut(.frame(try codec.frame(message))), promise: promise)
         } catch {
             promise.fail(error)
@@ -442,6 +458,30 @@ final class ServeHandler: ChannelInboundHandler, RemovableChannelHandler, @unche
         guard service.servingConnections <= service.maxPeers else { return fail(.busy, "too many peers") }
         service.opened(self)
         send(.bitfield(bits: service.servableBitfield().bytes))
+    }
+}
+
+/// A chunk to send, where it lies in the pool: the slot, and before it the room for its
+/// message header (`ChunkSlots.leadBytes`), which is the transfer worker's to write.
+struct PooledPiece {
+    let index: UInt32
+    /// Header room, then the chunk.
+    let header: UnsafeMutableRawBufferPointer
+    let chunk: UnsafeRawBufferPointer
+
+    private let full: UnsafeMutableRawBufferPointer
+
+    init(index: UInt32, message: UnsafeMutableRawBufferPointer) {
+        self.index = index
+        self.full = message
+        self.header = UnsafeMutableRawBufferPointer(rebasing: message[..<PieceHeader.bytes])
+        self.chunk = UnsafeRawBufferPointer(rebasing: message[PieceHeader.bytes...])
+    }
+
+    /// The whole piece message (`PieceHeader`, then the chunk), its header written now.
+    func message() -> UnsafeRawBufferPointer {
+        PieceHeader.write(index: index, length: chunk.count, into: header)
+        return UnsafeRawBufferPointer(full)
     }
 }
 

@@ -299,7 +299,7 @@ public final class TransferService: WorkerService, @unchecked Sendable {
     /// Cuts the pool into slots of the share's chunk size, once it is known.
     func useChunkSize(_ chunkSize: Int) {
         guard slots == nil, let pool else { return }
-        slots = ChunkSlots(poolBytes: pool.byteCount, slotBytes: chunkSize)
+        slots = ChunkSlots(poolBytes: pool.byteCount, slotBytes: chunkSize, leadBytes: ChunkPool.slotLeadBytes)
         if slots == nil { logger.error("the chunk pool cannot hold chunks of \(chunkSize) bytes") }
     }
 
@@ -322,10 +322,40 @@ public final class TransferService: WorkerService, @unchecked Sendable {
             return
         }
         memory.copyMemory(from: bytes)
+        store(index: index, length: bytes.count, from: peer, inPlace: slot)
+    }
+
+    /// Hands chunk `index`, already in `slot` (`length` bytes: opened there from a sealed
+    /// piece, `takeSlot(forSealedPiece:)`), to the hash worker to verify and write.
+    func store(index: UInt32, length: Int, from peer: String, inPlace slot: Int) {
+        guard let place = poolSlot(slot, length: length) else { return giveBack(slot) }
         let id = nextWrite
         nextWrite = nextWrite == UInt32.max ? 0x8000_0000 : nextWrite + 1
-        pendingWrites[id] = (index, UInt32(bytes.count), peer, slot)
+        pendingWrites[id] = (index, UInt32(length), peer, slot)
         sendToHash(.writeChunk(requestID: id, index: index, slot: place))
+    }
+
+    /// A free slot to open a sealed piece of `messageBytes` (header and chunk) into, and the
+    /// memory it opens into: the slot's lead room for the header, then the slot. Nil when
+    /// none is free or arrived chunks wait for one (the piece is then opened like any other
+    /// message), or when the message would not fit.
+    func takeSlot(forSealedPiece messageBytes: Int) -> (slot: Int, memory: UnsafeMutableRawBufferPointer)? {
+        guard storesWaitingForSlot.isEmpty, let slots, messageBytes <= PieceHeader.bytes + slots.slotBytes,
+            let slot = self.slots?.take()
+        else { return nil }
+        let start = slots.offset(of: slot) - PieceHeader.bytes
+        guard start >= 0, let memory = pool?.bytes(of: PoolSlot(offset: UInt32(start), length: UInt32(messageBytes)))
+        else {
+            giveBack(slot)
+            return nil
+        }
+        return (slot, memory)
+    }
+
+    /// A slot taken for an arriving piece that did not go to the hash worker after all.
+    func giveBack(_ slot: Int) {
+        slots?.give(slot)
+        startWaiting()
     }
 
     /// Where slot `slot` lies in the pool, holding `length` bytes (nil: more than a slot holds).
@@ -363,15 +393,18 @@ public final class TransferService: WorkerService, @unchecked Sendable {
         }
     }
 
-    /// Runs `body` over the bytes of a chunk read for `Upload`, where they lie in the pool,
-    /// then gives the slot back (or unpins it); nil when there is no such read.
-    func withReadChunk<T>(_ read: Upload.ReadID, _ body: (UnsafeRawBufferPointer) -> T) -> T? {
+    /// Runs `body` over a chunk read for `Upload`, where it lies in the pool, then gives the
+    /// slot back (or unpins it); nil when there is no such read.
+    func withReadChunk<T>(_ read: Upload.ReadID, index: UInt32, _ body: (PooledPiece) -> T) -> T? {
         guard let held = readChunks.removeValue(forKey: read) else { return nil }
         defer { release(held) }
-        guard let place = poolSlot(held.slot, length: held.length), let memory = pool?.bytes(of: place) else {
-            return nil
-        }
-        return body(UnsafeRawBufferPointer(memory))
+        // The header's room before the slot is ours too: a sealed piece is sealed from there.
+        guard let place = poolSlot(held.slot, length: held.length), place.offset >= PieceHeader.bytes,
+            let memory = pool?.bytes(
+                of: PoolSlot(
+                    offset: place.offset - UInt32(PieceHeader.bytes), length: place.length + UInt32(PieceHeader.bytes)))
+        else { return nil }
+        return body(PooledPiece(index: index, message: memory))
     }
 
     /// Upload discarded a read: its slot comes back.

@@ -267,6 +267,42 @@ final class WireCodec {
         return Frame(type: PeerMessage.sealedFrameType, payload: bytes)
     }
 
+    /// Pieces may be sealed from, and opened into, memory the caller names (a chunk's slot
+    /// in the pool, the socket's buffers) when encryption is the only stage agreed: then a
+    /// sealed frame's payload is the cipher's output over the message, nothing in between.
+    var sealsInPlace: Bool { sealed && agreed.count == 1 && sender != nil && receiver != nil }
+    /// Bytes sealing adds to a message.
+    var sealOverhead: Int { sender?.overhead ?? 0 }
+
+    /// Seals one message (`u16 type ‖ fields`, as `innerBytes` lays it out) into `out`,
+    /// as `frame` would; returns the sealed length, nil when `out` is too short or the
+    /// pipeline is not encryption alone (`sealsInPlace`).
+    func seal(message: UnsafeRawBufferPointer, into out: UnsafeMutableRawBufferPointer) -> Int? {
+        guard sealsInPlace, let sender else { return nil }
+        guard let length = sender.seal(message, into: out, additionalData: bindSend ? transcript.digest() : [])
+        else { return nil }
+        bindSend = false
+        return length
+    }
+
+    /// Opens a sealed frame's payload into `out`, as `message(from:)` would before parsing;
+    /// returns the message's length. Only when `sealsInPlace`.
+    func open(sealed payload: UnsafeRawBufferPointer, into out: UnsafeMutableRawBufferPointer) throws -> Int {
+        guard sealsInPlace, let receiver, let stage = agreed.first else {
+            throw Failure.stage("pipeline", "a sealed frame cannot be opened in place here")
+        }
+        let first = bindReceive
+        bindReceive = false
+        do {
+            return try receiver.open(payload, into: out, additionalData: first ? transcript.digest() : [])
+        } catch {
+            throw Failure.stage(stage.name, first ? Self.alteredHandshake : "\(error)")
+        }
+    }
+
+    private static let alteredHandshake =
+        "the pipeline's handshake differs between the peers: a stage's handshake was altered or stripped on the way"
+
     /// The message a wire frame carries. Once sealed, only sealed frames are accepted.
     func message(from frame: Frame) throws -> PeerMessage {
         guard frame.type == PeerMessage.sealedFrameType else {
@@ -288,9 +324,7 @@ final class WireCodec {
                     do {
                         bytes = try receiver.open(bytes, additionalData: first ? transcript.digest() : [])
                     } catch  where first {
-                        throw SodiumError(
-                            "the pipeline's handshake differs between the peers: a stage's handshake was altered or stripped on the way"
-                        )
+                        throw SodiumError(Self.alteredHandshake)
                     }
                 case .plugin:
                     guard let plugin = setup.plugins[stage.name] else { throw SodiumError("not running") }

@@ -14,8 +14,11 @@ public final class ChunkPool: @unchecked Sendable {
     /// Bytes in the pool the supervisor makes: enough for the request depth and read-ahead
     /// of a busy swarm (32 slots of the usual 512 KiB chunk, 4 of the largest), and small
     /// enough that its pages, which count in both workers' resident memory, stay a quarter
-    /// of the 64 MiB each may use.
-    public static let defaultBytes = 16 * 1024 * 1024
+    /// of the 64 MiB each may use; plus `slotLeadBytes` before each of up to 256 slots.
+    public static let defaultBytes = 16 * 1024 * 1024 + 256 * slotLeadBytes
+    /// Room the transfer worker keeps before each slot (`ChunkSlots.leadBytes`) for the
+    /// header of a piece message, sealed or opened together with the chunk in place.
+    public static let slotLeadBytes = 64
 
     public let byteCount: Int
     private let base: UnsafeMutableRawPointer

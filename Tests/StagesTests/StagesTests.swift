@@ -112,6 +112,60 @@ final class SodiumHandshakeTests: XCTestCase {
         }
     }
 
+    /// The pointer forms seal from and open into memory the caller names (a slot of the
+    /// chunk pool, a socket buffer) and interoperate with the array forms, for both ciphers;
+    /// a buffer too small for the result seals nothing and leaves the stream in step.
+    func testSealingIntoAndOpeningIntoCallerMemoryKeepsTheStreamInStep() throws {
+        let key = Sodium.random(32)
+        var pairs: [(FrameSealer, FrameOpener)] = []
+        let stream = SecretStreamSender(key: key)
+        pairs.append((stream, try SecretStreamReceiver(key: key, header: stream.header)))
+        if StreamCipher.available(environment: [:]) & StreamCipher.aes256gcm.rawValue != 0 {
+            pairs.append((try AESGCMStream(key: key), try AESGCMStream(key: key)))
+        }
+        for (sender, receiver) in pairs {
+            let message = Sodium.random(70_010)
+            // Sealed from the middle of a larger region (as from a slot's lead room) into a
+            // buffer with room to spare; the array form opens it.
+            var region = Sodium.random(64) + message + Sodium.random(64)
+            var sealed = [UInt8](repeating: 0, count: message.count + sender.overhead + 100)
+            let length = region.withUnsafeMutableBytes { all in
+                sealed.withUnsafeMutableBytes { out in
+                    sender.seal(
+                        UnsafeRawBufferPointer(rebasing: all[64..<(64 + message.count)]), into: out,
+                        additionalData: [9])
+                }
+            }
+            XCTAssertEqual(length, message.count + sender.overhead)
+            XCTAssertEqual(try receiver.open(Array(sealed.prefix(length ?? 0)), additionalData: [9]), message)
+            // Too small a buffer: nothing sealed, and the next message still opens.
+            var tiny = [UInt8](repeating: 0, count: 8)
+            XCTAssertNil(
+                region.withUnsafeBytes { plain in
+                    tiny.withUnsafeMutableBytes {
+                        sender.seal(UnsafeRawBufferPointer(rebasing: plain[0..<10]), into: $0, additionalData: [])
+                    }
+                })
+            // The array form seals; the pointer form opens into the middle of a region.
+            let next = sender.seal(message, additionalData: [])
+            region = [UInt8](repeating: 0, count: message.count + 128)
+            let opened = try next.withUnsafeBytes { ciphertext in
+                try region.withUnsafeMutableBytes { all in
+                    try receiver.open(
+                        ciphertext, into: UnsafeMutableRawBufferPointer(rebasing: all[64...]), additionalData: [])
+                }
+            }
+            XCTAssertEqual(opened, message.count)
+            XCTAssertEqual(Array(region[64..<(64 + message.count)]), message)
+            // Opening into too little room refuses rather than writing past it.
+            let third = sender.seal(message, additionalData: [])
+            XCTAssertThrowsError(
+                try third.withUnsafeBytes { ciphertext in
+                    try tiny.withUnsafeMutableBytes { try receiver.open(ciphertext, into: $0, additionalData: []) }
+                })
+        }
+    }
+
     func testStrippingAESFromTheOfferOrChangingTheChoiceFailsTheHandshake() throws {
         try requireAES()
         let secret = Sodium.random(32)

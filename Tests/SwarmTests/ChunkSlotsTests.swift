@@ -14,6 +14,18 @@ final class ChunkSlotsTests: XCTestCase {
         XCTAssertNil(ChunkSlots(poolBytes: 4 << 20, slotBytes: 4 << 20), "one slot is no pool")
     }
 
+    func testEachSlotHasItsLeadRoomBeforeItAndNoSlotOverlapsAnother() throws {
+        // The pool the supervisor makes: as many 1 MiB slots as without the room.
+        let slots = try XCTUnwrap(ChunkSlots(poolBytes: (16 << 20) + 256 * 64, slotBytes: 1 << 20, leadBytes: 64))
+        XCTAssertEqual(slots.count, 16)
+        XCTAssertEqual(slots.offset(of: 0), 64)
+        for slot in 1..<slots.count {
+            let previousEnd = slots.offset(of: slot - 1) + slots.slotBytes
+            XCTAssertEqual(slots.offset(of: slot) - slots.leadBytes, previousEnd, "room, then slot, then the next room")
+        }
+        XCTAssertLessThanOrEqual(slots.offset(of: slots.count - 1) + slots.slotBytes, (16 << 20) + 256 * 64)
+    }
+
     func testEverySlotIsLentOnceAndTheLastFreedIsReusedFirst() throws {
         var slots = try XCTUnwrap(ChunkSlots(poolBytes: 4, slotBytes: 1))
         let taken = (0..<4).compactMap { _ in slots.take() }

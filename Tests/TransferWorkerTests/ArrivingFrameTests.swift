@@ -45,6 +45,19 @@ final class ArrivingFrameTests: XCTestCase {
         }
     }
 
+    func testSealedFramesLongEnoughToBePiecesStayInTheReadBuffer() throws {
+        let long = Frame(type: PeerMessage.sealedFrameType, payload: Array(repeating: 7, count: 5000))
+        let short = Frame(type: PeerMessage.sealedFrameType, payload: Array(repeating: 8, count: 22))
+        let frames = try decodeAll(long.encoded() + short.encoded(), in: 7)
+        XCTAssertEqual(frames.count, 2)
+        guard case .sealed(let payload) = frames[0], case .frame(let small) = frames[1] else {
+            return XCTFail("\(frames)")
+        }
+        XCTAssertEqual(Array(payload.readableBytesView), long.payload)
+        XCTAssertEqual(frames[0].frame, long)
+        XCTAssertEqual(small, short, "a have or a request, sealed, is decoded as it is")
+    }
+
     func testAMalformedPieceIsLeftForTheParserToRefuse() throws {
         // The inner length says one byte more than the frame holds.
         var lying = ByteWriter()

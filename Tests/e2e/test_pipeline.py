@@ -66,8 +66,24 @@ def test_round_trip_through_every_combination_of_stages(tmp_path, combo):
         assert tree_bytes(out / "tree") == tree_bytes(root)
         if encrypted:
             assert re.search(r"encrypted \((AES-256-GCM|XChaCha20-Poly1305)\); its peer id is", result.stderr)
+        # With no stage, or encryption alone, every piece goes from the socket's buffer into
+        # the chunk pool (copied once, or opened there); any other stage decodes it first.
+        arrived, straight, decoded = piece_paths(result.stderr)
+        assert arrived > 0
+        if combo in ("none", "encrypt"):
+            assert (straight, decoded) == (arrived, 0), result.stderr
+        else:
+            assert (straight, decoded) == (0, arrived), result.stderr
     finally:
         seeder.stop()
+
+
+def piece_paths(log):
+    """(arrived, straight into the pool, decoded first) from a download's info log."""
+    found = re.search(r"(\d+) pieces arrived: (\d+) went straight from the socket's buffer into the chunk pool, "
+                      r"(\d+) were decoded", log)
+    assert found, log
+    return tuple(int(n) for n in found.groups())
 
 
 @pytest.mark.skipif("aes" not in open("/proc/cpuinfo").read().split(), reason="no AES-NI: AES-256-GCM cannot run here")
@@ -90,6 +106,8 @@ def test_the_cipher_is_the_fastest_both_peers_have(tmp_path, seed):
         assert result.returncode == 0, result.stderr
         assert f"encrypted ({expected})" in result.stderr, result.stderr
         assert (out / payload.name).read_bytes() == payload.read_bytes()
+        arrived, straight, _ = piece_paths(result.stderr)
+        assert straight == arrived > 0, "every piece is opened straight into the chunk pool, whichever the cipher"
         seeder.stop()
 
 
