@@ -354,6 +354,8 @@ public final class Supervisor: @unchecked Sendable {
     /// while its partner lives makes new ones and kills the partner, whose restart picks up
     /// the new end — a worker is never left holding a channel whose other side is gone, nor a
     /// pool a dead partner may still have written into.
+    private let chunkPoolBytes = ChunkPool.configuredBytes(environment: ProcessInfo.processInfo.environment)
+
     private func dataChannelEnd(for role: WorkerRole) -> DataChannelEnd? {
         guard let partnerRole = role.dataChannelPartner, workers[partnerRole] != nil else { return nil }
         if let end = pendingDataEnds.removeValue(forKey: role) { return end }
@@ -362,7 +364,7 @@ public final class Supervisor: @unchecked Sendable {
             logger.error("cannot make the \(role)⇄\(partnerRole) data channel: \(String(cString: strerror(errno)))")
             return nil
         }
-        guard let pool = ChunkPool.makeDescriptor() else {
+        guard let pool = ChunkPool.makeDescriptor(bytes: chunkPoolBytes) else {
             logger.error("cannot make the \(role)⇄\(partnerRole) chunk pool: \(String(cString: strerror(errno)))")
             close(pair[0])
             close(pair[1])

@@ -93,6 +93,25 @@ final class DownloadShell: @unchecked Sendable {
     }
 
     func isVerified(_ index: Int) -> Bool { download.isVerified(index) }
+
+    /// Reading from the peers is paused while arrived chunks wait for a slot of the pool.
+    private(set) var readingPaused = false
+
+    func pauseReading() {
+        guard !readingPaused else { return }
+        readingPaused = true
+        for connection in connections.values {
+            try? connection.channel?.syncOptions?.setOption(ChannelOptions.autoRead, value: false)
+        }
+    }
+
+    func resumeReading() {
+        guard readingPaused else { return }
+        readingPaused = false
+        for connection in connections.values {
+            try? connection.channel?.syncOptions?.setOption(ChannelOptions.autoRead, value: true)
+        }
+    }
     var bannedCount: Int { download.bannedAddresses.count }
     var connectedCount: Int { connections.count }
 
@@ -157,7 +176,7 @@ final class DownloadShell: @unchecked Sendable {
                 }
             case .finished:
                 logger.info(
-                    "\(piecesStraightIntoPool + piecesDecoded) pieces arrived: \(piecesStraightIntoPool) went straight from the socket's buffer into the chunk pool, \(piecesDecoded) were decoded through the pipeline's stages first"
+                    "\(piecesStraightIntoPool + piecesDecoded) pieces arrived: \(piecesStraightIntoPool) went straight from the socket's buffer into the chunk pool, \(piecesDecoded) were decoded through the pipeline's stages first; at most \(service.tally.mostChunksWaitingForSlot) waited at once for a slot"
                 )
                 for connection in connections.values { connection.channel?.close(promise: nil) }
             case .failed(let code, let reason):

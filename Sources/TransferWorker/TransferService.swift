@@ -61,6 +61,8 @@ public final class TransferService: WorkerService, @unchecked Sendable {
         /// worker from disk.
         var chunksServedFromPool: UInt64 = 0
         var chunksReadForPeers: UInt64 = 0
+        /// The most arrived chunks that waited at once for a slot (each held in memory).
+        var mostChunksWaitingForSlot: UInt64 = 0
     }
     /// Connections still in their handshake, in total and by address: a quota of their own,
     /// so strangers that never finish cannot take the slots of established peers.
@@ -155,6 +157,7 @@ public final class TransferService: WorkerService, @unchecked Sendable {
                 WorkerCounter("serving_connections", UInt64(servingConnections)),
                 WorkerCounter("chunks_served_from_pool", tally.chunksServedFromPool),
                 WorkerCounter("chunks_read_for_peers", tally.chunksReadForPeers),
+                WorkerCounter("most_chunks_waiting_for_slot", tally.mostChunksWaitingForSlot),
                 WorkerCounter("download_peers", UInt64(fetch?.connectedCount ?? 0)),
             ]
             for (path, count) in tally.connections.sorted(by: { $0.key < $1.key }) {
@@ -309,6 +312,10 @@ public final class TransferService: WorkerService, @unchecked Sendable {
     func store(index: UInt32, bytes: UnsafeRawBufferPointer, from peer: String) {
         guard storesWaitingForSlot.isEmpty, let slot = slots?.take() else {
             storesWaitingForSlot.append((index, Array(bytes), peer))
+            tally.mostChunksWaitingForSlot = max(tally.mostChunksWaitingForSlot, UInt64(storesWaitingForSlot.count))
+            // The hash worker is behind: reading stops until a slot comes back, and TCP's
+            // window holds the peers back, instead of chunks piling up in our memory.
+            fetch?.pauseReading()
             return
         }
         store(index: index, bytes: bytes, from: peer, in: slot)
@@ -386,6 +393,7 @@ public final class TransferService: WorkerService, @unchecked Sendable {
         while !storesWaitingForSlot.isEmpty, let slot = slots?.take() {
             let store = storesWaitingForSlot.removeFirst()
             store.data.withUnsafeBytes { self.store(index: store.index, bytes: $0, from: store.peer, in: slot) }
+            if storesWaitingForSlot.isEmpty { fetch?.resumeReading() }
         }
         while !readsWaitingForSlot.isEmpty, let slot = slots?.take() {
             let (read, index) = readsWaitingForSlot.removeFirst()

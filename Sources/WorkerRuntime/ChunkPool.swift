@@ -16,6 +16,16 @@ public final class ChunkPool: @unchecked Sendable {
     /// enough that its pages, which count in both workers' resident memory, stay a quarter
     /// of the 64 MiB each may use; plus `slotLeadBytes` before each of up to 256 slots.
     public static let defaultBytes = 16 * 1024 * 1024 + 256 * slotLeadBytes
+    /// The pool's size from `PEERSHARE_CHUNK_POOL_MIB` (1 to 256 MiB of slots; tests use a
+    /// small pool to run out of slots on purpose, and a machine with memory to spare may
+    /// want a deeper one), else `defaultBytes`. The lead room comes on top either way.
+    public static func configuredBytes(environment: [String: String]) -> Int {
+        guard let text = environment["PEERSHARE_CHUNK_POOL_MIB"], let mib = Int(text), (1...256).contains(mib) else {
+            return defaultBytes
+        }
+        return mib * 1024 * 1024 + 256 * slotLeadBytes
+    }
+
     /// Room the transfer worker keeps before each slot (`ChunkSlots.leadBytes`) for the
     /// header of a piece message, sealed or opened together with the chunk in place.
     public static let slotLeadBytes = 64

@@ -1,7 +1,10 @@
 """End-to-end share/get between real processes on loopback."""
 import hashlib
+import json
 import os
 import pathlib
+import re
+import signal
 import subprocess
 import time
 
@@ -175,3 +178,43 @@ def test_chunk_bytes_go_from_transfer_to_hash_through_shared_memory(tmp_path):
     assert len(pools) == 1, pools
     (hash_pool, transfer_pool), = pools
     assert hash_pool == transfer_pool, pools
+
+
+def test_a_stalled_hash_worker_pauses_reading_instead_of_piling_chunks_up(tmp_path):
+    """Arrived chunks wait for a free slot of the chunk pool when the hash worker is behind;
+    while any wait, the transfer worker stops reading from its peers, and TCP's window holds
+    them back instead of the chunks piling up in its memory. Here the pool has 16 slots
+    (PEERSHARE_CHUNK_POOL_MIB=1, 64 KiB chunks), four seeders are asked 64 chunks deep each,
+    and the hash worker is stopped (SIGSTOP) for 1.5 s: what was already read when reading
+    stopped may still wait — at most one 256 KiB read per connection, four chunks each —
+    where without the pause every chunk in flight would (4 × 64 − 16). The file still arrives
+    whole."""
+    source = tmp_path / "stall.bin"
+    source.write_bytes(os.urandom(96 << 20))
+    config = tmp_path / "deep.json"
+    config.write_text(json.dumps({"version": 1, "stages": [], "limits": {"requestsInFlight": 64}}))
+    seeders = [Seeder(source, "--no-dht") for _ in range(4)]
+    try:
+        out = tmp_path / "out"
+        out.mkdir()
+        args = [BIN, "get", seeders[0].link, "-o", str(out), "--no-dht", "--log-level", "info",
+                "--config", str(config), "--max-download", "40MiB/s"]
+        for seeder in seeders[1:]:
+            args += ["--peer", f"127.0.0.1:{seeder.port}"]
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=dict(os.environ, PEERSHARE_CHUNK_POOL_MIB="1"))
+        hash_pid = worker_pid(proc.pid, "hash")
+        time.sleep(0.8)
+        os.kill(hash_pid, signal.SIGSTOP)
+        time.sleep(1.5)
+        os.kill(hash_pid, signal.SIGCONT)
+        stdout, stderr = proc.communicate(timeout=300)
+        assert proc.returncode == 0, stderr
+        assert (out / "stall.bin").read_bytes() == source.read_bytes()
+    finally:
+        for seeder in seeders:
+            seeder.stop()
+    waited = re.search(r"at most (\d+) waited at once for a slot", stderr)
+    assert waited, stderr
+    print(f"chunks waiting at once for a slot while the hash worker was stopped: {waited.group(1)}")
+    assert 0 < int(waited.group(1)) <= 20, stderr
