@@ -17,8 +17,11 @@ public struct Upload: Sendable {
     /// A well-behaved downloader keeps a handful of requests outstanding; hundreds is a flood.
     public static let maxOutstanding = 64
     /// Chunks read ahead per connection. A peer may keep 64 requests outstanding; reading all
-    /// of them at once would hold 32 MiB per peer in memory for nothing.
-    public static let readAhead = 4
+    /// of them at once would hold 32 MiB per peer in memory for nothing. Two keep the socket
+    /// busy (one being written, one ready; the kernel's send buffer holds more), and bound a
+    /// downloader serving seven others to 7 MiB of chunks on their way out (four took its
+    /// transfer worker to 64–73 MiB in 1 → 8, two to 60; 1 → 1 and 4 → 1 as fast).
+    public static let readAhead = 2
 
     public enum Directive: Sendable, Equatable {
         /// Ask the hash worker for chunk `index`; answer with `readDone` or `readFailed`.

@@ -593,7 +593,7 @@ def test_request_then_cancel_costs_no_more_than_the_upload_limit(tmp_path):
                     pass
             read = io_read_bytes(hash_worker) - before
         print(f"\n{sent} bytes of request+cancel in 5 s made the hash worker read {read} bytes")
-        # 100 KiB/s for 5 s, plus the read-ahead of 4 chunks (64 KiB each here), with room.
+        # 100 KiB/s for 5 s, plus the read-ahead of 2 chunks (64 KiB each here), with room.
         assert read < 4 << 20, read
         assert seeder.proc.poll() is None
     finally:
