@@ -5,7 +5,7 @@
 /// long the upload limits make everyone wait. Time is passed in; waits come back as `wake`.
 ///
 /// Bounds, whatever a peer does: at most `maxOutstanding` requests per connection (more is a
-/// flood: the connection is failed), at most `readAhead` chunks per connection in memory
+/// flood: the connection is failed), at most `readAheadChunks` chunks per connection in memory
 /// (being read, waiting for tokens, or in the socket), and a cancelled chunk is charged to
 /// the limits as if sent, so request-then-cancel cannot read faster than the limit.
 public struct Upload: Sendable {
@@ -21,7 +21,9 @@ public struct Upload: Sendable {
     /// busy (one being written, one ready; the kernel's send buffer holds more), and bound a
     /// downloader serving seven others to 7 MiB of chunks on their way out (four took its
     /// transfer worker to 64–73 MiB in 1 → 8, two to 60; 1 → 1 and 4 → 1 as fast).
-    public static let readAhead = 2
+    public static let defaultReadAhead = 2
+    /// This Instance's read-ahead (tests use deeper ones to queue more pieces).
+    public let readAheadChunks: Int
 
     public enum Directive: Sendable, Equatable {
         /// Ask the hash worker for chunk `index`; answer with `readDone` or `readFailed`.
@@ -65,7 +67,9 @@ public struct Upload: Sendable {
     private var cursor = 0
     private var wakeAt: Double?
 
-    public init(uploadRate: Double = 0, perPeerRate: Double = 0, now: Double) {
+    public init(uploadRate: Double = 0, perPeerRate: Double = 0, readAhead: Int = Upload.defaultReadAhead, now: Double)
+    {
+        self.readAheadChunks = max(1, readAhead)
         uploadBucket = TokenBucket(rate: uploadRate, now: now)
         self.perPeerRate = perPeerRate
     }
@@ -230,7 +234,7 @@ public struct Upload: Sendable {
             soonest = min(soonest, now + wait)
             return
         }
-        while connection.inMemory < Upload.readAhead, !connection.waiting.isEmpty {
+        while connection.inMemory < readAheadChunks, !connection.waiting.isEmpty {
             let index = connection.waiting.removeFirst()
             let read = nextRead
             nextRead &+= 1

@@ -25,7 +25,8 @@ final class UploadTests: XCTestCase {
         upload.opened(1, now: 0)
         var reads: [Directive] = []
         for index in 0..<40 { reads += upload.requested(1, index: UInt32(index), servable: true, now: 0) }
-        XCTAssertEqual(Self.reads(reads).count, Upload.readAhead, "40 requests, \(Upload.readAhead) chunks read")
+        XCTAssertEqual(
+            Self.reads(reads).count, upload.readAheadChunks, "40 requests, \(upload.readAheadChunks) chunks read")
         // Each read that completes is sent at once (no limit), but stays in memory until the
         // socket takes it: no further read before `written`.
         let first = Self.reads(reads)[0]
@@ -59,7 +60,7 @@ final class UploadTests: XCTestCase {
     /// turn: one each, not first come first served.
     func testConnectionsTakeTurnsUnderTheLimit() {
         let chunk = 100_000
-        var upload = Upload(uploadRate: Double(chunk), now: 0)  // one chunk a second
+        var upload = Upload(uploadRate: Double(chunk), readAhead: 4, now: 0)  // one chunk a second
         upload.opened(1, now: 0)
         upload.opened(2, now: 0)
         var pending: [Directive] = []
@@ -89,7 +90,7 @@ final class UploadTests: XCTestCase {
 
     func testACancelledQueuedPieceIsChargedAsIfSent() {
         let chunk = 100_000
-        var upload = Upload(uploadRate: Double(chunk), now: 0)
+        var upload = Upload(uploadRate: Double(chunk), readAhead: 4, now: 0)
         upload.opened(1, now: 0)
         var out: [Directive] = []
         for index in 0..<3 { out += upload.requested(1, index: UInt32(index), servable: true, now: 0) }
@@ -121,7 +122,7 @@ final class UploadTests: XCTestCase {
     }
 
     func testAClosedConnectionsPiecesAreDiscarded() {
-        var upload = Upload(uploadRate: 1000, now: 0)
+        var upload = Upload(uploadRate: 1000, readAhead: 4, now: 0)
         upload.opened(1, now: 0)
         var out: [Directive] = []
         for index in 0..<3 { out += upload.requested(1, index: UInt32(index), servable: true, now: 0) }
