@@ -69,7 +69,14 @@ let package = Package(
 
         // The pipeline's built-in stages and their handshake: wrappers over libsodium and zlib
         // (no sockets, no clocks).
-        .target(name: "Stages", dependencies: ["PeerShareCore", "CSodium", "CZlib"]),
+        .target(
+            name: "Stages",
+            dependencies: [
+                "PeerShareCore", "CSodium", "CZlib",
+                // BoringSSL's AES-256-GCM (through swift-crypto, already here for SHA-256):
+                // about 1.7x libsodium's on this machine's CPU (docs/ARCHITECTURE.md).
+                .product(name: "Crypto", package: "swift-crypto"),
+            ]),
 
         // Shells.
         .target(
@@ -195,7 +202,7 @@ let package = Package(
         .testTarget(name: "PeerShareCoreTests", dependencies: ["PeerShareCore", "Wire"]),
         .testTarget(name: "PeerWireTests", dependencies: ["PeerWire", "PeerShareCore", "Wire"]),
         .testTarget(name: "SwarmTests", dependencies: ["Swarm", "PeerWire", "PeerShareCore", "Wire"]),
-        .testTarget(name: "StagesTests", dependencies: ["Stages", "PeerShareCore"]),
+        .testTarget(name: "StagesTests", dependencies: ["Stages", "PeerShareCore", "CSodium"]),
         .testTarget(name: "TraversalTests", dependencies: ["Traversal", "PeerShareCore", "Wire"]),
         .testTarget(name: "LocalDiscoveryTests", dependencies: ["LocalDiscovery"]),
         .testTarget(name: "LocalWebTests", dependencies: ["LocalWeb", "IPC"]),

@@ -65,6 +65,13 @@ public struct HashBenchmark {
         measure("secretstream XChaCha20-Poly1305 seal") {
             sealedBytes += sender.seal(Array($0.bindMemory(to: UInt8.self))).count
         }
+        if let aes = try? AESGCMStream(key: Sodium.random(32)) {
+            // Sealed into one reused buffer, as the transfer worker seals into a socket buffer.
+            var out = [UInt8](repeating: 0, count: 4 << 20)
+            measure("AES-256-GCM seal (AESGCMStream, BoringSSL)") { chunk in
+                _ = out.withUnsafeMutableBytes { aes.seal(UnsafeRawBufferPointer(chunk), into: $0, additionalData: []) }
+            }
+        }
         var packed = 0
         measure("zlib level 1 (ZlibStage.encode)  ") {
             packed += ZlibStage.encode(Array($0.bindMemory(to: UInt8.self)), level: 1).count

@@ -1,3 +1,4 @@
+import CCryptoBoringSSL
 import CSodium
 import Foundation
 
@@ -248,7 +249,10 @@ public enum StreamCipher: UInt8, Sendable, CaseIterable, CustomStringConvertible
     }
 }
 
-/// One direction of a connection sealed with AES-256-GCM (libsodium, AES-NI).
+/// One direction of a connection sealed with AES-256-GCM: BoringSSL's implementation
+/// (through swift-crypto), which runs about 1.7 times as fast as libsodium's on CPUs with
+/// AES-NI and carry-less multiplication; the bytes are the same standard AES-256-GCM (a
+/// unit test seals with both and compares).
 ///
 /// Nonces are a counter (96 bits: four zero bytes, then the message number, big-endian),
 /// never sent: each direction has its own key, so no (key, nonce) pair repeats, and a
@@ -257,13 +261,12 @@ public enum StreamCipher: UInt8, Sendable, CaseIterable, CustomStringConvertible
 /// both sides move to a new key — BLAKE2b-256 of the old one — every `rekeyBytes` of
 /// plaintext, at the same message.
 public final class AESGCMStream: FrameSealer, FrameOpener {
-    public static let overhead = Int(crypto_aead_aes256gcm_ABYTES)
+    public static let overhead = 16
     public static let rekeyBytes: UInt64 = 1 << 34
     let rekeyBytes: UInt64
-    static let stateBytes = MemoryLayout<crypto_aead_aes256gcm_state>.size
 
-    /// libsodium's expanded key, which must be 16-byte aligned.
-    private let state: UnsafeMutableRawPointer
+    /// BoringSSL's expanded key.
+    private var context: UnsafeMutablePointer<EVP_AEAD_CTX>
     private var key: [UInt8]
     private var counter: UInt64 = 0
     private var sinceRekey: UInt64 = 0
@@ -271,22 +274,21 @@ public final class AESGCMStream: FrameSealer, FrameOpener {
     /// `rekeyBytes` is for tests; both sides must use the same.
     public init(key: [UInt8], rekeyBytes: UInt64 = AESGCMStream.rekeyBytes) throws {
         self.rekeyBytes = max(1, rekeyBytes)
-        guard key.count == Int(crypto_aead_aes256gcm_KEYBYTES), crypto_aead_aes256gcm_is_available() == 1 else {
-            throw SodiumError("AES-256-GCM is not available on this CPU")
-        }
+        // Offered only where libsodium finds AES-NI and CLMUL: elsewhere XChaCha20 is faster.
+        guard key.count == 32, crypto_aead_aes256gcm_is_available() == 1,
+            let context = AESGCMStream.expand(key)
+        else { throw SodiumError("AES-256-GCM is not available on this CPU") }
         self.key = key
-        state = UnsafeMutableRawPointer.allocate(byteCount: AESGCMStream.stateBytes, alignment: 16)
-        expand()
+        self.context = context
     }
 
     deinit {
-        sodium_memzero(state, AESGCMStream.stateBytes)
-        state.deallocate()
+        CCryptoBoringSSL_EVP_AEAD_CTX_free(context)
         sodium_memzero(&key, key.count)
     }
 
-    private func expand() {
-        crypto_aead_aes256gcm_beforenm(state.assumingMemoryBound(to: crypto_aead_aes256gcm_state.self), key)
+    private static func expand(_ key: [UInt8]) -> UnsafeMutablePointer<EVP_AEAD_CTX>? {
+        CCryptoBoringSSL_EVP_AEAD_CTX_new(CCryptoBoringSSL_EVP_aead_aes_256_gcm(), key, key.count, overhead)
     }
 
     private func nextNonce() -> [UInt8] {
@@ -299,7 +301,11 @@ public final class AESGCMStream: FrameSealer, FrameOpener {
         sinceRekey += UInt64(bytes)
         guard sinceRekey >= rekeyBytes || counter >= 1 << 32 else { return }
         key = Sodium.hash([Array("peershare-aes256gcm-rekey".utf8)], key: key, length: 32)
-        expand()
+        // The key is 32 bytes, as BoringSSL wants: the new context cannot fail to be made.
+        if let next = AESGCMStream.expand(key) {
+            CCryptoBoringSSL_EVP_AEAD_CTX_free(context)
+            context = next
+        }
         counter = 0
         sinceRekey = 0
     }
@@ -311,12 +317,15 @@ public final class AESGCMStream: FrameSealer, FrameOpener {
     ) -> Int? {
         guard out.count >= plaintext.count + overhead, let to = out.baseAddress else { return nil }
         let nonce = nextNonce()
-        var written: UInt64 = 0
-        crypto_aead_aes256gcm_encrypt_afternm(
-            to, &written, plaintext.baseAddress, UInt64(plaintext.count), additionalData,
-            UInt64(additionalData.count), nil, nonce, state.assumingMemoryBound(to: crypto_aead_aes256gcm_state.self))
+        var written = 0
+        guard
+            CCryptoBoringSSL_EVP_AEAD_CTX_seal(
+                context, to.assumingMemoryBound(to: UInt8.self), &written, out.count, nonce, nonce.count,
+                plaintext.baseAddress?.assumingMemoryBound(to: UInt8.self), plaintext.count, additionalData,
+                additionalData.count) == 1
+        else { return nil }
         advance(plaintext.count)
-        return Int(written)
+        return written
     }
 
     public func open(
@@ -326,14 +335,17 @@ public final class AESGCMStream: FrameSealer, FrameOpener {
         guard out.count >= ciphertext.count - overhead, let to = out.baseAddress, let from = ciphertext.baseAddress
         else { throw SodiumError("no room for the opened message") }
         let nonce = nextNonce()
-        var written: UInt64 = 0
+        var written = 0
         guard
-            crypto_aead_aes256gcm_decrypt_afternm(
-                to, &written, nil, from, UInt64(ciphertext.count), additionalData,
-                UInt64(additionalData.count), nonce, state.assumingMemoryBound(to: crypto_aead_aes256gcm_state.self))
-                == 0
-        else { throw SodiumError.openFailed }
-        advance(Int(written))
-        return Int(written)
+            CCryptoBoringSSL_EVP_AEAD_CTX_open(
+                context, to.assumingMemoryBound(to: UInt8.self), &written, out.count, nonce, nonce.count,
+                from.assumingMemoryBound(to: UInt8.self), ciphertext.count, additionalData, additionalData.count) == 1
+        else {
+            // BoringSSL leaves an error on its thread's queue; nothing reads it.
+            CCryptoBoringSSL_ERR_clear_error()
+            throw SodiumError.openFailed
+        }
+        advance(written)
+        return written
     }
 }

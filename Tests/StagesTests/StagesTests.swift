@@ -1,3 +1,4 @@
+import CSodium
 import Foundation
 import PeerShareCore
 import Stages
@@ -206,6 +207,26 @@ final class SodiumHandshakeTests: XCTestCase {
         let forged = try aesServer.serverReply(m1c)
         XCTAssertThrowsError(try chachaClient.clientFinish(forged)) {
             XCTAssertTrue("\($0)".contains("did not offer"), "\($0)")
+        }
+    }
+
+    /// The AES-256-GCM stream runs on BoringSSL; the bytes must be standard AES-256-GCM,
+    /// exactly what libsodium (which earlier versions sealed with) makes from the same key
+    /// and nonce, both ways.
+    func testAESGCMIsByteForByteLibsodiumsAES256GCM() throws {
+        try requireAES()
+        let key = Sodium.random(32)
+        let sender = try AESGCMStream(key: key)
+        let receiver = try AESGCMStream(key: key)
+        for (number, size) in [70_010, 0, 513].enumerated() {
+            let message = Sodium.random(size)
+            let nonce = [UInt8](repeating: 0, count: 4) + withUnsafeBytes(of: UInt64(number).bigEndian, Array.init)
+            var expected = [UInt8](repeating: 0, count: size + 16)
+            var length: UInt64 = 0
+            crypto_aead_aes256gcm_encrypt(
+                &expected, &length, message, UInt64(size), [7, 7], 2, nil, nonce, key)
+            XCTAssertEqual(sender.seal(message, additionalData: [7, 7]), expected, "message \(number)")
+            XCTAssertEqual(try receiver.open(expected, additionalData: [7, 7]), message)
         }
     }
 
