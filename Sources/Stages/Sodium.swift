@@ -217,7 +217,7 @@ public enum StreamCipher: UInt8, Sendable, CaseIterable, CustomStringConvertible
     /// libsodium's secretstream: XChaCha20-Poly1305, everywhere.
     case xchacha20poly1305 = 1
     /// AES-256-GCM: only where the CPU has AES-NI and CLMUL (libsodium refuses it otherwise),
-    /// and there about 1.5× as fast (docs/BENCHMARKS.md).
+    /// and there about twice as fast (docs/BENCHMARKS.md).
     case aes256gcm = 2
 
     public var description: String {
