@@ -89,7 +89,7 @@ let package = Package(
         .target(
             name: "HashWorker",
             dependencies: [
-                "WorkerRuntime", "IPC", "PeerShareCore", "Wire",
+                "WorkerRuntime", "IPC", "PeerShareCore", "Wire", "CSystemShims",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
             ]),

@@ -7,16 +7,21 @@
 #include <malloc.h>
 #include <fcntl.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 int peershare_memfd(const char *name) { return memfd_create(name, MFD_CLOEXEC); }
+
+int peershare_syncfs(int fd) { return syncfs(fd); }
 
 void peershare_tune_allocator(void) {
     /* Chunk-sized buffers (64 KiB to 4 MiB) are allocated and freed all the time. By default
        glibc serves large ones with mmap or trims the heap after freeing them, so every
        buffer costs fresh page faults and kernel zeroing. Keep them in the heap instead:
        the amount live at once is bounded by the request depth and the queues, not by the
-       share's size. */
-    mallopt(M_MMAP_THRESHOLD, 32 * 1024 * 1024);
+       share's size. Anything larger than any chunk (8 MiB: a manifest of 100,000 files and
+       the messages that carry it) is mapped on its own and given back when freed, so a few
+       passing copies of it do not stay in every process's heap. */
+    mallopt(M_MMAP_THRESHOLD, 8 * 1024 * 1024);
     mallopt(M_TRIM_THRESHOLD, 128 * 1024 * 1024);
     mallopt(M_ARENA_MAX, 1);
 }

@@ -1,3 +1,4 @@
+import CSystemShims
 import Foundation
 import IPC
 import PeerShareCore
@@ -15,7 +16,6 @@ final class DownloadOnDisk {
     }
 
     let manifest: Manifest
-    let manifestBytes: [UInt8]
     let shareID: ShareID
     let targetDirectory: String
     let stagingDirectory: String
@@ -25,8 +25,6 @@ final class DownloadOnDisk {
     private var descriptors: [Int: Int32] = [:]
     private var lastUse: [Int: UInt64] = [:]
     private var uses: UInt64 = 0
-    /// Files written to since their last fsync: synced before they are closed.
-    private var unsynced: Set<Int> = []
     static let maxOpenFiles = 64
 
     var finalPath: String { targetDirectory + "/" + manifest.rootName }
@@ -49,7 +47,6 @@ final class DownloadOnDisk {
             throw Failure(code: 65, description: "invalid manifest: \(error)")
         }
         self.manifest = manifest
-        self.manifestBytes = manifestBytes
         self.shareID = ShareID(manifestBytes: manifestBytes)
         let target = URL(fileURLWithPath: rawTarget).standardizedFileURL.path
         self.targetDirectory = target
@@ -76,16 +73,17 @@ final class DownloadOnDisk {
             for index in 0..<manifest.chunkCount { verified[index] = true }
             return
         }
-        try makeStagingFolder()
-        try createTree()
+        let resuming = try makeStagingFolder()
+        try createTree(resuming: resuming)
     }
 
     /// The staging folder is ours alone: created 0700, or, if it is already there (an
     /// interrupted download), a real folder owned by this user. In a shared folder such as
     /// /tmp, anyone who knows the share id could otherwise plant a symlink or a folder of
     /// their own there and have the download written where they like.
-    private func makeStagingFolder() throws {
-        if mkdir(stagingDirectory, 0o700) == 0 { return }
+    /// Returns whether it was already there.
+    private func makeStagingFolder() throws -> Bool {
+        if mkdir(stagingDirectory, 0o700) == 0 { return false }
         guard errno == EEXIST else {
             throw Failure(
                 code: 73, description: "cannot create '\(stagingDirectory)': \(String(cString: strerror(errno)))")
@@ -105,13 +103,13 @@ final class DownloadOnDisk {
             throw Failure(
                 code: 73, description: "'\(stagingDirectory)' may be written by others; refusing to use it")
         }
+        return true
     }
 
     /// Whether the share is already at its final place, every chunk matching the manifest.
     /// Symlinks are not followed: only real files and folders count.
     private func verifyInPlace() throws -> Bool {
         var buffer = [UInt8](repeating: 0, count: manifest.chunkSize)
-        var chunkBase = 0
         for entry in manifest.entries {
             let path = targetDirectory + "/" + entry.path
             var info = stat()
@@ -124,29 +122,32 @@ final class DownloadOnDisk {
             let fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)
             guard fd >= 0 else { return false }
             defer { close(fd) }
-            for chunk in 0..<entry.chunkHashes.count {
-                let location = manifest.chunkLocations[chunkBase + chunk]
-                try FileIO.readExactly(fd, into: &buffer, count: location.length, at: location.offset, path: path)
-                let hash = buffer.withUnsafeBytes {
-                    ChunkHash.of(UnsafeRawBufferPointer(rebasing: $0[0..<location.length]))
-                }
-                guard hash == entry.chunkHashes[chunk] else { return false }
+            for chunk in entry.firstChunk..<entry.firstChunk + entry.chunkCount {
+                guard try hashOnDisk(chunk, fd: fd, buffer: &buffer, path: path) else { return false }
             }
-            chunkBase += entry.chunkHashes.count
         }
         return true
+    }
+
+    /// Whether chunk `index`, read from `fd`, matches the manifest.
+    private func hashOnDisk(_ index: Int, fd: Int32, buffer: inout [UInt8], path: String) throws -> Bool {
+        let location = manifest.chunkLocations[index]
+        try FileIO.readExactly(fd, into: &buffer, count: location.length, at: location.offset, path: path)
+        let hash = buffer.withUnsafeBytes { ChunkHash.of(UnsafeRawBufferPointer(rebasing: $0[0..<location.length])) }
+        return manifest.isExpected(hash, ofChunk: index)
     }
 
     deinit {
         for fd in descriptors.values { close(fd) }
     }
 
-    /// Creates every folder and file of the share in the staging folder. A file that is
-    /// already there (an interrupted download, or a restarted hash worker) is re-hashed
-    /// chunk by chunk, and what verifies is kept.
-    private func createTree() throws {
-        var buffer = [UInt8](repeating: 0, count: manifest.chunkSize)
-        var chunkBase = 0
+    /// Creates every folder of the share, and its empty files, in the staging folder. Other
+    /// files are created when their first chunk is written: a share of 100,000 small files
+    /// then starts at once, instead of after 100,000 creations. If the staging folder was
+    /// already there (an interrupted download, or a restarted hash worker), each file in it
+    /// is re-hashed chunk by chunk, and what verifies is kept.
+    private func createTree(resuming: Bool) throws {
+        var buffer = [UInt8](repeating: 0, count: resuming ? manifest.chunkSize : 0)
         for entry in manifest.entries {
             let path = stagingDirectory + "/" + entry.path
             if entry.kind == .directory {
@@ -156,7 +157,7 @@ final class DownloadOnDisk {
                 }
                 continue
             }
-            let existed = access(path, F_OK) == 0
+            guard entry.size == 0 || (resuming && access(path, F_OK) == 0) else { continue }
             let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, fileMode)
             guard fd >= 0 else {
                 throw Failure(code: 73, description: "cannot create '\(path)': \(String(cString: strerror(errno)))")
@@ -167,17 +168,10 @@ final class DownloadOnDisk {
             if UInt64(info.st_size) != entry.size && ftruncate(fd, off_t(entry.size)) != 0 {
                 throw Failure(code: 74, description: "cannot size '\(path)': \(String(cString: strerror(errno)))")
             }
-            if existed {
-                for chunk in 0..<entry.chunkHashes.count {
-                    let location = manifest.chunkLocations[chunkBase + chunk]
-                    try FileIO.readExactly(fd, into: &buffer, count: location.length, at: location.offset, path: path)
-                    let hash = buffer.withUnsafeBytes {
-                        ChunkHash.of(UnsafeRawBufferPointer(rebasing: $0[0..<location.length]))
-                    }
-                    if hash == entry.chunkHashes[chunk] { verified[chunkBase + chunk] = true }
-                }
+            for chunk in entry.firstChunk..<entry.firstChunk + entry.chunkCount
+            where try hashOnDisk(chunk, fd: fd, buffer: &buffer, path: path) {
+                verified[chunk] = true
             }
-            chunkBase += entry.chunkHashes.count
         }
     }
 
@@ -191,10 +185,11 @@ final class DownloadOnDisk {
         if descriptors.count >= DownloadOnDisk.maxOpenFiles,
             let oldest = lastUse.min(by: { $0.value < $1.value })?.key
         {
-            try closeFile(oldest)
+            closeFile(oldest)
         }
-        let path = stagingDirectory + "/" + manifest.entries[entry].path
-        let fd = open(path, O_RDWR | O_CLOEXEC | O_NOFOLLOW)
+        let path = stagedPath(of: entry)
+        // Created here if this is its first chunk (see `createTree`).
+        let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, fileMode)
         guard fd >= 0 else {
             throw Failure(code: 74, description: "cannot open '\(path)': \(String(cString: strerror(errno)))")
         }
@@ -203,28 +198,27 @@ final class DownloadOnDisk {
         return fd
     }
 
-    /// Closes one file, flushing it to disk first if it was written to.
-    private func closeFile(_ entry: Int) throws {
+    private func stagedPath(of entry: Int) -> String { stagingDirectory + "/" + manifest.path(ofEntry: entry) }
+
+    /// Closes one file. It is flushed to disk with all the others in `finalize`.
+    private func closeFile(_ entry: Int) {
         guard let fd = descriptors.removeValue(forKey: entry) else { return }
         lastUse[entry] = nil
-        defer { close(fd) }
-        if unsynced.remove(entry) != nil, fsync(fd) != 0 {
-            throw Failure(code: 74, description: "cannot flush to disk: \(String(cString: strerror(errno)))")
-        }
+        close(fd)
     }
 
     /// Verifies a chunk against the manifest and writes it only if it matches.
     func write(index: Int, data: [UInt8]) throws -> Bool {
         guard index >= 0, index < manifest.chunkCount else { return false }
         let location = manifest.chunkLocations[index]
-        guard data.count == location.length, ChunkHash.of(data) == manifest.expectedHash(ofChunk: index) else {
+        guard data.count == location.length, manifest.isExpected(ChunkHash.of(data), ofChunk: index) else {
             return false
         }
         if verified[index] { return true }
         let fd = try descriptor(for: location.entryIndex)
-        let path = stagingDirectory + "/" + manifest.entries[location.entryIndex].path
-        try data.withUnsafeBytes { try FileIO.writeAll(fd, $0, at: location.offset, path: path) }
-        unsynced.insert(location.entryIndex)
+        try data.withUnsafeBytes {
+            try FileIO.writeAll(fd, $0, at: location.offset, path: stagedPath(of: location.entryIndex))
+        }
         verified[index] = true
         return true
     }
@@ -241,10 +235,9 @@ final class DownloadOnDisk {
             throw Failure(code: 70, description: "chunk \(index) (\(location.length) bytes) is larger than its slot")
         }
         let fd = try descriptor(for: location.entryIndex)
-        let path = stagingDirectory + "/" + manifest.entries[location.entryIndex].path
         try FileIO.readExactly(
             fd, into: UnsafeMutableRawBufferPointer(rebasing: slot[0..<location.length]), at: location.offset,
-            path: path)
+            path: stagedPath(of: location.entryIndex))
         return location.length
     }
 
@@ -255,7 +248,18 @@ final class DownloadOnDisk {
             throw Failure(
                 code: 70, description: "cannot finish: \(manifest.chunkCount - verified.setCount) chunks missing")
         }
-        for entry in Array(descriptors.keys) { try closeFile(entry) }
+        for entry in Array(descriptors.keys) { closeFile(entry) }
+        // Everything reaches the disk before the share is renamed into place, in one flush
+        // of the filesystem: an fsync per file would cost a folder of 100,000 files as many
+        // disk flushes (minutes on a disk, for nothing a crash could not redo: a resumed
+        // download re-hashes what is on disk).
+        let staging = open(stagingDirectory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard staging >= 0, peershare_syncfs(staging) == 0 else {
+            let reason = String(cString: strerror(errno))
+            if staging >= 0 { close(staging) }
+            throw Failure(code: 74, description: "cannot flush the download to disk: \(reason)")
+        }
+        close(staging)
         let staged = stagingDirectory + "/" + manifest.rootName
         var info = stat()
         if lstat(finalPath, &info) == 0 {

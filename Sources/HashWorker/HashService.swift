@@ -14,6 +14,8 @@ public final class HashService: WorkerService, @unchecked Sendable {
     private let logger: Logger
     private var served: ServedShare?
     private var download: DownloadOnDisk?
+    /// A download that completed, to be served from where it landed on the first request.
+    private var finished: (path: String, manifest: Manifest)?
     private var rejectedChunks = 0
     /// The data channel to the transfer worker: chunks to verify and write, chunks to read.
     private let transfer: MessagePipe<ChunkReply, ChunkRequest>?
@@ -61,7 +63,7 @@ public final class HashService: WorkerService, @unchecked Sendable {
     public func handle(_ command: WorkerCommand, pipe: WorkerPipe) {
         queue.async { [self] in
             let reply = perform(command, pipe: pipe)
-            if served != nil || download != nil { startReadingTransfer() }
+            if served != nil || download != nil || finished != nil { startReadingTransfer() }
             // No supervisor to answer to: we go too.
             if let reply { pipe.sendOrExit(reply, logger: logger) }
         }
@@ -109,7 +111,7 @@ public final class HashService: WorkerService, @unchecked Sendable {
                     try? pipe.send(.hashProgress(requestID: id, bytesDone: done, bytesTotal: total))
                 }
                 let bytes = manifest.encoded()
-                served = try ServedShare(path: path, manifestBytes: bytes)
+                served = try ServedShare(path: path, manifest: manifest)
                 logger.info(
                     "hashed '\(manifest.rootName)': \(manifest.entries.count) entries, \(manifest.chunkCount) chunks of \(manifest.chunkSize / 1024) KiB"
                 )
@@ -122,7 +124,7 @@ public final class HashService: WorkerService, @unchecked Sendable {
             }
         case .openShare(let id, let path, let manifest, let hashedAt):
             do {
-                served = try ServedShare(path: path, manifestBytes: manifest, hashedAt: hashedAt)
+                served = try ServedShare(path: path, manifest: Manifest.decode(manifest), hashedAt: hashedAt)
                 return .shareOpened(requestID: id)
             } catch {
                 return failure(id, error)
@@ -153,8 +155,9 @@ public final class HashService: WorkerService, @unchecked Sendable {
             do {
                 let path = try download.finalize()
                 self.download = nil
-                // The finished share can now be served from where it landed (`get --seed`).
-                served = try? ServedShare(path: path, manifestBytes: download.manifestBytes)
+                // The finished share can now be served from where it landed (`get --seed`),
+                // once someone asks: a `get` that exits now need not look at every file.
+                finished = (path, download.manifest)
                 return .downloadFinalized(requestID: id, path: path)
             } catch {
                 return failure(id, error)
@@ -184,6 +187,10 @@ public final class HashService: WorkerService, @unchecked Sendable {
             do {
                 // A download in progress serves what it has verified so far.
                 let length: Int
+                if served == nil, download == nil, let finished {
+                    self.finished = nil
+                    served = try ServedShare(path: finished.path, manifest: finished.manifest)
+                }
                 if let served {
                     length = try served.read(index: Int(index), into: bytes)
                 } else if let download {

@@ -85,7 +85,7 @@ struct ManifestBuilder {
         var buffer = [UInt8](repeating: 0, count: chunkSize)
         var done: UInt64 = 0
         var lastReport: UInt64 = 0
-        var entries: [Manifest.Entry] = []
+        var entries: [Manifest.Item] = []
         for item in items {
             if item.isDirectory {
                 entries.append(.directory(item.sharePath))
@@ -116,21 +116,28 @@ struct ManifestBuilder {
         guard manifest.encoded().count <= Manifest.maxEncodedSize else {
             throw Failure(description: "the share has too many files or chunks for one manifest")
         }
-        return manifest
+        // Checked as every downloader will check it: a name peers would refuse fails here.
+        return try Manifest.decode(manifest.encoded())
     }
 }
 
-/// Positional file IO that reports errors with the file's name.
+/// Positional file IO that reports errors with the file's name: whole reads and writes at an
+/// offset. `path` is only for the error message: it is built
+/// only when something fails, not once per chunk.
 enum FileIO {
-    static func readExactly(_ fd: Int32, into buffer: inout [UInt8], count: Int, at offset: UInt64, path: String)
+    static func readExactly(
+        _ fd: Int32, into buffer: inout [UInt8], count: Int, at offset: UInt64, path: @autoclosure () -> String
+    )
         throws
     {
         try buffer.withUnsafeMutableBytes { raw in
-            try readExactly(fd, into: UnsafeMutableRawBufferPointer(rebasing: raw[0..<count]), at: offset, path: path)
+            try readExactly(fd, into: UnsafeMutableRawBufferPointer(rebasing: raw[0..<count]), at: offset, path: path())
         }
     }
 
-    static func readExactly(_ fd: Int32, into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64, path: String)
+    static func readExactly(
+        _ fd: Int32, into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64, path: @autoclosure () -> String
+    )
         throws
     {
         var done = 0
@@ -138,23 +145,26 @@ enum FileIO {
             let got = pread(fd, buffer.baseAddress! + done, buffer.count - done, off_t(offset) + off_t(done))
             if got < 0 && errno == EINTR { continue }
             if got < 0 {
-                throw ManifestBuilder.Failure(description: "cannot read '\(path)': \(String(cString: strerror(errno)))")
+                throw ManifestBuilder.Failure(
+                    description: "cannot read '\(path())': \(String(cString: strerror(errno)))")
             }
             if got == 0 {
-                throw ManifestBuilder.Failure(description: "'\(path)' became shorter while it was being read")
+                throw ManifestBuilder.Failure(description: "'\(path())' became shorter while it was being read")
             }
             done += got
         }
     }
 
-    static func writeAll(_ fd: Int32, _ bytes: UnsafeRawBufferPointer, at offset: UInt64, path: String) throws {
+    static func writeAll(
+        _ fd: Int32, _ bytes: UnsafeRawBufferPointer, at offset: UInt64, path: @autoclosure () -> String
+    ) throws {
         var done = 0
         while done < bytes.count {
             let put = pwrite(fd, bytes.baseAddress! + done, bytes.count - done, off_t(offset) + off_t(done))
             if put < 0 && errno == EINTR { continue }
             if put <= 0 {
                 throw ManifestBuilder.Failure(
-                    description: "cannot write '\(path)': \(String(cString: strerror(errno)))")
+                    description: "cannot write '\(path())': \(String(cString: strerror(errno)))")
             }
             done += put
         }

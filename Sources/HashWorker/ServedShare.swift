@@ -10,8 +10,9 @@ final class ServedShare {
     let manifest: Manifest
     private let diskRoot: String
     private var openFile: (entry: Int, fd: Int32)?
-    /// (size, mtime) of each file entry when the share was opened.
-    private var fingerprints: [Int: (UInt64, timespec)] = [:]
+    /// The modification time of each file entry when the share was opened (by entry index;
+    /// folders' are unused). Its size is the manifest's.
+    private var modified: [timespec]
 
     struct Failure: Error, CustomStringConvertible {
         var code: UInt16
@@ -21,24 +22,25 @@ final class ServedShare {
     /// `path` is the file or folder that was shared; its parent holds the manifest's root name.
     /// `hashedAt` (Unix nanoseconds, 0: unchecked): a file modified after the manifest was made
     /// may hold other bytes at the same size, so it is refused as changed.
-    init(path: String, manifestBytes: [UInt8], hashedAt: UInt64 = 0) throws {
-        manifest = try Manifest.decode(manifestBytes)
+    init(path: String, manifest: Manifest, hashedAt: UInt64 = 0) throws {
+        self.manifest = manifest
         let absolute = URL(fileURLWithPath: path).standardizedFileURL
         diskRoot = absolute.deletingLastPathComponent().path
         guard absolute.lastPathComponent == manifest.rootName else {
             throw Failure(code: 65, description: "'\(path)' does not match the manifest's name '\(manifest.rootName)'")
         }
-        for (index, entry) in manifest.entries.enumerated() where entry.kind == .file {
+        modified = Array(repeating: timespec(), count: manifest.entryCount)
+        for index in 0..<manifest.entryCount where manifest.kind(ofEntry: index) == .file {
             var info = stat()
-            let path = diskRoot + "/" + entry.path
-            guard lstat(path, &info) == 0, UInt64(info.st_size) == entry.size,
+            let path = diskRoot + "/" + manifest.path(ofEntry: index)
+            guard lstat(path, &info) == 0, UInt64(info.st_size) == manifest.size(ofEntry: index),
                 hashedAt == 0
                     || UInt64(clamping: info.st_mtim.tv_sec) &* 1_000_000_000
                         &+ UInt64(clamping: info.st_mtim.tv_nsec) < hashedAt
             else {
                 throw Failure(code: 66, description: "'\(path)' is missing or changed since it was hashed")
             }
-            fingerprints[index] = (entry.size, info.st_mtim)
+            modified[index] = info.st_mtim
         }
     }
 
@@ -52,30 +54,31 @@ final class ServedShare {
             throw Failure(code: 65, description: "chunk \(index) is out of range (0..<\(manifest.chunkCount))")
         }
         let location = manifest.chunkLocations[index]
-        let entry = manifest.entries[location.entryIndex]
-        let path = diskRoot + "/" + entry.path
-        if openFile?.entry != location.entryIndex {
+        let entry = location.entryIndex
+        func path() -> String { diskRoot + "/" + manifest.path(ofEntry: entry) }
+        if openFile?.entry != entry {
             if let openFile { close(openFile.fd) }
             openFile = nil
-            let fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)
+            let fd = open(path(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW)
             guard fd >= 0 else {
-                throw Failure(code: 66, description: "cannot open '\(path)': \(String(cString: strerror(errno)))")
+                throw Failure(code: 66, description: "cannot open '\(path())': \(String(cString: strerror(errno)))")
             }
-            openFile = (location.entryIndex, fd)
+            openFile = (entry, fd)
         }
         guard let fd = openFile?.fd else { throw Failure(code: 70, description: "no open file") }
         var info = stat()
-        guard fstat(fd, &info) == 0, let (size, mtime) = fingerprints[location.entryIndex],
-            UInt64(info.st_size) == size, info.st_mtim.tv_sec == mtime.tv_sec, info.st_mtim.tv_nsec == mtime.tv_nsec
+        let mtime = modified[entry]
+        guard fstat(fd, &info) == 0, UInt64(info.st_size) == manifest.size(ofEntry: entry),
+            info.st_mtim.tv_sec == mtime.tv_sec, info.st_mtim.tv_nsec == mtime.tv_nsec
         else {
-            throw Failure(code: 65, description: "'\(path)' changed since it was shared")
+            throw Failure(code: 65, description: "'\(path())' changed since it was shared")
         }
         guard location.length <= slot.count else {
             throw Failure(code: 70, description: "chunk \(index) (\(location.length) bytes) is larger than its slot")
         }
         try FileIO.readExactly(
             fd, into: UnsafeMutableRawBufferPointer(rebasing: slot[0..<location.length]), at: location.offset,
-            path: path)
+            path: path())
         return location.length
     }
 }

@@ -10,23 +10,32 @@ public struct Manifest: Equatable, Sendable {
         case directory = 1
     }
 
+    /// What a manifest is made from (`ManifestBuilder`, tests): a folder, or a file with its
+    /// chunk hashes. A decoded manifest keeps no such values: see `Manifest`'s storage.
+    public struct Item: Equatable, Sendable {
+        public var path: String
+        public var kind: Kind
+        public var size: UInt64
+        public var chunkHashes: [[UInt8]]
+
+        public static func directory(_ path: String) -> Item {
+            Item(path: path, kind: .directory, size: 0, chunkHashes: [])
+        }
+
+        public static func file(_ path: String, size: UInt64, chunkHashes: [[UInt8]]) -> Item {
+            Item(path: path, kind: .file, size: size, chunkHashes: chunkHashes)
+        }
+    }
+
+    /// One folder or file of the share, read out of the manifest's bytes when asked for.
     public struct Entry: Equatable, Sendable {
         public var path: String
         public var kind: Kind
         public var size: UInt64
-        /// Per-file Merkle root over `chunkHashes` (MerkleTree); lets a file be checked as a whole.
-        public var merkleRoot: [UInt8]
-        public var chunkHashes: [[UInt8]]
-
-        public static func directory(_ path: String) -> Entry {
-            Entry(path: path, kind: .directory, size: 0, merkleRoot: [], chunkHashes: [])
-        }
-
-        public static func file(_ path: String, size: UInt64, chunkHashes: [[UInt8]]) -> Entry {
-            Entry(
-                path: path, kind: .file, size: size,
-                merkleRoot: MerkleTree.root(of: chunkHashes), chunkHashes: chunkHashes)
-        }
+        /// The share-wide index of its first chunk, and how many it has (0 for folders and
+        /// empty files).
+        public var firstChunk: Int
+        public var chunkCount: Int
     }
 
     /// Where a chunk lives: which entry, at what offset, how many bytes.
@@ -51,41 +60,135 @@ public struct Manifest: Equatable, Sendable {
     /// 1 PiB: far beyond any real share, small enough that sizes never overflow.
     public static let maxFileSize: UInt64 = 1 << 50
 
-    public var chunkSize: Int
-    public var entries: [Entry]
-    /// Global chunk index -> location; files are chunked one after another in entry order.
-    public let chunkLocations: [ChunkLocation]
+    /// Where one entry lies in `bytes`: 12 bytes per entry, however long its path. The
+    /// manifest is kept as its own canonical encoding plus these, so a share of 100,000
+    /// files costs every process that holds it the encoding (about 100 bytes a file) and
+    /// 16 bytes a file more, not a string, a root and an array of arrays per file.
+    struct EntryRecord: Sendable {
+        /// Offset of the path's first byte (after its u16 length).
+        var pathStart: UInt32
+        var pathLength: UInt16
+        var kind: Kind
+        var firstChunk: UInt32
+    }
 
-    public init(chunkSize: Int, entries: [Entry]) {
-        self.chunkSize = chunkSize
-        self.entries = entries
-        var locations: [ChunkLocation] = []
-        for (entryIndex, entry) in entries.enumerated() where entry.kind == .file {
-            for chunk in 0..<entry.chunkHashes.count {
-                let offset = UInt64(chunk) * UInt64(chunkSize)
-                let length = Int(min(UInt64(chunkSize), entry.size - offset))
-                locations.append(ChunkLocation(entryIndex: entryIndex, offset: offset, length: length))
+    public let chunkSize: Int
+    /// The canonical encoding (docs/PROTOCOL.md §3): what the share id hashes.
+    private let bytes: [UInt8]
+    private let records: [EntryRecord]
+    /// Global chunk index -> the entry it belongs to; files are chunked one after another in
+    /// entry order.
+    private let chunkEntries: [UInt32]
+    public let totalBytes: UInt64
+
+    /// Builds a manifest from its items; they are trusted (this process made them).
+    public init(chunkSize: Int, entries items: [Item]) {
+        var writer = ByteWriter(
+            capacity: 12 + items.reduce(0) { $0 + 64 + $1.path.utf8.count + $1.chunkHashes.count * 32 })
+        writer.raw(Manifest.magic)
+        writer.u32(UInt32(chunkSize))
+        writer.u32(UInt32(items.count))
+        for item in items {
+            writer.u8(item.kind.rawValue)
+            writer.string(item.path)
+            if item.kind == .file {
+                writer.u64(item.size)
+                writer.raw(MerkleTree.root(of: item.chunkHashes))
+                for hash in item.chunkHashes { writer.raw(hash) }
             }
         }
-        self.chunkLocations = locations
+        // Items that break the rules (tests make such on purpose) still give a manifest;
+        // `decode` is what refuses them.
+        self =
+            (try? Manifest(indexing: writer.bytes, validate: false))
+            ?? Manifest(chunkSize: chunkSize, bytes: writer.bytes, records: [], chunkEntries: [], totalBytes: 0)
     }
 
-    public static func == (lhs: Manifest, rhs: Manifest) -> Bool {
-        lhs.chunkSize == rhs.chunkSize && lhs.entries == rhs.entries
+    private init(chunkSize: Int, bytes: [UInt8], records: [EntryRecord], chunkEntries: [UInt32], totalBytes: UInt64) {
+        self.chunkSize = chunkSize
+        self.bytes = bytes
+        self.records = records
+        self.chunkEntries = chunkEntries
+        self.totalBytes = totalBytes
     }
 
-    public var chunkCount: Int { chunkLocations.count }
-    public var totalBytes: UInt64 { entries.reduce(0) { $0 + $1.size } }
+    /// Two manifests are equal when their canonical bytes are.
+    public static func == (lhs: Manifest, rhs: Manifest) -> Bool { lhs.bytes == rhs.bytes }
+
+    public var chunkCount: Int { chunkEntries.count }
+    public var entryCount: Int { records.count }
+
+    /// The entries, each read out of the bytes when accessed.
+    public var entries: Entries { Entries(manifest: self) }
+
+    public struct Entries: RandomAccessCollection, Sendable {
+        let manifest: Manifest
+        public var startIndex: Int { 0 }
+        public var endIndex: Int { manifest.records.count }
+        public subscript(index: Int) -> Entry { manifest.entry(index) }
+    }
+
+    public func entry(_ index: Int) -> Entry {
+        let record = records[index]
+        let size = self.size(ofEntry: index)
+        let count = record.kind == .file ? Int((size + UInt64(chunkSize) - 1) / UInt64(chunkSize)) : 0
+        return Entry(
+            path: path(ofEntry: index), kind: record.kind, size: size, firstChunk: Int(record.firstChunk),
+            chunkCount: count)
+    }
+
+    public func kind(ofEntry index: Int) -> Kind { records[index].kind }
+
+    /// The entry's path (validated by `decode`: relative, no `..`, valid UTF-8).
+    public func path(ofEntry index: Int) -> String {
+        let record = records[index]
+        let start = Int(record.pathStart)
+        return String(decoding: bytes[start..<start + Int(record.pathLength)], as: UTF8.self)
+    }
+
+    public func size(ofEntry index: Int) -> UInt64 {
+        let record = records[index]
+        guard record.kind == .file else { return 0 }
+        var reader = ByteReader(bytes, from: Int(record.pathStart) + Int(record.pathLength))
+        return (try? reader.u64()) ?? 0
+    }
+
+    /// Chunk index -> where it lives.
+    public var chunkLocations: ChunkLocations { ChunkLocations(manifest: self) }
+
+    public struct ChunkLocations: RandomAccessCollection, Sendable {
+        let manifest: Manifest
+        public var startIndex: Int { 0 }
+        public var endIndex: Int { manifest.chunkEntries.count }
+        public subscript(index: Int) -> ChunkLocation { manifest.location(ofChunk: index) }
+    }
+
+    public func location(ofChunk index: Int) -> ChunkLocation {
+        let entryIndex = Int(chunkEntries[index])
+        let offset = UInt64(index - Int(records[entryIndex].firstChunk)) * UInt64(chunkSize)
+        let length = Int(min(UInt64(chunkSize), size(ofEntry: entryIndex) - offset))
+        return ChunkLocation(entryIndex: entryIndex, offset: offset, length: length)
+    }
+
     /// The single top-level name every path starts with (the shared file or folder).
     public var rootName: String {
-        entries.first.map { String($0.path.split(separator: "/", maxSplits: 1)[0]) } ?? ""
+        guard !records.isEmpty else { return "" }
+        return String(path(ofEntry: 0).split(separator: "/", maxSplits: 1)[0])
     }
 
-    public func expectedHash(ofChunk index: Int) -> [UInt8] {
-        let location = chunkLocations[index]
-        let entry = entries[location.entryIndex]
-        let first = Int(location.offset / UInt64(chunkSize))
-        return entry.chunkHashes[first]
+    /// The SHA-256 the chunk must have: 32 bytes of the manifest, not a copy.
+    public func expectedHash(ofChunk index: Int) -> ArraySlice<UInt8> {
+        let entryIndex = Int(chunkEntries[index])
+        let record = records[entryIndex]
+        // path, size (8), Merkle root (32), then the entry's chunk hashes in order.
+        let hashes = Int(record.pathStart) + Int(record.pathLength) + 8 + 32
+        let start = hashes + (index - Int(record.firstChunk)) * ChunkHash.byteCount
+        return bytes[start..<start + ChunkHash.byteCount]
+    }
+
+    /// Whether `hash` is the one the manifest lists for chunk `index`.
+    public func isExpected(_ hash: [UInt8], ofChunk index: Int) -> Bool {
+        index >= 0 && index < chunkCount && expectedHash(ofChunk: index).elementsEqual(hash)
     }
 
     /// Chunk size from the share's total size: aim for about 2,048 chunks (a manifest of
@@ -99,22 +202,8 @@ public struct Manifest: Equatable, Sendable {
 
     // MARK: Encoding
 
-    public func encoded() -> [UInt8] {
-        var writer = ByteWriter(capacity: 64 + chunkCount * 32 + entries.count * 64)
-        writer.raw(Manifest.magic)
-        writer.u32(UInt32(chunkSize))
-        writer.u32(UInt32(entries.count))
-        for entry in entries {
-            writer.u8(entry.kind.rawValue)
-            writer.string(entry.path)
-            if entry.kind == .file {
-                writer.u64(entry.size)
-                writer.raw(entry.merkleRoot)
-                for hash in entry.chunkHashes { writer.raw(hash) }
-            }
-        }
-        return writer.bytes
-    }
+    /// The canonical bytes (the same storage, not a copy).
+    public func encoded() -> [UInt8] { bytes }
 
     /// Decodes and fully validates a manifest received from anyone. Every count is checked
     /// against the bytes actually present before anything is allocated for it.
@@ -122,48 +211,99 @@ public struct Manifest: Equatable, Sendable {
         if bytes.count > maxEncodedSize {
             throw DecodeError.tooLarge(what: "manifest", length: bytes.count, limit: maxEncodedSize)
         }
+        return try Manifest(indexing: bytes, validate: true)
+    }
+
+    /// Reads the entries' places out of `bytes`; with `validate`, checks everything a peer
+    /// could get wrong: counts, sizes, Merkle roots, UTF-8 and the path rules.
+    private init(indexing bytes: [UInt8], validate: Bool) throws {
         var reader = ByteReader(bytes)
-        guard try reader.raw(4) == magic else { throw DecodeError.invalid("not a PeerShare manifest") }
+        guard try reader.raw(4) == Manifest.magic else { throw DecodeError.invalid("not a PeerShare manifest") }
         let chunkSize = Int(try reader.u32())
-        guard chunkSize >= minChunkSize, chunkSize <= maxChunkSize, chunkSize & (chunkSize - 1) == 0 else {
+        guard chunkSize >= Manifest.minChunkSize, chunkSize <= Manifest.maxChunkSize, chunkSize & (chunkSize - 1) == 0
+        else {
             throw DecodeError.invalid("chunk size \(chunkSize) is not a power of two in 64 KiB...4 MiB")
         }
         let entryCount = Int(try reader.u32())
         // Each entry takes at least 3 bytes, so a count beyond that is a lie.
-        guard entryCount <= maxEntries, entryCount * 3 <= reader.remaining else {
+        guard entryCount <= Manifest.maxEntries, entryCount * 3 <= reader.remaining else {
             throw DecodeError.invalid("entry count \(entryCount) does not fit the manifest")
         }
-        var entries: [Entry] = []
-        entries.reserveCapacity(entryCount)
-        for _ in 0..<entryCount {
+        var records: [EntryRecord] = []
+        records.reserveCapacity(entryCount)
+        var chunkEntries: [UInt32] = []
+        var totalBytes: UInt64 = 0
+        for entryIndex in 0..<entryCount {
             guard let kind = Kind(rawValue: try reader.u8()) else {
                 throw DecodeError.invalid("unknown entry kind")
             }
-            let path = try reader.string()
-            switch kind {
-            case .directory:
-                entries.append(.directory(path))
-            case .file:
-                let size = try reader.u64()
-                guard size <= maxFileSize else { throw DecodeError.invalid("file size \(size) too large") }
-                let merkleRoot = try reader.raw(32)
-                let count = Int((size + UInt64(chunkSize) - 1) / UInt64(chunkSize))
-                guard count * 32 <= reader.remaining else {
-                    throw DecodeError.truncated(needed: count * 32, available: reader.remaining)
+            let pathLength = Int(try reader.u16())
+            let pathStart = reader.offset
+            _ = try reader.skip(pathLength)
+            records.append(
+                EntryRecord(
+                    pathStart: UInt32(pathStart), pathLength: UInt16(pathLength), kind: kind,
+                    firstChunk: UInt32(chunkEntries.count)))
+            guard kind == .file else { continue }
+            let size = try reader.u64()
+            guard size <= Manifest.maxFileSize else { throw DecodeError.invalid("file size \(size) too large") }
+            let rootStart = reader.offset
+            _ = try reader.skip(32)
+            let count = Int((size + UInt64(chunkSize) - 1) / UInt64(chunkSize))
+            guard count * 32 <= reader.remaining else {
+                throw DecodeError.truncated(needed: count * 32, available: reader.remaining)
+            }
+            let hashesStart = reader.offset
+            _ = try reader.skip(count * 32)
+            if validate {
+                let matches = bytes.withUnsafeBytes { all in
+                    MerkleTree.root(
+                        ofConcatenated: UnsafeRawBufferPointer(rebasing: all[hashesStart..<hashesStart + count * 32])
+                    )
+                    .elementsEqual(all[rootStart..<rootStart + 32])
                 }
-                var hashes: [[UInt8]] = []
-                hashes.reserveCapacity(count)
-                for _ in 0..<count { hashes.append(try reader.raw(32)) }
-                let entry = Entry.file(path, size: size, chunkHashes: hashes)
-                guard entry.merkleRoot == merkleRoot else {
+                guard matches else {
+                    let path = String(decoding: bytes[pathStart..<pathStart + pathLength], as: UTF8.self)
                     throw DecodeError.invalid("Merkle root of \(path) does not match its chunk hashes")
                 }
-                entries.append(entry)
             }
+            chunkEntries.append(contentsOf: repeatElement(UInt32(entryIndex), count: count))
+            totalBytes += size
         }
         try reader.expectEnd()
-        try SharePath.validateTree(entries.map { ($0.path, $0.kind == .directory) })
-        return Manifest(chunkSize: chunkSize, entries: entries)
+        if validate {
+            try SharePath.validateTree(PathTable(bytes: bytes, records: records))
+        }
+        self.init(
+            chunkSize: chunkSize, bytes: bytes, records: records, chunkEntries: chunkEntries, totalBytes: totalBytes)
+    }
+}
+
+/// The paths of a manifest as slices of one buffer, with whether each is a folder: what the
+/// tree rules are checked on, without a string per path.
+struct PathTable {
+    let bytes: [UInt8]
+    let ranges: [(start: Int, length: Int, isDirectory: Bool)]
+
+    init(bytes: [UInt8], records: [Manifest.EntryRecord]) {
+        self.bytes = bytes
+        ranges = records.map { (Int($0.pathStart), Int($0.pathLength), $0.kind == .directory) }
+    }
+
+    init(_ paths: [(path: String, isDirectory: Bool)]) {
+        var bytes: [UInt8] = []
+        var ranges: [(start: Int, length: Int, isDirectory: Bool)] = []
+        for (path, isDirectory) in paths {
+            ranges.append((bytes.count, path.utf8.count, isDirectory))
+            bytes.append(contentsOf: path.utf8)
+        }
+        self.bytes = bytes
+        self.ranges = ranges
+    }
+
+    func path(_ index: Int) -> ArraySlice<UInt8> {
+        let range = ranges[index]
+        return bytes[range.start..<range.start + range.length]
     }
 }
 
@@ -175,42 +315,90 @@ public enum SharePath {
     public static let maxComponentLength = 255
 
     public static func validate(_ path: String) throws {
-        let utf8 = Array(path.utf8)
+        try validate(bytes: Array(path.utf8)[...])
+    }
+
+    /// The rules on a path's UTF-8 bytes (as they lie in a manifest): no string is made for
+    /// a path that passes.
+    static func validate(bytes utf8: ArraySlice<UInt8>) throws {
+        func shown() -> String { String(decoding: utf8, as: UTF8.self) }
         guard !utf8.isEmpty else { throw DecodeError.invalid("empty path") }
         guard utf8.count <= maxLength else { throw DecodeError.invalid("path longer than \(maxLength) bytes") }
-        guard utf8.first != UInt8(ascii: "/") else { throw DecodeError.invalid("absolute path '\(path)'") }
-        guard !utf8.contains(0), !utf8.contains(UInt8(ascii: "\\")) else {
-            throw DecodeError.invalid("path '\(path)' contains NUL or backslash")
+        guard utf8.first != UInt8(ascii: "/") else { throw DecodeError.invalid("absolute path '\(shown())'") }
+        var componentStart = utf8.startIndex
+        var allASCII = true
+        for index in utf8.indices {
+            let byte = utf8[index]
+            if byte == 0 || byte == UInt8(ascii: "\\") {
+                throw DecodeError.invalid("path '\(shown())' contains NUL or backslash")
+            }
+            if byte >= 0x80 { allASCII = false }
+            if byte == UInt8(ascii: "/") {
+                try validate(component: utf8[componentStart..<index], of: shown)
+                componentStart = index + 1
+            }
         }
-        for component in path.split(separator: "/", omittingEmptySubsequences: false) {
-            if component.isEmpty { throw DecodeError.invalid("path '\(path)' has an empty component") }
-            if component == "." || component == ".." {
-                throw DecodeError.invalid("path '\(path)' contains '\(component)'")
-            }
-            if component.utf8.count > maxComponentLength {
-                throw DecodeError.invalid("path component longer than \(maxComponentLength) bytes")
-            }
+        try validate(component: utf8[componentStart...], of: shown)
+        // Paths become file names: they must be text. ASCII is; anything else is checked.
+        if !allASCII, String(validating: utf8, as: UTF8.self) == nil {
+            throw DecodeError.invalid("string is not valid UTF-8")
+        }
+    }
+
+    private static func validate(component: ArraySlice<UInt8>, of path: () -> String) throws {
+        if component.isEmpty { throw DecodeError.invalid("path '\(path())' has an empty component") }
+        if component.elementsEqual([UInt8(ascii: ".")])
+            || component.elementsEqual([UInt8(ascii: "."), UInt8(ascii: ".")])
+        {
+            throw DecodeError.invalid("path '\(path())' contains '\(String(decoding: component, as: UTF8.self))'")
+        }
+        if component.count > maxComponentLength {
+            throw DecodeError.invalid("path component longer than \(maxComponentLength) bytes")
         }
     }
 
     public static func validateTree(_ paths: [(path: String, isDirectory: Bool)]) throws {
-        guard !paths.isEmpty else { throw DecodeError.invalid("manifest has no entries") }
-        var seen = Set<String>()
-        var files = Set<String>()
-        var root: Substring?
-        for (path, isDirectory) in paths {
-            try validate(path)
-            guard seen.insert(path).inserted else { throw DecodeError.invalid("duplicate path '\(path)'") }
-            if !isDirectory { files.insert(path) }
-            let top = path.split(separator: "/", maxSplits: 1)[0]
-            if root == nil { root = top }
-            guard top == root else { throw DecodeError.invalid("paths have more than one top-level name") }
+        try validateTree(PathTable(paths))
+    }
+
+    /// Every path valid, one top-level name, no duplicates, no file that is another entry's
+    /// folder. Checked on the paths sorted bytewise (an index array, not a set of strings):
+    /// duplicates are then neighbours, and everything under "f/" starts where "f/" would.
+    static func validateTree(_ table: PathTable) throws {
+        guard !table.ranges.isEmpty else { throw DecodeError.invalid("manifest has no entries") }
+        for index in table.ranges.indices { try validate(bytes: table.path(index)) }
+        let first = table.path(0)
+        let root = first[..<(first.firstIndex(of: UInt8(ascii: "/")) ?? first.endIndex)]
+        for index in table.ranges.indices {
+            let path = table.path(index)
+            let top = path[..<(path.firstIndex(of: UInt8(ascii: "/")) ?? path.endIndex)]
+            guard top.elementsEqual(root) else {
+                throw DecodeError.invalid("paths have more than one top-level name")
+            }
         }
-        for (path, _) in paths {
-            var prefix = ""
-            for component in path.split(separator: "/").dropLast() {
-                prefix += prefix.isEmpty ? String(component) : "/" + component
-                if files.contains(prefix) { throw DecodeError.invalid("'\(prefix)' is both a file and a folder") }
+        let sorted = table.ranges.indices.sorted { table.path($0).lexicographicallyPrecedes(table.path($1)) }
+        for position in sorted.indices.dropFirst()
+        where table.path(sorted[position - 1]) == table.path(sorted[position]) {
+            throw DecodeError.invalid(
+                "duplicate path '\(String(decoding: table.path(sorted[position]), as: UTF8.self))'")
+        }
+        for index in table.ranges.indices where !table.ranges[index].isDirectory {
+            let folder = Array(table.path(index)) + [UInt8(ascii: "/")]
+            // The first path not below `folder` in byte order; if it starts with `folder`,
+            // the file is someone's folder.
+            var low = 0
+            var high = sorted.count
+            while low < high {
+                let middle = (low + high) / 2
+                if table.path(sorted[middle]).lexicographicallyPrecedes(folder) {
+                    low = middle + 1
+                } else {
+                    high = middle
+                }
+            }
+            if low < sorted.count, table.path(sorted[low]).starts(with: folder) {
+                throw DecodeError.invalid(
+                    "'\(String(decoding: table.path(index), as: UTF8.self))' is both a file and a folder")
             }
         }
     }

@@ -45,26 +45,37 @@ public enum ChunkHash {
 /// an empty file is SHA-256 of the empty string.
 public enum MerkleTree {
     public static func root(of leaves: [[UInt8]]) -> [UInt8] {
-        if leaves.isEmpty { return Array(SHA256.hash(data: [UInt8]())) }
-        var level = leaves
-        while level.count > 1 {
-            var next: [[UInt8]] = []
-            next.reserveCapacity((level.count + 1) / 2)
+        let concatenated = leaves.flatMap { $0 }
+        return concatenated.withUnsafeBytes { root(ofConcatenated: $0) }
+    }
+
+    /// The root over leaves laid end to end (32 bytes each), as a manifest holds them. A
+    /// single leaf is its own root, so a one-chunk file costs no hashing.
+    public static func root(ofConcatenated leaves: UnsafeRawBufferPointer) -> [UInt8] {
+        let size = ChunkHash.byteCount
+        let count = leaves.count / size
+        if count == 0 { return Array(SHA256.hash(data: [UInt8]())) }
+        if count == 1 { return Array(leaves[0..<size]) }
+        var level = Array(leaves[0..<count * size])
+        var width = count
+        while width > 1 {
+            var next: [UInt8] = []
+            next.reserveCapacity((width + 1) / 2 * size)
             var index = 0
-            while index < level.count {
-                if index + 1 < level.count {
+            while index < width {
+                if index + 1 < width {
                     var hasher = SHA256()
                     hasher.update(data: [0x01])
-                    hasher.update(data: level[index])
-                    hasher.update(data: level[index + 1])
-                    next.append(Array(hasher.finalize()))
+                    hasher.update(data: level[index * size..<(index + 2) * size])
+                    next.append(contentsOf: hasher.finalize())
                 } else {
-                    next.append(level[index])
+                    next.append(contentsOf: level[index * size..<(index + 1) * size])
                 }
                 index += 2
             }
             level = next
+            width = (width + 1) / 2
         }
-        return level[0]
+        return level
     }
 }

@@ -98,6 +98,8 @@ public struct Download: Sendable {
     public private(set) var finished = false
     public private(set) var scheduler: ChunkScheduler?
     public private(set) var chunkSize = 0
+    /// The share's manifest once it arrived: how long each chunk is.
+    private var manifest: Manifest?
     private var peers: [PeerID: Peer] = [:]
     private var attempts: [String: Int] = [:]
     private var lastError: [String: String] = [:]
@@ -416,6 +418,7 @@ public struct Download: Sendable {
         haveManifest = true
         manifestChunkCount = manifest.chunkCount
         chunkSize = manifest.chunkSize
+        self.manifest = manifest
         for (other, state) in peers.sorted(by: { $0.key < $1.key })
         where state.established && state.chunkCount != manifest.chunkCount {
             close(other, "claims \(state.chunkCount) chunks; the share has \(manifest.chunkCount)", &out)
@@ -482,20 +485,21 @@ public struct Download: Sendable {
     private mutating func requestMore(from id: PeerID, now: Double, _ out: inout [Directive]) {
         guard !finished, chunkSize > 0, let depth = peers[id]?.depth, peers[id]?.joined == true, scheduler != nil
         else { return }
-        scheduler?.setDepth(id, depth.depth(chunkSize: chunkSize, initial: config.initialDepth))
+        // Depth counts chunks of the share's typical length: a folder of small files has
+        // chunks far shorter than the chunk size, and needs more of them in flight.
+        let typicalLength = manifest.map { Int($0.totalBytes / UInt64(max(1, $0.chunkCount))) } ?? chunkSize
+        scheduler?.setDepth(id, depth.depth(chunkSize: max(1, typicalLength), initial: config.initialDepth))
         while true {
             if !downloadBucket.isUnlimited {
-                let wait = downloadBucket.take(chunkSize, now: now)
+                let wait = downloadBucket.waitTime(now: now)
                 if wait > 0 {
                     if throttledUntil == nil { throttledUntil = now + wait }
                     break
                 }
             }
-            guard let index = scheduler?.nextRequests(for: id, max: 1, now: now).first else {
-                // Tokens taken for nothing go back.
-                if !downloadBucket.isUnlimited { downloadBucket.refund(chunkSize) }
-                break
-            }
+            guard let index = scheduler?.nextRequests(for: id, max: 1, now: now).first else { break }
+            // Paid for at its real length (the bucket may go into debt by one chunk).
+            downloadBucket.charge(manifest?.location(ofChunk: index).length ?? chunkSize, now: now)
             out.append(.send(.request(index: UInt32(index)), to: id))
         }
     }

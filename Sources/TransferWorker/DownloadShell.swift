@@ -184,7 +184,7 @@ final class DownloadShell: @unchecked Sendable {
                 for connection in connections.values { connection.channel?.close(promise: nil) }
             }
         }
-        for channel in written.values { channel.flush() }
+        for channel in written.values { service.flushAfterTurn(channel) }
     }
 
     private func open(_ id: Int, address: PeerAddress, viaRelay: Bool) {

@@ -32,7 +32,7 @@ extension TransferService {
     /// A chunk was verified: every greeted inbound peer hears of it.
     func announceHave(_ index: Int) {
         guard servingPartial, index < servedChunkCount else { return }
-        for handler in serveHandlers.values { handler.send(.have(index: UInt32(index))) }
+        for handler in serveHandlers.values { handler.send(.have(index: UInt32(index)), afterTurn: true) }
     }
 
     /// Listens, and serves the share once its manifest is known. A download listens from
@@ -283,7 +283,8 @@ final class ServeHandler: ChannelInboundHandler, RemovableChannelHandler, @unche
             buffer.writeInteger(piece.index)
             buffer.writeInteger(UInt32(chunk.count))
             buffer.writeBytes(chunk)
-            context.writeAndFlush(wrapOutboundOut(.encoded(buffer)), promise: promise)
+            context.write(wrapOutboundOut(.encoded(buffer)), promise: promise)
+            service.flushAfterTurn(context.channel)
             return
         }
         if codec.sealsInPlace {
@@ -303,7 +304,8 @@ final class ServeHandler: ChannelInboundHandler, RemovableChannelHandler, @unche
                 context.close(promise: nil)
                 return
             }
-            context.writeAndFlush(wrapOutboundOut(.encoded(buffer)), promise: promise)
+            context.write(wrapOutboundOut(.encoded(buffer)), promise: promise)
+            service.flushAfterTurn(context.channel)
             return
         }
         do {
@@ -317,13 +319,18 @@ final class ServeHandler: ChannelInboundHandler, RemovableChannelHandler, @unche
         }
     }
 
-    func send(_ message: PeerMessage) {
+    /// Sends now, or with `afterTurn` after this turn of the event loop with the turn's other
+    /// writes to this peer (a `have` per chunk verified costs one TCP send per burst). Only
+    /// what is not followed by a close may wait: a close drops writes not yet flushed.
+    func send(_ message: PeerMessage, afterTurn: Bool = false) {
+        guard let context else { return }
         do {
-            context?.writeAndFlush(wrapOutboundOut(.frame(try codec.frame(message))), promise: nil)
+            context.write(wrapOutboundOut(.frame(try codec.frame(message))), promise: nil)
+            if afterTurn { service.flushAfterTurn(context.channel) } else { context.flush() }
         } catch {
             service.logger.warning("peer \(peer): \(error); disconnecting")
             service.reportPluginFailure(codec)
-            context?.close(promise: nil)
+            context.close(promise: nil)
         }
     }
 

@@ -95,6 +95,10 @@ public final class TransferService: WorkerService, @unchecked Sendable {
     /// Requests queued this turn of the loop (`sendToHash`).
     private var toHash: [ChunkRequest] = []
     private var flushToHashScheduled = false
+    /// Reports and socket flushes held until the end of this turn of the loop (`afterTurn`).
+    private var toSupervisor: [WorkerReport] = []
+    private var toFlush: [ObjectIdentifier: Channel] = [:]
+    private var afterTurnScheduled = false
 
     // Relays.
     /// The share's DHT key, which names it at relays; the relays to reach it through (when
@@ -183,7 +187,39 @@ public final class TransferService: WorkerService, @unchecked Sendable {
     }
 
     /// Sends to the supervisor; a broken pipe means the supervisor is gone, so we go too.
-    func tell(_ message: WorkerReport) { pipe.sendOrExit(message, logger: logger) }
+    /// On the event loop, what one turn says goes in one write after the turn (a burst of
+    /// verdicts from the hash worker is one wake-up of the supervisor, not one per chunk).
+    func tell(_ message: WorkerReport) {
+        guard loop.inEventLoop else { return pipe.sendOrExit(message, logger: logger) }
+        toSupervisor.append(message)
+        afterTurn()
+    }
+
+    /// Flushes `channel` after this turn of the event loop, with every other write of the
+    /// turn: a burst of chunks read or verified is one TCP send per peer, not one per chunk.
+    func flushAfterTurn(_ channel: Channel) {
+        toFlush[ObjectIdentifier(channel)] = channel
+        afterTurn()
+    }
+
+    private func afterTurn() {
+        guard !afterTurnScheduled else { return }
+        afterTurnScheduled = true
+        loop.execute { [self] in
+            afterTurnScheduled = false
+            let channels = toFlush.values
+            toFlush.removeAll(keepingCapacity: true)
+            for channel in channels { channel.flush() }
+            let reports = toSupervisor
+            toSupervisor.removeAll(keepingCapacity: true)
+            do {
+                try pipe.send(reports)
+            } catch {
+                logger.error("lost the supervisor: \(error)")
+                exit(70)
+            }
+        }
+    }
 
     /// The pipeline could not be set up (a plugin refused its options, say): nothing is
     /// served or fetched, and the supervisor, told so, ends the run. A `share` must not print

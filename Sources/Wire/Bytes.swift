@@ -119,6 +119,13 @@ public struct ByteReader {
         defer { offset += count }
         return Array(bytes[offset..<offset + count])
     }
+    /// Steps over `count` bytes (checked like any read); returns where they began.
+    @discardableResult
+    public mutating func skip(_ count: Int) throws -> Int {
+        try need(count)
+        defer { offset += count }
+        return offset
+    }
     /// A 32-bit length-prefixed byte string, refused before allocation when over `limit`.
     public mutating func blob(limit: Int, what: String = "field") throws -> [UInt8] {
         let length = Int(try u32())

@@ -95,6 +95,63 @@ final class ManifestTests: XCTestCase {
         XCTAssertNoThrow(try SharePath.validateTree([("a", true), ("a/b", false), ("a/c", true)]))
     }
 
+    func testFileAsFolderIsFoundPastSiblingsThatSortBetween() {
+        // "r/a-b" sorts between "r/a" and "r/a/c" ('-' < '/'): the check must not look only
+        // at neighbours.
+        let tree = [("r", true), ("r/a", false), ("r/a-b", false), ("r/a/c", false)]
+        XCTAssertThrowsError(try SharePath.validateTree(tree)) { error in
+            XCTAssertEqual("\(error)", "'r/a' is both a file and a folder")
+        }
+        XCTAssertThrowsError(
+            try SharePath.validateTree([("r", true), ("r/x", false), ("r/x.y", false), ("r/x/z", true)]))
+        XCTAssertNoThrow(try SharePath.validateTree([("r", true), ("r/x", true), ("r/x-y", false), ("r/x/z", false)]))
+        XCTAssertThrowsError(try SharePath.validateTree([("r", true), ("r/b", false), ("r/a", false), ("r/b", false)]))
+    }
+
+    func testPathsThatAreNotUTF8AreRefused() {
+        var writer = ByteWriter()
+        writer.raw(Manifest.magic)
+        writer.u32(65536)
+        writer.u32(1)
+        writer.u8(Manifest.Kind.directory.rawValue)
+        writer.u16(3)
+        writer.raw([UInt8(ascii: "a"), 0xC3, 0x28])  // a lone lead byte
+        XCTAssertThrowsError(try Manifest.decode(writer.bytes)) { error in
+            XCTAssertEqual("\(error)", "string is not valid UTF-8")
+        }
+    }
+
+    /// The manifest is read out of its own bytes: every entry, chunk location and chunk hash
+    /// must be what was put in, across files of one, several and no chunks.
+    func testEntriesLocationsAndHashesReadBackFromTheBytes() throws {
+        let chunk = 64 * 1024
+        var items: [Manifest.Item] = [.directory("r")]
+        var expected: [[UInt8]] = []
+        for (number, chunks) in [1, 3, 0, 2, 1].enumerated() {
+            let hashes = (0..<chunks).map { ChunkHash.of([UInt8(number), UInt8($0)]) }
+            expected += hashes
+            let size = chunks == 0 ? 0 : UInt64((chunks - 1) * chunk + 100 + number)
+            items.append(.file("r/f\(number)", size: size, chunkHashes: hashes))
+        }
+        let manifest = try Manifest.decode(Manifest(chunkSize: chunk, entries: items).encoded())
+        XCTAssertEqual(manifest.entryCount, 6)
+        XCTAssertEqual(manifest.chunkCount, 7)
+        XCTAssertEqual(manifest.entries.map(\.path), ["r", "r/f0", "r/f1", "r/f2", "r/f3", "r/f4"])
+        XCTAssertEqual(manifest.entries.map(\.firstChunk), [0, 0, 1, 4, 4, 6])
+        XCTAssertEqual(manifest.entries.map(\.chunkCount), [0, 1, 3, 0, 2, 1])
+        for index in 0..<manifest.chunkCount {
+            XCTAssertEqual(Array(manifest.expectedHash(ofChunk: index)), expected[index])
+            XCTAssertTrue(manifest.isExpected(expected[index], ofChunk: index))
+        }
+        XCTAssertFalse(manifest.isExpected(expected[0], ofChunk: 1))
+        XCTAssertFalse(manifest.isExpected(expected[0], ofChunk: 7), "out of range is not expected")
+        XCTAssertEqual(manifest.chunkLocations[3], .init(entryIndex: 2, offset: 2 * 65536, length: 101))
+        XCTAssertEqual(manifest.chunkLocations[5], .init(entryIndex: 4, offset: 65536, length: 103))
+        let sizes: [UInt64] = [100, 2 * 65536 + 101, 0, 65536 + 103, 104]
+        XCTAssertEqual(manifest.totalBytes, sizes.reduce(0, +))
+        XCTAssertEqual(manifest.entries.map(\.size), [0] + sizes)
+    }
+
     func testMerkleRoot() {
         let a = ChunkHash.of([1])
         let b = ChunkHash.of([2])

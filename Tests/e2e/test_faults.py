@@ -12,7 +12,7 @@ import time
 import pytest
 
 import peerwire
-from conftest import BIN, alive, children_of, get, leftovers, worker_pid
+from conftest import BIN, alive, children_of, get, leftovers, tree_bytes, worker_pid
 
 
 def big_source(tmp_path, mib=200):
@@ -366,6 +366,42 @@ def test_resume_after_sigkill_of_the_supervisor_fetches_only_what_is_missing(see
     assert fetched <= (chunks - on_disk + 1) * chunk_size, (fetched, on_disk, chunks)
     assert (out / "data.bin").read_bytes() == source.read_bytes()
     assert leftovers(out) == ["data.bin"]
+
+
+def test_a_folder_download_killed_midway_resumes_with_what_it_had(seed, tmp_path):
+    """Files of a folder are created when their first chunk arrives; a download killed
+    midway (some files written, most not yet created) must resume with the written ones and
+    fetch only the rest."""
+    root = tmp_path / "src" / "pics"
+    for index in range(600):
+        folder = root / f"d{index // 100}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"p{index:03}.raw").write_bytes(os.urandom(20_000))
+    (root / "empty.txt").write_bytes(b"")
+    seeder = seed(root, "--max-upload", "4MiB/s")
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = subprocess.Popen([BIN, "get", seeder.link, "-o", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline and proc.poll() is None:
+        staged = [p for p in out.glob(".peershare-*.partial/pics/d*/*.raw")]
+        if len(staged) >= 150:
+            proc.kill()
+            break
+        time.sleep(0.01)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the download finished before it could be killed"
+    staged = list(out.glob(".peershare-*.partial/pics/d*/*.raw"))
+    assert 150 <= len(staged) < 600, "files are created as their chunks arrive, not all up front"
+    result = get(seeder.link, out, timeout=120)
+    assert result.returncode == 0, result.stderr
+    on_disk = int(result.stderr.split(" of ")[0].split()[-1])
+    fetched = int(result.stdout.split("fetched ")[1].split()[0])
+    assert on_disk >= 140, result.stderr
+    assert fetched <= (600 - on_disk + 2) * 20_000, (fetched, on_disk)
+    assert tree_bytes(out / "pics") == tree_bytes(root)
+    assert leftovers(out) == ["pics"]
 
 
 def test_liars_are_banned_and_the_download_completes_from_honest_peers(seed, tmp_path):

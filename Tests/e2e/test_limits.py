@@ -60,6 +60,31 @@ def test_upload_limit_scales_transfer_time(tmp_path):
     assert 1.8 <= ratio <= 2.2, times
 
 
+def test_a_folder_of_small_files_is_limited_by_its_bytes_not_by_its_chunk_size(tmp_path):
+    """A 3 MB folder of 300 files of 10 KB: each is a chunk of 10 KB in a share whose chunk
+    size is 64 KiB. The download limit is paid per byte fetched, so the folder takes as long
+    as one 3 MB file at the same limit (paid per chunk size, it took six times longer)."""
+    folder = tmp_path / "small"
+    folder.mkdir()
+    for index in range(300):
+        (folder / f"f{index:03}").write_bytes(os.urandom(10_000))
+    single = tmp_path / "single.bin"
+    single.write_bytes(os.urandom(300 * 10_000))
+    times = {}
+    for name, source in (("folder", folder), ("file", single)):
+        seeder = Seeder(source)
+        try:
+            out = tmp_path / f"out-{name}"
+            out.mkdir()
+            times[name] = timed_download(seeder.link, out, "--max-download", "1MiB/s")
+        finally:
+            seeder.stop()
+    ratio = times["folder"] / times["file"]
+    print(f"--max-download 1 MiB/s: 300 x 10 KB in {times['folder']:.2f} s, one 3 MB file in "
+          f"{times['file']:.2f} s, ratio {ratio:.2f} (ideal 1)")
+    assert 0.7 <= ratio <= 1.4, times
+
+
 def test_bad_rate_is_a_usage_error(tmp_path):
     result = subprocess.run([BIN, "get", "peershare://" + "ab" * 32, "--max-download", "fast"],
                             capture_output=True, text=True, timeout=30)

@@ -19,6 +19,8 @@ pid_t peershare_spawn_fds(
 /// memfd_create(name, MFD_CLOEXEC): an anonymous shared-memory file (the chunk pool).
 /// Returns the descriptor, or -1 with errno set.
 int peershare_memfd(const char *name);
+/* syncfs(2): flushes the filesystem that holds `fd`, in one call. */
+int peershare_syncfs(int fd);
 
 /// Keeps chunk-sized allocations in the heap (no mmap/munmap, no trimming per buffer).
 void peershare_tune_allocator(void);
