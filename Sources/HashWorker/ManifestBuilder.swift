@@ -85,10 +85,11 @@ struct ManifestBuilder {
         var buffer = [UInt8](repeating: 0, count: chunkSize)
         var done: UInt64 = 0
         var lastReport: UInt64 = 0
-        var entries: [Manifest.Item] = []
+        var manifest = Manifest.Writer(chunkSize: chunkSize, entryCount: items.count)
+        var hashes: [UInt8] = []
         for item in items {
             if item.isDirectory {
-                entries.append(.directory(item.sharePath))
+                manifest.addDirectory(item.sharePath)
                 continue
             }
             let fd = open(item.diskPath, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)
@@ -96,12 +97,12 @@ struct ManifestBuilder {
                 throw Failure(description: "cannot open '\(item.diskPath)': \(String(cString: strerror(errno)))")
             }
             defer { close(fd) }
-            var hashes: [[UInt8]] = []
+            hashes.removeAll(keepingCapacity: true)
             var offset: UInt64 = 0
             while offset < item.size {
                 let length = Int(min(UInt64(chunkSize), item.size - offset))
                 try FileIO.readExactly(fd, into: &buffer, count: length, at: offset, path: item.diskPath)
-                hashes.append(buffer.withUnsafeBytes { ChunkHash.of(UnsafeRawBufferPointer(rebasing: $0[0..<length])) })
+                hashes += buffer.withUnsafeBytes { ChunkHash.of(UnsafeRawBufferPointer(rebasing: $0[0..<length])) }
                 offset += UInt64(length)
                 done += UInt64(length)
                 if done - lastReport >= 64 << 20 {
@@ -109,15 +110,14 @@ struct ManifestBuilder {
                     progress(done, total)
                 }
             }
-            entries.append(.file(item.sharePath, size: item.size, chunkHashes: hashes))
+            manifest.addFile(item.sharePath, size: item.size, chunkHashes: hashes)
+            guard manifest.encodedSize <= Manifest.maxEncodedSize else {
+                throw Failure(description: "the share has too many files or chunks for one manifest")
+            }
         }
         progress(done, total)
-        let manifest = Manifest(chunkSize: chunkSize, entries: entries)
-        guard manifest.encoded().count <= Manifest.maxEncodedSize else {
-            throw Failure(description: "the share has too many files or chunks for one manifest")
-        }
         // Checked as every downloader will check it: a name peers would refuse fails here.
-        return try Manifest.decode(manifest.encoded())
+        return try manifest.validatedManifest()
     }
 }
 

@@ -83,25 +83,56 @@ public struct Manifest: Equatable, Sendable {
 
     /// Builds a manifest from its items; they are trusted (this process made them).
     public init(chunkSize: Int, entries items: [Item]) {
-        var writer = ByteWriter(
-            capacity: 12 + items.reduce(0) { $0 + 64 + $1.path.utf8.count + $1.chunkHashes.count * 32 })
-        writer.raw(Manifest.magic)
-        writer.u32(UInt32(chunkSize))
-        writer.u32(UInt32(items.count))
+        var writer = Writer(chunkSize: chunkSize, entryCount: items.count)
         for item in items {
-            writer.u8(item.kind.rawValue)
-            writer.string(item.path)
             if item.kind == .file {
-                writer.u64(item.size)
-                writer.raw(MerkleTree.root(of: item.chunkHashes))
-                for hash in item.chunkHashes { writer.raw(hash) }
+                writer.addFile(item.path, size: item.size, chunkHashes: item.chunkHashes.flatMap { $0 })
+            } else {
+                writer.addDirectory(item.path)
             }
         }
-        // Items that break the rules (tests make such on purpose) still give a manifest;
-        // `decode` is what refuses them.
-        self =
+        self = writer.manifest()
+    }
+
+    /// Writes a manifest entry by entry, straight into its encoding: a share of 100,000
+    /// files is made without 100,000 items held on the side.
+    public struct Writer {
+        private var writer: ByteWriter
+        private let chunkSize: Int
+
+        public init(chunkSize: Int, entryCount: Int) {
+            self.chunkSize = chunkSize
+            writer = ByteWriter(capacity: 12 + entryCount * 96)
+            writer.raw(Manifest.magic)
+            writer.u32(UInt32(chunkSize))
+            writer.u32(UInt32(entryCount))
+        }
+
+        public var encodedSize: Int { writer.bytes.count }
+
+        public mutating func addDirectory(_ path: String) {
+            writer.u8(Kind.directory.rawValue)
+            writer.string(path)
+        }
+
+        /// `chunkHashes`: the file's chunk hashes laid end to end, 32 bytes each.
+        public mutating func addFile(_ path: String, size: UInt64, chunkHashes: [UInt8]) {
+            writer.u8(Kind.file.rawValue)
+            writer.string(path)
+            writer.u64(size)
+            writer.raw(chunkHashes.withUnsafeBytes { MerkleTree.root(ofConcatenated: $0) })
+            writer.raw(chunkHashes)
+        }
+
+        /// The manifest, indexed but not validated: entries that break the rules (tests make
+        /// such on purpose) still give one; `decode` is what refuses them.
+        public func manifest() -> Manifest {
             (try? Manifest(indexing: writer.bytes, validate: false))
-            ?? Manifest(chunkSize: chunkSize, bytes: writer.bytes, records: [], chunkEntries: [], totalBytes: 0)
+                ?? Manifest(chunkSize: chunkSize, bytes: writer.bytes, records: [], chunkEntries: [], totalBytes: 0)
+        }
+
+        /// The manifest, checked as every peer will check it.
+        public func validatedManifest() throws -> Manifest { try Manifest.decode(writer.bytes) }
     }
 
     private init(chunkSize: Int, bytes: [UInt8], records: [EntryRecord], chunkEntries: [UInt32], totalBytes: UInt64) {

@@ -323,7 +323,7 @@ public final class Supervisor: @unchecked Sendable {
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandlers([
                         FrameChannelDecoder.handler(maxFrameLength: maxFrame),
-                        MessageToByteHandler(FrameChannelEncoder()),
+                        FrameChannelWriter(),
                         WorkerChannelHandler(supervisor: self, role: role, generation: generation),
                     ])
                 }

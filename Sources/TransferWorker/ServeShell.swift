@@ -510,10 +510,7 @@ final class ServedFrameEncoder: ChannelOutboundHandler, RemovableChannelHandler,
         case .encoded(let buffer):
             context.write(wrapOutboundOut(buffer), promise: promise)
         case .frame(let frame):
-            var buffer = context.channel.allocator.buffer(capacity: Frame.headerSize + frame.payload.count)
-            buffer.writeInteger(UInt32(frame.payload.count + 2))
-            buffer.writeInteger(frame.type)
-            buffer.writeBytes(frame.payload)
+            let buffer = FrameChannelWriter.buffer(for: frame, allocator: context.channel.allocator)
             context.write(wrapOutboundOut(buffer), promise: promise)
         }
     }

@@ -66,6 +66,31 @@ public struct FrameChannelEncoder: MessageToByteEncoder {
     }
 }
 
+/// Writes frames, each into a buffer of its own. NIO's `MessageToByteHandler` keeps its
+/// buffer to reuse: after one manifest-sized frame (10 MiB for a share of 100,000 files) it
+/// would hold 16 MiB for the life of the channel. Used where frames that large are written
+/// (the supervisor's pipes to its workers).
+public final class FrameChannelWriter: ChannelOutboundHandler, Sendable {
+    public typealias OutboundIn = Frame
+    public typealias OutboundOut = ByteBuffer
+
+    public init() {}
+
+    public func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        let frame = unwrapOutboundIn(data)
+        context.write(wrapOutboundOut(Self.buffer(for: frame, allocator: context.channel.allocator)), promise: promise)
+    }
+
+    /// The frame's bytes (length, type, payload) in a buffer of exactly their size.
+    public static func buffer(for frame: Frame, allocator: ByteBufferAllocator) -> ByteBuffer {
+        var buffer = allocator.buffer(capacity: Frame.headerSize + frame.payload.count)
+        buffer.writeInteger(UInt32(frame.payload.count + 2))
+        buffer.writeInteger(frame.type)
+        buffer.writeBytes(frame.payload)
+        return buffer
+    }
+}
+
 /// Channel reads sized for chunk traffic: NIO's default adaptive allocator stops at 64 KiB,
 /// so a 512 KiB chunk took eight reads and decoder passes. This one grows to 1 MiB.
 public enum ChunkTrafficReads {

@@ -107,6 +107,34 @@ final class FrameReader: @unchecked Sendable {
         start = 0
     }
 
+    /// A frame larger than the buffer (a manifest): read straight into an array of its own,
+    /// so that it is in memory once, not in a grown buffer and then copied out of it.
+    private func readLargeFrame(descriptor: Int32, length: Int) throws -> [UInt8] {
+        var body = [UInt8](repeating: 0, count: length)
+        var filled = end - start - 4
+        body.withUnsafeMutableBytes { to in
+            buffer.withUnsafeBytes { from in
+                guard let target = to.baseAddress, let source = from.baseAddress else { return }
+                memcpy(target, source + start + 4, filled)
+            }
+        }
+        start = 0
+        end = 0
+        while filled < length {
+            let got = body.withUnsafeMutableBytes { raw -> Int in
+                guard let base = raw.baseAddress else { return -1 }
+                return read(descriptor, base + filled, length - filled)
+            }
+            if got < 0 {
+                if errno == EINTR { continue }
+                throw WorkerError.pipe("read failed: \(String(cString: strerror(errno)))")
+            }
+            if got == 0 { throw WorkerError.pipe("pipe closed in the middle of a frame") }
+            filled += got
+        }
+        return body
+    }
+
     /// The body of the next frame (its length checked before anything is sized); nil at EOF
     /// between frames, or — when not `wait`ing — when no whole frame is buffered.
     func nextFrame(descriptor: Int32, wait: Bool) throws -> [UInt8]? {
@@ -128,6 +156,10 @@ final class FrameReader: @unchecked Sendable {
                         }
                     }
                     return body
+                }
+                if total > buffer.count {
+                    guard wait else { return nil }
+                    return try readLargeFrame(descriptor: descriptor, length: Int(length))
                 }
                 // Room for the whole frame, the partial one moved to the front.
                 if buffer.count - start < total {

@@ -45,7 +45,8 @@ final class WorkerPipeTests: XCTestCase {
     }
 
     /// A burst sent in one write comes out whole, in order, in one `receiveAvailable`; a
-    /// frame larger than the reader's buffer grows it, and one split over writes waits.
+    /// frame larger than the reader's buffer is read into an array of its own (and the frame
+    /// behind it still comes out), and one split over writes waits.
     func testBurstsAndLargeFramesThroughTheBufferedReader() throws {
         let (supervisor, worker, fs, fw) = pair(WorkerCommand.self, WorkerReport.self)
         defer {
