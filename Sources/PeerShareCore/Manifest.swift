@@ -80,6 +80,9 @@ public struct Manifest: Equatable, Sendable {
     /// entry order.
     private let chunkEntries: [UInt32]
     public let totalBytes: UInt64
+    /// The longest chunk (at most `chunkSize`; in a folder of small files, the largest file):
+    /// what a buffer for any one chunk must hold.
+    public let largestChunkLength: Int
 
     /// Builds a manifest from its items; they are trusted (this process made them).
     public init(chunkSize: Int, entries items: [Item]) {
@@ -128,19 +131,25 @@ public struct Manifest: Equatable, Sendable {
         /// such on purpose) still give one; `decode` is what refuses them.
         public func manifest() -> Manifest {
             (try? Manifest(indexing: writer.bytes, validate: false))
-                ?? Manifest(chunkSize: chunkSize, bytes: writer.bytes, records: [], chunkEntries: [], totalBytes: 0)
+                ?? Manifest(
+                    chunkSize: chunkSize, bytes: writer.bytes, records: [], chunkEntries: [], totalBytes: 0,
+                    largestChunkLength: 0)
         }
 
         /// The manifest, checked as every peer will check it.
         public func validatedManifest() throws -> Manifest { try Manifest.decode(writer.bytes) }
     }
 
-    private init(chunkSize: Int, bytes: [UInt8], records: [EntryRecord], chunkEntries: [UInt32], totalBytes: UInt64) {
+    private init(
+        chunkSize: Int, bytes: [UInt8], records: [EntryRecord], chunkEntries: [UInt32], totalBytes: UInt64,
+        largestChunkLength: Int
+    ) {
         self.chunkSize = chunkSize
         self.bytes = bytes
         self.records = records
         self.chunkEntries = chunkEntries
         self.totalBytes = totalBytes
+        self.largestChunkLength = largestChunkLength
     }
 
     /// Two manifests are equal when their canonical bytes are.
@@ -264,6 +273,7 @@ public struct Manifest: Equatable, Sendable {
         records.reserveCapacity(entryCount)
         var chunkEntries: [UInt32] = []
         var totalBytes: UInt64 = 0
+        var largestChunkLength = 0
         for entryIndex in 0..<entryCount {
             guard let kind = Kind(rawValue: try reader.u8()) else {
                 throw DecodeError.invalid("unknown entry kind")
@@ -300,13 +310,15 @@ public struct Manifest: Equatable, Sendable {
             }
             chunkEntries.append(contentsOf: repeatElement(UInt32(entryIndex), count: count))
             totalBytes += size
+            largestChunkLength = max(largestChunkLength, Int(min(size, UInt64(chunkSize))))
         }
         try reader.expectEnd()
         if validate {
             try SharePath.validateTree(PathTable(bytes: bytes, records: records))
         }
         self.init(
-            chunkSize: chunkSize, bytes: bytes, records: records, chunkEntries: chunkEntries, totalBytes: totalBytes)
+            chunkSize: chunkSize, bytes: bytes, records: records, chunkEntries: chunkEntries, totalBytes: totalBytes,
+            largestChunkLength: largestChunkLength)
     }
 }
 

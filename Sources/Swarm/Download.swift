@@ -52,7 +52,8 @@ public struct Download: Sendable {
         /// The piece just received from this peer goes to the hash worker to be verified.
         case verify(index: Int, from: PeerID)
         /// The manifest arrived and matches the share id: tell the supervisor.
-        case manifestVerified(bytes: [UInt8], chunkSize: Int)
+        /// The manifest checked out; `largestChunk`: the longest chunk it has.
+        case manifestVerified(bytes: [UInt8], chunkSize: Int, largestChunk: Int)
         /// Connected peers past their handshake, when that number changes.
         case peerCount(Int)
         /// A chunk was verified: peers we serve hear of it (`have`).
@@ -423,7 +424,8 @@ public struct Download: Sendable {
         where state.established && state.chunkCount != manifest.chunkCount {
             close(other, "claims \(state.chunkCount) chunks; the share has \(manifest.chunkCount)", &out)
         }
-        out.append(.manifestVerified(bytes: bytes, chunkSize: manifest.chunkSize))
+        out.append(
+            .manifestVerified(bytes: bytes, chunkSize: manifest.chunkSize, largestChunk: manifest.largestChunkLength))
     }
 
     private mutating func connect(_ address: String, nearby: Bool = false, now: Double, _ out: inout [Directive]) {

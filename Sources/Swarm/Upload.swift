@@ -22,8 +22,9 @@ public struct Upload: Sendable {
     /// downloader serving seven others to 7 MiB of chunks on their way out (four took its
     /// transfer worker to 64–73 MiB in 1 → 8, two to 60; 1 → 1 and 4 → 1 as fast).
     public static let defaultReadAhead = 2
-    /// This Instance's read-ahead (tests use deeper ones to queue more pieces).
-    public let readAheadChunks: Int
+    /// This Instance's read-ahead (tests use deeper ones to queue more pieces; a share of
+    /// small chunks, more of them: `setReadAhead`).
+    public private(set) var readAheadChunks: Int
 
     public enum Directive: Sendable, Equatable {
         /// Ask the hash worker for chunk `index`; answer with `readDone` or `readFailed`.
@@ -72,6 +73,12 @@ public struct Upload: Sendable {
         self.readAheadChunks = max(1, readAhead)
         uploadBucket = TokenBucket(rate: uploadRate, now: now)
         self.perPeerRate = perPeerRate
+    }
+
+    /// Reads ahead `chunks` per connection from now on (at least one, at most as many as a
+    /// peer may have outstanding).
+    public mutating func setReadAhead(_ chunks: Int) {
+        readAheadChunks = min(max(1, chunks), Upload.maxOutstanding)
     }
 
     public var connectionCount: Int { connections.count }

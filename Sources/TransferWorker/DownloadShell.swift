@@ -155,8 +155,8 @@ final class DownloadShell: @unchecked Sendable {
                 } else {
                     arrivingPiece.withBytes { service.store(index: UInt32(index), bytes: $0, from: address) }
                 }
-            case .manifestVerified(let bytes, let chunkSize):
-                service.useChunkSize(chunkSize)
+            case .manifestVerified(let bytes, let chunkSize, let largestChunk):
+                service.useSlots(chunkSize: chunkSize, largestChunk: largestChunk)
                 for connection in connections.values { connection.codec.decodeLimit = chunkSize + 64 }
                 service.tell(.manifestReceived(manifest: bytes))
             case .peerCount(let count):

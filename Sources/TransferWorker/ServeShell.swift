@@ -44,7 +44,7 @@ extension TransferService {
             do {
                 let decoded = try Manifest.decode(manifest)
                 servedChunkCount = decoded.chunkCount
-                useChunkSize(decoded.chunkSize)
+                useSlots(chunkSize: decoded.chunkSize, largestChunk: decoded.largestChunkLength)
             } catch {
                 tell(.failure(requestID: 0, code: 65, message: "cannot serve: \(error)"))
                 return

@@ -335,11 +335,22 @@ public final class TransferService: WorkerService, @unchecked Sendable {
         startWaiting()
     }
 
-    /// Cuts the pool into slots of the share's chunk size, once it is known.
-    func useChunkSize(_ chunkSize: Int) {
+    /// Cuts the pool into slots as long as the share's longest chunk, once the manifest is
+    /// known. A folder of 10 KiB files in 512 KiB chunks then has 256 slots of 10 KiB, not 32
+    /// of 512 KiB mostly empty, and reads ahead as many chunks as the pool can hold in
+    /// about two chunk sizes: its small chunks go to the hash worker in bursts.
+    func useSlots(chunkSize: Int, largestChunk: Int) {
         guard slots == nil, let pool else { return }
-        slots = ChunkSlots(poolBytes: pool.byteCount, slotBytes: chunkSize, leadBytes: ChunkPool.slotLeadBytes)
-        if slots == nil { logger.error("the chunk pool cannot hold chunks of \(chunkSize) bytes") }
+        // Rounded up to whole cache lines: slots stay aligned for the cipher and the hash.
+        let slotBytes = max(64, (min(chunkSize, largestChunk) + 63) / 64 * 64)
+        slots = ChunkSlots(poolBytes: pool.byteCount, slotBytes: slotBytes, leadBytes: ChunkPool.slotLeadBytes)
+        guard let slots else {
+            return logger.error("the chunk pool cannot hold chunks of \(slotBytes) bytes")
+        }
+        upload.setReadAhead(min(max(Upload.defaultReadAhead, 2 * chunkSize / slotBytes), slots.count / 8))
+        logger.info(
+            "chunk pool: \(slots.count) slots of \(slotBytes) bytes; reading \(upload.readAheadChunks) chunks ahead per peer"
+        )
     }
 
     /// Hands a chunk that arrived from `peer` to the hash worker, which verifies it against

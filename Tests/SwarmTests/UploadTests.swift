@@ -37,6 +37,22 @@ final class UploadTests: XCTestCase {
         XCTAssertEqual(upload.outstanding(1), 39)
     }
 
+    /// A share of small chunks reads further ahead (`setReadAhead`), still within bounds: the
+    /// waiting requests go to the hash worker together, never more than asked or allowed.
+    func testADeeperReadAheadReadsMoreAtOnceWithinItsBounds() {
+        var upload = Upload(now: 0)
+        upload.setReadAhead(32)
+        upload.opened(1, now: 0)
+        var out: [Directive] = []
+        for index in 0..<40 { out += upload.requested(1, index: UInt32(index), servable: true, now: 0) }
+        XCTAssertEqual(Self.reads(out).count, 32)
+        XCTAssertEqual(upload.inMemory(1), 32)
+        upload.setReadAhead(10_000)
+        XCTAssertEqual(upload.readAheadChunks, Upload.maxOutstanding, "never more than a peer may ask for")
+        upload.setReadAhead(0)
+        XCTAssertEqual(upload.readAheadChunks, 1)
+    }
+
     func testAFloodOfRequestsFailsTheConnection() {
         var upload = Upload(now: 0)
         upload.opened(1, now: 0)

@@ -74,6 +74,25 @@ def test_a_folder_of_more_files_than_the_descriptor_limit(seed, tmp_path):
     assert tree_bytes(out / "many") == tree_bytes(root)
 
 
+def test_a_folder_of_small_files_gets_slots_its_size_and_reads_ahead_more(seed, tmp_path):
+    """Chunks never span files: 200 files of 4,000 bytes are 200 chunks of 4,000 bytes in a
+    share of 64 KiB chunks. Both sides cut their chunk pool into slots of the longest chunk
+    (rounded up to 64 bytes), not of the chunk size, and the seeder reads more chunks ahead."""
+    root = tmp_path / "small"
+    root.mkdir()
+    for index in range(200):
+        (root / f"f{index:03}").write_bytes(os.urandom(4000))
+    seeder = seed(root, "--log-level", "info")
+    out = tmp_path / "out"
+    out.mkdir()
+    result = get(seeder.link, out, "--log-level", "info")
+    assert result.returncode == 0, result.stderr
+    assert tree_bytes(out / "small") == tree_bytes(root)
+    assert "chunk pool: 256 slots of 4032 bytes; reading 32 chunks ahead per peer" in result.stderr
+    seeder.stop()
+    assert "chunk pool: 256 slots of 4032 bytes; reading 32 chunks ahead per peer" in seeder.proc.stderr.read()
+
+
 def test_link_is_the_first_line_and_downloads_from_hint(seed, tmp_path):
     source = tmp_path / "a.txt"
     source.write_text("x" * 1000)
