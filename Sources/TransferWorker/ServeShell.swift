@@ -283,8 +283,7 @@ final class ServeHandler: ChannelInboundHandler, RemovableChannelHandler, @unche
             buffer.writeInteger(piece.index)
             buffer.writeInteger(UInt32(chunk.count))
             buffer.writeBytes(chunk)
-            context.write(wrapOutboundOut(.encoded(buffer)), promise: promise)
-            service.flushAfterTurn(context.channel)
+            flushPiece(.encoded(buffer), promise: promise, context: context)
             return
         }
         if codec.sealsInPlace {
@@ -304,8 +303,7 @@ final class ServeHandler: ChannelInboundHandler, RemovableChannelHandler, @unche
                 context.close(promise: nil)
                 return
             }
-            context.write(wrapOutboundOut(.encoded(buffer)), promise: promise)
-            service.flushAfterTurn(context.channel)
+            flushPiece(.encoded(buffer), promise: promise, context: context)
             return
         }
         do {
@@ -317,6 +315,18 @@ final class ServeHandler: ChannelInboundHandler, RemovableChannelHandler, @unche
             service.reportPluginFailure(codec)
             context.close(promise: nil)
         }
+    }
+
+    /// A small piece is flushed after this turn of the loop with the turn's others (a burst
+    /// of 10 KiB chunks is one TCP send, not one each); a large one at once, so that its
+    /// buffer is in the socket, and free, before the next one is built (a burst of 512 KiB
+    /// pieces held to the end of the turn took a downloader serving seven peers 12 MiB more).
+    private func flushPiece(_ piece: ServedFrame, promise: EventLoopPromise<Void>, context: ChannelHandlerContext) {
+        guard case .encoded(let buffer) = piece, buffer.readableBytes < 64 * 1024 else {
+            return context.writeAndFlush(wrapOutboundOut(piece), promise: promise)
+        }
+        context.write(wrapOutboundOut(piece), promise: promise)
+        service.flushAfterTurn(context.channel)
     }
 
     /// Sends now, or with `afterTurn` after this turn of the event loop with the turn's other
