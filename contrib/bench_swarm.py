@@ -5,8 +5,8 @@
 
 For each row: MB/s (share size x downloaders / wall time from launch to the last download
 finished, worker startup and the final fsync included), total CPU seconds per GiB moved
-(every process of every peer, from /proc), and the peak RSS per kind of process (sampled
-every 20 ms). libtorrent runs as separate python3-libtorrent processes (contrib/lt_transfer.py),
+(every process of every peer, from /proc), and the peak RSS per kind of process (each
+process's VmHWM, read every 20 ms while it lives). libtorrent runs as separate python3-libtorrent processes (contrib/lt_transfer.py),
 TCP only, joined with connect_peer, a torrent made by mktorrent with the same piece size as
 PeerShare's chunks. PeerShare downloaders in the 1 -> 8 row are told of each other (--peer),
 as libtorrent's peer exchange tells its downloaders.
@@ -61,7 +61,9 @@ def stat(pid):
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
         with open(f"/proc/{pid}/status") as f:
-            rss = next((int(l.split()[1]) for l in f if l.startswith("VmRSS:")), 0)
+            # VmHWM: the kernel's own high-water mark, so a peak between two samples (a
+            # manifest passing through) is not missed, as sampling VmRSS missed it.
+            rss = next((int(l.split()[1]) for l in f if l.startswith("VmHWM:")), 0)
         return (int(fields[11]) + int(fields[12])) / TICK, rss
     except (FileNotFoundError, ProcessLookupError, IndexError, StopIteration):
         return None
