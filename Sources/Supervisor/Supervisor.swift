@@ -322,7 +322,7 @@ public final class Supervisor: @unchecked Sendable {
             .channelInitializer { [self] channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandlers([
-                        FrameChannelDecoder.handler(maxFrameLength: maxFrame),
+                        ChannelMessageDecoder<WorkerReport>.handler(maxFrameLength: maxFrame),
                         FrameChannelWriter(),
                         WorkerChannelHandler(supervisor: self, role: role, generation: generation),
                     ])
@@ -409,14 +409,12 @@ public final class Supervisor: @unchecked Sendable {
 
     // MARK: Events from worker channels
 
-    func received(_ frame: Frame, from role: WorkerRole, generation: Int) {
+    func received(_ decoded: DecodedMessage<WorkerReport>, from role: WorkerRole, generation: Int) {
         guard let worker = workers[role], worker.generation == generation else { return }
         let message: WorkerReport
-        do {
-            message = try WorkerReport(frame: frame)
-        } catch {
-            violation(by: worker, "undecodable message: \(error)")
-            return
+        switch decoded {
+        case .message(let report): message = report
+        case .undecodable(let why): return violation(by: worker, "undecodable message: \(why)")
         }
         if role.mayEmit.contains(message.tag) { worker.lastHeardNs = DispatchTime.now().uptimeNanoseconds }
         perform(worker.life.received(message), for: worker)
@@ -580,7 +578,7 @@ public enum SupervisorError: Error, CustomStringConvertible {
 
 /// The supervisor's end of one worker's pipe: frames in, events out.
 final class WorkerChannelHandler: ChannelInboundHandler {
-    typealias InboundIn = Frame
+    typealias InboundIn = DecodedMessage<WorkerReport>
     let supervisor: Supervisor
     let role: WorkerRole
     let generation: Int

@@ -100,7 +100,7 @@ public struct Download: Sendable {
     public private(set) var scheduler: ChunkScheduler?
     public private(set) var chunkSize = 0
     /// The share's manifest once it arrived: how long each chunk is.
-    private var manifest: Manifest?
+    public private(set) var manifest: Manifest?
     private var peers: [PeerID: Peer] = [:]
     private var attempts: [String: Int] = [:]
     private var lastError: [String: String] = [:]

@@ -40,6 +40,13 @@ enum ArrivingFrame {
 struct ArrivingFrameDecoder: NIOSingleStepByteToMessageDecoder {
     typealias InboundOut = ArrivingFrame
     let maxFrameLength: Int
+    /// Everything that is not taken in place is framed as on any other channel.
+    private var frames: FrameChannelDecoder
+
+    init(maxFrameLength: Int) {
+        self.maxFrameLength = maxFrameLength
+        frames = FrameChannelDecoder(maxFrameLength: maxFrameLength)
+    }
 
     /// Sealed frames at least this long (a piece header and the smallest cipher overhead)
     /// are passed on in place, to be opened into a slot: they may be pieces. The frequent
@@ -47,30 +54,29 @@ struct ArrivingFrameDecoder: NIOSingleStepByteToMessageDecoder {
     static let smallestSealedPiece = PieceHeader.bytes + 16
 
     mutating func decode(buffer: inout ByteBuffer) throws -> ArrivingFrame? {
-        guard let length = buffer.getInteger(at: buffer.readerIndex, as: UInt32.self) else { return nil }
-        try FrameError.check(length: length, limit: maxFrameLength)
-        guard buffer.readableBytes >= 4 + Int(length) else { return nil }
-        // The frame's `u16 type ‖ payload`: for a piece, exactly its message.
-        let start = buffer.readerIndex + 4
-        let piece = buffer.withUnsafeReadableBytes {
-            PieceHeader.parse(UnsafeRawBufferPointer(rebasing: $0[4..<(4 + Int(length))]))
-        }
-        if let piece, let chunk = buffer.getSlice(at: start + PieceHeader.bytes, length: piece.length) {
-            buffer.moveReaderIndex(forwardBy: 4 + Int(length))
-            return .piece(index: piece.index, chunk: chunk)
-        }
-        if Int(length) - 2 >= Self.smallestSealedPiece,
-            buffer.getInteger(at: start, as: UInt16.self) == PeerMessage.sealedFrameType,
-            let payload = buffer.getSlice(at: start + 2, length: Int(length) - 2)
+        if !frames.isGathering, let length = buffer.getInteger(at: buffer.readerIndex, as: UInt32.self),
+            let type = buffer.getInteger(at: buffer.readerIndex + 4, as: UInt16.self),
+            type == PeerMessage.Tag.piece.rawValue || type == PeerMessage.sealedFrameType
         {
-            buffer.moveReaderIndex(forwardBy: 4 + Int(length))
-            return .sealed(payload: payload)
+            try FrameError.check(length: length, limit: maxFrameLength)
+            guard buffer.readableBytes >= 4 + Int(length) else { return nil }
+            // The frame's `u16 type ‖ payload`: for a piece, exactly its message.
+            let start = buffer.readerIndex + 4
+            let piece = buffer.withUnsafeReadableBytes {
+                PieceHeader.parse(UnsafeRawBufferPointer(rebasing: $0[4..<(4 + Int(length))]))
+            }
+            if let piece, let chunk = buffer.getSlice(at: start + PieceHeader.bytes, length: piece.length) {
+                buffer.moveReaderIndex(forwardBy: 4 + Int(length))
+                return .piece(index: piece.index, chunk: chunk)
+            }
+            if Int(length) - 2 >= Self.smallestSealedPiece, type == PeerMessage.sealedFrameType,
+                let payload = buffer.getSlice(at: start + 2, length: Int(length) - 2)
+            {
+                buffer.moveReaderIndex(forwardBy: 4 + Int(length))
+                return .sealed(payload: payload)
+            }
         }
-        buffer.moveReaderIndex(forwardBy: 4)
-        guard let type = buffer.readInteger(as: UInt16.self),
-            let payload = buffer.readBytes(length: Int(length) - 2)
-        else { throw FrameError.tooShort(length: length) }
-        return .frame(Frame(type: type, payload: payload))
+        return try frames.decode(buffer: &buffer).map { .frame($0) }
     }
 
     mutating func decodeLast(buffer: inout ByteBuffer, seenEOF: Bool) throws -> ArrivingFrame? {

@@ -41,16 +41,23 @@ extension TransferService {
     func startServing(shareID: [UInt8], manifest: [UInt8], host: String, port: Int) {
         var newlyServing = false
         if !manifest.isEmpty && servedShareID == nil {
-            do {
-                let decoded = try Manifest.decode(manifest)
-                servedChunkCount = decoded.chunkCount
-                useSlots(chunkSize: decoded.chunkSize, largestChunk: decoded.largestChunkLength)
-            } catch {
-                tell(.failure(requestID: 0, code: 65, message: "cannot serve: \(error)"))
-                return
+            // A download serves the manifest it fetched (and checked): kept once, not twice.
+            if let fetched = fetch?.download.manifest, fetched.encoded() == manifest {
+                servedChunkCount = fetched.chunkCount
+                servedManifest = fetched.encoded()
+                useSlots(chunkSize: fetched.chunkSize, largestChunk: fetched.largestChunkLength)
+            } else {
+                do {
+                    let decoded = try Manifest.decode(manifest)
+                    servedChunkCount = decoded.chunkCount
+                    useSlots(chunkSize: decoded.chunkSize, largestChunk: decoded.largestChunkLength)
+                } catch {
+                    tell(.failure(requestID: 0, code: 65, message: "cannot serve: \(error)"))
+                    return
+                }
+                servedManifest = manifest
             }
             servedShareID = shareID
-            servedManifest = manifest
             newlyServing = true
         }
         if let listener {
