@@ -221,7 +221,11 @@ let package = Package(
                 "TransferWorker", "PeerWire", "PeerShareCore", "Wire", .product(name: "NIOCore", package: "swift-nio"),
             ]),
         .testTarget(
-            name: "SupervisorTests", dependencies: ["Supervisor", "WorkerRuntime", "PeerShareCore", "IPC", "Wire"]),
+            name: "SupervisorTests",
+            dependencies: [
+                "Supervisor", "WorkerRuntime", "PeerShareCore", "IPC", "Wire",
+                .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio"),
+            ]),
     ],
     swiftLanguageModes: [.v6]
 )

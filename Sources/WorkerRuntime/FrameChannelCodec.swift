@@ -192,7 +192,8 @@ public final class FrameChannelWriter: ChannelOutboundHandler {
     public func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
         let frame = unwrapOutboundIn(data)
         if current == nil && frame.payload.count < LargeFrame.threshold {
-            context.write(wrapOutboundOut(Self.buffer(for: frame, allocator: context.channel.allocator)), promise: promise)
+            context.write(
+                wrapOutboundOut(Self.buffer(for: frame, allocator: context.channel.allocator)), promise: promise)
             return
         }
         waiting.append(Pending(frame: frame, promise: promise))

@@ -90,4 +90,29 @@ final class ArrivingFrameTests: XCTestCase {
             XCTAssertEqual(error as? FrameError, .tooLarge(length: 0x1000, limit: 1024))
         }
     }
+
+    /// A manifest (10 MB for 100,000 files) is gathered outside the read buffer as it
+    /// arrives, not piled up there; a piece right behind it is still taken in place.
+    func testAManifestIsGatheredOutsideTheReadBuffer() throws {
+        let manifest = (0..<(2 << 20)).map { UInt8(truncatingIfNeeded: $0 &* 13) }
+        let chunk = [UInt8](repeating: 5, count: 70_000)
+        let stream =
+            PeerMessage.manifest(bytes: manifest).frame().encoded()
+            + PeerMessage.piece(index: 2, data: chunk).frame().encoded()
+        var decoder = ArrivingFrameDecoder(maxFrameLength: PeerMessage.maxFrameLength)
+        var buffer = ByteBuffer()
+        var frames: [ArrivingFrame] = []
+        var largestHeld = 0
+        for start in stride(from: 0, to: stream.count, by: 50_000) {
+            buffer.writeBytes(stream[start..<min(stream.count, start + 50_000)])
+            while let frame = try decoder.decode(buffer: &buffer) { frames.append(frame) }
+            if frames.isEmpty { largestHeld = max(largestHeld, buffer.readableBytes) }
+        }
+        XCTAssertLessThan(largestHeld, 50_000)
+        guard frames.count == 2, case .frame(let first) = frames[0], case .piece(2, let bytes) = frames[1] else {
+            return XCTFail("\(frames)")
+        }
+        XCTAssertEqual(try PeerMessage(frame: first), .manifest(bytes: manifest))
+        XCTAssertEqual(Array(bytes.readableBytesView), chunk)
+    }
 }
