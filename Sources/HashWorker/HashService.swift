@@ -106,8 +106,7 @@ public final class HashService: WorkerService, @unchecked Sendable {
         case .buildManifest(let id, let path):
             do {
                 let builder = ManifestBuilder(logger: logger)
-                let items = try builder.walk(path: path)
-                let manifest = try builder.build(items: items) { done, total in
+                let manifest = try builder.build(builder.walk(path: path)) { done, total in
                     try? pipe.send(.hashProgress(requestID: id, bytesDone: done, bytesTotal: total))
                 }
                 let bytes = manifest.encoded()

@@ -103,9 +103,11 @@ public struct Manifest: Equatable, Sendable {
         private var writer: ByteWriter
         private let chunkSize: Int
 
-        public init(chunkSize: Int, entryCount: Int) {
+        /// `expectedBytes`: the encoding's size if known (else a guess from the entry count):
+        /// reserved at once, so a 10 MB manifest is never copied to grow.
+        public init(chunkSize: Int, entryCount: Int, expectedBytes: Int? = nil) {
             self.chunkSize = chunkSize
-            writer = ByteWriter(capacity: 12 + entryCount * 96)
+            writer = ByteWriter(capacity: expectedBytes ?? (12 + entryCount * 96))
             writer.raw(Manifest.magic)
             writer.u32(UInt32(chunkSize))
             writer.u32(UInt32(entryCount))

@@ -241,8 +241,10 @@ public final class DownloadSession: SupervisorDelegate, @unchecked Sendable {
                 return stop(exitCode: ExitCodes.dataError)
             }
             if let verified, started {
-                // A restarted transfer worker: tell it what is already done.
+                // A restarted transfer worker: tell it what is already done, and to serve
+                // the manifest it has fetched again.
                 supervisor.send(.startChunks(verified: verified.bytes), to: .transfer)
+                if !seeding { startServing() }
                 return
             }
             guard manifestBytes == nil else { return }
@@ -367,9 +369,10 @@ public final class DownloadSession: SupervisorDelegate, @unchecked Sendable {
                 return
             }
             // A restarted transfer worker comes back on the same port (the DHT lists it).
+            // While downloading, it serves the manifest it fetched (none is sent).
             supervisor.send(
                 .serve(
-                    shareID: link.shareID.bytes, manifest: manifestBytes, host: listen.host, port: port,
+                    shareID: link.shareID.bytes, manifest: seeding ? manifestBytes : [], host: listen.host, port: port,
                     partial: !seeding),
                 to: .transfer, tracking: .setup(key: "serve"))
             if !servingSaid {
@@ -413,12 +416,13 @@ public final class DownloadSession: SupervisorDelegate, @unchecked Sendable {
         }
     }
 
-    /// Offers the chunks verified so far to other downloaders.
+    /// Offers the chunks verified so far to other downloaders: the transfer worker serves the
+    /// manifest it fetched, so none is sent (10 MB for a share of 100,000 files).
     private func startServing() {
-        guard let listen, let manifestBytes else { return }
+        guard let listen, manifestBytes != nil else { return }
         supervisor.send(
             .serve(
-                shareID: link.shareID.bytes, manifest: manifestBytes, host: listen.host,
+                shareID: link.shareID.bytes, manifest: [], host: listen.host,
                 port: servingPort ?? UInt16(listen.port), partial: true),
             to: .transfer, tracking: .setup(key: "serve"))
     }

@@ -38,8 +38,16 @@ extension TransferService {
     /// Listens, and serves the share once its manifest is known. A download listens from
     /// its start with no manifest yet (hellos are refused until then), so that a seeder
     /// behind a NAT can reach it (a reverse connection) before it has a single chunk.
-    func startServing(shareID: [UInt8], manifest: [UInt8], host: String, port: Int) {
+    ///
+    /// A download's `serve` carries no manifest: it serves the one it fetched (and checked),
+    /// so the 10 MB of a 100,000-file share are not sent back to it, nor kept twice. Until
+    /// that has arrived (a restarted worker fetching it again), it only listens.
+    func startServing(shareID: [UInt8], manifest given: [UInt8], host: String, port: Int) {
         var newlyServing = false
+        var manifest = given
+        if manifest.isEmpty, servingPartial, let fetched = fetch?.download.manifest, fetch?.shareID == shareID {
+            manifest = fetched.encoded()
+        }
         if !manifest.isEmpty && servedShareID == nil {
             // A download serves the manifest it fetched (and checked): kept once, not twice.
             if let fetched = fetch?.download.manifest, fetched.encoded() == manifest {
