@@ -58,7 +58,8 @@ struct ManifestBuilder {
 
         func diskPath(_ index: Int) -> String {
             let range = pathRange(index)
-            return rootDisk + String(decoding: pathBytes[(range.lowerBound + rootNameBytes)..<range.upperBound], as: UTF8.self)
+            return rootDisk
+                + String(decoding: pathBytes[(range.lowerBound + rootNameBytes)..<range.upperBound], as: UTF8.self)
         }
     }
 

@@ -250,7 +250,7 @@ public final class Supervisor: @unchecked Sendable {
 
     private func write(_ message: WorkerCommand, to worker: Worker) {
         guard let channel = worker.channel else { return }
-        channel.writeAndFlush(message.frame(), promise: nil)
+        channel.writeAndFlush(OutgoingFrame.frame(message.frame()), promise: nil)
     }
 
     // MARK: Spawning

@@ -137,7 +137,7 @@ final class RelayRegistrar: @unchecked Sendable {
                 switch result {
                 case .success(let channel):
                     channel.writeAndFlush(
-                        ServedFrame.frame(RelayMessage.attach(circuit: circuit).frame()), promise: nil)
+                        OutgoingFrame.frame(RelayMessage.attach(circuit: circuit).frame()), promise: nil)
                     channel.closeFuture.whenComplete { [self] _ in
                         state.done = true
                         if !state.bridged { attaching -= 1 }
@@ -169,7 +169,7 @@ final class RelayRegistrar: @unchecked Sendable {
                 state.direct = true
                 channel.closeFuture.whenComplete { _ in state.direct = false }
                 // Names the circuit first, as on every connection made for one.
-                channel.writeAndFlush(ServedFrame.frame(RelayMessage.attach(circuit: circuit).frame()), promise: nil)
+                channel.writeAndFlush(OutgoingFrame.frame(RelayMessage.attach(circuit: circuit).frame()), promise: nil)
             })
         guard listenPort > 0 else { return }
         let listening = PeerAddress(host: target.host, port: listenPort)
@@ -184,7 +184,7 @@ final class RelayRegistrar: @unchecked Sendable {
             .whenSuccess { [self] channel in
                 logger.info("reverse connection to \(listening) for a relay circuit")
                 // Names the circuit first: the downloader's listener turns the connection around.
-                channel.writeAndFlush(ServedFrame.frame(RelayMessage.attach(circuit: circuit).frame()), promise: nil)
+                channel.writeAndFlush(OutgoingFrame.frame(RelayMessage.attach(circuit: circuit).frame()), promise: nil)
             }
     }
 }

@@ -109,7 +109,7 @@ extension TransferService {
         try channel.pipeline.syncOperations.addHandlers([
             IdleStateHandler(readTimeout: .seconds(120)),
             FrameChannelDecoder.handler(limit: limit, largest: PeerMessage.maxFrameLength),
-            ServedFrameEncoder(),
+            FrameChannelWriter(),
             ServeHandler(service: self, frameLimit: limit, relayed: relayed),
         ])
     }
@@ -177,7 +177,7 @@ extension TransferService {
 /// Loop-confined, like everything in the transfer worker (hence `@unchecked Sendable`).
 final class ServeHandler: ChannelInboundHandler, RemovableChannelHandler, @unchecked Sendable {
     typealias InboundIn = Frame
-    typealias OutboundOut = ServedFrame
+    typealias OutboundOut = OutgoingFrame
 
     /// Before the hello is accepted: the largest frame (a hello is under 2 KiB, a stage's
     /// handshake message at most 4 KiB plus its header), the time allowed to complete the
@@ -336,7 +336,7 @@ final class ServeHandler: ChannelInboundHandler, RemovableChannelHandler, @unche
     /// of 10 KiB chunks is one TCP send, not one each); a large one at once, so that its
     /// buffer is in the socket, and free, before the next one is built (a burst of 512 KiB
     /// pieces held to the end of the turn took a downloader serving seven peers 12 MiB more).
-    private func flushPiece(_ piece: ServedFrame, promise: EventLoopPromise<Void>, context: ChannelHandlerContext) {
+    private func flushPiece(_ piece: OutgoingFrame, promise: EventLoopPromise<Void>, context: ChannelHandlerContext) {
         guard case .encoded(let buffer) = piece, buffer.readableBytes < 64 * 1024 else {
             return context.writeAndFlush(wrapOutboundOut(piece), promise: promise)
         }
@@ -373,7 +373,7 @@ final class ServeHandler: ChannelInboundHandler, RemovableChannelHandler, @unche
         // pre-built pieces) gives way to the ordinary one, in the same place.
         do {
             let pipeline = context.pipeline.syncOperations
-            let served = try pipeline.handler(type: ServedFrameEncoder.self)
+            let served = try pipeline.handler(type: FrameChannelWriter.self)
             try pipeline.addHandler(MessageToByteHandler(FrameChannelEncoder()), position: .before(self))
             pipeline.removeHandler(served, promise: nil)
         } catch {
@@ -514,29 +514,5 @@ struct PooledPiece {
     func message() -> UnsafeRawBufferPointer {
         PieceHeader.write(index: index, length: chunk.count, into: header)
         return UnsafeRawBufferPointer(full)
-    }
-}
-
-/// What a serving connection writes: a frame to encode, or a piece frame already laid out
-/// in its buffer (built around the chunk's bytes in the pool: `ServeHandler.sendPiece`).
-enum ServedFrame {
-    case frame(Frame)
-    case encoded(ByteBuffer)
-}
-
-/// The serving connection's encoder: frames as `FrameChannelEncoder` writes them, and
-/// pre-built piece frames as they are.
-final class ServedFrameEncoder: ChannelOutboundHandler, RemovableChannelHandler, Sendable {
-    typealias OutboundIn = ServedFrame
-    typealias OutboundOut = ByteBuffer
-
-    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
-        switch unwrapOutboundIn(data) {
-        case .encoded(let buffer):
-            context.write(wrapOutboundOut(buffer), promise: promise)
-        case .frame(let frame):
-            let buffer = FrameChannelWriter.buffer(for: frame, allocator: context.channel.allocator)
-            context.write(wrapOutboundOut(buffer), promise: promise)
-        }
     }
 }

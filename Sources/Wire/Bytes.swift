@@ -22,11 +22,48 @@ public enum DecodeError: Error, Equatable, CustomStringConvertible {
 }
 
 public struct ByteWriter: Sendable {
+    /// What was written; with `keepingBlobsFrom`, less the blobs kept aside (see `parts`).
     public private(set) var bytes: [UInt8]
+    /// Blobs of `keepBlobsFrom` bytes or more, kept by reference, and where in `bytes` they go.
+    private var kept: [(at: Int, blob: [UInt8])] = []
+    private let keepBlobsFrom: Int
 
     public init(capacity: Int = 64) {
         bytes = []
         bytes.reserveCapacity(capacity)
+        keepBlobsFrom = .max
+    }
+
+    /// A writer that does not copy byte arrays of `threshold` bytes or more passed to `blob`
+    /// (a 10 MB manifest): they are written from where they are, by `forEachPart`, and
+    /// `bytes` alone is not the encoding.
+    public init(capacity: Int, keepingBlobsFrom threshold: Int) {
+        bytes = []
+        bytes.reserveCapacity(capacity)
+        keepBlobsFrom = threshold
+    }
+
+    /// How many bytes the encoding has, kept blobs included.
+    public var count: Int { kept.reduce(bytes.count) { $0 + $1.blob.count } }
+
+    /// The encoding in order, a part at a time: `bytes` with the kept blobs in their places.
+    public func forEachPart(_ body: (UnsafeRawBufferPointer) throws -> Void) rethrows {
+        var from = 0
+        try bytes.withUnsafeBytes { all in
+            for (at, blob) in kept {
+                try body(UnsafeRawBufferPointer(rebasing: all[from..<at]))
+                try blob.withUnsafeBytes(body)
+                from = at
+            }
+            try body(UnsafeRawBufferPointer(rebasing: all[from...]))
+        }
+    }
+
+    /// A byte string with a 32-bit length prefix; large ones may be kept by reference.
+    public mutating func blob(_ data: [UInt8]) {
+        guard data.count >= keepBlobsFrom else { return blob(data[...]) }
+        u32(UInt32(data.count))
+        kept.append((bytes.count, data))
     }
 
     public mutating func u8(_ value: UInt8) { bytes.append(value) }

@@ -158,17 +158,24 @@ public struct FrameChannelEncoder: MessageToByteEncoder {
     }
 }
 
+/// What `FrameChannelWriter` writes: a frame, or one already laid out in a buffer (a piece
+/// built around its chunk's bytes in the pool: `ServeHandler.sendPiece`).
+public enum OutgoingFrame: Sendable {
+    case frame(Frame)
+    case encoded(ByteBuffer)
+}
+
 /// Writes frames, each into a buffer of its own. NIO's `MessageToByteHandler` keeps its
 /// buffer to reuse: after one manifest-sized frame (10 MiB for a share of 100,000 files) it
 /// would hold 16 MiB for the life of the channel. Used where frames that large are written
-/// (the supervisor's pipes to its workers).
+/// (the supervisor's pipes to its workers, serving connections that send manifests).
 ///
 /// A frame of `LargeFrame.threshold` bytes or more is written a slice at a time, the next
 /// slice once the last is in the kernel, so that its bytes are in memory once (the frame's
-/// payload) rather than twice (the payload and a buffer as large). Frames written meanwhile
-/// wait their turn behind it, in order. Confined to the channel's event loop.
-public final class FrameChannelWriter: ChannelOutboundHandler {
-    public typealias OutboundIn = Frame
+/// payload) rather than twice (the payload and a buffer as large). What is written
+/// meanwhile waits its turn behind it, in order. Confined to the channel's event loop.
+public final class FrameChannelWriter: ChannelOutboundHandler, RemovableChannelHandler {
+    public typealias OutboundIn = OutgoingFrame
     public typealias OutboundOut = ByteBuffer
 
     /// How much of a large frame is copied out at a time: about what a socket's send
@@ -185,34 +192,40 @@ public final class FrameChannelWriter: ChannelOutboundHandler {
 
     /// The large frame being written, and what waits behind it.
     private var current: Pending?
-    private var waiting = CircularBuffer<Pending>()
+    private var waiting = CircularBuffer<(OutgoingFrame, EventLoopPromise<Void>?)>()
 
     public init() {}
 
     public func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
-        let frame = unwrapOutboundIn(data)
-        if current == nil && frame.payload.count < LargeFrame.threshold {
+        let outgoing = unwrapOutboundIn(data)
+        guard current == nil else { return waiting.append((outgoing, promise)) }
+        switch outgoing {
+        case .encoded(let buffer):
+            context.write(wrapOutboundOut(buffer), promise: promise)
+        case .frame(let frame) where frame.payload.count < LargeFrame.threshold:
             context.write(
                 wrapOutboundOut(Self.buffer(for: frame, allocator: context.channel.allocator)), promise: promise)
-            return
+        case .frame(let frame):
+            current = Pending(frame: frame, promise: promise)
+            writeSlice(context: context)
         }
-        waiting.append(Pending(frame: frame, promise: promise))
-        if current == nil { writeWaiting(context: context) }
     }
 
     public func handlerRemoved(context: ChannelHandlerContext) {
         fail(ChannelError.ioOnClosedChannel)
     }
 
-    /// Writes the frames waiting, up to and including the first slice of the next large one.
+    /// Writes what waits, up to and including the first slice of the next large frame.
     private func writeWaiting(context: ChannelHandlerContext) {
-        while current == nil, let next = waiting.popFirst() {
-            if next.frame.payload.count >= LargeFrame.threshold {
-                current = next
-            } else {
+        while current == nil, let (next, promise) = waiting.popFirst() {
+            switch next {
+            case .encoded(let buffer):
+                context.write(wrapOutboundOut(buffer), promise: promise)
+            case .frame(let frame) where frame.payload.count < LargeFrame.threshold:
                 context.write(
-                    wrapOutboundOut(Self.buffer(for: next.frame, allocator: context.channel.allocator)),
-                    promise: next.promise)
+                    wrapOutboundOut(Self.buffer(for: frame, allocator: context.channel.allocator)), promise: promise)
+            case .frame(let frame):
+                current = Pending(frame: frame, promise: promise)
             }
         }
         guard current != nil else { return context.flush() }
@@ -247,10 +260,10 @@ public final class FrameChannelWriter: ChannelOutboundHandler {
 
     /// The channel is gone: nothing waiting will be written.
     private func fail(_ error: Error) {
-        let pending = (current.map { [$0] } ?? []) + Array(waiting)
+        let promises = [current?.promise] + waiting.map { $0.1 }
         current = nil
         waiting.removeAll()
-        for frame in pending { frame.promise?.fail(error) }
+        for promise in promises { promise?.fail(error) }
     }
 
     /// The frame's bytes (length, type, payload) in a buffer of exactly their size.

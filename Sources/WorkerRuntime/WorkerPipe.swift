@@ -32,23 +32,36 @@ public final class MessagePipe<Outgoing: ChannelMessage, Incoming: ChannelMessag
     }
 
     public func send(_ message: Outgoing) throws {
-        let bytes = message.encoded()
-        try writeLock.withLock { _ in try Self.writeAll(descriptor, bytes) }
+        try send([message])
+    }
+
+    /// Sends several messages in one write (a manifest among them is written from where it
+    /// lies, not copied into the frame: `ByteWriter(keepingBlobsFrom:)`).
+    public func send(_ messages: [Outgoing]) throws {
+        let hint = messages.reduce(0) { $0 + Frame.headerSize + min($1.payloadSizeHint, LargeFrame.threshold) }
+        var frames = ByteWriter(capacity: hint, keepingBlobsFrom: LargeFrame.threshold)
+        for message in messages {
+            let start = frames.count
+            let header = frames.bytes.count
+            frames.u32(0)
+            frames.u16(message.tag.rawValue)
+            message.writePayload(into: &frames)
+            frames.patchU32(at: header, UInt32(frames.count - start - 4))
+        }
+        try writeLock.withLock { _ in try frames.forEachPart { try Self.writeAll(descriptor, $0) } }
     }
 
     /// Writes every byte, however many system calls the socket needs.
-    static func writeAll(_ fd: Int32, _ bytes: [UInt8]) throws {
-        try bytes.withUnsafeBytes { buffer in
-            guard let base = buffer.baseAddress else { return }
-            var done = 0
-            while done < buffer.count {
-                let written = write(fd, base + done, buffer.count - done)
-                if written < 0 {
-                    if errno == EINTR { continue }
-                    throw WorkerError.pipe("write failed: \(String(cString: strerror(errno)))")
-                }
-                done += written
+    static func writeAll(_ fd: Int32, _ buffer: UnsafeRawBufferPointer) throws {
+        guard let base = buffer.baseAddress else { return }
+        var done = 0
+        while done < buffer.count {
+            let written = write(fd, base + done, buffer.count - done)
+            if written < 0 {
+                if errno == EINTR { continue }
+                throw WorkerError.pipe("write failed: \(String(cString: strerror(errno)))")
             }
+            done += written
         }
     }
 
@@ -71,17 +84,6 @@ public final class MessagePipe<Outgoing: ChannelMessage, Incoming: ChannelMessag
             messages.append(try Incoming(body: body))
         }
         return messages
-    }
-
-    /// Sends several messages in one write.
-    public func send(_ messages: [Outgoing]) throws {
-        guard messages.count > 1 else {
-            if let only = messages.first { try send(only) }
-            return
-        }
-        var bytes: [UInt8] = []
-        for message in messages { bytes += message.encoded() }
-        try writeLock.withLock { _ in try Self.writeAll(descriptor, bytes) }
     }
 
     private let reader = FrameReader()

@@ -92,7 +92,8 @@ final class LargeFrameTests: XCTestCase {
         // All written at once from the event loop, as the supervisor does; the worker reads
         // meanwhile (the socket holds far less than a manifest).
         let written = channel.eventLoop.submit {
-            EventLoopFuture.andAllSucceed(commands.map { channel.writeAndFlush($0.frame()) }, on: channel.eventLoop)
+            EventLoopFuture.andAllSucceed(
+                commands.map { channel.writeAndFlush(OutgoingFrame.frame($0.frame())) }, on: channel.eventLoop)
         }.flatMap { $0 }
         var received: [WorkerCommand] = []
         while received.count < commands.count, let command = try worker.receive() { received.append(command) }

@@ -75,6 +75,26 @@ final class WorkerPipeTests: XCTestCase {
         XCTAssertNil(try supervisor.receive())
     }
 
+    /// Manifests of a megabyte or more are written from where they lie (not copied into the
+    /// frame): a burst with two of them between small reports arrives whole and in order.
+    func testLargeBlobsAreWrittenInPlaceAndInOrder() throws {
+        let (supervisor, worker, fs, fw) = pair(WorkerCommand.self, WorkerReport.self)
+        defer {
+            close(fs)
+            close(fw)
+        }
+        let first = (0..<(3 << 19)).map { UInt8(truncatingIfNeeded: $0 &* 7) }
+        let second = (0..<(1 << 20)).map { UInt8(truncatingIfNeeded: $0 &* 11 &+ 1) }
+        let burst: [WorkerReport] = [
+            .peerCount(count: 1), .manifestBuilt(requestID: 2, manifest: first), .peerCount(count: 3),
+            .manifestReceived(manifest: second), .status(requestID: 5, text: "last"),
+        ]
+        try worker.send(burst)
+        var received: [WorkerReport] = []
+        while received.count < burst.count, let more = try supervisor.receiveAvailable() { received += more }
+        XCTAssertEqual(received, burst)
+    }
+
     func testCommandsAndReportsCrossTheSupervisorPipe() throws {
         let (supervisor, worker, fs, fw) = pair(WorkerCommand.self, WorkerReport.self)
         defer {

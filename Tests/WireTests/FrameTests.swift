@@ -43,4 +43,28 @@ final class FrameTests: XCTestCase {
         XCTAssertNil(ChunkBitfield(bytes: [0xFF, 0xFF], count: 10), "spare bits must be zero")
         XCTAssertNil(ChunkBitfield(bytes: [0xFF], count: 10), "wrong length")
     }
+
+    /// A writer that keeps large blobs aside gives, part by part, exactly the bytes a plain
+    /// writer gives; small blobs are copied as usual.
+    func testKeptBlobsComeOutInTheirPlaces() {
+        let large = (0..<5000).map { UInt8(truncatingIfNeeded: $0) }
+        let small: [UInt8] = [1, 2, 3]
+        var plain = ByteWriter()
+        var keeping = ByteWriter(capacity: 16, keepingBlobsFrom: 1000)
+        func fill(_ w: inout ByteWriter) {
+            w.u16(7)
+            w.blob(large)
+            w.blob(small)
+            w.u32(9)
+            w.blob(Array(large.reversed()))
+            w.u8(1)
+        }
+        fill(&plain)
+        fill(&keeping)
+        var parts: [UInt8] = []
+        keeping.forEachPart { parts += $0 }
+        XCTAssertEqual(parts, plain.bytes)
+        XCTAssertEqual(keeping.count, plain.bytes.count)
+        XCTAssertEqual(keeping.bytes.count, plain.bytes.count - 2 * large.count, "the large blobs were not copied")
+    }
 }
