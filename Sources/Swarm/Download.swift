@@ -500,8 +500,11 @@ public struct Download: Sendable {
                 }
             }
             guard let index = scheduler?.nextRequests(for: id, max: 1, now: now).first else { break }
-            // Paid for at its real length (the bucket may go into debt by one chunk).
-            downloadBucket.charge(manifest?.location(ofChunk: index).length ?? chunkSize, now: now)
+            // Paid for at its real length (the bucket may go into debt by one chunk); with
+            // no limit there is nothing to pay, and no length to look up.
+            if !downloadBucket.isUnlimited {
+                downloadBucket.charge(manifest?.location(ofChunk: index).length ?? chunkSize, now: now)
+            }
             out.append(.send(.request(index: UInt32(index)), to: id))
         }
     }

@@ -240,6 +240,8 @@ final class DownloadShell: @unchecked Sendable {
             return
         }
         connection.channel = channel
+        // Opened while arrived chunks wait for the pool: it waits with the others.
+        if readingPaused { try? channel.syncOptions?.setOption(ChannelOptions.autoRead, value: false) }
         connection.helloID = service.pipeline.helloID(for: shareID)
         // Through a relay the far end is the relay: nothing to tell the seeder then.
         let relayed = connection.path.hasPrefix("relayed")

@@ -94,7 +94,6 @@ public final class TransferService: WorkerService, @unchecked Sendable {
     let hash: MessagePipe<ChunkRequest, ChunkReply>?
     /// Requests queued this turn of the loop (`sendToHash`).
     private var toHash: [ChunkRequest] = []
-    private var flushToHashScheduled = false
     /// Reports and socket flushes held until the end of this turn of the loop (`afterTurn`).
     private var toSupervisor: [WorkerReport] = []
     private var toFlush: [ObjectIdentifier: Channel] = [:]
@@ -207,9 +206,21 @@ public final class TransferService: WorkerService, @unchecked Sendable {
         afterTurnScheduled = true
         loop.execute { [self] in
             afterTurnScheduled = false
+            if !toHash.isEmpty {
+                let batch = toHash
+                toHash.removeAll(keepingCapacity: true)
+                do {
+                    guard let hash else { throw WorkerError.pipe("no data channel") }
+                    try hash.send(batch)
+                } catch {
+                    // The hash worker is gone; the supervisor is about to restart us with the next one.
+                    logger.debug("cannot reach the hash worker: \(error)")
+                }
+            }
             let channels = toFlush.values
             toFlush.removeAll(keepingCapacity: true)
             for channel in channels { channel.flush() }
+            guard !toSupervisor.isEmpty else { return }
             let reports = toSupervisor
             toSupervisor.removeAll(keepingCapacity: true)
             do {
@@ -480,20 +491,7 @@ public final class TransferService: WorkerService, @unchecked Sendable {
     /// wake-up of the hash worker, not one per chunk).
     func sendToHash(_ message: ChunkRequest) {
         toHash.append(message)
-        guard !flushToHashScheduled else { return }
-        flushToHashScheduled = true
-        loop.execute { [self] in
-            flushToHashScheduled = false
-            let batch = toHash
-            toHash.removeAll(keepingCapacity: true)
-            do {
-                guard let hash else { throw WorkerError.pipe("no data channel") }
-                try hash.send(batch)
-            } catch {
-                // The hash worker is gone; the supervisor is about to restart us with the next one.
-                logger.debug("cannot reach the hash worker: \(error)")
-            }
-        }
+        afterTurn()
     }
 
     private func setLimits(upload: UInt64, download: UInt64, perPeer: UInt64) {

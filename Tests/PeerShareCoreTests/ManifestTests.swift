@@ -108,6 +108,33 @@ final class ManifestTests: XCTestCase {
         XCTAssertThrowsError(try SharePath.validateTree([("r", true), ("r/b", false), ("r/a", false), ("r/b", false)]))
     }
 
+    /// Random trees whose names sort around '/' ("a", "a-b", "a.b", "a0", "b"): the sorted
+    /// search finds a file used as a folder exactly when a brute-force look at every pair does.
+    func testFileAsFolderAgreesWithBruteForceOnRandomTrees() {
+        var random = SplitMix64(seed: 13)
+        let names = ["a", "a-b", "a.b", "a0", "b", "a~"]
+        for _ in 0..<500 {
+            var entries: [String: Bool] = ["r": true]
+            for _ in 0..<Int.random(in: 1...8, using: &random) {
+                let depth = Int.random(in: 1...3, using: &random)
+                let path =
+                    "r/" + (0..<depth).map { _ in names.randomElement(using: &random) ?? "a" }.joined(separator: "/")
+                entries[path] = Bool.random(using: &random)
+            }
+            let tree = entries.map { (path: $0.key, isDirectory: $0.value) }
+            let fileIsFolder = tree.contains { file in
+                !file.isDirectory && tree.contains { $0.path.hasPrefix(file.path + "/") }
+            }
+            do {
+                try SharePath.validateTree(tree)
+                XCTAssertFalse(fileIsFolder, "\(tree)")
+            } catch {
+                XCTAssertTrue(fileIsFolder, "\(tree): \(error)")
+                XCTAssertTrue("\(error)".hasSuffix("is both a file and a folder"), "\(error)")
+            }
+        }
+    }
+
     func testPathsThatAreNotUTF8AreRefused() {
         var writer = ByteWriter()
         writer.raw(Manifest.magic)
