@@ -169,3 +169,40 @@ def test_get_seed_keeps_serving_the_finished_share(tmp_path):
         first.send_signal(signal.SIGINT)
         first.wait(timeout=20)
         seeder.stop()
+
+
+def test_a_downloader_whose_transfer_worker_restarts_serves_again(tmp_path):
+    """A downloader serves the manifest its transfer worker fetched (it is not sent back to
+    it). Killed mid-download, the worker comes back listening on the same port, fetches the
+    manifest again and serves once it has it: a second downloader that knows only the
+    first completes from it."""
+    source = tmp_path / "relayed-by-first.bin"
+    source.write_bytes(os.urandom(16 << 20))
+    seeder = Seeder(source, "--no-dht", "--max-upload", "3MiB/s")
+    port = free_tcp_port()
+    first_out, second_out = tmp_path / "first", tmp_path / "second"
+    first_out.mkdir()
+    second_out.mkdir()
+    first = subprocess.Popen([BIN, "get", seeder.link, "-o", str(first_out), "--no-dht", "--no-lan", "--seed",
+                              "--log-level", "info",
+                              "--listen", f"127.0.0.1:{port}"],
+                             stdout=subprocess.DEVNULL, stderr=open(tmp_path / "first.log", "w"), text=True)
+    try:
+        time.sleep(2)  # a few MiB in
+        crashed = worker_pid(first.pid, "transfer")
+        os.kill(crashed, signal.SIGKILL)
+        link = seeder.link.split("?")[0]
+        second = subprocess.run([BIN, "get", link, "-o", str(second_out), "--no-dht", "--no-lan",
+                                 "--peer", f"127.0.0.1:{port}"], capture_output=True, text=True, timeout=120)
+        assert second.returncode == 0, second.stderr
+        assert (second_out / source.name).read_bytes() == source.read_bytes()
+        assert f"from 127.0.0.1:{port}:" in second.stderr, second.stderr
+        first.send_signal(signal.SIGINT)
+        first.wait(timeout=30)
+        first_err = (tmp_path / "first.log").read_text()
+        assert "transfer worker restarted" in first_err, first_err
+        assert (first_out / source.name).read_bytes() == source.read_bytes()
+    finally:
+        if first.poll() is None:
+            first.kill()
+        seeder.stop()
