@@ -221,15 +221,19 @@ public struct ChunkScheduler: Sendable {
         var bestAvailability = UInt16.max
         let count = states.count
         if strategy == .rarestFirst {
-            // One pass: the lowest availability so far, and a reservoir sample among the
-            // chunks that share it.
+            // The rarest of the first `pickWindow` candidates: picks stay O(window), not
+            // O(chunks) — a share of 100,000 chunks would otherwise cost 5·10⁹ steps. One
+            // pass finds the lowest availability and how many chunks share it; a second
+            // walks to a random one of those. (A reservoir sample in one pass drew a random
+            // number per tie: with one seeder every candidate ties, and that division per
+            // candidate was a sixth of a downloading transfer worker's time.)
             var ties: UInt64 = 0
             var seen = 0
+            var windowEnd = firstMissingHint
             for index in firstMissingHint..<count where states[index] == .missing && bits[index] {
-                // The rarest of the first `pickWindow` candidates: picks stay O(window), not
-                // O(chunks) — a share of 100,000 chunks would otherwise cost 5·10⁹ steps.
                 seen += 1
                 if seen > ChunkScheduler.pickWindow { break }
+                windowEnd = index + 1
                 let rarity = availability[index]
                 if rarity < bestAvailability {
                     bestAvailability = rarity
@@ -237,8 +241,14 @@ public struct ChunkScheduler: Sendable {
                     ties = 1
                 } else if rarity == bestAvailability {
                     ties += 1
-                    if rng.next() % ties == 0 { best = index }
                 }
+            }
+            guard ties > 1 else { return best }
+            var skip = rng.next() % ties
+            for index in firstMissingHint..<windowEnd
+            where states[index] == .missing && bits[index] && availability[index] == bestAvailability {
+                if skip == 0 { return index }
+                skip -= 1
             }
             return best
         }
