@@ -191,8 +191,10 @@ public struct Manifest: Equatable, Sendable {
     public func size(ofEntry index: Int) -> UInt64 {
         let record = records[index]
         guard record.kind == .file else { return 0 }
-        var reader = ByteReader(bytes, from: Int(record.pathStart) + Int(record.pathLength))
-        return (try? reader.u64()) ?? 0
+        // Read in place (asked once per chunk verified, by the supervisor and the workers).
+        let start = Int(record.pathStart) + Int(record.pathLength)
+        guard start >= 0, start + 8 <= bytes.count else { return 0 }
+        return bytes.withUnsafeBytes { UInt64(bigEndian: $0.loadUnaligned(fromByteOffset: start, as: UInt64.self)) }
     }
 
     /// Chunk index -> where it lives.
