@@ -199,6 +199,16 @@ public final class FrameChannelWriter: ChannelOutboundHandler, RemovableChannelH
     public func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
         let outgoing = unwrapOutboundIn(data)
         guard current == nil else { return waiting.append((outgoing, promise)) }
+        begin(outgoing, promise: promise, context: context)
+        if current != nil { writeSlice(context: context) }
+    }
+
+    public func handlerRemoved(context: ChannelHandlerContext) {
+        fail(ChannelError.ioOnClosedChannel)
+    }
+
+    /// Writes `outgoing` at once, or, a large frame, makes it the one written in slices.
+    private func begin(_ outgoing: OutgoingFrame, promise: EventLoopPromise<Void>?, context: ChannelHandlerContext) {
         switch outgoing {
         case .encoded(let buffer):
             context.write(wrapOutboundOut(buffer), promise: promise)
@@ -207,26 +217,13 @@ public final class FrameChannelWriter: ChannelOutboundHandler, RemovableChannelH
                 wrapOutboundOut(Self.buffer(for: frame, allocator: context.channel.allocator)), promise: promise)
         case .frame(let frame):
             current = Pending(frame: frame, promise: promise)
-            writeSlice(context: context)
         }
-    }
-
-    public func handlerRemoved(context: ChannelHandlerContext) {
-        fail(ChannelError.ioOnClosedChannel)
     }
 
     /// Writes what waits, up to and including the first slice of the next large frame.
     private func writeWaiting(context: ChannelHandlerContext) {
         while current == nil, let (next, promise) = waiting.popFirst() {
-            switch next {
-            case .encoded(let buffer):
-                context.write(wrapOutboundOut(buffer), promise: promise)
-            case .frame(let frame) where frame.payload.count < LargeFrame.threshold:
-                context.write(
-                    wrapOutboundOut(Self.buffer(for: frame, allocator: context.channel.allocator)), promise: promise)
-            case .frame(let frame):
-                current = Pending(frame: frame, promise: promise)
-            }
+            begin(next, promise: promise, context: context)
         }
         guard current != nil else { return context.flush() }
         writeSlice(context: context)
