@@ -110,7 +110,12 @@ public struct Download: Sendable {
     private var waiting: [String] = []
     private var nextPeerID = 1
     private var haveManifest = false
-    private var manifestRequestedFrom: PeerID?
+    /// Who was asked for the manifest, and when. One peer at first; if it has not delivered
+    /// within `stallTimeout`, another is asked as well, and so on: the first genuine one
+    /// wins. (A peer that trickles a 16 MiB manifest a byte at a time is never silent long
+    /// enough for the connection's idle timeout, and would otherwise hold the download
+    /// for ever; one that is merely slow is not cut off, just raced.)
+    private var manifestAskedOf: [PeerID: Double] = [:]
     private var reportedPeers = -1
     private var stuckSince: Double?
     private var relaysStarted = false
@@ -195,10 +200,7 @@ public struct Download: Sendable {
         peer.chunkCount = chunkCount
         peers[id] = peer
         reportPeerCount(&out)
-        if !haveManifest && manifestRequestedFrom == nil {
-            manifestRequestedFrom = id
-            out.append(.send(.getManifest, to: id))
-        }
+        if !haveManifest && manifestAskedOf.isEmpty { askForManifest(id, now: now, &out) }
         return finish(out)
     }
 
@@ -272,16 +274,13 @@ public struct Download: Sendable {
         guard let peer = peers.removeValue(forKey: id) else { return out }
         if let reason { lastError[peer.address] = reason }
         scheduler?.peerLeft(id)
-        if manifestRequestedFrom == id { manifestRequestedFrom = nil }
+        manifestAskedOf[id] = nil
         guard !finished else { return out }
         reportPeerCount(&out)
         if !waiting.isEmpty { connect(waiting.removeFirst(), now: now, &out) }
         requestMoreFromAll(now: now, &out)
-        if !haveManifest, manifestRequestedFrom == nil,
-            let other = peers.keys.sorted().first(where: { peers[$0]?.established == true })
-        {
-            manifestRequestedFrom = other
-            out.append(.send(.getManifest, to: other))
+        if !haveManifest, manifestAskedOf.isEmpty, let other = peerNotAskedForManifest() {
+            askForManifest(other, now: now, &out)
         }
         // Try the address again after a pause, unless it has failed too often or was banned.
         let tries = attempts[peer.address, default: 0]
@@ -363,6 +362,7 @@ public struct Download: Sendable {
         }
         if let at = nextCheck, at <= now + Download.slack {
             nextCheck = now + 1
+            checkManifest(now: now, &out)
             checkProgress(now: now, &out)
         }
         return finish(out)
@@ -400,12 +400,37 @@ public struct Download: Sendable {
 
     private var manifestChunkCount: Int?
 
+    private mutating func askForManifest(_ id: PeerID, now: Double, _ out: inout [Directive]) {
+        manifestAskedOf[id] = now
+        out.append(.send(.getManifest, to: id))
+    }
+
+    private func peerNotAskedForManifest() -> PeerID? {
+        peers.keys.sorted().first { peers[$0]?.established == true && manifestAskedOf[$0] == nil }
+    }
+
+    /// Once a second until the manifest is here: if every peer asked has had `stallTimeout`,
+    /// ask one more.
+    private mutating func checkManifest(now: Double, _ out: inout [Directive]) {
+        guard !haveManifest, let latest = manifestAskedOf.values.max(), now - latest >= config.stallTimeout,
+            let other = peerNotAskedForManifest()
+        else { return }
+        let waitingFor = manifestAskedOf.keys.sorted().compactMap { peers[$0]?.address }.joined(separator: ", ")
+        out.append(
+            .event(
+                "no manifest from \(waitingFor) after \(Int(config.stallTimeout)) s; asking \(peers[other]?.address ?? "another peer") as well"
+            ))
+        askForManifest(other, now: now, &out)
+    }
+
     private mutating func receivedManifest(_ bytes: [UInt8], from id: PeerID, now: Double, _ out: inout [Directive]) {
-        guard manifestRequestedFrom == id, !haveManifest, let peer = peers[id] else {
+        // A second peer asked, answering after the first: nothing to do.
+        if haveManifest, manifestAskedOf[id] != nil { return }
+        guard manifestAskedOf[id] != nil, !haveManifest, let peer = peers[id] else {
             return close(id, "sent a manifest nobody asked for", &out)
         }
         guard ShareID(manifestBytes: bytes).bytes == shareID else {
-            manifestRequestedFrom = nil
+            manifestAskedOf[id] = nil
             // It would send the same manifest again: never retry it.
             attempts[peer.address] = config.maxAttempts
             return close(id, "sent a manifest that does not match the share id", &out)

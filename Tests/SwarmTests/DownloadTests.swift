@@ -215,6 +215,31 @@ final class DownloadTests: XCTestCase {
         )
     }
 
+    /// A peer asked for the manifest that has not delivered it after `stallTimeout` (one that
+    /// trickles it a byte at a time, say) is raced, not waited on for ever: another peer is
+    /// asked as well, the first genuine manifest wins, and the slow one's, should it come, is
+    /// no offence.
+    func testAManifestNotDeliveredInTimeIsAskedOfAnotherPeerToo() {
+        let bytes = Self.manifest(chunks: 4)
+        var download = Download(
+            shareID: ShareID(manifestBytes: bytes).bytes, peers: ["10.0.0.1:7000", "10.0.0.2:7000", "10.0.0.3:7000"])
+        _ = download.start(now: 0)
+        XCTAssertTrue(download.established(1, chunkCount: 4, now: 0).contains(.send(.getManifest, to: 1)))
+        XCTAssertFalse(download.established(2, chunkCount: 4, now: 0).contains(.send(.getManifest, to: 2)))
+        _ = download.established(3, chunkCount: 4, now: 0)
+        XCTAssertFalse(download.tick(now: 19).contains(.send(.getManifest, to: 2)), "not before stallTimeout")
+        let raced = download.tick(now: 20)
+        XCTAssertTrue(raced.contains(.send(.getManifest, to: 2)))
+        XCTAssertTrue(raced.contains(.event("no manifest from 10.0.0.1:7000 after 20 s; asking 10.0.0.2:7000 as well")))
+        XCTAssertTrue(Self.closes(raced).isEmpty, "the slow peer is raced, not dropped")
+        XCTAssertFalse(download.tick(now: 21).contains(.send(.getManifest, to: 3)), "the new ask has its own time")
+        XCTAssertTrue(download.tick(now: 40).contains(.send(.getManifest, to: 3)))
+        let arrived = download.received(.manifest(bytes: bytes), from: 2, now: 41)
+        XCTAssertTrue(arrived.contains { if case .manifestVerified = $0 { return true } else { return false } })
+        XCTAssertTrue(download.received(.manifest(bytes: bytes), from: 1, now: 42).isEmpty, "late, and harmless")
+        XCTAssertFalse(download.tick(now: 80).contains { if case .send(.getManifest, _) = $0 { true } else { false } })
+    }
+
     func testAManifestThatDoesNotMatchTheShareIsRefusedAndItsSenderNotRetried() {
         let bytes = Self.manifest(chunks: 2)
         var config = Download.Config()

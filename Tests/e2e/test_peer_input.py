@@ -3,6 +3,7 @@ never a crash, a hang of the whole download, or unbounded memory."""
 import os
 import socket
 import struct
+import time
 
 import peerwire
 from conftest import get
@@ -36,6 +37,53 @@ class EndlessFrameProxy(CorruptingProxy):
                         dst.sendall(zeros)
         except (EOFError, OSError, ValueError):
             self.close_both(src, dst)
+
+
+class TricklingManifestProxy(CorruptingProxy):
+    """Forwards a real seeder, but sends its manifest a byte every half second: never silent
+    long enough for an idle timeout, never done."""
+
+    def pump(self, src, dst, from_seeder):
+        if not from_seeder:
+            return super().pump(src, dst, from_seeder)
+        try:
+            while True:
+                msg_type, payload = peerwire.read_frame(src)
+                if msg_type != peerwire.MANIFEST:
+                    dst.sendall(peerwire.frame(msg_type, payload))
+                    continue
+                for byte in peerwire.frame(msg_type, payload):
+                    dst.sendall(bytes([byte]))
+                    time.sleep(0.5)
+        except (EOFError, OSError, ValueError):
+            self.close_both(src, dst)
+
+
+class SlowHelloProxy(CorruptingProxy):
+    """Forwards a real seeder, its answer to the hello held back 2 s: the other peer is
+    established, and asked for the manifest, first."""
+
+    def transform(self, msg_type, payload):
+        if msg_type == peerwire.HELLO_ACCEPTED:
+            time.sleep(2)
+        return payload
+
+
+def test_a_peer_that_trickles_the_manifest_is_raced_not_waited_on_for_ever(seed, tmp_path):
+    source = tmp_path / "input.bin"
+    source.write_bytes(os.urandom(2 << 20))
+    honest = seed(source)
+    trickler, slow = TricklingManifestProxy(honest.port), SlowHelloProxy(honest.port)
+    trickler.start()
+    slow.start()
+    out = tmp_path / "out"
+    out.mkdir()
+    result = get(honest.link.split("?")[0], out, "--peer", f"127.0.0.1:{trickler.port}",
+                 "--peer", f"127.0.0.1:{slow.port}", "--verbose", "--no-dht", "--no-lan", timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert (out / "input.bin").read_bytes() == source.read_bytes()
+    assert (f"no manifest from 127.0.0.1:{trickler.port} after 20 s; asking 127.0.0.1:{slow.port} as well"
+            in result.stderr), result.stderr
 
 
 def download_past(proxy_class, seed, tmp_path):
