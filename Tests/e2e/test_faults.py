@@ -68,15 +68,20 @@ class CorruptingProxy(threading.Thread):
             except OSError:
                 pass
 
+    def forward(self, dst, msg_type, payload):
+        """Sends a frame from the seeder on to the downloader (subclasses may send it otherwise)."""
+        dst.sendall(peerwire.frame(msg_type, payload))
+
     def pump(self, src, dst, from_seeder):
         try:
             while True:
                 msg_type, payload = peerwire.read_frame(src)
-                if from_seeder:
-                    payload = self.transform(msg_type, payload)
-                    if payload is None:
-                        continue
-                dst.sendall(peerwire.frame(msg_type, payload))
+                if not from_seeder:
+                    dst.sendall(peerwire.frame(msg_type, payload))
+                    continue
+                payload = self.transform(msg_type, payload)
+                if payload is not None:
+                    self.forward(dst, msg_type, payload)
         except (EOFError, OSError, ValueError):
             self.close_both(src, dst)
 

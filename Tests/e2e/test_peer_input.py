@@ -23,40 +23,25 @@ class BadBitfieldProxy(CorruptingProxy):
 class EndlessFrameProxy(CorruptingProxy):
     """After the handshake, announces a 2 GiB frame and then streams zeros for ever."""
 
-    def pump(self, src, dst, from_seeder):
-        if not from_seeder:
-            return super().pump(src, dst, from_seeder)
-        try:
-            while True:
-                msg_type, payload = peerwire.read_frame(src)
-                dst.sendall(peerwire.frame(msg_type, payload))
-                if msg_type == peerwire.BITFIELD:
-                    dst.sendall(struct.pack(">IH", 0x7FFFFFFF, peerwire.PIECE))
-                    zeros = bytes(1 << 20)
-                    for _ in range(4096):  # at most 4 GiB, long after the downloader hung up
-                        dst.sendall(zeros)
-        except (EOFError, OSError, ValueError):
-            self.close_both(src, dst)
+    def forward(self, dst, msg_type, payload):
+        super().forward(dst, msg_type, payload)
+        if msg_type == peerwire.BITFIELD:
+            dst.sendall(struct.pack(">IH", 0x7FFFFFFF, peerwire.PIECE))
+            zeros = bytes(1 << 20)
+            for _ in range(4096):  # at most 4 GiB, long after the downloader hung up
+                dst.sendall(zeros)
 
 
 class TricklingManifestProxy(CorruptingProxy):
     """Forwards a real seeder, but sends its manifest a byte every half second: never silent
     long enough for an idle timeout, never done."""
 
-    def pump(self, src, dst, from_seeder):
-        if not from_seeder:
-            return super().pump(src, dst, from_seeder)
-        try:
-            while True:
-                msg_type, payload = peerwire.read_frame(src)
-                if msg_type != peerwire.MANIFEST:
-                    dst.sendall(peerwire.frame(msg_type, payload))
-                    continue
-                for byte in peerwire.frame(msg_type, payload):
-                    dst.sendall(bytes([byte]))
-                    time.sleep(0.5)
-        except (EOFError, OSError, ValueError):
-            self.close_both(src, dst)
+    def forward(self, dst, msg_type, payload):
+        if msg_type != peerwire.MANIFEST:
+            return super().forward(dst, msg_type, payload)
+        for byte in peerwire.frame(msg_type, payload):
+            dst.sendall(bytes([byte]))
+            time.sleep(0.5)
 
 
 class SlowHelloProxy(CorruptingProxy):
