@@ -24,20 +24,10 @@ public enum WorkerRole: String, CaseIterable, Sendable, Codable {
     /// violation: the supervisor logs it, closes the pipe and restarts the worker (the
     /// privsep monitor's permission table). By phase, `WorkerLifecycle` adds that `hello`
     /// comes first and only once.
-    public var mayEmit: Set<WorkerReport.Tag> {
-        // Built once: the supervisor asks this for every report (a verdict per chunk).
-        switch self {
-        case .discovery: return Self.emits.discovery
-        case .nat: return Self.emits.nat
-        case .hash: return Self.emits.hash
-        case .transfer: return Self.emits.transfer
-        }
-    }
+    public var mayEmit: Set<WorkerReport.Tag> { Self.emits[self] ?? [] }
 
-    private static let emits = (
-        discovery: WorkerRole.discovery.buildMayEmit(), nat: WorkerRole.nat.buildMayEmit(),
-        hash: WorkerRole.hash.buildMayEmit(), transfer: WorkerRole.transfer.buildMayEmit()
-    )
+    /// Built once: the supervisor asks for every report (a verdict per chunk).
+    private static let emits = Dictionary(uniqueKeysWithValues: allCases.map { ($0, $0.buildMayEmit()) })
 
     private func buildMayEmit() -> Set<WorkerReport.Tag> {
         let common: Set<WorkerReport.Tag> = [.hello, .pong, .status, .failure, .counters]
@@ -63,19 +53,9 @@ public enum WorkerRole: String, CaseIterable, Sendable, Codable {
     /// same table. The supervisor will not send anything else, and the worker exits on
     /// anything else (a confused or compromised supervisor is not obeyed blindly either).
     /// By phase, `CommandCheck` adds the commands a worker accepts only once.
-    public var mayReceive: Set<WorkerCommand.Tag> {
-        switch self {
-        case .discovery: return Self.receives.discovery
-        case .nat: return Self.receives.nat
-        case .hash: return Self.receives.hash
-        case .transfer: return Self.receives.transfer
-        }
-    }
+    public var mayReceive: Set<WorkerCommand.Tag> { Self.receives[self] ?? [] }
 
-    private static let receives = (
-        discovery: WorkerRole.discovery.buildMayReceive(), nat: WorkerRole.nat.buildMayReceive(),
-        hash: WorkerRole.hash.buildMayReceive(), transfer: WorkerRole.transfer.buildMayReceive()
-    )
+    private static let receives = Dictionary(uniqueKeysWithValues: allCases.map { ($0, $0.buildMayReceive()) })
 
     private func buildMayReceive() -> Set<WorkerCommand.Tag> {
         let common: Set<WorkerCommand.Tag> = [.welcome, .ping, .statusRequest, .countersRequest, .shutdown]

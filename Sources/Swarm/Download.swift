@@ -109,7 +109,7 @@ public struct Download: Sendable {
     /// Addresses waiting for a free connection slot.
     private var waiting: [String] = []
     private var nextPeerID = 1
-    private var haveManifest = false
+    private var haveManifest: Bool { manifest != nil }
     /// Who was asked for the manifest, and when. One peer at first; if it has not delivered
     /// within `stallTimeout`, another is asked as well, and so on: the first genuine one
     /// wins. (A peer that trickles a 16 MiB manifest a byte at a time is never silent long
@@ -295,7 +295,7 @@ public struct Download: Sendable {
     /// The supervisor found which chunks are already verified on disk (resume): requests begin.
     public mutating func chunksOnDisk(_ verified: [UInt8], now: Double) -> [Directive] {
         var out: [Directive] = []
-        guard haveManifest, scheduler == nil, let count = manifestChunkCount else { return out }
+        guard haveManifest, scheduler == nil, let count = manifest?.chunkCount else { return out }
         scheduler = ChunkScheduler(
             chunkCount: count, verified: ChunkBitfield(bytes: verified, count: count),
             maxInFlightPerPeer: config.initialDepth, seed: config.seed, strategy: config.strategy)
@@ -398,8 +398,6 @@ public struct Download: Sendable {
         return finish(out)
     }
 
-    private var manifestChunkCount: Int?
-
     private mutating func askForManifest(_ id: PeerID, now: Double, _ out: inout [Directive]) {
         manifestAskedOf[id] = now
         out.append(.send(.getManifest, to: id))
@@ -441,8 +439,6 @@ public struct Download: Sendable {
         } catch {
             return fail(65, "the share's manifest is unsafe or malformed: \(error)", &out)
         }
-        haveManifest = true
-        manifestChunkCount = manifest.chunkCount
         chunkSize = manifest.chunkSize
         self.manifest = manifest
         for (other, state) in peers.sorted(by: { $0.key < $1.key })

@@ -44,29 +44,27 @@ extension TransferService {
     /// that has arrived (a restarted worker fetching it again), it only listens.
     func startServing(shareID: [UInt8], manifest given: [UInt8], host: String, port: Int) {
         var newlyServing = false
-        var manifest = given
-        if manifest.isEmpty, servingPartial, let fetched = fetch?.download.manifest, fetch?.shareID == shareID {
-            manifest = fetched.encoded()
-        }
-        if !manifest.isEmpty && servedShareID == nil {
-            // A download serves the manifest it fetched (and checked): kept once, not twice.
-            if let fetched = fetch?.download.manifest, fetched.encoded() == manifest {
-                servedChunkCount = fetched.chunkCount
-                servedManifest = fetched.encoded()
-                useSlots(chunkSize: fetched.chunkSize, largestChunk: fetched.largestChunkLength)
-            } else {
+        if servedShareID == nil {
+            let served: Manifest?
+            if !given.isEmpty {
                 do {
-                    let decoded = try Manifest.decode(manifest)
-                    servedChunkCount = decoded.chunkCount
-                    useSlots(chunkSize: decoded.chunkSize, largestChunk: decoded.largestChunkLength)
+                    served = try Manifest.decode(given)
                 } catch {
                     tell(.failure(requestID: 0, code: 65, message: "cannot serve: \(error)"))
                     return
                 }
-                servedManifest = manifest
+            } else if servingPartial, fetch?.shareID == shareID {
+                served = fetch?.download.manifest
+            } else {
+                served = nil
             }
-            servedShareID = shareID
-            newlyServing = true
+            if let served {
+                servedChunkCount = served.chunkCount
+                servedManifest = served.encoded()
+                useSlots(chunkSize: served.chunkSize, largestChunk: served.largestChunkLength)
+                servedShareID = shareID
+                newlyServing = true
+            }
         }
         if let listener {
             // Said again only when something changed: the supervisor answers `serving` with
