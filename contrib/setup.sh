@@ -8,7 +8,7 @@ packages=(libsodium-dev zlib1g-dev libminiupnpc-dev libnatpmp-dev libqrencode-de
 # python3-libtorrent is the independent BEP 5 implementation the DHT interop test runs against;
 # tcpdump captures loopback traffic to prove encrypted transfers carry no plaintext.
 # chromium, chromium-driver and python3-selenium drive the daemon's web UI in a real browser.
-[ "${PEERSHARE_SETUP_TESTS:-0}" = 1 ] && packages+=(python3 python3-pytest python3-libtorrent util-linux tcpdump iptables coturn miniupnpd-iptables chromium chromium-driver python3-selenium)
+[ "${PEERSHARE_SETUP_TESTS:-0}" = 1 ] && packages+=(python3 python3-pytest python3-libtorrent util-linux tcpdump iptables coturn miniupnpd-iptables chromium chromium-driver python3-selenium valgrind binutils)
 
 missing=()
 for package in "${packages[@]}"; do

@@ -135,7 +135,7 @@ final class PluginHost: @unchecked Sendable {
         guard !Sandbox.disabledByEnvironment else { return (path, [path]) }
         let readable = SandboxProfile.pluginReadable(pluginPath: path)
         return (
-            "/proc/self/exe", ["peershare", "sandbox", "exec"] + readable.flatMap { ["--read", $0] } + ["--", path]
+            OwnExecutable.path(), ["peershare", "sandbox", "exec"] + readable.flatMap { ["--read", $0] } + ["--", path]
         )
     }
 

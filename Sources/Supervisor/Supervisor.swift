@@ -48,7 +48,8 @@ public final class Supervisor: @unchecked Sendable {
     public weak var delegate: SupervisorDelegate?
     let logger: Logger
     private var workers: [WorkerRole: Worker] = [:]
-    private let executable: String
+    /// The binary workers are started from; nil: this one (`OwnExecutable`).
+    private let executable: String?
     private var startPromise: EventLoopPromise<Void>?
     private var stopPromise: EventLoopPromise<Void>?
     private var shuttingDown = false
@@ -74,7 +75,7 @@ public final class Supervisor: @unchecked Sendable {
     public var transferListener: Int32?
 
     public init(
-        table: [WorkerSpec], eventLoop: EventLoop, logger: Logger, executable: String = "/proc/self/exe",
+        table: [WorkerSpec], eventLoop: EventLoop, logger: Logger, executable: String? = nil,
         plugins: [PluginSpec] = []
     ) {
         self.eventLoop = eventLoop
@@ -291,7 +292,7 @@ public final class Supervisor: @unchecked Sendable {
         var to = mappings.map(\.1)
         let pid = withCStrings(arguments) { argv in
             withCStrings(envStrings) { envp in
-                peershare_spawn_fds(executable, argv, envp, &from, &to, Int32(mappings.count))
+                peershare_spawn_fds(executable ?? OwnExecutable.path(), argv, envp, &from, &to, Int32(mappings.count))
             }
         }
         close(pair[1])
