@@ -219,6 +219,7 @@ let package = Package(
             name: "TransferWorkerTests",
             dependencies: [
                 "TransferWorker", "PeerWire", "PeerShareCore", "Wire", .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
             ]),
         .testTarget(
             name: "SupervisorTests",

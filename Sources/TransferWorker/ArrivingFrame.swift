@@ -16,6 +16,9 @@ enum ArrivingFrame {
     /// A sealed frame of at least `ArrivingFrameDecoder.smallestSealedPiece` bytes: a view
     /// of its payload, likewise.
     case sealed(payload: ByteBuffer)
+    /// A plaintext piece whose bytes `ArrivingFrameReader` copied, read by read, into `slot`
+    /// of the chunk pool (`length` bytes): whoever takes this owns the slot.
+    case pieceInSlot(index: UInt32, slot: Int, length: Int)
 
     /// The same as a `Frame` (copied): for the paths that do not take pieces in place.
     var frame: Frame {
@@ -28,6 +31,9 @@ enum ArrivingFrame {
             return Frame(type: PeerMessage.Tag.piece.rawValue, payload: writer.bytes)
         case .sealed(let payload):
             return Frame(type: PeerMessage.sealedFrameType, payload: Array(payload.readableBytesView))
+        case .pieceInSlot:
+            // Never asked of: the slot's bytes are taken where they are (`DownloadShell`).
+            return Frame(type: PeerMessage.Tag.piece.rawValue, payload: [])
         }
     }
 }
@@ -47,6 +53,9 @@ struct ArrivingFrameDecoder: NIOSingleStepByteToMessageDecoder {
         self.maxFrameLength = maxFrameLength
         frames = FrameChannelDecoder(maxFrameLength: maxFrameLength)
     }
+
+    /// In the middle of a large frame, gathered outside the read buffer (`LargeFrame`).
+    var isGathering: Bool { frames.isGathering }
 
     /// Sealed frames at least this long (a piece header and the smallest cipher overhead)
     /// are passed on in place, to be opened into a slot: they may be pieces. The frequent
@@ -83,10 +92,155 @@ struct ArrivingFrameDecoder: NIOSingleStepByteToMessageDecoder {
         try decode(buffer: &buffer)
     }
 
-    static func handler() -> ByteToMessageHandler<ArrivingFrameDecoder> {
-        ByteToMessageHandler(
-            ArrivingFrameDecoder(maxFrameLength: PeerMessage.maxFrameLength),
-            maximumBufferSize: PeerMessage.maxFrameLength + Frame.headerSize)
+}
+
+/// Where a downloading connection's `ArrivingFrameReader` puts a plaintext piece's bytes as
+/// they arrive. Loop-confined, like the reader.
+protocol ArrivingPieceRoom: AnyObject {
+    /// Memory for a plaintext piece of `length` bytes arriving on connection `peerID` — a
+    /// slot of the chunk pool, taken now — or nil: the piece is then gathered whole as any
+    /// frame, and handed on as `.piece`.
+    func slot(forArrivingPiece length: Int, peerID: Int) -> (slot: Int, memory: UnsafeMutableRawBufferPointer)?
+    /// A slot taken for a piece that will not be completed (the connection closed mid-piece).
+    func abandon(slot: Int)
+}
+
+/// The downloading connections' framing: `ArrivingFrameDecoder`'s frames, except that once a
+/// plaintext piece's header has arrived its bytes are copied, read by read, straight into a
+/// slot of the chunk pool. NIO's `ByteToMessageHandler` would first gather the whole frame
+/// into one buffer, copying most of every chunk once more (a piece spans several reads).
+/// Everything else is gathered here until it is a whole frame, bounded as before: the
+/// decoder refuses a frame's length before its bytes are kept.
+final class ArrivingFrameReader: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    typealias InboundOut = ArrivingFrame
+
+    /// A piece frame's bytes before its chunk: `u32 frame length ‖ PieceHeader`.
+    static let pieceFrameHead = 4 + PieceHeader.bytes
+
+    private var decoder = ArrivingFrameDecoder(maxFrameLength: PeerMessage.maxFrameLength)
+    /// Bytes that are not yet a whole frame (or a piece's header).
+    private var gathered = ByteBuffer()
+    /// The piece being copied into a slot, and how much of it has arrived.
+    private var filling: (index: UInt32, slot: Int, memory: UnsafeMutableRawBufferPointer, filled: Int)?
+    private weak var room: (any ArrivingPieceRoom)?
+    private let peerID: Int
+    /// Closed, failed or removed: nothing more is read or handed on.
+    private var stopped = false
+
+    init(room: any ArrivingPieceRoom, peerID: Int) {
+        self.room = room
+        self.peerID = peerID
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        var incoming = unwrapInboundIn(data)
+        while !stopped {
+            if filling != nil {
+                // The chunk's bytes, in order: first those read with its header.
+                if gathered.readableBytes > 0 {
+                    fill(from: &gathered, context: context)
+                } else if incoming.readableBytes > 0 {
+                    fill(from: &incoming, context: context)
+                } else {
+                    return
+                }
+                continue
+            }
+            if gathered.readableBytes == 0 {
+                guard incoming.readableBytes > 0 else { return }
+                swap(&gathered, &incoming)
+                incoming.clear()
+            } else if gathered.readableBytes < Self.pieceFrameHead, incoming.readableBytes > 0,
+                var head = incoming.readSlice(
+                    length: min(Self.pieceFrameHead - gathered.readableBytes, incoming.readableBytes))
+            {
+                // Only what completes a piece's header: its chunk then goes straight to a slot.
+                gathered.writeBuffer(&head)
+            }
+            if startFilling() { continue }
+            let frame: ArrivingFrame?
+            do {
+                frame = try decoder.decode(buffer: &gathered)
+            } catch {
+                stop()
+                context.fireErrorCaught(error)
+                return
+            }
+            if let frame {
+                context.fireChannelRead(wrapInboundOut(frame))
+            } else if incoming.readableBytes > 0 {
+                gathered.writeBuffer(&incoming)
+            } else {
+                if gathered.readableBytes == 0 { gathered = ByteBuffer() }
+                return
+            }
+        }
+    }
+
+    /// A plaintext piece's header at the front of `gathered`, its layout exactly right, and
+    /// a slot for its chunk: the header is consumed and the chunk starts filling the slot.
+    private func startFilling() -> Bool {
+        guard !decoder.isGathering, gathered.readableBytes >= Self.pieceFrameHead,
+            let frameLength = gathered.getInteger(at: gathered.readerIndex, as: UInt32.self),
+            Int(frameLength) <= decoder.maxFrameLength, Int(frameLength) > PieceHeader.bytes,
+            let piece = gathered.withUnsafeReadableBytes({ bytes -> (index: UInt32, length: Int)? in
+                let header = UnsafeRawBufferPointer(rebasing: bytes[4..<Self.pieceFrameHead])
+                guard
+                    UInt16(bigEndian: header.loadUnaligned(fromByteOffset: 0, as: UInt16.self))
+                        == PeerMessage.Tag.piece.rawValue
+                else { return nil }
+                return (
+                    UInt32(bigEndian: header.loadUnaligned(fromByteOffset: 2, as: UInt32.self)),
+                    Int(UInt32(bigEndian: header.loadUnaligned(fromByteOffset: 6, as: UInt32.self)))
+                )
+            }),
+            piece.length == Int(frameLength) - PieceHeader.bytes,
+            let slot = room?.slot(forArrivingPiece: piece.length, peerID: peerID)
+        else { return false }
+        guard slot.memory.count == piece.length else {
+            room?.abandon(slot: slot.slot)
+            return false
+        }
+        gathered.moveReaderIndex(forwardBy: Self.pieceFrameHead)
+        filling = (piece.index, slot.slot, slot.memory, 0)
+        return true
+    }
+
+    /// Copies what `buffer` holds of the filling piece into its slot; a complete piece is
+    /// handed on, and its slot with it.
+    private func fill(from buffer: inout ByteBuffer, context: ChannelHandlerContext) {
+        guard var piece = filling, let base = piece.memory.baseAddress else { return }
+        let count = min(piece.memory.count - piece.filled, buffer.readableBytes)
+        buffer.readWithUnsafeReadableBytes { bytes in
+            if let from = bytes.baseAddress { (base + piece.filled).copyMemory(from: from, byteCount: count) }
+            return count
+        }
+        piece.filled += count
+        guard piece.filled == piece.memory.count else {
+            filling = piece
+            return
+        }
+        filling = nil
+        context.fireChannelRead(wrapInboundOut(.pieceInSlot(index: piece.index, slot: piece.slot, length: piece.filled)))
+    }
+
+    private func stop() {
+        stopped = true
+        gathered = ByteBuffer()
+        if let piece = filling {
+            filling = nil
+            room?.abandon(slot: piece.slot)
+        }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        stop()
+        context.fireChannelInactive()
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        stop()
     }
 }
 

@@ -227,7 +227,7 @@ final class DownloadShell: @unchecked Sendable {
     func addDownloadHandlers(to channel: Channel, for connection: PeerConnection) throws {
         try channel.pipeline.syncOperations.addHandlers([
             IdleStateHandler(readTimeout: .seconds(30)),
-            ArrivingFrameDecoder.handler(),
+            ArrivingFrameReader(room: self, peerID: connection.id),
             MessageToByteHandler(FrameChannelEncoder()),
             DownloadHandler(session: self, peerID: connection.id),
         ])
@@ -296,19 +296,38 @@ final class DownloadShell: @unchecked Sendable {
     // MARK: Events from connections
 
     /// A frame from a peer. A plaintext piece on a connection that sends plaintext goes to
-    /// the Instance as it lies in the read buffer; everything else is decoded first.
+    /// the Instance as it lies in the read buffer, or in the slot it was read into;
+    /// everything else is decoded first.
     func received(_ arriving: ArrivingFrame, from peerID: Int) {
-        if case .sealed(let payload) = arriving { return receivedSealed(payload, from: peerID) }
-        guard case .piece(let index, let chunk) = arriving else { return received(arriving.frame, from: peerID) }
-        guard let connection = connections[peerID], !download.finished else { return }
-        // A connection with stages sends nothing in plaintext once they are agreed: the codec
-        // refuses the frame in its own words.
-        guard connection.accepted, !connection.codec.sealed, !connection.codec.awaitingHandshake else {
-            return received(arriving.frame, from: peerID)
+        switch arriving {
+        case .sealed(let payload): return receivedSealed(payload, from: peerID)
+        case .pieceInSlot(let index, let slot, let length):
+            service.filledFromPeer(slot)
+            guard connections[peerID] != nil, !download.finished else { return service.giveBack(slot) }
+            return receivedInSlot(index: index, slot: slot, length: length, from: peerID)
+        case .piece(let index, let chunk):
+            guard let connection = connections[peerID], !download.finished else { return }
+            // A connection with stages sends nothing in plaintext once they are agreed: the
+            // codec refuses the frame in its own words.
+            guard connection.accepted, !connection.codec.sealed, !connection.codec.awaitingHandshake else {
+                return received(arriving.frame, from: peerID)
+            }
+            arrivingPiece = .inPlace(chunk)
+            piecesStraightIntoPool += 1
+            apply(download.receivedPiece(index: index, bytes: chunk.readableBytes, from: peerID, now: service.now))
+            arrivingPiece = .none
+        case .frame(let frame): received(frame, from: peerID)
         }
-        arrivingPiece = .inPlace(chunk)
+    }
+
+    /// A piece already in a slot of the pool (read or opened into it): the Instance decides,
+    /// and the slot goes to the hash worker with it, or back.
+    private func receivedInSlot(index: UInt32, slot: Int, length: Int, from peerID: Int) {
+        arrivingPiece = .inSlot(slot: slot, length: length)
         piecesStraightIntoPool += 1
-        apply(download.receivedPiece(index: index, bytes: chunk.readableBytes, from: peerID, now: service.now))
+        apply(download.receivedPiece(index: index, bytes: length, from: peerID, now: service.now))
+        // Not handed to the hash worker (a duplicate, say): the slot comes back.
+        if case .inSlot(let slot, _) = arrivingPiece { service.giveBack(slot) }
         arrivingPiece = .none
     }
 
@@ -343,12 +362,7 @@ final class DownloadShell: @unchecked Sendable {
                 return drop(connection, reason: "\(error)")
             }
         }
-        arrivingPiece = .inSlot(slot: room.slot, length: piece.length)
-        piecesStraightIntoPool += 1
-        apply(download.receivedPiece(index: piece.index, bytes: piece.length, from: peerID, now: service.now))
-        // Not handed to the hash worker (a duplicate, say): the slot comes back.
-        if case .inSlot(let slot, _) = arrivingPiece { service.giveBack(slot) }
-        arrivingPiece = .none
+        receivedInSlot(index: piece.index, slot: room.slot, length: piece.length, from: peerID)
     }
 
     /// A frame from a peer: the hello reply and the pipeline's handshake are handled here;
@@ -449,6 +463,22 @@ final class DownloadShell: @unchecked Sendable {
 }
 
 /// The downloader's end of one peer connection.
+extension DownloadShell: ArrivingPieceRoom {
+    /// A slot for a plaintext piece arriving on a connection that may send plaintext pieces:
+    /// accepted, with no stages agreed or pending.
+    func slot(forArrivingPiece length: Int, peerID: Int) -> (slot: Int, memory: UnsafeMutableRawBufferPointer)? {
+        guard let connection = connections[peerID], !download.finished, connection.accepted,
+            !connection.codec.sealed, !connection.codec.awaitingHandshake
+        else { return nil }
+        return service.takeSlot(forArrivingChunk: length)
+    }
+
+    func abandon(slot: Int) {
+        service.filledFromPeer(slot)
+        service.giveBack(slot)
+    }
+}
+
 final class DownloadHandler: ChannelInboundHandler {
     typealias InboundIn = ArrivingFrame
     let session: DownloadShell

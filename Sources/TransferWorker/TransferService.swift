@@ -417,6 +417,32 @@ public final class TransferService: WorkerService, @unchecked Sendable {
         return (slot, memory)
     }
 
+    /// Slots that connections are reading plaintext pieces into (`takeSlot(forArrivingChunk:)`).
+    private var slotsFillingFromPeers = 0
+
+    /// A free slot to read an arriving plaintext chunk of `length` bytes into, as its bytes
+    /// arrive, and its memory. At most half the slots fill at once: a slot filling waits on
+    /// its peer, and chunks that wait for a slot pause every connection, so the slots that
+    /// come back from the hash worker must be enough to go on (a peer that trickles a piece
+    /// holds one slot, never the pool). Nil when none may be taken: the chunk is then
+    /// gathered whole and copied in as before.
+    func takeSlot(forArrivingChunk length: Int) -> (slot: Int, memory: UnsafeMutableRawBufferPointer)? {
+        guard storesWaitingForSlot.isEmpty, let slots, slotsFillingFromPeers < slots.count / 2, length > 0,
+            length <= slots.slotBytes, let slot = self.slots?.take()
+        else { return nil }
+        guard let memory = poolSlot(slot, length: length).flatMap({ pool?.bytes(of: $0) }) else {
+            giveBack(slot)
+            return nil
+        }
+        slotsFillingFromPeers += 1
+        return (slot, memory)
+    }
+
+    /// A slot from `takeSlot(forArrivingChunk:)` is filled, or given up on.
+    func filledFromPeer(_ slot: Int) {
+        slotsFillingFromPeers = max(0, slotsFillingFromPeers - 1)
+    }
+
     /// A slot taken for an arriving piece that did not go to the hash worker after all.
     func giveBack(_ slot: Int) {
         slots?.give(slot)

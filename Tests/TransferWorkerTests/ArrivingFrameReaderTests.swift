@@ -1,0 +1,170 @@
+import NIOCore
+import NIOEmbedded
+import PeerShareCore
+import PeerWire
+import Wire
+import XCTest
+
+@testable import TransferWorker
+
+/// The downloading connections' reader, over a channel: a plaintext piece's chunk is copied
+/// read by read into a slot of the pool; everything else comes out as the decoder gives it.
+final class ArrivingFrameReaderTests: XCTestCase {
+    /// Slots of `slotBytes` in memory of its own, handed out as a transfer worker's pool would.
+    final class Room: ArrivingPieceRoom {
+        let slotBytes = 128 << 10
+        let memory: UnsafeMutableRawBufferPointer
+        var free = [3, 2, 1, 0]
+        var taken = 0
+        var abandoned: [Int] = []
+        var refuse = false
+
+        init() { memory = .allocate(byteCount: 4 * (128 << 10), alignment: 64) }
+        deinit { memory.deallocate() }
+
+        func slot(forArrivingPiece length: Int, peerID: Int) -> (slot: Int, memory: UnsafeMutableRawBufferPointer)? {
+            guard !refuse, length <= slotBytes, let slot = free.popLast() else { return nil }
+            taken += 1
+            return (slot, bytes(slot, length))
+        }
+
+        func abandon(slot: Int) {
+            abandoned.append(slot)
+            free.append(slot)
+        }
+
+        func bytes(_ slot: Int, _ length: Int) -> UnsafeMutableRawBufferPointer {
+            UnsafeMutableRawBufferPointer(rebasing: memory[(slot * slotBytes)..<(slot * slotBytes + length)])
+        }
+    }
+
+    /// Feeds `stream` to a reader in reads of `readSize` bytes; what came out.
+    private func read(_ stream: [UInt8], readSize: Int, room: Room) throws -> [ArrivingFrame] {
+        let channel = EmbeddedChannel(handler: ArrivingFrameReader(room: room, peerID: 1))
+        var out: [ArrivingFrame] = []
+        for start in stride(from: 0, to: stream.count, by: readSize) {
+            try channel.writeInbound(ByteBuffer(bytes: stream[start..<min(stream.count, start + readSize)]))
+            while let frame = try channel.readInbound(as: ArrivingFrame.self) { out.append(frame) }
+        }
+        return out
+    }
+
+    private let chunk = (0..<70_000).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ $0 >> 9) }
+
+    func testAPieceIsCopiedIntoASlotAndOtherFramesAreDecoded() throws {
+        let stream =
+            PeerMessage.have(index: 3).frame().encoded() + PeerMessage.piece(index: 9, data: chunk).frame().encoded()
+            + PeerMessage.request(index: 4).frame().encoded()
+        for readSize in [1, 5, 13, 1000, 65_536, stream.count] {
+            let room = Room()
+            let frames = try read(stream, readSize: readSize, room: room)
+            XCTAssertEqual(frames.count, 3, "reads of \(readSize)")
+            guard case .frame(let have) = frames[0], case .pieceInSlot(9, let slot, chunk.count) = frames[1],
+                case .frame(let request) = frames[2]
+            else { return XCTFail("reads of \(readSize): \(frames)") }
+            XCTAssertEqual(try PeerMessage(frame: have), .have(index: 3))
+            XCTAssertEqual(Array(room.bytes(slot, chunk.count)), chunk, "reads of \(readSize)")
+            XCTAssertEqual(try PeerMessage(frame: request), .request(index: 4))
+            XCTAssertEqual(room.taken, 1)
+            XCTAssertEqual(room.abandoned, [])
+        }
+    }
+
+    /// The chunk is in the slot as it arrives, not gathered first: half a piece read, half
+    /// of it is already there.
+    func testTheChunkReachesTheSlotReadByRead() throws {
+        let room = Room()
+        let channel = EmbeddedChannel(handler: ArrivingFrameReader(room: room, peerID: 1))
+        let stream = PeerMessage.piece(index: 2, data: chunk).frame().encoded()
+        let half = ArrivingFrameReader.pieceFrameHead + chunk.count / 2
+        try channel.writeInbound(ByteBuffer(bytes: stream[..<half]))
+        XCTAssertNil(try channel.readInbound(as: ArrivingFrame.self))
+        XCTAssertEqual(room.taken, 1)
+        let slot = 0
+        XCTAssertEqual(Array(room.bytes(slot, chunk.count / 2)), Array(chunk[..<(chunk.count / 2)]))
+        try channel.writeInbound(ByteBuffer(bytes: stream[half...]))
+        guard case .pieceInSlot(2, slot, chunk.count) = try channel.readInbound(as: ArrivingFrame.self) else {
+            return XCTFail("no piece")
+        }
+        XCTAssertEqual(Array(room.bytes(slot, chunk.count)), chunk)
+    }
+
+    func testWithNoSlotThePieceIsGatheredWholeAsBefore() throws {
+        let room = Room()
+        room.refuse = true
+        let stream = PeerMessage.piece(index: 5, data: chunk).frame().encoded()
+        let frames = try read(stream, readSize: 4096, room: room)
+        guard frames.count == 1, case .piece(5, let bytes) = frames[0] else { return XCTFail("\(frames)") }
+        XCTAssertEqual(Array(bytes.readableBytesView), chunk)
+    }
+
+    func testAConnectionClosedMidPieceGivesItsSlotBack() throws {
+        let room = Room()
+        let channel = EmbeddedChannel(handler: ArrivingFrameReader(room: room, peerID: 1))
+        let stream = PeerMessage.piece(index: 2, data: chunk).frame().encoded()
+        try channel.writeInbound(ByteBuffer(bytes: stream[..<1000]))
+        XCTAssertEqual(room.taken, 1)
+        XCTAssertEqual(room.abandoned, [])
+        _ = try channel.finish()
+        XCTAssertEqual(room.abandoned, [0])
+    }
+
+    func testMalformedPiecesAreNotReadIntoSlots() throws {
+        // The inner length says one byte more than the frame holds.
+        var lying = ByteWriter()
+        lying.u32(2 + 4 + 4 + 10)
+        lying.u16(PeerMessage.Tag.piece.rawValue)
+        lying.u32(1)
+        lying.u32(11)
+        lying.raw([UInt8](repeating: 0xAB, count: 10))
+        // A piece larger than a slot (and than any chunk).
+        let huge = Manifest.maxChunkSize + 1
+        var oversized = ByteWriter()
+        oversized.u32(UInt32(2 + 4 + 4 + huge))
+        oversized.u16(PeerMessage.Tag.piece.rawValue)
+        oversized.u32(1)
+        oversized.u32(UInt32(huge))
+        oversized.raw([UInt8](repeating: 0, count: huge))
+        // Too short to hold an index and a length.
+        let stub = Frame(type: PeerMessage.Tag.piece.rawValue, payload: [0, 0, 0, 1]).encoded()
+        for bytes in [lying.bytes, oversized.bytes, stub] {
+            let room = Room()
+            let frames = try read(bytes, readSize: 3000, room: room)
+            guard frames.count == 1, case .frame(let frame) = frames[0] else { return XCTFail("\(frames)") }
+            XCTAssertThrowsError(try PeerMessage(frame: frame))
+            XCTAssertEqual(room.taken, 0)
+        }
+    }
+
+    func testTheLengthIsCheckedBeforeTheBodyArrives() throws {
+        let room = Room()
+        let channel = EmbeddedChannel(handler: ArrivingFrameReader(room: room, peerID: 1))
+        let declared = UInt32(PeerMessage.maxFrameLength + 1)
+        var header = ByteBuffer()
+        header.writeInteger(declared)
+        header.writeInteger(PeerMessage.Tag.piece.rawValue)
+        XCTAssertThrowsError(try channel.writeInbound(header)) { error in
+            XCTAssertEqual(
+                error as? FrameError, .tooLarge(length: declared, limit: PeerMessage.maxFrameLength))
+        }
+        // Nothing more is read from a connection that broke the framing.
+        try channel.writeInbound(ByteBuffer(bytes: PeerMessage.have(index: 1).frame().encoded()))
+        XCTAssertNil(try channel.readInbound(as: ArrivingFrame.self))
+        XCTAssertEqual(room.taken, 0)
+    }
+
+    /// A manifest is gathered outside the read buffer; the piece right behind it, in the same
+    /// reads, still goes into a slot.
+    func testAPieceBehindAManifestStillGoesIntoASlot() throws {
+        let manifest = (0..<(2 << 20)).map { UInt8(truncatingIfNeeded: $0 &* 13) }
+        let stream =
+            PeerMessage.manifest(bytes: manifest).frame().encoded()
+            + PeerMessage.piece(index: 2, data: chunk).frame().encoded()
+        let room = Room()
+        let frames = try read(stream, readSize: 50_000, room: room)
+        guard frames.count == 2, case .frame(let first) = frames[0], case .pieceInSlot(2, let slot, _) = frames[1]
+        else { return XCTFail("\(frames)") }
+        XCTAssertEqual(try PeerMessage(frame: first), .manifest(bytes: manifest))
+        XCTAssertEqual(Array(room.bytes(slot, chunk.count)), chunk)
+    }
+}
