@@ -94,15 +94,27 @@ struct ArrivingFrameDecoder: NIOSingleStepByteToMessageDecoder {
 
 }
 
+/// The answer to a reader with a piece's header in hand.
+enum ArrivingPieceSlot {
+    /// A slot of the chunk pool, taken now, and its memory (exactly the piece's length).
+    case slot(Int, memory: UnsafeMutableRawBufferPointer)
+    /// None free now: wait for one.
+    case later
+    /// Never into a slot (no pool yet, a piece larger than a slot, a connection whose pieces
+    /// must go through its stages): gathered whole as any frame, and handed on as `.piece`.
+    case never
+}
+
 /// Where a downloading connection's `ArrivingFrameReader` puts a plaintext piece's bytes as
 /// they arrive. Loop-confined, like the reader.
 protocol ArrivingPieceRoom: AnyObject {
-    /// Memory for a plaintext piece of `length` bytes arriving on connection `peerID` — a
-    /// slot of the chunk pool, taken now — or nil: the piece is then gathered whole as any
-    /// frame, and handed on as `.piece`.
-    func slot(forArrivingPiece length: Int, peerID: Int) -> (slot: Int, memory: UnsafeMutableRawBufferPointer)?
+    /// Memory for a plaintext piece of `length` bytes arriving on connection `peerID`.
+    func slot(forArrivingPiece length: Int, peerID: Int) -> ArrivingPieceSlot
     /// A slot taken for a piece that will not be completed (the connection closed mid-piece).
     func abandon(slot: Int)
+    /// `reader` found no slot for the piece it has begun: stop reading its connection, and
+    /// call its `retry()` once slots may be free (it is done waiting when that says so).
+    func waitForSlot(_ reader: ArrivingFrameReader, peerID: Int)
 }
 
 /// The downloading connections' framing: `ArrivingFrameDecoder`'s frames, except that once a
@@ -111,12 +123,21 @@ protocol ArrivingPieceRoom: AnyObject {
 /// into one buffer, copying most of every chunk once more (a piece spans several reads).
 /// Everything else is gathered here until it is a whole frame, bounded as before: the
 /// decoder refuses a frame's length before its bytes are kept.
+///
+/// With no slot free for a piece, the reader stops reading its connection and waits, the
+/// bytes already read kept as they are, rather than gather the piece whole and copy it to
+/// wait for a slot: TCP's window then holds the peer back, and a busy hash worker costs no
+/// memory here. Should more than the reads already under way arrive all the same, the piece
+/// is handed on as `.piece`.
 final class ArrivingFrameReader: ChannelInboundHandler {
     typealias InboundIn = ByteBuffer
     typealias InboundOut = ArrivingFrame
 
     /// A piece frame's bytes before its chunk: `u32 frame length ‖ PieceHeader`.
     static let pieceFrameHead = 4 + PieceHeader.bytes
+    /// What a connection may still deliver once it is told to stop reading: NIO's reads of
+    /// one turn (4, its default) of at most `ChunkTrafficReads`' largest buffer.
+    static let readsUnderWay = 4 * ChunkTrafficReads.largestRead
 
     private var decoder = ArrivingFrameDecoder(maxFrameLength: PeerMessage.maxFrameLength)
     /// Bytes that are not yet a whole frame (or a piece's header).
@@ -127,14 +148,34 @@ final class ArrivingFrameReader: ChannelInboundHandler {
     private let peerID: Int
     /// Closed, failed or removed: nothing more is read or handed on.
     private var stopped = false
+    /// A piece's header is here but no slot was: the connection is not read meanwhile.
+    private(set) var waitingForSlot = false
+    private var context: ChannelHandlerContext?
 
     init(room: any ArrivingPieceRoom, peerID: Int) {
         self.room = room
         self.peerID = peerID
     }
 
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+    }
+
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         var incoming = unwrapInboundIn(data)
+        process(&incoming, context: context)
+    }
+
+    /// Slots may be free again: a reader waiting for one tries again. False while it still
+    /// waits.
+    func retry() -> Bool {
+        guard waitingForSlot, !stopped, let context else { return true }
+        var nothing = ByteBuffer()
+        process(&nothing, context: context)
+        return !waitingForSlot
+    }
+
+    private func process(_ incoming: inout ByteBuffer, context: ChannelHandlerContext) {
         while !stopped {
             if filling != nil {
                 // The chunk's bytes, in order: first those read with its header.
@@ -158,7 +199,27 @@ final class ArrivingFrameReader: ChannelInboundHandler {
                 // Only what completes a piece's header: its chunk then goes straight to a slot.
                 gathered.writeBuffer(&head)
             }
-            if startFilling() { continue }
+            switch startFilling() {
+            case .started:
+                waitingForSlot = false
+                continue
+            case .noSlot(let frameBytes)
+            where gathered.readableBytes + incoming.readableBytes < frameBytes + Self.readsUnderWay:
+                // Wait for a slot with what has been read, and read no more meanwhile. (The
+                // reads of the event loop's turn still arrive; past that, should the
+                // connection be read anyway, the piece is handed on as it lies.)
+                if incoming.readableBytes > 0 { gathered.writeBuffer(&incoming) }
+                if !waitingForSlot {
+                    waitingForSlot = true
+                    room?.waitForSlot(self, peerID: peerID)
+                }
+                return
+            case .noSlot:
+                // Two pieces' worth here: the first is handed on as it lies (`.piece`).
+                break
+            case .notAPiece:
+                waitingForSlot = false
+            }
             let frame: ArrivingFrame?
             do {
                 frame = try decoder.decode(buffer: &gathered)
@@ -178,9 +239,16 @@ final class ArrivingFrameReader: ChannelInboundHandler {
         }
     }
 
+    private enum Start {
+        case started
+        case notAPiece
+        /// A well-formed piece of `frameBytes` (its length field included), and no slot.
+        case noSlot(frameBytes: Int)
+    }
+
     /// A plaintext piece's header at the front of `gathered`, its layout exactly right, and
     /// a slot for its chunk: the header is consumed and the chunk starts filling the slot.
-    private func startFilling() -> Bool {
+    private func startFilling() -> Start {
         guard !decoder.isGathering, gathered.readableBytes >= Self.pieceFrameHead,
             let frameLength = gathered.getInteger(at: gathered.readerIndex, as: UInt32.self),
             Int(frameLength) <= decoder.maxFrameLength, Int(frameLength) > PieceHeader.bytes,
@@ -195,16 +263,20 @@ final class ArrivingFrameReader: ChannelInboundHandler {
                     Int(UInt32(bigEndian: header.loadUnaligned(fromByteOffset: 6, as: UInt32.self)))
                 )
             }),
-            piece.length == Int(frameLength) - PieceHeader.bytes,
-            let slot = room?.slot(forArrivingPiece: piece.length, peerID: peerID)
-        else { return false }
-        guard slot.memory.count == piece.length else {
-            room?.abandon(slot: slot.slot)
-            return false
+            piece.length == Int(frameLength) - PieceHeader.bytes
+        else { return .notAPiece }
+        switch room?.slot(forArrivingPiece: piece.length, peerID: peerID) ?? .never {
+        case .never: return .notAPiece
+        case .later: return .noSlot(frameBytes: 4 + Int(frameLength))
+        case .slot(let slot, let memory):
+            guard memory.count == piece.length else {
+                room?.abandon(slot: slot)
+                return .notAPiece
+            }
+            gathered.moveReaderIndex(forwardBy: Self.pieceFrameHead)
+            filling = (piece.index, slot, memory, 0)
+            return .started
         }
-        gathered.moveReaderIndex(forwardBy: Self.pieceFrameHead)
-        filling = (piece.index, slot.slot, slot.memory, 0)
-        return true
     }
 
     /// Copies what `buffer` holds of the filling piece into its slot; a complete piece is
@@ -227,6 +299,7 @@ final class ArrivingFrameReader: ChannelInboundHandler {
 
     private func stop() {
         stopped = true
+        waitingForSlot = false
         gathered = ByteBuffer()
         if let piece = filling {
             filling = nil
@@ -241,6 +314,7 @@ final class ArrivingFrameReader: ChannelInboundHandler {
 
     func handlerRemoved(context: ChannelHandlerContext) {
         stop()
+        self.context = nil
     }
 }
 

@@ -57,6 +57,10 @@ final class DownloadShell: @unchecked Sendable {
     /// download ends, for whoever follows a chunk's path.
     private var piecesStraightIntoPool = 0
     private var piecesDecoded = 0
+    /// Connections that stopped reading until a slot is free for the piece they have begun
+    /// (`ArrivingFrameReader`), oldest first; and whether they are about to be woken.
+    private var readersWaitingForSlot: [(reader: ArrivingFrameReader, peerID: Int)] = []
+    private var wakingReaders = false
 
     private enum ArrivingChunk {
         case none
@@ -108,7 +112,9 @@ final class DownloadShell: @unchecked Sendable {
     func resumeReading() {
         guard readingPaused else { return }
         readingPaused = false
-        for connection in connections.values {
+        // Not those still waiting for a slot for the piece they have begun.
+        let waiting = Set(readersWaitingForSlot.map(\.peerID))
+        for connection in connections.values where !waiting.contains(connection.id) {
             try? connection.channel?.syncOptions?.setOption(ChannelOptions.autoRead, value: true)
         }
     }
@@ -176,7 +182,7 @@ final class DownloadShell: @unchecked Sendable {
                 }
             case .finished:
                 logger.info(
-                    "\(piecesStraightIntoPool + piecesDecoded) pieces arrived: \(piecesStraightIntoPool) went straight from the socket's buffer into the chunk pool, \(piecesDecoded) were decoded through the pipeline's stages first; at most \(service.tally.mostChunksWaitingForSlot) waited at once for a slot"
+                    "\(piecesStraightIntoPool + piecesDecoded) pieces arrived: \(piecesStraightIntoPool) went straight from the socket's buffer into the chunk pool, \(piecesDecoded) were decoded through the pipeline's stages first; at most \(service.tally.mostChunksWaitingForSlot) waited at once for a slot, and at most \(service.tally.mostConnectionsWaitingForSlot) connections stopped reading at once to wait for one"
                 )
                 for connection in connections.values { connection.channel?.close(promise: nil) }
             case .failed(let code, let reason):
@@ -466,16 +472,46 @@ final class DownloadShell: @unchecked Sendable {
 extension DownloadShell: ArrivingPieceRoom {
     /// A slot for a plaintext piece arriving on a connection that may send plaintext pieces:
     /// accepted, with no stages agreed or pending.
-    func slot(forArrivingPiece length: Int, peerID: Int) -> (slot: Int, memory: UnsafeMutableRawBufferPointer)? {
+    func slot(forArrivingPiece length: Int, peerID: Int) -> ArrivingPieceSlot {
         guard let connection = connections[peerID], !download.finished, connection.accepted,
-            !connection.codec.sealed, !connection.codec.awaitingHandshake
-        else { return nil }
-        return service.takeSlot(forArrivingChunk: length)
+            !connection.codec.sealed, !connection.codec.awaitingHandshake, let slots = service.slots, length > 0,
+            length <= slots.slotBytes
+        else { return .never }
+        guard let room = service.takeSlot(forArrivingChunk: length) else { return .later }
+        return .slot(room.slot, memory: room.memory)
     }
 
     func abandon(slot: Int) {
         service.filledFromPeer(slot)
         service.giveBack(slot)
+    }
+
+    func waitForSlot(_ reader: ArrivingFrameReader, peerID: Int) {
+        // Once in the list: one that got a slot on its own stays there until the next wake.
+        if !readersWaitingForSlot.contains(where: { $0.reader === reader }) {
+            readersWaitingForSlot.append((reader, peerID))
+        }
+        service.tally.mostConnectionsWaitingForSlot = max(
+            service.tally.mostConnectionsWaitingForSlot, UInt64(readersWaitingForSlot.count))
+        try? connections[peerID]?.channel?.syncOptions?.setOption(ChannelOptions.autoRead, value: false)
+    }
+
+    /// Slots came back, or a slot filling from a peer was filled: readers waiting for one
+    /// try again, oldest first, after this turn of the loop (not inside the code that gave
+    /// the slot back).
+    func slotsMayBeFree() {
+        guard !readersWaitingForSlot.isEmpty, !wakingReaders else { return }
+        wakingReaders = true
+        service.loop.execute { [self] in
+            wakingReaders = false
+            while let (reader, peerID) = readersWaitingForSlot.first, reader.retry() {
+                readersWaitingForSlot.removeFirst()
+                // Read again, unless every connection waits for chunks to get slots.
+                if !readingPaused {
+                    try? connections[peerID]?.channel?.syncOptions?.setOption(ChannelOptions.autoRead, value: true)
+                }
+            }
+        }
     }
 }
 

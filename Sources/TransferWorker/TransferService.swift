@@ -63,6 +63,9 @@ public final class TransferService: WorkerService, @unchecked Sendable {
         var chunksReadForPeers: UInt64 = 0
         /// The most arrived chunks that waited at once for a slot (each held in memory).
         var mostChunksWaitingForSlot: UInt64 = 0
+        /// The most connections that stopped reading at once to wait for a slot for the
+        /// piece they had begun (`ArrivingFrameReader`).
+        var mostConnectionsWaitingForSlot: UInt64 = 0
     }
     /// Connections still in their handshake, in total and by address: a quota of their own,
     /// so strangers that never finish cannot take the slots of established peers.
@@ -161,6 +164,7 @@ public final class TransferService: WorkerService, @unchecked Sendable {
                 WorkerCounter("chunks_served_from_pool", tally.chunksServedFromPool),
                 WorkerCounter("chunks_read_for_peers", tally.chunksReadForPeers),
                 WorkerCounter("most_chunks_waiting_for_slot", tally.mostChunksWaitingForSlot),
+                WorkerCounter("most_connections_waiting_for_slot", tally.mostConnectionsWaitingForSlot),
                 WorkerCounter("download_peers", UInt64(fetch?.connectedCount ?? 0)),
             ]
             for (path, count) in tally.connections.sorted(by: { $0.key < $1.key }) {
@@ -441,6 +445,7 @@ public final class TransferService: WorkerService, @unchecked Sendable {
     /// A slot from `takeSlot(forArrivingChunk:)` is filled, or given up on.
     func filledFromPeer(_ slot: Int) {
         slotsFillingFromPeers = max(0, slotsFillingFromPeers - 1)
+        fetch?.slotsMayBeFree()
     }
 
     /// A slot taken for an arriving piece that did not go to the hash worker after all.
@@ -483,6 +488,7 @@ public final class TransferService: WorkerService, @unchecked Sendable {
             let (read, index) = readsWaitingForSlot.removeFirst()
             lendForRead(read, index: index, slot: slot)
         }
+        fetch?.slotsMayBeFree()
     }
 
     /// Runs `body` over a chunk read for `Upload`, where it lies in the pool, then gives the

@@ -274,9 +274,12 @@ public final class FrameChannelWriter: ChannelOutboundHandler, RemovableChannelH
 }
 
 /// Channel reads sized for chunk traffic: NIO's default adaptive allocator stops at 64 KiB,
-/// so a 512 KiB chunk took eight reads and decoder passes. This one grows to 1 MiB.
+/// so a 512 KiB chunk took eight reads and decoder passes. This one grows to 256 KiB.
 public enum ChunkTrafficReads {
+    /// The largest buffer one read fills.
+    public static let largestRead = 256 * 1024
+
     public static var allocator: AdaptiveRecvByteBufferAllocator {
-        AdaptiveRecvByteBufferAllocator(minimum: 1024, initial: 64 * 1024, maximum: 256 * 1024)
+        AdaptiveRecvByteBufferAllocator(minimum: 1024, initial: 64 * 1024, maximum: largestRead)
     }
 }

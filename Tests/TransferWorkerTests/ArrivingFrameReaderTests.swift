@@ -18,19 +18,25 @@ final class ArrivingFrameReaderTests: XCTestCase {
         var taken = 0
         var abandoned: [Int] = []
         var refuse = false
+        var waiting: [ArrivingFrameReader] = []
 
         init() { memory = .allocate(byteCount: 4 * (128 << 10), alignment: 64) }
         deinit { memory.deallocate() }
 
-        func slot(forArrivingPiece length: Int, peerID: Int) -> (slot: Int, memory: UnsafeMutableRawBufferPointer)? {
-            guard !refuse, length <= slotBytes, let slot = free.popLast() else { return nil }
+        func slot(forArrivingPiece length: Int, peerID: Int) -> ArrivingPieceSlot {
+            guard length <= slotBytes else { return .never }
+            guard !refuse, let slot = free.popLast() else { return .later }
             taken += 1
-            return (slot, bytes(slot, length))
+            return .slot(slot, memory: bytes(slot, length))
         }
 
         func abandon(slot: Int) {
             abandoned.append(slot)
             free.append(slot)
+        }
+
+        func waitForSlot(_ reader: ArrivingFrameReader, peerID: Int) {
+            waiting.append(reader)
         }
 
         func bytes(_ slot: Int, _ length: Int) -> UnsafeMutableRawBufferPointer {
@@ -89,13 +95,54 @@ final class ArrivingFrameReaderTests: XCTestCase {
         XCTAssertEqual(Array(room.bytes(slot, chunk.count)), chunk)
     }
 
-    func testWithNoSlotThePieceIsGatheredWholeAsBefore() throws {
+    /// No slot free: the reader asks to wait for one (its connection is then not read, and
+    /// TCP's window holds the peer back); given one, the piece goes into it as usual.
+    func testWithNoSlotTheConnectionWaitsForOne() throws {
+        let room = Room()
+        room.refuse = true
+        let channel = EmbeddedChannel(handler: ArrivingFrameReader(room: room, peerID: 1))
+        let stream = PeerMessage.piece(index: 5, data: chunk).frame().encoded() + PeerMessage.have(index: 8).frame().encoded()
+        try channel.writeInbound(ByteBuffer(bytes: stream[..<3000]))
+        XCTAssertEqual(room.waiting.count, 1)
+        XCTAssertNil(try channel.readInbound(as: ArrivingFrame.self))
+        XCTAssertEqual(room.waiting.first?.retry(), false, "still no slot")
+        room.refuse = false
+        XCTAssertEqual(room.waiting.first?.retry(), true)
+        XCTAssertEqual(Array(room.bytes(0, 3000 - ArrivingFrameReader.pieceFrameHead)), Array(chunk[..<(3000 - ArrivingFrameReader.pieceFrameHead)]), "what was read while waiting went into the slot")
+        try channel.writeInbound(ByteBuffer(bytes: stream[3000...]))
+        guard case .pieceInSlot(5, let slot, chunk.count) = try channel.readInbound(as: ArrivingFrame.self),
+            case .frame(let have) = try channel.readInbound(as: ArrivingFrame.self)
+        else { return XCTFail("no piece") }
+        XCTAssertEqual(Array(room.bytes(slot, chunk.count)), chunk)
+        XCTAssertEqual(try PeerMessage(frame: have), .have(index: 8))
+    }
+
+    /// A reader waiting for a slot that is read anyway keeps what arrives; past the reads
+    /// that may be under way, the piece is handed on as it lies, and the next one still
+    /// waits for a slot.
+    func testAWholePieceWithNoSlotIsHandedOnAsItLies() throws {
         let room = Room()
         room.refuse = true
         let stream = PeerMessage.piece(index: 5, data: chunk).frame().encoded()
-        let frames = try read(stream, readSize: 4096, room: room)
-        guard frames.count == 1, case .piece(5, let bytes) = frames[0] else { return XCTFail("\(frames)") }
+        let channel = EmbeddedChannel(handler: ArrivingFrameReader(room: room, peerID: 1))
+        let repeats = 2 + ArrivingFrameReader.readsUnderWay / stream.count
+        let both = Array([[UInt8]](repeating: stream, count: repeats).joined())
+        for start in stride(from: 0, to: both.count, by: 4096) {
+            try channel.writeInbound(ByteBuffer(bytes: both[start..<min(both.count, start + 4096)]))
+        }
+        guard case .piece(5, let bytes) = try channel.readInbound(as: ArrivingFrame.self) else {
+            return XCTFail("no piece")
+        }
         XCTAssertEqual(Array(bytes.readableBytesView), chunk)
+        XCTAssertNil(try channel.readInbound(as: ArrivingFrame.self))
+        XCTAssertEqual(room.waiting.count, 1)
+        XCTAssertEqual(room.waiting.first?.retry(), false)
+        room.refuse = false
+        _ = room.waiting.first?.retry()
+        guard case .pieceInSlot(5, let slot, chunk.count) = try channel.readInbound(as: ArrivingFrame.self) else {
+            return XCTFail("no second piece")
+        }
+        XCTAssertEqual(Array(room.bytes(slot, chunk.count)), chunk)
     }
 
     func testAConnectionClosedMidPieceGivesItsSlotBack() throws {

@@ -200,14 +200,14 @@ def test_chunk_bytes_go_from_transfer_to_hash_through_shared_memory(tmp_path):
 
 
 def test_a_stalled_hash_worker_pauses_reading_instead_of_piling_chunks_up(tmp_path):
-    """Arrived chunks wait for a free slot of the chunk pool when the hash worker is behind;
-    while any wait, the transfer worker stops reading from its peers, and TCP's window holds
-    them back instead of the chunks piling up in its memory. Here the pool has 16 slots
+    """When the hash worker is behind, no slot of the chunk pool comes back: a connection
+    whose next piece finds no slot stops reading (TCP's window holds the peer back) instead of
+    gathering the piece in memory to wait. Here the pool has 16 slots
     (PEERSHARE_CHUNK_POOL_MIB=1, 64 KiB chunks), four seeders are asked 64 chunks deep each,
-    and the hash worker is stopped (SIGSTOP) for 1.5 s: what was already read when reading
-    stopped may still wait — at most one 256 KiB read per connection, four chunks each —
-    where without the pause every chunk in flight would (4 × 64 − 16). The file still arrives
-    whole."""
+    and the hash worker is stopped (SIGSTOP) for 1.5 s: connections must have waited, and
+    what was already read when they stopped may still wait as whole chunks — at most the
+    reads under way, four of 256 KiB per connection — where without the pause every chunk
+    in flight would (4 × 64 − 16). The file still arrives whole."""
     source = tmp_path / "stall.bin"
     source.write_bytes(os.urandom(96 << 20))
     config = tmp_path / "deep.json"
@@ -233,7 +233,9 @@ def test_a_stalled_hash_worker_pauses_reading_instead_of_piling_chunks_up(tmp_pa
     finally:
         for seeder in seeders:
             seeder.stop()
-    waited = re.search(r"at most (\d+) waited at once for a slot", stderr)
+    waited = re.search(r"at most (\d+) waited at once for a slot, and at most (\d+) connections", stderr)
     assert waited, stderr
-    print(f"chunks waiting at once for a slot while the hash worker was stopped: {waited.group(1)}")
-    assert 0 < int(waited.group(1)) <= 20, stderr
+    print(f"while the hash worker was stopped, at most {waited.group(1)} chunks and {waited.group(2)} "
+          "connections waited at once for a slot")
+    assert int(waited.group(1)) <= 20, stderr
+    assert 0 < int(waited.group(2)) <= 4, stderr
