@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Benchmarks for docs/BENCHMARKS.md: hashing beside openssl and b2sum on the same file,
-# loopback TCP (iperf3), and 1 GiB swarm rows (1->1, 4->1, 1->8) beside libtorrent with
-# CPU per GiB and peak RSS of every process.
+# loopback TCP (iperf3), 1 GiB swarm rows (1->1, 4->1, 1->8) beside libtorrent with
+# CPU per GiB and peak RSS of every process, the pipeline stages, and instructions per GiB
+# under callgrind (1 -> 1, beside libtorrent and openssl: the figure that holds on a busy
+# machine).
 # Usage: bash contrib/bench.sh [SIZE_MIB]   (default 1024)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -43,3 +45,7 @@ if command -v cc >/dev/null; then
 fi
 mkdir -p "$work/stages"
 (cd contrib && /usr/bin/python3 bench_stages.py "../$bin" "$work/stages" "$size_mib")
+
+echo "== instructions per GiB under callgrind (1 -> 1, 16 and 48 MiB), beside libtorrent and openssl"
+command -v valgrind >/dev/null || { sudo=""; [ "$(id -u)" -ne 0 ] && sudo=sudo; $sudo apt-get install -y -qq valgrind binutils >/dev/null; }
+/usr/bin/python3 contrib/bench_instructions.py "$bin" "$work/instructions"

@@ -18,7 +18,7 @@ What to know when reading the figures:
 - valgrind 3.19 cannot read the Swift toolchain's debug info, so a stripped copy
   (`strip -g`) of the binary is measured.
 
-    bench_instructions.py PEERSHARE_BINARY WORKDIR [SMALL_MIB LARGE_MIB]   (default 16 80)
+    bench_instructions.py PEERSHARE_BINARY WORKDIR [SMALL_MIB LARGE_MIB]   (default 16 48)
 """
 import glob
 import os
@@ -142,7 +142,7 @@ def main():
     if len(sys.argv) not in (3, 5) or not shutil.which("valgrind"):
         sys.exit(__doc__ + "\n(needs valgrind, mktorrent and python3-libtorrent)")
     binary, work = sys.argv[1], os.path.abspath(sys.argv[2])
-    small, large = (int(sys.argv[3]), int(sys.argv[4])) if len(sys.argv) == 5 else (16, 80)
+    small, large = (int(sys.argv[3]), int(sys.argv[4])) if len(sys.argv) == 5 else (16, 48)
     os.makedirs(work, exist_ok=True)
     stripped = os.path.join(work, "peershare")
     shutil.copyfile(binary, stripped)
