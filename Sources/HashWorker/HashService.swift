@@ -106,11 +106,12 @@ public final class HashService: WorkerService, @unchecked Sendable {
         case .buildManifest(let id, let path):
             do {
                 let builder = ManifestBuilder(logger: logger)
-                let manifest = try builder.build(builder.walk(path: path)) { done, total in
+                let built = try builder.build(builder.walk(path: path)) { done, total in
                     try? pipe.send(.hashProgress(requestID: id, bytesDone: done, bytesTotal: total))
                 }
+                let manifest = built.manifest
                 let bytes = manifest.encoded()
-                served = try ServedShare(path: path, manifest: manifest)
+                served = try ServedShare(path: path, built: built)
                 logger.info(
                     "hashed '\(manifest.rootName)': \(manifest.entries.count) entries, \(manifest.chunkCount) chunks of \(manifest.chunkSize / 1024) KiB"
                 )

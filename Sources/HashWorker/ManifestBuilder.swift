@@ -64,6 +64,9 @@ struct ManifestBuilder {
     }
 
     let logger: Logger
+    /// Linux's O_PATH (include/uapi/asm-generic/fcntl.h), which Glibc's Swift module leaves
+    /// out (it is behind _GNU_SOURCE).
+    static let openPathOnly: Int32 = 0o1000_0000
 
     /// Lists the share in canonical order (depth first, names sorted bytewise). Symbolic
     /// links and special files are skipped with a warning: following them could publish
@@ -97,34 +100,51 @@ struct ManifestBuilder {
         var names: [String] = []
         while let entry = readdir(directory) {
             let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
-                String(cString: raw.bindMemory(to: CChar.self).baseAddress!)
+                String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
             }
             if name != "." && name != ".." { names.append(name) }
         }
-        closedir(directory)
-        for name in names.sorted(by: { Array($0.utf8).lexicographicallyPrecedes(Array($1.utf8)) }) {
+        // Each child is looked at relative to the open folder (`fstatat`): the kernel does
+        // not walk the whole path again for every file, nor Landlock check it again.
+        var children: [(name: String, info: stat)] = []
+        do {
+            defer { closedir(directory) }
+            let folder = dirfd(directory)
+            for name in names.sorted(by: { Array($0.utf8).lexicographicallyPrecedes(Array($1.utf8)) }) {
+                do {
+                    try SharePath.validate(sharePath + "/" + name)
+                } catch {
+                    logger.warning("skipping '\(diskPath)/\(name)': its name cannot be shared (\(error))")
+                    continue
+                }
+                var info = stat()
+                guard fstatat(folder, name, &info, AT_SYMLINK_NOFOLLOW) == 0 else {
+                    throw Failure(
+                        description: "cannot read '\(diskPath)/\(name)': \(String(cString: strerror(errno)))")
+                }
+                children.append((name, info))
+            }
+        }
+        for (name, info) in children {
             let childDisk = diskPath + "/" + name
-            let childShare = sharePath + "/" + name
-            do {
-                try SharePath.validate(childShare)
-            } catch {
-                logger.warning("skipping '\(childDisk)': its name cannot be shared (\(error))")
-                continue
-            }
-            var info = stat()
-            guard lstat(childDisk, &info) == 0 else {
-                throw Failure(description: "cannot read '\(childDisk)': \(String(cString: strerror(errno)))")
-            }
             switch info.st_mode & S_IFMT {
-            case S_IFDIR: try walkDirectory(diskPath: childDisk, sharePath: childShare, into: &walked)
-            case S_IFREG: walked.append(sharePath: childShare, size: UInt64(info.st_size), isDirectory: false)
+            case S_IFDIR: try walkDirectory(diskPath: childDisk, sharePath: sharePath + "/" + name, into: &walked)
+            case S_IFREG:
+                walked.append(sharePath: sharePath + "/" + name, size: UInt64(info.st_size), isDirectory: false)
             default: logger.warning("skipping '\(childDisk)': not a regular file or folder")
             }
         }
     }
 
+    /// A manifest, and each file's modification time when it was opened to be hashed (by
+    /// entry index; folders' are zero): `ServedShare` refuses to serve a file changed since.
+    struct Built {
+        var manifest: Manifest
+        var modified: [timespec]
+    }
+
     /// Hashes every item; `progress` is called with (bytes hashed, total bytes) now and then.
-    func build(_ walked: Walked, progress: (UInt64, UInt64) -> Void) throws -> Manifest {
+    func build(_ walked: Walked, progress: (UInt64, UInt64) -> Void) throws -> Built {
         let total = walked.totalBytes
         let chunkSize = Manifest.chunkSize(forTotalBytes: total)
         var buffer = [UInt8](repeating: 0, count: chunkSize)
@@ -132,18 +152,43 @@ struct ManifestBuilder {
         var lastReport: UInt64 = 0
         var manifest = Manifest.Writer(
             chunkSize: chunkSize, entryCount: walked.count, expectedBytes: walked.encodedSize(chunkSize: chunkSize))
+        var modified = [timespec](repeating: timespec(), count: walked.count)
         var hashes: [UInt8] = []
+        // Files are opened relative to their folder, kept open while its files come in a row
+        // (the walk's order): one path walk per folder, not per file.
+        var folder: (path: Substring, fd: Int32)?
+        defer { if let folder { close(folder.fd) } }
         for (index, item) in walked.records.enumerated() {
             if item.isDirectory {
                 manifest.addDirectory(walked.sharePath(index))
                 continue
             }
             let diskPath = walked.diskPath(index)
-            let fd = open(diskPath, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)
+            let slash = diskPath.lastIndex(of: "/") ?? diskPath.startIndex
+            let parent = slash == diskPath.startIndex ? "/" : diskPath[..<slash]
+            let name = diskPath[diskPath.index(after: slash)...]
+            if folder?.path != parent {
+                if let folder { close(folder.fd) }
+                folder = nil
+                // O_PATH: a handle to name files by, not a right to list the folder (a single
+                // shared file's sandbox may read that file only).
+                let fd = open(String(parent), Self.openPathOnly | O_DIRECTORY | O_CLOEXEC)
+                guard fd >= 0 else {
+                    throw Failure(description: "cannot open '\(parent)': \(String(cString: strerror(errno)))")
+                }
+                folder = (parent, fd)
+            }
+            let fd = openat(folder?.fd ?? AT_FDCWD, String(name), O_RDONLY | O_CLOEXEC | O_NOFOLLOW)
             guard fd >= 0 else {
                 throw Failure(description: "cannot open '\(diskPath)': \(String(cString: strerror(errno)))")
             }
             defer { close(fd) }
+            // Its time now, before a byte is read: a change while it is hashed shows later.
+            var info = stat()
+            guard fstat(fd, &info) == 0, info.st_mode & S_IFMT == S_IFREG, UInt64(info.st_size) == item.size else {
+                throw Failure(description: "'\(diskPath)' changed while the share was being read; try again")
+            }
+            modified[index] = info.st_mtim
             hashes.removeAll(keepingCapacity: true)
             var offset: UInt64 = 0
             while offset < item.size {
@@ -164,7 +209,7 @@ struct ManifestBuilder {
         }
         progress(done, total)
         // Checked as every downloader will check it: a name peers would refuse fails here.
-        return try manifest.validatedManifest()
+        return Built(manifest: try manifest.validatedManifest(), modified: modified)
     }
 }
 

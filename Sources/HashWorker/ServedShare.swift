@@ -22,14 +22,8 @@ final class ServedShare {
     /// `path` is the file or folder that was shared; its parent holds the manifest's root name.
     /// `hashedAt` (Unix nanoseconds, 0: unchecked): a file modified after the manifest was made
     /// may hold other bytes at the same size, so it is refused as changed.
-    init(path: String, manifest: Manifest, hashedAt: UInt64 = 0) throws {
-        self.manifest = manifest
-        let absolute = URL(fileURLWithPath: path).standardizedFileURL
-        diskRoot = absolute.deletingLastPathComponent().path
-        guard absolute.lastPathComponent == manifest.rootName else {
-            throw Failure(code: 65, description: "'\(path)' does not match the manifest's name '\(manifest.rootName)'")
-        }
-        modified = Array(repeating: timespec(), count: manifest.entryCount)
+    convenience init(path: String, manifest: Manifest, hashedAt: UInt64 = 0) throws {
+        try self.init(path: path, manifest: manifest, modified: nil)
         for index in 0..<manifest.entryCount where manifest.kind(ofEntry: index) == .file {
             var info = stat()
             let path = diskRoot + "/" + manifest.path(ofEntry: index)
@@ -41,6 +35,25 @@ final class ServedShare {
                 throw Failure(code: 66, description: "'\(path)' is missing or changed since it was hashed")
             }
             modified[index] = info.st_mtim
+        }
+    }
+
+    /// A share just hashed here (`ManifestBuilder.Built`): each file's time was taken when it
+    /// was opened to be hashed, so nothing needs looking at again.
+    convenience init(path: String, built: ManifestBuilder.Built) throws {
+        try self.init(path: path, manifest: built.manifest, modified: built.modified)
+    }
+
+    private init(path: String, manifest: Manifest, modified: [timespec]?) throws {
+        self.manifest = manifest
+        let absolute = URL(fileURLWithPath: path).standardizedFileURL
+        diskRoot = absolute.deletingLastPathComponent().path
+        guard absolute.lastPathComponent == manifest.rootName else {
+            throw Failure(code: 65, description: "'\(path)' does not match the manifest's name '\(manifest.rootName)'")
+        }
+        self.modified = modified ?? Array(repeating: timespec(), count: manifest.entryCount)
+        guard self.modified.count == manifest.entryCount else {
+            throw Failure(code: 70, description: "one modification time per entry was expected")
         }
     }
 

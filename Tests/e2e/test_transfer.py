@@ -239,3 +239,33 @@ def test_a_stalled_hash_worker_pauses_reading_instead_of_piling_chunks_up(tmp_pa
           "connections waited at once for a slot")
     assert int(waited.group(1)) <= 20, stderr
     assert 0 < int(waited.group(2)) <= 4, stderr
+
+
+def test_a_file_changed_after_it_was_hashed_is_not_served(tmp_path):
+    """Each file's modification time is taken when it is opened to be hashed; a file touched
+    after that (here, once the link is out) may hold other bytes at the same size, so its
+    chunks are refused with the reason, while the unchanged file is served whole."""
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "a.bin").write_bytes(os.urandom(1 << 20))
+    (source / "b.bin").write_bytes(os.urandom(1 << 20))
+    seeder = Seeder(source, "--no-dht", "--no-lan")
+    out = tmp_path / "out"
+    out.mkdir()
+    os.utime(source / "b.bin", (1_600_000_000, 1_600_000_000))
+    proc = subprocess.Popen([BIN, "get", seeder.link, "-o", str(out), "--no-dht", "--no-lan"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        refused = ""
+        deadline = time.time() + 60
+        while time.time() < deadline and "changed since it was shared" not in refused:
+            line = proc.stderr.readline()
+            if not line:
+                break
+            refused += line
+        assert "b.bin' changed since it was shared" in refused, refused
+    finally:
+        proc.kill()
+        proc.wait()
+        seeder.stop()
+    assert not (out / "src" / "b.bin").exists()
