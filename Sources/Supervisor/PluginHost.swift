@@ -135,7 +135,8 @@ final class PluginHost: @unchecked Sendable {
         guard !Sandbox.disabledByEnvironment else { return (path, [path]) }
         let readable = SandboxProfile.pluginReadable(pluginPath: path)
         return (
-            OwnExecutable.path(), ["peershare", "sandbox", "exec"] + readable.flatMap { ["--read", $0] } + ["--", path]
+            OwnExecutable.path(),
+            ["peershare", "sandbox", "exec"] + readable.flatMap { ["--read", $0] } + ["--", path]
         )
     }
 

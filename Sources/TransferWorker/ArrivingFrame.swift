@@ -294,7 +294,8 @@ final class ArrivingFrameReader: ChannelInboundHandler {
             return
         }
         filling = nil
-        context.fireChannelRead(wrapInboundOut(.pieceInSlot(index: piece.index, slot: piece.slot, length: piece.filled)))
+        context.fireChannelRead(
+            wrapInboundOut(.pieceInSlot(index: piece.index, slot: piece.slot, length: piece.filled)))
     }
 
     private func stop() {

@@ -101,14 +101,18 @@ final class ArrivingFrameReaderTests: XCTestCase {
         let room = Room()
         room.refuse = true
         let channel = EmbeddedChannel(handler: ArrivingFrameReader(room: room, peerID: 1))
-        let stream = PeerMessage.piece(index: 5, data: chunk).frame().encoded() + PeerMessage.have(index: 8).frame().encoded()
+        let stream =
+            PeerMessage.piece(index: 5, data: chunk).frame().encoded() + PeerMessage.have(index: 8).frame().encoded()
         try channel.writeInbound(ByteBuffer(bytes: stream[..<3000]))
         XCTAssertEqual(room.waiting.count, 1)
         XCTAssertNil(try channel.readInbound(as: ArrivingFrame.self))
         XCTAssertEqual(room.waiting.first?.retry(), false, "still no slot")
         room.refuse = false
         XCTAssertEqual(room.waiting.first?.retry(), true)
-        XCTAssertEqual(Array(room.bytes(0, 3000 - ArrivingFrameReader.pieceFrameHead)), Array(chunk[..<(3000 - ArrivingFrameReader.pieceFrameHead)]), "what was read while waiting went into the slot")
+        XCTAssertEqual(
+            Array(room.bytes(0, 3000 - ArrivingFrameReader.pieceFrameHead)),
+            Array(chunk[..<(3000 - ArrivingFrameReader.pieceFrameHead)]),
+            "what was read while waiting went into the slot")
         try channel.writeInbound(ByteBuffer(bytes: stream[3000...]))
         guard case .pieceInSlot(5, let slot, chunk.count) = try channel.readInbound(as: ArrivingFrame.self),
             case .frame(let have) = try channel.readInbound(as: ArrivingFrame.self)
@@ -157,24 +161,7 @@ final class ArrivingFrameReaderTests: XCTestCase {
     }
 
     func testMalformedPiecesAreNotReadIntoSlots() throws {
-        // The inner length says one byte more than the frame holds.
-        var lying = ByteWriter()
-        lying.u32(2 + 4 + 4 + 10)
-        lying.u16(PeerMessage.Tag.piece.rawValue)
-        lying.u32(1)
-        lying.u32(11)
-        lying.raw([UInt8](repeating: 0xAB, count: 10))
-        // A piece larger than a slot (and than any chunk).
-        let huge = Manifest.maxChunkSize + 1
-        var oversized = ByteWriter()
-        oversized.u32(UInt32(2 + 4 + 4 + huge))
-        oversized.u16(PeerMessage.Tag.piece.rawValue)
-        oversized.u32(1)
-        oversized.u32(UInt32(huge))
-        oversized.raw([UInt8](repeating: 0, count: huge))
-        // Too short to hold an index and a length.
-        let stub = Frame(type: PeerMessage.Tag.piece.rawValue, payload: [0, 0, 0, 1]).encoded()
-        for bytes in [lying.bytes, oversized.bytes, stub] {
+        for bytes in MalformedPieces.frames {
             let room = Room()
             let frames = try read(bytes, readSize: 3000, room: room)
             guard frames.count == 1, case .frame(let frame) = frames[0] else { return XCTFail("\(frames)") }

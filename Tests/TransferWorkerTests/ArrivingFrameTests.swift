@@ -59,24 +59,7 @@ final class ArrivingFrameTests: XCTestCase {
     }
 
     func testAMalformedPieceIsLeftForTheParserToRefuse() throws {
-        // The inner length says one byte more than the frame holds.
-        var lying = ByteWriter()
-        lying.u32(2 + 4 + 4 + 10)
-        lying.u16(PeerMessage.Tag.piece.rawValue)
-        lying.u32(1)
-        lying.u32(11)
-        lying.raw([UInt8](repeating: 0xAB, count: 10))
-        // A piece larger than any chunk.
-        let huge = Manifest.maxChunkSize + 1
-        var oversized = ByteWriter()
-        oversized.u32(UInt32(2 + 4 + 4 + huge))
-        oversized.u16(PeerMessage.Tag.piece.rawValue)
-        oversized.u32(1)
-        oversized.u32(UInt32(huge))
-        oversized.raw([UInt8](repeating: 0, count: huge))
-        // Too short to hold an index and a length.
-        let stub = Frame(type: PeerMessage.Tag.piece.rawValue, payload: [0, 0, 0, 1]).encoded()
-        for bytes in [lying.bytes, oversized.bytes, stub] {
+        for bytes in MalformedPieces.frames {
             let frames = try decodeAll(bytes)
             guard frames.count == 1, case .frame(let frame) = frames[0] else { return XCTFail("\(frames)") }
             XCTAssertThrowsError(try PeerMessage(frame: frame))
