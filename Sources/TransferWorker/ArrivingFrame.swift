@@ -100,8 +100,9 @@ enum ArrivingPieceSlot {
     case slot(Int, memory: UnsafeMutableRawBufferPointer)
     /// None free now: wait for one.
     case later
-    /// Never into a slot (no pool yet, a piece larger than a slot, a connection whose pieces
-    /// must go through its stages): gathered whole as any frame, and handed on as `.piece`.
+    /// Not into a slot (no pool yet, a piece larger than a slot, a connection whose pieces
+    /// must go through its stages, half the slots already filling from peers): gathered whole
+    /// as any frame, and handed on as `.piece`.
     case never
 }
 
@@ -215,7 +216,8 @@ final class ArrivingFrameReader: ChannelInboundHandler {
                 }
                 return
             case .noSlot:
-                // Two pieces' worth here: the first is handed on as it lies (`.piece`).
+                // More here than the reads under way could bring: the piece is handed on as
+                // it lies (`.piece`), to wait for a slot as bytes.
                 break
             case .notAPiece:
                 waitingForSlot = false

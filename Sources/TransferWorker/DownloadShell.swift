@@ -57,6 +57,9 @@ final class DownloadShell: @unchecked Sendable {
     /// download ends, for whoever follows a chunk's path.
     private var piecesStraightIntoPool = 0
     private var piecesDecoded = 0
+    /// Of the first, those gathered whole in memory before going into a slot: no slot was
+    /// to be had as their bytes came (`ArrivingPieceSlot.never`).
+    private var piecesGatheredWhole = 0
     /// Connections that stopped reading until a slot is free for the piece they have begun
     /// (`ArrivingFrameReader`), oldest first; and whether they are about to be woken.
     private var readersWaitingForSlot: [(reader: ArrivingFrameReader, peerID: Int)] = []
@@ -182,7 +185,7 @@ final class DownloadShell: @unchecked Sendable {
                 }
             case .finished:
                 logger.info(
-                    "\(piecesStraightIntoPool + piecesDecoded) pieces arrived: \(piecesStraightIntoPool) went straight from the socket's buffer into the chunk pool, \(piecesDecoded) were decoded through the pipeline's stages first; at most \(service.tally.mostChunksWaitingForSlot) waited at once for a slot, and at most \(service.tally.mostConnectionsWaitingForSlot) connections stopped reading at once to wait for one"
+                    "\(piecesStraightIntoPool + piecesDecoded) pieces arrived: \(piecesStraightIntoPool) went straight from the socket's buffer into the chunk pool, \(piecesDecoded) were decoded through the pipeline's stages first; \(piecesGatheredWhole) of the first were gathered whole before a slot was to be had; at most \(service.tally.mostChunksWaitingForSlot) waited at once for a slot, and at most \(service.tally.mostConnectionsWaitingForSlot) connections stopped reading at once to wait for one"
                 )
                 for connection in connections.values { connection.channel?.close(promise: nil) }
             case .failed(let code, let reason):
@@ -320,6 +323,7 @@ final class DownloadShell: @unchecked Sendable {
             }
             arrivingPiece = .inPlace(chunk)
             piecesStraightIntoPool += 1
+            piecesGatheredWhole += 1
             apply(download.receivedPiece(index: index, bytes: chunk.readableBytes, from: peerID, now: service.now))
             arrivingPiece = .none
         case .frame(let frame): received(frame, from: peerID)
@@ -474,11 +478,9 @@ extension DownloadShell: ArrivingPieceRoom {
     /// accepted, with no stages agreed or pending.
     func slot(forArrivingPiece length: Int, peerID: Int) -> ArrivingPieceSlot {
         guard let connection = connections[peerID], !download.finished, connection.accepted,
-            !connection.codec.sealed, !connection.codec.awaitingHandshake, let slots = service.slots, length > 0,
-            length <= slots.slotBytes
+            !connection.codec.sealed, !connection.codec.awaitingHandshake
         else { return .never }
-        guard let room = service.takeSlot(forArrivingChunk: length) else { return .later }
-        return .slot(room.slot, memory: room.memory)
+        return service.takeSlot(forArrivingChunk: length)
     }
 
     func abandon(slot: Int) {

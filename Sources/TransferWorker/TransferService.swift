@@ -424,22 +424,24 @@ public final class TransferService: WorkerService, @unchecked Sendable {
     /// Slots that connections are reading plaintext pieces into (`takeSlot(forArrivingChunk:)`).
     private var slotsFillingFromPeers = 0
 
-    /// A free slot to read an arriving plaintext chunk of `length` bytes into, as its bytes
-    /// arrive, and its memory. At most half the slots fill at once: a slot filling waits on
-    /// its peer, and chunks that wait for a slot pause every connection, so the slots that
-    /// come back from the hash worker must be enough to go on (a peer that trickles a piece
-    /// holds one slot, never the pool). Nil when none may be taken: the chunk is then
-    /// gathered whole and copied in as before.
-    func takeSlot(forArrivingChunk length: Int) -> (slot: Int, memory: UnsafeMutableRawBufferPointer)? {
-        guard storesWaitingForSlot.isEmpty, let slots, slotsFillingFromPeers < slots.count / 2, length > 0,
-            length <= slots.slotBytes, let slot = self.slots?.take()
-        else { return nil }
+    /// A free slot to read an arriving plaintext chunk of `length` bytes into as its bytes
+    /// arrive, and its memory. At most half the slots fill from peers at once: a slot
+    /// filling waits on its peer, and a peer may trickle its piece for ever. Past that, or
+    /// for a chunk no slot holds, `.never`: the piece is gathered whole and copied in as
+    /// before, so peers that trickle hold half the pool at most and never hold up an honest
+    /// one. `.later` when no slot is free now (the hash worker is behind, or arrived chunks
+    /// wait): slots at the hash worker come back.
+    func takeSlot(forArrivingChunk length: Int) -> ArrivingPieceSlot {
+        guard let slots, length > 0, length <= slots.slotBytes, slotsFillingFromPeers < slots.count / 2 else {
+            return .never
+        }
+        guard storesWaitingForSlot.isEmpty, let slot = self.slots?.take() else { return .later }
         guard let memory = poolSlot(slot, length: length).flatMap({ pool?.bytes(of: $0) }) else {
             giveBack(slot)
-            return nil
+            return .never
         }
         slotsFillingFromPeers += 1
-        return (slot, memory)
+        return .slot(slot, memory: memory)
     }
 
     /// A slot from `takeSlot(forArrivingChunk:)` is filled, or given up on.

@@ -1,6 +1,7 @@
 """Hostile or broken peers, on both ends of a connection: a clear log line and a disconnect,
 never a crash, a hang of the whole download, or unbounded memory."""
 import os
+import re
 import socket
 import struct
 import time
@@ -44,6 +45,21 @@ class TricklingManifestProxy(CorruptingProxy):
             time.sleep(0.5)
 
 
+class TricklingPieceProxy(CorruptingProxy):
+    """Forwards a real seeder, but of the first piece it is asked for sends the head and a
+    few bytes, then a byte every half second: never silent long enough for an idle timeout,
+    never done, and holding whatever the downloader set aside for that piece."""
+
+    def forward(self, dst, msg_type, payload):
+        if msg_type != peerwire.PIECE:
+            return super().forward(dst, msg_type, payload)
+        whole = peerwire.frame(msg_type, payload)
+        dst.sendall(whole[:100])
+        for byte in whole[100:]:
+            dst.sendall(bytes([byte]))
+            time.sleep(0.5)
+
+
 class SlowHelloProxy(CorruptingProxy):
     """Forwards a real seeder, its answer to the hello held back 2 s: the other peer is
     established, and asked for the manifest, first."""
@@ -69,6 +85,39 @@ def test_a_peer_that_trickles_the_manifest_is_raced_not_waited_on_for_ever(seed,
     assert (out / "input.bin").read_bytes() == source.read_bytes()
     assert (f"no manifest from 127.0.0.1:{trickler.port} after 20 s; asking 127.0.0.1:{slow.port} as well"
             in result.stderr), result.stderr
+
+
+def test_peers_that_trickle_pieces_hold_half_the_chunk_pool_at_most(seed, tmp_path):
+    """A piece's bytes go into a slot of the chunk pool as they arrive. Twelve peers that
+    each begin a piece and then trickle it would hold twelve of the pool's sixteen slots
+    (PEERSHARE_CHUNK_POOL_MIB=1, 64 KiB chunks) for ever; at most half the slots fill from
+    peers at once, past that pieces are gathered as before, and the honest peer's chunks
+    still arrive."""
+    # 384 chunks: more than the tricklers are asked for at first (12 × 16), so the honest
+    # peer has chunks to send while they hold their slots.
+    source = tmp_path / "input.bin"
+    source.write_bytes(os.urandom(24 << 20))
+    honest = seed(source)
+    tricklers = [TricklingPieceProxy(honest.port) for _ in range(12)]
+    # The honest peer answers its hello 2 s late: the tricklers have begun their pieces.
+    late = SlowHelloProxy(honest.port)
+    for proxy in tricklers + [late]:
+        proxy.start()
+    out = tmp_path / "out"
+    out.mkdir()
+    args = []
+    for trickler in tricklers:
+        args += ["--peer", f"127.0.0.1:{trickler.port}"]
+    result = get(honest.link.split("?")[0], out, *args, "--peer", f"127.0.0.1:{late.port}", "--no-dht",
+                 "--no-lan", "--log-level", "info", timeout=180,
+                 env=dict(os.environ, PEERSHARE_CHUNK_POOL_MIB="1"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (out / "input.bin").read_bytes() == source.read_bytes()
+    assert "chunk pool: 16 slots of 65536 bytes" in result.stderr, result.stderr[-3000:]
+    # With half the slots held by tricklers, the honest peer's pieces were gathered whole
+    # (waiting for a slot to fill instead would have waited on the tricklers).
+    gathered = re.search(r"(\d+) of the first were gathered whole before a slot was to be had", result.stderr)
+    assert gathered and int(gathered.group(1)) > 0, result.stderr[-3000:]
 
 
 def download_past(proxy_class, seed, tmp_path):
