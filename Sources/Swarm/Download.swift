@@ -103,6 +103,11 @@ public struct Download: Sendable {
     public private(set) var manifest: Manifest?
     private var peers: [PeerID: Peer] = [:]
     private var attempts: [String: Int] = [:]
+    /// Times each address was dropped for refusing chunks it claimed to have (a seeder whose
+    /// file changed since it was hashed, say). Its attempts restart from here, not from zero,
+    /// when it next connects: it is retried ever more slowly and then given up on, instead
+    /// of every quarter second for ever.
+    private var refusedChunks: [String: Int] = [:]
     private var lastError: [String: String] = [:]
     /// Addresses whose chunks failed verification too often: never contacted again.
     public private(set) var bannedAddresses = Set<String>()
@@ -230,7 +235,7 @@ public struct Download: Sendable {
             // Only a peer whose first message after the whole handshake decoded earns fresh
             // retries: one whose handshake fails every time (a wrong key, an altered
             // handshake) runs out of attempts instead of being retried forever.
-            attempts[address] = 0
+            attempts[address] = refusedChunks[address, default: 0]
             join(id, now: now, &out)
         case .have(let index):
             guard peers[id]?.has != nil, Int(index) < chunkCount else {
@@ -255,6 +260,8 @@ public struct Download: Sendable {
             peers[id]?.refusals = refusals
             out.append(.log(.warning, "peer \(address) refused chunk \(index): \(reason)"))
             if refusals >= 3 {
+                refusedChunks[address, default: 0] += 1
+                attempts[address] = max(attempts[address, default: 0], refusedChunks[address, default: 0])
                 close(id, "refused \(refusals) chunks it claimed to have", &out)
             } else {
                 requestMoreFromAll(now: now, &out)

@@ -418,6 +418,13 @@ final class ServeHandler: ChannelInboundHandler, RemovableChannelHandler, @unche
             }
             // Checked in constant time: for a private share the tag is keyed with the secret.
             guard let shareID = service.servedShareID, service.pipeline.accepts(helloID: helloID, for: shareID) else {
+                // A download whose worker was restarted listens before it has fetched the
+                // manifest again: "not yet", which peers retry, not "never".
+                if service.servedShareID == nil, let fetching = service.fetch?.shareID,
+                    service.pipeline.accepts(helloID: helloID, for: fetching)
+                {
+                    return fail(.busy, "not serving that share yet (its manifest is on its way); try again")
+                }
                 return fail(
                     .unknownShare,
                     service.pipeline.plan.encrypts

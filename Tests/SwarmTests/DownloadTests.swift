@@ -215,6 +215,49 @@ final class DownloadTests: XCTestCase {
         )
     }
 
+    /// A peer that keeps refusing chunks its bitfield claims (its file changed since it was
+    /// hashed) is dropped each time; it is retried ever more slowly, and given up on after
+    /// `maxAttempts` such drops, not reconnected every quarter second for ever.
+    func testAPeerThatKeepsRefusingChunksIsRetriedEverMoreSlowlyThenGivenUp() {
+        var config = Download.Config()
+        config.maxAttempts = 3
+        config.initialDepth = 4
+        var (download, first) = started(chunks: 10, peers: 1, config: config)
+        var asked = Self.requests(first[0], to: 1)
+        var id = 1
+        var now = 0.0
+        var delays: [Double] = []
+        var wakes: [Double] = []
+        func note(_ out: [Directive]) -> [Directive] {
+            for case .wake(let at) in out { wakes.append(at) }
+            return out
+        }
+        for round in 0..<3 {
+            var out: [Directive] = []
+            for index in asked.prefix(3) {
+                out += note(download.received(.reject(index: UInt32(index), reason: "changed"), from: id, now: now))
+            }
+            XCTAssertEqual(Self.closes(out)[id], "refused 3 chunks it claimed to have", "round \(round)")
+            _ = note(download.closed(id, now: now))
+            let droppedAt = now
+            var reconnected: Int?
+            while reconnected == nil, let next = wakes.min(), next < droppedAt + 60 {
+                wakes.removeAll { $0 == next }
+                now = next
+                reconnected = Self.connects(note(download.tick(now: next))).first
+            }
+            guard let reconnected else {
+                XCTAssertEqual(round, 2, "given up on only after three drops")
+                break
+            }
+            delays.append(now - droppedAt)
+            id = reconnected
+            _ = note(download.established(id, chunkCount: 10, now: now))
+            asked = Self.requests(note(download.received(.bitfield(bits: Self.all(10)), from: id, now: now)), to: id)
+        }
+        XCTAssertEqual(delays, [0.5, 1.0], "the pause doubles with each drop")
+    }
+
     /// A peer asked for the manifest that has not delivered it after `stallTimeout` (one that
     /// trickles it a byte at a time, say) is raced, not waited on for ever: another peer is
     /// asked as well, the first genuine manifest wins, and the slow one's, should it come, is
