@@ -117,7 +117,10 @@ def capture(tmp_path, port, action):
     pcap = tmp_path / f"lo-{port}.pcap"
     dump = subprocess.Popen(["tcpdump", "-i", "lo", "-U", "-B", "131072", "-s", "0", "-w", str(pcap), f"tcp port {port}"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    time.sleep(1.0)  # tcpdump needs a moment before it sees packets
+    # tcpdump says "listening on lo" once its capture is open; a fixed pause was once too short.
+    ready = dump.stderr.readline()
+    assert b"listening on" in ready, ready
+    time.sleep(1.0)
     try:
         action()
     finally:
