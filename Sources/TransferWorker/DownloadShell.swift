@@ -506,8 +506,13 @@ extension DownloadShell: ArrivingPieceRoom {
         wakingReaders = true
         service.loop.execute { [self] in
             wakingReaders = false
-            while let (reader, peerID) = readersWaitingForSlot.first, reader.retry() {
-                readersWaitingForSlot.removeFirst()
+            // Every reader in the list, oldest first, not only up to the first that still
+            // waits: one behind it may have got a slot on its own, or stopped waiting, and
+            // its connection is not read until it is taken off the list. (A retry may add
+            // or take off readers: the list is walked as it was.)
+            for (reader, peerID) in readersWaitingForSlot {
+                guard readersWaitingForSlot.contains(where: { $0.reader === reader }), reader.retry() else { continue }
+                readersWaitingForSlot.removeAll { $0.reader === reader }
                 // Read again, unless every connection waits for chunks to get slots.
                 if !readingPaused {
                     try? connections[peerID]?.channel?.syncOptions?.setOption(ChannelOptions.autoRead, value: true)

@@ -435,10 +435,7 @@ public final class TransferService: WorkerService, @unchecked Sendable {
         guard let slots, length > 0, length <= slots.slotBytes, slotsFillingFromPeers < slots.count / 2 else {
             return .never
         }
-        // None free: gathered whole, to wait for a slot in order with the others (a reader
-        // that waits for one instead hung a download behind trickling peers in a test; see
-        // docs/ARCHITECTURE.md, "When the hash worker falls behind").
-        guard storesWaitingForSlot.isEmpty, let slot = self.slots?.take() else { return .never }
+        guard storesWaitingForSlot.isEmpty, let slot = self.slots?.take() else { return .later }
         guard let memory = poolSlot(slot, length: length).flatMap({ pool?.bytes(of: $0) }) else {
             giveBack(slot)
             return .never

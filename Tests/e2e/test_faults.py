@@ -61,8 +61,15 @@ class CorruptingProxy(threading.Thread):
 
     @staticmethod
     def close_both(*sockets):
-        """One side hung up or sent garbage: end the proxied connection both ways."""
+        """One side hung up or sent garbage: end the proxied connection both ways. Shut down
+        first: `close` alone sends no FIN while the other pump thread is blocked reading the
+        same socket (the kernel keeps the file open until that read returns), so a refusal
+        by the seeder would leave the downloader's side silent until its idle timeout."""
         for s in sockets:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
             try:
                 s.close()
             except OSError:
