@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+import peerwire
 from conftest import BIN, Seeder, get, tree_bytes, worker_pid
 
 
@@ -269,3 +270,54 @@ def test_a_file_changed_after_it_was_hashed_is_not_served(tmp_path):
         proc.wait()
         seeder.stop()
     assert not (out / "src" / "b.bin").exists()
+
+
+def reference_manifest(root: pathlib.Path, chunk_size: int) -> bytes:
+    """The manifest docs/PROTOCOL.md describes, built in Python: depth first, names sorted
+    bytewise, each folder before what it holds."""
+    entries = []
+
+    def visit(path: pathlib.Path, share_path: str):
+        if path.is_dir():
+            entries.append((share_path, None))
+            for child in sorted(path.iterdir(), key=lambda p: os.fsencode(p.name)):
+                visit(child, f"{share_path}/{child.name}")
+        else:
+            entries.append((share_path, path.read_bytes()))
+
+    visit(root, root.name)
+    return peerwire.encode_manifest(chunk_size, entries)
+
+
+def test_a_folder_hashed_on_several_threads_has_the_manifest_a_reference_builds(tmp_path):
+    """`share` hashes on every core, in batches (a file of several chunks cut across two of
+    them, single-chunk files opened by the hashing threads, folders changing within a batch),
+    under a limit of 128 descriptors; the share id must still be the SHA-256 of the manifest a
+    plain Python walk builds, and a download of it must arrive whole."""
+    root = tmp_path / "mixed"
+    (root / "empty").mkdir(parents=True)
+    # 66 MiB in 64 KiB chunks: 1,056 chunks, past a batch's 1,024.
+    with open(root / "big.bin", "wb") as f:
+        for _ in range(66):
+            f.write(os.urandom(1 << 20))
+    for index in range(300):
+        folder = root / f"d{index // 7:02}"
+        folder.mkdir(exist_ok=True)
+        (folder / f"f{index:03}.bin").write_bytes(os.urandom(1 + index * 211))
+    (root / "d00" / "zero.bin").write_bytes(b"")
+    (root / "d01" / "two-chunks.bin").write_bytes(os.urandom(65536 + 5))
+    expected = hashlib.sha256(reference_manifest(root, 65536)).hexdigest()
+    share = subprocess.Popen(["prlimit", "--nofile=128", BIN, "share", str(root), "--no-dht", "--no-lan",
+                              "--listen", "127.0.0.1:0", "--no-daemon"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        link = share.stdout.readline().strip()
+        assert link.startswith("peershare://"), share.stderr.read() if share.poll() is not None else link
+        assert link[len("peershare://"):].split("?")[0] == expected
+        out = tmp_path / "out"
+        result = get(link, out, "--no-dht", "--no-lan", timeout=300)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert tree_bytes(out / "mixed") == tree_bytes(root)
+    finally:
+        share.terminate()
+        share.wait(timeout=30)
