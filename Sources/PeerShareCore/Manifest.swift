@@ -84,8 +84,9 @@ public struct Manifest: Equatable, Sendable {
     /// what a buffer for any one chunk must hold.
     public let largestChunkLength: Int
 
-    /// Builds a manifest from its items; they are trusted (this process made them).
-    public init(chunkSize: Int, entries items: [Item]) {
+    /// The encoding of a manifest of these items, unchecked: `decode` is what checks it (tests
+    /// build broken ones on purpose; the simulator builds its share so).
+    public static func encoding(chunkSize: Int, entries items: [Item]) -> [UInt8] {
         var writer = Writer(chunkSize: chunkSize, entryCount: items.count)
         for item in items {
             if item.kind == .file {
@@ -94,7 +95,7 @@ public struct Manifest: Equatable, Sendable {
                 writer.addDirectory(item.path)
             }
         }
-        self = writer.manifest()
+        return writer.encoded
     }
 
     /// Writes a manifest entry by entry, straight into its encoding: a share of 100,000
@@ -129,14 +130,8 @@ public struct Manifest: Equatable, Sendable {
             writer.raw(chunkHashes)
         }
 
-        /// The manifest, indexed but not validated: entries that break the rules (tests make
-        /// such on purpose) still give one; `decode` is what refuses them.
-        public func manifest() -> Manifest {
-            (try? Manifest(indexing: writer.bytes, validate: false))
-                ?? Manifest(
-                    chunkSize: chunkSize, bytes: writer.bytes, records: [], chunkEntries: [], totalBytes: 0,
-                    largestChunkLength: 0)
-        }
+        /// The bytes written so far.
+        public var encoded: [UInt8] { writer.bytes }
 
         /// The manifest, checked as every peer will check it.
         public func validatedManifest() throws -> Manifest { try Manifest.decode(writer.bytes) }

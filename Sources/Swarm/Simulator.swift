@@ -136,10 +136,9 @@ public struct SwarmSimulator {
         chunkBytes = [UInt8](repeating: 0, count: config.chunkSize)
         // A real manifest, so the downloads check it as they would a peer's.
         let hashes = (0..<config.chunks).map { ChunkHash.of([UInt8(truncatingIfNeeded: $0), UInt8($0 >> 8 & 0xFF)]) }
-        manifest = Manifest(
+        manifest = Manifest.encoding(
             chunkSize: config.chunkSize,
-            entries: [.file("share.bin", size: UInt64(config.chunks * config.chunkSize), chunkHashes: hashes)]
-        ).encoded()
+            entries: [.file("share.bin", size: UInt64(config.chunks * config.chunkSize), chunkHashes: hashes)])
         shareID = ShareID(manifestBytes: manifest).bytes
         var complete = ChunkBitfield(count: config.chunks)
         for index in 0..<config.chunks { complete[index] = true }

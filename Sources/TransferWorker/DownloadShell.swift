@@ -71,15 +71,6 @@ final class DownloadShell: @unchecked Sendable {
         case inPlace(ByteBuffer)
         /// Opened from a sealed piece straight into this slot of the pool (`length` bytes).
         case inSlot(slot: Int, length: Int)
-
-        func withBytes<T>(_ body: (UnsafeRawBufferPointer) -> T) -> T {
-            switch self {
-            case .none: return body(UnsafeRawBufferPointer(start: nil, count: 0))
-            case .decoded(let bytes): return bytes.withUnsafeBytes(body)
-            case .inPlace(let buffer): return buffer.withUnsafeReadableBytes(body)
-            case .inSlot: return body(UnsafeRawBufferPointer(start: nil, count: 0))
-            }
-        }
     }
 
     init(service: TransferService, shareID: [UInt8], peers: [String]) {
@@ -157,12 +148,20 @@ final class DownloadShell: @unchecked Sendable {
                 if let connection = connections[id] { drop(connection, reason: reason) }
             case .verify(let index, let id):
                 let address = connections[id]?.address ?? "?"
-                if case .inSlot(let slot, let length) = arrivingPiece {
+                switch arrivingPiece {
+                case .inSlot(let slot, let length):
                     // Already where the hash worker reads it: the slot goes with the request.
                     service.store(index: UInt32(index), length: length, from: address, inPlace: slot)
                     arrivingPiece = .none
-                } else {
-                    arrivingPiece.withBytes { service.store(index: UInt32(index), bytes: $0, from: address) }
+                case .inPlace(let buffer):
+                    buffer.withUnsafeReadableBytes { service.store(index: UInt32(index), bytes: $0, from: address) }
+                case .decoded(let bytes):
+                    bytes.withUnsafeBytes { service.store(index: UInt32(index), bytes: $0, from: address) }
+                case .none:
+                    // The Instance says `verify` only for the piece in hand; should it not, the
+                    // hash worker refuses the empty chunk, and the Instance hears so.
+                    service.store(
+                        index: UInt32(index), bytes: UnsafeRawBufferPointer(start: nil, count: 0), from: address)
                 }
             case .manifestVerified(let bytes, let chunkSize, let largestChunk):
                 service.useSlots(chunkSize: chunkSize, largestChunk: largestChunk)

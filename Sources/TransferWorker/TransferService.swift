@@ -412,9 +412,7 @@ public final class TransferService: WorkerService, @unchecked Sendable {
         guard storesWaitingForSlot.isEmpty, let slots, messageBytes <= PieceHeader.bytes + slots.slotBytes,
             let slot = self.slots?.take()
         else { return nil }
-        let start = slots.offset(of: slot) - PieceHeader.bytes
-        guard start >= 0, let memory = pool?.bytes(of: PoolSlot(offset: UInt32(start), length: UInt32(messageBytes)))
-        else {
+        guard let memory = messageMemory(slot, chunkLength: messageBytes - PieceHeader.bytes) else {
             giveBack(slot)
             return nil
         }
@@ -454,6 +452,16 @@ public final class TransferService: WorkerService, @unchecked Sendable {
     func giveBack(_ slot: Int) {
         slots?.give(slot)
         startWaiting()
+    }
+
+    /// A piece message around slot `slot`'s chunk of `chunkLength` bytes: its header in the
+    /// slot's lead room, then the chunk (nil: more than a slot holds, or no lead room).
+    private func messageMemory(_ slot: Int, chunkLength: Int) -> UnsafeMutableRawBufferPointer? {
+        guard chunkLength >= 0, let place = poolSlot(slot, length: chunkLength), place.offset >= PieceHeader.bytes
+        else { return nil }
+        return pool?.bytes(
+            of: PoolSlot(
+                offset: place.offset - UInt32(PieceHeader.bytes), length: place.length + UInt32(PieceHeader.bytes)))
     }
 
     /// Where slot `slot` lies in the pool, holding `length` bytes (nil: more than a slot holds).
@@ -499,11 +507,7 @@ public final class TransferService: WorkerService, @unchecked Sendable {
         guard let held = readChunks.removeValue(forKey: read) else { return nil }
         defer { release(held) }
         // The header's room before the slot is ours too: a sealed piece is sealed from there.
-        guard let place = poolSlot(held.slot, length: held.length), place.offset >= PieceHeader.bytes,
-            let memory = pool?.bytes(
-                of: PoolSlot(
-                    offset: place.offset - UInt32(PieceHeader.bytes), length: place.length + UInt32(PieceHeader.bytes)))
-        else { return nil }
+        guard let memory = messageMemory(held.slot, chunkLength: held.length) else { return nil }
         return body(PooledPiece(index: index, message: memory))
     }
 

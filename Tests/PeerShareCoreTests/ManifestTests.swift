@@ -4,10 +4,10 @@ import Wire
 import XCTest
 
 final class ManifestTests: XCTestCase {
-    func sampleManifest() -> Manifest {
+    func sampleEncoding() -> [UInt8] {
         let chunk = 64 * 1024
         let hashes = (0..<3).map { ChunkHash.of([UInt8](repeating: UInt8($0), count: 10)) }
-        return Manifest(
+        return Manifest.encoding(
             chunkSize: chunk,
             entries: [
                 .directory("album"),
@@ -18,9 +18,9 @@ final class ManifestTests: XCTestCase {
     }
 
     func testRoundTripAndChunkLocations() throws {
-        let manifest = sampleManifest()
-        let decoded = try Manifest.decode(manifest.encoded())
-        XCTAssertEqual(decoded, manifest)
+        let bytes = sampleEncoding()
+        let decoded = try Manifest.decode(bytes)
+        XCTAssertEqual(decoded.encoded(), bytes)
         XCTAssertEqual(decoded.chunkCount, 3)
         XCTAssertEqual(decoded.chunkLocations[2], .init(entryIndex: 2, offset: 2 * 65536, length: 5))
         XCTAssertEqual(decoded.rootName, "album")
@@ -28,7 +28,7 @@ final class ManifestTests: XCTestCase {
     }
 
     func testShareIDIsTheHashOfTheExactBytes() {
-        let bytes = sampleManifest().encoded()
+        let bytes = sampleEncoding()
         var changed = bytes
         changed[changed.count - 1] ^= 1
         XCTAssertNotEqual(ShareID(manifestBytes: bytes), ShareID(manifestBytes: changed))
@@ -43,7 +43,7 @@ final class ManifestTests: XCTestCase {
     }
 
     func testEveryTruncationIsAnErrorNotACrash() {
-        let bytes = sampleManifest().encoded()
+        let bytes = sampleEncoding()
         for cut in 0..<bytes.count {
             XCTAssertThrowsError(try Manifest.decode(Array(bytes[0..<cut])), "cut at \(cut)")
         }
@@ -67,7 +67,7 @@ final class ManifestTests: XCTestCase {
     }
 
     func testTamperedMerkleRootIsRefused() {
-        var bytes = sampleManifest().encoded()
+        var bytes = sampleEncoding()
         // The file entry's Merkle root follows its size; flip a byte in it.
         let marker = Array("album/a.bin".utf8)
         let start = bytes.indices.first { Array(bytes[$0..<min($0 + marker.count, bytes.count)]) == marker }!
@@ -160,7 +160,7 @@ final class ManifestTests: XCTestCase {
             let size = chunks == 0 ? 0 : UInt64((chunks - 1) * chunk + 100 + number)
             items.append(.file("r/f\(number)", size: size, chunkHashes: hashes))
         }
-        let manifest = try Manifest.decode(Manifest(chunkSize: chunk, entries: items).encoded())
+        let manifest = try Manifest.decode(Manifest.encoding(chunkSize: chunk, entries: items))
         XCTAssertEqual(manifest.entryCount, 6)
         XCTAssertEqual(manifest.chunkCount, 7)
         XCTAssertEqual(manifest.entries.map(\.path), ["r", "r/f0", "r/f1", "r/f2", "r/f3", "r/f4"])

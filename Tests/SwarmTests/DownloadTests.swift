@@ -13,9 +13,8 @@ final class DownloadTests: XCTestCase {
         let hashes = (0..<chunks).map {
             ChunkHash.of([UInt8(truncatingIfNeeded: $0), UInt8(truncatingIfNeeded: $0 >> 8)])
         }
-        return Manifest(
-            chunkSize: chunkSize, entries: [.file("data.bin", size: UInt64(chunks * chunkSize), chunkHashes: hashes)]
-        ).encoded()
+        return Manifest.encoding(
+            chunkSize: chunkSize, entries: [.file("data.bin", size: UInt64(chunks * chunkSize), chunkHashes: hashes)])
     }
 
     static func all(_ count: Int) -> [UInt8] {
