@@ -15,7 +15,10 @@ Usage: bench_swarm.py PEERSHARE_BINARY FILE-OR-FOLDER WORKDIR [ROWS]   (ROWS: e.
 
 A folder works too (the scale row: `bench_swarm.py BIN /dev/shm/many WORK 1-1` after
 `bench_swarm.py --make-folder /dev/shm/many 100000 10240`). Each row also prints how long
-`peershare share` took to print its link (hashing) and the .torrent's making (mktorrent).
+`peershare share` took to print its link (hashing) and the .torrent's making (mktorrent),
+and before each tool's run how fast a plain write of the share's size into a new file in
+WORKDIR went: on a VM that figure swings several-fold from minute to minute, and the
+downloaders pay it.
 """
 import os
 import shutil
@@ -228,6 +231,8 @@ def main():
         seeders, downloaders = (int(x) for x in row.split("-"))
         results = {}
         for tool, run in (("peershare", run_peershare), ("libtorrent", run_libtorrent)):
+            print(f"  before {tool}: writing {size / 2**20:.0f} MiB into a new file here: "
+                  f"{fresh_write_rate(work, size):.0f} MB/s", flush=True)
             elapsed, meter = run(seeders, downloaders) if tool == "peershare" else run(seeders, downloaders, torrent)
             moved = size * downloaders
             results[tool] = (moved / elapsed / 1e6, sum(meter.cpu.values()) / (moved / (1 << 30)), meter.peak)
@@ -244,6 +249,24 @@ def main():
             peaks = ", ".join(f"{k} {v / 1024:.0f}" for k, v in sorted(peak.items()))
             print(f"{label:<24} {tool:<11} {rate:8.0f} {cpu:10.2f} {ratio:>14}   {peaks}", flush=True)
         print(f"  peershare share startup (hashing, until the link): {share_startup:.2f} s", flush=True)
+
+
+def fresh_write_rate(work, size):
+    """MB/s of writing SIZE bytes into a new file in WORK, as a downloader does: on this VM,
+    copying into pages the guest has not touched lately costs anywhere from 0.7 to 10 s per
+    GiB (the host backs them as they are touched), and that alone moves a row's figures
+    several-fold. Printed before each tool's run so a row can be read against it."""
+    path = os.path.join(work, "fresh-write.probe")
+    block = os.urandom(512 << 10)
+    began = time.time()
+    with open(path, "wb") as f:
+        left = size
+        while left > 0:
+            f.write(block[:min(left, len(block))])
+            left -= len(block)
+    elapsed = time.time() - began
+    os.remove(path)
+    return size / elapsed / 1e6
 
 
 def make_folder(path, count, size):
