@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Benchmarks for docs/BENCHMARKS.md: hashing beside openssl and b2sum on the same file,
 # loopback TCP (iperf3), 1 GiB swarm rows (1->1, 4->1, 1->8) beside libtorrent with
-# CPU per GiB and peak RSS of every process, the pipeline stages, and instructions per GiB
+# CPU per GiB and peak RSS of every process, share's start-up beside mktorrent, the
+# pipeline stages, and instructions per GiB
 # under callgrind (1 -> 1, beside libtorrent and openssl: the figure that holds on a busy
 # machine).
 # Usage: bash contrib/bench.sh [SIZE_MIB]   (default 1024)
@@ -37,6 +38,9 @@ wait
 echo "== swarm rows, peershare beside libtorrent (python3-libtorrent, mktorrent)"
 command -v mktorrent >/dev/null || { sudo=""; [ "$(id -u)" -ne 0 ] && sudo=sudo; $sudo apt-get install -y -qq mktorrent python3-libtorrent >/dev/null; }
 BENCH_CPU_DETAIL=1 /usr/bin/python3 contrib/bench_swarm.py "$bin" "$file" "$work" "1-1,4-1,1-8"
+
+echo "== share start-up (walking and hashing until the link) beside mktorrent"
+/usr/bin/python3 contrib/bench_share_startup.py "$bin" "$file" 3
 
 echo "== pipeline stages (zlib, sodium, plugins) beside gzip, openssl and libsodium"
 swift build -c release --product peershare-pad >/dev/null
