@@ -210,7 +210,10 @@ public final class ShareSession: SupervisorDelegate, @unchecked Sendable {
         let id = ShareID(manifestBytes: bytes)
         shareID = id
         output.finishProgress()
-        if let decoded = try? Manifest.decode(bytes) { output.described?(decoded.rootName, decoded.totalBytes) }
+        // The hash worker checked it as a downloader will; here only its name and size are read.
+        if let summary = try? Manifest.summary(of: bytes) {
+            output.described?(InertText.make(summary.rootName), summary.totalBytes)
+        }
         output.manifest?(bytes)
         // If the hash worker restarts, it must reopen the share without hashing it again.
         supervisor.rememberSetup(

@@ -27,6 +27,41 @@ final class ManifestTests: XCTestCase {
         XCTAssertEqual(decoded.totalBytes, 2 * 65536 + 5)
     }
 
+    func testASummaryReadsNameAndSizeWithoutTheRulesAndNeverTraps() throws {
+        let summary = try Manifest.summary(of: sampleEncoding())
+        XCTAssertEqual(summary.rootName, "album")
+        XCTAssertEqual(summary.totalBytes, 2 * 65536 + 5)
+        // An empty name and a name with a backslash break the rules: `decode` refuses them,
+        // `summary` reads them (the caller prints the name inert).
+        for path in ["", "a\\b"] {
+            let bytes = Manifest.encoding(chunkSize: 65536, entries: [.directory(path)])
+            XCTAssertThrowsError(try Manifest.decode(bytes))
+            XCTAssertNoThrow(try Manifest.summary(of: bytes))
+        }
+        XCTAssertEqual(
+            try Manifest.summary(of: Manifest.encoding(chunkSize: 65536, entries: [.directory("")])).rootName, "")
+        XCTAssertThrowsError(try Manifest.summary(of: Array(sampleEncoding().dropLast())))
+    }
+
+    func testAnEntryInAFolderTheManifestDoesNotListIsRefused() {
+        let hashes = [ChunkHash.of([1, 2, 3])]
+        let orphan = Manifest.encoding(
+            chunkSize: 65536, entries: [.directory("r"), .file("r/a/b", size: 3, chunkHashes: hashes)])
+        XCTAssertThrowsError(try Manifest.decode(orphan)) {
+            XCTAssertTrue("\($0)".contains("in a folder the manifest does not list"), "\($0)")
+        }
+        let rootless = Manifest.encoding(chunkSize: 65536, entries: [.file("x/y", size: 3, chunkHashes: hashes)])
+        XCTAssertThrowsError(try Manifest.decode(rootless))
+        let underAFile = Manifest.encoding(
+            chunkSize: 65536,
+            entries: [.directory("r"), .file("r/a", size: 3, chunkHashes: hashes), .directory("r/a/b")])
+        XCTAssertThrowsError(try Manifest.decode(underAFile))
+        let whole = Manifest.encoding(
+            chunkSize: 65536,
+            entries: [.directory("r"), .directory("r/a"), .file("r/a/b", size: 3, chunkHashes: hashes)])
+        XCTAssertNoThrow(try Manifest.decode(whole))
+    }
+
     func testShareIDIsTheHashOfTheExactBytes() {
         let bytes = sampleEncoding()
         var changed = bytes
@@ -117,9 +152,14 @@ final class ManifestTests: XCTestCase {
             var entries: [String: Bool] = ["r": true]
             for _ in 0..<Int.random(in: 1...8, using: &random) {
                 let depth = Int.random(in: 1...3, using: &random)
-                let path =
-                    "r/" + (0..<depth).map { _ in names.randomElement(using: &random) ?? "a" }.joined(separator: "/")
-                entries[path] = Bool.random(using: &random)
+                let parts = (0..<depth).map { _ in names.randomElement(using: &random) ?? "a" }
+                // Its folders are listed (a manifest must list them), unless one is already
+                // a file: that is the case under test.
+                for end in 1..<parts.count {
+                    let folder = "r/" + parts[..<end].joined(separator: "/")
+                    if entries[folder] == nil { entries[folder] = true }
+                }
+                entries["r/" + parts.joined(separator: "/")] = Bool.random(using: &random)
             }
             let tree = entries.map { (path: $0.key, isDirectory: $0.value) }
             let fileIsFolder = tree.contains { file in
