@@ -111,7 +111,7 @@ struct ManifestBuilder {
         do {
             defer { closedir(directory) }
             let folder = dirfd(directory)
-            for name in names.sorted(by: { Array($0.utf8).lexicographicallyPrecedes(Array($1.utf8)) }) {
+            for name in names.sorted(by: { $0.utf8.lexicographicallyPrecedes($1.utf8) }) {
                 do {
                     try SharePath.validate(sharePath + "/" + name)
                 } catch {
