@@ -156,23 +156,28 @@ struct ManifestBuilder {
     static let batchBytes = 64 << 20
     static let batchDescriptors = 48
 
-    /// One chunk to hash: where it lies, and which walk entry it belongs to. A file of one
-    /// chunk comes with no descriptor (`fd` −1): the thread that hashes it opens it too,
-    /// relative to `folder`, so that the opening (most of the work, for small files) runs on
-    /// every thread as well.
+    /// One chunk to hash: where it lies, and which walk entry it belongs to.
     private struct ChunkJob {
-        var fd: Int32
-        var folder: Int32
+        enum File {
+            /// Opened in order before the batch.
+            case open(Int32)
+            /// A file of one chunk: the thread that hashes it opens it too, relative to this
+            /// folder, so that the opening (most of the work, for small files) runs on every
+            /// thread as well.
+            case inFolder(Int32)
+        }
+        var file: File
         var offset: UInt64
         var length: Int
         var entry: Int
     }
 
     /// What a batch adds to the manifest, in the walk's order: a folder, or a file whose last
-    /// chunk (or whose nothing, when empty) is in the batch.
+    /// chunk (or whose nothing, when empty) is in the batch, and its descriptor to close
+    /// after the batch (nil: the hashing thread opened and closed it).
     private enum BatchEntry {
         case directory(Int)
-        case fileEnd(Int, fd: Int32)
+        case fileEnd(Int, fd: Int32?)
     }
 
     /// Hashes every item; `progress` is called with (bytes hashed, total bytes) now and then.
@@ -208,7 +213,7 @@ struct ManifestBuilder {
         defer {
             opener.close()
             if let current { close(current.fd) }
-            for case .fileEnd(_, let fd) in entries where fd >= 0 { close(fd) }
+            for case .fileEnd(_, let fd?) in entries { close(fd) }
         }
         repeat {
             jobs.removeAll(keepingCapacity: true)
@@ -221,7 +226,7 @@ struct ManifestBuilder {
                     if file.offset < size {
                         let length = Int(min(UInt64(chunkSize), size - file.offset))
                         jobs.append(
-                            ChunkJob(fd: file.fd, folder: -1, offset: file.offset, length: length, entry: file.entry))
+                            ChunkJob(file: .open(file.fd), offset: file.offset, length: length, entry: file.entry))
                         current = (file.entry, file.fd, file.offset + UInt64(length))
                         batchBytes += length
                     } else {
@@ -240,8 +245,8 @@ struct ManifestBuilder {
                 let size = walked.records[entry].size
                 if size > 0, size <= UInt64(chunkSize) {
                     let folder = try opener.folder(of: walked, entry)
-                    jobs.append(ChunkJob(fd: -1, folder: folder, offset: 0, length: Int(size), entry: entry))
-                    entries.append(.fileEnd(entry, fd: -1))
+                    jobs.append(ChunkJob(file: .inFolder(folder), offset: 0, length: Int(size), entry: entry))
+                    entries.append(.fileEnd(entry, fd: nil))
                     batchBytes += Int(size)
                     continue
                 }
@@ -273,7 +278,7 @@ struct ManifestBuilder {
                     }
                 }
             }
-            for case .fileEnd(_, let fd) in entries where fd >= 0 { close(fd) }
+            for case .fileEnd(_, let fd?) in entries { close(fd) }
             entries.removeAll()
             // The file still being cut carries its chunks' hashes into the next batch.
             if let file = current { appendDigests(file.entry, &hashes) }
@@ -335,10 +340,11 @@ struct ManifestBuilder {
                 let job = jobs[index]
                 let buffer = UnsafeMutableRawBufferPointer(rebasing: buffers[thread][0..<job.length])
                 do {
-                    if job.fd >= 0 {
-                        try FileIO.readExactly(job.fd, into: buffer, at: job.offset, path: walked.diskPath(job.entry))
-                    } else {
-                        let fd = try FileOpener.open(walked, job.entry, in: job.folder, modified: &modified[job.entry])
+                    switch job.file {
+                    case .open(let fd):
+                        try FileIO.readExactly(fd, into: buffer, at: job.offset, path: walked.diskPath(job.entry))
+                    case .inFolder(let folder):
+                        let fd = try FileOpener.open(walked, job.entry, in: folder, modified: &modified[job.entry])
                         defer { close(fd) }
                         try FileIO.readExactly(fd, into: buffer, at: job.offset, path: walked.diskPath(job.entry))
                     }
