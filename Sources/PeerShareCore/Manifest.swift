@@ -431,6 +431,22 @@ public enum SharePath {
     /// Every path valid, one top-level name, no duplicates, no file that is another entry's
     /// folder. Checked on the paths sorted bytewise (an index array, not a set of strings):
     /// duplicates are then neighbours, and everything under "f/" starts where "f/" would.
+    /// The first position in `sorted` whose entry is not `before` (a binary search; the
+    /// entries `before` holds for come first).
+    private static func firstPosition(in sorted: [Int], where before: (Int) -> Bool) -> Int {
+        var low = 0
+        var high = sorted.count
+        while low < high {
+            let middle = (low + high) / 2
+            if before(sorted[middle]) {
+                low = middle + 1
+            } else {
+                high = middle
+            }
+        }
+        return low
+    }
+
     static func validateTree(_ table: PathTable) throws {
         guard !table.ranges.isEmpty else { throw DecodeError.invalid("manifest has no entries") }
         for index in table.ranges.indices { try validate(bytes: table.path(index)) }
@@ -453,16 +469,7 @@ public enum SharePath {
             let file = table.path(index)
             // The first path not below "file/" in byte order; if it starts with "file/",
             // the file is someone's folder.
-            var low = 0
-            var high = sorted.count
-            while low < high {
-                let middle = (low + high) / 2
-                if precedes(table.path(sorted[middle]), folderOf: file) {
-                    low = middle + 1
-                } else {
-                    high = middle
-                }
-            }
+            let low = firstPosition(in: sorted) { precedes(table.path($0), folderOf: file) }
             if low < sorted.count, isInside(table.path(sorted[low]), folderOf: file) {
                 throw DecodeError.invalid(
                     "'\(String(decoding: table.path(index), as: UTF8.self))' is both a file and a folder")
@@ -474,16 +481,7 @@ public enum SharePath {
             let path = table.path(index)
             guard let slash = path.lastIndex(of: UInt8(ascii: "/")) else { continue }
             let parent = path[..<slash]
-            var low = 0
-            var high = sorted.count
-            while low < high {
-                let middle = (low + high) / 2
-                if table.path(sorted[middle]).lexicographicallyPrecedes(parent) {
-                    low = middle + 1
-                } else {
-                    high = middle
-                }
-            }
+            let low = firstPosition(in: sorted) { table.path($0).lexicographicallyPrecedes(parent) }
             guard low < sorted.count, table.path(sorted[low]).elementsEqual(parent),
                 table.ranges[sorted[low]].isDirectory
             else {
