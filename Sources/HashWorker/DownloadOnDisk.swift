@@ -187,15 +187,35 @@ final class DownloadOnDisk {
         {
             closeFile(oldest)
         }
+        let fd = try openStaged(entry)
+        descriptors[entry] = fd
+        lastUse[entry] = uses
+        return fd
+    }
+
+    /// Opens a staged file, creating it if this is its first chunk (see `createTree`).
+    private func openStaged(_ entry: Int) throws -> Int32 {
         let path = stagedPath(of: entry)
-        // Created here if this is its first chunk (see `createTree`).
         let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, fileMode)
         guard fd >= 0 else {
             throw Failure(code: 74, description: "cannot open '\(path)': \(String(cString: strerror(errno)))")
         }
-        descriptors[entry] = fd
-        lastUse[entry] = uses
         return fd
+    }
+
+    /// Runs `body` on the file that holds `location`. A file of one chunk is opened, used
+    /// and closed at once, outside the cache of open files: in a folder of 100,000 small
+    /// files each is written once, and keeping it open would only cost an eviction later.
+    private func withFile<Result>(at location: Manifest.ChunkLocation, _ body: (Int32) throws -> Result) throws
+        -> Result
+    {
+        let entry = location.entryIndex
+        if location.offset == 0, UInt64(location.length) == manifest.size(ofEntry: entry), descriptors[entry] == nil {
+            let fd = try openStaged(entry)
+            defer { close(fd) }
+            return try body(fd)
+        }
+        return try body(descriptor(for: entry))
     }
 
     private func stagedPath(of entry: Int) -> String { stagingDirectory + "/" + manifest.path(ofEntry: entry) }
@@ -215,9 +235,10 @@ final class DownloadOnDisk {
             return false
         }
         if verified[index] { return true }
-        let fd = try descriptor(for: location.entryIndex)
-        try data.withUnsafeBytes {
-            try FileIO.writeAll(fd, $0, at: location.offset, path: stagedPath(of: location.entryIndex))
+        try withFile(at: location) { fd in
+            try data.withUnsafeBytes {
+                try FileIO.writeAll(fd, $0, at: location.offset, path: stagedPath(of: location.entryIndex))
+            }
         }
         verified[index] = true
         return true
@@ -234,10 +255,11 @@ final class DownloadOnDisk {
         guard location.length <= slot.count else {
             throw Failure(code: 70, description: "chunk \(index) (\(location.length) bytes) is larger than its slot")
         }
-        let fd = try descriptor(for: location.entryIndex)
-        try FileIO.readExactly(
-            fd, into: UnsafeMutableRawBufferPointer(rebasing: slot[0..<location.length]), at: location.offset,
-            path: stagedPath(of: location.entryIndex))
+        try withFile(at: location) { fd in
+            try FileIO.readExactly(
+                fd, into: UnsafeMutableRawBufferPointer(rebasing: slot[0..<location.length]), at: location.offset,
+                path: stagedPath(of: location.entryIndex))
+        }
         return location.length
     }
 

@@ -1,3 +1,4 @@
+import PeerShareCore
 import Swarm
 import Wire
 import XCTest
@@ -108,6 +109,68 @@ final class ChunkSelectionTests: XCTestCase {
         var field = ChunkBitfield(count: count)
         for index in set { field[index] = true }
         return field
+    }
+
+    /// Picks read a bitset of the missing chunks, ANDed with the peer's bits a byte at a time.
+    /// Against a model that reads `states` one chunk at a time, through random joins, haves,
+    /// arrivals, verdicts and departures, with chunk counts that are not a multiple of eight.
+    func testPicksMatchAChunkByChunkModelThroughRandomEvents() {
+        for (round, strategy) in [PickStrategy.sequential, .rarestFirst, .rarestInOrder, .sequential].enumerated() {
+            var random = SplitMix64(seed: UInt64(round + 7))
+            let count = [203, 61, 150, 9][round]
+            var scheduler = ChunkScheduler(
+                chunkCount: count, verified: nil, maxInFlightPerPeer: 3, randomFirst: 0, seed: UInt64(round),
+                strategy: strategy)
+            var joined: Set<Int> = []
+            var held: [Int: Set<Int>] = [:]
+            for _ in 0..<3000 {
+                let peer = Int(random.next() % 5)
+                switch random.next() % 6 {
+                case 0 where !joined.contains(peer):
+                    let chunks = (0..<count).filter { _ in random.next() % 3 != 0 }
+                    scheduler.peerJoined(peer, has: bits(count, chunks))
+                    joined.insert(peer)
+                    held[peer] = Set(chunks)
+                case 1 where joined.contains(peer):
+                    let index = Int(random.next() % UInt64(count))
+                    scheduler.peerHas(peer, index: index)
+                    held[peer, default: []].insert(index)
+                case 2 where joined.contains(peer):
+                    let before = scheduler.states
+                    let candidates = (0..<count).filter { before[$0] == .missing && held[peer]?.contains($0) == true }
+                    for index in scheduler.nextRequests(for: peer, max: 1) where before[index] == .missing {
+                        XCTAssertTrue(candidates.contains(index), "chunk \(index) was not a candidate")
+                        switch strategy {
+                        case .sequential:
+                            XCTAssertEqual(index, candidates.first, "sequential takes the lowest candidate")
+                        case .rarestFirst, .rarestInOrder:
+                            let rarest = candidates.map { scheduler.availability[$0] }.min()
+                            XCTAssertEqual(scheduler.availability[index], rarest, "rarest first")
+                        case .random:
+                            break
+                        }
+                    }
+                case 3:
+                    for index in 0..<count where scheduler.states[index] == .requested(from: peer) {
+                        _ = scheduler.pieceArrived(index: index, from: peer)
+                        break
+                    }
+                case 4:
+                    for index in 0..<count {
+                        guard case .verifying = scheduler.states[index] else { continue }
+                        _ = scheduler.verificationResult(index: index, accepted: random.next() % 4 != 0)
+                        break
+                    }
+                case 5 where joined.contains(peer) && random.next() % 4 == 0:
+                    scheduler.peerLeft(peer)
+                    joined.remove(peer)
+                    held[peer] = nil
+                default:
+                    break
+                }
+                XCTAssertEqual(scheduler.inEndgame, !scheduler.states.contains(.missing))
+            }
+        }
     }
 
     func testPeersAreAskedOnlyForChunksTheyHave() {
