@@ -115,9 +115,12 @@ final class ChunkSelectionTests: XCTestCase {
     /// Against a model that reads `states` one chunk at a time, through random joins, haves,
     /// arrivals, verdicts and departures, with chunk counts that are not a multiple of eight.
     func testPicksMatchAChunkByChunkModelThroughRandomEvents() {
-        for (round, strategy) in [PickStrategy.sequential, .rarestFirst, .rarestInOrder, .sequential].enumerated() {
+        let rounds: [(PickStrategy, Int)] = [
+            (.sequential, 203), (.rarestFirst, 61), (.rarestInOrder, 150), (.sequential, 9), (.rarestFirst, 203),
+            (.rarestFirst, 1001), (.rarestFirst, 700), (.random, 300),
+        ]
+        for (round, (strategy, count)) in rounds.enumerated() {
             var random = SplitMix64(seed: UInt64(round + 7))
-            let count = [203, 61, 150, 9][round]
             var scheduler = ChunkScheduler(
                 chunkCount: count, verified: nil, maxInFlightPerPeer: 3, randomFirst: 0, seed: UInt64(round),
                 strategy: strategy)
@@ -127,8 +130,11 @@ final class ChunkSelectionTests: XCTestCase {
                 let peer = Int(random.next() % 5)
                 switch random.next() % 6 {
                 case 0 where !joined.contains(peer):
-                    let chunks = (0..<count).filter { _ in random.next() % 3 != 0 }
-                    scheduler.peerJoined(peer, has: bits(count, chunks))
+                    // Seeders only in some rounds: every peer then has every chunk, and picks
+                    // take the path for equally rare chunks.
+                    let seeders = round % 2 == 1
+                    let chunks = (0..<count).filter { _ in seeders || random.next() % 3 != 0 }
+                    scheduler.peerJoined(peer, has: seeders ? nil : bits(count, chunks))
                     joined.insert(peer)
                     held[peer] = Set(chunks)
                 case 1 where joined.contains(peer):
@@ -143,8 +149,14 @@ final class ChunkSelectionTests: XCTestCase {
                         switch strategy {
                         case .sequential:
                             XCTAssertEqual(index, candidates.first, "sequential takes the lowest candidate")
-                        case .rarestFirst, .rarestInOrder:
+                        case .rarestInOrder:
                             let rarest = candidates.map { scheduler.availability[$0] }.min()
+                            XCTAssertEqual(scheduler.availability[index], rarest, "rarest first")
+                        case .rarestFirst:
+                            // The rarest of the first `pickWindow` candidates.
+                            let window = candidates.prefix(ChunkScheduler.pickWindow)
+                            let rarest = window.map { scheduler.availability[$0] }.min()
+                            XCTAssertTrue(window.contains(index), "among the first \(ChunkScheduler.pickWindow)")
                             XCTAssertEqual(scheduler.availability[index], rarest, "rarest first")
                         case .random:
                             break
