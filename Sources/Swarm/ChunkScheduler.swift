@@ -17,8 +17,11 @@ import Wire
 /// measures the cost, docs/SWARM.md.) When no missing chunk is left for a peer, it is also
 /// asked for chunks already out with others (endgame).
 ///
-/// Each pick scans the chunk list once: ~2,048 chunks for shares up to 8 GiB (chunks grow
-/// to 4 MiB beyond that), a few microseconds per request.
+/// A pick looks at the first `pickWindow` candidates from the first missing chunk, whatever
+/// the share's size. Candidates are found 64 chunks at a time, by ANDing a bitset of the
+/// missing chunks with the peer's bitfield; when every peer has every chunk (all equally
+/// rare) the pick only counts bits. About two thousand instructions per request with
+/// 100,000 chunks.
 public struct ChunkScheduler: Sendable {
     public typealias PeerID = Int
 

@@ -250,11 +250,15 @@ def test_unreachable_peer(tmp_path):
 
 
 class MaliciousSeeder(threading.Thread):
-    """Serves a manifest whose share id is right but whose path escapes the target."""
+    """Serves a manifest whose share id is right but whose paths break the rules: by default
+    one file whose path escapes the target, else the given entries (path, bytes or None for
+    a folder)."""
 
-    def __init__(self, path):
+    def __init__(self, path=None, entries=None):
         super().__init__(daemon=True)
-        self.manifest = peerwire.encode_manifest(65536, [(path, b"pwned\n")])
+        entries = entries if entries is not None else [(path, b"pwned\n")]
+        self.manifest = peerwire.encode_manifest(65536, entries)
+        self.chunks = sum((len(data) + 65535) // 65536 for _, data in entries if data is not None)
         import hashlib
         self.share_id = hashlib.sha256(self.manifest).digest()
         self.listener = socket.socket()
@@ -272,8 +276,8 @@ class MaliciousSeeder(threading.Thread):
                 while True:
                     msg_type, payload = peerwire.read_frame(conn)
                     if msg_type == peerwire.HELLO:
-                        conn.sendall(peerwire.frame(peerwire.HELLO_ACCEPTED, struct.pack(">HI", peerwire.VERSION, 1) + b"\x00"))
-                        conn.sendall(peerwire.frame(peerwire.BITFIELD, peerwire.blob(peerwire.full_bitfield(1))))
+                        conn.sendall(peerwire.frame(peerwire.HELLO_ACCEPTED, struct.pack(">HI", peerwire.VERSION, self.chunks) + b"\x00"))
+                        conn.sendall(peerwire.frame(peerwire.BITFIELD, peerwire.blob(peerwire.full_bitfield(self.chunks))))
                     elif msg_type == peerwire.GET_MANIFEST:
                         conn.sendall(peerwire.frame(peerwire.MANIFEST, peerwire.blob(self.manifest)))
                     elif msg_type == peerwire.REQUEST:
@@ -295,6 +299,29 @@ def test_manifest_with_escaping_paths_is_refused(tmp_path, evil_path):
     assert leftovers(target) == []
     assert not (tmp_path / "inner" / "evil.txt").exists()
     assert not pathlib.Path("/tmp/evil.txt").exists()
+
+
+@pytest.mark.parametrize("entries,needle", [
+    # "r/a" is not listed: the download would fail half-way, making the folders.
+    ([("r", None), ("r/a/b.txt", b"pwned\n")], "is in a folder the manifest does not list"),
+    # "r/a" is a file and the folder of "r/a/b".
+    ([("r", None), ("r/a", b"one\n"), ("r/a/b", b"two\n")], "is both a file and a folder"),
+    ([("r", None), ("r/x", b"one\n"), ("r/x", b"two\n")], "duplicate path"),
+    ([("r", None), ("r/x", b"one\n"), ("s/y", b"two\n")], "more than one top-level name"),
+], ids=["unlisted-folder", "file-as-folder", "duplicate", "two-roots"])
+def test_manifest_whose_tree_breaks_the_rules_is_refused_before_anything_is_written(tmp_path, entries, needle):
+    """A hostile seeder's manifest, with the right share id, whose paths are each fine but
+    whose tree is not: refused whole, before a folder or file is made."""
+    seeder = MaliciousSeeder(entries=entries)
+    seeder.start()
+    target = tmp_path / "target"
+    target.mkdir()
+    link = f"peershare://{seeder.share_id.hex()}?peer=127.0.0.1:{seeder.port}"
+    result = get(link, target, timeout=60)
+    assert result.returncode == 65, result.stderr
+    assert needle in result.stderr, result.stderr
+    assert leftovers(target) == []
+    assert list(target.iterdir()) == []
 
 
 def test_existing_target_is_not_overwritten(seed, tmp_path):
