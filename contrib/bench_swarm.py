@@ -231,8 +231,9 @@ def main():
         seeders, downloaders = (int(x) for x in row.split("-"))
         results = {}
         for tool, run in (("peershare", run_peershare), ("libtorrent", run_libtorrent)):
-            print(f"  before {tool}: writing {size / 2**20:.0f} MiB into a new file here: "
-                  f"{fresh_write_rate(work, size):.0f} MB/s", flush=True)
+            rate, count = fresh_write_rate(work, size)
+            into = "a new file" if count == 1 else f"{count} new files"
+            print(f"  before {tool}: writing {size / 2**20:.0f} MiB into {into} here: {rate:.0f} MB/s", flush=True)
             elapsed, meter = run(seeders, downloaders) if tool == "peershare" else run(seeders, downloaders, torrent)
             moved = size * downloaders
             results[tool] = (moved / elapsed / 1e6, sum(meter.cpu.values()) / (moved / (1 << 30)), meter.peak)
@@ -252,21 +253,36 @@ def main():
 
 
 def fresh_write_rate(work, size):
-    """MB/s of writing SIZE bytes into a new file in WORK, as a downloader does: on this VM,
-    copying into pages the guest has not touched lately costs anywhere from 0.7 to 10 s per
-    GiB (the host backs them as they are touched), and that alone moves a row's figures
-    several-fold. Printed before each tool's run so a row can be read against it."""
-    path = os.path.join(work, "fresh-write.probe")
+    """MB/s of writing the share into new files in WORK, as a downloader does, and how many
+    files: on this VM, copying into pages the guest has not touched lately costs anywhere
+    from 0.7 to 10 s per GiB (the host backs them as they are touched), and that alone moves
+    a row's figures several-fold. Printed before each tool's run so a row can be read against
+    it. A folder is written as the same tree of files of the same sizes: that also leaves the
+    kernel's inode and dentry caches grown (then freed) for that many files before each
+    tool's run alike. Without it the first tool of the first row paid to grow them for
+    100,000 new files and the second reused what the first freed: the same PeerShare run took
+    6.4 CPU-s/GiB in its downloader's hash worker one time and 2.9 the next."""
+    target = os.path.join(work, "fresh-write.probe")
     block = os.urandom(512 << 10)
+    sizes = ([("", size)] if os.path.isfile(source) else
+             [(os.path.relpath(os.path.join(root, name), source), os.path.getsize(os.path.join(root, name)))
+              for root, _, names in os.walk(source) for name in names])
     began = time.time()
-    with open(path, "wb") as f:
-        left = size
-        while left > 0:
-            f.write(block[:min(left, len(block))])
-            left -= len(block)
+    for relative, length in sizes:
+        path = os.path.join(target, relative) if relative else target
+        if relative:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as f:
+            left = length
+            while left > 0:
+                f.write(block[:min(left, len(block))])
+                left -= len(block)
     elapsed = time.time() - began
-    os.remove(path)
-    return size / elapsed / 1e6
+    if os.path.isdir(target):
+        shutil.rmtree(target)
+    else:
+        os.remove(target)
+    return size / elapsed / 1e6, len(sizes)
 
 
 def make_folder(path, count, size):
