@@ -38,10 +38,10 @@ public struct ChunkScheduler: Sendable {
     public static let endgameCopies = 1
 
     public private(set) var states: [ChunkState]
-    /// The chunks in `.missing`, as bits: a pick ANDs them with the peer's bitfield eight
+    /// The chunks in `.missing`, as bits: a pick ANDs them with the peer's bitfield 64
     /// chunks at a time instead of testing each chunk's state (with 100,000 chunks of 10 KiB,
     /// a pick that tested states one by one was a quarter of the downloading transfer worker's
-    /// time). Kept by `set(_:to:)`, the one place a state changes.
+    /// instructions). Kept by `set(_:to:)`, the one place a state changes.
     private var missing: ChunkBitfield
     /// How many connected peers have each chunk.
     public private(set) var availability: [UInt16]
