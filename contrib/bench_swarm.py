@@ -231,9 +231,10 @@ def main():
         seeders, downloaders = (int(x) for x in row.split("-"))
         results = {}
         for tool, run in (("peershare", run_peershare), ("libtorrent", run_libtorrent)):
-            rate, count = fresh_write_rate(work, size)
+            rate, count = fresh_write_rate(work, size, downloaders)
             into = "a new file" if count == 1 else f"{count} new files"
-            print(f"  before {tool}: writing {size / 2**20:.0f} MiB into {into} here: {rate:.0f} MB/s", flush=True)
+            print(f"  before {tool}: writing {size * downloaders / 2**20:.0f} MiB into {into} here: "
+                  f"{rate:.0f} MB/s", flush=True)
             elapsed, meter = run(seeders, downloaders) if tool == "peershare" else run(seeders, downloaders, torrent)
             moved = size * downloaders
             results[tool] = (moved / elapsed / 1e6, sum(meter.cpu.values()) / (moved / (1 << 30)), meter.peak)
@@ -252,37 +253,36 @@ def main():
         print(f"  peershare share startup (hashing, until the link): {share_startup:.2f} s", flush=True)
 
 
-def fresh_write_rate(work, size):
-    """MB/s of writing the share into new files in WORK, as a downloader does, and how many
-    files: on this VM, copying into pages the guest has not touched lately costs anywhere
+def fresh_write_rate(work, size, copies=1):
+    """MB/s of writing the share into new files in WORK, once per downloader of the row, as
+    the downloaders do, and how many files: on this VM, copying into pages the guest has not touched lately costs anywhere
     from 0.7 to 10 s per GiB (the host backs them as they are touched), and that alone moves
     a row's figures several-fold. Printed before each tool's run so a row can be read against
     it. A folder is written as the same tree of files of the same sizes: that also leaves the
     kernel's inode and dentry caches grown (then freed) for that many files before each
     tool's run alike. Without it the first tool of the first row paid to grow them for
     100,000 new files and the second reused what the first freed: the same PeerShare run took
-    6.4 CPU-s/GiB in its downloader's hash worker one time and 2.9 the next."""
+    6.4 CPU-s/GiB in its downloader's hash worker one time and 2.9 the next. Likewise the
+    memory: eight downloaders write eight copies, and the tool that ran second reused the
+    pages the first one's copies had just freed, so as many copies are written here."""
     target = os.path.join(work, "fresh-write.probe")
     block = os.urandom(512 << 10)
-    sizes = ([("", size)] if os.path.isfile(source) else
+    sizes = ([("share.bin", size)] if os.path.isfile(source) else
              [(os.path.relpath(os.path.join(root, name), source), os.path.getsize(os.path.join(root, name)))
               for root, _, names in os.walk(source) for name in names])
     began = time.time()
-    for relative, length in sizes:
-        path = os.path.join(target, relative) if relative else target
-        if relative:
+    for copy in range(copies):
+        for relative, length in sizes:
+            path = os.path.join(target, str(copy), relative)
             os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "wb") as f:
-            left = length
-            while left > 0:
-                f.write(block[:min(left, len(block))])
-                left -= len(block)
+            with open(path, "wb") as f:
+                left = length
+                while left > 0:
+                    f.write(block[:min(left, len(block))])
+                    left -= len(block)
     elapsed = time.time() - began
-    if os.path.isdir(target):
-        shutil.rmtree(target)
-    else:
-        os.remove(target)
-    return size / elapsed / 1e6, len(sizes)
+    shutil.rmtree(target)
+    return size * copies / elapsed / 1e6, len(sizes) * copies
 
 
 def make_folder(path, count, size):
