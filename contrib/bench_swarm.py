@@ -5,7 +5,9 @@
 
 For each row: MB/s (share size x downloaders / wall time from launch to the last download
 finished, worker startup and the final fsync included), total CPU seconds per GiB moved
-(every process of every peer, from /proc), and the peak RSS per kind of process (each
+(every process of every peer, from /proc, each seeder's hashing of the share before its link
+included: libtorrent's seeder, in seed_mode, hashes each piece when a peer first asks for it,
+inside the row; the hashing is also printed apart), and the peak RSS per kind of process (each
 process's VmHWM, read every 20 ms while it lives). libtorrent runs as separate python3-libtorrent processes (contrib/lt_transfer.py),
 TCP only, joined with connect_peer, a torrent made by mktorrent with the same piece size as
 PeerShare's chunks. PeerShare downloaders in the 1 -> 8 row are told of each other (--peer),
@@ -138,6 +140,11 @@ def run_peershare(seeders, downloaders):
         share_startup = time.time() - began  # hashing, until the link is printed
         procs.append(p)
         meter.add(p.pid, "seeder")
+    # The seeders' CPU until their links were printed: hashing the share. It stays in the
+    # row's figure, as libtorrent's seeder (seed_mode) hashes each piece the first time a peer
+    # asks for it, inside the row; printed apart so the transfer's own cost can be read too.
+    global share_startup_cpu
+    share_startup_cpu = sum(s[0] for p in procs for pid in [p.pid] + children(p.pid) if (s := stat(pid)))
     get_ports = [free_port() for _ in range(downloaders)]
     seeds = [f"127.0.0.1:{p}" for p in seed_ports]
     gets = []
@@ -202,6 +209,7 @@ def run_libtorrent(seeders, downloaders, torrent):
 
 
 share_startup = 0.0
+share_startup_cpu = 0.0
 
 
 def main():
@@ -250,7 +258,10 @@ def main():
             ratio = f"{rate / results['libtorrent'][0]:.2f}x" if tool == "peershare" else ""
             peaks = ", ".join(f"{k} {v / 1024:.0f}" for k, v in sorted(peak.items()))
             print(f"{label:<24} {tool:<11} {rate:8.0f} {cpu:10.2f} {ratio:>14}   {peaks}", flush=True)
-        print(f"  peershare share startup (hashing, until the link): {share_startup:.2f} s", flush=True)
+        gib_moved = size * downloaders / (1 << 30)
+        print(f"  peershare share startup (hashing, until the link): {share_startup:.2f} s, "
+              f"{share_startup_cpu / seeders:.2f} CPU-s per seeder; the row's CPU without it: "
+              f"{results['peershare'][1] - share_startup_cpu / gib_moved:.2f} s/GiB", flush=True)
 
 
 def fresh_write_rate(work, size, copies=1):
