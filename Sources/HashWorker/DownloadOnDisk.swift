@@ -227,11 +227,12 @@ final class DownloadOnDisk {
         close(fd)
     }
 
-    /// Verifies a chunk against the manifest and writes it only if it matches.
-    func write(index: Int, data: [UInt8]) throws -> Bool {
+    /// Verifies a chunk against the manifest and writes it only if it matches. `digest`: the
+    /// SHA-256 of `data` when the caller has it already.
+    func write(index: Int, data: [UInt8], digest: [UInt8]? = nil) throws -> Bool {
         guard index >= 0, index < manifest.chunkCount else { return false }
         let location = manifest.chunkLocations[index]
-        guard data.count == location.length, manifest.isExpected(ChunkHash.of(data), ofChunk: index) else {
+        guard data.count == location.length, manifest.isExpected(digest ?? ChunkHash.of(data), ofChunk: index) else {
             return false
         }
         if verified[index] { return true }

@@ -915,3 +915,103 @@ def test_a_transfer_worker_naming_a_slot_outside_the_pool_is_refused(tmp_path):
         transfer.close()
         os.close(pool)
     assert stderr.decode().count("named a slot outside the chunk pool") == 3, stderr.decode()
+
+
+def test_chunks_written_through_the_pool_are_verified_in_order_and_bad_slots_refused(tmp_path):
+    """A real hash worker preparing a download, with this test as its supervisor and as a
+    hostile transfer worker. One burst of writes goes through the worker's two stages (copy
+    and hash on the reader thread, check and write on its queue): a good chunk, a chunk whose
+    bytes were altered in the slot, a slot past the pool's end, a good chunk again, then a
+    read of the first chunk back. Every request is answered, in order; only chunks that match
+    the manifest are written; the bad slot is refused and nothing outside the pool is read."""
+    import mmap
+    shared = tmp_path / "shared.bin"
+    chunk = 64 * 1024
+    content = os.urandom(4 * chunk)
+    shared.write_bytes(content)
+    target = tmp_path / "target"
+    target.mkdir()
+    pool_size = 1 << 20
+    pool = os.memfd_create("test-pool")
+    os.ftruncate(pool, pool_size)
+    supervisor, worker_pipe = socket.socketpair()
+    transfer, worker_data = socket.socketpair()
+    fds = {3: worker_pipe.fileno(), 4: worker_data.fileno(), 5: pool}
+
+    def place():
+        high = {number: os.dup(fd) + 100 for number, fd in fds.items()}
+        for number, fd in fds.items():
+            os.dup2(fd, high[number])
+        for number in fds:
+            os.dup2(high[number], number, inheritable=True)
+
+    proc = subprocess.Popen(
+        [BIN, "worker", "hash", "--log-level", "info", "--sandbox", "files-only",
+         "--sandbox-read", str(shared), "--sandbox-write", str(target)],
+        preexec_fn=place, pass_fds=(3, 4, 5), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, env={**os.environ, "PEERSHARE_SUPERVISOR_PID": str(os.getpid())})
+    worker_pipe.close()
+    worker_data.close()
+    view = mmap.mmap(pool, pool_size)
+    try:
+        supervisor.settimeout(20)
+        transfer.settimeout(20)
+        msg_type, _ = _read_frame(supervisor)
+        assert msg_type == 0x0001  # hello
+        supervisor.sendall(_frame(0x0002, struct.pack(">H", 8)))  # welcome, protocol 8
+        # The manifest, as the seeder's hash worker makes it (the same worker, here).
+        path = str(shared).encode()
+        supervisor.sendall(_frame(0x0100, struct.pack(">II", 1, len(path)) + path))  # buildManifest
+        while True:
+            msg_type, payload = _read_frame(supervisor)
+            assert msg_type != 0x0008, payload  # failure
+            if msg_type == 0x0102:  # manifestBuilt: id, blob
+                (length,) = struct.unpack(">I", payload[4:8])
+                manifest = payload[8:8 + length]
+                break
+        where = str(target).encode()
+        supervisor.sendall(_frame(0x0107, struct.pack(">II", 2, len(manifest)) + manifest
+                                  + struct.pack(">I", len(where)) + where + b"\x00"))  # prepareDownload
+        while True:
+            msg_type, payload = _read_frame(supervisor)
+            assert msg_type != 0x0008, payload
+            if msg_type == 0x0108:  # downloadPrepared
+                break
+        view[0:chunk] = content[0:chunk]
+        altered = bytearray(content[chunk:2 * chunk])
+        altered[1000] ^= 0xFF
+        view[chunk:2 * chunk] = bytes(altered)
+        view[2 * chunk:3 * chunk] = content[2 * chunk:3 * chunk]
+        write = lambda request, index, offset, length: _frame(0x0109, struct.pack(">IIII", request, index, offset, length))
+        burst = (write(10, 0, 0, chunk)
+                 + write(11, 1, chunk, chunk)
+                 + write(12, 3, pool_size - 1000, chunk)  # runs past the pool's end
+                 + write(13, 2, 2 * chunk, chunk)
+                 + _frame(0x0105, struct.pack(">IIII", 14, 0, 3 * chunk, chunk)))  # readChunk 0
+        transfer.sendall(burst)
+        replies = [_read_frame(transfer) for _ in range(5)]
+        assert [t for t, _ in replies] == [0x010A, 0x010A, 0x0008, 0x010A, 0x0106], replies
+        assert replies[0][1] == struct.pack(">IIB", 10, 0, 1)  # chunkWritten: accepted
+        assert replies[1][1] == struct.pack(">IIB", 11, 1, 0)  # altered: refused
+        assert struct.unpack(">IH", replies[2][1][:6]) == (12, 70)
+        assert replies[3][1] == struct.pack(">IIB", 13, 2, 1)
+        assert replies[4][1] == struct.pack(">III", 14, 0, chunk)  # read back from the download
+        assert view[3 * chunk:4 * chunk] == content[0:chunk]
+        assert proc.poll() is None
+    finally:
+        proc.kill()
+        _, stderr = proc.communicate(timeout=10)
+        view.close()
+        supervisor.close()
+        transfer.close()
+        os.close(pool)
+    stderr = stderr.decode()
+    assert "chunk 1 failed verification" in stderr, stderr
+    assert stderr.count("named a slot outside the chunk pool") == 1, stderr
+    # Only what matched was written: the staged file holds chunks 0 and 2, nothing of chunk 1.
+    staged = [p for p in target.rglob("*") if p.is_file()]
+    assert len(staged) == 1, staged
+    data = staged[0].read_bytes()
+    assert data[0:chunk] == content[0:chunk]
+    assert data[2 * chunk:3 * chunk] == content[2 * chunk:3 * chunk]
+    assert data[chunk:2 * chunk].strip(b"\x00") == b""
