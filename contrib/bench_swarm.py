@@ -22,11 +22,14 @@ and before each tool's run how fast a plain write of the share's size into a new
 WORKDIR went: on a VM that figure swings several-fold from minute to minute, and the
 downloaders pay it.
 """
+import json
 import os
+import re
 import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -121,6 +124,30 @@ class Meter:
                 self.peak[name] = max(self.peak.get(name, 0), s[1])
 
 
+class FirstByte(threading.Thread):
+    """Reads a downloader's stdout as it comes and notes when its first verified piece was
+    reported, by this script's clock: PeerShare's first `--json` progress event with bytes,
+    lt_transfer.py's "first" line (it polls every 10 ms). PeerShare's manifest size is read
+    from its "found" status."""
+
+    def __init__(self, stream, launched):
+        super().__init__(daemon=True)
+        self.stream, self.launched = stream, launched
+        self.seconds = None
+        self.manifest_bytes = None
+        self.start()
+
+    def run(self):
+        for line in self.stream:
+            if self.seconds is None and (line.startswith("first ") or
+                                         ('"progress"' in line and json.loads(line).get("bytes", 0) > 0)):
+                self.seconds = time.time() - self.launched
+            if self.manifest_bytes is None and '"status"' in line:
+                found = re.search(r"\(manifest: (\d+) bytes\)", json.loads(line).get("message", ""))
+                if found:
+                    self.manifest_bytes = int(found.group(1))
+
+
 def tree_size(path):
     if os.path.isfile(path):
         return os.path.getsize(path)
@@ -148,33 +175,37 @@ def run_peershare(seeders, downloaders):
     get_ports = [free_port() for _ in range(downloaders)]
     seeds = [f"127.0.0.1:{p}" for p in seed_ports]
     gets = []
+    watchers = []
     start = time.time()
     for i, port in enumerate(get_ports):
         out = os.path.join(work, f"ps-out{i}")
         os.makedirs(out)
         others = [f"127.0.0.1:{q}" for q in get_ports if q != port]
-        args = [binary, "get", link, "-o", out, "--no-dht", "--listen", f"127.0.0.1:{port}"]
+        args = [binary, "get", link, "-o", out, "--no-dht", "--listen", f"127.0.0.1:{port}", "--json"]
         for peer in seeds + others:
             args += ["--peer", peer]
-        g = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        g = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         gets.append(g)
+        watchers.append(FirstByte(g.stdout, time.time()))
         meter.add(g.pid, "downloader")
     elapsed = meter.run_until_done(gets, start)
+    for w in watchers:
+        w.join(5)
     for p in procs:
         p.terminate()
         p.wait()
     for g in gets:
         if g.returncode != 0:
-            sys.exit(f"peershare download failed: {g.stderr.read().decode()}")
+            sys.exit(f"peershare download failed: {g.stderr.read()}")
     if downloaders > 1:
         # How the downloaders served each other: from memory (the chunk pool) or read back.
         for g in gets:
-            for line in g.stderr.read().decode(errors="replace").splitlines():
+            for line in g.stderr.read().splitlines():
                 if line.startswith("peershare: served "):
                     print(f"  downloader {line.split(': ', 1)[1]}")
     for i in range(downloaders):
         shutil.rmtree(os.path.join(work, f"ps-out{i}"))
-    return elapsed, meter
+    return elapsed, meter, watchers
 
 
 def run_libtorrent(seeders, downloaders, torrent):
@@ -188,6 +219,7 @@ def run_libtorrent(seeders, downloaders, torrent):
         procs.append(p)
         meter.add(p.pid, "seeder")
     gets = []
+    watchers = []
     start = time.time()
     for i in range(downloaders):
         out = os.path.join(work, f"lt-out{i}")
@@ -195,8 +227,11 @@ def run_libtorrent(seeders, downloaders, torrent):
         g = subprocess.Popen(["/usr/bin/python3", os.path.join(HERE, "lt_transfer.py"), "get", torrent, out,
                               *[f"127.0.0.1:{p}" for p in ports]], stdout=subprocess.PIPE, text=True)
         gets.append(g)
+        watchers.append(FirstByte(g.stdout, time.time()))
         meter.add(g.pid, "downloader")
     elapsed = meter.run_until_done(gets, start)
+    for w in watchers:
+        w.join(5)
     for p in procs:
         p.kill()
         p.wait()
@@ -205,7 +240,7 @@ def run_libtorrent(seeders, downloaders, torrent):
         if g.returncode != 0 or tree_size(out) != size:
             sys.exit("libtorrent download failed")
         shutil.rmtree(os.path.join(work, f"lt-out{i}"))
-    return elapsed, meter
+    return elapsed, meter, watchers
 
 
 share_startup = 0.0
@@ -238,12 +273,18 @@ def main():
     for row in rows:
         seeders, downloaders = (int(x) for x in row.split("-"))
         results = {}
+        firsts = {}
+        manifest_bytes = None
         for tool, run in (("peershare", run_peershare), ("libtorrent", run_libtorrent)):
             rate, count = fresh_write_rate(work, size, downloaders)
             into = "a new file" if count == 1 else f"{count} new files"
             print(f"  before {tool}: writing {size * downloaders / 2**20:.0f} MiB into {into} here: "
                   f"{rate:.0f} MB/s", flush=True)
-            elapsed, meter = run(seeders, downloaders) if tool == "peershare" else run(seeders, downloaders, torrent)
+            elapsed, meter, watchers = (run(seeders, downloaders) if tool == "peershare"
+                                        else run(seeders, downloaders, torrent))
+            firsts[tool] = sorted(w.seconds for w in watchers if w.seconds is not None)
+            if tool == "peershare":
+                manifest_bytes = next((w.manifest_bytes for w in watchers if w.manifest_bytes), None)
             moved = size * downloaders
             results[tool] = (moved / elapsed / 1e6, sum(meter.cpu.values()) / (moved / (1 << 30)), meter.peak)
             if os.environ.get("BENCH_CPU_DETAIL"):
@@ -258,6 +299,14 @@ def main():
             ratio = f"{rate / results['libtorrent'][0]:.2f}x" if tool == "peershare" else ""
             peaks = ", ".join(f"{k} {v / 1024:.0f}" for k, v in sorted(peak.items()))
             print(f"{label:<24} {tool:<11} {rate:8.0f} {cpu:10.2f} {ratio:>14}   {peaks}", flush=True)
+        def first_byte(tool):
+            t = firsts.get(tool) or []
+            if not t:
+                return "not reported"
+            return f"{t[len(t) // 2] * 1000:.0f} ms" + (f" (median of {len(t)}, last {t[-1] * 1000:.0f} ms)" if len(t) > 1 else "")
+        print(f"  time to first verified piece, from the downloader's launch: peershare {first_byte('peershare')}, "
+              f"libtorrent {first_byte('libtorrent')}", flush=True)
+        print(f"  peershare manifest: {manifest_bytes} bytes; the .torrent: {os.path.getsize(torrent)} bytes", flush=True)
         gib_moved = size * downloaders / (1 << 30)
         print(f"  peershare share startup (hashing, until the link): {share_startup:.2f} s, "
               f"{share_startup_cpu / seeders:.2f} CPU-s per seeder; the row's CPU without it: "

@@ -5,7 +5,8 @@ from the given peers. TCP only (uTP off), no DHT, LSD, UPnP or NAT-PMP: peers ar
 with connect_peer on loopback, exactly as PeerShare's are given with --peer.
 
     lt_transfer.py seed TORRENT DIR           prints "listening PORT", seeds until killed
-    lt_transfer.py get TORRENT DIR HOST:PORT...  prints "done SECONDS" when complete
+    lt_transfer.py get TORRENT DIR HOST:PORT...  prints "first SECONDS" at the first verified
+                                                  piece, "done SECONDS" when complete
 """
 import sys
 import time
@@ -40,6 +41,14 @@ start = time.time()
 for peer in peers:
     host, port = peer.rsplit(":", 1)
     handle.connect_peer((host, int(port)))
-while not handle.status().is_seeding:
+first = False
+while True:
+    status = handle.status()
+    if status.is_seeding:
+        break
+    if not first and status.total_wanted_done > 0:
+        # The first verified piece: contrib/bench_swarm.py times this line's arrival.
+        print(f"first {time.time() - start:.3f}", flush=True)
+        first = True
     time.sleep(0.01)
 print(f"done {time.time() - start:.3f}", flush=True)

@@ -255,7 +255,8 @@ public final class DownloadSession: SupervisorDelegate, @unchecked Sendable {
                 manifest = decoded
                 totalBytes = decoded.totalBytes
                 output.status(
-                    "found '\(decoded.rootName)': \(formatBytes(decoded.totalBytes)) in \(decoded.chunkCount) chunks")
+                    "found '\(decoded.rootName)': \(formatBytes(decoded.totalBytes)) in \(decoded.chunkCount) chunks (manifest: \(bytes.count) bytes)"
+                )
                 output.described?(decoded.rootName, decoded.totalBytes)
             } catch {
                 output.error("the share's manifest is unsafe or malformed: \(error)")
