@@ -79,20 +79,25 @@ public final class HashService: WorkerService, @unchecked Sendable {
     /// ~800 MB/s). So large chunks go through two stages: this thread copies each one out of
     /// the pool and hashes the copy (pure work, no state touched), then hands them to the
     /// queue, which checks the digests against the manifest, writes and answers while this
-    /// thread already copies and hashes the next ones. At most `handOffsInFlight` hand-offs
+    /// thread already copies and hashes the next ones. At most two hand-offs (`handOffs`)
     /// wait for the queue, so the copies held are bounded (a few MiB, or a few chunks of the
     /// largest size) and the transfer worker, whose slots stay lent until answered, feels the
-    /// back-pressure. Small chunks run on this thread in turn with the queue's jobs (`sync`
-    /// runs the block on the calling thread): a thread switch would cost more than they do.
+    /// back-pressure. Small chunks (a folder of small files: creating each file costs more
+    /// than hashing it) run on this thread in turn with the queue's jobs (`sync` runs the
+    /// block on the calling thread), with no thread switch per burst.
     /// Either way the queue runs the hand-offs in order, and only the queue answers.
     private func handleFromTransfer(_ requests: [ChunkRequest], pipe: MessagePipe<ChunkReply, ChunkRequest>) {
         var start = 0
         var bytes = 0
+        var largest = 0
         for (index, request) in requests.enumerated() {
-            if case .writeChunk(_, _, let slot) = request { bytes += Int(slot.length) }
+            if case .writeChunk(_, _, let slot) = request {
+                bytes += Int(slot.length)
+                largest = max(largest, Int(slot.length))
+            }
             guard bytes >= Self.handOffBytes || index == requests.count - 1 else { continue }
             let part = Array(requests[start...index])
-            if bytes < Self.pipelinedBytes {
+            if largest < Self.pipelinedChunkBytes {
                 queue.sync { answer(part.map { perform($0) }, on: pipe) }
             } else {
                 let hashed = part.map { request -> HashedCopy? in
@@ -109,13 +114,14 @@ public final class HashService: WorkerService, @unchecked Sendable {
             }
             start = index + 1
             bytes = 0
+            largest = 0
         }
     }
 
     /// Chunk bytes to write from one hand-off at most; at least one chunk goes.
     static let handOffBytes = 2 << 20
-    /// Below this many bytes to write, a hand-off runs on the reader thread.
-    static let pipelinedBytes = 64 << 10
+    /// A hand-off whose chunks to write are all smaller than this runs on the reader thread.
+    static let pipelinedChunkBytes = 64 << 10
     /// Hand-offs hashed and waiting for the queue, at most.
     private let handOffs = DispatchSemaphore(value: 2)
 
