@@ -18,9 +18,9 @@ Usage: bench_swarm.py PEERSHARE_BINARY FILE-OR-FOLDER WORKDIR [ROWS]   (ROWS: e.
 A folder works too (the scale row: `bench_swarm.py BIN /dev/shm/many WORK 1-1` after
 `bench_swarm.py --make-folder /dev/shm/many 100000 10240`). Each row also prints how long
 `peershare share` took to print its link (hashing) and the .torrent's making (mktorrent),
-and before each tool's run how fast a plain write of the share's size into a new file in
-WORKDIR went: on a VM that figure swings several-fold from minute to minute, and the
-downloaders pay it.
+and, right before each tool's downloaders start (its seeders already up), how fast a plain
+write of the share's size into new files in WORKDIR went: on a VM that figure swings
+several-fold from minute to minute, and the downloaders pay it.
 """
 import json
 import os
@@ -154,7 +154,7 @@ def tree_size(path):
     return sum(os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(path) for name in names)
 
 
-def run_peershare(seeders, downloaders):
+def run_peershare(seeders, downloaders, before_downloads):
     global share_startup
     meter = Meter()
     procs = []
@@ -176,6 +176,7 @@ def run_peershare(seeders, downloaders):
     seeds = [f"127.0.0.1:{p}" for p in seed_ports]
     gets = []
     watchers = []
+    before_downloads()
     start = time.time()
     for i, port in enumerate(get_ports):
         out = os.path.join(work, f"ps-out{i}")
@@ -208,7 +209,7 @@ def run_peershare(seeders, downloaders):
     return elapsed, meter, watchers
 
 
-def run_libtorrent(seeders, downloaders, torrent):
+def run_libtorrent(seeders, downloaders, before_downloads, torrent):
     meter = Meter()
     procs = []
     ports = []
@@ -220,6 +221,7 @@ def run_libtorrent(seeders, downloaders, torrent):
         meter.add(p.pid, "seeder")
     gets = []
     watchers = []
+    before_downloads()
     start = time.time()
     for i in range(downloaders):
         out = os.path.join(work, f"lt-out{i}")
@@ -270,18 +272,33 @@ def main():
     print(f"{size / 2**20:.0f} MiB share in {files} file{'s' if files > 1 else ''}, {chunk >> 10} KiB chunks/pieces")
     print(f"making the .torrent (mktorrent, hashing): {torrent_startup:.2f} s, {os.path.getsize(torrent)} bytes")
     print(f"{'row':<24} {'tool':<11} {'MB/s':>8} {'CPU s/GiB':>10} {'vs libtorrent':>14}   peak RSS (MiB)")
+    seen_rows = {}
     for row in rows:
         seeders, downloaders = (int(x) for x in row.split("-"))
+        # A row given twice runs libtorrent first the second time, so "1-1,1-1" measures
+        # both orders and a bias of running first or second would show.
+        repeat = seen_rows.get(row, 0)
+        seen_rows[row] = repeat + 1
+        tools = [("peershare", run_peershare), ("libtorrent", run_libtorrent)]
+        if repeat % 2 == 1:
+            tools.reverse()
+            print(f"  ({row} again: libtorrent first this time)", flush=True)
         results = {}
         firsts = {}
         manifest_bytes = None
-        for tool, run in (("peershare", run_peershare), ("libtorrent", run_libtorrent)):
-            rate, count = fresh_write_rate(work, size, downloaders)
-            into = "a new file" if count == 1 else f"{count} new files"
-            print(f"  before {tool}: writing {size * downloaders / 2**20:.0f} MiB into {into} here: "
-                  f"{rate:.0f} MB/s", flush=True)
-            elapsed, meter, watchers = (run(seeders, downloaders) if tool == "peershare"
-                                        else run(seeders, downloaders, torrent))
+        for tool, run in tools:
+            def before_downloads():
+                # Right before the downloaders start, the seeders being up: PeerShare's seeders
+                # hash the share first (seconds at 8 GiB), and memory freed by this write and
+                # left alone that long is handed back to the host (the guest's free page
+                # reporting), so a write before the seeders started left PeerShare's
+                # downloaders pages to be backed again and libtorrent's not.
+                rate, count = fresh_write_rate(work, size, downloaders)
+                into = "a new file" if count == 1 else f"{count} new files"
+                print(f"  before {tool}'s downloaders: writing {size * downloaders / 2**20:.0f} MiB into {into} "
+                      f"here: {rate:.0f} MB/s", flush=True)
+            elapsed, meter, watchers = (run(seeders, downloaders, before_downloads) if tool == "peershare"
+                                        else run(seeders, downloaders, before_downloads, torrent))
             firsts[tool] = sorted(w.seconds for w in watchers if w.seconds is not None)
             if tool == "peershare":
                 manifest_bytes = next((w.manifest_bytes for w in watchers if w.manifest_bytes), None)
@@ -317,8 +334,8 @@ def fresh_write_rate(work, size, copies=1):
     """MB/s of writing the share into new files in WORK, once per downloader of the row, as
     the downloaders do, and how many files: on this VM, copying into pages the guest has not touched lately costs anywhere
     from 0.7 to 10 s per GiB (the host backs them as they are touched), and that alone moves
-    a row's figures several-fold. Printed before each tool's run so a row can be read against
-    it. A folder is written as the same tree of files of the same sizes: that also leaves the
+    a row's figures several-fold. Done and printed right before each tool's downloaders
+    start, so a row can be read against it. A folder is written as the same tree of files of the same sizes: that also leaves the
     kernel's inode and dentry caches grown (then freed) for that many files before each
     tool's run alike. Without it the first tool of the first row paid to grow them for
     100,000 new files and the second reused what the first freed: the same PeerShare run took
