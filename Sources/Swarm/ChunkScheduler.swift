@@ -217,7 +217,7 @@ public struct ChunkScheduler: Sendable {
             }
             return first
         }
-        if !randomPhaseOver && states.count - missingCount() >= randomFirst { randomPhaseOver = true }
+        if !randomPhaseOver && states.count - missing.setCount >= randomFirst { randomPhaseOver = true }
         if !randomPhaseOver || strategy == .random {
             // Reservoir sampling: one pass, each candidate equally likely (among the first
             // `pickWindow`: a pick must not cost a pass over 100,000 chunks).
@@ -290,8 +290,6 @@ public struct ChunkScheduler: Sendable {
     /// spreads ties among hundreds of chunks, and a share of up to 256 chunks (most) is
     /// looked at whole as before.
     public static let pickWindow = 256
-
-    private func missingCount() -> Int { missing.setCount }
 
     private mutating func markMissing(_ index: Int) {
         set(index, to: .missing)
