@@ -843,49 +843,79 @@ def _read_frame(sock):
     return peerwire.read_frame(sock)
 
 
+class HashWorkerUnderTest:
+    """A real hash worker, with the test as its supervisor (fd 3) and as its transfer worker
+    on the data channel (fd 4) and the chunk pool (fd 5, a 1 MiB memfd the test maps too).
+    Started, greeted and asked to hash `shared`; `manifest` is what it built."""
+
+    POOL_SIZE = 1 << 20
+
+    def __init__(self, shared, writable=None):
+        import mmap
+        self.pool = os.memfd_create("test-pool")
+        os.ftruncate(self.pool, self.POOL_SIZE)
+        self.supervisor, worker_pipe = socket.socketpair()
+        self.transfer, worker_data = socket.socketpair()
+        fds = {3: worker_pipe.fileno(), 4: worker_data.fileno(), 5: self.pool}
+
+        def place():
+            # Out of the way first: a source may sit on another one's target number.
+            high = {target: os.dup(fd) + 100 for target, fd in fds.items()}
+            for target, fd in fds.items():
+                os.dup2(fd, high[target])
+            for target in fds:
+                os.dup2(high[target], target, inheritable=True)
+
+        sandbox = ["--sandbox", "files-only", "--sandbox-read", str(shared)]
+        if writable:
+            sandbox += ["--sandbox-write", str(writable)]
+        self.proc = subprocess.Popen(
+            [BIN, "worker", "hash", "--log-level", "info", *sandbox],
+            preexec_fn=place, pass_fds=(3, 4, 5), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE, env={**os.environ, "PEERSHARE_SUPERVISOR_PID": str(os.getpid())})
+        worker_pipe.close()
+        worker_data.close()
+        self.view = mmap.mmap(self.pool, self.POOL_SIZE)
+        self.supervisor.settimeout(20)
+        self.transfer.settimeout(20)
+        msg_type, _ = _read_frame(self.supervisor)
+        assert msg_type == 0x0001  # hello
+        self.supervisor.sendall(_frame(0x0002, struct.pack(">H", 8)))  # welcome, protocol 8
+        path = str(shared).encode()
+        self.supervisor.sendall(_frame(0x0100, struct.pack(">II", 1, len(path)) + path))  # buildManifest
+        payload = self.await_report(0x0102)  # manifestBuilt: id, blob
+        (length,) = struct.unpack(">I", payload[4:8])
+        self.manifest = payload[8:8 + length]
+
+    def await_report(self, wanted):
+        while True:
+            msg_type, payload = _read_frame(self.supervisor)
+            assert msg_type != 0x0008, payload  # failure
+            if msg_type == wanted:
+                return payload
+
+    def stop(self):
+        """Kills the worker; returns its stderr."""
+        self.proc.kill()
+        _, stderr = self.proc.communicate(timeout=10)
+        self.view.close()
+        self.supervisor.close()
+        self.transfer.close()
+        os.close(self.pool)
+        return stderr.decode()
+
+
 def test_a_transfer_worker_naming_a_slot_outside_the_pool_is_refused(tmp_path):
-    """A real hash worker, with this test as its supervisor (fd 3) and as a hostile transfer
-    worker on its data channel (fd 4) and chunk pool (fd 5). Slots that reach past the
-    pool's end are refused and nothing is read into memory outside it; a slot inside the
-    pool gets the chunk's bytes, where the test reads them from its own mapping."""
-    import mmap
+    """A real hash worker, with this test as its supervisor and as a hostile transfer worker.
+    Slots that reach past the pool's end are refused and nothing is read into memory outside
+    it; a slot inside the pool gets the chunk's bytes, where the test reads them from its own
+    mapping."""
     shared = tmp_path / "shared.bin"
     content = os.urandom(300_000)
     shared.write_bytes(content)
-    pool_size = 1 << 20
-    pool = os.memfd_create("test-pool")
-    os.ftruncate(pool, pool_size)
-    supervisor, worker_pipe = socket.socketpair()
-    transfer, worker_data = socket.socketpair()
-    fds = {3: worker_pipe.fileno(), 4: worker_data.fileno(), 5: pool}
-
-    def place():
-        # Out of the way first: a source may sit on another one's target number.
-        high = {target: os.dup(fd) + 100 for target, fd in fds.items()}
-        for target, fd in fds.items():
-            os.dup2(fd, high[target])
-        for target in fds:
-            os.dup2(high[target], target, inheritable=True)
-
-    proc = subprocess.Popen(
-        [BIN, "worker", "hash", "--log-level", "info", "--sandbox", "files-only", "--sandbox-read", str(shared)],
-        preexec_fn=place, pass_fds=(3, 4, 5), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE, env={**os.environ, "PEERSHARE_SUPERVISOR_PID": str(os.getpid())})
-    worker_pipe.close()
-    worker_data.close()
+    worker = HashWorkerUnderTest(shared)
+    pool_size, transfer = worker.POOL_SIZE, worker.transfer
     try:
-        supervisor.settimeout(20)
-        transfer.settimeout(20)
-        msg_type, _ = _read_frame(supervisor)
-        assert msg_type == 0x0001  # hello
-        supervisor.sendall(_frame(0x0002, struct.pack(">H", 8)))  # welcome, protocol 8
-        path = str(shared).encode()
-        supervisor.sendall(_frame(0x0100, struct.pack(">II", 1, len(path)) + path))  # buildManifest
-        while True:
-            msg_type, payload = _read_frame(supervisor)
-            if msg_type == 0x0102:  # manifestBuilt
-                break
-            assert msg_type != 0x0008, payload  # failure
         slot_size = 512 * 1024  # more than a chunk of this share
         attacks = [
             (pool_size - 1000, slot_size),   # starts inside, runs past the end
@@ -904,17 +934,11 @@ def test_a_transfer_worker_naming_a_slot_outside_the_pool_is_refused(tmp_path):
         assert msg_type == 0x0106, (msg_type, payload)  # chunkRead
         got_id, index, length = struct.unpack(">III", payload)
         assert (got_id, index, length) == (20, 0, 64 * 1024)  # chunk 0 of a small share: 64 KiB
-        view = mmap.mmap(pool, pool_size)
-        assert view[4096:4096 + length] == content[:length]
-        view.close()
-        assert proc.poll() is None
+        assert worker.view[4096:4096 + length] == content[:length]
+        assert worker.proc.poll() is None
     finally:
-        proc.kill()
-        _, stderr = proc.communicate(timeout=10)
-        supervisor.close()
-        transfer.close()
-        os.close(pool)
-    assert stderr.decode().count("named a slot outside the chunk pool") == 3, stderr.decode()
+        stderr = worker.stop()
+    assert stderr.count("named a slot outside the chunk pool") == 3, stderr
 
 
 def test_chunks_written_through_the_pool_are_verified_in_order_and_bad_slots_refused(tmp_path):
@@ -924,59 +948,20 @@ def test_chunks_written_through_the_pool_are_verified_in_order_and_bad_slots_ref
     bytes were altered in the slot, a slot past the pool's end, a good chunk again, then a
     read of the first chunk back. Every request is answered, in order; only chunks that match
     the manifest are written; the bad slot is refused and nothing outside the pool is read."""
-    import mmap
     shared = tmp_path / "shared.bin"
     chunk = 64 * 1024
     content = os.urandom(4 * chunk)
     shared.write_bytes(content)
     target = tmp_path / "target"
     target.mkdir()
-    pool_size = 1 << 20
-    pool = os.memfd_create("test-pool")
-    os.ftruncate(pool, pool_size)
-    supervisor, worker_pipe = socket.socketpair()
-    transfer, worker_data = socket.socketpair()
-    fds = {3: worker_pipe.fileno(), 4: worker_data.fileno(), 5: pool}
-
-    def place():
-        high = {number: os.dup(fd) + 100 for number, fd in fds.items()}
-        for number, fd in fds.items():
-            os.dup2(fd, high[number])
-        for number in fds:
-            os.dup2(high[number], number, inheritable=True)
-
-    proc = subprocess.Popen(
-        [BIN, "worker", "hash", "--log-level", "info", "--sandbox", "files-only",
-         "--sandbox-read", str(shared), "--sandbox-write", str(target)],
-        preexec_fn=place, pass_fds=(3, 4, 5), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE, env={**os.environ, "PEERSHARE_SUPERVISOR_PID": str(os.getpid())})
-    worker_pipe.close()
-    worker_data.close()
-    view = mmap.mmap(pool, pool_size)
+    worker = HashWorkerUnderTest(shared, writable=target)
+    view, transfer, pool_size = worker.view, worker.transfer, worker.POOL_SIZE
     try:
-        supervisor.settimeout(20)
-        transfer.settimeout(20)
-        msg_type, _ = _read_frame(supervisor)
-        assert msg_type == 0x0001  # hello
-        supervisor.sendall(_frame(0x0002, struct.pack(">H", 8)))  # welcome, protocol 8
-        # The manifest, as the seeder's hash worker makes it (the same worker, here).
-        path = str(shared).encode()
-        supervisor.sendall(_frame(0x0100, struct.pack(">II", 1, len(path)) + path))  # buildManifest
-        while True:
-            msg_type, payload = _read_frame(supervisor)
-            assert msg_type != 0x0008, payload  # failure
-            if msg_type == 0x0102:  # manifestBuilt: id, blob
-                (length,) = struct.unpack(">I", payload[4:8])
-                manifest = payload[8:8 + length]
-                break
-        where = str(target).encode()
-        supervisor.sendall(_frame(0x0107, struct.pack(">II", 2, len(manifest)) + manifest
-                                  + struct.pack(">I", len(where)) + where + b"\x00"))  # prepareDownload
-        while True:
-            msg_type, payload = _read_frame(supervisor)
-            assert msg_type != 0x0008, payload
-            if msg_type == 0x0108:  # downloadPrepared
-                break
+        # The same worker, given the manifest it built, prepares a download of it.
+        manifest, where = worker.manifest, str(target).encode()
+        worker.supervisor.sendall(_frame(0x0107, struct.pack(">II", 2, len(manifest)) + manifest
+                                         + struct.pack(">I", len(where)) + where + b"\x00"))  # prepareDownload
+        worker.await_report(0x0108)  # downloadPrepared
         view[0:chunk] = content[0:chunk]
         altered = bytearray(content[chunk:2 * chunk])
         altered[1000] ^= 0xFF
@@ -997,15 +982,9 @@ def test_chunks_written_through_the_pool_are_verified_in_order_and_bad_slots_ref
         assert replies[3][1] == struct.pack(">IIB", 13, 2, 1)
         assert replies[4][1] == struct.pack(">III", 14, 0, chunk)  # read back from the download
         assert view[3 * chunk:4 * chunk] == content[0:chunk]
-        assert proc.poll() is None
+        assert worker.proc.poll() is None
     finally:
-        proc.kill()
-        _, stderr = proc.communicate(timeout=10)
-        view.close()
-        supervisor.close()
-        transfer.close()
-        os.close(pool)
-    stderr = stderr.decode()
+        stderr = worker.stop()
     assert "chunk 1 failed verification" in stderr, stderr
     assert stderr.count("named a slot outside the chunk pool") == 1, stderr
     # Only what matched was written: the staged file holds chunks 0 and 2, nothing of chunk 1.
