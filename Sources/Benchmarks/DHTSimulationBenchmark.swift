@@ -20,7 +20,7 @@ public struct DHTSimulationBenchmark {
         for number in 1..<nodes {
             sim.addNode(bootstrap: 0)
             if number % 1000 == 0 {
-                FileHandle.standardError.write(Data("joined \(number) nodes\n".utf8))
+                StandardStream.write("joined \(number) nodes\n", to: StandardStream.error)
             }
         }
         let rssPerNode = Double(residentKiB() - rssBefore) / Double(nodes)

@@ -89,7 +89,7 @@ public struct DHTSwarmBenchmark {
                             return
                                 "origin \(origin) table \(n.table.nodeCount) stats \(n.stats) queries \(result.queries) responses \(result.responses) ms \(seconds * 1000)"
                         }.wait()
-                        FileHandle.standardError.write(Data("ZERO-HOP \(info)\n".utf8))
+                        StandardStream.write("ZERO-HOP \(info)\n", to: StandardStream.error)
                     }
                     phase.attempts += 1
                     phase.hops.add(Double(result.hops))

@@ -289,13 +289,14 @@ enum DaemonItems {
             "peers": item.peers, "note": InertText.make(item.note),
         ]
         guard let data = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]) else { return }
-        FileHandle.standardOutput.write(data + Data("\n".utf8))
+        var line = [UInt8](data) + [10]
+        StandardStream.write(&line, to: StandardStream.output)
     }
 
     /// `get --wait` through the daemon: follow the item with the usual progress bar until it
     /// is complete (exit 0) or has failed (its exit code).
     static func follow(id: UInt32) throws {
-        let meter = ProgressMeter(handle: .standardOutput)
+        let meter = ProgressMeter(descriptor: StandardStream.output)
         var lastNote = ""
         while true {
             guard let item = try fetch().first(where: { $0.id == id }) else {

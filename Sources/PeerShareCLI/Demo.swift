@@ -80,7 +80,8 @@ struct Demo: ParsableCommand {
             getter.standardOutput = FileHandle.nullDevice
             getter.standardError = errors
             try getter.run()
-            input.fileHandleForWriting.write(Data((link + "\n").utf8))
+            // The throwing write: a getter that died at once is reported below, not a trap here.
+            try? input.fileHandleForWriting.write(contentsOf: Data((link + "\n").utf8))
             try? input.fileHandleForWriting.close()
             getters.append((getter, errors, dir))
         }

@@ -1,6 +1,7 @@
 import ArgumentParser
 import CSystemShims
 import Foundation
+import PeerShareCore
 import WorkerRuntime
 
 /// `peershare sandbox`: what confinement this kernel gives the workers, a probe that shows it
@@ -152,12 +153,13 @@ struct SandboxCommand: ParsableCommand {
         func run() throws {
             let report = Sandbox.apply(SandboxProfile(kind: .plugin, readable: readable))
             if report.seccompError != nil {
-                FileHandle.standardError.write(Data("peershare: plugin sandbox: \(report)\n".utf8))
+                StandardStream.write("peershare: plugin sandbox: \(report)\n", to: StandardStream.error)
             }
             let argv: [UnsafeMutablePointer<CChar>?] = [strdup(path), nil]
             execv(path, argv)
-            FileHandle.standardError.write(
-                Data("peershare: cannot start plugin \(path): \(String(cString: strerror(errno)))\n".utf8))
+            StandardStream.write(
+                "peershare: cannot start plugin \(path): \(String(cString: strerror(errno)))\n",
+                to: StandardStream.error)
             throw ExitCode(127)
         }
     }

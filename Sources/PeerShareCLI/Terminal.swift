@@ -11,20 +11,20 @@ enum Terminal {
     static let isTTY = isatty(1) == 1
 
     static func line(_ text: String) {
-        FileHandle.standardOutput.write(Data((InertText.make(text) + "\n").utf8))
+        StandardStream.write(InertText.make(text) + "\n", to: StandardStream.output)
     }
 
     /// A status line on stderr (not part of a session's output).
     static func status(_ text: String) {
-        FileHandle.standardError.write(Data("peershare: \(InertText.make(text))\n".utf8))
+        StandardStream.write("peershare: \(InertText.make(text))\n", to: StandardStream.error)
     }
 
     static func warning(_ text: String) {
-        FileHandle.standardError.write(Data("peershare: warning: \(InertText.make(text))\n".utf8))
+        StandardStream.write("peershare: warning: \(InertText.make(text))\n", to: StandardStream.error)
     }
 
     static func error(_ text: String) {
-        FileHandle.standardError.write(Data("peershare: error: \(InertText.make(text))\n".utf8))
+        StandardStream.write("peershare: error: \(InertText.make(text))\n", to: StandardStream.error)
     }
 
     /// Machine-readable output for scripts: one JSON object per line on stdout.
@@ -42,11 +42,11 @@ enum Terminal {
 
     /// `progressToStderr` keeps stdout for the link alone (`share`).
     static func sessionOutput(quiet: Bool = false, progressToStderr: Bool = false) -> SessionOutput {
-        let meter = ProgressMeter(handle: progressToStderr ? .standardError : .standardOutput)
+        let meter = ProgressMeter(descriptor: progressToStderr ? StandardStream.error : StandardStream.output)
         return SessionOutput(
             link: { line($0) },
             status: { text in
-                if !quiet { FileHandle.standardError.write(Data("peershare: \(InertText.make(text))\n".utf8)) }
+                if !quiet { StandardStream.write("peershare: \(InertText.make(text))\n", to: StandardStream.error) }
             },
             error: { error($0) },
             progress: { done, total, label, peers in meter.update(done: done, total: total, label: label, peers: peers)
@@ -58,12 +58,12 @@ enum Terminal {
 /// Percent, rate and ETA, from a monotonic clock; thread-safe since output comes from the loop.
 final class ProgressMeter: @unchecked Sendable {
     private let lock = NSLock()
-    private let handle: FileHandle
+    private let descriptor: Int32
     private let isTTY: Bool
 
-    init(handle: FileHandle) {
-        self.handle = handle
-        self.isTTY = isatty(handle.fileDescriptor) == 1
+    init(descriptor: Int32) {
+        self.descriptor = descriptor
+        self.isTTY = isatty(descriptor) == 1
     }
 
     private var startNs: UInt64 = 0
@@ -94,13 +94,13 @@ final class ProgressMeter: @unchecked Sendable {
             let filled = Int(Double(width) * percent / 100)
             let bar = String(repeating: "#", count: filled) + String(repeating: ".", count: width - filled)
             let text = String(format: "\r%@ [%@] %5.1f%%  %@  %@  ", label, bar, percent, rateText, etaText)
-            handle.write(Data(text.utf8))
+            StandardStream.write(text, to: descriptor)
             drawn = true
         } else {
             let text = String(
                 format: "%@ %.1f%% (%@ of %@) %@ %@\n", label, percent, formatBytes(done), formatBytes(total), rateText,
                 etaText)
-            handle.write(Data(text.utf8))
+            StandardStream.write(text, to: descriptor)
         }
     }
 
@@ -108,7 +108,7 @@ final class ProgressMeter: @unchecked Sendable {
         lock.lock()
         defer { lock.unlock() }
         if drawn {
-            handle.write(Data("\n".utf8))
+            StandardStream.write("\n", to: descriptor)
             drawn = false
         }
         startNs = 0
@@ -129,7 +129,8 @@ final class JSONEvents: @unchecked Sendable {
         guard let data = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]) else { return }
         lock.lock()
         defer { lock.unlock() }
-        FileHandle.standardOutput.write(data + Data("\n".utf8))
+        var line = [UInt8](data) + [10]
+        StandardStream.write(&line, to: StandardStream.output)
     }
 
     func progress(done: UInt64, total: UInt64, phase: String, peers: Int?) {

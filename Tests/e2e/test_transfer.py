@@ -321,3 +321,24 @@ def test_a_folder_hashed_on_several_threads_has_the_manifest_a_reference_builds(
     finally:
         share.terminate()
         share.wait(timeout=30)
+
+
+def test_a_download_whose_output_reader_goes_away_finishes(seed, tmp_path):
+    """`peershare get LINK | head -1`: the reader of stdout leaves after the first line, and
+    the progress lines that follow fail with EPIPE. They are dropped; the download goes on,
+    completes and exits 0. (Foundation's FileHandle.write trapped on that error: the next
+    progress line killed the download with SIGILL.)"""
+    source = tmp_path / "slow.bin"
+    source.write_bytes(os.urandom(6 << 20))
+    seeder = seed(source, "--max-upload", "2MiB/s")
+    out = tmp_path / "out"
+    out.mkdir()
+    reader, writer = os.pipe()
+    proc = subprocess.Popen([BIN, "get", seeder.link, "-o", str(out), "--no-dht", "--no-lan"],
+                            stdout=writer, stderr=writer)
+    os.close(writer)
+    with os.fdopen(reader, "rb") as stream:
+        first = stream.readline()  # then the reader goes away, as `head -1` does
+    assert first, "nothing was printed"
+    assert proc.wait(timeout=120) == 0
+    assert (out / "slow.bin").read_bytes() == source.read_bytes()
