@@ -128,13 +128,14 @@ class FirstByte(threading.Thread):
     """Reads a downloader's stdout as it comes and notes when its first verified piece was
     reported, by this script's clock: PeerShare's first `--json` progress event with bytes,
     lt_transfer.py's "first" line (it polls every 10 ms). PeerShare's manifest size is read
-    from its "found" status."""
+    from its "found" status, and what it served other downloaders from its last one."""
 
     def __init__(self, stream, launched):
         super().__init__(daemon=True)
         self.stream, self.launched = stream, launched
         self.seconds = None
         self.manifest_bytes = None
+        self.served = None  # PeerShare's "served N chunks ..., M of them from memory"
         self.start()
 
     def run(self):
@@ -142,10 +143,13 @@ class FirstByte(threading.Thread):
             if self.seconds is None and (line.startswith("first ") or
                                          ('"progress"' in line and json.loads(line).get("bytes", 0) > 0)):
                 self.seconds = time.time() - self.launched
-            if self.manifest_bytes is None and '"status"' in line:
-                found = re.search(r"\(manifest: (\d+) bytes\)", json.loads(line).get("message", ""))
-                if found:
+            if '"status"' in line:
+                message = json.loads(line).get("message", "")
+                found = re.search(r"\(manifest: (\d+) bytes\)", message)
+                if found and self.manifest_bytes is None:
                     self.manifest_bytes = int(found.group(1))
+                if message.startswith("served "):
+                    self.served = message
 
 
 def tree_size(path):
@@ -200,10 +204,9 @@ def run_peershare(seeders, downloaders, before_downloads):
             sys.exit(f"peershare download failed: {g.stderr.read()}")
     if downloaders > 1:
         # How the downloaders served each other: from memory (the chunk pool) or read back.
-        for g in gets:
-            for line in g.stderr.read().splitlines():
-                if line.startswith("peershare: served "):
-                    print(f"  downloader {line.split(': ', 1)[1]}")
+        for w in watchers:
+            if w.served:
+                print(f"  downloader {w.served}")
     for i in range(downloaders):
         shutil.rmtree(os.path.join(work, f"ps-out{i}"))
     return elapsed, meter, watchers
