@@ -126,6 +126,7 @@ final class ChunkSelectionTests: XCTestCase {
                 strategy: strategy)
             var joined: Set<Int> = []
             var held: [Int: Set<Int>] = [:]
+            var announced: [Int: [Int]] = [:]  // each peer's `have`s, newest last
             for _ in 0..<3000 {
                 let peer = Int(random.next() % 5)
                 switch random.next() % 6 {
@@ -139,6 +140,9 @@ final class ChunkSelectionTests: XCTestCase {
                     held[peer] = Set(chunks)
                 case 1 where joined.contains(peer):
                     let index = Int(random.next() % UInt64(count))
+                    if held[peer]?.contains(index) == false {
+                        announced[peer, default: []].append(index)
+                    }
                     scheduler.peerHas(peer, index: index)
                     held[peer, default: []].insert(index)
                 case 2 where joined.contains(peer):
@@ -153,11 +157,19 @@ final class ChunkSelectionTests: XCTestCase {
                             let rarest = candidates.map { scheduler.availability[$0] }.min()
                             XCTAssertEqual(scheduler.availability[index], rarest, "rarest first")
                         case .rarestFirst:
-                            // The rarest of the first `pickWindow` candidates.
+                            // The rarest of the first `pickWindow` candidates, unless one of
+                            // the last chunks the peer announced is as rare: then the newest
+                            // such one (it is still in the peer's chunk pool).
                             let window = candidates.prefix(ChunkScheduler.pickWindow)
-                            let rarest = window.map { scheduler.availability[$0] }.min()
-                            XCTAssertTrue(window.contains(index), "among the first \(ChunkScheduler.pickWindow)")
-                            XCTAssertEqual(scheduler.availability[index], rarest, "rarest first")
+                            let rarest = window.map { scheduler.availability[$0] }.min() ?? 0
+                            let recent = (announced[peer] ?? []).suffix(ChunkScheduler.recentHaveCount).reversed()
+                                .first { candidates.contains($0) && scheduler.availability[$0] <= rarest }
+                            if let recent {
+                                XCTAssertEqual(index, recent, "the newest announced chunk as rare as the rarest")
+                            } else {
+                                XCTAssertTrue(window.contains(index), "among the first \(ChunkScheduler.pickWindow)")
+                                XCTAssertEqual(scheduler.availability[index], rarest, "rarest first")
+                            }
                         case .random:
                             break
                         }
@@ -177,6 +189,7 @@ final class ChunkSelectionTests: XCTestCase {
                     scheduler.peerLeft(peer)
                     joined.remove(peer)
                     held[peer] = nil
+                    announced[peer] = nil
                 default:
                     break
                 }
