@@ -289,8 +289,7 @@ enum DaemonItems {
             "peers": item.peers, "note": InertText.make(item.note),
         ]
         guard let data = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]) else { return }
-        var line = [UInt8](data) + [10]
-        StandardStream.write(&line, to: StandardStream.output)
+        StandardStream.write([UInt8](data) + [10], to: StandardStream.output)
     }
 
     /// `get --wait` through the daemon: follow the item with the usual progress bar until it

@@ -46,7 +46,7 @@ enum Terminal {
         return SessionOutput(
             link: { line($0) },
             status: { text in
-                if !quiet { StandardStream.write("peershare: \(InertText.make(text))\n", to: StandardStream.error) }
+                if !quiet { status(text) }
             },
             error: { error($0) },
             progress: { done, total, label, peers in meter.update(done: done, total: total, label: label, peers: peers)
@@ -129,8 +129,7 @@ final class JSONEvents: @unchecked Sendable {
         guard let data = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]) else { return }
         lock.lock()
         defer { lock.unlock() }
-        var line = [UInt8](data) + [10]
-        StandardStream.write(&line, to: StandardStream.output)
+        StandardStream.write([UInt8](data) + [10], to: StandardStream.output)
     }
 
     func progress(done: UInt64, total: UInt64, phase: String, peers: Int?) {

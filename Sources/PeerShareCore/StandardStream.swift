@@ -16,11 +16,10 @@ public enum StandardStream {
     /// Writes all of `text` to `descriptor`, retrying short writes and interruptions, and
     /// drops the rest on any other failure.
     public static func write(_ text: String, to descriptor: Int32) {
-        var bytes = Array(text.utf8)
-        write(&bytes, to: descriptor)
+        write(Array(text.utf8), to: descriptor)
     }
 
-    public static func write(_ bytes: inout [UInt8], to descriptor: Int32) {
+    public static func write(_ bytes: [UInt8], to descriptor: Int32) {
         bytes.withUnsafeBytes { raw in
             guard let base = raw.baseAddress else { return }
             var offset = 0

@@ -48,18 +48,8 @@ enum StderrRelay {
     }
 
     private static func emit(_ bytes: ArraySlice<UInt8>, prefix: String) {
-        let text = prefix + InertText.make(String(decoding: bytes, as: UTF8.self)) + "\n"
-        var data = Array(text.utf8)
-        data.withUnsafeMutableBytes { raw in
-            guard let base = raw.baseAddress else { return }
-            var offset = 0
-            while offset < raw.count {
-                let written = write(2, base + offset, raw.count - offset)
-                if written < 0 && errno == EINTR { continue }
-                if written <= 0 { break }
-                offset += written
-            }
-        }
+        StandardStream.write(
+            prefix + InertText.make(String(decoding: bytes, as: UTF8.self)) + "\n", to: StandardStream.error)
     }
 
     /// What a worker or plugin may see of the supervisor's environment: enough to find

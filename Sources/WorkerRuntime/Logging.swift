@@ -35,16 +35,7 @@ public struct LineLogHandler: LogHandler {
                 + merged.sorted { $0.key < $1.key }.map { InertText.make("\($0.key)=\($0.value)") }.joined(
                     separator: " ")
         }
-        text += "\n"
-        var bytes = Array(text.utf8)
-        bytes.withUnsafeMutableBytes { buffer in
-            var offset = 0
-            while offset < buffer.count {
-                let written = write(2, buffer.baseAddress! + offset, buffer.count - offset)
-                if written <= 0 { break }
-                offset += written
-            }
-        }
+        StandardStream.write(text + "\n", to: StandardStream.error)
     }
 
     private static func timestamp() -> String {
