@@ -2,6 +2,7 @@ import Foundation
 import IPC
 import Logging
 import PeerShareCore
+import Synchronization
 import Wire
 import WorkerRuntime
 
@@ -15,7 +16,13 @@ public final class HashService: WorkerService, @unchecked Sendable {
     private let queue = DispatchQueue(label: "peershare.hash")
     private let logger: Logger
     private var served: ServedShare?
-    private var download: DownloadOnDisk?
+    private var download: DownloadOnDisk? {
+        didSet { longestChunkToWrite.withLock { $0 = download?.manifest.largestChunkLength ?? 0 } }
+    }
+    /// The longest chunk the download in progress can take (0 with none), for the data
+    /// channel's reader thread, which must not copy a slot longer than that: a transfer worker
+    /// naming whole-pool slots would otherwise make this process hold a copy of each.
+    private let longestChunkToWrite = Mutex<Int>(0)
     /// A download that completed, to be served from where it landed on the first request.
     private var finished: (path: String, manifest: Manifest)?
     private var rejectedChunks = 0
@@ -100,8 +107,12 @@ public final class HashService: WorkerService, @unchecked Sendable {
             if largest < Self.pipelinedChunkBytes {
                 queue.sync { answer(part.map { perform($0) }, on: pipe) }
             } else {
+                let longest = longestChunkToWrite.withLock { $0 }
                 let hashed = part.map { request -> HashedCopy? in
-                    guard case .writeChunk(_, _, let slot) = request, let data = pool?.copy(of: slot) else {
+                    // Too long a slot is left to the queue, which refuses it without a copy.
+                    guard case .writeChunk(_, _, let slot) = request, Int(slot.length) <= longest,
+                        let data = pool?.copy(of: slot)
+                    else {
                         return nil
                     }
                     return HashedCopy(data: data, digest: ChunkHash.of(data))
@@ -235,6 +246,13 @@ public final class HashService: WorkerService, @unchecked Sendable {
 
     /// A chunk request from the transfer worker; every one is answered. `hashed`: a chunk to
     /// write already copied out of its slot and hashed (else that is done here).
+    /// A chunk that does not match the manifest: counted, said, and answered as refused.
+    private func refused(_ id: UInt32, _ index: UInt32) -> ChunkReply {
+        rejectedChunks += 1
+        logger.warning("chunk \(index) failed verification; discarded, not written")
+        return .chunkWritten(requestID: id, index: index, accepted: false)
+    }
+
     private func perform(_ request: ChunkRequest, hashed: HashedCopy? = nil) -> ChunkReply {
         func failure(_ id: UInt32, _ error: Error) -> ChunkReply {
             let (code, message) = self.failure(error)
@@ -265,16 +283,19 @@ public final class HashService: WorkerService, @unchecked Sendable {
             guard let download else {
                 return .failure(requestID: id, code: 70, message: "no download is prepared")
             }
+            // A slot that cannot hold chunk `index` exactly is refused before anything is
+            // copied: the copy would cost as much memory as the transfer worker names.
+            guard download.isChunk(Int(index), ofLength: Int(slot.length)) else {
+                return refused(id, index)
+            }
             // Copied out of the pool before it is judged: the transfer worker can still write
             // the shared page, and what is verified must be what is written.
             guard let data = hashed?.data ?? pool?.copy(of: slot) else { return badSlot(id, slot) }
             do {
-                let accepted = try download.write(index: Int(index), data: data, digest: hashed?.digest)
-                if !accepted {
-                    rejectedChunks += 1
-                    logger.warning("chunk \(index) failed verification; discarded, not written")
+                guard try download.write(index: Int(index), data: data, digest: hashed?.digest) else {
+                    return refused(id, index)
                 }
-                return .chunkWritten(requestID: id, index: index, accepted: accepted)
+                return .chunkWritten(requestID: id, index: index, accepted: true)
             } catch {
                 return failure(id, error)
             }

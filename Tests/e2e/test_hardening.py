@@ -850,8 +850,9 @@ class HashWorkerUnderTest:
 
     POOL_SIZE = 1 << 20
 
-    def __init__(self, shared, writable=None):
+    def __init__(self, shared, writable=None, pool_size=POOL_SIZE):
         import mmap
+        self.POOL_SIZE = pool_size
         self.pool = os.memfd_create("test-pool")
         os.ftruncate(self.pool, self.POOL_SIZE)
         self.supervisor, worker_pipe = socket.socketpair()
@@ -994,3 +995,54 @@ def test_chunks_written_through_the_pool_are_verified_in_order_and_bad_slots_ref
     assert data[0:chunk] == content[0:chunk]
     assert data[2 * chunk:3 * chunk] == content[2 * chunk:3 * chunk]
     assert data[chunk:2 * chunk].strip(b"\x00") == b""
+
+
+def _peak_rss_kib(pid):
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmHWM")
+
+
+def test_a_transfer_worker_naming_oversized_slots_makes_the_hash_worker_copy_nothing(tmp_path):
+    """A hostile transfer worker asks a real hash worker, preparing a download of 64 KiB
+    chunks, to write chunks from slots of 4 MiB each (the longest a slot may be): 24 of them in
+    one burst, which would
+    go through the worker's two stages if their lengths were believed (each copied out of the
+    pool and hashed on the reader thread, three hand-offs held at once). Every one is refused,
+    and the worker's peak memory does not grow: a slot longer than any chunk of the share is
+    never copied, nor even read."""
+    shared = tmp_path / "shared.bin"
+    chunk = 64 * 1024
+    content = os.urandom(4 * chunk)
+    shared.write_bytes(content)
+    target = tmp_path / "target"
+    target.mkdir()
+    slot = 4 << 20
+    worker = HashWorkerUnderTest(shared, writable=target, pool_size=4 * slot)
+    try:
+        manifest, where = worker.manifest, str(target).encode()
+        worker.supervisor.sendall(_frame(0x0107, struct.pack(">II", 2, len(manifest)) + manifest
+                                         + struct.pack(">I", len(where)) + where + b"\x00"))  # prepareDownload
+        worker.await_report(0x0108)  # downloadPrepared
+        # The pool's pages hold data (they are there to be copied), and the worker's own
+        # peak so far is its baseline.
+        for offset in range(0, worker.POOL_SIZE, 1 << 20):
+            worker.view[offset:offset + (1 << 20)] = os.urandom(1 << 20)
+        before = _peak_rss_kib(worker.proc.pid)
+        burst = b"".join(_frame(0x0109, struct.pack(">IIII", 100 + n, n % 4, (n % 4) * slot, slot))
+                         for n in range(24))
+        worker.transfer.sendall(burst)
+        replies = [_read_frame(worker.transfer) for _ in range(24)]
+        assert [t for t, _ in replies] == [0x010A] * 24, replies
+        assert [p for _, p in replies] == [struct.pack(">IIB", 100 + n, n % 4, 0) for n in range(24)]
+        grown = _peak_rss_kib(worker.proc.pid) - before
+        assert worker.proc.poll() is None
+    finally:
+        stderr = worker.stop()
+    # One slot read or copied would be 4 MiB; the worker's own churn is far below that.
+    print(f"peak grew by {grown} KiB")
+    assert grown < 2 * 1024, f"the hash worker's peak memory grew by {grown} KiB"
+    assert stderr.count("failed verification") == 24, stderr
+    assert not [p for p in target.rglob("*") if p.is_file() and p.read_bytes().strip(b"\x00")]
