@@ -89,7 +89,9 @@ struct Demo: ParsableCommand {
         var fromSeeder = 0.0
         var fromEachOther = 0.0
         for ((getter, errors, dir), name) in zip(getters, names) {
-            let log = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            // The throwing read: `readDataToEndOfFile` (and `readData`) trap on a read error.
+            let output = (try? errors.fileHandleForReading.readToEnd()) ?? nil
+            let log = String(decoding: output ?? Data(), as: UTF8.self)
             getter.waitUntilExit()
             let seconds = Date().timeIntervalSince(started)
             guard getter.terminationStatus == 0 else {
@@ -155,8 +157,8 @@ struct Demo: ParsableCommand {
     private func readLine(from handle: FileHandle) -> String? {
         var bytes: [UInt8] = []
         while true {
-            let data = handle.readData(ofLength: 1)
-            guard let byte = data.first else { return nil }
+            // The throwing read, as above: an error ends the line like end of file.
+            guard let data = try? handle.read(upToCount: 1), let byte = data.first else { return nil }
             if byte == UInt8(ascii: "\n") { return String(decoding: bytes, as: UTF8.self) }
             bytes.append(byte)
         }
