@@ -52,7 +52,7 @@ public struct Manifest: Equatable, Sendable {
         }
     }
 
-    public static let magic: [UInt8] = Array("PSM1".utf8)
+    public static let magic: [UInt8] = Array("PSM2".utf8)
     public static let minChunkSize = 64 * 1024
     public static let maxChunkSize = 4 * 1024 * 1024
     /// A manifest must fit in one IPC frame and one peer frame.
@@ -63,7 +63,7 @@ public struct Manifest: Equatable, Sendable {
 
     /// Where one entry lies in `bytes`: 12 bytes per entry, however long its path. The
     /// manifest is kept as its own canonical encoding plus these, so a share of 100,000
-    /// files costs every process that holds it the encoding (about 100 bytes a file) and
+    /// files costs every process that holds it the encoding (about 65 bytes a file) and
     /// 16 bytes a file more, not a string, a root and an array of arrays per file.
     struct EntryRecord: Sendable {
         /// Offset of the path's first byte (after its u16 length).
@@ -106,10 +106,10 @@ public struct Manifest: Equatable, Sendable {
         private let chunkSize: Int
 
         /// `expectedBytes`: the encoding's size if known (else a guess from the entry count):
-        /// reserved at once, so a 10 MB manifest is never copied to grow.
+        /// reserved at once, so a 6.5 MB manifest is never copied to grow.
         public init(chunkSize: Int, entryCount: Int, expectedBytes: Int? = nil) {
             self.chunkSize = chunkSize
-            writer = ByteWriter(capacity: expectedBytes ?? (12 + entryCount * 96))
+            writer = ByteWriter(capacity: expectedBytes ?? (12 + entryCount * 64))
             writer.raw(Manifest.magic)
             writer.u32(UInt32(chunkSize))
             writer.u32(UInt32(entryCount))
@@ -127,7 +127,6 @@ public struct Manifest: Equatable, Sendable {
             writer.u8(Kind.file.rawValue)
             writer.string(path)
             writer.u64(size)
-            writer.raw(chunkHashes.withUnsafeBytes { MerkleTree.root(ofConcatenated: $0) })
             writer.raw(chunkHashes)
         }
 
@@ -220,8 +219,8 @@ public struct Manifest: Equatable, Sendable {
     public func expectedHash(ofChunk index: Int) -> ArraySlice<UInt8> {
         let entryIndex = Int(chunkEntries[index])
         let record = records[entryIndex]
-        // path, size (8), Merkle root (32), then the entry's chunk hashes in order.
-        let hashes = Int(record.pathStart) + Int(record.pathLength) + 8 + 32
+        // path, size (8), then the entry's chunk hashes in order.
+        let hashes = Int(record.pathStart) + Int(record.pathLength) + 8
         let start = hashes + (index - Int(record.firstChunk)) * ChunkHash.byteCount
         return bytes[start..<start + ChunkHash.byteCount]
     }
@@ -255,7 +254,7 @@ public struct Manifest: Equatable, Sendable {
     }
 
     /// The share's name and size, read out of a manifest's structure without checking its
-    /// rules (names, Merkle roots): for a manifest someone else checks, shown to the user
+    /// rules (names, the tree): for a manifest someone else checks, shown to the user
     /// (print the name inert). `share`'s supervisor uses it on what its hash worker made and
     /// checked; a full `decode` of 100,000 files there held the link back by a tenth of a second.
     public static func summary(of bytes: [UInt8]) throws -> (rootName: String, totalBytes: UInt64) {
@@ -267,10 +266,19 @@ public struct Manifest: Equatable, Sendable {
     }
 
     /// Reads the entries' places out of `bytes`; with `validate`, checks everything a peer
-    /// could get wrong: counts, sizes, Merkle roots, UTF-8 and the path rules.
+    /// could get wrong: counts, sizes, UTF-8 and the path rules.
     private init(indexing bytes: [UInt8], validate: Bool) throws {
         var reader = ByteReader(bytes)
-        guard try reader.raw(4) == Manifest.magic else { throw DecodeError.invalid("not a PeerShare manifest") }
+        let magic = try reader.raw(4)
+        guard magic == Manifest.magic else {
+            // PSM1 carried a Merkle root per file, which every decoder recomputed from the
+            // chunk hashes beside it: 32 bytes a file that committed to nothing more.
+            if magic == Array("PSM1".utf8) {
+                throw DecodeError.invalid(
+                    "a manifest of an older PeerShare (format PSM1): share it again with this one")
+            }
+            throw DecodeError.invalid("not a PeerShare manifest")
+        }
         let chunkSize = Int(try reader.u32())
         guard chunkSize >= Manifest.minChunkSize, chunkSize <= Manifest.maxChunkSize, chunkSize & (chunkSize - 1) == 0
         else {
@@ -300,26 +308,11 @@ public struct Manifest: Equatable, Sendable {
             guard kind == .file else { continue }
             let size = try reader.u64()
             guard size <= Manifest.maxFileSize else { throw DecodeError.invalid("file size \(size) too large") }
-            let rootStart = reader.offset
-            _ = try reader.skip(32)
             let count = Int((size + UInt64(chunkSize) - 1) / UInt64(chunkSize))
             guard count * 32 <= reader.remaining else {
                 throw DecodeError.truncated(needed: count * 32, available: reader.remaining)
             }
-            let hashesStart = reader.offset
             _ = try reader.skip(count * 32)
-            if validate {
-                let matches = bytes.withUnsafeBytes { all in
-                    MerkleTree.root(
-                        ofConcatenated: UnsafeRawBufferPointer(rebasing: all[hashesStart..<hashesStart + count * 32])
-                    )
-                    .elementsEqual(all[rootStart..<rootStart + 32])
-                }
-                guard matches else {
-                    let path = String(decoding: bytes[pathStart..<pathStart + pathLength], as: UTF8.self)
-                    throw DecodeError.invalid("Merkle root of \(path) does not match its chunk hashes")
-                }
-            }
             chunkEntries.append(contentsOf: repeatElement(UInt32(entryIndex), count: count))
             totalBytes += size
             largestChunkLength = max(largestChunkLength, Int(min(size, UInt64(chunkSize))))

@@ -55,7 +55,9 @@ public enum PeerMessage: Equatable, Sendable {
         case handshakeFailed = 7
     }
 
-    public static let version: UInt16 = 2
+    /// 3: manifests without per-file Merkle roots ("PSM2"; docs/PROTOCOL.md §3), so a peer of
+    /// version 2 would send a manifest this one cannot read: refused at the hello instead.
+    public static let version: UInt16 = 3
     /// After the handshake, with any stages agreed, every frame travels inside one of these:
     /// the inner frame's `u16 type ‖ payload`, passed through every stage's encode in order.
     public static let sealedFrameType: UInt16 = 0x5100

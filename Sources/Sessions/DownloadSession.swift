@@ -418,7 +418,7 @@ public final class DownloadSession: SupervisorDelegate, @unchecked Sendable {
     }
 
     /// Offers the chunks verified so far to other downloaders: the transfer worker serves the
-    /// manifest it fetched, so none is sent (10 MB for a share of 100,000 files).
+    /// manifest it fetched, so none is sent (6.5 MB for a share of 100,000 files).
     private func startServing() {
         guard let listen, manifestBytes != nil else { return }
         supervisor.send(

@@ -40,7 +40,7 @@ extension TransferService {
     /// behind a NAT can reach it (a reverse connection) before it has a single chunk.
     ///
     /// A download's `serve` carries no manifest: it serves the one it fetched (and checked),
-    /// so the 10 MB of a 100,000-file share are not sent back to it, nor kept twice. Until
+    /// so the 6.5 MB of a 100,000-file share are not sent back to it, nor kept twice. Until
     /// that has arrived (a restarted worker fetching it again), it only listens.
     func startServing(shareID: [UInt8], manifest given: [UInt8], host: String, port: Int) {
         var newlyServing = false

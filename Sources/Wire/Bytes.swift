@@ -35,7 +35,7 @@ public struct ByteWriter: Sendable {
     }
 
     /// A writer that does not copy byte arrays of `threshold` bytes or more passed to `blob`
-    /// (a 10 MB manifest): they are written from where they are, by `forEachPart`, and
+    /// (a 6.5 MB manifest): they are written from where they are, by `forEachPart`, and
     /// `bytes` alone is not the encoding.
     public init(capacity: Int, keepingBlobsFrom threshold: Int) {
         bytes = []

@@ -62,7 +62,7 @@ public struct FrameChannelDecoder: NIOSingleStepByteToMessageDecoder {
 }
 
 /// A channel's messages, each decoded as its frame comes out of the read buffer, so that the
-/// frame's payload is gone before anyone handles the message: a 10 MB manifest passing
+/// frame's payload is gone before anyone handles the message: a 6.5 MB manifest passing
 /// through the supervisor is then in memory as the message's field, not also as the frame's
 /// payload for as long as the message is handled.
 public enum DecodedMessage<Message: ChannelMessage>: Sendable {
@@ -98,7 +98,7 @@ public struct ChannelMessageDecoder<Message: ChannelMessage>: NIOSingleStepByteT
     }
 }
 
-/// A frame too large to gather in the channel's read buffer (a manifest: 10 MB for a share
+/// A frame too large to gather in the channel's read buffer (a manifest: 6.5 MB for a share
 /// of 100,000 files). Waiting for all of it there grows the buffer to the next power of two
 /// and copies the payload out at the end, so a manifest passing through a process was in
 /// memory two or three times at once; gathered here, its bytes are copied once, into the

@@ -101,13 +101,33 @@ final class ManifestTests: XCTestCase {
         XCTAssertThrowsError(try Manifest.decode(huge.bytes))
     }
 
-    func testTamperedMerkleRootIsRefused() {
+    func testAManifestOfTheOlderFormatIsRefusedByName() {
         var bytes = sampleEncoding()
-        // The file entry's Merkle root follows its size; flip a byte in it.
-        let marker = Array("album/a.bin".utf8)
-        let start = bytes.indices.first { Array(bytes[$0..<min($0 + marker.count, bytes.count)]) == marker }!
-        bytes[start + marker.count + 8] ^= 0xFF
-        XCTAssertThrowsError(try Manifest.decode(bytes))
+        bytes.replaceSubrange(0..<4, with: Array("PSM1".utf8))
+        XCTAssertThrowsError(try Manifest.decode(bytes)) { error in
+            XCTAssertTrue("\(error)".contains("older PeerShare"), "\(error)")
+        }
+        bytes.replaceSubrange(0..<4, with: Array("PSMX".utf8))
+        XCTAssertThrowsError(try Manifest.decode(bytes)) { error in
+            XCTAssertTrue("\(error)".contains("not a PeerShare manifest"), "\(error)")
+        }
+    }
+
+    func testAFileEntryIsItsPathSizeAndChunkHashesAlone() throws {
+        // 3 bytes of kind and path length, the path, 8 bytes of size, 32 per chunk: nothing else.
+        let data = (0..<65536 * 2 + 1).map { UInt8(truncatingIfNeeded: $0 / 65536 + 1) }
+        let hashes = stride(from: 0, to: data.count, by: 65536).map {
+            ChunkHash.of(Array(data[$0..<min($0 + 65536, data.count)]))
+        }
+        let bytes = Manifest.encoding(
+            chunkSize: 65536,
+            entries: [.file("f.bin", size: UInt64(data.count), chunkHashes: hashes)])
+        XCTAssertEqual(bytes.count, 12 + 3 + 5 + 8 + 3 * 32)
+        let manifest = try Manifest.decode(bytes)
+        for index in 0..<3 {
+            XCTAssertTrue(manifest.isExpected(hashes[index], ofChunk: index))
+        }
+        XCTAssertFalse(manifest.isExpected(hashes[0], ofChunk: 1))
     }
 
     func testUnsafePathsAreRefused() {
@@ -219,15 +239,6 @@ final class ManifestTests: XCTestCase {
         XCTAssertEqual(manifest.entries.map(\.size), [0] + sizes)
     }
 
-    func testMerkleRoot() {
-        let a = ChunkHash.of([1])
-        let b = ChunkHash.of([2])
-        let c = ChunkHash.of([3])
-        XCTAssertEqual(MerkleTree.root(of: [a]), a)
-        let ab = ChunkHash.of([0x01] + a + b)
-        XCTAssertEqual(MerkleTree.root(of: [a, b]), ab)
-        XCTAssertEqual(MerkleTree.root(of: [a, b, c]), ChunkHash.of([0x01] + ab + c))
-    }
 }
 
 final class ShareLinkTests: XCTestCase {

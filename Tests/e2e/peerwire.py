@@ -7,7 +7,7 @@ import struct
 (HELLO, HELLO_ACCEPTED, GET_MANIFEST, MANIFEST, REQUEST, PIECE, REJECT, ERROR, BITFIELD, HAVE,
  CANCEL) = range(0x5001, 0x500C)
 MAGIC = b"PeerShare"
-VERSION = 2
+VERSION = 3
 
 
 def hello(share_id: bytes) -> bytes:
@@ -55,28 +55,13 @@ def short_string(text: str) -> bytes:
     return struct.pack(">H", len(raw)) + raw
 
 
-def merkle_root(leaves):
-    if not leaves:
-        return hashlib.sha256(b"").digest()
-    level = list(leaves)
-    while len(level) > 1:
-        nxt = []
-        for i in range(0, len(level), 2):
-            if i + 1 < len(level):
-                nxt.append(hashlib.sha256(b"\x01" + level[i] + level[i + 1]).digest())
-            else:
-                nxt.append(level[i])
-        level = nxt
-    return level[0]
-
-
 def encode_manifest(chunk_size: int, entries) -> bytes:
     """entries: list of (path, data-bytes or None for a directory)."""
-    out = b"PSM1" + struct.pack(">II", chunk_size, len(entries))
+    out = b"PSM2" + struct.pack(">II", chunk_size, len(entries))
     for path, data in entries:
         if data is None:
             out += b"\x01" + short_string(path)
             continue
         hashes = [hashlib.sha256(data[i:i + chunk_size]).digest() for i in range(0, len(data), chunk_size)]
-        out += b"\x00" + short_string(path) + struct.pack(">Q", len(data)) + merkle_root(hashes) + b"".join(hashes)
+        out += b"\x00" + short_string(path) + struct.pack(">Q", len(data)) + b"".join(hashes)
     return out
