@@ -227,13 +227,13 @@ final class DownloadOnDisk {
         close(fd)
     }
 
-    /// Verifies a chunk against the manifest and writes it only if it matches. `digest`: the
-    /// SHA-256 of `data` when the caller has it already.
     /// Whether `index` names a chunk of this share that is `length` bytes long.
     func isChunk(_ index: Int, ofLength length: Int) -> Bool {
         index >= 0 && index < manifest.chunkCount && manifest.chunkLocations[index].length == length
     }
 
+    /// Verifies a chunk against the manifest and writes it only if it matches. `digest`: the
+    /// SHA-256 of `data` when the caller has it already.
     func write(index: Int, data: [UInt8], digest: [UInt8]? = nil) throws -> Bool {
         guard index >= 0, index < manifest.chunkCount else { return false }
         let location = manifest.chunkLocations[index]

@@ -244,8 +244,6 @@ public final class HashService: WorkerService, @unchecked Sendable {
         return .failure(requestID: id, code: 70, message: "no such slot in the chunk pool")
     }
 
-    /// A chunk request from the transfer worker; every one is answered. `hashed`: a chunk to
-    /// write already copied out of its slot and hashed (else that is done here).
     /// A chunk that does not match the manifest: counted, said, and answered as refused.
     private func refused(_ id: UInt32, _ index: UInt32) -> ChunkReply {
         rejectedChunks += 1
@@ -253,6 +251,8 @@ public final class HashService: WorkerService, @unchecked Sendable {
         return .chunkWritten(requestID: id, index: index, accepted: false)
     }
 
+    /// A chunk request from the transfer worker; every one is answered. `hashed`: a chunk to
+    /// write already copied out of its slot and hashed (else that is done here).
     private func perform(_ request: ChunkRequest, hashed: HashedCopy? = nil) -> ChunkReply {
         func failure(_ id: UInt32, _ error: Error) -> ChunkReply {
             let (code, message) = self.failure(error)
