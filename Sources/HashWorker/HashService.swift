@@ -21,7 +21,8 @@ public final class HashService: WorkerService, @unchecked Sendable {
     }
     /// The longest chunk the download in progress can take (0 with none), for the data
     /// channel's reader thread, which must not copy a slot longer than that: a transfer worker
-    /// naming whole-pool slots would otherwise make this process hold a copy of each.
+    /// naming 4 MiB slots for a share of small chunks would otherwise make this process hold a
+    /// copy of each (three hand-offs' worth: one being hashed, two waiting).
     private let longestChunkToWrite = Mutex<Int>(0)
     /// A download that completed, to be served from where it landed on the first request.
     private var finished: (path: String, manifest: Manifest)?
