@@ -888,6 +888,13 @@ class HashWorkerUnderTest:
         (length,) = struct.unpack(">I", payload[4:8])
         self.manifest = payload[8:8 + length]
 
+    def prepare_download(self, target):
+        """The same worker, given the manifest it built, prepares a download of it into target."""
+        where = str(target).encode()
+        self.supervisor.sendall(_frame(0x0107, struct.pack(">II", 2, len(self.manifest)) + self.manifest
+                                       + struct.pack(">I", len(where)) + where + b"\x00"))  # prepareDownload
+        self.await_report(0x0108)  # downloadPrepared
+
     def await_report(self, wanted):
         while True:
             msg_type, payload = _read_frame(self.supervisor)
@@ -942,6 +949,17 @@ def test_a_transfer_worker_naming_a_slot_outside_the_pool_is_refused(tmp_path):
     assert stderr.count("named a slot outside the chunk pool") == 3, stderr
 
 
+def _four_chunk_share(tmp_path):
+    """A file of four 64 KiB chunks to share and an empty folder to download it into."""
+    chunk = 64 * 1024
+    content = os.urandom(4 * chunk)
+    shared = tmp_path / "shared.bin"
+    shared.write_bytes(content)
+    target = tmp_path / "target"
+    target.mkdir()
+    return shared, content, chunk, target
+
+
 def test_chunks_written_through_the_pool_are_verified_in_order_and_bad_slots_refused(tmp_path):
     """A real hash worker preparing a download, with this test as its supervisor and as a
     hostile transfer worker. One burst of writes goes through the worker's two stages (copy
@@ -949,20 +967,11 @@ def test_chunks_written_through_the_pool_are_verified_in_order_and_bad_slots_ref
     bytes were altered in the slot, a slot past the pool's end, a good chunk again, then a
     read of the first chunk back. Every request is answered, in order; only chunks that match
     the manifest are written; the bad slot is refused and nothing outside the pool is read."""
-    shared = tmp_path / "shared.bin"
-    chunk = 64 * 1024
-    content = os.urandom(4 * chunk)
-    shared.write_bytes(content)
-    target = tmp_path / "target"
-    target.mkdir()
+    shared, content, chunk, target = _four_chunk_share(tmp_path)
     worker = HashWorkerUnderTest(shared, writable=target)
     view, transfer, pool_size = worker.view, worker.transfer, worker.POOL_SIZE
     try:
-        # The same worker, given the manifest it built, prepares a download of it.
-        manifest, where = worker.manifest, str(target).encode()
-        worker.supervisor.sendall(_frame(0x0107, struct.pack(">II", 2, len(manifest)) + manifest
-                                         + struct.pack(">I", len(where)) + where + b"\x00"))  # prepareDownload
-        worker.await_report(0x0108)  # downloadPrepared
+        worker.prepare_download(target)
         view[0:chunk] = content[0:chunk]
         altered = bytearray(content[chunk:2 * chunk])
         altered[1000] ^= 0xFF
@@ -1008,24 +1017,15 @@ def _peak_rss_kib(pid):
 def test_a_transfer_worker_naming_oversized_slots_makes_the_hash_worker_copy_nothing(tmp_path):
     """A hostile transfer worker asks a real hash worker, preparing a download of 64 KiB
     chunks, to write chunks from slots of 4 MiB each (the longest a slot may be): 24 of them in
-    one burst, which would
-    go through the worker's two stages if their lengths were believed (each copied out of the
-    pool and hashed on the reader thread, three hand-offs held at once). Every one is refused,
-    and the worker's peak memory does not grow: a slot longer than any chunk of the share is
-    never copied, nor even read."""
-    shared = tmp_path / "shared.bin"
-    chunk = 64 * 1024
-    content = os.urandom(4 * chunk)
-    shared.write_bytes(content)
-    target = tmp_path / "target"
-    target.mkdir()
+    one burst, which would go through the worker's two stages if their lengths were believed
+    (each copied out of the pool and hashed on the reader thread, three hand-offs held at
+    once). Every one is refused, and the worker's peak memory does not grow: a slot longer
+    than any chunk of the share is never copied, nor even read."""
+    shared, _, _, target = _four_chunk_share(tmp_path)
     slot = 4 << 20
     worker = HashWorkerUnderTest(shared, writable=target, pool_size=4 * slot)
     try:
-        manifest, where = worker.manifest, str(target).encode()
-        worker.supervisor.sendall(_frame(0x0107, struct.pack(">II", 2, len(manifest)) + manifest
-                                         + struct.pack(">I", len(where)) + where + b"\x00"))  # prepareDownload
-        worker.await_report(0x0108)  # downloadPrepared
+        worker.prepare_download(target)
         # The pool's pages hold data (they are there to be copied), and the worker's own
         # peak so far is its baseline.
         for offset in range(0, worker.POOL_SIZE, 1 << 20):
