@@ -4,6 +4,7 @@ through its control socket by the ordinary commands (`share`, `get --wait`, `ls`
 
 Every daemon here gets its own XDG_RUNTIME_DIR and XDG_STATE_HOME, no DHT and no LAN: the
 links' peer hints carry the swarm on loopback."""
+import hashlib
 import json
 import os
 import pathlib
@@ -11,6 +12,7 @@ import re
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import tempfile
 import time
@@ -255,6 +257,64 @@ def test_a_restarted_daemon_serves_its_shares_without_hashing_them_again_unless_
     # A removed item's manifest goes with it.
     assert d.cli("remove", "2").returncode == 0
     assert sorted(p.name for p in kept.iterdir()) == ["1.manifest"]
+
+
+def _psm1_of(psm2: bytes) -> bytes:
+    """The same manifest in the format before 2026-12-03 (docs/PROTOCOL.md section 3): a
+    Merkle root over each file's chunk hashes after its size."""
+    def root(leaves):
+        level = list(leaves) or [hashlib.sha256(b"").digest()]
+        while len(level) > 1:
+            level = [hashlib.sha256(b"\x01" + level[i] + level[i + 1]).digest() if i + 1 < len(level) else level[i]
+                     for i in range(0, len(level), 2)]
+        return level[0]
+
+    assert psm2[:4] == b"PSM2"
+    chunk_size, count = struct.unpack(">II", psm2[4:12])
+    out, at = bytearray(b"PSM1" + psm2[4:12]), 12
+    for _ in range(count):
+        kind, length = psm2[at], struct.unpack(">H", psm2[at + 1:at + 3])[0]
+        out += psm2[at:at + 3 + length]
+        at += 3 + length
+        if kind == 1:
+            continue
+        (size,) = struct.unpack(">Q", psm2[at:at + 8])
+        chunks = (size + chunk_size - 1) // chunk_size
+        hashes = [psm2[at + 8 + 32 * i:at + 8 + 32 * (i + 1)] for i in range(chunks)]
+        out += psm2[at:at + 8] + root(hashes) + b"".join(hashes)
+        at += 8 + 32 * chunks
+    assert at == len(psm2)
+    return bytes(out)
+
+
+def test_a_share_kept_by_a_daemon_of_the_older_format_is_hashed_again_under_its_new_link(tmp_path, daemons):
+    """A daemon upgraded across the manifest format change (PSM1 to PSM2) finds its kept
+    manifest and its link in the old format: it says so, hashes the share again, serves it,
+    and lists the new link, which a peer can fetch from."""
+    d = daemons("d")
+    payload = tmp_path / "kept.bin"
+    payload.write_bytes(os.urandom(1_500_000))
+    link = d.cli("share", str(payload)).stdout.strip()
+    d.stop()
+    # What the older daemon would have left: its manifest, and its link naming that manifest.
+    kept = d.state_dir / "peershare" / "manifests" / "1.manifest"
+    old = _psm1_of(kept.read_bytes())
+    kept.write_bytes(old)
+    new_id = link.split("//")[1].split("?")[0]
+    old_id = hashlib.sha256(old).hexdigest()
+    state = json.loads(d.state_file.read_text())
+    state["items"][0]["link"] = state["items"][0]["link"].replace(new_id, old_id)
+    d.state_file.write_text(json.dumps(state))
+    d.start()
+    wait_for(lambda: d.items()[1]["state"] == "serving" and new_id in d.items()[1]["link"], 30,
+             "the share to be served under its new link")
+    log = d.log.read_text()
+    assert "a manifest of an older PeerShare" in log and "hashing it again" in log, log
+    assert log.count("hashed 'kept.bin'") == 2, log
+    out = tmp_path / "out"
+    got = d.cli("get", "--no-daemon", "--no-dht", "--no-lan", d.items()[1]["link"], "-o", str(out))
+    assert got.returncode == 0, got.stderr
+    assert (out / "kept.bin").read_bytes() == payload.read_bytes()
 
 
 def test_daemons_find_each_other_through_their_one_dht_node(tmp_path, daemons):
