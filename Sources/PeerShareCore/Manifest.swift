@@ -274,8 +274,7 @@ public struct Manifest: Equatable, Sendable {
             // PSM1 carried a Merkle root per file, which every decoder recomputed from the
             // chunk hashes beside it: 32 bytes a file that committed to nothing more.
             if magic == Array("PSM1".utf8) {
-                throw DecodeError.invalid(
-                    "a manifest of an older PeerShare (format PSM1): share it again with this one")
+                throw DecodeError.invalid("a manifest of an older PeerShare (format PSM1)")
             }
             throw DecodeError.invalid("not a PeerShare manifest")
         }
