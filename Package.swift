@@ -42,6 +42,11 @@ let package = Package(
 
         // The few Linux calls Swift's Glibc module does not expose (prctl, posix_spawn setup).
         .target(name: "CSystemShims"),
+        // BLAKE3, the chunk hash: the official C code with its x86-64 assembly, vendored
+        // (Debian 12 packages no C library of it; Sources/CBLAKE3/README.md).
+        .target(
+            name: "CBLAKE3", exclude: ["README.md", "LICENSE"],
+            cSettings: [.define("BLAKE3_USE_NEON", to: "0")]),
 
         // Pure core: the one wire codec every framed channel uses (worker pipes, the data
         // channel, peer connections, plugins, the control socket, relays): frames and their
@@ -50,7 +55,7 @@ let package = Package(
         // Pure core: content identity, manifests, links, configuration.
         .target(
             name: "PeerShareCore",
-            dependencies: ["Wire", .product(name: "Crypto", package: "swift-crypto")]),
+            dependencies: ["Wire", "CBLAKE3", .product(name: "Crypto", package: "swift-crypto")]),
         // Pure core: the supervisor <-> worker message set.
         .target(name: "IPC", dependencies: ["Wire", "PeerShareCore"]),
         // Pure core: the Kademlia DHT (BEP 5): bencode, KRPC, routing table, lookups, node.

@@ -8,7 +8,7 @@ packages=(libsodium-dev zlib1g-dev libminiupnpc-dev libnatpmp-dev libqrencode-de
 # python3-libtorrent is the independent BEP 5 implementation the DHT interop test runs against;
 # tcpdump captures loopback traffic to prove encrypted transfers carry no plaintext.
 # chromium, chromium-driver and python3-selenium drive the daemon's web UI in a real browser.
-[ "${PEERSHARE_SETUP_TESTS:-0}" = 1 ] && packages+=(python3 python3-pytest python3-libtorrent util-linux tcpdump iptables coturn miniupnpd-iptables chromium chromium-driver python3-selenium valgrind binutils)
+[ "${PEERSHARE_SETUP_TESTS:-0}" = 1 ] && packages+=(python3 python3-pytest python3-libtorrent util-linux tcpdump iptables coturn miniupnpd-iptables chromium chromium-driver python3-selenium valgrind binutils python3-pip)
 
 missing=()
 for package in "${packages[@]}"; do
@@ -20,5 +20,13 @@ if [ ${#missing[@]} -gt 0 ]; then
   [ "$(id -u)" -ne 0 ] && sudo="sudo"
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+# BLAKE3, the chunk hash, for the tests' own Python peer and manifest builder: Debian 12 packages
+# no Python module of it, so it comes from PyPI (the BLAKE3 team's binding), pinned.
+if [ "${PEERSHARE_SETUP_TESTS:-0}" = 1 ] && ! /usr/bin/python3 -c "import blake3" 2>/dev/null; then
+  echo "setup: installing the Python module blake3 from PyPI"
+  sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  $sudo /usr/bin/python3 -m pip install --quiet --root-user-action=ignore --break-system-packages "blake3==1.0.11"
 fi
 command -v swift >/dev/null || { echo "setup: the Swift toolchain (6.0 or later) must be on PATH" >&2; exit 1; }

@@ -52,7 +52,7 @@ public struct Manifest: Equatable, Sendable {
         }
     }
 
-    public static let magic: [UInt8] = Array("PSM2".utf8)
+    public static let magic: [UInt8] = Array("PSM3".utf8)
     public static let minChunkSize = 64 * 1024
     public static let maxChunkSize = 4 * 1024 * 1024
     /// A manifest must fit in one IPC frame and one peer frame.
@@ -272,9 +272,10 @@ public struct Manifest: Equatable, Sendable {
         let magic = try reader.raw(4)
         guard magic == Manifest.magic else {
             // PSM1 carried a Merkle root per file, which every decoder recomputed from the
-            // chunk hashes beside it: 32 bytes a file that committed to nothing more.
-            if magic == Array("PSM1".utf8) {
-                throw DecodeError.invalid("a manifest of an older PeerShare (format PSM1)")
+            // chunk hashes beside it: 32 bytes a file that committed to nothing more. PSM2's
+            // chunk hashes were SHA-256s; PSM3's are BLAKE3s, a quarter of the CPU.
+            for older in ["PSM1", "PSM2"] where magic == Array(older.utf8) {
+                throw DecodeError.invalid("a manifest of an older PeerShare (format \(older))")
             }
             throw DecodeError.invalid("not a PeerShare manifest")
         }

@@ -55,9 +55,10 @@ public enum PeerMessage: Equatable, Sendable {
         case handshakeFailed = 7
     }
 
-    /// 3: manifests without per-file Merkle roots ("PSM2"; docs/PROTOCOL.md §3), so a peer of
-    /// version 2 would send a manifest this one cannot read: refused at the hello instead.
-    public static let version: UInt16 = 3
+    /// 4: chunk hashes are BLAKE3 ("PSM3"; docs/PROTOCOL.md §3). 3 had SHA-256 chunk hashes
+    /// in "PSM2" manifests, 2 per-file Merkle roots in "PSM1": a peer of an older version
+    /// would send a manifest this one cannot read, so it is refused at the hello instead.
+    public static let version: UInt16 = 4
     /// After the handshake, with any stages agreed, every frame travels inside one of these:
     /// the inner frame's `u16 type ‖ payload`, passed through every stage's encode in order.
     public static let sealedFrameType: UInt16 = 0x5100

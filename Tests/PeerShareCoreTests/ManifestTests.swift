@@ -103,13 +103,33 @@ final class ManifestTests: XCTestCase {
 
     func testAManifestOfTheOlderFormatIsRefusedByName() {
         var bytes = sampleEncoding()
-        bytes.replaceSubrange(0..<4, with: Array("PSM1".utf8))
-        XCTAssertThrowsError(try Manifest.decode(bytes)) { error in
-            XCTAssertTrue("\(error)".contains("older PeerShare"), "\(error)")
+        for older in ["PSM1", "PSM2"] {
+            bytes.replaceSubrange(0..<4, with: Array(older.utf8))
+            XCTAssertThrowsError(try Manifest.decode(bytes)) { error in
+                XCTAssertTrue("\(error)".contains("older PeerShare (format \(older))"), "\(error)")
+            }
         }
         bytes.replaceSubrange(0..<4, with: Array("PSMX".utf8))
         XCTAssertThrowsError(try Manifest.decode(bytes)) { error in
             XCTAssertTrue("\(error)".contains("not a PeerShare manifest"), "\(error)")
+        }
+    }
+
+    /// BLAKE3 of bytes `i % 251` (the official test vectors' input), as `b3sum` 1.2.0 (the Rust
+    /// implementation, Debian's package) prints them: lengths across one 1 KiB BLAKE3 chunk,
+    /// one SIMD batch, and a 512 KiB PeerShare chunk plus a byte.
+    func testTheChunkHashIsBLAKE3() {
+        let expected: [(Int, String)] = [
+            (0, "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262"),
+            (1, "2d3adedff11b61f14c886e35afa036736dcd87a74d27b5c1510225d0f592e213"),
+            (1024, "42214739f095a406f3fc83deb889744ac00df831c10daa55189b5d121c855af7"),
+            (1025, "d00278ae47eb27b34faecf67b4fe263f82d5412916c1ffd97c8cb7fb814b8444"),
+            (65536, "68d647e619a930e7b1082f74f334b0c65a315725569bdc123f0ee11881717bfe"),
+            (524_289, "7978ac1ee80f7f7c115d25551f9c54cb3a2974cfcb8f5ab93de706350d143286"),
+        ]
+        for (length, hex) in expected {
+            let input = (0..<length).map { UInt8($0 % 251) }
+            XCTAssertEqual(ChunkHash.of(input).hexString, hex, "length \(length)")
         }
     }
 

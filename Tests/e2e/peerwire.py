@@ -1,13 +1,14 @@
 """A minimal Python speaker of PeerShare's peer protocol (docs/PROTOCOL.md section 2),
 used by the end-to-end tests as an independent implementation and as test doubles."""
-import hashlib
 import socket
 import struct
+
+from blake3 import blake3  # the chunk hash; contrib/setup.sh installs it (PyPI)
 
 (HELLO, HELLO_ACCEPTED, GET_MANIFEST, MANIFEST, REQUEST, PIECE, REJECT, ERROR, BITFIELD, HAVE,
  CANCEL) = range(0x5001, 0x500C)
 MAGIC = b"PeerShare"
-VERSION = 3
+VERSION = 4
 
 
 def hello(share_id: bytes) -> bytes:
@@ -57,11 +58,11 @@ def short_string(text: str) -> bytes:
 
 def encode_manifest(chunk_size: int, entries) -> bytes:
     """entries: list of (path, data-bytes or None for a directory)."""
-    out = b"PSM2" + struct.pack(">II", chunk_size, len(entries))
+    out = b"PSM3" + struct.pack(">II", chunk_size, len(entries))
     for path, data in entries:
         if data is None:
             out += b"\x01" + short_string(path)
             continue
-        hashes = [hashlib.sha256(data[i:i + chunk_size]).digest() for i in range(0, len(data), chunk_size)]
+        hashes = [blake3(data[i:i + chunk_size]).digest() for i in range(0, len(data), chunk_size)]
         out += b"\x00" + short_string(path) + struct.pack(">Q", len(data)) + b"".join(hashes)
     return out

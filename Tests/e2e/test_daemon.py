@@ -259,36 +259,24 @@ def test_a_restarted_daemon_serves_its_shares_without_hashing_them_again_unless_
     assert sorted(p.name for p in kept.iterdir()) == ["1.manifest"]
 
 
-def _psm1_of(psm2: bytes) -> bytes:
-    """The same manifest in the format before 2026-12-03 (docs/PROTOCOL.md section 3): a
-    Merkle root over each file's chunk hashes after its size."""
-    def root(leaves):
-        level = list(leaves) or [hashlib.sha256(b"").digest()]
-        while len(level) > 1:
-            level = [hashlib.sha256(b"\x01" + level[i] + level[i + 1]).digest() if i + 1 < len(level) else level[i]
-                     for i in range(0, len(level), 2)]
-        return level[0]
-
-    assert psm2[:4] == b"PSM2"
-    chunk_size, count = struct.unpack(">II", psm2[4:12])
-    out, at = bytearray(b"PSM1" + psm2[4:12]), 12
-    for _ in range(count):
-        kind, length = psm2[at], struct.unpack(">H", psm2[at + 1:at + 3])[0]
-        out += psm2[at:at + 3 + length]
-        at += 3 + length
-        if kind == 1:
-            continue
-        (size,) = struct.unpack(">Q", psm2[at:at + 8])
-        chunks = (size + chunk_size - 1) // chunk_size
-        hashes = [psm2[at + 8 + 32 * i:at + 8 + 32 * (i + 1)] for i in range(chunks)]
-        out += psm2[at:at + 8] + root(hashes) + b"".join(hashes)
-        at += 8 + 32 * chunks
-    assert at == len(psm2)
-    return bytes(out)
+def _psm2_of(psm3: bytes, contents: bytes) -> bytes:
+    """The manifest of a share of one file, `contents`, in the format before 2026-12-04
+    (docs/PROTOCOL.md section 3): the same layout with each chunk's SHA-256 where PSM3 has
+    its BLAKE3."""
+    assert psm3[:4] == b"PSM3"
+    chunk_size, count = struct.unpack(">II", psm3[4:12])
+    assert count == 1 and psm3[12] == 0, "one file, and nothing else"
+    (length,) = struct.unpack(">H", psm3[13:15])
+    at = 15 + length
+    (size,) = struct.unpack(">Q", psm3[at:at + 8])
+    assert size == len(contents)
+    hashes = [hashlib.sha256(contents[i:i + chunk_size]).digest() for i in range(0, size, chunk_size)]
+    assert len(psm3) == at + 8 + 32 * len(hashes)
+    return b"PSM2" + psm3[4:at + 8] + b"".join(hashes)
 
 
 def test_a_share_kept_by_a_daemon_of_the_older_format_is_hashed_again_under_its_new_link(tmp_path, daemons):
-    """A daemon upgraded across the manifest format change (PSM1 to PSM2) finds its kept
+    """A daemon upgraded across the manifest format change (PSM2 to PSM3) finds its kept
     manifest and its link in the old format: it says so, hashes the share again, serves it,
     and lists the new link, which a peer can fetch from."""
     d = daemons("d")
@@ -298,7 +286,7 @@ def test_a_share_kept_by_a_daemon_of_the_older_format_is_hashed_again_under_its_
     d.stop()
     # What the older daemon would have left: its manifest, and its link naming that manifest.
     kept = d.state_dir / "peershare" / "manifests" / "1.manifest"
-    old = _psm1_of(kept.read_bytes())
+    old = _psm2_of(kept.read_bytes(), payload.read_bytes())
     kept.write_bytes(old)
     new_id = link.split("//")[1].split("?")[0]
     old_id = hashlib.sha256(old).hexdigest()

@@ -168,26 +168,28 @@ def read_until_error(sock):
 
 
 def test_a_peer_of_the_older_protocol_is_refused_at_the_hello(seed, tmp_path):
-    """Version 2 of the peer protocol carried manifests with per-file Merkle roots (PSM1),
-    which this version cannot read. Such a peer is told so at its hello ("version mismatch",
+    """Version 3 of the peer protocol carried manifests of SHA-256 chunk hashes (PSM2), and
+    version 2 per-file Merkle roots (PSM1), which this version cannot read. Such a peer is told so at its hello ("version mismatch",
     code 2, which a downloader takes as final), before any manifest is sent, and the seeder
     serves a current peer as before."""
     source = tmp_path / "served.bin"
     source.write_bytes(os.urandom(1 << 20))
     seeder = seed(source)
     share_id = bytes.fromhex(seeder.link.split("//")[1].split("?")[0])
-    with socket.create_connection(("127.0.0.1", seeder.port), timeout=10) as old:
-        old.sendall(peerwire.frame(peerwire.HELLO, peerwire.MAGIC + struct.pack(">H", 2) + share_id + b"\x00"))
-        msg_type, payload = peerwire.read_frame(old)
-        assert msg_type == peerwire.ERROR, (msg_type, payload)
-        (code, length) = struct.unpack(">HH", payload[:4])
-        assert code == 2, payload
-        assert "version" in payload[4:4 + length].decode(), payload
-        assert old.recv(1) == b"", "the seeder hangs up after the error"
+    for version in (3, 2):
+        with socket.create_connection(("127.0.0.1", seeder.port), timeout=10) as old:
+            old.sendall(peerwire.frame(peerwire.HELLO,
+                                       peerwire.MAGIC + struct.pack(">H", version) + share_id + b"\x00"))
+            msg_type, payload = peerwire.read_frame(old)
+            assert msg_type == peerwire.ERROR, (msg_type, payload)
+            (code, length) = struct.unpack(">HH", payload[:4])
+            assert code == 2, payload
+            assert f"version {version} not supported" in payload[4:4 + length].decode(), payload
+            assert old.recv(1) == b"", "the seeder hangs up after the error"
     sock, count = connect_and_greet(seeder, share_id)
     sock.sendall(peerwire.frame(peerwire.GET_MANIFEST, b""))
     msg_type, payload = peerwire.read_frame(sock)
-    assert msg_type == peerwire.MANIFEST and payload[4:8] == b"PSM2", payload[:16]
+    assert msg_type == peerwire.MANIFEST and payload[4:8] == b"PSM3", payload[:16]
     sock.close()
 
 
