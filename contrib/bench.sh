@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
-# Benchmarks for docs/BENCHMARKS.md: hashing beside openssl and b2sum on the same file,
+# Benchmarks for docs/BENCHMARKS.md: hashing beside b3sum, openssl and b2sum on the same file,
 # loopback TCP (iperf3), 1 GiB swarm rows (1->1, 4->1, 1->8) beside libtorrent with
 # CPU per GiB and peak RSS of every process, share's start-up beside mktorrent, the
 # pipeline stages, and instructions per GiB
-# under callgrind (1 -> 1, beside libtorrent and openssl: the figure that holds on a busy
+# under callgrind (1 -> 1, beside libtorrent, b3sum and openssl: the figure that holds on a busy
 # machine).
 # Usage: bash contrib/bench.sh [SIZE_MIB]   (default 1024)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 size_mib=${1:-1024}
 bash contrib/setup.sh
-command -v iperf3 >/dev/null || { sudo=""; [ "$(id -u)" -ne 0 ] && sudo=sudo; $sudo apt-get install -y -qq iperf3 >/dev/null; }
+for tool in iperf3 b3sum; do
+  command -v $tool >/dev/null || { sudo=""; [ "$(id -u)" -ne 0 ] && sudo=sudo; $sudo apt-get install -y -qq $tool >/dev/null; }
+done
 swift build -c release --product peershare >/dev/null
 bin=.build/release/peershare
 
@@ -23,7 +25,7 @@ cat "$file" > /dev/null   # into the page cache, so every tool reads from memory
 
 echo "== hashing ${size_mib} MiB (cached), same file, same run"
 t() { local s e; s=$(date +%s.%N); "$@" > /dev/null; e=$(date +%s.%N); echo "$s $e"; }
-for tool in "openssl dgst -sha256" "b2sum" "sha256sum"; do
+for tool in "b3sum --num-threads 1 --no-mmap" "openssl dgst -sha256" "b2sum" "sha256sum"; do
   read -r s e < <(t $tool "$file")
   awk -v n="$tool" -v s="$s" -v e="$e" -v b=$((size_mib * 1048576)) 'BEGIN { printf "%-28s %8.1f MB/s  (%.3f s)\n", n, b / (e - s) / 1e6, e - s }'
 done
@@ -50,6 +52,6 @@ fi
 mkdir -p "$work/stages"
 (cd contrib && /usr/bin/python3 bench_stages.py "../$bin" "$work/stages" "$size_mib")
 
-echo "== instructions per GiB under callgrind (1 -> 1, 16 and 48 MiB), beside libtorrent and openssl"
+echo "== instructions per GiB under callgrind (1 -> 1, 16 and 48 MiB), beside libtorrent, b3sum and openssl"
 command -v valgrind >/dev/null || { sudo=""; [ "$(id -u)" -ne 0 ] && sudo=sudo; $sudo apt-get install -y -qq valgrind binutils >/dev/null; }
 /usr/bin/python3 contrib/bench_instructions.py "$bin" "$work/instructions"

@@ -1,6 +1,6 @@
 #!/usr/bin/python3
 """Instructions per GiB moved, 1 seeder -> 1 downloader on loopback, PeerShare beside
-libtorrent and `openssl dgst -sha256` in the same run: a CPU figure that does not move when
+libtorrent, `b3sum` and `openssl dgst -sha1` in the same run: a CPU figure that does not move when
 the machine is busy, to judge a change by (issue 13, item 6).
 
 Every process of both peers runs under valgrind's callgrind (--trace-children=yes), which
@@ -10,9 +10,10 @@ session, Python) falls out and what is left is the cost of each further GiB. Sta
 printed apart.
 
 What to know when reading the figures:
-- valgrind emulates the CPU without SHA extensions, so SHA-256 runs its portable code in
-  every tool here (openssl's line shows what that costs per GiB); natively it is several
-  times cheaper. The figure is for comparing builds and tools, not for seconds.
+- valgrind emulates the CPU without SHA extensions or AVX-512, so SHA-1 runs its portable
+  code and BLAKE3 (PeerShare's chunk hash) its AVX2 code in every tool here (the openssl and
+  b3sum lines show what each costs per GiB); natively both are cheaper. The figure is for
+  comparing builds and tools, not for seconds.
 - PeerShare runs with PEERSHARE_SANDBOX=off: valgrind's own system calls would break the
   workers' seccomp allowlists. The sandbox costs a few instructions per system call.
 - valgrind 3.19 cannot read the Swift toolchain's debug info, so a stripped copy
@@ -40,8 +41,8 @@ def callgrind(out_dir):
 
 def counts(out_dir):
     """{process name: instructions} from the callgrind files in OUT_DIR, and beside each name
-    with " (hashing)" the instructions spent in SHA block functions (BoringSSL's or OpenSSL's
-    sha1/sha256_block_data_order), from callgrind_annotate."""
+    with " (hashing)" the instructions spent in BLAKE3's functions (`blake3_*`, the official
+    C code PeerShare vendors), from callgrind_annotate."""
     totals = {}
     for path in glob.glob(os.path.join(out_dir, "cg.*")):
         command, total = "", None
@@ -59,6 +60,8 @@ def counts(out_dir):
             name = "libtorrent"
         elif command and command[0].startswith("openssl"):
             name = "openssl"
+        elif command and command[0].endswith("b3sum"):
+            name = "b3sum"
         else:
             name = "supervisor"
         totals[name] = totals.get(name, 0) + total
@@ -67,7 +70,7 @@ def counts(out_dir):
                                    capture_output=True, text=True).stdout
         for line in annotated.splitlines():
             fields = line.split()
-            if len(fields) > 2 and "_block_data_order" in line and "sha" in line.lower():
+            if len(fields) > 2 and ":blake3_" in line:
                 hashing += int(fields[0].replace(",", ""))
         totals[name + " (hashing)"] = totals.get(name + " (hashing)", 0) + hashing
     return totals
@@ -122,15 +125,17 @@ def run_libtorrent(source, work):
            {("downloader", k): v for k, v in counts(get_dir).items()}
 
 
-def run_openssl(source, work):
-    """SHA-256 (PeerShare's chunk hash) and SHA-1 (libtorrent's piece hash in a v1 torrent,
-    which mktorrent makes) of the file, each once."""
+def run_references(source, work):
+    """BLAKE3 (PeerShare's chunk hash; `b3sum`, the BLAKE3 team's Rust tool, on one thread)
+    and SHA-1 (libtorrent's piece hash in a v1 torrent, which mktorrent makes) of the file,
+    each once."""
     result = {}
-    for digest in ("sha256", "sha1"):
-        out_dir = fresh(f"{work}/cg-openssl")
-        subprocess.run(callgrind(out_dir) + ["openssl", "dgst", "-" + digest, source],
-                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        result[("dgst", "-" + digest)] = counts(out_dir)["openssl"]
+    for name, command in (("b3sum", ["b3sum", "--num-threads", "1", "--no-mmap", source]),
+                          ("openssl", ["openssl", "dgst", "-sha1", source])):
+        out_dir = fresh(f"{work}/cg-reference")
+        subprocess.run(callgrind(out_dir) + command, check=True, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
+        result[(name, " ".join(command[1:-1]))] = counts(out_dir)[name]
     return result
 
 
@@ -139,8 +144,8 @@ def same_file(a, b):
 
 
 def main():
-    if len(sys.argv) not in (3, 5) or not shutil.which("valgrind"):
-        sys.exit(__doc__ + "\n(needs valgrind, mktorrent and python3-libtorrent)")
+    if len(sys.argv) not in (3, 5) or not shutil.which("valgrind") or not shutil.which("b3sum"):
+        sys.exit(__doc__ + "\n(needs valgrind, b3sum, mktorrent and python3-libtorrent)")
     binary, work = sys.argv[1], os.path.abspath(sys.argv[2])
     small, large = (int(sys.argv[3]), int(sys.argv[4])) if len(sys.argv) == 5 else (16, 48)
     os.makedirs(work, exist_ok=True)
@@ -158,7 +163,7 @@ def main():
                 f.write(os.urandom(1 << 20))
         for tool, run in (("peershare", lambda: run_peershare(stripped, source, work)),
                           ("libtorrent", lambda: run_libtorrent(source, work)),
-                          ("openssl", lambda: run_openssl(source, work))):
+                          ("references", lambda: run_references(source, work))):
             began = time.time()
             measured[(tool, mib)] = run()
             print(f"  {tool} {mib} MiB under callgrind: {time.time() - began:.0f} s", flush=True)
@@ -166,9 +171,9 @@ def main():
     moved = (large - small) << 20
     print(f"\ninstructions per GiB moved, 1 seeder -> 1 downloader, {CHUNK >> 10} KiB chunks/pieces "
           f"(from {small} and {large} MiB; start-up at {small} MiB apart; user space only)")
-    print(f"{'tool':<11} {'process':<22} {'G instr/GiB':>12} {'of it SHA':>10} {'start-up (G)':>13}")
+    print(f"{'tool':<11} {'process':<22} {'G instr/GiB':>12} {'of it hash':>10} {'start-up (G)':>13}")
     totals, hashing = {}, {}
-    for tool in ("peershare", "libtorrent", "openssl"):
+    for tool in ("peershare", "libtorrent", "references"):
         keys = sorted(key for key in set(measured[(tool, small)]) | set(measured[(tool, large)])
                       if not key[1].endswith(" (hashing)"))
 
@@ -182,16 +187,17 @@ def main():
             hashing[tool] = hashing.get(tool, 0) + sha
             shown = f"{sha / 1e9:10.2f}" if tool == "peershare" else f"{'-':>10}"
             print(f"{tool:<11} {' '.join(key):<22} {cost / 1e9:12.2f} {shown} {start / 1e9:13.2f}")
-        if tool != "openssl":
+        if tool != "references":
             print(f"{tool:<11} {'all processes':<22} {totals[tool] / 1e9:12.2f}", flush=True)
     # libcrypto, which libtorrent and openssl hash with, has no symbols for its SHA code:
     # libtorrent's share is taken as SHA-1 of each byte twice at openssl's cost.
-    sha1 = measured[("openssl", large)][("dgst", "-sha1")] - measured[("openssl", small)][("dgst", "-sha1")]
+    sha1_key = ("openssl", "dgst -sha1")
+    sha1 = measured[("references", large)][sha1_key] - measured[("references", small)][sha1_key]
     hashing["libtorrent"] = 2 * sha1 / moved * GIB
     beyond = {tool: totals[tool] - hashing[tool] for tool in ("peershare", "libtorrent")}
     print(f"\nall processes: peershare / libtorrent = {totals['peershare'] / totals['libtorrent']:.2f}x "
-          "(PeerShare hashes with SHA-256, libtorrent's v1 torrent with SHA-1; each byte twice)")
-    print(f"beyond hashing: peershare {beyond['peershare'] / 1e9:.2f} G/GiB (all but its SHA block functions), "
+          "(PeerShare hashes with BLAKE3, libtorrent's v1 torrent with SHA-1; each byte twice)")
+    print(f"beyond hashing: peershare {beyond['peershare'] / 1e9:.2f} G/GiB (all but its BLAKE3 functions), "
           f"libtorrent {beyond['libtorrent'] / 1e9:.2f} G/GiB (all but two SHA-1s at openssl's cost) "
           f"= {beyond['peershare'] / beyond['libtorrent']:.2f}x")
 

@@ -1,12 +1,13 @@
 import ArgumentParser
 import Benchmarks
 
-/// `peershare bench hash FILE`: how fast each candidate chunk hash runs here, streaming the
-/// file in 1 MiB reads the way the hash worker does. contrib/bench.sh runs it beside
-/// `openssl dgst -sha256` and `b2sum` on the same file.
+/// `peershare bench FILE`: how fast the chunk hash and the other candidates run here,
+/// streaming the file in 1 MiB reads the way the hash worker does. contrib/bench.sh runs it
+/// beside `b3sum`, `openssl dgst -sha256` and `b2sum` on the same file.
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Measure hashing speed on a file (swift-crypto SHA-256, libsodium SHA-256 and BLAKE2b).")
+        abstract:
+            "Measure hashing speed on a file (BLAKE3, the chunk hash; swift-crypto SHA-256, libsodium SHA-256 and BLAKE2b).")
 
     @Argument(help: "The file to hash (read it once first so it is in the page cache).")
     var file: String

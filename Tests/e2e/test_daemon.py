@@ -260,7 +260,7 @@ def test_a_restarted_daemon_serves_its_shares_without_hashing_them_again_unless_
 
 
 def _psm2_of(psm3: bytes, contents: bytes) -> bytes:
-    """The manifest of a share of one file, `contents`, in the format before 2026-12-04
+    """The manifest of a share of one file, `contents`, in the format before BLAKE3
     (docs/PROTOCOL.md section 3): the same layout with each chunk's SHA-256 where PSM3 has
     its BLAKE3."""
     assert psm3[:4] == b"PSM3"
