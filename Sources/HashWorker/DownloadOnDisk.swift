@@ -233,7 +233,7 @@ final class DownloadOnDisk {
     }
 
     /// Verifies a chunk against the manifest and writes it only if it matches. `digest`: the
-    /// SHA-256 of `data` when the caller has it already.
+    /// `ChunkHash` of `data` when the caller has it already.
     func write(index: Int, data: [UInt8], digest: [UInt8]? = nil) throws -> Bool {
         guard index >= 0, index < manifest.chunkCount else { return false }
         let location = manifest.chunkLocations[index]

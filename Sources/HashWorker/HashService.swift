@@ -82,9 +82,9 @@ public final class HashService: WorkerService, @unchecked Sendable {
     /// Chunk requests from the transfer worker, on the data channel's reader thread, cut into
     /// hand-offs of at most `handOffBytes` of chunks to write, each answered in one write.
     ///
-    /// A chunk to write costs a copy out of the pool, its SHA-256 and a `pwrite`, and one
+    /// A chunk to write costs a copy out of the pool, its hash and a `pwrite`, and one
     /// thread doing all three was the slowest stage of a download (a core's worth at
-    /// ~800 MB/s). So large chunks go through two stages: this thread copies each one out of
+    /// ~800 MB/s with SHA-256 chunk hashes; BLAKE3 made the hash the cheapest of the three). So large chunks go through two stages: this thread copies each one out of
     /// the pool and hashes the copy (pure work, no state touched), then hands them to the
     /// queue, which checks the digests against the manifest, writes and answers while this
     /// thread already copies and hashes the next ones. At most two hand-offs (`handOffs`)
@@ -137,7 +137,7 @@ public final class HashService: WorkerService, @unchecked Sendable {
     /// Hand-offs hashed and waiting for the queue, at most.
     private let handOffs = DispatchSemaphore(value: 2)
 
-    /// A chunk copied out of the pool, and the SHA-256 of the copy.
+    /// A chunk copied out of the pool, and the hash (`ChunkHash`, BLAKE3) of the copy.
     private struct HashedCopy {
         let data: [UInt8]
         let digest: [UInt8]

@@ -145,7 +145,7 @@ struct ManifestBuilder {
     }
 
     /// Threads that hash at once: the machine's cores, at most four. `share`'s start-up is
-    /// this worker hashing (a 1 GiB file, or 100,000 small files: opening, reading, SHA-256),
+    /// this worker hashing (a 1 GiB file, or 100,000 small files: opening, reading, hashing),
     /// and on one thread it took twice mktorrent's time, which hashes on every core.
     static let hashThreads = max(1, min(4, ProcessInfo.processInfo.activeProcessorCount))
     /// A batch's bounds: chunks hashed between two points where the threads meet, and

@@ -7,7 +7,8 @@ import Benchmarks
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract:
-            "Measure hashing speed on a file (BLAKE3, the chunk hash; swift-crypto SHA-256, libsodium SHA-256 and BLAKE2b).")
+            "Measure hashing speed on a file (BLAKE3, the chunk hash; swift-crypto SHA-256, libsodium SHA-256 and BLAKE2b)."
+    )
 
     @Argument(help: "The file to hash (read it once first so it is in the page cache).")
     var file: String

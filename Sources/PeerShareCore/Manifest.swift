@@ -215,7 +215,7 @@ public struct Manifest: Equatable, Sendable {
         return path(ofEntry: 0).split(separator: "/", maxSplits: 1).first.map(String.init) ?? ""
     }
 
-    /// The SHA-256 the chunk must have: 32 bytes of the manifest, not a copy.
+    /// The hash (`ChunkHash`, BLAKE3) the chunk must have: 32 bytes of the manifest, not a copy.
     public func expectedHash(ofChunk index: Int) -> ArraySlice<UInt8> {
         let entryIndex = Int(chunkEntries[index])
         let record = records[entryIndex]
