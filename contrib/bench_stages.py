@@ -6,6 +6,10 @@ ChaCha20-Poly1305, gzip -1 on the same data, libsodium in-process via `peershare
 For each row: MB/s end to end, CPU seconds per GiB (all processes of both peers), bytes on
 the wire per byte of data (from lo's counters: 1.00 = no change, < 1 = compressed).
 
+Then encrypted against plain in interleaved pairs (BENCH_STAGES_PAIRS, default 3), each pair
+in the other order from the one before, so neither always runs second. BENCH_STAGES_ROWS=0
+runs the pairs alone.
+
 Usage: bench_stages.py PEERSHARE_BINARY WORKDIR [SIZE_MIB]
 """
 import json
@@ -92,53 +96,59 @@ text_file = os.path.join(work, "text.log")
 make_random(random_file)
 make_text(text_file)
 
-print(f"== references on the same {size_mib} MiB (one core)")
-for name, path in (("random", random_file), ("text", text_file)):
-    seconds, packed = timed(["gzip", "-1", "-c"], path)
-    print(f"gzip -1 on {name:<6}: {size / seconds / 1e6:7.0f} MB/s, output {packed / size:.3f} of input")
-# AES-256-GCM runs on BoringSSL in PeerShare: OpenSSL's is the C reference for it.
-for cipher in ("chacha20-poly1305", "aes-256-gcm"):
-    speed = subprocess.run(["openssl", "speed", "-evp", cipher, "-bytes", "1048576", "-seconds", "2"],
-                           capture_output=True, text=True)
-    line = [l for l in speed.stdout.splitlines() if l.lower().startswith(cipher)]
-    if line:
-        print(f"openssl speed -evp {cipher}, 1 MiB blocks: {float(line[-1].split()[-1].rstrip('k')) / 1000:.0f} MB/s")
-subprocess.run([binary, "bench", random_file, "--stages"], check=False)
-# The encryption stage's primitives in a plain C loop (AES-256-GCM and XChaCha20-Poly1305).
-probe = os.path.join(work, "sodium_probe")
-here = os.path.dirname(os.path.abspath(__file__))
-if subprocess.run(["cc", "-O2", os.path.join(here, "sodium_probe.c"), "-o", probe, "-lsodium"]).returncode == 0:
-    subprocess.run([probe], check=False)
+def references_and_rows():
+    """The primitives alone, then one transfer through each pipeline."""
+    print(f"== references on the same {size_mib} MiB (one core)")
+    for name, path in (("random", random_file), ("text", text_file)):
+        seconds, packed = timed(["gzip", "-1", "-c"], path)
+        print(f"gzip -1 on {name:<6}: {size / seconds / 1e6:7.0f} MB/s, output {packed / size:.3f} of input")
+    # AES-256-GCM runs on BoringSSL in PeerShare: OpenSSL's is the C reference for it.
+    for cipher in ("chacha20-poly1305", "aes-256-gcm"):
+        speed = subprocess.run(["openssl", "speed", "-evp", cipher, "-bytes", "1048576", "-seconds", "2"],
+                               capture_output=True, text=True)
+        line = [l for l in speed.stdout.splitlines() if l.lower().startswith(cipher)]
+        if line:
+            print(f"openssl speed -evp {cipher}, 1 MiB blocks: {float(line[-1].split()[-1].rstrip('k')) / 1000:.0f} MB/s")
+    subprocess.run([binary, "bench", random_file, "--stages"], check=False)
+    # The encryption stage's primitives in a plain C loop (AES-256-GCM and XChaCha20-Poly1305).
+    probe = os.path.join(work, "sodium_probe")
+    here = os.path.dirname(os.path.abspath(__file__))
+    if subprocess.run(["cc", "-O2", os.path.join(here, "sodium_probe.c"), "-o", probe, "-lsodium"]).returncode == 0:
+        subprocess.run([probe], check=False)
 
-print(f"== {size_mib} MiB through each pipeline, 1 seeder -> 1 downloader on loopback")
-print(f"{'pipeline':<28} {'data':<7} {'MB/s':>7} {'CPU s/GiB':>10} {'wire/data':>10} {'vs plain':>9}")
-pad = os.path.join(os.path.dirname(os.path.abspath(binary)), "peershare-pad")
-crc = os.path.join(here, "plugins", "crc32_stage.py")
-rows = [
-    ("none", [], random_file, "random"),
-    ("zlib", [{"name": "zlib", "level": 1}], random_file, "random"),
-    ("zlib", [{"name": "zlib", "level": 1}], text_file, "text"),
-    ("sodium (AES-256-GCM)", [{"name": "sodium"}], random_file, "random"),
-    ("sodium (XChaCha20-Poly1305)", [{"name": "sodium"}], random_file, "random", "xchacha20poly1305"),
-    ("zlib+sodium", [{"name": "zlib", "level": 1}, {"name": "sodium"}], text_file, "text"),
-    ("pad plugin (Swift)", [{"name": "pad", "plugin": pad, "options": {"block": "4096"}}], random_file, "random"),
-    ("crc32 plugin (Python)", [{"name": "crc32", "plugin": crc}], random_file, "random"),
-]
-plain_rate = plain_cpu = None
-chunk = 64 << 10
-while chunk < (4 << 20) and size / chunk > 2048:
-    chunk *= 2
-calls = 4 * (size // chunk)  # a piece and a request per chunk, each encoded once and decoded once
-for name, stages, path, kind, *ciphers in rows:
-    # Where the CPU has no AES-NI both sodium rows run XChaCha20-Poly1305.
-    env = dict(os.environ, PEERSHARE_CIPHERS=ciphers[0]) if ciphers else None
-    rate, cpu, ratio = transfer(path, stages, env)
-    plain_rate = plain_rate or rate
-    plain_cpu = plain_cpu or cpu
-    print(f"{name:<28} {kind:<7} {rate:7.0f} {cpu:10.2f} {ratio:10.3f} {rate / plain_rate:8.2f}x", flush=True)
-    if "plugin" in name:
-        extra = (cpu - plain_cpu) * (size / (1 << 30)) / calls * 1e6
-        print(f"  {name}: {extra:.0f} us of CPU per call ({calls} calls of ~{chunk >> 10} KiB and small frames)")
+    print(f"== {size_mib} MiB through each pipeline, 1 seeder -> 1 downloader on loopback")
+    print(f"{'pipeline':<28} {'data':<7} {'MB/s':>7} {'CPU s/GiB':>10} {'wire/data':>10} {'vs plain':>9}")
+    pad = os.path.join(os.path.dirname(os.path.abspath(binary)), "peershare-pad")
+    crc = os.path.join(here, "plugins", "crc32_stage.py")
+    rows = [
+        ("none", [], random_file, "random"),
+        ("zlib", [{"name": "zlib", "level": 1}], random_file, "random"),
+        ("zlib", [{"name": "zlib", "level": 1}], text_file, "text"),
+        ("sodium (AES-256-GCM)", [{"name": "sodium"}], random_file, "random"),
+        ("sodium (XChaCha20-Poly1305)", [{"name": "sodium"}], random_file, "random", "xchacha20poly1305"),
+        ("zlib+sodium", [{"name": "zlib", "level": 1}, {"name": "sodium"}], text_file, "text"),
+        ("pad plugin (Swift)", [{"name": "pad", "plugin": pad, "options": {"block": "4096"}}], random_file, "random"),
+        ("crc32 plugin (Python)", [{"name": "crc32", "plugin": crc}], random_file, "random"),
+    ]
+    plain_rate = plain_cpu = None
+    chunk = 64 << 10
+    while chunk < (4 << 20) and size / chunk > 2048:
+        chunk *= 2
+    calls = 4 * (size // chunk)  # a piece and a request per chunk, each encoded once and decoded once
+    for name, stages, path, kind, *ciphers in rows:
+        # Where the CPU has no AES-NI both sodium rows run XChaCha20-Poly1305.
+        env = dict(os.environ, PEERSHARE_CIPHERS=ciphers[0]) if ciphers else None
+        rate, cpu, ratio = transfer(path, stages, env)
+        plain_rate = plain_rate or rate
+        plain_cpu = plain_cpu or cpu
+        print(f"{name:<28} {kind:<7} {rate:7.0f} {cpu:10.2f} {ratio:10.3f} {rate / plain_rate:8.2f}x", flush=True)
+        if "plugin" in name:
+            extra = (cpu - plain_cpu) * (size / (1 << 30)) / calls * 1e6
+            print(f"  {name}: {extra:.0f} us of CPU per call ({calls} calls of ~{chunk >> 10} KiB and small frames)")
+
+
+if os.environ.get("BENCH_STAGES_ROWS", "1") != "0":
+    references_and_rows()
 
 # Encrypted against plain, interleaved: on a shared machine the rows above can run in quiet
 # and busy moments; pairs run back to back and their median ratio is the figure to quote.
@@ -146,9 +156,13 @@ pairs = int(os.environ.get("BENCH_STAGES_PAIRS", "3"))
 if pairs > 0:
     print(f"== encrypted vs plain, {pairs} interleaved pairs (1 -> 1, random data)")
     ratios, extras = [], []
-    for _ in range(pairs):
-        plain = transfer(random_file, [])
-        sealed = transfer(random_file, [{"name": "sodium"}])
+    for pair in range(pairs):
+        if pair % 2 == 0:
+            plain = transfer(random_file, [])
+            sealed = transfer(random_file, [{"name": "sodium"}])
+        else:
+            sealed = transfer(random_file, [{"name": "sodium"}])
+            plain = transfer(random_file, [])
         ratios.append(sealed[0] / plain[0])
         extras.append(sealed[1] - plain[1])
         print(f"  plain {plain[0]:.0f} MB/s {plain[1]:.2f} CPU-s/GiB, sodium {sealed[0]:.0f} MB/s "
