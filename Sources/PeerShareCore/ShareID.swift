@@ -37,6 +37,7 @@ public enum ChunkHash {
     public static let byteCount = 32
 
     public static func of(_ data: UnsafeRawBufferPointer) -> [UInt8] {
+        _ = cpuFeaturesDetected
         var hasher = blake3_hasher()
         blake3_hasher_init(&hasher)
         if let base = data.baseAddress { blake3_hasher_update(&hasher, base, data.count) }
@@ -49,4 +50,15 @@ public enum ChunkHash {
     public static func of(_ data: [UInt8]) -> [UInt8] {
         data.withUnsafeBytes { of($0) }
     }
+
+    /// BLAKE3's C code finds the CPU's SIMD on its first hash and keeps it in a plain global
+    /// (`g_cpu_features` in blake3_dispatch.c, not atomic in 1.3.1): `share` hashes on several
+    /// threads at once, whose first hashes would all write it. A Swift `static let` runs its
+    /// initialiser once, before any other thread gets past it, so that first hash is this one
+    /// and every later call only reads the global.
+    private static let cpuFeaturesDetected: Void = {
+        var hasher = blake3_hasher()
+        blake3_hasher_init(&hasher)
+        blake3_hasher_update(&hasher, [UInt8](repeating: 0, count: 1024), 1024)
+    }()
 }
