@@ -84,7 +84,8 @@ public final class HashService: WorkerService, @unchecked Sendable {
     ///
     /// A chunk to write costs a copy out of the pool, its hash and a `pwrite`, and one
     /// thread doing all three was the slowest stage of a download (a core's worth at
-    /// ~800 MB/s with SHA-256 chunk hashes; BLAKE3 made the hash the cheapest of the three). So large chunks go through two stages: this thread copies each one out of
+    /// ~800 MB/s with SHA-256 chunk hashes; BLAKE3 made the hash the cheapest of the three).
+    /// So large chunks go through two stages: this thread copies each one out of
     /// the pool and hashes the copy (pure work, no state touched), then hands them to the
     /// queue, which checks the digests against the manifest, writes and answers while this
     /// thread already copies and hashes the next ones. At most two hand-offs (`handOffs`)
