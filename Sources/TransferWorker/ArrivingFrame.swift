@@ -209,7 +209,7 @@ final class ArrivingFrameReader: ChannelInboundHandler {
                 // Wait for a slot with what has been read, and read no more meanwhile. (The
                 // reads of the event loop's turn still arrive; past that, should the
                 // connection be read anyway, the piece is handed on as it lies.)
-                if incoming.readableBytes > 0 { gathered.writeBuffer(&incoming) }
+                if incoming.readableBytes > 0 { appendToGathered(&incoming) }
                 if !waitingForSlot {
                     waitingForSlot = true
                     room?.waitForSlot(self, peerID: peerID)
@@ -233,12 +233,29 @@ final class ArrivingFrameReader: ChannelInboundHandler {
             if let frame {
                 context.fireChannelRead(wrapInboundOut(frame))
             } else if incoming.readableBytes > 0 {
-                gathered.writeBuffer(&incoming)
+                appendToGathered(&incoming)
             } else {
                 if gathered.readableBytes == 0 { gathered = ByteBuffer() }
                 return
             }
         }
+    }
+
+    /// What `gathered` holds room for (tests: it stays bounded).
+    var gatheredCapacity: Int { gathered.capacity }
+
+    /// Adds a read behind what is gathered, first dropping the bytes already taken from its
+    /// front if the read would not fit. Frames are cut from the front while reads are added
+    /// at the back, so a connection whose reads never ended on a frame's end (sealed frames,
+    /// which are gathered whole) grew the buffer by doubling for as long as it ran: to 32 MiB
+    /// within one encrypted 1 GiB download, each growth into fresh pages (90 % of the
+    /// downloader's transfer worker's page faults), and without bound for a peer that kept
+    /// it so. Now it holds at most a frame and a read.
+    private func appendToGathered(_ incoming: inout ByteBuffer) {
+        if gathered.readerIndex > 0, gathered.writableBytes < incoming.readableBytes {
+            gathered.discardReadBytes()
+        }
+        gathered.writeBuffer(&incoming)
     }
 
     private enum Start {

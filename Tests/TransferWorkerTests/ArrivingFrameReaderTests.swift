@@ -76,6 +76,35 @@ final class ArrivingFrameReaderTests: XCTestCase {
         }
     }
 
+    /// Sealed frames are gathered whole. Read in reads that never end where a frame does,
+    /// 200 frames of 100 KB (20 MB) must come out whole while the reader holds room for no
+    /// more than a frame and a read: it grew by doubling for as long as the stream ran.
+    func testSealedFramesInUnalignedReadsKeepTheReaderBounded() throws {
+        let payload = (0..<100_000).map { UInt8(truncatingIfNeeded: $0 &* 13 &+ 5) }
+        var frame: [UInt8] = []
+        let length = UInt32(2 + payload.count)
+        frame += [UInt8(length >> 24), UInt8(length >> 16 & 0xFF), UInt8(length >> 8 & 0xFF), UInt8(length & 0xFF)]
+        frame += [UInt8(PeerMessage.sealedFrameType >> 8), UInt8(PeerMessage.sealedFrameType & 0xFF)]
+        frame += payload
+        let stream = Array([[UInt8]](repeating: frame, count: 200).joined())
+        let reader = ArrivingFrameReader(room: Room(), peerID: 1)
+        let channel = EmbeddedChannel(handler: reader)
+        var sealed = 0
+        var largest = 0
+        for start in stride(from: 0, to: stream.count, by: 150_001) {
+            try channel.writeInbound(ByteBuffer(bytes: stream[start..<min(stream.count, start + 150_001)]))
+            while let arrived = try channel.readInbound(as: ArrivingFrame.self) {
+                guard case .sealed(let bytes) = arrived, Array(bytes.readableBytesView) == payload else {
+                    return XCTFail("frame \(sealed): \(arrived)")
+                }
+                sealed += 1
+            }
+            largest = max(largest, reader.gatheredCapacity)
+        }
+        XCTAssertEqual(sealed, 200)
+        XCTAssertLessThanOrEqual(largest, 512 << 10, "room held for what was gathered")
+    }
+
     /// The chunk is in the slot as it arrives, not gathered first: half a piece read, half
     /// of it is already there.
     func testTheChunkReachesTheSlotReadByRead() throws {
