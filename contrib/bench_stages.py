@@ -83,7 +83,8 @@ def transfer(source, stages, env=None):
     gib = size / (1 << 30)
     # A plugin is a child of its supervisor that is not a PeerShare worker ("... process").
     plugin_cpu = sum(cpu for pid, cpu in meter.cpu.items() if meter.kinds.get(pid, "").endswith(" process"))
-    return size / elapsed / 1e6, sum(meter.cpu.values()) / gib, wire / size, plugin_cpu
+    largest = max(meter.peak.items(), key=lambda item: item[1], default=("none", 0))
+    return size / elapsed / 1e6, sum(meter.cpu.values()) / gib, wire / size, plugin_cpu, largest
 
 
 def timed(command, stdin_path):
@@ -119,7 +120,8 @@ def references_and_rows():
         subprocess.run([probe], check=False)
 
     print(f"== {size_mib} MiB through each pipeline, 1 seeder -> 1 downloader on loopback")
-    print(f"{'pipeline':<28} {'data':<7} {'MB/s':>7} {'CPU s/GiB':>10} {'wire/data':>10} {'vs plain':>9}")
+    print(f"{'pipeline':<28} {'data':<7} {'MB/s':>7} {'CPU s/GiB':>10} {'wire/data':>10} {'vs plain':>9}"
+          f"   largest peak RSS")
     pad = os.path.join(os.path.dirname(os.path.abspath(binary)), "peershare-pad")
     crc = os.path.join(here, "plugins", "crc32_stage.py")
     rows = [
@@ -140,10 +142,11 @@ def references_and_rows():
     for name, stages, path, kind, *ciphers in rows:
         # Where the CPU has no AES-NI both sodium rows run XChaCha20-Poly1305.
         env = dict(os.environ, PEERSHARE_CIPHERS=ciphers[0]) if ciphers else None
-        rate, cpu, ratio, plugin_cpu = transfer(path, stages, env)
+        rate, cpu, ratio, plugin_cpu, (largest, peak) = transfer(path, stages, env)
         plain_rate = plain_rate or rate
         plain_cpu = plain_cpu or cpu
-        print(f"{name:<28} {kind:<7} {rate:7.0f} {cpu:10.2f} {ratio:10.3f} {rate / plain_rate:8.2f}x", flush=True)
+        print(f"{name:<28} {kind:<7} {rate:7.0f} {cpu:10.2f} {ratio:10.3f} {rate / plain_rate:8.2f}x"
+              f"   {peak / 1024:.0f} MiB ({largest})", flush=True)
         if "plugin" in name:
             # The plugin processes' own CPU: the row's total against plain's moves with the host
             # (the first row of this table often runs into memory the host took back) and went
@@ -172,7 +175,8 @@ if pairs > 0:
         ratios.append(sealed[0] / plain[0])
         extras.append(sealed[1] - plain[1])
         print(f"  plain {plain[0]:.0f} MB/s {plain[1]:.2f} CPU-s/GiB, sodium {sealed[0]:.0f} MB/s "
-              f"{sealed[1]:.2f} CPU-s/GiB: {ratios[-1]:.2f}x, +{extras[-1]:.2f} CPU-s/GiB", flush=True)
+              f"{sealed[1]:.2f} CPU-s/GiB: {ratios[-1]:.2f}x, {extras[-1]:+.2f} CPU-s/GiB; largest peak RSS "
+              f"plain {plain[4][1] / 1024:.0f} MiB, sodium {sealed[4][1] / 1024:.0f} MiB ({sealed[4][0]})", flush=True)
     ratios.sort()
     extras.sort()
     print(f"  median: {ratios[len(ratios) // 2]:.2f}x plain, encryption's extra CPU "
