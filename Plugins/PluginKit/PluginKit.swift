@@ -44,8 +44,8 @@ public enum PluginMain {
 
     public static func run<Stage: PipelineStage>(_ type: Stage.Type) -> Never {
         var stage: Stage?
-        while let (kind, payload) = readFrame() {
-            var reader = ByteReader(payload)
+        while let (kind, fields, frame) = readMessage() {
+            var reader = ByteReader(fields)
             do {
                 switch MessageType(rawValue: kind) {
                 case .hello:
@@ -66,28 +66,28 @@ public enum PluginMain {
                     var current = try stage.unwrap()
                     try current.open(connection: try reader.u32(), server: try reader.u8() != 0)
                     stage = current
-                    writeFrame(.result, blob([]))
+                    writeResult([])
                 case .close:
                     var current = try stage.unwrap()
                     current.close(connection: try reader.u32())
                     stage = current
-                    writeFrame(.result, blob([]))
+                    writeResult([])
                 case .encode:
                     let connection = try reader.u32()
-                    let data = try reader.blob(limit: PluginProtocol.maxFrame)
+                    let data = try frame ?? reader.blob(limit: PluginProtocol.maxFrame)
                     var current = try stage.unwrap()
                     let out = try current.encode(connection: connection, data)
                     stage = current
-                    writeFrame(.result, blob(out))
+                    writeResult(out)
                 case .decode:
                     let connection = try reader.u32()
                     let limit = Int(try reader.u32())
-                    let data = try reader.blob(limit: PluginProtocol.maxFrame)
+                    let data = try frame ?? reader.blob(limit: PluginProtocol.maxFrame)
                     var current = try stage.unwrap()
                     let out = try current.decode(connection: connection, data, limit: limit)
                     stage = current
                     guard out.count <= limit else { throw StageError("decoded frame over the limit") }
-                    writeFrame(.result, blob(out))
+                    writeResult(out)
                 case .handshake:
                     let connection = try reader.u32()
                     let received = try reader.blob(limit: PluginProtocol.maxFrame)
@@ -110,36 +110,97 @@ public enum PluginMain {
         exit(0)
     }
 
-    /// Reads stdin into the shared frame decoder, whose length check runs before any frame
-    /// is allocated; nil at EOF or on a malformed frame (the host then restarts us).
-    nonisolated(unsafe) private static var decoder = FrameDecoder(maxFrameLength: PluginProtocol.maxFrame)
-
-    static func readFrame() -> (UInt16, [UInt8])? {
-        var buffer = [UInt8](repeating: 0, count: 256 * 1024)
-        while true {
-            do {
-                if let frame = try decoder.next() { return (frame.type, frame.payload) }
-            } catch {
-                return nil
+    /// The next message from the host; nil at EOF or on a frame whose length fails the check
+    /// (the host then restarts us). The length is checked before anything is sized for it.
+    /// `encode` and `decode` end in the frame to transform (u32 length ‖ bytes): those bytes
+    /// are read straight into an array of their own, `frame`, and `fields` is what comes
+    /// before them. A chunk then crosses this process with no copy but the stage's own.
+    static func readMessage() -> (type: UInt16, fields: [UInt8], frame: [UInt8]?)? {
+        guard let header = readArray(count: Frame.headerSize) else { return nil }
+        let length = header[0..<4].reduce(UInt32(0)) { $0 << 8 | UInt32($1) }
+        guard (try? FrameError.check(length: length, limit: PluginProtocol.maxFrame)) != nil else { return nil }
+        let type = UInt16(header[4]) << 8 | UInt16(header[5])
+        let payloadCount = Int(length) - 2
+        let fieldCount: Int? =
+            switch MessageType(rawValue: type) {
+            case .encode: 4  // connection
+            case .decode: 8  // connection, limit
+            default: nil
             }
-            let got = buffer.withUnsafeMutableBytes { read(0, $0.baseAddress, $0.count) }
-            if got < 0 && errno == EINTR { continue }
-            if got <= 0 { return nil }
-            decoder.append(buffer[0..<got])
+        guard let fieldCount, payloadCount >= fieldCount + 4 else {
+            guard let payload = readArray(count: payloadCount) else { return nil }
+            return (type, payload, nil)
         }
+        guard let fields = readArray(count: fieldCount + 4) else { return nil }
+        let declared = fields[fieldCount...].reduce(0) { $0 << 8 | Int($1) }
+        guard declared == payloadCount - fieldCount - 4 else {
+            // Not exactly one frame after the fields: the parser gets the whole payload and
+            // says what is wrong with it.
+            guard let rest = readArray(count: payloadCount - fieldCount - 4) else { return nil }
+            return (type, fields + rest, nil)
+        }
+        guard let frame = readArray(count: declared) else { return nil }
+        return (type, Array(fields[..<fieldCount]), frame)
     }
 
-    static func blob(_ data: [UInt8]) -> [UInt8] {
-        var out = ByteWriter(capacity: data.count + 4)
-        out.blob(data)
-        return out.bytes
+    /// `count` bytes from stdin into a new array; nil at EOF or on an error.
+    static func readArray(count: Int) -> [UInt8]? {
+        var complete = false
+        let bytes = [UInt8](unsafeUninitializedCapacity: count) { buffer, initialized in
+            var filled = 0
+            while filled < count, let base = buffer.baseAddress {
+                let got = read(0, base + filled, count - filled)
+                if got < 0 && errno == EINTR { continue }
+                if got <= 0 { break }
+                filled += got
+            }
+            initialized = filled
+            complete = filled == count
+        }
+        return complete ? bytes : nil
+    }
+
+    /// A `result` holding one blob: the header and `data` go out in one `writev`, so the
+    /// frame is not copied into a message first.
+    static func writeResult(_ data: [UInt8]) {
+        var header = ByteWriter(capacity: Frame.headerSize + 4)
+        header.u32(UInt32(2 + 4 + data.count))
+        header.u16(MessageType.result.rawValue)
+        header.u32(UInt32(data.count))
+        writeAll(header.bytes, data)
     }
 
     static func writeFrame(_ type: MessageType, _ payload: [UInt8]) {
-        let bytes = Frame(type: type.rawValue, payload: payload).encoded()
+        var header = ByteWriter(capacity: Frame.headerSize)
+        header.u32(UInt32(payload.count + 2))
+        header.u16(type.rawValue)
+        writeAll(header.bytes, payload)
+    }
+
+    /// Writes `head` ‖ `body` to stdout; exits if the host is gone.
+    static func writeAll(_ head: [UInt8], _ body: [UInt8]) {
+        let total = head.count + body.count
         var done = 0
-        while done < bytes.count {
-            let written = bytes.withUnsafeBytes { write(1, $0.baseAddress.map { $0 + done }, $0.count - done) }
+        while done < total {
+            let written = head.withUnsafeBytes { headBytes in
+                body.withUnsafeBytes { bodyBytes -> Int in
+                    var parts: [iovec] = []
+                    if done < headBytes.count, let base = headBytes.baseAddress {
+                        parts.append(
+                            iovec(
+                                iov_base: UnsafeMutableRawPointer(mutating: base + done),
+                                iov_len: headBytes.count - done))
+                    }
+                    let bodyDone = max(0, done - headBytes.count)
+                    if bodyDone < bodyBytes.count, let base = bodyBytes.baseAddress {
+                        parts.append(
+                            iovec(
+                                iov_base: UnsafeMutableRawPointer(mutating: base + bodyDone),
+                                iov_len: bodyBytes.count - bodyDone))
+                    }
+                    return parts.withUnsafeBufferPointer { writev(1, $0.baseAddress, Int32($0.count)) }
+                }
+            }
             if written < 0 && errno == EINTR { continue }
             if written <= 0 { exit(1) }
             done += written

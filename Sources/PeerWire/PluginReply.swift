@@ -30,12 +30,23 @@ public enum PluginReply {
 
     public static let maxHandshakeData = 4096
 
-    /// `result`: one blob of at most `limit` bytes.
-    public static func result(_ payload: [UInt8], limit: Int) throws -> [UInt8] {
-        var r = ByteReader(payload)
-        let data = try r.blob(limit: limit, what: "result")
-        try r.expectEnd()
-        return data
+    /// `result`: one blob (u32 length ‖ bytes) that fills the rest of the frame. The host
+    /// reads the blob's bytes straight into an array of their own, so it parses the frame
+    /// as it arrives: given the frame's length field (already checked against the limit) and
+    /// the first four bytes of its payload, how many bytes the blob holds: exactly the rest.
+    public static func resultBlobCount(frameLength: Int, blobLength: [UInt8]) throws -> Int {
+        guard frameLength >= 6, blobLength.count == 4 else {
+            throw Malformed(description: "a result of \(max(0, frameLength - 2)) bytes has no blob")
+        }
+        let declared = blobLength.reduce(0) { $0 << 8 | Int($1) }
+        guard declared == frameLength - 6 else {
+            throw Malformed(description: "a result blob of \(declared) bytes in a frame of \(frameLength - 6)")
+        }
+        return declared
+    }
+
+    public struct Malformed: Error, CustomStringConvertible {
+        public var description: String
     }
 
     /// `error`: the plugin's message, made inert (it is shown to the user).

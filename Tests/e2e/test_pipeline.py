@@ -323,6 +323,11 @@ def test_the_link_secret_stays_out_of_worker_arguments_and_logs(tmp_path):
     ("crash", ("crashed or closed its pipe", "exited with status 3")),
     ("hang", ("did not answer within 2000 ms",)),
     ("garbage", ("answered garbage",)),
+    # Lengths are checked before anything is sized for them, and a trickled answer is held
+    # to the same deadline as a missing one.
+    ("oversized", ("answered garbage: frame length 4294967295 exceeds the limit",)),
+    ("lying", ("answered garbage: a result blob of 1073741824 bytes in a frame of 4",)),
+    ("trickle", ("did not answer within 2000 ms",)),
 ])
 def test_misbehaving_plugin_fails_the_connection_by_name_and_is_restarted(tmp_path, mode, needles):
     source = tmp_path / "p.bin"

@@ -100,7 +100,13 @@ enum FuzzTarget: String, CaseIterable {
                     precondition(reply.data.count <= PluginReply.maxHandshakeData)
                 }
             case 2:
-                if let data = try? PluginReply.result(payload, limit: 1 << 20) { precondition(data.count <= 1 << 20) }
+                // A frame's length field, then its first payload bytes, as the host reads them.
+                let frameLength = payload.prefix(3).reduce(0) { $0 << 8 | Int($1) }
+                if let count = try? PluginReply.resultBlobCount(
+                    frameLength: frameLength, blobLength: Array(payload.dropFirst(3).prefix(4)))
+                {
+                    precondition(count == frameLength - 6, "a result's blob fills its frame")
+                }
             default:
                 precondition(!PluginReply.error(payload).unicodeScalars.contains(where: InertText.isActive))
             }

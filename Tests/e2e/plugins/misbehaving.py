@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """A plugin that works for a while and then misbehaves as its option says, for the tests:
-crash (exits), hang (stops answering), garbage (answers nonsense), nosy (tries, on hello,
+crash (exits), hang (stops answering), garbage (answers nonsense), oversized (declares a
+frame of 4 GiB), lying (a result whose blob claims 1 GiB in a frame of a few bytes), trickle
+(a whole answer, one byte every 20 ms, so it would take hours), nosy (tries, on hello,
 to read the file `read`, create the file `write` and connect to `connect`, HOST:PORT, and
 reports each outcome on stderr; the sandbox should refuse all three). Refuses a second hello,
 as docs/PLUGINS.md allows (a plugin process gets exactly one). Misbehaves in its first
@@ -67,6 +69,21 @@ def misbehave():
     if mode == "garbage":
         stdout.write(b"\x00\x00\x00\x05\x12\x34garbage!")
         stdout.flush()
+        time.sleep(3600)
+    if mode == "oversized":
+        stdout.write(struct.pack(">IH", 0xFFFFFFFF, RESULT))
+        stdout.flush()
+        time.sleep(3600)
+    if mode == "lying":
+        stdout.write(struct.pack(">IHI", 10, RESULT, 1 << 30) + b"1234")
+        stdout.flush()
+        time.sleep(3600)
+    if mode == "trickle":
+        answer = struct.pack(">IHI", 6 + 512 * 1024, RESULT, 512 * 1024) + bytes(512 * 1024)
+        for offset in range(len(answer)):
+            stdout.write(answer[offset:offset + 1])
+            stdout.flush()
+            time.sleep(0.02)
         time.sleep(3600)
 
 
