@@ -57,6 +57,19 @@ def worker_pid(supervisor: int, role: str, timeout: float = 10):
     raise AssertionError(f"no {role} worker under {supervisor}")
 
 
+def chunk_pool_inode(pid: int):
+    """The inode of the chunk pool (a memfd) PID has mapped, or None: docs/ARCHITECTURE.md,
+    "Why chunk bytes lie in shared memory"."""
+    try:
+        with open(f"/proc/{pid}/maps") as f:
+            for line in f:
+                if "/memfd:peershare-chunk-pool" in line:
+                    return line.split()[4]
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return None
+
+
 def alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:

@@ -12,7 +12,7 @@ import time
 import pytest
 
 import peerwire
-from conftest import BIN, alive, children_of, get, leftovers, tree_bytes, worker_pid
+from conftest import BIN, alive, children_of, chunk_pool_inode, get, leftovers, tree_bytes, worker_pid
 
 
 def big_source(tmp_path, mib=200):
@@ -116,33 +116,52 @@ def start_get_and_kill(seed, tmp_path, victim_role):
     seeder = seed(source)
     out = tmp_path / "out"
     out.mkdir()
-    proc = subprocess.Popen([BIN, "get", seeder.link, "-o", str(out), "--log-level", "info"],
+    # Held to 100 MiB/s so that the restarted workers are seen at work before the end.
+    proc = subprocess.Popen([BIN, "get", seeder.link, "-o", str(out), "--log-level", "info",
+                             "--max-download", "100MiB/s"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     victim = worker_pid(proc.pid, victim_role)
     # Kill once about a fifth of the file is on disk (the staging file is sparse, so
     # allocated blocks show real progress).
     deadline = time.time() + 60
     killed = False
+    pools = []
     while time.time() < deadline and proc.poll() is None:
         partial = list(out.glob(".peershare-*.partial/data.bin"))
         if partial and partial[0].stat().st_blocks * 512 >= 40 << 20:
+            pools.append(chunk_pool_inode(victim))
             os.kill(victim, signal.SIGKILL)
             killed = True
             break
         time.sleep(0.01)
+    # The pool each restarted worker maps, once both are back.
+    while killed and time.time() < deadline and proc.poll() is None:
+        try:
+            fresh = {chunk_pool_inode(worker_pid(proc.pid, role, timeout=1)) for role in ("transfer", "hash")}
+        except AssertionError:
+            continue  # a worker between lives
+        if None not in fresh and pools[0] not in fresh:
+            pools.append(fresh)
+            break
+        time.sleep(0.01)
     stdout, stderr = proc.communicate(timeout=300)
     assert killed, f"download finished before the {victim_role} worker could be killed"
-    return proc.returncode, stdout, stderr, source, out
+    return proc.returncode, stdout, stderr, source, out, pools
 
 
 @pytest.mark.parametrize("role", ["transfer", "hash"])
 def test_killed_worker_is_restarted_and_download_completes(seed, tmp_path, role):
-    code, stdout, stderr, source, out = start_get_and_kill(seed, tmp_path, role)
+    code, stdout, stderr, source, out, pools = start_get_and_kill(seed, tmp_path, role)
     assert code == 0, stderr
     assert f"{role} worker restarted" in stderr
     # The two share a data channel: the other one is restarted with it, on a new channel.
     partner = "hash" if role == "transfer" else "transfer"
     assert f"restarting the {partner} worker too: it shares a data channel with {role}" in stderr, stderr
+    # And a fresh chunk pool, mapped by both, never the one the dead worker may have left
+    # half-written.
+    assert pools[0] is not None, "the killed worker had no chunk pool mapped"
+    assert len(pools) == 2, f"the restarted workers were not seen with a pool of their own: {pools}"
+    assert len(pools[1]) == 1 and pools[0] not in pools[1], pools
     assert (out / "data.bin").read_bytes() == source.read_bytes()
     assert leftovers(out) == ["data.bin"]
 

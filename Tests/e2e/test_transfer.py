@@ -11,7 +11,7 @@ import time
 import pytest
 
 import peerwire
-from conftest import BIN, Seeder, get, tree_bytes, worker_pid
+from conftest import BIN, Seeder, chunk_pool_inode, get, tree_bytes, worker_pid
 
 
 def share_and_get(seed, source: pathlib.Path, tmp_path: pathlib.Path):
@@ -157,13 +157,6 @@ def test_chunk_bytes_go_from_transfer_to_hash_through_shared_memory(tmp_path):
         except FileNotFoundError:
             return False
 
-    def pool_inode(pid):
-        with open(f"/proc/{pid}/maps") as f:
-            for line in f:
-                if "/memfd:peershare-chunk-pool" in line:
-                    return line.split()[4]
-        return None
-
     try:
         out = tmp_path / "out"
         out.mkdir()
@@ -175,7 +168,7 @@ def test_chunk_bytes_go_from_transfer_to_hash_through_shared_memory(tmp_path):
         while proc.poll() is None:
             try:
                 sample = {"supervisor": rchar(proc.pid), "hash": rchar(hash_pid), "transfer": rchar(transfer_pid)}
-                inodes = (pool_inode(hash_pid), pool_inode(transfer_pid))
+                inodes = (chunk_pool_inode(hash_pid), chunk_pool_inode(transfer_pid))
                 if alive(hash_pid) and alive(transfer_pid):
                     read = sample
                     if None not in inodes:  # mapped once each worker has started
