@@ -70,6 +70,9 @@ final class ProgressMeter: @unchecked Sendable {
     private var lastPrintNs: UInt64 = 0
     private var startBytes: UInt64 = 0
     private var drawn = false
+    /// What the last line said, so that the end, which may be reported more than once, is
+    /// printed once.
+    private var lastPrinted: (done: UInt64, total: UInt64, label: String)?
 
     func update(done: UInt64, total: UInt64, label: String, peers: Int?) {
         lock.lock()
@@ -81,13 +84,19 @@ final class ProgressMeter: @unchecked Sendable {
         }
         let interval: UInt64 = isTTY ? 100_000_000 : 1_000_000_000
         guard now - lastPrintNs >= interval || done == total else { return }
+        if let lastPrinted, lastPrinted == (done, total, label) { return }
         lastPrintNs = now
+        lastPrinted = (done, total, label)
         let seconds = max(Double(now - startNs) / 1e9, 0.001)
-        let rate = Double(done - min(done, startBytes)) / seconds
+        // The rate counts what moved since the meter's first report: bytes a download had
+        // before it resumed are not this run's speed. When the first report is already the
+        // last (a small file hashed between two reports), there is no rate to tell.
+        let moved = done - min(done, startBytes)
+        let rate = Double(moved) / seconds
         let percent = total == 0 ? 100 : Double(done) * 100 / Double(total)
         let eta = rate > 0 ? Double(total - done) / rate : 0
-        let rateText = String(format: "%.1f MB/s", rate / 1e6)
-        var etaText = String(format: "ETA %.0fs", eta)
+        let rateText = moved > 0 ? String(format: "%.1f MB/s", rate / 1e6) : "-- MB/s"
+        var etaText = done == total ? "done" : moved > 0 ? String(format: "ETA %.0fs", eta) : "ETA --"
         if let peers { etaText += "  \(peers) peer\(peers == 1 ? "" : "s")" }
         if isTTY {
             let width = 30
@@ -113,6 +122,7 @@ final class ProgressMeter: @unchecked Sendable {
         }
         startNs = 0
         lastPrintNs = 0
+        lastPrinted = nil
     }
 }
 

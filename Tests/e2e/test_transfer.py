@@ -335,3 +335,25 @@ def test_a_download_whose_output_reader_goes_away_finishes(seed, tmp_path):
     assert first, "nothing was printed"
     assert proc.wait(timeout=120) == 0
     assert (out / "slow.bin").read_bytes() == source.read_bytes()
+
+
+def test_progress_ends_in_one_line_that_claims_no_speed_it_did_not_measure(tmp_path):
+    """A share hashed between two progress reports used to end in "hashing 100.0% … 0.0 MB/s
+    ETA 0s", printed twice. The last line is printed once; a rate is shown only when bytes
+    moved while the meter watched ("-- MB/s" otherwise), and the end says "done"."""
+    source = tmp_path / "p.bin"
+    source.write_bytes(os.urandom(32 << 20))
+    seeder = Seeder(source, "--no-dht")
+    try:
+        out = tmp_path / "out"
+        out.mkdir()
+        result = get(seeder.link, out, "--no-dht")
+        assert result.returncode == 0, result.stderr
+    finally:
+        seeder.stop()
+    # share reports its hashing on stderr; get's progress is on stdout, its status on stderr.
+    for label, text in (("hashing", seeder.proc.stderr.read()), ("downloading", result.stdout)):
+        ends = [line for line in text.splitlines() if line.startswith(f"{label} 100.0%")]
+        assert len(ends) == 1, text
+        assert ends[0].endswith("done") or " done " in ends[0], ends[0]
+        assert " 0.0 MB/s" not in text, text
