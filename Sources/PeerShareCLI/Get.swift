@@ -118,7 +118,13 @@ struct Get: ParsableCommand {
                 throw ExitCode(ExitCodes.usage)
             }
         }
-        // A missing output folder is created (as `wget -P` and `aria2c -d` do).
+        // A missing output folder is created (as `wget -P` and `aria2c -d` do). Something
+        // else by that name is said plainly, not in Foundation's words for it.
+        var existing = stat()
+        if stat(output, &existing) == 0, existing.st_mode & S_IFMT != S_IFDIR {
+            Terminal.error("'\(output)' is not a directory")
+            throw ExitCode(ExitCodes.cannotCreate)
+        }
         do {
             try FileManager.default.createDirectory(atPath: output, withIntermediateDirectories: true)
         } catch {

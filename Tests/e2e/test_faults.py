@@ -221,6 +221,17 @@ def test_nonexistent_path(tmp_path):
     assert "No such file or directory" in result.stderr
 
 
+def test_an_output_that_is_a_file_is_refused_and_left_alone(tmp_path):
+    target = tmp_path / "notes.txt"
+    target.write_text("mine")
+    link = "peershare://" + "ab" * 32 + "?peer=127.0.0.1:9"
+    result = subprocess.run([BIN, "get", link, "-o", str(target), "--no-dht", "--no-lan"], capture_output=True,
+                            text=True, timeout=30)
+    assert result.returncode == 73, result.stderr
+    assert f"'{target}' is not a directory" in result.stderr, result.stderr
+    assert target.read_text() == "mine"
+
+
 def test_unreadable_path(tmp_path):
     # A folder of its own under /tmp: pytest's tmp_path is not searchable by other users.
     import tempfile
