@@ -342,6 +342,12 @@ public final class DownloadSession: SupervisorDelegate, @unchecked Sendable {
             stop(exitCode: ExitCodes.unavailable)
         case .failure(_, let code, let text):
             output.error(text)
+            if Int32(code) == ExitCodes.ioError, manifestBytes != nil {
+                // A full disk, a folder gone read-only: what was verified stays in the
+                // staging folder, and the same command picks it up.
+                output.status(
+                    "the chunks verified so far are kept; once that is fixed, run the same command again to resume")
+            }
             stop(exitCode: Int32(code))
         case .fetchFailed(let code, let reason):
             output.error(reason)

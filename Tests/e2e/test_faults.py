@@ -1,6 +1,7 @@
 """Failures a user will meet: corrupt peers, crashing workers, a killed supervisor, bad input."""
 import os
 import pathlib
+import re
 import shutil
 import signal
 import socket
@@ -219,6 +220,35 @@ def test_nonexistent_path(tmp_path):
     result = subprocess.run([BIN, "share", str(tmp_path / "nope")], capture_output=True, text=True, timeout=30)
     assert result.returncode == 66
     assert "No such file or directory" in result.stderr
+
+
+def test_a_full_disk_stops_the_download_clearly_and_the_same_command_resumes_it(seed, tmp_path):
+    """Into a tmpfs of 8 MiB, a 32 MiB share: the download stops at the first write that does
+    not fit, says so and that what it verified is kept (exit 74); with room made, the same
+    command fetches only what is missing."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a small tmpfs (CI runs as root)")
+    source = tmp_path / "big.bin"
+    source.write_bytes(os.urandom(32 << 20))
+    seeder = seed(source, "--no-dht")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8M", "tmpfs", str(disk)], check=True)
+    try:
+        full = get(seeder.link, disk, "--no-dht", timeout=60)
+        assert full.returncode == 74, full.stderr
+        assert "No space left on device" in full.stderr, full.stderr
+        assert "the chunks verified so far are kept" in full.stderr, full.stderr
+        assert not (disk / "big.bin").exists()
+        subprocess.run(["mount", "-o", "remount,size=64M", str(disk)], check=True)
+        again = get(seeder.link, disk, "--no-dht", timeout=60)
+        assert again.returncode == 0, again.stderr
+        kept = re.search(r"(\d+) of 512 chunks already on disk", again.stderr)
+        assert kept and int(kept.group(1)) > 0, again.stderr
+        assert (disk / "big.bin").read_bytes() == source.read_bytes()
+        assert leftovers(disk) == ["big.bin"]
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
 
 
 def test_an_output_that_is_a_file_is_refused_and_left_alone(tmp_path):
