@@ -18,13 +18,15 @@ struct DaemonCommand: ParsableCommand {
         commandName: "daemon",
         abstract: "Run the PeerShare daemon: many shares and downloads in one service that survives restarts.",
         discussion: """
-            While it runs, `peershare share` and `peershare get` hand their work to it (and
-            return), and `peershare ls`, `status`, `pause`, `resume`, `remove` and `limit`
-            manage it, through the control socket $XDG_RUNTIME_DIR/peershare/daemon.sock
+            While it runs, `peershare share` and `peershare get` hand their work to it (and \
+            return), and `peershare ls`, `status`, `pause`, `resume`, `remove` and `limit` \
+            manage it, through the control socket $XDG_RUNTIME_DIR/peershare/daemon.sock \
             (mode 0600 in a folder only you can enter; other users' connections are refused).
-            What it holds is kept in $XDG_STATE_HOME/peershare/daemon.json (written
-            crash-safely): after a restart, or a kill -9, every share is served again on the
+
+            What it holds is kept in $XDG_STATE_HOME/peershare/daemon.json (written \
+            crash-safely): after a restart, or a kill -9, every share is served again on the \
             same port and every download continues from its verified chunks.
+
             contrib/peershare.service runs it as a systemd user service.
             """)
 
@@ -47,8 +49,8 @@ struct DaemonCommand: ParsableCommand {
         help: ArgumentHelp(
             "Seconds a share (or a finished download) may go without a peer before it sleeps (0: never).",
             discussion: """
-                A sleeping item runs no worker process: the daemon holds its port open, and the
-                first peer to connect wakes it (its workers start and accept that peer). The DHT and
+                A sleeping item runs no worker process: the daemon holds its port open, and the \
+                first peer to connect wakes it (its workers start and accept that peer). The DHT and \
                 the LAN go on announcing it.
                 """))
     var sleepAfter: Double = 60

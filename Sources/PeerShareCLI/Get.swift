@@ -9,10 +9,11 @@ struct Get: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Download a share from its link; exit 0 only when every chunk is verified and in place.",
         discussion: """
-            Chunks are verified against their BLAKE3 hashes in the manifest (whose SHA-256 is
-            the link's share id) before they are written, into a hidden .peershare-<id>.partial
-            folder in the target directory; the finished file or folder is renamed into place
+            Chunks are verified against their BLAKE3 hashes in the manifest (whose SHA-256 is \
+            the link's share id) before they are written, into a hidden .peershare-<id>.partial \
+            folder in the target directory; the finished file or folder is renamed into place \
             at the end.
+
             Running the same command again after an interruption keeps what was verified.
             """)
 

@@ -12,12 +12,13 @@ struct Limit: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Change the bandwidth limits of a running share or get (or show them).",
         discussion: """
-            Talks to the running process through its control socket in
-            $XDG_RUNTIME_DIR/peershare/ (or /tmp/peershare-UID/), a folder only you can enter.
-            A running `peershare daemon` is the one changed (its limits apply to each of its
-            shares and downloads); otherwise, with one process running, it is found by
+            Talks to the running process through its control socket in \
+            $XDG_RUNTIME_DIR/peershare/ (or /tmp/peershare-UID/), a folder only you can enter. \
+            A running `peershare daemon` is the one changed (its limits apply to each of its \
+            shares and downloads); otherwise, with one process running, it is found by \
             itself; with several, give --pid.
-            Without any limit option, prints the current limits. The change lasts until the
+
+            Without any limit option, prints the current limits. The change lasts until the \
             process ends; it does not edit pipeline.json.
             """)
 

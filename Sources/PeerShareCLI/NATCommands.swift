@@ -53,10 +53,11 @@ struct NATCommand: ParsableCommand {
         commandName: "nat",
         abstract: "Show what this machine looks like from outside: public address, NAT kind, relays.",
         discussion: """
-            Asks the STUN servers in pipeline.json (nat.stun), or those given with --stun, from one
-            UDP socket which address and port they see. Two servers at different addresses tell
-            whether the NAT keeps one public port for every destination (hole punching can work)
+            Asks the STUN servers in pipeline.json (nat.stun), or those given with --stun, from one \
+            UDP socket which address and port they see. Two servers at different addresses tell \
+            whether the NAT keeps one public port for every destination (hole punching can work) \
             or picks a new one for each (only a reverse connection or a relay will do).
+
             Exit status 69 when no server answered.
             """)
 
@@ -105,10 +106,10 @@ struct RelayCommand: ParsableCommand {
         commandName: "relay",
         abstract: "Volunteer as a relay for peers that cannot reach each other; runs until Ctrl-C.",
         discussion: """
-            Peers behind NAT register with a relay; a downloader that cannot reach such a peer
-            asks the relay, which joins the two connections and copies bytes between them.
-            Everything relayed is encrypted end to end between the peers: the relay sees
-            which addresses talk and how much, never a file's name or bytes. Run it on a
+            Peers behind NAT register with a relay; a downloader that cannot reach such a peer \
+            asks the relay, which joins the two connections and copies bytes between them. \
+            Everything relayed is encrypted end to end between the peers: the relay sees \
+            which addresses talk and how much, never a file's name or bytes. Run it on a \
             machine others can reach. The first line on stdout is the address it listens on.
             """)
 

@@ -14,7 +14,8 @@ struct Share: ParsableCommand {
         abstract: "Share a file or folder: print its link, then serve it until Ctrl-C.",
         discussion: """
             The first line on stdout is the link; give it to `peershare get` on another machine.
-            The link carries the share id (a SHA-256 over the manifest of every file and chunk
+
+            The link carries the share id (a SHA-256 over the manifest of every file and chunk \
             hash) and the addresses this machine can be reached at.
             """)
 
