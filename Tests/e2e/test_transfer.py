@@ -357,3 +357,31 @@ def test_progress_ends_in_one_line_that_claims_no_speed_it_did_not_measure(tmp_p
         assert len(ends) == 1, text
         assert ends[0].endswith("done") or " done " in ends[0], ends[0]
         assert " 0.0 MB/s" not in text, text
+
+
+def test_links_pipes_and_devices_inside_a_shared_folder_are_skipped_by_name(tmp_path):
+    """A symbolic link inside a shared folder could lead anywhere (here, to a file outside
+    it): it is not followed, and neither is a pipe; each is named in a warning, and the
+    download holds the regular files and folders only."""
+    secret = tmp_path / "outside.txt"
+    secret.write_text("not meant to be shared")
+    folder = tmp_path / "album"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "a.txt").write_text("a")
+    (folder / "sub" / "b.txt").write_text("b")
+    (folder / "sneaky").symlink_to(secret)
+    os.mkfifo(folder / "pipe")
+    seeder = Seeder(folder, "--no-dht")
+    try:
+        out = tmp_path / "out"
+        out.mkdir()
+        result = get(seeder.link, out, "--no-dht")
+        assert result.returncode == 0, result.stderr
+    finally:
+        seeder.stop()
+    warnings = seeder.proc.stderr.read()
+    for name in ("sneaky", "pipe"):
+        assert f"skipping '{folder / name}': not a regular file or folder" in warnings, warnings
+    got = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    assert got == ["album", "album/a.txt", "album/sub", "album/sub/b.txt"], got
+    assert not any(b"not meant to be shared" in (data or b"") for data in tree_bytes(out).values())
