@@ -24,6 +24,20 @@ def share_and_get(seed, source: pathlib.Path, tmp_path: pathlib.Path):
     return out / source.name
 
 
+def share_get_and_stop(source: pathlib.Path, tmp_path: pathlib.Path):
+    """Shares SOURCE, downloads it into tmp_path/out, stops the seeder: the seeder's stderr,
+    the download's result, and the output folder."""
+    seeder = Seeder(source, "--no-dht")
+    try:
+        out = tmp_path / "out"
+        out.mkdir()
+        result = get(seeder.link, out, "--no-dht")
+        assert result.returncode == 0, result.stderr
+    finally:
+        seeder.stop()
+    return seeder.proc.stderr.read(), result, out
+
+
 @pytest.mark.parametrize("size", [0, 1, 3 * 65536 + 12345], ids=["empty", "one-byte", "not-a-multiple-of-chunk"])
 def test_single_files_arrive_byte_identical(seed, tmp_path, size):
     source = tmp_path / "src" / "file.bin"
@@ -343,16 +357,9 @@ def test_progress_ends_in_one_line_that_claims_no_speed_it_did_not_measure(tmp_p
     moved while the meter watched ("-- MB/s" otherwise), and the end says "done"."""
     source = tmp_path / "p.bin"
     source.write_bytes(os.urandom(32 << 20))
-    seeder = Seeder(source, "--no-dht")
-    try:
-        out = tmp_path / "out"
-        out.mkdir()
-        result = get(seeder.link, out, "--no-dht")
-        assert result.returncode == 0, result.stderr
-    finally:
-        seeder.stop()
+    seeder_stderr, result, out = share_get_and_stop(source, tmp_path)
     # share reports its hashing on stderr; get's progress is on stdout, its status on stderr.
-    for label, text in (("hashing", seeder.proc.stderr.read()), ("downloading", result.stdout)):
+    for label, text in (("hashing", seeder_stderr), ("downloading", result.stdout)):
         ends = [line for line in text.splitlines() if line.startswith(f"{label} 100.0%")]
         assert len(ends) == 1, text
         assert ends[0].endswith("done") or " done " in ends[0], ends[0]
@@ -371,15 +378,7 @@ def test_links_pipes_and_devices_inside_a_shared_folder_are_skipped_by_name(tmp_
     (folder / "sub" / "b.txt").write_text("b")
     (folder / "sneaky").symlink_to(secret)
     os.mkfifo(folder / "pipe")
-    seeder = Seeder(folder, "--no-dht")
-    try:
-        out = tmp_path / "out"
-        out.mkdir()
-        result = get(seeder.link, out, "--no-dht")
-        assert result.returncode == 0, result.stderr
-    finally:
-        seeder.stop()
-    warnings = seeder.proc.stderr.read()
+    warnings, _, out = share_get_and_stop(folder, tmp_path)
     for name in ("sneaky", "pipe"):
         assert f"skipping '{folder / name}': not a regular file or folder" in warnings, warnings
     got = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
