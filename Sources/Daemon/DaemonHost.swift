@@ -436,6 +436,7 @@ public final class DaemonHost: ControlResponder, SupervisorDelegate, @unchecked 
                 item.summary.phase = label == "hashing" ? .hashing : .downloading
             },
             finishProgress: {})
+        output.resumeHint = "`peershare resume \(id)` picks it up"
         output.described = { [self] name, bytes in
             guard let item = items[id] else { return }
             item.summary.name = name

@@ -341,12 +341,13 @@ public final class DownloadSession: SupervisorDelegate, @unchecked Sendable {
             output.error(text)
             stop(exitCode: ExitCodes.unavailable)
         case .failure(_, let code, let text):
-            output.error(text)
             if Int32(code) == ExitCodes.ioError, manifestBytes != nil {
                 // A full disk, a folder gone read-only: what was verified stays in the
-                // staging folder, and the same command picks it up.
-                output.status(
-                    "the chunks verified so far are kept; once that is fixed, run the same command again to resume")
+                // staging folder, and resuming picks it up. One line, so that the daemon,
+                // which keeps an item's last line as its note, keeps the cause with it.
+                output.error("\(text); the chunks verified so far are kept: once that is fixed, \(output.resumeHint)")
+            } else {
+                output.error(text)
             }
             stop(exitCode: Int32(code))
         case .fetchFailed(let code, let reason):

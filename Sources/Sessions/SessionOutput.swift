@@ -20,6 +20,9 @@ public struct SessionOutput: Sendable {
     public var verifiedFrom: (@Sendable (_ peer: String, _ bytes: UInt64) -> Void)?
     /// A transfer worker's line about a peer ("peer ADDRESS: connected, PATH, in N ms").
     public var peerEvent: (@Sendable (_ text: String) -> Void)?
+    /// How the user resumes a download that stopped with its verified chunks kept (a full
+    /// disk): the same command again on the command line, `peershare resume ID` in the daemon.
+    public var resumeHint = "run the same command again to resume"
 
     public init(
         link: @escaping @Sendable (String) -> Void, status: @escaping @Sendable (String) -> Void,

@@ -519,3 +519,33 @@ def test_the_systemd_user_unit_is_valid_and_hardened(tmp_path):
     problems = [line for line in (result.stdout + result.stderr).splitlines()
                 if "peershare.service" in line and "Documentation" not in line]
     assert not problems, problems
+
+
+def test_a_download_that_fills_the_disk_fails_with_its_cause_and_resume_finishes_it(tmp_path, daemons):
+    """The daemon's item keeps the cause (its last line) and says how to go on: `peershare
+    resume ID`, not the command line's "run the same command again"."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a small tmpfs (CI runs as root)")
+    seeder = daemons("seeder")
+    fetcher = daemons("fetcher")
+    source = tmp_path / "big.bin"
+    source.write_bytes(os.urandom(32 << 20))
+    link = seeder.cli("share", str(source)).stdout.strip()
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8M", "tmpfs", str(disk)], check=True)
+    try:
+        added = fetcher.cli("get", link, "-o", str(disk))
+        assert added.returncode == 0, added.stderr
+        item = wait_for(lambda: next((i for i in fetcher.items().values() if i["state"] == "failed"), None),
+                        what="the download to fail")
+        assert "No space left on device" in item["note"], item
+        assert f"`peershare resume {item['id']}` picks it up" in item["note"], item
+        subprocess.run(["mount", "-o", "remount,size=64M", str(disk)], check=True)
+        resumed = fetcher.cli("resume", str(item["id"]))
+        assert resumed.returncode == 0, resumed.stderr
+        wait_for(lambda: (disk / "big.bin").exists(), what="the download to finish")
+        assert (disk / "big.bin").read_bytes() == source.read_bytes()
+    finally:
+        fetcher.stop()
+        subprocess.run(["umount", str(disk)], check=False)
