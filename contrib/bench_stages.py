@@ -66,6 +66,12 @@ def transfer(source, stages, env=None):
                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
     link = seeder.stdout.readline().strip()
     meter.add(seeder.pid, "seeder")
+    # As bench_swarm.py does before each row's downloaders: the share's size written and
+    # deleted here, so that every row starts with memory the host has backed. Without it
+    # the table's first row (plain) met memory the host had taken back and ran at a fifth
+    # of its speed, and every "vs plain" below it was measured against that.
+    swarm.source = source
+    reference_write, _ = swarm.fresh_write_rate(work, size)
     out = os.path.join(work, "out")
     os.makedirs(out)
     before = lo_bytes()
@@ -84,7 +90,7 @@ def transfer(source, stages, env=None):
     # A plugin is a child of its supervisor that is not a PeerShare worker ("... process").
     plugin_cpu = sum(cpu for pid, cpu in meter.cpu.items() if meter.kinds.get(pid, "").endswith(" process"))
     largest = max(meter.peak.items(), key=lambda item: item[1], default=("none", 0))
-    return size / elapsed / 1e6, sum(meter.cpu.values()) / gib, wire / size, plugin_cpu, largest
+    return size / elapsed / 1e6, sum(meter.cpu.values()) / gib, wire / size, plugin_cpu, largest, reference_write
 
 
 def timed(command, stdin_path):
@@ -121,7 +127,7 @@ def references_and_rows():
 
     print(f"== {size_mib} MiB through each pipeline, 1 seeder -> 1 downloader on loopback")
     print(f"{'pipeline':<28} {'data':<7} {'MB/s':>7} {'CPU s/GiB':>10} {'wire/data':>10} {'vs plain':>9}"
-          f"   largest peak RSS")
+          f"   largest peak RSS; the reference write before it")
     pad = os.path.join(os.path.dirname(os.path.abspath(binary)), "peershare-pad")
     crc = os.path.join(here, "plugins", "crc32_stage.py")
     rows = [
@@ -142,11 +148,11 @@ def references_and_rows():
     for name, stages, path, kind, *ciphers in rows:
         # Where the CPU has no AES-NI both sodium rows run XChaCha20-Poly1305.
         env = dict(os.environ, PEERSHARE_CIPHERS=ciphers[0]) if ciphers else None
-        rate, cpu, ratio, plugin_cpu, (largest, peak) = transfer(path, stages, env)
+        rate, cpu, ratio, plugin_cpu, (largest, peak), reference_write = transfer(path, stages, env)
         plain_rate = plain_rate or rate
         plain_cpu = plain_cpu or cpu
         print(f"{name:<28} {kind:<7} {rate:7.0f} {cpu:10.2f} {ratio:10.3f} {rate / plain_rate:8.2f}x"
-              f"   {peak / 1024:.0f} MiB ({largest})", flush=True)
+              f"   {peak / 1024:.0f} MiB ({largest}); {reference_write:.0f} MB/s", flush=True)
         if "plugin" in name:
             # The plugin processes' own CPU: the row's total against plain's moves with the host
             # (the first row of this table often runs into memory the host took back) and went
