@@ -119,20 +119,18 @@ struct Get: ParsableCommand {
                 throw ExitCode(ExitCodes.usage)
             }
         }
-        // A missing output folder is created (as `wget -P` and `aria2c -d` do). Something
-        // else by that name is said plainly, not in Foundation's words for it.
-        var existing = stat()
-        if stat(output, &existing) == 0, existing.st_mode & S_IFMT != S_IFDIR {
-            Terminal.error("'\(output)' is not a directory")
-            throw ExitCode(ExitCodes.cannotCreate)
-        }
-        do {
-            try FileManager.default.createDirectory(atPath: output, withIntermediateDirectories: true)
-        } catch {
-            Terminal.error("cannot create the output directory '\(output)': \(error.localizedDescription)")
-            throw ExitCode(ExitCodes.cannotCreate)
-        }
+        // A missing output folder is created (as `wget -P` and `aria2c -d` do); whatever is
+        // there by that name must then be a folder, said plainly if it is not (Foundation's
+        // words for a file in the way were "A file with the same name already exists").
         var info = stat()
+        if stat(output, &info) != 0 {
+            do {
+                try FileManager.default.createDirectory(atPath: output, withIntermediateDirectories: true)
+            } catch {
+                Terminal.error("cannot create the output directory '\(output)': \(error.localizedDescription)")
+                throw ExitCode(ExitCodes.cannotCreate)
+            }
+        }
         guard stat(output, &info) == 0, info.st_mode & S_IFMT == S_IFDIR else {
             Terminal.error("'\(output)' is not a directory")
             throw ExitCode(ExitCodes.cannotCreate)
