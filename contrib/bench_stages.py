@@ -70,8 +70,7 @@ def transfer(source, stages, env=None):
     # deleted here, so that every row starts with memory the host has backed. Without it
     # the table's first row (plain) met memory the host had taken back and ran at a fifth
     # of its speed, and every "vs plain" below it was measured against that.
-    swarm.source = source
-    reference_write, _ = swarm.fresh_write_rate(work, size)
+    reference_write, _ = swarm.fresh_write_rate(source, work, size)
     out = os.path.join(work, "out")
     os.makedirs(out)
     before = lo_bytes()

@@ -296,7 +296,7 @@ def main():
                 # left alone that long is handed back to the host (the guest's free page
                 # reporting), so a write before the seeders started left PeerShare's
                 # downloaders pages to be backed again and libtorrent's not.
-                rate, count = fresh_write_rate(work, size, downloaders)
+                rate, count = fresh_write_rate(source, work, size, downloaders)
                 into = "a new file" if count == 1 else f"{count} new files"
                 print(f"  before {tool}'s downloaders: writing {size * downloaders / 2**20:.0f} MiB into {into} "
                       f"here: {rate:.0f} MB/s", flush=True)
@@ -333,8 +333,8 @@ def main():
               f"{results['peershare'][1] - share_startup_cpu / gib_moved:.2f} s/GiB", flush=True)
 
 
-def fresh_write_rate(work, size, copies=1):
-    """MB/s of writing the share into new files in WORK, once per downloader of the row, as
+def fresh_write_rate(source, work, size, copies=1):
+    """MB/s of writing the share (SOURCE's tree of files) into new files in WORK, once per downloader of the row, as
     the downloaders do, and how many files: on this VM, copying into pages the guest has not touched lately costs anywhere
     from 0.7 to 10 s per GiB (the host backs them as they are touched), and that alone moves
     a row's figures several-fold. Done and printed right before each tool's downloaders
